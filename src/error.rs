@@ -1,0 +1,80 @@
+//! The library's error type: every bad input maps to one variant that names the file and the cause.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `tsd`, with enough context to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    #[error("{path}: not a valid GGUF file: {reason}")]
+    Gguf { path: PathBuf, reason: String },
+    #[error("{path}: invalid JSON: {reason}")]
+    Json { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("{path}: tensor `{tensor}` has dtype {dtype}, which tsd cannot read here (supported: {supported})")]
+    UnsupportedDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+        supported: &'static str,
+    },
+    #[error("{path}: tensor `{tensor}` has {count} non-finite value(s) (NaN or Inf), first at flat index {first}")]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        count: usize,
+        first: usize,
+    },
+    #[error("{context}: shape mismatch: {reason}")]
+    Shape { context: String, reason: String },
+    #[error("{context}: missing tensor `{tensor}`")]
+    MissingTensor { context: String, tensor: String },
+    #[error("{path}: the adapter holds no LoRA tensors (found {found} tensor(s), none named like `<module>.lora_A.weight`)")]
+    EmptyAdapter { path: PathBuf, found: usize },
+    #[error("{path}: pickle checkpoints are refused: unpickling can run arbitrary code. Convert it to safetensors first (in Python: `safetensors.torch.save_file(torch.load(path), 'adapter_model.safetensors', metadata={{'format': 'pt'}})`)")]
+    PickleRefused { path: PathBuf },
+    #[error("model `{spec}` could not be resolved: {reason}")]
+    ModelNotFound { spec: String, reason: String },
+    #[error("asset `{name}`: {reason}")]
+    Asset { name: String, reason: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("numerical failure in {context}: {reason}")]
+    Numerical { context: String, reason: String },
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A shape mismatch with a context string (usually the module name).
+    pub fn shape(context: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Shape {
+            context: context.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether this error comes from bad user input (exit code 2) rather than an internal failure.
+    pub fn is_user_input(&self) -> bool {
+        !matches!(self, Error::Numerical { .. } | Error::Candle(_))
+    }
+}

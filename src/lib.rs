@@ -1,0 +1,15 @@
+//! tsd: task-specific directions (TSD) for LoRA and LoRA-Dash.
+//!
+//! Data flows one way: sources (`weights`, `adapter`) → pure math (`linalg`, `directions`) →
+//! analyses (`inspect`, `params`) → rendering (`output`). The `tsd` binary only parses arguments
+//! and calls into this library.
+
+pub mod adapter;
+pub mod assets;
+pub mod directions;
+pub mod error;
+pub mod fsutil;
+pub mod linalg;
+pub mod weights;
+
+pub use error::{Error, Result};

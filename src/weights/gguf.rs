@@ -1,0 +1,294 @@
+//! Base weights from a llama.cpp GGUF file (the default model, SmolLM2-135M-Instruct Q4_1).
+//!
+//! Names are mapped from llama.cpp's (`blk.N.attn_q.weight`) to Hugging Face's
+//! (`model.layers.N.self_attn.q_proj.weight`), matrices are dequantized to f32, and the rows of Q and
+//! K are un-permuted from llama.cpp's interleaved-rope layout back to HF layout
+//! (`w_hf = w.reshape(heads, hd/2, 2, in).transpose(1, 2).reshape(heads·hd, in)`), so that an adapter
+//! means the same thing whichever file the base came from.
+
+use super::WeightSource;
+use crate::error::{Error, Result};
+use crate::linalg::Matrix;
+use candle_core::quantized::gguf_file;
+use candle_core::Device;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// A GGUF checkpoint of a LLaMA-family model.
+pub struct GgufModel {
+    path: PathBuf,
+    content: gguf_file::Content,
+    file: Mutex<File>,
+    /// HF name → GGUF name.
+    names: BTreeMap<String, String>,
+    n_head: usize,
+    n_kv_head: usize,
+    config: serde_json::Value,
+}
+
+/// The HF name of a llama.cpp tensor name, if it is one tsd knows.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let module = match tail {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{module}"))
+}
+
+/// Undoes llama.cpp's Q/K row permutation: row `h·hd + 2b + a` (GGUF) → row `h·hd + a·hd/2 + b` (HF).
+pub fn unpermute_rows(w: &Matrix, heads: usize) -> Result<Matrix> {
+    if heads == 0 || w.rows % heads != 0 || (w.rows / heads) % 2 != 0 {
+        return Err(Error::shape(
+            "GGUF Q/K un-permutation",
+            format!(
+                "{} rows do not split into {heads} heads of even size",
+                w.rows
+            ),
+        ));
+    }
+    let hd = w.rows / heads;
+    let half = hd / 2;
+    let mut data = vec![0f32; w.data.len()];
+    for h in 0..heads {
+        for a in 0..2 {
+            for b in 0..half {
+                let src = h * hd + 2 * b + a;
+                let dst = h * hd + a * half + b;
+                data[dst * w.cols..(dst + 1) * w.cols]
+                    .copy_from_slice(&w.data[src * w.cols..(src + 1) * w.cols]);
+            }
+        }
+    }
+    Matrix::new(w.rows, w.cols, data)
+}
+
+fn meta_u32(c: &gguf_file::Content, path: &Path, key: &str) -> Result<usize> {
+    c.metadata
+        .get(key)
+        .and_then(|v| v.to_u32().ok())
+        .map(|v| v as usize)
+        .ok_or_else(|| Error::Gguf {
+            path: path.to_path_buf(),
+            reason: format!("metadata `{key}` missing or not an integer"),
+        })
+}
+
+impl GgufModel {
+    /// Reads the GGUF header (metadata and tensor directory); tensor data is read on demand.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| Error::Gguf {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_default();
+        if arch != "llama" {
+            return Err(Error::Gguf {
+                path: path.to_path_buf(),
+                reason: format!("architecture `{arch}` is not supported (only `llama`)"),
+            });
+        }
+        let n_head = meta_u32(&content, path, "llama.attention.head_count")?;
+        let n_kv_head = meta_u32(&content, path, "llama.attention.head_count_kv").unwrap_or(n_head);
+        let hidden = meta_u32(&content, path, "llama.embedding_length")?;
+        let layers = meta_u32(&content, path, "llama.block_count")?;
+        let ffn = meta_u32(&content, path, "llama.feed_forward_length")?;
+        let ctx = meta_u32(&content, path, "llama.context_length").unwrap_or(2048);
+        let f32_meta = |k: &str, d: f32| {
+            content
+                .metadata
+                .get(k)
+                .and_then(|v| v.to_f32().ok())
+                .unwrap_or(d)
+        };
+        let vocab = content
+            .metadata
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok().map(|t| t.len()))
+            .or_else(|| {
+                content
+                    .tensor_infos
+                    .get("token_embd.weight")
+                    .map(|t| t.shape.dims()[0])
+            })
+            .unwrap_or(0);
+        let names: BTreeMap<String, String> = content
+            .tensor_infos
+            .keys()
+            .filter_map(|g| hf_name(g).map(|h| (h, g.clone())))
+            .collect();
+        let config = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": hidden,
+            "intermediate_size": ffn,
+            "num_hidden_layers": layers,
+            "num_attention_heads": n_head,
+            "num_key_value_heads": n_kv_head,
+            "head_dim": hidden / n_head.max(1),
+            "vocab_size": vocab,
+            "max_position_embeddings": ctx,
+            "rms_norm_eps": f32_meta("llama.attention.layer_norm_rms_epsilon", 1e-5),
+            "rope_theta": f32_meta("llama.rope.freq_base", 10000.0),
+            "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
+        });
+        Ok(GgufModel {
+            path: path.to_path_buf(),
+            content,
+            file: Mutex::new(file),
+            names,
+            n_head,
+            n_kv_head,
+            config,
+        })
+    }
+
+    /// Path of the GGUF file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The raw GGUF metadata (tokenizer, hyper-parameters).
+    pub fn content(&self) -> &gguf_file::Content {
+        &self.content
+    }
+}
+
+impl WeightSource for GgufModel {
+    fn describe(&self) -> String {
+        format!("GGUF model {}", self.path.display())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let g = self.names.get(name)?;
+        self.content
+            .tensor_infos
+            .get(g)
+            .map(|t| t.shape.dims().to_vec())
+    }
+
+    fn matrix(&self, name: &str) -> Result<Matrix> {
+        let g = self.names.get(name).ok_or_else(|| Error::MissingTensor {
+            context: self.describe(),
+            tensor: name.to_string(),
+        })?;
+        let qt = {
+            let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            self.content
+                .tensor(&mut *f, g, &Device::Cpu)
+                .map_err(|e| Error::Gguf {
+                    path: self.path.clone(),
+                    reason: format!("{g}: {e}"),
+                })?
+        };
+        let t = qt.dequantize(&Device::Cpu)?;
+        let dims = t.dims().to_vec();
+        if dims.len() != 2 {
+            return Err(Error::shape(
+                name,
+                format!("expected a matrix, found shape {dims:?}"),
+            ));
+        }
+        let data = t.flatten_all()?.to_vec1::<f32>()?;
+        super::tensor::check_finite(&self.path, g, &data)?;
+        let m = Matrix::new(dims[0], dims[1], data)?;
+        if name.ends_with("self_attn.q_proj.weight") {
+            unpermute_rows(&m, self.n_head)
+        } else if name.ends_with("self_attn.k_proj.weight") {
+            unpermute_rows(&m, self.n_kv_head)
+        } else {
+            Ok(m)
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.names.keys().cloned().collect()
+    }
+
+    fn total_params(&self) -> u64 {
+        self.content
+            .tensor_infos
+            .values()
+            .map(|t| t.shape.elem_count() as u64)
+            .sum()
+    }
+
+    fn config_json(&self) -> Option<serde_json::Value> {
+        Some(self.config.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_hf() {
+        assert_eq!(
+            hf_name("blk.3.attn_q.weight").unwrap(),
+            "model.layers.3.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.12.ffn_down.weight").unwrap(),
+            "model.layers.12.mlp.down_proj.weight"
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
+        assert!(hf_name("blk.x.attn_q.weight").is_none());
+        assert!(hf_name("rope_freqs.weight").is_none());
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: gguf = hf.reshape(heads, 2, hd/2, in).swapaxes(1, 2).reshape(...)
+        let (heads, hd, cols) = (3, 4, 2);
+        let rows = heads * hd;
+        let hf: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+        let mut gguf = vec![0f32; rows * cols];
+        for h in 0..heads {
+            for a in 0..2 {
+                for b in 0..hd / 2 {
+                    let src = h * hd + a * (hd / 2) + b;
+                    let dst = h * hd + b * 2 + a;
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        let back = unpermute_rows(&Matrix::new(rows, cols, gguf).unwrap(), heads).unwrap();
+        assert_eq!(back.data, hf);
+        assert!(unpermute_rows(&Matrix::new(6, 1, vec![0.0; 6]).unwrap(), 4).is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! Base-weight sources behind one lookup by Hugging Face tensor name
+//! (`model.layers.3.self_attn.q_proj.weight`): a safetensors directory (single or sharded), a model
+//! id resolved through the Hugging Face cache, or a GGUF file (the default model).
+
+pub mod gguf;
+pub mod hub;
+pub mod safetensors_dir;
+pub mod tensor;
+
+use crate::error::{Error, Result};
+use crate::linalg::Matrix;
+use std::path::Path;
+
+pub use gguf::GgufModel;
+pub use safetensors_dir::SafetensorsModel;
+
+/// A read-only collection of named base weights.
+pub trait WeightSource: Send + Sync {
+    /// One line naming the source, for messages and reports.
+    fn describe(&self) -> String;
+    /// Whether a tensor of this HF name exists.
+    fn has(&self, name: &str) -> bool;
+    /// Its shape as stored (PyTorch layout) without reading data.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// A 2-D weight as f32 `[out, in]`, HF layout, finite-checked. Reads only this tensor.
+    fn matrix(&self, name: &str) -> Result<Matrix>;
+    /// All tensor names (HF names).
+    fn names(&self) -> Vec<String>;
+    /// Total parameter count of the checkpoint.
+    fn total_params(&self) -> u64;
+    /// The model's `config.json` (synthesised for GGUF).
+    fn config_json(&self) -> Option<serde_json::Value>;
+}
+
+/// How to find a model: a path, a Hugging Face id, or `default`.
+#[derive(Clone, Debug, Default)]
+pub struct ModelSpec {
+    /// Path to a directory / `.safetensors` / `.gguf`, a Hugging Face model id, or `default`.
+    pub spec: String,
+    /// Hugging Face revision (branch, tag or commit) for ids.
+    pub revision: Option<String>,
+    /// Never touch the network (also set by `HF_HUB_OFFLINE=1`).
+    pub offline: bool,
+}
+
+impl ModelSpec {
+    pub fn new(spec: impl Into<String>) -> Self {
+        ModelSpec {
+            spec: spec.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Opens a base model from a spec (see [`ModelSpec`]).
+pub fn open_model(spec: &ModelSpec) -> Result<Box<dyn WeightSource>> {
+    if spec.spec == "default" {
+        let path = crate::assets::default_model(spec.offline)?;
+        return Ok(Box::new(GgufModel::open(&path)?));
+    }
+    let p = Path::new(&spec.spec);
+    if p.exists() {
+        return open_path(p);
+    }
+    if hub::looks_like_repo_id(&spec.spec) {
+        let dir = hub::resolve(&spec.spec, spec.revision.as_deref(), spec.offline)?;
+        return open_path(&dir);
+    }
+    Err(Error::ModelNotFound {
+        spec: spec.spec.clone(),
+        reason: "no such file or directory, and not a Hugging Face model id (`owner/name`)".into(),
+    })
+}
+
+/// Opens a local path: a `.gguf` or `.safetensors` file, or a directory holding either.
+pub fn open_path(p: &Path) -> Result<Box<dyn WeightSource>> {
+    let ext = |q: &Path, e: &str| q.extension().is_some_and(|x| x == e);
+    if p.is_file() {
+        if ext(p, "gguf") {
+            return Ok(Box::new(GgufModel::open(p)?));
+        }
+        if ext(p, "safetensors") {
+            return Ok(Box::new(SafetensorsModel::open(p)?));
+        }
+        return Err(Error::ModelNotFound {
+            spec: p.display().to_string(),
+            reason: "a model file must end in .safetensors or .gguf".into(),
+        });
+    }
+    let entries: Vec<_> = std::fs::read_dir(p)
+        .map_err(|e| Error::io(p, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    if entries
+        .iter()
+        .any(|q| ext(q, "safetensors") || q.ends_with("model.safetensors.index.json"))
+    {
+        return Ok(Box::new(SafetensorsModel::open(p)?));
+    }
+    if let Some(g) = entries.iter().find(|q| ext(q, "gguf")) {
+        return Ok(Box::new(GgufModel::open(g)?));
+    }
+    if entries
+        .iter()
+        .any(|q| ext(q, "bin") || ext(q, "pt") || ext(q, "pth"))
+    {
+        return Err(Error::PickleRefused {
+            path: p.to_path_buf(),
+        });
+    }
+    Err(Error::ModelNotFound {
+        spec: p.display().to_string(),
+        reason: "the directory holds no .safetensors or .gguf weights".into(),
+    })
+}
