@@ -6,7 +6,10 @@ seeded random normal W.  Shapes with both sides <= 2048 get one warm-up call
 and the median of three timed calls; larger ones a single timed call.  The
 result goes to ``reproductions/bench/torch_svd.json`` with the torch version,
 thread count, CPU model, and the load average around the run (other work on
-the machine, such as a concurrent build, inflates the timings).
+the machine, such as a concurrent build, inflates the timings badly: OpenMP
+threads that lose their core stall each other).  Before each shape the share of
+CPU used by other processes over one second is recorded as
+``other_cpu_busy_before``.
 
 Usage (from the repository root)::
 
@@ -38,6 +41,19 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy during ``seconds`` of sleep (i.e. used by other processes)."""
+
+    def sample():
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
 def time_svd(w: torch.Tensor) -> float:
     """Wall-clock seconds of one reduced SVD of ``w``."""
     start = time.perf_counter()
@@ -48,6 +64,7 @@ def time_svd(w: torch.Tensor) -> float:
 def bench_shape(rows: int, cols: int, seed: int) -> dict:
     """Time one shape; returns the per-run times and the reported seconds."""
     w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    busy = cpu_busy()
     if max(rows, cols) <= SMALL:
         time_svd(w)
         runs = [time_svd(w) for _ in range(REPEATS)]
@@ -55,7 +72,7 @@ def bench_shape(rows: int, cols: int, seed: int) -> dict:
     else:
         runs = [time_svd(w)]
         seconds = runs[0]
-    return {"shape": [rows, cols], "seconds": seconds, "runs": runs}
+    return {"shape": [rows, cols], "seconds": seconds, "runs": runs, "other_cpu_busy_before": round(busy, 3)}
 
 
 def main() -> None:
@@ -70,7 +87,11 @@ def main() -> None:
     results = []
     for i, (rows, cols) in enumerate(SHAPES):
         rec = bench_shape(rows, cols, seed=i)
-        print(f"{rows}x{cols}: {rec['seconds']:.3f} s  runs={[round(t, 3) for t in rec['runs']]}", flush=True)
+        print(
+            f"{rows}x{cols}: {rec['seconds']:.3f} s  runs={[round(t, 3) for t in rec['runs']]}"
+            f"  other_cpu_busy_before={rec['other_cpu_busy_before']}",
+            flush=True,
+        )
         results.append(rec)
     load_after = os.getloadavg()
 

@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod assets;
+pub mod bench;
 pub mod directions;
 pub mod error;
 pub mod fsutil;
@@ -13,3 +14,7 @@ pub mod linalg;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub mod inspect;
+pub mod model;
+pub mod output;
+pub mod params;

@@ -26,37 +26,39 @@ pub fn env_offline() -> bool {
         .unwrap_or(false)
 }
 
-/// The snapshot directory of a model id with its config and weights present, downloading what the
-/// cache lacks unless offline.
-pub fn resolve(id: &str, revision: Option<&str>, offline: bool) -> Result<PathBuf> {
+/// One file of a model repo from the cache, downloading it unless offline.
+pub fn fetch_file(id: &str, revision: Option<&str>, offline: bool, file: &str) -> Result<PathBuf> {
     let offline = offline || env_offline();
     let rev = revision.unwrap_or("main").to_string();
     let repo = Repo::with_revision(id.to_string(), RepoType::Model, rev.clone());
-    let cache = Cache::from_env().repo(repo.clone());
-    let get = |file: &str| -> Result<PathBuf> {
-        if let Some(p) = cache.get(file) {
-            return Ok(p);
-        }
-        if offline {
-            return Err(Error::ModelNotFound {
-                spec: id.to_string(),
-                reason: format!("`{file}` (revision {rev}) is not in the Hugging Face cache and offline mode is on"),
-            });
-        }
-        let api = hf_hub::api::sync::ApiBuilder::from_env()
-            .with_progress(true)
-            .build()
-            .map_err(|e| Error::ModelNotFound {
-                spec: id.to_string(),
-                reason: e.to_string(),
-            })?;
-        api.repo(repo.clone())
-            .get(file)
-            .map_err(|e| Error::ModelNotFound {
-                spec: id.to_string(),
-                reason: format!("downloading `{file}`: {e}"),
-            })
-    };
+    if let Some(p) = Cache::from_env().repo(repo.clone()).get(file) {
+        return Ok(p);
+    }
+    if offline {
+        return Err(Error::ModelNotFound {
+            spec: id.to_string(),
+            reason: format!(
+                "`{file}` (revision {rev}) is not in the Hugging Face cache and offline mode is on"
+            ),
+        });
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .map_err(|e| Error::ModelNotFound {
+            spec: id.to_string(),
+            reason: e.to_string(),
+        })?;
+    api.repo(repo).get(file).map_err(|e| Error::ModelNotFound {
+        spec: id.to_string(),
+        reason: format!("downloading `{file}`: {e}"),
+    })
+}
+
+/// The snapshot directory of a model id with its config and weights present, downloading what the
+/// cache lacks unless offline.
+pub fn resolve(id: &str, revision: Option<&str>, offline: bool) -> Result<PathBuf> {
+    let get = |file: &str| fetch_file(id, revision, offline, file);
     let config = get("config.json")?;
     let dir = crate::fsutil::parent_dir(&config);
     match get("model.safetensors.index.json") {

@@ -4,6 +4,7 @@
 
 pub mod gguf;
 pub mod hub;
+pub mod memory;
 pub mod safetensors_dir;
 pub mod tensor;
 

@@ -1,0 +1,46 @@
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+use tsd::adapter::{fold_dash, load_adapter, write_adapter};
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Adapter directory to read.
+    input: PathBuf,
+    /// Directory to write (adapter_config.json + adapter_model.safetensors).
+    output: PathBuf,
+    /// Fold LoRA-Dash into a plain rank-(r+s) LoRA that reproduces ΔW exactly, loadable by PEFT.
+    #[arg(long)]
+    fold_dash: bool,
+    /// Replace files in a non-empty output directory.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(a: ExportArgs) -> Result<()> {
+    let adapter = load_adapter(&a.input)?;
+    if a.output.exists() && a.output.read_dir()?.next().is_some() && !a.force {
+        bail!(
+            "{} exists and is not empty (use --force to overwrite)",
+            a.output.display()
+        );
+    }
+    if adapter.has_dash() && !a.fold_dash {
+        eprintln!("note: the adapter has LoRA-Dash tensors; they are kept under tsd's names (PEFT ignores them). Use --fold-dash for a plain PEFT LoRA.");
+    }
+    let out = if a.fold_dash {
+        fold_dash(&adapter)
+    } else {
+        adapter
+    };
+    write_adapter(&a.output, &out)?;
+    let r: Vec<usize> = out.modules.iter().map(|m| m.r).collect();
+    eprintln!(
+        "wrote {} module(s), rank {}..{}, to {}",
+        out.modules.len(),
+        r.iter().min().unwrap_or(&0),
+        r.iter().max().unwrap_or(&0),
+        a.output.display()
+    );
+    Ok(())
+}

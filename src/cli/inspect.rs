@@ -1,0 +1,166 @@
+use super::{exists, parse_pair, progress_bar, ModelArgs, OutputArgs};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use tsd::adapter::{load_adapter, read::is_adapter};
+use tsd::directions::SigmaFloor;
+use tsd::inspect::{inspect, InspectOptions, Reference};
+use tsd::linalg::cache::SvdCache;
+use tsd::linalg::Precision;
+use tsd::output::{inspect_csv, inspect_table, to_json, Format};
+use tsd::weights::{open_model, ModelSpec, WeightSource};
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Adapter directory (adapter_config.json + adapter_model.safetensors).
+    adapter: PathBuf,
+    /// Base model: a directory, .safetensors, .gguf, a Hugging Face id, or `default`.
+    /// Without it, the adapter's base_model_name_or_path is used when it resolves locally.
+    #[arg(long, alias = "model")]
+    base: Option<String>,
+    /// Capture metrics against another adapter (same base) or a fine-tuned model (ΔW* = W* − W).
+    #[arg(long)]
+    reference: Option<String>,
+    /// TSDs per module.
+    #[arg(long, default_value_t = 8)]
+    top_s: usize,
+    /// Relative floor f on σ in δ = |uᵀΔWv| / max(σ, f·σ₁) (0 = the official code's choice).
+    #[arg(long, default_value_t = 0.0)]
+    sigma_floor: f64,
+    /// Precision of the base SVD (f32 like the official code, or f64).
+    #[arg(long, default_value = "f32")]
+    svd_precision: Precision,
+    /// r of the amplification factor (default: each module's LoRA rank).
+    #[arg(long)]
+    amp_rank: Option<usize>,
+    /// Seed of the random reference basis.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// (k_pred,k_ref) of the recall metric.
+    #[arg(long, default_value = "8,4", value_parser = parse_pair)]
+    recall_k: (usize, usize),
+    /// (k_pred,k_ref) of the accuracy metric.
+    #[arg(long, default_value = "8,16", value_parser = parse_pair)]
+    accuracy_k: (usize, usize),
+    /// Include σ and δ of every direction in the JSON output.
+    #[arg(long)]
+    spectrum: bool,
+    /// Do not read or write the SVD cache ($TSD_HOME/svd).
+    #[arg(long)]
+    no_cache: bool,
+    /// Force CPU (the analysis always runs on the CPU; accepted for candle-style CLIs).
+    #[arg(long)]
+    cpu: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+fn resolve_base(
+    a: &InspectArgs,
+    adapter_dir: &Path,
+    declared: Option<&str>,
+) -> Result<Box<dyn WeightSource>> {
+    let spec = |s: &str| ModelSpec {
+        spec: s.to_string(),
+        revision: a.model.revision.clone(),
+        offline: a.model.offline,
+    };
+    if let Some(b) = &a.base {
+        return Ok(open_model(&spec(b))?);
+    }
+    let Some(declared) = declared else {
+        bail!("no --base given and the adapter's config has no base_model_name_or_path");
+    };
+    // Relative paths are tried against the adapter directory first, then the working directory.
+    let rel = adapter_dir.join(declared);
+    if exists(&rel) {
+        return Ok(tsd::weights::open_path(&rel)?);
+    }
+    let mut s = spec(declared);
+    s.offline = true; // "resolves locally": never download implicitly.
+    open_model(&s).with_context(|| {
+        format!("no --base given and base_model_name_or_path `{declared}` does not resolve locally (path or Hugging Face cache); pass --base")
+    })
+}
+
+pub fn run(a: InspectArgs) -> Result<()> {
+    if a.top_s == 0 {
+        bail!("--top-s must be positive");
+    }
+    if !(0.0..1.0).contains(&a.sigma_floor) {
+        bail!("--sigma-floor must be in [0, 1)");
+    }
+    let adapter = load_adapter(&a.adapter)?;
+    let base = resolve_base(
+        &a,
+        &adapter.path,
+        adapter.config.base_model_name_or_path.as_deref(),
+    )?;
+    let ref_adapter;
+    let ref_model;
+    let reference = match &a.reference {
+        None => None,
+        Some(r) if is_adapter(Path::new(r)) => {
+            ref_adapter = load_adapter(Path::new(r))?;
+            Some((Reference::Adapter(&ref_adapter), format!("adapter {r}")))
+        }
+        Some(r) => {
+            ref_model = open_model(&ModelSpec {
+                spec: r.clone(),
+                revision: None,
+                offline: a.model.offline,
+            })?;
+            Some((
+                Reference::Model(ref_model.as_ref()),
+                format!("model {r} (ΔW* = W* − W)"),
+            ))
+        }
+    };
+    let opts = InspectOptions {
+        top_s: a.top_s,
+        floor: SigmaFloor {
+            relative: a.sigma_floor,
+        },
+        precision: a.svd_precision,
+        amp_rank: a.amp_rank,
+        seed: a.seed,
+        recall_k: a.recall_k,
+        accuracy_k: a.accuracy_k,
+        keep_spectrum: a.spectrum,
+    };
+    let cache = if a.no_cache {
+        SvdCache::disabled()
+    } else {
+        SvdCache::default_location()
+    };
+    let pb = progress_bar(adapter.modules.len() as u64, "inspect", a.quiet);
+    let report = inspect(
+        &adapter,
+        base.as_ref(),
+        reference.as_ref().map(|(r, n)| (r, n.clone())),
+        &opts,
+        &cache,
+        &|m| {
+            pb.set_message(m.to_string());
+            pb.inc(1);
+        },
+    )?;
+    pb.finish_and_clear();
+    let text = match a.out.format() {
+        Format::Json => to_json(&report)? + "\n",
+        Format::Csv => inspect_csv(&report)?,
+        Format::Table => inspect_table(&report),
+    };
+    if a.out.format() != Format::Table {
+        // Tables carry their warnings; machine formats keep stdout clean and warn on stderr.
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    a.out.emit(&text)
+}

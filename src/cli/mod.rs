@@ -1,0 +1,128 @@
+//! clap definitions, one file per subcommand.
+
+mod bench;
+mod export;
+mod fetch;
+mod inspect;
+mod params;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use tsd::output::Format;
+
+/// Task-specific directions (TSD) for LoRA and LoRA-Dash fine-tuning.
+#[derive(Parser, Debug)]
+#[command(name = "tsd", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// TSD change rates, amplification and parameter counts of a PEFT adapter against its base.
+    Inspect(inspect::InspectArgs),
+    /// Parameter counts and Params% for LoRA / LoRA-Dash from a model config alone.
+    Params(params::ParamsArgs),
+    /// Re-write an adapter as a strict PEFT LoRA adapter (optionally folding LoRA-Dash into it).
+    Export(export::ExportArgs),
+    /// Provision the default model (SmolLM2-135M-Instruct GGUF) into the tsd cache.
+    Fetch(fetch::FetchArgs),
+    /// Benchmarks; results are written under reproductions/bench/.
+    Bench(bench::BenchArgs),
+}
+
+/// Where a model comes from (candle-style flags).
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face revision (branch, tag or commit) when the model is a hub id.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Never use the network (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// Output selection shared by commands that print results.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Print JSON instead of a table.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV instead of a table.
+    #[arg(long)]
+    pub csv: bool,
+    /// Write the output to this file (atomically) instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    pub fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else if self.csv {
+            Format::Csv
+        } else {
+            Format::Table
+        }
+    }
+
+    /// Prints or writes `text`.
+    pub fn emit(&self, text: &str) -> Result<()> {
+        match &self.output {
+            Some(p) => {
+                tsd::fsutil::atomic_write(p, text.as_bytes())?;
+                eprintln!("wrote {}", p.display());
+            }
+            None => print!("{text}"),
+        }
+        Ok(())
+    }
+}
+
+/// Parses `8,4`-style pairs.
+pub fn parse_pair(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("`{s}`: expected two numbers like 8,16"))?;
+    let p = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("`{x}`: {e}"));
+    let (a, b) = (p(a)?, p(b)?);
+    if a == 0 || b == 0 {
+        return Err("both numbers must be positive".into());
+    }
+    Ok((a, b))
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal or when quiet).
+pub fn progress_bar(len: u64, msg: &str, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta}) {wide_msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// Whether a path exists, for messages.
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Params(a) => params::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Fetch(a) => fetch::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}

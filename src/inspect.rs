@@ -1,0 +1,535 @@
+//! `tsd inspect`: per-module TSD analysis of an adapter against its base model.
+//!
+//! load (adapter, base, reference) → for each module in parallel: W, SVD (cached), change rates,
+//! TSDs, amplification, Dash coefficients, capture against the reference → [`InspectReport`].
+//! Nothing here prints or renders; the report is plain data (serde) for the table/JSON/CSV/HTML layers.
+
+use crate::adapter::{Adapter, DashNaming, ModuleAdapter};
+use crate::directions::{
+    amplification, capture, change_rates, subspace_similarity, top_k, Amplification, Capture,
+    SigmaFloor, Tsd, Update,
+};
+use crate::error::{Error, Result};
+use crate::linalg::cache::{CacheOutcome, SvdCache};
+use crate::linalg::{Matrix, Precision, Svd};
+use crate::weights::WeightSource;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Analysis settings (defaults follow PAPER.md).
+#[derive(Clone, Debug, Serialize)]
+pub struct InspectOptions {
+    /// Number of TSDs to report per module (s = 8).
+    pub top_s: usize,
+    pub floor: SigmaFloor,
+    pub precision: Precision,
+    /// r for the amplification factor (None: each module's LoRA rank, as LoRA §7).
+    pub amp_rank: Option<usize>,
+    /// Seed of the random orthonormal reference basis.
+    pub seed: u64,
+    /// (k_pred, k_ref) for recall; the paper's recall@(8,4).
+    pub recall_k: (usize, usize),
+    /// (k_pred, k_ref) for accuracy; the paper's accuracy@(8,16).
+    pub accuracy_k: (usize, usize),
+    /// Keep σ and δ for every direction (needed for spectrum plots; large for big models).
+    pub keep_spectrum: bool,
+}
+
+impl Default for InspectOptions {
+    fn default() -> Self {
+        InspectOptions {
+            top_s: 8,
+            floor: SigmaFloor::default(),
+            precision: Precision::F32,
+            amp_rank: None,
+            seed: 0,
+            recall_k: (8, 4),
+            accuracy_k: (8, 16),
+            keep_spectrum: false,
+        }
+    }
+}
+
+/// What the capture metrics compare against.
+pub enum Reference<'a> {
+    /// Another adapter on the same base (e.g. a longer or higher-rank run).
+    Adapter(&'a Adapter),
+    /// A fine-tuned model: ΔW* = W* − W, dense.
+    Model(&'a dyn WeightSource),
+}
+
+/// Dash coefficients of one module and how they move the TSDs.
+#[derive(Clone, Debug, Serialize)]
+pub struct DashReport {
+    pub s: usize,
+    pub naming: DashNaming,
+    /// Indices into W's σ; recovered from Ū for official checkpoints.
+    pub indices: Vec<Option<usize>>,
+    pub indices_recovered: bool,
+    pub delta_sigma: Vec<f32>,
+    pub delta_sigma_max_abs: f64,
+    /// σ_i / σ_1 of each picked direction.
+    pub sigma_ratio: Vec<Option<f64>>,
+    /// `|u_iᵀ (scaling·BA) v_i| / σ_i` on each Dash direction: LoRA's own change rate.
+    pub lora_rate: Vec<Option<f64>>,
+    /// `|u_iᵀ ΔW_all v_i| / σ_i` with the Dash term: how much Dash amplifies the TSD.
+    pub total_rate: Vec<Option<f64>>,
+}
+
+/// Capture of the reference's TSDs by this module's update.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaptureReport {
+    pub recall: Capture,
+    pub accuracy: Capture,
+    /// Top-`top_s` indices of the reference's change rates.
+    pub reference_top: Vec<usize>,
+    /// φ between the right singular subspaces of the two updates, `i = j = min(rank, amp r)`.
+    pub subspace_similarity: f64,
+}
+
+/// Everything measured for one adapted module.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModuleReport {
+    pub module: String,
+    /// Short name (`q_proj`).
+    pub module_type: String,
+    pub layer: Option<usize>,
+    /// `[out, in]`.
+    pub shape: [usize; 2],
+    pub r: usize,
+    pub alpha: f64,
+    pub scaling: f64,
+    pub delta_fro: f64,
+    pub sigma_max: f64,
+    pub sigma_min: f64,
+    pub tsd: Vec<Tsd>,
+    pub near_null_picks: usize,
+    pub amplification: Amplification,
+    pub dash: Option<DashReport>,
+    pub capture: Option<CaptureReport>,
+    pub svd_cache: CacheOutcome,
+    pub svd_seconds: f64,
+    pub trainable_params: u64,
+    pub frozen_stored_params: u64,
+    /// σ for every direction (with `keep_spectrum`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma: Option<Vec<f64>>,
+    /// δ for every direction (with `keep_spectrum`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Vec<f64>>,
+}
+
+/// Aggregates over a group of modules (a module type or a layer).
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupSummary {
+    pub group: String,
+    pub modules: usize,
+    pub mean_top_delta: f64,
+    pub max_top_delta: f64,
+    pub mean_amplification: f64,
+    pub mean_delta_fro: f64,
+    pub near_null_picks: usize,
+    pub mean_accuracy: Option<f64>,
+}
+
+/// Parameter counts of an adapter against its base.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdapterParams {
+    pub trainable: u64,
+    pub frozen_stored: u64,
+    pub stored: u64,
+    pub base: u64,
+    pub trainable_pct_of_base: f64,
+}
+
+/// The whole inspection.
+#[derive(Clone, Debug, Serialize)]
+pub struct InspectReport {
+    pub tsd_version: &'static str,
+    pub adapter: String,
+    pub base: String,
+    pub reference: Option<String>,
+    pub options: InspectOptions,
+    pub use_rslora: bool,
+    pub has_dash: bool,
+    pub modules: Vec<ModuleReport>,
+    pub by_type: Vec<GroupSummary>,
+    pub by_layer: Vec<GroupSummary>,
+    pub params: AdapterParams,
+    pub warnings: Vec<String>,
+    pub wall_seconds: f64,
+    pub svd_seconds_total: f64,
+    pub cache_hits: usize,
+}
+
+/// The layer number in a module path (`model.layers.12.mlp.up_proj` → 12).
+pub fn layer_of(module: &str) -> Option<usize> {
+    let mut parts = module.split('.');
+    while let Some(p) = parts.next() {
+        if p == "layers" || p == "h" || p == "layer" || p == "blocks" {
+            return parts.next().and_then(|n| n.parse().ok());
+        }
+    }
+    None
+}
+
+/// Loads the base weight of a module as `[out, in]` and checks it against the adapter's shapes.
+fn base_weight(base: &dyn WeightSource, m: &ModuleAdapter, fan_in_fan_out: bool) -> Result<Matrix> {
+    let name = format!("{}.weight", m.module);
+    if !base.has(&name) {
+        return Err(Error::MissingTensor {
+            context: format!(
+                "base model ({}) for adapter module {}",
+                base.describe(),
+                m.module
+            ),
+            tensor: name,
+        });
+    }
+    let mut w = base.matrix(&name)?;
+    if fan_in_fan_out {
+        w = w.transpose();
+    }
+    let (out, inp) = m.shape();
+    if (w.rows, w.cols) != (out, inp) {
+        return Err(Error::shape(
+            &m.module,
+            format!(
+                "base weight is {}x{} (out x in) but the adapter implies {out}x{inp} (lora_B {}x{}, lora_A {}x{}): is this the right base model?",
+                w.rows, w.cols, m.b.rows, m.b.cols, m.a.rows, m.a.cols
+            ),
+        ));
+    }
+    Ok(w)
+}
+
+/// Recovers Dash indices by matching each column of Ū to W's left singular vectors (|cos| > 0.99).
+fn recover_indices(svd: &Svd, u_bar: &Matrix) -> Vec<Option<usize>> {
+    let ub = u_bar.to_f64();
+    let g = svd.u.transpose() * &ub; // [k, s]
+    (0..ub.ncols())
+        .map(|j| {
+            let best =
+                (0..g.nrows()).max_by(|&a, &b| g[(a, j)].abs().total_cmp(&g[(b, j)].abs()))?;
+            (g[(best, j)].abs() > 0.99).then_some(best)
+        })
+        .collect()
+}
+
+struct ModuleInputs<'a> {
+    m: &'a ModuleAdapter,
+    w: Matrix,
+    reference: Option<Update>,
+}
+
+fn analyse_module(
+    inp: ModuleInputs<'_>,
+    opts: &InspectOptions,
+    cache: &SvdCache,
+) -> Result<ModuleReport> {
+    let m = inp.m;
+    let t0 = Instant::now();
+    let (svd, outcome) = cache.get_or_compute(&inp.w, opts.precision)?;
+    let svd_seconds = t0.elapsed().as_secs_f64();
+    let update = m.update();
+    let (coords, rates) = change_rates(&update, &svd, opts.floor);
+    let tsd = Tsd::select(&coords, &rates, &svd.s, opts.top_s);
+    let w64 = inp.w.to_f64();
+    let amp_r = opts.amp_rank.unwrap_or(m.r);
+    let amp = amplification(w64.as_ref(), &svd.s, &update, amp_r, opts.seed)?;
+
+    let dash = m.dash.as_ref().map(|d| {
+        let (indices, recovered) = match &d.indices {
+            Some(i) => (i.iter().map(|&x| Some(x)).collect::<Vec<_>>(), false),
+            None => (recover_indices(&svd, &d.u), true),
+        };
+        let (_, lora_rates) = change_rates(&m.lora_update(), &svd, opts.floor);
+        let s1 = svd.s[0];
+        DashReport {
+            s: d.s(),
+            naming: d.naming,
+            sigma_ratio: indices.iter().map(|i| i.map(|i| svd.s[i] / s1)).collect(),
+            lora_rate: indices.iter().map(|i| i.map(|i| lora_rates[i])).collect(),
+            total_rate: indices.iter().map(|i| i.map(|i| rates[i])).collect(),
+            indices,
+            indices_recovered: recovered,
+            delta_sigma_max_abs: d
+                .delta_sigma
+                .iter()
+                .fold(0.0f64, |a, &x| a.max(x.abs() as f64)),
+            delta_sigma: d.delta_sigma.clone(),
+        }
+    });
+
+    let capture_report = match &inp.reference {
+        None => None,
+        Some(r) => {
+            let (_, ref_rates) = change_rates(r, &svd, opts.floor);
+            let k = update.factor_rank().min(r.factor_rank()).min(amp_r.max(1));
+            let (pred_svd, ref_svd) = (update.svd()?, r.svd()?);
+            Some(CaptureReport {
+                recall: capture(&rates, &ref_rates, opts.recall_k.0, opts.recall_k.1),
+                accuracy: capture(&rates, &ref_rates, opts.accuracy_k.0, opts.accuracy_k.1),
+                reference_top: top_k(&ref_rates, opts.top_s),
+                subspace_similarity: subspace_similarity(
+                    pred_svd.v.as_ref(),
+                    ref_svd.v.as_ref(),
+                    k,
+                    k,
+                ),
+            })
+        }
+    };
+
+    let (out, inn) = m.shape();
+    Ok(ModuleReport {
+        module: m.module.clone(),
+        module_type: m.module.rsplit('.').next().unwrap_or(&m.module).to_string(),
+        layer: layer_of(&m.module),
+        shape: [out, inn],
+        r: m.r,
+        alpha: m.alpha,
+        scaling: m.scaling,
+        delta_fro: amp.delta_fro,
+        sigma_max: svd.s[0],
+        sigma_min: *svd.s.last().unwrap_or(&0.0),
+        near_null_picks: tsd.iter().filter(|t| t.near_null).count(),
+        tsd,
+        amplification: amp,
+        dash,
+        capture: capture_report,
+        svd_cache: outcome,
+        svd_seconds,
+        trainable_params: m.trainable_params(),
+        frozen_stored_params: m.frozen_stored_params(),
+        sigma: opts.keep_spectrum.then(|| svd.s.clone()),
+        delta: opts.keep_spectrum.then_some(rates),
+    })
+}
+
+fn reference_update(
+    reference: &Reference<'_>,
+    m: &ModuleAdapter,
+    w: &Matrix,
+    fan: bool,
+) -> Result<Option<Update>> {
+    Ok(match reference {
+        Reference::Adapter(a) => match a.modules.iter().find(|x| x.module == m.module) {
+            None => None,
+            Some(x) => {
+                if x.shape() != m.shape() {
+                    return Err(Error::shape(
+                        &m.module,
+                        format!(
+                            "reference adapter's module is {:?}, this adapter's is {:?}",
+                            x.shape(),
+                            m.shape()
+                        ),
+                    ));
+                }
+                Some(x.update())
+            }
+        },
+        Reference::Model(src) => {
+            let name = format!("{}.weight", m.module);
+            if !src.has(&name) {
+                None
+            } else {
+                let mut ws = src.matrix(&name)?;
+                if fan {
+                    ws = ws.transpose();
+                }
+                if (ws.rows, ws.cols) != (w.rows, w.cols) {
+                    return Err(Error::shape(
+                        &m.module,
+                        format!(
+                            "reference model weight is {}x{}, base is {}x{}",
+                            ws.rows, ws.cols, w.rows, w.cols
+                        ),
+                    ));
+                }
+                let d = faer::Mat::from_fn(w.rows, w.cols, |i, j| {
+                    ws.at(i, j) as f64 - w.at(i, j) as f64
+                });
+                Some(Update::Dense(d))
+            }
+        }
+    })
+}
+
+fn summarise(
+    modules: &[ModuleReport],
+    key: impl Fn(&ModuleReport) -> Option<String>,
+) -> Vec<GroupSummary> {
+    let mut groups: BTreeMap<String, Vec<&ModuleReport>> = BTreeMap::new();
+    for m in modules {
+        if let Some(k) = key(m) {
+            groups.entry(k).or_default().push(m);
+        }
+    }
+    let mean = |xs: &[f64]| {
+        if xs.is_empty() {
+            0.0
+        } else {
+            xs.iter().sum::<f64>() / xs.len() as f64
+        }
+    };
+    groups
+        .into_iter()
+        .map(|(group, ms)| {
+            let top: Vec<f64> = ms
+                .iter()
+                .map(|m| m.tsd.first().map_or(0.0, |t| t.delta))
+                .collect();
+            let amps: Vec<f64> = ms
+                .iter()
+                .map(|m| m.amplification.factor)
+                .filter(|x| x.is_finite())
+                .collect();
+            let fro: Vec<f64> = ms.iter().map(|m| m.delta_fro).collect();
+            let acc: Vec<f64> = ms
+                .iter()
+                .filter_map(|m| m.capture.as_ref().map(|c| c.accuracy.value))
+                .collect();
+            GroupSummary {
+                group,
+                modules: ms.len(),
+                mean_top_delta: mean(&top),
+                max_top_delta: top.iter().cloned().fold(0.0, f64::max),
+                mean_amplification: mean(&amps),
+                mean_delta_fro: mean(&fro),
+                near_null_picks: ms.iter().map(|m| m.near_null_picks).sum(),
+                mean_accuracy: (!acc.is_empty()).then(|| mean(&acc)),
+            }
+        })
+        .collect()
+}
+
+/// Inspects `adapter` against `base`. `progress` is called once per finished module.
+pub fn inspect(
+    adapter: &Adapter,
+    base: &dyn WeightSource,
+    reference: Option<(&Reference<'_>, String)>,
+    opts: &InspectOptions,
+    cache: &SvdCache,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<InspectReport> {
+    let t0 = Instant::now();
+    let fan = adapter.config.fan_in_fan_out;
+    // Validate every module's base weight before the expensive part, so bad input fails fast.
+    for m in &adapter.modules {
+        let name = format!("{}.weight", m.module);
+        let shape = base.shape(&name).ok_or_else(|| Error::MissingTensor {
+            context: format!(
+                "base model ({}) for adapter module {}",
+                base.describe(),
+                m.module
+            ),
+            tensor: name.clone(),
+        })?;
+        let want = if fan {
+            [m.a.cols, m.b.rows]
+        } else {
+            [m.b.rows, m.a.cols]
+        };
+        if shape != want {
+            return Err(Error::shape(
+                &m.module,
+                format!(
+                    "base weight `{name}` has shape {shape:?} but the adapter's lora_B {}x{} and lora_A {}x{} imply {want:?}",
+                    m.b.rows, m.b.cols, m.a.rows, m.a.cols
+                ),
+            ));
+        }
+    }
+    let results: Vec<Result<ModuleReport>> = adapter
+        .modules
+        .par_iter()
+        .map(|m| {
+            let w = base_weight(base, m, fan)?;
+            let r = match &reference {
+                Some((r, _)) => reference_update(r, m, &w, fan)?,
+                None => None,
+            };
+            let rep = analyse_module(ModuleInputs { m, w, reference: r }, opts, cache)?;
+            progress(&m.module);
+            Ok(rep)
+        })
+        .collect();
+    let modules: Vec<ModuleReport> = results.into_iter().collect::<Result<_>>()?;
+    let mut warnings = adapter.warnings.clone();
+    let near: usize = modules.iter().map(|m| m.near_null_picks).sum();
+    if near > 0 {
+        warnings.push(format!(
+            "{near} picked TSD(s) have σ/σ₁ < {:.0e}: near-null directions whose change rate is dominated by the division by σ (PAPER.md §6); consider --sigma-floor",
+            crate::directions::NEAR_NULL_RATIO
+        ));
+    }
+    for m in &modules {
+        if let Some(d) = &m.dash {
+            if d.indices_recovered && d.indices.iter().any(Option::is_none) {
+                warnings.push(format!(
+                    "module {}: some Dash directions Ū do not match any singular vector of this base W (is it the right base?)",
+                    m.module
+                ));
+            }
+        }
+    }
+    if let Some((_, name)) = &reference {
+        let missing = modules.iter().filter(|m| m.capture.is_none()).count();
+        if missing > 0 {
+            warnings.push(format!(
+                "{missing} module(s) have no counterpart in the reference {name}"
+            ));
+        }
+    }
+    let by_type = summarise(&modules, |m| Some(m.module_type.clone()));
+    let by_layer = summarise(&modules, |m| m.layer.map(|l| format!("{l:03}")));
+    let base_params = base.total_params();
+    let trainable = adapter.trainable_params();
+    let frozen = adapter.frozen_stored_params();
+    Ok(InspectReport {
+        tsd_version: env!("CARGO_PKG_VERSION"),
+        adapter: adapter.path.display().to_string(),
+        base: base.describe(),
+        reference: reference.map(|(_, n)| n),
+        options: opts.clone(),
+        use_rslora: adapter.config.use_rslora,
+        has_dash: adapter.has_dash(),
+        svd_seconds_total: modules.iter().map(|m| m.svd_seconds).sum(),
+        cache_hits: modules
+            .iter()
+            .filter(|m| m.svd_cache == CacheOutcome::Hit)
+            .count(),
+        modules,
+        by_type,
+        by_layer,
+        params: AdapterParams {
+            trainable,
+            frozen_stored: frozen,
+            stored: trainable + frozen,
+            base: base_params,
+            trainable_pct_of_base: if base_params > 0 {
+                100.0 * trainable as f64 / base_params as f64
+            } else {
+                0.0
+            },
+        },
+        warnings,
+        wall_seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_numbers_are_parsed() {
+        assert_eq!(layer_of("model.layers.12.mlp.up_proj"), Some(12));
+        assert_eq!(layer_of("transformer.h.3.attn.c_attn"), Some(3));
+        assert_eq!(layer_of("lm_head"), None);
+    }
+}

@@ -1,0 +1,372 @@
+//! Rendering reports as terminal tables, JSON and CSV. Reports are plain data; nothing here computes.
+
+use crate::error::{Error, Result};
+use crate::inspect::InspectReport;
+use crate::params::{pct2, ParamCounts};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, CellAlignment, Table};
+use serde::Serialize;
+
+/// Output format of a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+    Csv,
+}
+
+/// Pretty JSON of any report.
+pub fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| Error::InvalidArgument(format!("serialising JSON: {e}")))
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(header.to_vec());
+    t
+}
+
+fn right_align(t: &mut Table, from: usize) {
+    let n = t.column_count();
+    for i in from..n {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+fn sci(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else if !x.is_finite() {
+        "inf".into()
+    } else if (1e-3..1e4).contains(&x.abs()) {
+        format!("{x:.4}")
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+fn csv_err(e: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("writing CSV: {e}"))
+}
+
+/// The inspect report as an aligned terminal table (modules, then summaries, params, warnings).
+pub fn inspect_table(r: &InspectReport) -> String {
+    let with_ref = r.reference.is_some();
+    let mut h = vec![
+        "module",
+        "shape",
+        "r",
+        "scale",
+        "‖ΔW‖F",
+        "top TSD (index:δ)",
+        "σ/σ₁",
+        "amp",
+        "ΔW/W/rand proj",
+    ];
+    if r.has_dash {
+        h.push("max|Δσ|");
+    }
+    if with_ref {
+        h.extend(["rec@(8,4)", "acc@(8,16)", "φ"]);
+    }
+    let mut t = table(&h);
+    for m in &r.modules {
+        let top: Vec<String> = m
+            .tsd
+            .iter()
+            .take(3)
+            .map(|x| format!("{}:{}", x.index, sci(x.delta)))
+            .collect();
+        let ratio = m.tsd.first().map_or("-".into(), |x| {
+            format!("{:.3}{}", x.sigma_ratio, if x.near_null { "!" } else { "" })
+        });
+        let a = &m.amplification;
+        let mut row = vec![
+            m.module.clone(),
+            format!("{}x{}", m.shape[0], m.shape[1]),
+            m.r.to_string(),
+            sci(m.scaling),
+            sci(m.delta_fro),
+            top.join(" "),
+            ratio,
+            sci(a.factor),
+            format!(
+                "{}/{}/{}",
+                sci(a.proj_delta_basis),
+                sci(a.proj_w_basis),
+                sci(a.proj_random)
+            ),
+        ];
+        if r.has_dash {
+            row.push(
+                m.dash
+                    .as_ref()
+                    .map_or("-".into(), |d| sci(d.delta_sigma_max_abs)),
+            );
+        }
+        if with_ref {
+            match &m.capture {
+                Some(c) => row.extend([
+                    format!("{:.2}", c.recall.value),
+                    format!("{:.2}", c.accuracy.value),
+                    format!("{:.2}", c.subspace_similarity),
+                ]),
+                None => row.extend(["-".into(), "-".into(), "-".into()]),
+            }
+        }
+        t.add_row(row);
+    }
+    right_align(&mut t, 2);
+    let mut out = format!("adapter: {}\nbase:    {}\n", r.adapter, r.base);
+    if let Some(rf) = &r.reference {
+        out += &format!("reference: {rf}\n");
+    }
+    out += &format!("{t}\n");
+    out += "(top TSD: the 3 largest change rates δ = |uᵀΔWv|/σ; σ/σ₁ of the first, ! = near-null; amp = ‖ΔW‖F / ‖UᵣᵀWVᵣ‖F)\n\n";
+    for (title, groups) in [("by module type", &r.by_type), ("by layer", &r.by_layer)] {
+        if groups.is_empty() {
+            continue;
+        }
+        let mut h = vec![
+            title,
+            "modules",
+            "mean top δ",
+            "max top δ",
+            "mean amp",
+            "mean ‖ΔW‖F",
+            "near-null picks",
+        ];
+        if with_ref {
+            h.push("mean acc@(8,16)");
+        }
+        let mut g = table(&h);
+        for s in groups.iter() {
+            let mut row = vec![
+                s.group.clone(),
+                s.modules.to_string(),
+                sci(s.mean_top_delta),
+                sci(s.max_top_delta),
+                sci(s.mean_amplification),
+                sci(s.mean_delta_fro),
+                s.near_null_picks.to_string(),
+            ];
+            if with_ref {
+                row.push(s.mean_accuracy.map_or("-".into(), |a| format!("{a:.3}")));
+            }
+            g.add_row(row);
+        }
+        right_align(&mut g, 1);
+        out += &format!("{g}\n");
+    }
+    let p = &r.params;
+    out += &format!(
+        "parameters: trainable {} ({:.4}% of the base's {}), frozen stored {}, stored {}\n",
+        p.trainable, p.trainable_pct_of_base, p.base, p.frozen_stored, p.stored
+    );
+    out += &format!(
+        "SVD: {:.2} s over {} module(s), {} from cache; wall {:.2} s\n",
+        r.svd_seconds_total,
+        r.modules.len(),
+        r.cache_hits,
+        r.wall_seconds
+    );
+    for w in &r.warnings {
+        out += &format!("warning: {w}\n");
+    }
+    out
+}
+
+/// The inspect report as CSV, one row per module.
+pub fn inspect_csv(r: &InspectReport) -> Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "module",
+        "module_type",
+        "layer",
+        "out",
+        "in",
+        "r",
+        "alpha",
+        "scaling",
+        "delta_fro",
+        "sigma_max",
+        "sigma_min",
+        "tsd_indices",
+        "tsd_delta",
+        "tsd_sigma_ratio",
+        "near_null_picks",
+        "amp_r",
+        "amp_factor",
+        "proj_delta_basis",
+        "proj_w_basis",
+        "proj_random",
+        "dash_s",
+        "dash_indices",
+        "dash_delta_sigma",
+        "recall",
+        "accuracy",
+        "subspace_similarity",
+        "svd_cache",
+        "trainable_params",
+        "frozen_stored_params",
+    ])
+    .map_err(csv_err)?;
+    let join = |xs: Vec<String>| xs.join(" ");
+    for m in &r.modules {
+        let a = &m.amplification;
+        let (ds, di, dv) = match &m.dash {
+            Some(d) => (
+                d.s.to_string(),
+                join(
+                    d.indices
+                        .iter()
+                        .map(|i| i.map_or("?".into(), |i| i.to_string()))
+                        .collect(),
+                ),
+                join(d.delta_sigma.iter().map(|x| format!("{x:e}")).collect()),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let (rec, acc, phi) = match &m.capture {
+            Some(c) => (
+                c.recall.value.to_string(),
+                c.accuracy.value.to_string(),
+                c.subspace_similarity.to_string(),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        w.write_record([
+            m.module.clone(),
+            m.module_type.clone(),
+            m.layer.map_or(String::new(), |l| l.to_string()),
+            m.shape[0].to_string(),
+            m.shape[1].to_string(),
+            m.r.to_string(),
+            m.alpha.to_string(),
+            m.scaling.to_string(),
+            m.delta_fro.to_string(),
+            m.sigma_max.to_string(),
+            m.sigma_min.to_string(),
+            join(m.tsd.iter().map(|t| t.index.to_string()).collect()),
+            join(m.tsd.iter().map(|t| format!("{:e}", t.delta)).collect()),
+            join(
+                m.tsd
+                    .iter()
+                    .map(|t| format!("{:e}", t.sigma_ratio))
+                    .collect(),
+            ),
+            m.near_null_picks.to_string(),
+            a.r.to_string(),
+            a.factor.to_string(),
+            a.proj_delta_basis.to_string(),
+            a.proj_w_basis.to_string(),
+            a.proj_random.to_string(),
+            ds,
+            di,
+            dv,
+            rec,
+            acc,
+            phi,
+            format!("{:?}", m.svd_cache).to_lowercase(),
+            m.trainable_params.to_string(),
+            m.frozen_stored_params.to_string(),
+        ])
+        .map_err(csv_err)?;
+    }
+    String::from_utf8(w.into_inner().map_err(csv_err)?).map_err(csv_err)
+}
+
+/// One row of `tsd params` output.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParamsRow {
+    pub model: String,
+    #[serde(flatten)]
+    pub counts: ParamCounts,
+}
+
+/// `tsd params` as a table: counts and the three percentage conventions.
+pub fn params_table(rows: &[ParamsRow]) -> String {
+    let mut t = table(&[
+        "model",
+        "rank",
+        "dash s",
+        "trainable",
+        "  of which Dash",
+        "frozen stored",
+        "base",
+        "% exact",
+        "% of nominal",
+        "% PEFT-style",
+    ]);
+    for r in rows {
+        let c = &r.counts;
+        let s = if c.dash_trainable > 0 {
+            (c.dash_trainable / c.adapted_matrices).to_string()
+        } else {
+            "-".into()
+        };
+        t.add_row(vec![
+            r.model.clone(),
+            c.rank.to_string(),
+            s,
+            c.trainable.to_string(),
+            c.dash_trainable.to_string(),
+            c.frozen_stored.to_string(),
+            c.base_params.to_string(),
+            format!("{:.4}", c.pct_exact),
+            pct2(c.pct_nominal, false),
+            pct2(c.pct_peft, true),
+        ]);
+    }
+    right_align(&mut t, 1);
+    format!(
+        "{t}\n% exact = trainable/base; % of nominal = trainable/(base rounded to 3 s.f.), rounded; % PEFT-style = trainable/(base+trainable), truncated (PEFT's print_trainable_parameters)\n"
+    )
+}
+
+/// `tsd params` as CSV.
+pub fn params_csv(rows: &[ParamsRow]) -> Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "model",
+        "rank",
+        "targets",
+        "adapted_matrices",
+        "lora_trainable",
+        "dash_trainable",
+        "trainable",
+        "frozen_stored",
+        "stored",
+        "base_params",
+        "base_nominal",
+        "pct_exact",
+        "pct_nominal",
+        "pct_peft",
+    ])
+    .map_err(csv_err)?;
+    for r in rows {
+        let c = &r.counts;
+        w.write_record([
+            r.model.clone(),
+            c.rank.to_string(),
+            c.targets.join(" "),
+            c.adapted_matrices.to_string(),
+            c.lora_trainable.to_string(),
+            c.dash_trainable.to_string(),
+            c.trainable.to_string(),
+            c.frozen_stored.to_string(),
+            c.stored.to_string(),
+            c.base_params.to_string(),
+            c.base_nominal.to_string(),
+            c.pct_exact.to_string(),
+            c.pct_nominal.to_string(),
+            c.pct_peft.to_string(),
+        ])
+        .map_err(csv_err)?;
+    }
+    String::from_utf8(w.into_inner().map_err(csv_err)?).map_err(csv_err)
+}

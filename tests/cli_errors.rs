@@ -1,0 +1,256 @@
+//! Bad input: every case exits with code 2 and a one-line cause, never a panic.
+
+mod common;
+
+use common::{copy_dir, fixture, tsd};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tsd::adapter::{load_adapter, write_adapter};
+
+/// A writable copy of the PEFT LoRA fixture pointing at the tiny base by absolute path.
+fn adapter_copy(dir: &Path) -> PathBuf {
+    let a = dir.join("adapter");
+    copy_dir(&fixture("peft-lora"), &a);
+    a
+}
+
+/// Runs `tsd inspect` and returns stderr, asserting exit code 2 and no panic.
+fn inspect_fails(adapter: &Path, extra: &[&str]) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let base = fixture("tiny-llama");
+    let mut args = vec![
+        "inspect".to_string(),
+        adapter.display().to_string(),
+        "--base".into(),
+        base.display().to_string(),
+        "-q".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = tsd(home.path()).args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn write_tensors(path: &Path, tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>) {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+#[test]
+fn truncated_safetensors() {
+    let d = tempfile::tempdir().unwrap();
+    let a = adapter_copy(d.path());
+    let f = a.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
+    let err = inspect_fails(&a, &[]);
+    assert!(err.contains("not a valid safetensors file"), "{err}");
+    std::fs::write(&f, &bytes[..5]).unwrap();
+    inspect_fails(&a, &[]);
+}
+
+#[test]
+fn header_that_lies_about_sizes() {
+    let d = tempfile::tempdir().unwrap();
+    let a = adapter_copy(d.path());
+    let f = a.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+    // Claim a larger shape for the first tensor than its byte range holds.
+    let lied = header.replacen("\"shape\":[4,", "\"shape\":[5,", 1);
+    assert_ne!(lied, header);
+    let mut out = bytes[..8].to_vec();
+    out.extend_from_slice(lied.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&f, out).unwrap();
+    let err = inspect_fails(&a, &[]);
+    assert!(err.contains("safetensors"), "{err}");
+}
+
+#[test]
+fn shape_mismatch_with_the_base() {
+    let d = tempfile::tempdir().unwrap();
+    let mut ad = load_adapter(&fixture("peft-lora")).unwrap();
+    let m = &mut ad.modules[0];
+    m.a = tsd::linalg::Matrix::new(
+        m.a.rows,
+        m.a.cols + 1,
+        vec![0.01; m.a.rows * (m.a.cols + 1)],
+    )
+    .unwrap();
+    write_adapter(&d.path().join("a"), &ad).unwrap();
+    let err = inspect_fails(&d.path().join("a"), &[]);
+    assert!(err.contains("shape"), "{err}");
+}
+
+#[test]
+fn missing_base_tensor() {
+    let d = tempfile::tempdir().unwrap();
+    let mut ad = load_adapter(&fixture("peft-lora")).unwrap();
+    ad.modules[0].module = "model.layers.7.mlp.down_proj".into();
+    write_adapter(&d.path().join("a"), &ad).unwrap();
+    let err = inspect_fails(&d.path().join("a"), &[]);
+    assert!(
+        err.contains("missing tensor `model.layers.7.mlp.down_proj.weight`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn nan_and_inf_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let mut ad = load_adapter(&fixture("peft-lora")).unwrap();
+    ad.modules[1].b.data[3] = f32::NAN;
+    ad.modules[1].b.data[5] = f32::INFINITY;
+    write_adapter(&d.path().join("a"), &ad).unwrap();
+    let err = inspect_fails(&d.path().join("a"), &[]);
+    assert!(err.contains("2 non-finite value(s)"), "{err}");
+}
+
+#[test]
+fn unknown_dtype() {
+    let d = tempfile::tempdir().unwrap();
+    let a = adapter_copy(d.path());
+    write_tensors(
+        &a.join("adapter_model.safetensors"),
+        vec![
+            (
+                "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight",
+                Dtype::I8,
+                vec![4, 160],
+                vec![1u8; 640],
+            ),
+            (
+                "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight",
+                Dtype::F32,
+                vec![64, 4],
+                vec![0u8; 1024],
+            ),
+        ],
+    );
+    let err = inspect_fails(&a, &[]);
+    assert!(err.contains("has dtype I8"), "{err}");
+}
+
+#[test]
+fn empty_adapter() {
+    let d = tempfile::tempdir().unwrap();
+    let a = adapter_copy(d.path());
+    write_tensors(
+        &a.join("adapter_model.safetensors"),
+        vec![("some.other.tensor", Dtype::F32, vec![2], vec![0u8; 8])],
+    );
+    let err = inspect_fails(&a, &[]);
+    assert!(err.contains("holds no LoRA tensors"), "{err}");
+    write_tensors(&a.join("adapter_model.safetensors"), vec![]);
+    inspect_fails(&a, &[]);
+}
+
+#[test]
+fn wrong_rank_in_config() {
+    let d = tempfile::tempdir().unwrap();
+    let a = adapter_copy(d.path());
+    let cfg = std::fs::read_to_string(a.join("adapter_config.json")).unwrap();
+    std::fs::write(
+        a.join("adapter_config.json"),
+        cfg.replace("\"r\": 4", "\"r\": 8"),
+    )
+    .unwrap();
+    let err = inspect_fails(&a, &[]);
+    assert!(
+        err.contains("gives rank 8 for this module, but its tensors have rank 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_config_and_missing_partner_tensor() {
+    let d = tempfile::tempdir().unwrap();
+    let a = adapter_copy(d.path());
+    std::fs::write(a.join("adapter_config.json"), "{\"r\": 4,").unwrap();
+    assert!(inspect_fails(&a, &[]).contains("invalid JSON"));
+    copy_dir(&fixture("peft-lora"), &a);
+    write_tensors(
+        &a.join("adapter_model.safetensors"),
+        vec![(
+            "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight",
+            Dtype::F32,
+            vec![4, 160],
+            vec![0u8; 2560],
+        )],
+    );
+    assert!(inspect_fails(&a, &[]).contains("missing tensor `lora_B.weight`"));
+}
+
+#[test]
+fn pickle_adapters_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("pickled");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::copy(
+        fixture("peft-lora/adapter_config.json"),
+        a.join("adapter_config.json"),
+    )
+    .unwrap();
+    std::fs::write(a.join("adapter_model.bin"), b"\x80\x02}q\x00.").unwrap();
+    let err = inspect_fails(&a, &[]);
+    assert!(err.contains("pickle checkpoints are refused"), "{err}");
+}
+
+#[test]
+fn bad_arguments_and_missing_paths() {
+    let d = tempfile::tempdir().unwrap();
+    let a = adapter_copy(d.path());
+    inspect_fails(&a, &["--top-s", "0"]);
+    inspect_fails(&d.path().join("nope"), &[]);
+    let home = tempfile::tempdir().unwrap();
+    let out = tsd(home.path())
+        .args([
+            "inspect",
+            a.to_str().unwrap(),
+            "--base",
+            "/definitely/not/here",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = tsd(home.path())
+        .args(["params", "--model", "llama-7b", "--targets", "attn"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target module `attn`"));
+}
+
+#[test]
+fn offline_hub_id_not_in_cache_is_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let a = adapter_copy(d.path());
+    let home = tempfile::tempdir().unwrap();
+    let out = tsd(home.path())
+        .env("HF_HOME", home.path().join("hf"))
+        .args([
+            "inspect",
+            a.to_str().unwrap(),
+            "--base",
+            "someone/not-cached",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("not in the Hugging Face cache and offline mode is on"));
+}

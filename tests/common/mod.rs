@@ -1,0 +1,42 @@
+//! Shared helpers for integration tests: fixture paths and running the real `tsd` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// `tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The reference numbers written by `scripts/make_peft_fixtures.py` (real PEFT).
+pub fn expected() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture("expected.json")).expect("expected.json");
+    serde_json::from_str(&text).expect("valid json")
+}
+
+/// The `tsd` binary with an isolated cache directory.
+pub fn tsd(home: &Path) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("tsd").expect("binary built");
+    c.env("TSD_HOME", home)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HOME");
+    c
+}
+
+/// Copies a fixture directory into `dst` (flat).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Relative closeness with an absolute floor.
+pub fn close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
+    (a - b).abs() <= abs + rel * a.abs().max(b.abs())
+}
