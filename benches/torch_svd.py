@@ -7,9 +7,8 @@ and the median of three timed calls; larger ones a single timed call.  The
 result goes to ``reproductions/bench/torch_svd.json`` with the torch version,
 thread count, CPU model, and the load average around the run (other work on
 the machine, such as a concurrent build, inflates the timings badly: OpenMP
-threads that lose their core stall each other).  Before each shape the share of
-CPU used by other processes over one second is recorded as
-``other_cpu_busy_before``.
+threads that lose their core stall each other).  Every timed run records ``other_cpu_share``: the share of the machine's CPU time
+that other processes used while it ran (0 = quiet machine).
 
 Usage (from the repository root)::
 
@@ -41,38 +40,37 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def cpu_busy(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs busy during ``seconds`` of sleep (i.e. used by other processes)."""
-
-    def sample():
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    total0, idle0 = sample()
-    time.sleep(seconds)
-    total1, idle1 = sample()
-    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+def cpu_ticks() -> tuple:
+    """(all CPUs' total ticks, their busy ticks, this process's ticks) from /proc."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields)
+    busy = total - fields[3] - fields[4]  # minus idle and iowait
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return total, busy, int(own[11]) + int(own[12])  # utime + stime, all threads
 
 
-def time_svd(w: torch.Tensor) -> float:
-    """Wall-clock seconds of one reduced SVD of ``w``."""
+def time_svd(w: torch.Tensor) -> dict:
+    """One reduced SVD of ``w``: wall-clock seconds and the CPU share other processes took meanwhile."""
+    total0, busy0, own0 = cpu_ticks()
     start = time.perf_counter()
     torch.linalg.svd(w, full_matrices=False)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    total1, busy1, own1 = cpu_ticks()
+    other = ((busy1 - busy0) - (own1 - own0)) / max(total1 - total0, 1)
+    return {"seconds": seconds, "other_cpu_share": round(max(other, 0.0), 3)}
 
 
 def bench_shape(rows: int, cols: int, seed: int) -> dict:
-    """Time one shape; returns the per-run times and the reported seconds."""
+    """Time one shape; returns the per-run records and the reported seconds."""
     w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-    busy = cpu_busy()
     if max(rows, cols) <= SMALL:
         time_svd(w)
         runs = [time_svd(w) for _ in range(REPEATS)]
-        seconds = statistics.median(runs)
+        seconds = statistics.median(r["seconds"] for r in runs)
     else:
         runs = [time_svd(w)]
-        seconds = runs[0]
-    return {"shape": [rows, cols], "seconds": seconds, "runs": runs, "other_cpu_busy_before": round(busy, 3)}
+        seconds = runs[0]["seconds"]
+    return {"shape": [rows, cols], "seconds": seconds, "runs": runs}
 
 
 def main() -> None:
@@ -88,8 +86,8 @@ def main() -> None:
     for i, (rows, cols) in enumerate(SHAPES):
         rec = bench_shape(rows, cols, seed=i)
         print(
-            f"{rows}x{cols}: {rec['seconds']:.3f} s  runs={[round(t, 3) for t in rec['runs']]}"
-            f"  other_cpu_busy_before={rec['other_cpu_busy_before']}",
+            f"{rows}x{cols}: {rec['seconds']:.3f} s  "
+            f"runs={[(round(r['seconds'], 3), r['other_cpu_share']) for r in rec['runs']]}",
             flush=True,
         )
         results.append(rec)
