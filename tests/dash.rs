@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use tsd::adapter::{fold_dash, load_adapter, write_adapter, Adapter, DashNaming, DashState};
 use tsd::linalg::{svd, Matrix, Precision};
-use tsd::weights::{open_path, WeightSource};
+use tsd::weights::open_path;
 
 const PICKS: [usize; 4] = [30, 2, 17, 25];
 
