@@ -286,3 +286,59 @@ fn folding_a_rank_pattern_adapter_keeps_per_module_ranks() {
         assert!(err < 1e-5, "{}: {err}", a.module);
     }
 }
+
+/// Writes the tsd-written adapters that `scripts/peft_load_check.py` loads in real PEFT
+/// (`cargo test --release --test dash -- --ignored`, then run the script; see
+/// `tests/fixtures/tsd-written/README.md`).
+#[test]
+#[ignore]
+fn write_tsd_written_fixtures() {
+    let root = fixture("tsd-written");
+    let dash = dash_adapter();
+    write_adapter(&root.join("dash-folded"), &fold_dash(&dash)).unwrap();
+    let rs = load_adapter(&fixture("peft-rslora")).unwrap();
+    write_adapter(&root.join("rslora-folded"), &fold_dash(&rs)).unwrap();
+    write_adapter(
+        &root.join("plain"),
+        &load_adapter(&fixture("peft-lora")).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Adapters written by tsd, loaded by real PEFT (`peft-delta.safetensors` holds PEFT's merged ΔW per
+/// module): tsd's own ΔW for the same files must agree.
+#[test]
+fn tsd_written_adapters_mean_the_same_delta_w_in_peft() {
+    for (name, original) in [
+        ("plain", None),
+        ("dash-folded", Some(dash_adapter())),
+        ("rslora-folded", None),
+    ] {
+        let dir = fixture("tsd-written").join(name);
+        let ad = load_adapter(&dir).unwrap();
+        let bytes = std::fs::read(dir.join("peft-delta.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.len(), ad.modules.len(), "{name}");
+        for m in &ad.modules {
+            let view = st.tensor(&m.module).unwrap();
+            let peft = tsd::weights::tensor::decode_matrix(&dir, &m.module, &view)
+                .unwrap()
+                .to_f64();
+            let ours = m.update().to_dense();
+            let err = (&peft - &ours).norm_max() / ours.norm_max();
+            assert!(
+                err < 1e-5,
+                "{name} {}: PEFT's ΔW differs from tsd's by {err}",
+                m.module
+            );
+            if let Some(orig) = &original {
+                let want = dense(orig, &m.module);
+                assert!(
+                    (&peft - &want).norm_max() / want.norm_max() < 1e-5,
+                    "{name} {}: folded ≠ Dash ΔW",
+                    m.module
+                );
+            }
+        }
+    }
+}
