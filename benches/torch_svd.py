@@ -5,10 +5,12 @@ For each shape, ``torch.linalg.svd(W, full_matrices=False)`` is timed on a
 seeded random normal W.  Shapes with both sides <= 2048 get one warm-up call
 and the median of three timed calls; larger ones a single timed call.  The
 result goes to ``reproductions/bench/torch_svd.json`` with the torch version,
-thread count, CPU model, and the load average around the run (other work on
-the machine, such as a concurrent build, inflates the timings badly: OpenMP
-threads that lose their core stall each other).  Every timed run records ``other_cpu_share``: the share of the machine's CPU time
-that other processes used while it ran (0 = quiet machine).
+thread count, CPU model and the load average around the run.
+
+Other work on the machine (a concurrent build) inflates the timings badly,
+since OpenMP threads that lose their core stall each other.  Every timed run
+therefore records ``other_cpu_share``: the share of the machine's CPU time that
+other processes used while it ran (0 = quiet machine).
 
 Usage (from the repository root)::
 

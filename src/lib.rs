@@ -16,5 +16,6 @@ pub mod weights;
 pub use error::{Error, Result};
 pub mod inspect;
 pub mod model;
+pub mod nn;
 pub mod output;
 pub mod params;

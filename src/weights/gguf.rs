@@ -169,6 +169,17 @@ impl GgufModel {
         })
     }
 
+    /// HF layout of a dequantized llama.cpp matrix: Q and K rows are un-permuted.
+    fn matrix_from(&self, name: &str, m: Matrix) -> Result<Matrix> {
+        if name.ends_with("self_attn.q_proj.weight") {
+            unpermute_rows(&m, self.n_head)
+        } else if name.ends_with("self_attn.k_proj.weight") {
+            unpermute_rows(&m, self.n_kv_head)
+        } else {
+            Ok(m)
+        }
+    }
+
     /// Path of the GGUF file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -197,7 +208,7 @@ impl WeightSource for GgufModel {
             .map(|t| t.shape.dims().to_vec())
     }
 
-    fn matrix(&self, name: &str) -> Result<Matrix> {
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let g = self.names.get(name).ok_or_else(|| Error::MissingTensor {
             context: self.describe(),
             tensor: name.to_string(),
@@ -213,22 +224,24 @@ impl WeightSource for GgufModel {
         };
         let t = qt.dequantize(&Device::Cpu)?;
         let dims = t.dims().to_vec();
+        let data = t.flatten_all()?.to_vec1::<f32>()?;
+        super::tensor::check_finite(&self.path, g, &data)?;
+        if dims.len() == 2 {
+            let m = self.matrix_from(name, Matrix::new(dims[0], dims[1], data)?)?;
+            return Ok((dims, m.data));
+        }
+        Ok((dims, data))
+    }
+
+    fn matrix(&self, name: &str) -> Result<Matrix> {
+        let (dims, data) = self.tensor(name)?;
         if dims.len() != 2 {
             return Err(Error::shape(
                 name,
                 format!("expected a matrix, found shape {dims:?}"),
             ));
         }
-        let data = t.flatten_all()?.to_vec1::<f32>()?;
-        super::tensor::check_finite(&self.path, g, &data)?;
-        let m = Matrix::new(dims[0], dims[1], data)?;
-        if name.ends_with("self_attn.q_proj.weight") {
-            unpermute_rows(&m, self.n_head)
-        } else if name.ends_with("self_attn.k_proj.weight") {
-            unpermute_rows(&m, self.n_kv_head)
-        } else {
-            Ok(m)
-        }
+        Matrix::new(dims[0], dims[1], data)
     }
 
     fn names(&self) -> Vec<String> {

@@ -25,6 +25,8 @@ pub trait WeightSource: Send + Sync {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// A 2-D weight as f32 `[out, in]`, HF layout, finite-checked. Reads only this tensor.
     fn matrix(&self, name: &str) -> Result<Matrix>;
+    /// Any float tensor (e.g. a 1-D norm weight) as `(shape, f32 values)`, HF layout, finite-checked.
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
     /// All tensor names (HF names).
     fn names(&self) -> Vec<String>;
     /// Total parameter count of the checkpoint.

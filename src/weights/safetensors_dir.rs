@@ -138,6 +138,20 @@ impl WeightSource for SafetensorsModel {
         decode_matrix(&shard.path, name, &view)
     }
 
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (i, _) = self.index.get(name).ok_or_else(|| Error::MissingTensor {
+            context: self.describe(),
+            tensor: name.to_string(),
+        })?;
+        let shard = &self.shards[*i];
+        let st = SafeTensors::deserialize(&shard.mmap).map_err(|e| st_error(&shard.path, e))?;
+        let view = st.tensor(name).map_err(|e| st_error(&shard.path, e))?;
+        Ok((
+            view.shape().to_vec(),
+            super::tensor::decode_f32(&shard.path, name, &view)?,
+        ))
+    }
+
     fn names(&self) -> Vec<String> {
         self.index.keys().cloned().collect()
     }

@@ -1,0 +1,482 @@
+//! The linear layer that adapters wrap (PAPER.md §2):
+//! `h = W x + s·B A·drop(x) [+ Ū diag(Δσ) V̄ᵀ·drop(x)]`, with `W` frozen (or trainable under full
+//! fine-tuning), `A: [r, in]` Kaiming-uniform, `B: [out, r]` zero, `s = α/r` (or `α/√r`).
+
+use crate::adapter::{DashNaming, DashState, ModuleAdapter};
+use crate::directions::{change_rates, SigmaFloor, Tsd, Update};
+use crate::linalg::{Matrix, Svd};
+use crate::nn::FrozenLinear;
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use std::cell::RefCell;
+
+/// Per-forward settings: training mode and a seeded dropout stream (deterministic on CPU).
+pub struct ForwardCtx {
+    pub train: bool,
+    pub dropout: f32,
+    rng: RefCell<rand::rngs::SmallRng>,
+}
+
+impl ForwardCtx {
+    /// Inference: no dropout.
+    pub fn eval() -> Self {
+        ForwardCtx {
+            train: false,
+            dropout: 0.0,
+            rng: RefCell::new(rand::rngs::SmallRng::seed_from_u64(0)),
+        }
+    }
+
+    /// Training with dropout probability `p` on the adapter input, masks drawn from `seed`.
+    pub fn train(p: f32, seed: u64) -> Self {
+        ForwardCtx {
+            train: true,
+            dropout: p,
+            rng: RefCell::new(rand::rngs::SmallRng::seed_from_u64(seed)),
+        }
+    }
+
+    /// `x` with inverted dropout applied (training only).
+    fn drop(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.train || self.dropout <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.dropout;
+        let n = x.elem_count();
+        let mut rng = self.rng.borrow_mut();
+        let mask: Vec<f32> = (0..n)
+            .map(|_| {
+                if rng.random::<f32>() < keep {
+                    1.0 / keep
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x.mul(&mask)
+    }
+}
+
+/// LoRA factors of one module.
+pub struct LoraLayer {
+    /// `[r, in]`.
+    pub a: Var,
+    /// `[out, r]`.
+    pub b: Var,
+    pub r: usize,
+    pub alpha: f64,
+    pub scaling: f64,
+}
+
+/// LoRA-Dash's extra term: frozen `Ū [out, s]`, `V̄ᵀ [s, in]`, trainable `Δσ [s]` (unscaled).
+pub struct DashLayer {
+    pub u: Tensor,
+    pub vt: Tensor,
+    pub delta_sigma: Var,
+    pub indices: Vec<usize>,
+    /// σ_I of W at the switch.
+    pub sigma: Vec<f32>,
+    /// δ̂_I at the switch.
+    pub delta_hat: Vec<f32>,
+}
+
+/// What the switch picked in one module.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DashSwitch {
+    pub module: String,
+    pub tsd: Vec<Tsd>,
+}
+
+/// A linear layer with its adapter.
+pub struct AdaptedLinear {
+    /// HF module path.
+    pub module: String,
+    base: FrozenLinear,
+    /// Full fine-tuning: the weight itself is trainable (then `base` is W₀ for ΔW = W − W₀).
+    pub full: Option<Var>,
+    pub lora: Option<LoraLayer>,
+    pub dash: Option<DashLayer>,
+    merged: bool,
+}
+
+fn to_matrix(t: &Tensor) -> Result<Matrix> {
+    let (r, c) = t.dims2()?;
+    let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Matrix::new(r, c, data).map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+fn from_matrix(m: &Matrix, dev: &Device, dtype: DType) -> Result<Tensor> {
+    Tensor::from_vec(m.data.clone(), (m.rows, m.cols), dev)?.to_dtype(dtype)
+}
+
+impl AdaptedLinear {
+    /// A frozen linear without adapter; `weight: [out, in]`.
+    pub fn frozen(module: impl Into<String>, weight: Tensor) -> Self {
+        AdaptedLinear {
+            module: module.into(),
+            base: FrozenLinear::new(weight),
+            full: None,
+            lora: None,
+            dash: None,
+            merged: false,
+        }
+    }
+
+    /// The base weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        self.base.weight()
+    }
+
+    /// `(out, in)`.
+    pub fn shape(&self) -> Result<(usize, usize)> {
+        self.weight().dims2()
+    }
+
+    /// Adds LoRA: A Kaiming-uniform (a = √5, i.e. U(±1/√in)), B zero; `seed` makes it reproducible.
+    pub fn add_lora(&mut self, r: usize, alpha: f64, use_rslora: bool, seed: u64) -> Result<()> {
+        let (out, inp) = self.shape()?;
+        let dev = self.weight().device().clone();
+        let dtype = self.weight().dtype();
+        let bound = 1.0 / (inp as f32).sqrt();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let a: Vec<f32> = (0..r * inp)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        let a = Var::from_tensor(&Tensor::from_vec(a, (r, inp), &dev)?.to_dtype(dtype)?)?;
+        let b = Var::from_tensor(&Tensor::zeros((out, r), dtype, &dev)?)?;
+        let scaling = if use_rslora {
+            alpha / (r as f64).sqrt()
+        } else {
+            alpha / r as f64
+        };
+        self.lora = Some(LoraLayer {
+            a,
+            b,
+            r,
+            alpha,
+            scaling,
+        });
+        Ok(())
+    }
+
+    /// Makes W itself trainable (full fine-tuning of this module).
+    pub fn make_full(&mut self) -> Result<()> {
+        self.full = Some(Var::from_tensor(&self.weight().copy()?)?);
+        Ok(())
+    }
+
+    /// Trainable variables of this layer.
+    pub fn vars(&self) -> Vec<Var> {
+        let mut v = Vec::new();
+        if let Some(w) = &self.full {
+            v.push(w.clone());
+        }
+        if let Some(l) = &self.lora {
+            v.push(l.a.clone());
+            v.push(l.b.clone());
+        }
+        if let Some(d) = &self.dash {
+            v.push(d.delta_sigma.clone());
+        }
+        v
+    }
+
+    /// The current LoRA update `s·B·A` (f64 factors) for TSD identification.
+    pub fn lora_update(&self) -> Result<Option<Update>> {
+        let Some(l) = &self.lora else { return Ok(None) };
+        let a = to_matrix(l.a.as_tensor())?;
+        let b = to_matrix(l.b.as_tensor())?;
+        let bs = faer::Mat::from_fn(b.rows, b.cols, |i, j| l.scaling * b.at(i, j) as f64);
+        Ok(Some(Update::LowRank {
+            b: bs,
+            a: a.to_f64(),
+        }))
+    }
+
+    /// LoRA-Dash identification (PAPER.md §2 step 2): δ̂ from the current `s·B·A` against W's SVD,
+    /// top-`s` directions frozen as Ū, V̄ᵀ, and `s` new Δσ initialised to zero, so the output is
+    /// unchanged at the switch.
+    pub fn start_dash(&mut self, s: usize, svd: &Svd, floor: SigmaFloor) -> Result<DashSwitch> {
+        let update = self.lora_update()?.ok_or_else(|| {
+            candle_core::Error::Msg(format!("{}: LoRA-Dash needs a LoRA adapter", self.module))
+        })?;
+        let (coords, rates) = change_rates(&update, svd, floor);
+        let tsd = Tsd::select(&coords, &rates, &svd.s, s);
+        let (out, inp) = self.shape()?;
+        let idx: Vec<usize> = tsd.iter().map(|t| t.index).collect();
+        let k = idx.len();
+        let u: Vec<f32> = (0..out * k)
+            .map(|x| svd.u[(x / k, idx[x % k])] as f32)
+            .collect();
+        let vt: Vec<f32> = (0..k * inp)
+            .map(|x| svd.v[(x % inp, idx[x / inp])] as f32)
+            .collect();
+        let dev = self.weight().device().clone();
+        let dtype = self.weight().dtype();
+        self.dash = Some(DashLayer {
+            u: Tensor::from_vec(u, (out, k), &dev)?.to_dtype(dtype)?,
+            vt: Tensor::from_vec(vt, (k, inp), &dev)?.to_dtype(dtype)?,
+            delta_sigma: Var::from_tensor(&Tensor::zeros(k, dtype, &dev)?)?,
+            indices: idx,
+            sigma: tsd.iter().map(|t| t.sigma as f32).collect(),
+            delta_hat: tsd.iter().map(|t| t.delta as f32).collect(),
+        });
+        Ok(DashSwitch {
+            module: self.module.clone(),
+            tsd,
+        })
+    }
+
+    /// `W + s·B·A + Ū diag(Δσ) V̄ᵀ`, `[out, in]` (or the trained W under full fine-tuning).
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        let mut w = match &self.full {
+            Some(v) => v.as_tensor().detach(),
+            None => self.weight().clone(),
+        };
+        if let Some(l) = &self.lora {
+            w = (w + (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scaling)?)?;
+        }
+        if let Some(d) = &self.dash {
+            w = (w + d
+                .u
+                .broadcast_mul(&d.delta_sigma.as_tensor().unsqueeze(0)?)?
+                .matmul(&d.vt)?)?;
+        }
+        w.detach().contiguous()
+    }
+
+    /// Folds the adapter into the base weight for inference; [`unmerge`](Self::unmerge) undoes it.
+    pub fn merge(&mut self) -> Result<()> {
+        if !self.merged && (self.lora.is_some() || self.full.is_some()) {
+            let w = self.merged_weight()?;
+            self.base = FrozenLinear::new(w);
+            self.merged = true;
+        }
+        Ok(())
+    }
+
+    /// Restores the unmerged base weight `W = W' − s·B·A − Ū diag(Δσ) V̄ᵀ`.
+    pub fn unmerge(&mut self) -> Result<()> {
+        if self.merged {
+            let mut w = self.weight().clone();
+            if let Some(l) = &self.lora {
+                w = (w - (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scaling)?)?;
+            }
+            if let Some(d) = &self.dash {
+                w = (w - d
+                    .u
+                    .broadcast_mul(&d.delta_sigma.as_tensor().unsqueeze(0)?)?
+                    .matmul(&d.vt)?)?;
+            }
+            self.base = FrozenLinear::new(w.contiguous()?);
+            self.merged = false;
+        }
+        Ok(())
+    }
+
+    /// The PEFT view of this module's adapter (None without LoRA).
+    pub fn to_module_adapter(&self) -> Result<Option<ModuleAdapter>> {
+        let Some(l) = &self.lora else { return Ok(None) };
+        let dash = match &self.dash {
+            None => None,
+            Some(d) => Some(DashState {
+                u: to_matrix(&d.u)?,
+                vt: to_matrix(&d.vt)?,
+                delta_sigma: d.delta_sigma.as_tensor().to_dtype(DType::F32)?.to_vec1()?,
+                indices: Some(d.indices.clone()),
+                sigma_at_switch: Some(d.sigma.clone()),
+                delta_hat_at_switch: Some(d.delta_hat.clone()),
+                naming: DashNaming::Tsd,
+            }),
+        };
+        Ok(Some(ModuleAdapter {
+            module: self.module.clone(),
+            r: l.r,
+            alpha: l.alpha,
+            scaling: l.scaling,
+            a: to_matrix(l.a.as_tensor())?,
+            b: to_matrix(l.b.as_tensor())?,
+            dora_magnitude: None,
+            dash,
+        }))
+    }
+
+    /// Loads saved adapter values (a resumed run); shapes must agree.
+    pub fn load_module_adapter(&mut self, m: &ModuleAdapter) -> Result<()> {
+        let dev = self.weight().device().clone();
+        let dtype = self.weight().dtype();
+        let l = self.lora.as_mut().ok_or_else(|| {
+            candle_core::Error::Msg(format!("{}: no LoRA layer to load into", self.module))
+        })?;
+        if l.a.dims() != [m.a.rows, m.a.cols] || l.b.dims() != [m.b.rows, m.b.cols] {
+            candle_core::bail!("{}: saved LoRA shapes differ from the model's", self.module);
+        }
+        l.a.set(&from_matrix(&m.a, &dev, dtype)?)?;
+        l.b.set(&from_matrix(&m.b, &dev, dtype)?)?;
+        self.dash = match &m.dash {
+            None => None,
+            Some(d) => Some(DashLayer {
+                u: from_matrix(&d.u, &dev, dtype)?,
+                vt: from_matrix(&d.vt, &dev, dtype)?,
+                delta_sigma: Var::from_tensor(
+                    &Tensor::from_vec(d.delta_sigma.clone(), d.s(), &dev)?.to_dtype(dtype)?,
+                )?,
+                indices: d.indices.clone().unwrap_or_default(),
+                sigma: d.sigma_at_switch.clone().unwrap_or_default(),
+                delta_hat: d.delta_hat_at_switch.clone().unwrap_or_default(),
+            }),
+        };
+        Ok(())
+    }
+
+    /// `x: [.., in]` → `[.., out]`.
+    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let mut y = match &self.full {
+            Some(w) if !self.merged => x.broadcast_matmul(&w.as_tensor().t()?)?,
+            _ => self.base.forward(x)?,
+        };
+        if self.merged {
+            return Ok(y);
+        }
+        if let Some(l) = &self.lora {
+            let xd = ctx.drop(x)?;
+            let h = xd
+                .broadcast_matmul(&l.a.as_tensor().t()?)?
+                .broadcast_matmul(&l.b.as_tensor().t()?)?;
+            y = (y + (h * l.scaling)?)?;
+            if let Some(d) = &self.dash {
+                let p = xd.broadcast_matmul(&d.vt.t()?)?; // [.., s]
+                let p = p.broadcast_mul(d.delta_sigma.as_tensor())?;
+                y = (y + p.broadcast_matmul(&d.u.t()?)?)?;
+            }
+        }
+        Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linalg::svd_f64;
+
+    fn layer(dtype: DType) -> Result<AdaptedLinear> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f64, 1.0, (6, 5), &dev)?.to_dtype(dtype)?;
+        let mut l = AdaptedLinear::frozen("m", w);
+        l.add_lora(2, 4.0, false, 1)?;
+        // a non-zero B so that every path carries signal
+        let b = Tensor::randn(0f64, 0.5, (6, 2), &dev)?.to_dtype(dtype)?;
+        l.lora.as_ref().unwrap().b.set(&b)?;
+        Ok(l)
+    }
+
+    fn w_svd(l: &AdaptedLinear) -> Svd {
+        let w = l.weight().to_dtype(DType::F64).unwrap();
+        let (r, c) = w.dims2().unwrap();
+        let v = w.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        svd_f64(faer::Mat::from_fn(r, c, |i, j| v[i * c + j]).as_ref()).unwrap()
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_in_f64() -> Result<()> {
+        let mut l = layer(DType::F64)?;
+        let svd = w_svd(&l);
+        l.start_dash(3, &svd, SigmaFloor::default())?;
+        l.dash
+            .as_ref()
+            .unwrap()
+            .delta_sigma
+            .set(&Tensor::new(&[0.3f64, -0.2, 0.1], &Device::Cpu)?)?;
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 5), &Device::Cpu)?)?;
+        let ctx = ForwardCtx::eval();
+        let loss = |l: &AdaptedLinear, x: &Tensor| -> Result<f64> {
+            l.forward(x, &ctx)?.sqr()?.sum_all()?.to_scalar::<f64>()
+        };
+        let grads = l
+            .forward(x.as_tensor(), &ctx)?
+            .sqr()?
+            .sum_all()?
+            .backward()?;
+        let mut vars: Vec<Var> = l.vars();
+        vars.push(x.clone());
+        for v in &vars {
+            let g = grads
+                .get(v.as_tensor())
+                .expect("every trainable variable gets a gradient");
+            let g = g.flatten_all()?.to_vec1::<f64>()?;
+            let base = v.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+            assert!(g.iter().any(|x| x.abs() > 1e-8), "zero gradient");
+            for i in 0..base.len() {
+                let h = 1e-6;
+                let mut p = base.clone();
+                p[i] += h;
+                v.set(&Tensor::from_vec(p.clone(), v.shape(), &Device::Cpu)?)?;
+                let up = loss(&l, x.as_tensor())?;
+                p[i] -= 2.0 * h;
+                v.set(&Tensor::from_vec(p, v.shape(), &Device::Cpu)?)?;
+                let down = loss(&l, x.as_tensor())?;
+                v.set(&Tensor::from_vec(base.clone(), v.shape(), &Device::Cpu)?)?;
+                let fd = (up - down) / (2.0 * h);
+                assert!(
+                    (fd - g[i]).abs() < 1e-5 * (1.0 + fd.abs()),
+                    "fd {fd} vs autograd {}",
+                    g[i]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn dash_switch_is_continuous_and_merge_round_trips() -> Result<()> {
+        let mut l = layer(DType::F32)?;
+        let w0 = l.weight().clone();
+        let x = Tensor::randn(0f32, 1.0, (3, 5), &Device::Cpu)?;
+        let ctx = ForwardCtx::eval();
+        let before = l.forward(&x, &ctx)?;
+        let svd = w_svd(&l);
+        let sw = l.start_dash(3, &svd, SigmaFloor::default())?;
+        assert_eq!(sw.tsd.len(), 3);
+        let after = l.forward(&x, &ctx)?;
+        assert_eq!(
+            before.to_vec2::<f32>()?,
+            after.to_vec2::<f32>()?,
+            "output must not jump at the switch"
+        );
+        l.dash
+            .as_ref()
+            .unwrap()
+            .delta_sigma
+            .set(&Tensor::new(&[0.5f32, 0.25, -1.0], &Device::Cpu)?)?;
+        let unmerged = l.forward(&x, &ctx)?;
+        l.merge()?;
+        let merged = l.forward(&x, &ctx)?;
+        assert!(
+            unmerged
+                .sub(&merged)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?
+                < 1e-5
+        );
+        l.unmerge()?;
+        let back = l.forward(&x, &ctx)?;
+        assert!(unmerged.sub(&back)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+        // Ū, V̄ are W's singular vectors at the picked indices.
+        let d = l.dash.as_ref().unwrap();
+        let u = d.u.to_vec2::<f32>()?;
+        for (j, &i) in d.indices.iter().enumerate() {
+            let dot: f64 = (0..6).map(|r| u[r][j] as f64 * svd.u[(r, i)]).sum();
+            assert!((dot.abs() - 1.0).abs() < 1e-5);
+        }
+        // save → load round trip
+        let m = l.to_module_adapter()?.unwrap();
+        let mut l2 = AdaptedLinear::frozen("m", w0);
+        l2.add_lora(2, 4.0, false, 99)?;
+        l2.load_module_adapter(&m)?;
+        let again = l2.forward(&x, &ctx)?;
+        assert!(unmerged.sub(&again)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6);
+        Ok(())
+    }
+}

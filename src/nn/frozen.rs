@@ -1,0 +1,113 @@
+//! A linear layer with a frozen weight whose backward pass computes only the input gradient.
+//!
+//! candle's `matmul` backward computes a gradient for every operand, frozen weights included, which
+//! makes a LoRA step cost nearly as much as full fine-tuning (`../shared/DESIGN.md`). Here the
+//! product is computed on a detached input (no graph, no weight gradient) and a custom op adds a
+//! zero tensor whose backward returns `grad · W`: the graph sees `y = x·Wᵀ` with `∂y/∂x` only.
+
+use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
+
+/// `y = x·Wᵀ` for `x: [.., in]`, `W: [out, in]` (PyTorch layout), `y: [.., out]`.
+#[derive(Clone, Debug)]
+pub struct FrozenLinear {
+    weight: Tensor,
+}
+
+/// The custom op: forward returns zeros `[.., out]`, backward returns `grad · W` `[.., in]`.
+struct InputGradOnly {
+    weight: Tensor,
+}
+
+impl InputGradOnly {
+    fn out_shape(&self, layout: &Layout) -> Shape {
+        let mut dims = layout.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.weight.dim(0).unwrap_or(0);
+        }
+        Shape::from(dims)
+    }
+}
+
+impl CustomOp1 for InputGradOnly {
+    fn name(&self) -> &'static str {
+        "frozen-linear-input-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let shape = self.out_shape(layout);
+        let zeros = candle_core::cpu_backend::CpuDevice.zeros_impl(&shape, storage.dtype())?;
+        Ok((zeros, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let shape = self.out_shape(layout);
+        let zeros = storage.device().zeros_impl(&shape, storage.dtype())?;
+        Ok((zeros, shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let w = self.weight.to_dtype(grad_res.dtype())?;
+        Ok(Some(grad_res.broadcast_matmul(&w)?))
+    }
+}
+
+impl FrozenLinear {
+    /// Wraps a `[out, in]` weight; it is detached so no gradient can reach it.
+    pub fn new(weight: Tensor) -> Self {
+        FrozenLinear {
+            weight: weight.detach(),
+        }
+    }
+
+    /// The weight, `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for FrozenLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.detach().broadcast_matmul(&self.weight.t()?)?;
+        if !x.track_op() {
+            return Ok(y);
+        }
+        // Tensor clones share storage: this does not copy the weight.
+        let g = x.apply_op1(InputGradOnly {
+            weight: self.weight.clone(),
+        })?;
+        y + g
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn output_and_input_gradient_match_plain_matmul_without_weight_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (5, 3), &dev)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 4, 3), &dev)?)?;
+        let lin = FrozenLinear::new(w.clone());
+        let y = lin.forward(x.as_tensor())?;
+        let want = x.as_tensor().broadcast_matmul(&w.t()?)?;
+        assert!(y.sub(&want)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6);
+        // d/dx sum(y²) = 2y·W
+        let grads = y.sqr()?.sum_all()?.backward()?;
+        let gx = grads.get(x.as_tensor()).expect("input gradient");
+        let want_gx = (want * 2.0)?.broadcast_matmul(&w)?;
+        assert!(gx.sub(&want_gx)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
+        assert!(
+            grads.get(lin.weight()).is_none(),
+            "a frozen weight must not get a gradient"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! Trainable layers in candle: a frozen linear (input gradient only), and the linear that LoRA,
+//! LoRA-Dash or full fine-tuning wrap.
+
+pub mod adapted;
+pub mod frozen;
+
+pub use adapted::{AdaptedLinear, DashLayer, ForwardCtx, LoraLayer};
+pub use frozen::FrozenLinear;
