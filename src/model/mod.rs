@@ -1,5 +1,7 @@
 //! LLaMA-family model description (config); the candle model itself lives beside it.
 
 pub mod config;
+pub mod llama;
 
 pub use config::LlamaConfig;
+pub use llama::Llama;

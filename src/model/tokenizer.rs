@@ -13,10 +13,9 @@
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use serde_json::Value as Json;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::BPE;
+use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -233,7 +232,7 @@ pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> 
         ));
     }
 
-    let vocab: HashMap<String, u32> = tokens
+    let vocab: Vocab = tokens
         .iter()
         .enumerate()
         .map(|(i, t)| (t.to_string(), i as u32))

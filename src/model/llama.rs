@@ -1,0 +1,217 @@
+//! A LLaMA-family decoder in candle (RMSNorm, rotary embeddings in Hugging Face's half-split layout,
+//! grouped-query attention, SwiGLU MLP, tied or untied LM head), written here so that every linear
+//! layer is an [`AdaptedLinear`] that LoRA, LoRA-Dash or full fine-tuning can wrap. Weights are found
+//! by their Hugging Face names through a [`WeightSource`], whichever file they came from.
+//!
+//! Every op used has a backward pass (no fused `rms_norm`/`softmax_last_dim`, see DESIGN.md).
+
+use super::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::nn::{AdaptedLinear, ForwardCtx, FrozenLinear};
+use crate::weights::WeightSource;
+use candle_core::{DType, Device, Module, Tensor, D};
+
+/// The linear modules of a LLaMA layer, in HF order.
+pub const LINEARS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// One decoder layer.
+pub struct Block {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    /// q, k, v, o, gate, up, down (see [`LINEARS`]).
+    pub linears: Vec<AdaptedLinear>,
+}
+
+/// The whole model.
+pub struct Llama {
+    pub config: LlamaConfig,
+    embed: Tensor,
+    pub layers: Vec<Block>,
+    norm: Tensor,
+    lm_head: FrozenLinear,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+    dtype: DType,
+}
+
+fn load_tensor(src: &dyn WeightSource, name: &str, shape: &[usize], dev: &Device, dtype: DType) -> Result<Tensor> {
+    let (got, data) = src.tensor(name)?;
+    if got != shape {
+        return Err(Error::shape(name, format!("expected {shape:?} from config.json, found {got:?}")));
+    }
+    Ok(Tensor::from_vec(data, got, dev)?.to_dtype(dtype)?)
+}
+
+/// `x / sqrt(mean(x²) + eps) · w` over the last dim (differentiable).
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+}
+
+/// HF rotary embedding on `x: [B, heads, T, hd]` with `cos, sin: [T, hd]`:
+/// `x·cos + rotate_half(x)·sin`, `rotate_half(x) = [−x₂, x₁]`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?
+}
+
+impl Llama {
+    /// Loads every weight by its HF name; checks each shape against `config`.
+    pub fn load(src: &dyn WeightSource, config: LlamaConfig, device: &Device, dtype: DType) -> Result<Self> {
+        let (h, v) = (config.hidden_size, config.vocab_size);
+        let embed = load_tensor(src, "model.embed_tokens.weight", &[v, h], device, dtype)?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let mut linears = Vec::with_capacity(7);
+            for name in LINEARS {
+                let (o, i) = config.linear_shape(name).expect("known module");
+                let group = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&name) { "self_attn" } else { "mlp" };
+                let module = format!("{p}.{group}.{name}");
+                let w = load_tensor(src, &format!("{module}.weight"), &[o, i], device, dtype)?;
+                linears.push(AdaptedLinear::frozen(module, w));
+            }
+            layers.push(Block {
+                input_norm: load_tensor(src, &format!("{p}.input_layernorm.weight"), &[h], device, dtype)?,
+                post_norm: load_tensor(src, &format!("{p}.post_attention_layernorm.weight"), &[h], device, dtype)?,
+                linears,
+            });
+        }
+        let norm = load_tensor(src, "model.norm.weight", &[h], device, dtype)?;
+        let lm_head = if config.tie_word_embeddings || !src.has("lm_head.weight") {
+            FrozenLinear::new(embed.clone())
+        } else {
+            FrozenLinear::new(load_tensor(src, "lm_head.weight", &[v, h], device, dtype)?)
+        };
+        let hd = config.head_dim();
+        let max_pos = config.max_position_embeddings.clamp(1, 8192);
+        let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / (config.rope_theta as f32).powf(2.0 * i as f32 / hd as f32)).collect();
+        let mut cos = Vec::with_capacity(max_pos * hd);
+        let mut sin = Vec::with_capacity(max_pos * hd);
+        for p in 0..max_pos {
+            // emb = cat(freqs, freqs): the two halves of each head share frequencies.
+            for f in inv.iter().chain(inv.iter()) {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (max_pos, hd), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (max_pos, hd), device)?.to_dtype(dtype)?;
+        Ok(Llama {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Loads the config from the source's `config.json` and then the model.
+    pub fn from_source(src: &dyn WeightSource, device: &Device, dtype: DType) -> Result<Self> {
+        let cfg = src.config_json().ok_or_else(|| Error::ModelNotFound {
+            spec: src.describe(),
+            reason: "no config.json".into(),
+        })?;
+        let config = LlamaConfig::from_json(cfg, std::path::Path::new(&src.describe()))?;
+        Self::load(src, config, device, dtype)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// All adapted linears, layer by layer in [`LINEARS`] order.
+    pub fn linears(&self) -> impl Iterator<Item = &AdaptedLinear> {
+        self.layers.iter().flat_map(|b| b.linears.iter())
+    }
+
+    /// Mutable access to all linears.
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut AdaptedLinear> {
+        self.layers.iter_mut().flat_map(|b| b.linears.iter_mut())
+    }
+
+    /// Token embeddings `[B, T, H]` of `ids: [B, T]` (u32).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.config.hidden_size))?)
+    }
+
+    fn attention(&self, block: &Block, x: &Tensor, mask: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.kv_heads(), self.config.head_dim());
+        let split = |y: Tensor, heads: usize| y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous();
+        let q = split(block.linears[0].forward(x, ctx)?, nh)?;
+        let k = split(block.linears[1].forward(x, ctx)?, nkv)?;
+        let v = split(block.linears[2].forward(x, ctx)?, nkv)?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let q = rope(&q, &cos, &sin)?;
+        let k = rope(&k, &cos, &sin)?;
+        let rep = nh / nkv;
+        let expand = |z: Tensor| -> candle_core::Result<Tensor> {
+            if rep == 1 {
+                return Ok(z);
+            }
+            z.unsqueeze(2)?.broadcast_as((b, nkv, rep, t, hd))?.contiguous()?.reshape((b, nh, t, hd))
+        };
+        let (k, v) = (expand(k)?, expand(v)?);
+        let att = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
+        let att = att.broadcast_add(mask)?;
+        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * hd))?;
+        block.linears[3].forward(&y, ctx)
+    }
+
+    fn mlp(&self, block: &Block, x: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
+        let g = block.linears[4].forward(x, ctx)?.silu()?;
+        let u = block.linears[5].forward(x, ctx)?;
+        block.linears[6].forward(&(g * u)?, ctx)
+    }
+
+    /// The causal mask `[T, T]`: 0 on and below the diagonal, −∞ above.
+    pub fn causal_mask(&self, t: usize) -> Result<Tensor> {
+        let m: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        Ok(Tensor::from_vec(m, (t, t), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// Runs layers `from..` on hidden states `h: [B, T, H]` and returns logits `[B, T, V]`.
+    /// `from = 0` with `h = embed(ids)` is the full model; a larger `from` reuses cached lower layers.
+    pub fn forward_from(&self, h: &Tensor, from: usize, ctx: &ForwardCtx) -> Result<Tensor> {
+        let h = self.hidden_range(h, from, self.layers.len(), ctx)?;
+        let h = rms_norm(&h, &self.norm, self.config.rms_norm_eps)?;
+        Ok(self.lm_head.forward(&h)?)
+    }
+
+    /// Hidden states after layers `from..to` (`h: [B, T, H]` → `[B, T, H]`).
+    pub fn hidden_range(&self, h: &Tensor, from: usize, to: usize, ctx: &ForwardCtx) -> Result<Tensor> {
+        let t = h.dim(1)?;
+        let mask = self.causal_mask(t)?;
+        let eps = self.config.rms_norm_eps;
+        let mut h = h.clone();
+        for block in &self.layers[from..to] {
+            let a = self.attention(block, &rms_norm(&h, &block.input_norm, eps)?, &mask, ctx)?;
+            h = (h + a)?;
+            let m = self.mlp(block, &rms_norm(&h, &block.post_norm, eps)?, ctx)?;
+            h = (h + m)?;
+        }
+        Ok(h)
+    }
+
+    /// Logits `[B, T, V]` for `ids: [B, T]`.
+    pub fn forward(&self, ids: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        self.forward_from(&self.embed(ids)?, 0, ctx)
+    }
+}
