@@ -19,3 +19,4 @@ pub mod model;
 pub mod nn;
 pub mod output;
 pub mod params;
+pub mod train;

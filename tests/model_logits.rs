@@ -21,10 +21,19 @@ fn tiny_llama_logits_match_transformers() {
     let model = Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32).unwrap();
     let ids: Vec<Vec<u32>> = serde_json::from_value(exp["input_ids"].clone()).unwrap();
     let ids = Tensor::new(ids, &Device::Cpu).unwrap();
-    let logits = model.forward(&ids, &ForwardCtx::eval()).unwrap().to_vec3::<f32>().unwrap();
+    let logits = model
+        .forward(&ids, &ForwardCtx::eval())
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
     let want: Vec<Vec<Vec<f64>>> = serde_json::from_value(exp["logits"].clone()).unwrap();
     let mut worst = 0f64;
-    for (a, b) in logits.iter().flatten().flatten().zip(want.iter().flatten().flatten()) {
+    for (a, b) in logits
+        .iter()
+        .flatten()
+        .flatten()
+        .zip(want.iter().flatten().flatten())
+    {
         worst = worst.max((*a as f64 - b).abs());
     }
     assert!(worst < 1e-4, "max |Δlogit| = {worst}");
@@ -38,8 +47,19 @@ fn default_gguf_model_logits_match_transformers_gguf_loader() {
     let model = Llama::from_source(&src, &Device::Cpu, DType::F32).unwrap();
     let ids: Vec<u32> = serde_json::from_value(exp["input_ids"].clone()).unwrap();
     let t = ids.len();
-    let logits = model.forward(&Tensor::new(vec![ids], &Device::Cpu).unwrap(), &ForwardCtx::eval()).unwrap();
-    let last: Vec<f32> = logits.get(0).unwrap().get(t - 1).unwrap().to_vec1().unwrap();
+    let logits = model
+        .forward(
+            &Tensor::new(vec![ids], &Device::Cpu).unwrap(),
+            &ForwardCtx::eval(),
+        )
+        .unwrap();
+    let last: Vec<f32> = logits
+        .get(0)
+        .unwrap()
+        .get(t - 1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let top: Vec<u64> = serde_json::from_value(exp["top10_ids"].clone()).unwrap();
     let vals: Vec<f64> = serde_json::from_value(exp["top10_logits"].clone()).unwrap();
     let mut order: Vec<usize> = (0..last.len()).collect();
@@ -47,6 +67,9 @@ fn default_gguf_model_logits_match_transformers_gguf_loader() {
     assert_eq!(order[0] as u64, top[0], "greedy next token");
     for (id, v) in top.iter().zip(&vals) {
         let got = last[*id as usize] as f64;
-        assert!((got - v).abs() < 2e-3 * (1.0 + v.abs()), "token {id}: {got} vs {v}");
+        assert!(
+            (got - v).abs() < 2e-3 * (1.0 + v.abs()),
+            "token {id}: {got} vs {v}"
+        );
     }
 }

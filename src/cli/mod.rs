@@ -5,6 +5,7 @@ mod export;
 mod fetch;
 mod inspect;
 mod params;
+mod train;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Params(params::ParamsArgs),
     /// Re-write an adapter as a strict PEFT LoRA adapter (optionally folding LoRA-Dash into it).
     Export(export::ExportArgs),
+    /// Fine-tune with LoRA, LoRA-Dash or full fine-tuning of the target modules; PEFT checkpoints.
+    Train(Box<train::TrainArgs>),
     /// Provision the default model (SmolLM2-135M-Instruct GGUF) into the tsd cache.
     Fetch(fetch::FetchArgs),
     /// Benchmarks; results are written under reproductions/bench/.
@@ -123,6 +126,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Params(a) => params::run(a),
         Command::Export(a) => export::run(a),
         Command::Fetch(a) => fetch::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Bench(a) => bench::run(a),
     }
 }

@@ -12,7 +12,15 @@ use crate::weights::WeightSource;
 use candle_core::{DType, Device, Module, Tensor, D};
 
 /// The linear modules of a LLaMA layer, in HF order.
-pub const LINEARS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const LINEARS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// One decoder layer.
 pub struct Block {
@@ -35,10 +43,19 @@ pub struct Llama {
     dtype: DType,
 }
 
-fn load_tensor(src: &dyn WeightSource, name: &str, shape: &[usize], dev: &Device, dtype: DType) -> Result<Tensor> {
+fn load_tensor(
+    src: &dyn WeightSource,
+    name: &str,
+    shape: &[usize],
+    dev: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
     let (got, data) = src.tensor(name)?;
     if got != shape {
-        return Err(Error::shape(name, format!("expected {shape:?} from config.json, found {got:?}")));
+        return Err(Error::shape(
+            name,
+            format!("expected {shape:?} from config.json, found {got:?}"),
+        ));
     }
     Ok(Tensor::from_vec(data, got, dev)?.to_dtype(dtype)?)
 }
@@ -61,7 +78,12 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
 
 impl Llama {
     /// Loads every weight by its HF name; checks each shape against `config`.
-    pub fn load(src: &dyn WeightSource, config: LlamaConfig, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn load(
+        src: &dyn WeightSource,
+        config: LlamaConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let (h, v) = (config.hidden_size, config.vocab_size);
         let embed = load_tensor(src, "model.embed_tokens.weight", &[v, h], device, dtype)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -70,14 +92,30 @@ impl Llama {
             let mut linears = Vec::with_capacity(7);
             for name in LINEARS {
                 let (o, i) = config.linear_shape(name).expect("known module");
-                let group = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&name) { "self_attn" } else { "mlp" };
+                let group = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&name) {
+                    "self_attn"
+                } else {
+                    "mlp"
+                };
                 let module = format!("{p}.{group}.{name}");
                 let w = load_tensor(src, &format!("{module}.weight"), &[o, i], device, dtype)?;
                 linears.push(AdaptedLinear::frozen(module, w));
             }
             layers.push(Block {
-                input_norm: load_tensor(src, &format!("{p}.input_layernorm.weight"), &[h], device, dtype)?,
-                post_norm: load_tensor(src, &format!("{p}.post_attention_layernorm.weight"), &[h], device, dtype)?,
+                input_norm: load_tensor(
+                    src,
+                    &format!("{p}.input_layernorm.weight"),
+                    &[h],
+                    device,
+                    dtype,
+                )?,
+                post_norm: load_tensor(
+                    src,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                    device,
+                    dtype,
+                )?,
                 linears,
             });
         }
@@ -89,7 +127,9 @@ impl Llama {
         };
         let hd = config.head_dim();
         let max_pos = config.max_position_embeddings.clamp(1, 8192);
-        let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / (config.rope_theta as f32).powf(2.0 * i as f32 / hd as f32)).collect();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / (config.rope_theta as f32).powf(2.0 * i as f32 / hd as f32))
+            .collect();
         let mut cos = Vec::with_capacity(max_pos * hd);
         let mut sin = Vec::with_capacity(max_pos * hd);
         for p in 0..max_pos {
@@ -146,13 +186,28 @@ impl Llama {
     /// Token embeddings `[B, T, H]` of `ids: [B, T]` (u32).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.config.hidden_size))?)
+        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            t,
+            self.config.hidden_size,
+        ))?)
     }
 
-    fn attention(&self, block: &Block, x: &Tensor, mask: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
+    fn attention(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        mask: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.kv_heads(), self.config.head_dim());
-        let split = |y: Tensor, heads: usize| y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous();
+        let (nh, nkv, hd) = (
+            self.config.num_attention_heads,
+            self.config.kv_heads(),
+            self.config.head_dim(),
+        );
+        let split =
+            |y: Tensor, heads: usize| y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous();
         let q = split(block.linears[0].forward(x, ctx)?, nh)?;
         let k = split(block.linears[1].forward(x, ctx)?, nkv)?;
         let v = split(block.linears[2].forward(x, ctx)?, nkv)?;
@@ -165,13 +220,20 @@ impl Llama {
             if rep == 1 {
                 return Ok(z);
             }
-            z.unsqueeze(2)?.broadcast_as((b, nkv, rep, t, hd))?.contiguous()?.reshape((b, nh, t, hd))
+            z.unsqueeze(2)?
+                .broadcast_as((b, nkv, rep, t, hd))?
+                .contiguous()?
+                .reshape((b, nh, t, hd))
         };
         let (k, v) = (expand(k)?, expand(v)?);
         let att = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
         let att = att.broadcast_add(mask)?;
         let att = candle_nn::ops::softmax(&att, D::Minus1)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * hd))?;
+        let y = att
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, nh * hd))?;
         block.linears[3].forward(&y, ctx)
     }
 
@@ -183,20 +245,43 @@ impl Llama {
 
     /// The causal mask `[T, T]`: 0 on and below the diagonal, −∞ above.
     pub fn causal_mask(&self, t: usize) -> Result<Tensor> {
-        let m: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let m: Vec<f32> = (0..t * t)
+            .map(|i| {
+                if i % t > i / t {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         Ok(Tensor::from_vec(m, (t, t), &self.device)?.to_dtype(self.dtype)?)
     }
 
     /// Runs layers `from..` on hidden states `h: [B, T, H]` and returns logits `[B, T, V]`.
     /// `from = 0` with `h = embed(ids)` is the full model; a larger `from` reuses cached lower layers.
     pub fn forward_from(&self, h: &Tensor, from: usize, ctx: &ForwardCtx) -> Result<Tensor> {
+        self.logits(&self.final_hidden(h, from, ctx)?)
+    }
+
+    /// Normalised final hidden states `[B, T, H]` after layers `from..`.
+    pub fn final_hidden(&self, h: &Tensor, from: usize, ctx: &ForwardCtx) -> Result<Tensor> {
         let h = self.hidden_range(h, from, self.layers.len(), ctx)?;
-        let h = rms_norm(&h, &self.norm, self.config.rms_norm_eps)?;
-        Ok(self.lm_head.forward(&h)?)
+        Ok(rms_norm(&h, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// The LM head on any `[.., H]` (e.g. only the positions that carry a label).
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(h)?)
     }
 
     /// Hidden states after layers `from..to` (`h: [B, T, H]` → `[B, T, H]`).
-    pub fn hidden_range(&self, h: &Tensor, from: usize, to: usize, ctx: &ForwardCtx) -> Result<Tensor> {
+    pub fn hidden_range(
+        &self,
+        h: &Tensor,
+        from: usize,
+        to: usize,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
         let t = h.dim(1)?;
         let mask = self.causal_mask(t)?;
         let eps = self.config.rms_norm_eps;

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod llama;
+pub mod tokenizer;
 
 pub use config::LlamaConfig;
 pub use llama::Llama;

@@ -64,9 +64,8 @@ pub struct TokenizerInfo {
 impl TokenizerInfo {
     /// From GGUF metadata: `tokenizer.ggml.{bos,eos,padding}_token_id` (EOS is required).
     pub fn from_gguf(content: &Content, path: &Path) -> Result<Self> {
-        let eos = meta_u32(content, path, "tokenizer.ggml.eos_token_id")?.ok_or_else(|| {
-            cfg_err(path, "GGUF metadata has no `tokenizer.ggml.eos_token_id`")
-        })?;
+        let eos = meta_u32(content, path, "tokenizer.ggml.eos_token_id")?
+            .ok_or_else(|| cfg_err(path, "GGUF metadata has no `tokenizer.ggml.eos_token_id`"))?;
         Ok(TokenizerInfo {
             bos: meta_u32(content, path, "tokenizer.ggml.bos_token_id")?,
             eos,
@@ -199,10 +198,10 @@ pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> 
             return Err(cfg_err(
                 path,
                 format!(
-                    "GGUF pre-tokenizer `tokenizer.ggml.pre` = {other:?} is not one tsd can rebuild \
+                "GGUF pre-tokenizer `tokenizer.ggml.pre` = {other:?} is not one tsd can rebuild \
                      (known: {PRE_DIGITS_THEN_GPT2:?}, {PRE_GPT2:?}); load the model's \
                      tokenizer.json instead"
-                ),
+            ),
             ))
         }
     };
@@ -224,11 +223,7 @@ pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> 
     if types.len() != tokens.len() {
         return Err(cfg_err(
             path,
-            format!(
-                "{} token types for {} tokens",
-                types.len(),
-                tokens.len()
-            ),
+            format!("{} token types for {} tokens", types.len(), tokens.len()),
         ));
     }
 
@@ -289,7 +284,10 @@ pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> 
                 return Ok(None);
             }
             let id = id.ok_or_else(|| {
-                cfg_err(path, format!("`add_{what}_token` is set but there is no `{what}_token_id`"))
+                cfg_err(
+                    path,
+                    format!("`add_{what}_token` is set but there is no `{what}_token_id`"),
+                )
             })?;
             let name = token_name(&tokens, id, path)?.to_string();
             specials.push((name.clone(), id));
@@ -382,7 +380,10 @@ fn resolve(path: &Path) -> Result<Source> {
             .collect();
         return match ggufs.as_slice() {
             [one] => Ok(Source::Gguf(one.clone())),
-            [] => Err(cfg_err(path, "no tokenizer.json (and no .gguf) in this directory")),
+            [] => Err(cfg_err(
+                path,
+                "no tokenizer.json (and no .gguf) in this directory",
+            )),
             _ => Err(cfg_err(
                 path,
                 "no tokenizer.json, and several .gguf files: name the one to use",
@@ -507,7 +508,11 @@ fn meta_str_array<'a>(content: &'a Content, path: &Path, key: &str) -> Result<Ve
         .get(key)
         .ok_or_else(|| cfg_err(path, format!("GGUF metadata has no `{key}`")))?;
     v.to_vec()
-        .and_then(|a| a.iter().map(|x| x.to_string().map(|s| s.as_str())).collect())
+        .and_then(|a| {
+            a.iter()
+                .map(|x| x.to_string().map(|s| s.as_str()))
+                .collect()
+        })
         .map_err(|e| cfg_err(path, format!("GGUF `{key}` is not a string array: {e}")))
 }
 
@@ -614,6 +619,54 @@ mod tests {
         assert_eq!((info.bos, info.eos, info.pad), (Some(1), 0, Some(2)));
     }
 
+    /// A toy GGUF vocabulary: `<s>` `</s>` (control), `a` `b` `ab`, merge `a b`.
+    fn toy_gguf(add_bos: bool, add_eos: bool) -> Content {
+        let strs =
+            |v: &[&str]| Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect());
+        let mut c = Content {
+            magic: candle_core::quantized::gguf_file::VersionedMagic::GgufV3,
+            metadata: Default::default(),
+            tensor_infos: Default::default(),
+            tensor_data_offset: 0,
+        };
+        let m = &mut c.metadata;
+        m.insert("tokenizer.ggml.model".into(), Value::String("gpt2".into()));
+        m.insert("tokenizer.ggml.pre".into(), Value::String("gpt-2".into()));
+        m.insert(
+            "tokenizer.ggml.tokens".into(),
+            strs(&["<s>", "</s>", "a", "b", "ab"]),
+        );
+        m.insert("tokenizer.ggml.merges".into(), strs(&["a b"]));
+        m.insert(
+            "tokenizer.ggml.token_type".into(),
+            Value::Array([3, 3, 1, 1, 1].map(Value::I32).to_vec()),
+        );
+        m.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(0));
+        m.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(1));
+        m.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos));
+        m.insert("tokenizer.ggml.add_eos_token".into(), Value::Bool(add_eos));
+        c
+    }
+
+    #[test]
+    fn gguf_add_bos_and_eos_flags_are_honoured() {
+        let p = Path::new("toy.gguf");
+        let plain = tokenizer_from_gguf(&toy_gguf(false, false), p).unwrap();
+        assert_eq!(encode(&plain, "abab").unwrap(), vec![4, 4]);
+        assert_eq!(encode(&plain, "ab</s>").unwrap(), vec![4, 1]);
+
+        let bos = tokenizer_from_gguf(&toy_gguf(true, false), p).unwrap();
+        assert_eq!(encode(&bos, "abab").unwrap(), vec![0, 4, 4]);
+        // HF truncation: the BOS counts towards the limit and is kept.
+        assert_eq!(encode_truncated(&bos, "abab", 2).unwrap(), vec![0, 4]);
+        assert!(encode_truncated(&bos, "abab", 1).is_err());
+
+        let both = tokenizer_from_gguf(&toy_gguf(true, true), p).unwrap();
+        assert_eq!(encode(&both, "ab").unwrap(), vec![0, 4, 1]);
+        assert_eq!(encode_truncated(&both, "abab", 3).unwrap(), vec![0, 4, 1]);
+        assert_eq!(decode(&both, &[0, 4, 1], true).unwrap(), "ab");
+    }
+
     #[test]
     fn bad_inputs_are_reported() {
         let dir = tempfile::tempdir().unwrap();
@@ -632,10 +685,9 @@ mod tests {
             tensor_infos: Default::default(),
             tensor_data_offset: 0,
         };
-        content.metadata.insert(
-            "tokenizer.ggml.model".into(),
-            Value::String("llama".into()),
-        );
+        content
+            .metadata
+            .insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
         let err = tokenizer_from_gguf(&content, Path::new("x.gguf")).unwrap_err();
         assert!(err.to_string().contains("not supported"), "{err}");
     }

@@ -5,6 +5,7 @@
 use crate::adapter::{DashNaming, DashState, ModuleAdapter};
 use crate::directions::{change_rates, SigmaFloor, Tsd, Update};
 use crate::linalg::{Matrix, Svd};
+use crate::nn::frozen::matmul_2d;
 use crate::nn::FrozenLinear;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -333,7 +334,7 @@ impl AdaptedLinear {
     /// `x: [.., in]` → `[.., out]`.
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let mut y = match &self.full {
-            Some(w) if !self.merged => x.broadcast_matmul(&w.as_tensor().t()?)?,
+            Some(w) if !self.merged => matmul_2d(x, &w.as_tensor().t()?)?,
             _ => self.base.forward(x)?,
         };
         if self.merged {
@@ -346,9 +347,9 @@ impl AdaptedLinear {
                 .broadcast_matmul(&l.b.as_tensor().t()?)?;
             y = (y + (h * l.scaling)?)?;
             if let Some(d) = &self.dash {
-                let p = xd.broadcast_matmul(&d.vt.t()?)?; // [.., s]
+                let p = matmul_2d(&xd, &d.vt.t()?)?; // [.., s]
                 let p = p.broadcast_mul(d.delta_sigma.as_tensor())?;
-                y = (y + p.broadcast_matmul(&d.u.t()?)?)?;
+                y = (y + matmul_2d(&p, &d.u.t()?)?)?;
             }
         }
         Ok(y)

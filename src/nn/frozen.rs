@@ -53,7 +53,7 @@ impl CustomOp1 for InputGradOnly {
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let w = self.weight.to_dtype(grad_res.dtype())?;
-        Ok(Some(grad_res.broadcast_matmul(&w)?))
+        Ok(Some(matmul_2d(grad_res, &w)?))
     }
 }
 
@@ -71,9 +71,23 @@ impl FrozenLinear {
     }
 }
 
+/// `x: [.., k] · m: [k, n]` → `[.., n]` as one 2-D matmul. (`broadcast_matmul` would broadcast `m`
+/// over the leading dims, which candle materialises: a copy of the weight per batch element.)
+pub fn matmul_2d(x: &Tensor, m: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let k = *dims.last().unwrap_or(&0);
+    let lead: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+    let y = x.reshape((lead, k))?.matmul(m)?;
+    let mut out = dims.to_vec();
+    if let Some(last) = out.last_mut() {
+        *last = m.dim(1)?;
+    }
+    y.reshape(out)
+}
+
 impl Module for FrozenLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.detach().broadcast_matmul(&self.weight.t()?)?;
+        let y = matmul_2d(&x.detach(), &self.weight.t()?)?;
         if !x.track_op() {
             return Ok(y);
         }

@@ -61,6 +61,8 @@ pub fn resolve(id: &str, revision: Option<&str>, offline: bool) -> Result<PathBu
     let get = |file: &str| fetch_file(id, revision, offline, file);
     let config = get("config.json")?;
     let dir = crate::fsutil::parent_dir(&config);
+    // The tokenizer is needed for training and evaluation, not for analysis: best effort.
+    let _ = get("tokenizer.json");
     match get("model.safetensors.index.json") {
         Ok(index) => {
             #[derive(serde::Deserialize)]

@@ -57,17 +57,20 @@ impl ModelSpec {
 
 /// Opens a base model from a spec (see [`ModelSpec`]).
 pub fn open_model(spec: &ModelSpec) -> Result<Box<dyn WeightSource>> {
+    open_path(&resolve_path(spec)?)
+}
+
+/// The local file or directory a spec names, provisioning or fetching it as the spec allows.
+pub fn resolve_path(spec: &ModelSpec) -> Result<std::path::PathBuf> {
     if spec.spec == "default" {
-        let path = crate::assets::default_model(spec.offline)?;
-        return Ok(Box::new(GgufModel::open(&path)?));
+        return crate::assets::default_model(spec.offline);
     }
     let p = Path::new(&spec.spec);
     if p.exists() {
-        return open_path(p);
+        return Ok(p.to_path_buf());
     }
     if hub::looks_like_repo_id(&spec.spec) {
-        let dir = hub::resolve(&spec.spec, spec.revision.as_deref(), spec.offline)?;
-        return open_path(&dir);
+        return hub::resolve(&spec.spec, spec.revision.as_deref(), spec.offline);
     }
     Err(Error::ModelNotFound {
         spec: spec.spec.clone(),

@@ -1,0 +1,201 @@
+//! `tsd train`'s configuration: a serde struct with defaults (PAPER.md §4's recipe where it applies),
+//! strict about unknown fields, saved as `config.json` in the run directory.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// What is trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Plain LoRA.
+    Lora,
+    /// LoRA for `dash_t` steps, then LoRA + Dash (PAPER.md §2).
+    #[default]
+    LoraDash,
+    /// Full fine-tuning of the target modules (a reference ΔW* for TSD capture).
+    Full,
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lora" => Ok(Method::Lora),
+            "lora-dash" | "dash" => Ok(Method::LoraDash),
+            "full" => Ok(Method::Full),
+            o => Err(Error::InvalidArgument(format!(
+                "method `{o}`: expected lora, lora-dash or full"
+            ))),
+        }
+    }
+}
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Base model (path, Hugging Face id, or `default`).
+    pub model: String,
+    pub revision: Option<String>,
+    /// LLM-Adapters JSON files (or task directories holding `train.json`).
+    pub data: Vec<String>,
+    pub method: Method,
+    pub rank: usize,
+    /// LoRA α (default 2r, the protocol's choice).
+    pub alpha: Option<f64>,
+    pub use_rslora: bool,
+    pub dropout: f32,
+    /// Adapted modules by short name.
+    pub targets: Vec<String>,
+    /// Adapt only the top K layers (the lower ones stay frozen and run without a graph).
+    pub top_layers: Option<usize>,
+    /// LoRA-Dash: number of directions and the switch step (optimizer steps).
+    pub dash_s: usize,
+    pub dash_t: usize,
+    /// Relative σ floor in δ̂ at the switch (0 = official).
+    pub sigma_floor: f64,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    pub epochs: f64,
+    /// Stop after this many optimizer steps (overrides epochs).
+    pub max_steps: Option<usize>,
+    /// Examples per optimizer step.
+    pub batch_size: usize,
+    /// Examples per forward pass (gradient accumulation = batch_size / micro_batch_size).
+    pub micro_batch_size: usize,
+    pub max_grad_norm: f64,
+    pub cutoff_len: usize,
+    pub train_on_inputs: bool,
+    pub val_size: usize,
+    /// Use only the first N examples of each data file.
+    pub max_examples: Option<usize>,
+    pub seed: u64,
+    pub save_every: usize,
+    /// Validation loss every N steps (and at the end).
+    pub eval_every: Option<usize>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// `f32` (CPU) or `bf16`/`f32` on CUDA.
+    pub dtype: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: "default".into(),
+            revision: None,
+            data: Vec::new(),
+            method: Method::LoraDash,
+            rank: 8,
+            alpha: None,
+            use_rslora: false,
+            dropout: 0.05,
+            targets: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+                .map(String::from)
+                .to_vec(),
+            top_layers: None,
+            dash_s: 8,
+            dash_t: 100,
+            sigma_floor: 0.0,
+            lr: 2e-4,
+            weight_decay: 0.0,
+            warmup_steps: 100,
+            epochs: 3.0,
+            max_steps: None,
+            batch_size: 16,
+            micro_batch_size: 4,
+            max_grad_norm: 1.0,
+            cutoff_len: 256,
+            train_on_inputs: true,
+            val_size: 120,
+            max_examples: None,
+            seed: 42,
+            save_every: 100,
+            eval_every: None,
+            device: "cpu".into(),
+            dtype: "f32".into(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// LoRA α.
+    pub fn alpha(&self) -> f64 {
+        self.alpha.unwrap_or(2.0 * self.rank as f64)
+    }
+
+    /// Gradient accumulation steps.
+    pub fn accumulation(&self) -> usize {
+        self.batch_size / self.micro_batch_size.max(1)
+    }
+
+    /// Checks values that would otherwise fail deep inside the run.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.data.is_empty() {
+            return bad("no training data given (--data FILE_OR_TASK_DIR)".into());
+        }
+        if self.rank == 0 && self.method != Method::Full {
+            return bad("rank must be positive".into());
+        }
+        if self.micro_batch_size == 0
+            || self.batch_size == 0
+            || self.batch_size % self.micro_batch_size != 0
+        {
+            return bad(format!(
+                "batch_size ({}) must be a positive multiple of micro_batch_size ({})",
+                self.batch_size, self.micro_batch_size
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout must be in [0, 1)".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr must be positive".into());
+        }
+        if self.cutoff_len < 2 {
+            return bad("cutoff_len must be at least 2".into());
+        }
+        if self.save_every == 0 {
+            return bad("save_every must be positive".into());
+        }
+        if self.method == Method::LoraDash && self.dash_s == 0 {
+            return bad("dash_s must be positive".into());
+        }
+        for t in &self.targets {
+            if !crate::model::llama::LINEARS.contains(&t.as_str()) {
+                return bad(format!("unknown target module `{t}`"));
+            }
+        }
+        if !["f32", "bf16", "f16"].contains(&self.dtype.as_str()) {
+            return bad(format!("dtype `{}`: expected f32, bf16 or f16", self.dtype));
+        }
+        Ok(())
+    }
+
+    /// Reads a run's `config.json` (unknown fields are an error: a typo must not pass silently).
+    pub fn load(path: &Path) -> Result<Self> {
+        let c: TrainConfig = crate::fsutil::read_json(path)?;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused_and_defaults_fill_the_rest() {
+        let c: TrainConfig = serde_json::from_str(r#"{"data": ["x.json"], "rank": 4}"#).unwrap();
+        assert_eq!((c.rank, c.alpha(), c.dash_t), (4, 8.0, 100));
+        assert!(c.validate().is_ok());
+        assert!(serde_json::from_str::<TrainConfig>(r#"{"data": ["x"], "rnak": 4}"#).is_err());
+        let mut d = c.clone();
+        d.micro_batch_size = 3;
+        assert!(d.validate().is_err());
+    }
+}
