@@ -202,7 +202,7 @@ def module_records(model, adapter_file: Path, scaling: float) -> dict:
     return records
 
 
-def write_readme(out: Path, args, losses: list, seconds: float) -> None:
+def write_readme(out: Path, args, losses: list) -> None:
     first10 = float(np.mean(losses[:LOG_EVERY]))
     last10 = float(np.mean(losses[-LOG_EVERY:]))
     text = f"""# smollm2-arc-lora
@@ -220,8 +220,8 @@ genuinely trained adapter (not random factors) to analyse.
   LLM-Adapters' Alpaca prompt, loss on the whole sequence, cutoff {args.cutoff} tokens.
 * AdamW lr {args.lr}, batch {args.batch_size}, {args.steps} steps, seed {args.seed}, {NUM_THREADS} CPU threads.
 * Loss: first step {losses[0]:.4f}, last step {losses[-1]:.4f}
-  (mean of first {LOG_EVERY} steps {first10:.4f}, of last {LOG_EVERY} steps {last10:.4f});
-  {seconds:.0f} s wall time on 2 CPU cores.
+  (mean of first {LOG_EVERY} steps {first10:.4f}, of last {LOG_EVERY} steps {last10:.4f}).
+  The whole script takes about 5-10 minutes on 2 CPU cores.
 * The LoRA factors were cast to float16 before `save_pretrained` to keep the
   file under 2 MB; tensor names and metadata are PEFT's own.
 
@@ -293,7 +293,7 @@ def main() -> None:
     scaling = LORA["lora_alpha"] / LORA["r"]
     modules = module_records(model, adapter_file, scaling)
     total_s = time.time() - t0
-    write_readme(args.out, args, losses, total_s)
+    write_readme(args.out, args, losses)
 
     expected = {
         "description": (

@@ -1,0 +1,293 @@
+//! `tsd train` end to end on the tiny LLaMA fixture (char-level tokenizer): loss falls, the Dash
+//! switch is recorded and continuous, checkpoints are PEFT adapters that `tsd inspect` reads, and a
+//! killed run resumes to bit-identical weights.
+
+mod common;
+
+use common::{fixture, tsd};
+use std::path::Path;
+
+/// A small LLM-Adapters-format training file.
+fn write_data(dir: &Path) -> std::path::PathBuf {
+    let ex: Vec<serde_json::Value> = (0..40)
+        .map(|i| {
+            let a = ["alpha", "beta", "gamma", "delta"][i % 4];
+            serde_json::json!({
+                "instruction": format!("Pick the answer for item {i}.\n\nAnswer format: answer1/answer2"),
+                "input": "",
+                "output": format!("the correct answer is {a}"),
+                "answer": a,
+            })
+        })
+        .collect();
+    let p = dir.join("train.json");
+    std::fs::write(&p, serde_json::to_string(&ex).unwrap()).unwrap();
+    p
+}
+
+fn train(home: &Path, args: &[&str]) -> std::process::Output {
+    tsd(home)
+        .arg("train")
+        .args(args)
+        .arg("-q")
+        .output()
+        .unwrap()
+}
+
+fn common_args<'a>(data: &'a str, out: &'a str, method: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "--model",
+        "",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--method",
+        method,
+        "--rank",
+        "4",
+        "--max-steps",
+        steps,
+        "--dash-t",
+        "4",
+        "--dash-s",
+        "3",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--save-every",
+        "3",
+        "--lr",
+        "0.03",
+        "--warmup-steps",
+        "1",
+        "--val-size",
+        "4",
+        "--cutoff-len",
+        "96",
+        "--seed",
+        "7",
+    ]
+}
+
+fn record(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("record.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn lora_dash_run_learns_switches_and_checkpoints_are_inspectable() {
+    let d = tempfile::tempdir().unwrap();
+    let data = write_data(d.path());
+    let run = d.path().join("run");
+    let model = fixture("tiny-llama");
+    let mut args = common_args(
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        "lora-dash",
+        "12",
+    );
+    args[1] = model.to_str().unwrap();
+    let out = train(d.path(), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec = record(&run);
+    assert_eq!(rec["finished"], true);
+    let steps = rec["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 12);
+    let first = steps[0]["loss"].as_f64().unwrap();
+    let last = steps[11]["loss"].as_f64().unwrap();
+    assert!(last < first - 0.25, "loss should fall: {first} → {last}");
+    assert_eq!(rec["dash_switch"]["step"], 4);
+    assert_eq!(rec["checkpoints"], serde_json::json!([3, 6, 9, 12]));
+    assert!(rec["peak_rss_bytes"].as_u64().unwrap() > 0);
+    // Lora-Dash trainable = LoRA + s per adapted module.
+    let ck = run.join("checkpoints/step-000012");
+    let ad = tsd::adapter::load_adapter(&ck).unwrap();
+    assert!(ad
+        .modules
+        .iter()
+        .all(|m| m.dash.as_ref().is_some_and(|d| d.s() == 3)));
+    assert!(
+        ad.modules.iter().any(|m| m
+            .dash
+            .as_ref()
+            .unwrap()
+            .delta_sigma
+            .iter()
+            .any(|&x| x != 0.0)),
+        "Δσ must train"
+    );
+    // The picks saved with the adapter are the ones recorded at the switch.
+    let picks = &rec["dash_switch"]["modules"][0];
+    let m0 = ad
+        .modules
+        .iter()
+        .find(|m| m.module == picks["module"].as_str().unwrap())
+        .unwrap();
+    let rec_idx: Vec<usize> = picks["tsd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["index"].as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(
+        m0.dash.as_ref().unwrap().indices.as_ref().unwrap(),
+        &rec_idx
+    );
+    // tsd inspect reads the checkpoint (base resolved from the adapter config's model path).
+    let out = tsd(d.path())
+        .args(["inspect", ck.to_str().unwrap(), "--json", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["modules"][0]["dash"]["indices_recovered"], false);
+    // A new run refuses to overwrite an existing one.
+    let again = train(d.path(), &args);
+    assert_eq!(again.status.code(), Some(2));
+}
+
+#[test]
+fn killed_run_resumes_to_identical_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let data = write_data(d.path());
+    let model = fixture("tiny-llama");
+    let a = d.path().join("a");
+    let b = d.path().join("b");
+    for (run, abort) in [(&a, None), (&b, Some("5"))] {
+        let mut args = common_args(
+            data.to_str().unwrap(),
+            run.to_str().unwrap(),
+            "lora-dash",
+            "9",
+        );
+        args[1] = model.to_str().unwrap();
+        if let Some(s) = abort {
+            args.extend(["--abort-after-step", s]);
+        }
+        let out = train(d.path(), &args);
+        assert_eq!(
+            out.status.success(),
+            abort.is_none(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // b died after step 5 (last checkpoint: step 3, before the switch at 4)
+    assert_eq!(tsd::train::trainer::latest_checkpoint(&b).unwrap(), Some(3));
+    let out = train(d.path(), &["--resume", b.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wa = tsd::adapter::load_adapter(&a.join("checkpoints/step-000009")).unwrap();
+    let wb = tsd::adapter::load_adapter(&b.join("checkpoints/step-000009")).unwrap();
+    assert_eq!(wa.modules.len(), wb.modules.len());
+    for (x, y) in wa.modules.iter().zip(&wb.modules) {
+        // bit-identical on CPU: same data order, dropout masks, optimizer state and Dash picks
+        assert!(
+            x == y,
+            "{}: resumed run must reach the same final weights",
+            x.module
+        );
+    }
+    let (ra, rb) = (record(&a), record(&b));
+    assert_eq!(
+        ra["steps"].as_array().unwrap().len(),
+        rb["steps"].as_array().unwrap().len()
+    );
+    for (x, y) in ra["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(rb["steps"].as_array().unwrap())
+    {
+        assert_eq!(x["loss"], y["loss"]);
+    }
+}
+
+#[test]
+fn full_fine_tuning_gives_a_reference_for_capture() {
+    let d = tempfile::tempdir().unwrap();
+    let data = write_data(d.path());
+    let model = fixture("tiny-llama");
+    let run = d.path().join("full");
+    let mut args = common_args(data.to_str().unwrap(), run.to_str().unwrap(), "full", "3");
+    args[1] = model.to_str().unwrap();
+    let out = train(d.path(), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ck = run.join("checkpoints/step-000003");
+    assert!(ck.join("model.safetensors").exists());
+    let out = tsd(d.path())
+        .args([
+            "inspect",
+            fixture("peft-lora").to_str().unwrap(),
+            "--base",
+            model.to_str().unwrap(),
+            "--reference",
+            ck.to_str().unwrap(),
+            "--json",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["modules"][0]["capture"]["accuracy"]["value"]
+        .as_f64()
+        .is_some());
+}
+
+#[test]
+fn bad_training_input_is_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-llama");
+    let bad = d.path().join("bad.json");
+    std::fs::write(&bad, "{\"not\": \"a list\"}").unwrap();
+    let run = d.path().join("r");
+    let mut args = common_args(bad.to_str().unwrap(), run.to_str().unwrap(), "lora", "2");
+    args[1] = model.to_str().unwrap();
+    let out = train(d.path(), &args);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = train(
+        d.path(),
+        &["--resume", d.path().join("nothing").to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let cfg = d.path().join("cfg.json");
+    std::fs::write(&cfg, "{\"rnak\": 4}").unwrap();
+    let out = tsd(d.path())
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rnak"));
+}
