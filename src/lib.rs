@@ -19,4 +19,5 @@ pub mod model;
 pub mod nn;
 pub mod output;
 pub mod params;
+pub mod track;
 pub mod train;

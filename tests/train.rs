@@ -150,6 +150,36 @@ fn lora_dash_run_learns_switches_and_checkpoints_are_inspectable() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["modules"][0]["dash"]["indices_recovered"], false);
+    // tsd track: one point per checkpoint; the final TSD sets overlap themselves fully.
+    let out = tsd(d.path())
+        .args([
+            "track",
+            run.to_str().unwrap(),
+            "--json",
+            "-q",
+            "--top-s",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pts = t["points"].as_array().unwrap();
+    assert_eq!(
+        pts.iter()
+            .map(|p| p["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [3, 6, 9, 12]
+    );
+    assert_eq!(pts[3]["stability_final"], 1.0);
+    assert!(
+        pts[0]["mean_dash_delta_sigma"].is_null()
+            && pts[3]["mean_dash_delta_sigma"].as_f64().unwrap() > 0.0
+    );
     // A new run refuses to overwrite an existing one.
     let again = train(d.path(), &args);
     assert_eq!(again.status.code(), Some(2));

@@ -5,6 +5,7 @@ mod export;
 mod fetch;
 mod inspect;
 mod params;
+mod track;
 mod train;
 
 use anyhow::Result;
@@ -30,6 +31,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Fine-tune with LoRA, LoRA-Dash or full fine-tuning of the target modules; PEFT checkpoints.
     Train(Box<train::TrainArgs>),
+    /// TSD change rates, TSD sets, capture and amplification for every checkpoint of a run.
+    Track(track::TrackArgs),
     /// Provision the default model (SmolLM2-135M-Instruct GGUF) into the tsd cache.
     Fetch(fetch::FetchArgs),
     /// Benchmarks; results are written under reproductions/bench/.
@@ -127,6 +130,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export::run(a),
         Command::Fetch(a) => fetch::run(a),
         Command::Train(a) => train::run(*a),
+        Command::Track(a) => track::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }
