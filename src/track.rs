@@ -65,14 +65,14 @@ pub fn open_reference(spec: &str) -> Result<(RefSource, String)> {
             )
         } else {
             (
-                RefSource::Adapter(load_adapter(&dir)?),
+                RefSource::Adapter(Box::new(load_adapter(&dir)?)),
                 format!("run {spec} step {step}"),
             )
         });
     }
     if crate::adapter::read::is_adapter(p) {
         return Ok((
-            RefSource::Adapter(load_adapter(p)?),
+            RefSource::Adapter(Box::new(load_adapter(p)?)),
             format!("adapter {spec}"),
         ));
     }
