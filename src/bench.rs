@@ -155,3 +155,96 @@ pub fn bench_inspect(
         torch_svd: torch,
     })
 }
+
+/// One training-step benchmark (a single method, measured in its own process for a clean peak RSS).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct TrainBench {
+    pub method: String,
+    pub model: String,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub rank: usize,
+    pub targets: Vec<String>,
+    pub threads: usize,
+    pub warmup_steps: usize,
+    pub step_seconds: Vec<f64>,
+    pub median_step_seconds: f64,
+    pub tokens_per_s: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Times `steps` LoRA (or LoRA-Dash, switched before timing) training steps — forward, backward,
+/// AdamW — on the default model with a fixed `[batch, seq_len]` batch, every position labelled.
+pub fn bench_train_step(method: &str, batch: usize, seq_len: usize, rank: usize, steps: usize) -> Result<TrainBench> {
+    use crate::model::Llama;
+    use crate::nn::ForwardCtx;
+    use crate::train::optim::{AdamW, AdamWConfig};
+    use candle_core::{DType, Device, Tensor};
+    let path = crate::assets::default_model(false)?;
+    let src = crate::weights::GgufModel::open(&path)?;
+    let mut model = Llama::from_source(&src, &Device::Cpu, DType::F32)?;
+    let targets = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"];
+    let mut opt = AdamW::new(AdamWConfig::default());
+    for (i, lin) in model.linears_mut().enumerate() {
+        if targets.iter().any(|t| lin.module.ends_with(t)) {
+            lin.add_lora(rank, 2.0 * rank as f64, false, i as u64)?;
+            let l = lin.lora.as_ref().expect("added");
+            opt.add(format!("{i}.a"), l.a.clone())?;
+            opt.add(format!("{i}.b"), l.b.clone())?;
+        }
+    }
+    if method == "lora-dash" {
+        let cache = SvdCache::disabled();
+        for (i, lin) in model.linears_mut().enumerate() {
+            if lin.lora.is_none() {
+                continue;
+            }
+            let w = lin.weight();
+            let (r, c) = w.dims2()?;
+            let m = Matrix::new(r, c, w.flatten_all()?.to_vec1::<f32>()?)?;
+            let (d, _) = cache.get_or_compute(&m, Precision::F32)?;
+            lin.start_dash(8, &d, Default::default())?;
+            opt.add(format!("{i}.ds"), lin.dash.as_ref().expect("started").delta_sigma.clone())?;
+        }
+    }
+    let vocab = model.config.vocab_size as u32;
+    let ids: Vec<u32> = (0..batch * seq_len).map(|i| (i as u32).wrapping_mul(2654435761) % vocab).collect();
+    let ids = Tensor::from_vec(ids, (batch, seq_len), &Device::Cpu)?;
+    let targets_t: Vec<u32> = (0..batch * seq_len).map(|i| ((i as u32 + 7).wrapping_mul(40503)) % vocab).collect();
+    let targets_t = Tensor::from_vec(targets_t, (batch * seq_len, 1), &Device::Cpu)?;
+    let warmup = 1;
+    let mut times = Vec::new();
+    for s in 0..warmup + steps {
+        let t = Instant::now();
+        let ctx = ForwardCtx::train(0.05, s as u64);
+        let h = model.final_hidden(&model.embed(&ids)?, 0, &ctx)?;
+        let logits = model.logits(&h.reshape((batch * seq_len, model.config.hidden_size))?)?;
+        let logp = candle_nn::ops::log_softmax(&logits, 1)?;
+        let loss = (logp.gather(&targets_t, 1)?.sum_all()? / -((batch * seq_len) as f64))?;
+        let grads = loss.backward()?;
+        opt.step(&grads, 1e-4, 1.0)?;
+        if s >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    Ok(TrainBench {
+        method: method.into(),
+        model: DEFAULT_MODEL_NAME.into(),
+        batch,
+        seq_len,
+        rank,
+        targets: targets.map(String::from).to_vec(),
+        threads: rayon::current_num_threads(),
+        warmup_steps: warmup,
+        step_seconds: times,
+        median_step_seconds: median,
+        tokens_per_s: (batch * seq_len) as f64 / median,
+        peak_rss_bytes: crate::train::trainer::peak_rss_bytes(),
+    })
+}
+
+/// The default model's name in benchmark records.
+pub const DEFAULT_MODEL_NAME: &str = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to f32)";
