@@ -216,8 +216,9 @@ genuinely trained adapter (not random factors) to analyse.
 * LoRA r={LORA['r']}, lora_alpha={LORA['lora_alpha']} (scaling {LORA['lora_alpha'] / LORA['r']}),
   lora_dropout={LORA['lora_dropout']}, target_modules {TARGET_MODULES}, task_type CAUSAL_LM.
 * Base weights: the Q4_1 GGUF dequantized to float32 by transformers' GGUF loader.
-* Data: the first {args.num_examples} examples of LLM-Adapters' `commonsense/ARC-Easy/train.json`,
-  LLM-Adapters' Alpaca prompt, loss on the whole sequence, cutoff {args.cutoff} tokens.
+* Data: {args.steps * args.batch_size} examples in seeded shuffled order (reshuffled per pass) from the
+  first {args.num_examples} of LLM-Adapters' `commonsense/ARC-Easy/train.json`, LLM-Adapters'
+  Alpaca prompt with EOS appended, loss on the whole sequence, cutoff {args.cutoff} tokens.
 * AdamW lr {args.lr}, batch {args.batch_size}, {args.steps} steps, seed {args.seed}, {NUM_THREADS} CPU threads.
 * Loss: first step {losses[0]:.4f}, last step {losses[-1]:.4f}
   (mean of first {LOG_EVERY} steps {first10:.4f}, of last {LOG_EVERY} steps {last10:.4f}).

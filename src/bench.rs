@@ -175,7 +175,13 @@ pub struct TrainBench {
 
 /// Times `steps` LoRA (or LoRA-Dash, switched before timing) training steps — forward, backward,
 /// AdamW — on the default model with a fixed `[batch, seq_len]` batch, every position labelled.
-pub fn bench_train_step(method: &str, batch: usize, seq_len: usize, rank: usize, steps: usize) -> Result<TrainBench> {
+pub fn bench_train_step(
+    method: &str,
+    batch: usize,
+    seq_len: usize,
+    rank: usize,
+    steps: usize,
+) -> Result<TrainBench> {
     use crate::model::Llama;
     use crate::nn::ForwardCtx;
     use crate::train::optim::{AdamW, AdamWConfig};
@@ -204,13 +210,20 @@ pub fn bench_train_step(method: &str, batch: usize, seq_len: usize, rank: usize,
             let m = Matrix::new(r, c, w.flatten_all()?.to_vec1::<f32>()?)?;
             let (d, _) = cache.get_or_compute(&m, Precision::F32)?;
             lin.start_dash(8, &d, Default::default())?;
-            opt.add(format!("{i}.ds"), lin.dash.as_ref().expect("started").delta_sigma.clone())?;
+            opt.add(
+                format!("{i}.ds"),
+                lin.dash.as_ref().expect("started").delta_sigma.clone(),
+            )?;
         }
     }
     let vocab = model.config.vocab_size as u32;
-    let ids: Vec<u32> = (0..batch * seq_len).map(|i| (i as u32).wrapping_mul(2654435761) % vocab).collect();
+    let ids: Vec<u32> = (0..batch * seq_len)
+        .map(|i| (i as u32).wrapping_mul(2654435761) % vocab)
+        .collect();
     let ids = Tensor::from_vec(ids, (batch, seq_len), &Device::Cpu)?;
-    let targets_t: Vec<u32> = (0..batch * seq_len).map(|i| ((i as u32 + 7).wrapping_mul(40503)) % vocab).collect();
+    let targets_t: Vec<u32> = (0..batch * seq_len)
+        .map(|i| ((i as u32 + 7).wrapping_mul(40503)) % vocab)
+        .collect();
     let targets_t = Tensor::from_vec(targets_t, (batch * seq_len, 1), &Device::Cpu)?;
     let warmup = 1;
     let mut times = Vec::new();

@@ -19,5 +19,6 @@ pub mod model;
 pub mod nn;
 pub mod output;
 pub mod params;
+pub mod report;
 pub mod track;
 pub mod train;

@@ -306,6 +306,16 @@ fn bad_training_input_is_a_clear_error() {
         &["--resume", d.path().join("nothing").to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(2));
+    // Regression: a cutoff beyond the model's positions used to fail deep in rope with a raw
+    // tensor error; it is now refused up front.
+    let data = write_data(d.path());
+    let mut args = common_args(data.to_str().unwrap(), run.to_str().unwrap(), "lora", "2");
+    args[1] = model.to_str().unwrap();
+    let at = args.iter().position(|a| *a == "--cutoff-len").unwrap();
+    args[at + 1] = "256";
+    let out = train(d.path(), &args);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exceeds the model's 128 positions"));
     let cfg = d.path().join("cfg.json");
     std::fs::write(&cfg, "{\"rnak\": 4}").unwrap();
     let out = tsd(d.path())

@@ -84,7 +84,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             out,
             single,
         } => {
-            anyhow::ensure!(batch > 0 && seq_len > 1 && steps > 0, "--batch, --seq-len and --steps must be positive");
+            anyhow::ensure!(
+                batch > 0 && seq_len > 1 && steps > 0,
+                "--batch, --seq-len and --steps must be positive"
+            );
             if let Some(m) = single {
                 let r = tsd::bench::bench_train_step(&m, batch, seq_len, rank, steps)?;
                 println!("{}", serde_json::to_string(&r)?);
@@ -95,15 +98,39 @@ pub fn run(a: BenchArgs) -> Result<()> {
             for m in ["lora", "lora-dash"] {
                 eprintln!("bench: {m}, batch {batch} x {seq_len} tokens, {steps} steps…");
                 let o = std::process::Command::new(std::env::current_exe()?)
-                    .args(["bench", "train", "--batch", &batch.to_string(), "--seq-len", &seq_len.to_string()])
-                    .args(["--rank", &rank.to_string(), "--steps", &steps.to_string(), "--single", m])
+                    .args([
+                        "bench",
+                        "train",
+                        "--batch",
+                        &batch.to_string(),
+                        "--seq-len",
+                        &seq_len.to_string(),
+                    ])
+                    .args([
+                        "--rank",
+                        &rank.to_string(),
+                        "--steps",
+                        &steps.to_string(),
+                        "--single",
+                        m,
+                    ])
                     .output()?;
-                anyhow::ensure!(o.status.success(), "{m}: {}", String::from_utf8_lossy(&o.stderr));
+                anyhow::ensure!(
+                    o.status.success(),
+                    "{m}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
                 runs.push(serde_json::from_slice::<tsd::bench::TrainBench>(&o.stdout)?);
             }
-            let torch = torch.exists().then(|| tsd::fsutil::read_json::<serde_json::Value>(&torch)).transpose()?;
+            let torch = torch
+                .exists()
+                .then(|| tsd::fsutil::read_json::<serde_json::Value>(&torch))
+                .transpose()?;
             let dash_overhead = runs[1].median_step_seconds / runs[0].median_step_seconds - 1.0;
-            let ratio = torch.as_ref().and_then(|t| t["tokens_per_s"].as_f64()).map(|tt| runs[0].tokens_per_s / tt);
+            let ratio = torch
+                .as_ref()
+                .and_then(|t| t["tokens_per_s"].as_f64())
+                .map(|tt| runs[0].tokens_per_s / tt);
             let rec = serde_json::json!({
                 "what": "training step (forward, backward, AdamW) on the default model, CPU f32",
                 "cpu": tsd::bench::cpu_name(),

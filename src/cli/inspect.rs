@@ -45,6 +45,9 @@ pub struct InspectArgs {
     /// Include σ and δ of every direction in the JSON output.
     #[arg(long)]
     spectrum: bool,
+    /// Also write a self-contained HTML report (spectra, heat maps, amplification) to this file.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Do not read or write the SVD cache ($TSD_HOME/svd).
     #[arg(long)]
     no_cache: bool,
@@ -133,7 +136,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         seed: a.seed,
         recall_k: a.recall_k,
         accuracy_k: a.accuracy_k,
-        keep_spectrum: a.spectrum,
+        keep_spectrum: a.spectrum || a.html.is_some(),
     };
     let cache = if a.no_cache {
         SvdCache::disabled()
@@ -158,6 +161,10 @@ pub fn run(a: InspectArgs) -> Result<()> {
         Format::Csv => inspect_csv(&report)?,
         Format::Table => inspect_table(&report),
     };
+    if let Some(h) = &a.html {
+        tsd::fsutil::atomic_write(h, tsd::report::pages::inspect_html(&report)?.as_bytes())?;
+        eprintln!("wrote {}", h.display());
+    }
     if a.out.format() != Format::Table {
         // Tables carry their warnings; machine formats keep stdout clean and warn on stderr.
         for w in &report.warnings {

@@ -5,6 +5,7 @@ mod export;
 mod fetch;
 mod inspect;
 mod params;
+mod report;
 mod track;
 mod train;
 
@@ -33,6 +34,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// TSD change rates, TSD sets, capture and amplification for every checkpoint of a run.
     Track(track::TrackArgs),
+    /// A self-contained HTML report of a training run (curves, throughput, directions over checkpoints).
+    Report(report::ReportArgs),
     /// Provision the default model (SmolLM2-135M-Instruct GGUF) into the tsd cache.
     Fetch(fetch::FetchArgs),
     /// Benchmarks; results are written under reproductions/bench/.
@@ -131,6 +134,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fetch(a) => fetch::run(a),
         Command::Train(a) => train::run(*a),
         Command::Track(a) => track::run(a),
+        Command::Report(a) => report::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

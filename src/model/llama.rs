@@ -165,6 +165,11 @@ impl Llama {
         Self::load(src, config, device, dtype)
     }
 
+    /// Longest sequence the rotary tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -283,6 +288,12 @@ impl Llama {
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         let t = h.dim(1)?;
+        if t > self.max_positions() {
+            return Err(Error::InvalidArgument(format!(
+                "sequence of {t} tokens exceeds the model's {} positions",
+                self.max_positions()
+            )));
+        }
         let mask = self.causal_mask(t)?;
         let eps = self.config.rms_norm_eps;
         let mut h = h.clone();

@@ -188,10 +188,12 @@ impl Trainer {
                 run_dir.display()
             )));
         }
+        // Build first: a run that cannot start (bad data, bad model) leaves no run directory behind.
+        let t = Self::build(config, run_dir)?;
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        let text = serde_json::to_string_pretty(&config).expect("config serialises");
+        let text = serde_json::to_string_pretty(&t.config).expect("config serialises");
         crate::fsutil::atomic_write(&run_dir.join("config.json"), text.as_bytes())?;
-        Self::build(config, run_dir)
+        Ok(t)
     }
 
     /// Re-opens a run and restores its newest complete checkpoint.
@@ -214,6 +216,13 @@ impl Trainer {
         })?;
         let src = weights::open_path(&path)?;
         let mut model = Llama::from_source(src.as_ref(), &device, dtype)?;
+        let max_pos = model.max_positions();
+        if config.cutoff_len > max_pos {
+            return Err(Error::InvalidArgument(format!(
+                "cutoff_len {} exceeds the model's {max_pos} positions (max_position_embeddings); lower --cutoff-len",
+                config.cutoff_len
+            )));
+        }
         let tok = crate::model::tokenizer::load_tokenizer(&path)?;
         let info = crate::model::tokenizer::load_tokenizer_info(&path)?;
         let eos = info.eos;

@@ -1,0 +1,427 @@
+//! Report pages: turn records into template contexts (numbers formatted, charts drawn) and render.
+
+use super::{charts, render};
+use crate::error::{Error, Result};
+use crate::inspect::InspectReport;
+use crate::track::TrackReport;
+use crate::train::RunRecord;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn chart(r: std::result::Result<String, String>) -> Result<String> {
+    r.map_err(Error::InvalidArgument)
+}
+
+fn g(x: f64) -> String {
+    if !x.is_finite() {
+        "∞".into()
+    } else if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e5) {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+#[derive(Serialize)]
+struct Spectrum {
+    module: String,
+    picks: String,
+    svg: String,
+}
+
+#[derive(Serialize)]
+struct Row {
+    module: String,
+    shape: String,
+    r: usize,
+    scaling: String,
+    fro: String,
+    top: String,
+    ratio: String,
+    amp: String,
+    dash: String,
+    recall: String,
+    accuracy: String,
+    phi: String,
+}
+
+/// Layer × module-type grid of one quantity.
+fn grid(
+    r: &InspectReport,
+    f: impl Fn(&crate::inspect::ModuleReport) -> f64,
+) -> (Vec<String>, Vec<String>, Vec<Vec<Option<f64>>>) {
+    let types: Vec<String> = r
+        .modules
+        .iter()
+        .map(|m| m.module_type.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let layers: Vec<usize> = r
+        .modules
+        .iter()
+        .filter_map(|m| m.layer)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut vals = vec![vec![None; types.len()]; layers.len().max(1)];
+    for m in &r.modules {
+        let li = m
+            .layer
+            .and_then(|l| layers.iter().position(|x| *x == l))
+            .unwrap_or(0);
+        let ti = types
+            .iter()
+            .position(|t| *t == m.module_type)
+            .expect("collected above");
+        vals[li][ti] = Some(f(m));
+    }
+    let rows = if layers.is_empty() {
+        vec!["-".to_string()]
+    } else {
+        layers.iter().map(|l| l.to_string()).collect()
+    };
+    (rows, types, vals)
+}
+
+fn range_note(vals: &[Vec<Option<f64>>]) -> String {
+    let v: Vec<f64> = vals
+        .iter()
+        .flatten()
+        .flatten()
+        .cloned()
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .collect();
+    if v.is_empty() {
+        return "no data".into();
+    }
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(0.0, f64::max);
+    format!("dark = {} … bright = {}", g(lo), g(hi))
+}
+
+/// The `tsd inspect --html` page. The report must carry spectra (`keep_spectrum`).
+pub fn inspect_html(r: &InspectReport) -> Result<String> {
+    let o = &r.options;
+    let protocol_short = format!("SVD {}, σ floor {}", o.precision, o.floor.relative);
+    let protocol = format!(
+        "change rates δ_i = |u_iᵀ ΔW v_i| / σ_i over W's SVD ({}), σ floor {} · top-{} TSDs · amplification with r = {} · capture recall@({},{}) / accuracy@({},{})",
+        o.precision,
+        o.floor.relative,
+        o.top_s,
+        o.amp_rank.map_or("each module's LoRA rank".to_string(), |x| x.to_string()),
+        o.recall_k.0,
+        o.recall_k.1,
+        o.accuracy_k.0,
+        o.accuracy_k.1
+    );
+    let (rows_l, cols, dvals) = grid(r, |m| m.tsd.first().map_or(0.0, |t| t.delta));
+    let heat_delta = chart(charts::heatmap(&rows_l, &cols, &dvals, true, "max δ"))?;
+    let (_, _, avals) = grid(r, |m| m.amplification.factor);
+    let heat_amp = chart(charts::heatmap(
+        &rows_l,
+        &cols,
+        &avals,
+        true,
+        "amplification",
+    ))?;
+    let types: Vec<String> = r.by_type.iter().map(|t| t.group.clone()).collect();
+    let mean_of = |t: &str, f: &dyn Fn(&crate::directions::Amplification) -> f64| {
+        let v: Vec<f64> = r
+            .modules
+            .iter()
+            .filter(|m| m.module_type == t)
+            .map(|m| f(&m.amplification))
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let amp_bars = chart(charts::grouped_bars(
+        &types,
+        &[
+            (
+                "ΔW basis",
+                types
+                    .iter()
+                    .map(|t| mean_of(t, &|a| a.proj_delta_basis))
+                    .collect(),
+            ),
+            (
+                "W basis",
+                types
+                    .iter()
+                    .map(|t| mean_of(t, &|a| a.proj_w_basis))
+                    .collect(),
+            ),
+            (
+                "random",
+                types
+                    .iter()
+                    .map(|t| mean_of(t, &|a| a.proj_random))
+                    .collect(),
+            ),
+        ],
+        "‖UᵀWV‖F",
+        true,
+    ))?;
+    let mut order: Vec<&crate::inspect::ModuleReport> = r.modules.iter().collect();
+    order.sort_by(|a, b| {
+        b.tsd
+            .first()
+            .map_or(0.0, |t| t.delta)
+            .total_cmp(&a.tsd.first().map_or(0.0, |t| t.delta))
+    });
+    let mut spectra = Vec::new();
+    for m in order.iter().take(12) {
+        if let (Some(s), Some(d)) = (&m.sigma, &m.delta) {
+            let picks: Vec<usize> = m.tsd.iter().map(|t| t.index).collect();
+            spectra.push(Spectrum {
+                module: m.module.clone(),
+                picks: format!("{picks:?}"),
+                svg: chart(charts::spectrum(s, d, &picks))?,
+            });
+        }
+    }
+    let rows: Vec<Row> = r
+        .modules
+        .iter()
+        .map(|m| Row {
+            module: m.module.clone(),
+            shape: format!("{}×{}", m.shape[0], m.shape[1]),
+            r: m.r,
+            scaling: g(m.scaling),
+            fro: g(m.delta_fro),
+            top: m
+                .tsd
+                .iter()
+                .take(4)
+                .map(|t| format!("{}: {}", t.index, g(t.delta)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ratio: m.tsd.first().map_or("-".into(), |t| {
+                format!(
+                    "{}{}",
+                    g(t.sigma_ratio),
+                    if t.near_null { " !" } else { "" }
+                )
+            }),
+            amp: g(m.amplification.factor),
+            dash: m
+                .dash
+                .as_ref()
+                .map_or("-".into(), |d| g(d.delta_sigma_max_abs)),
+            recall: m
+                .capture
+                .as_ref()
+                .map_or("-".into(), |c| format!("{:.2}", c.recall.value)),
+            accuracy: m
+                .capture
+                .as_ref()
+                .map_or("-".into(), |c| format!("{:.2}", c.accuracy.value)),
+            phi: m
+                .capture
+                .as_ref()
+                .map_or("-".into(), |c| format!("{:.2}", c.subspace_similarity)),
+        })
+        .collect();
+    render(
+        "inspect.html",
+        minijinja::context! {
+            title => "tsd inspect",
+            tsd_version => env!("CARGO_PKG_VERSION"),
+            r => r,
+            protocol => protocol,
+            protocol_short => protocol_short,
+            heat_delta => heat_delta,
+            heat_delta_range => range_note(&dvals),
+            heat_amp => heat_amp,
+            heat_amp_range => range_note(&avals),
+            amp_bars => amp_bars,
+            amp_r_note => o.amp_rank.map_or("each module's LoRA rank".to_string(), |x| x.to_string()),
+            spectra => spectra,
+            rows => rows,
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct TsdRow {
+    module: String,
+    cells: Vec<String>,
+}
+
+/// The `tsd report RUN_DIR` page: the run record, and the track over checkpoints when given.
+pub fn run_html(run_dir: &str, rec: &RunRecord, track: Option<&TrackReport>) -> Result<String> {
+    let steps: Vec<(f64, f64)> = rec.steps.iter().map(|s| (s.step as f64, s.loss)).collect();
+    let val: Vec<(f64, f64)> = rec.val.iter().map(|v| (v.step as f64, v.loss)).collect();
+    let dash_step = rec.dash_switch.as_ref().map(|d| d.step);
+    let marker = dash_step.map(|s| (s as f64, "Dash switch"));
+    let mut loss_series = vec![("train loss", steps.clone())];
+    if !val.is_empty() {
+        loss_series.push(("validation loss", val));
+    }
+    let loss_svg = chart(charts::lines(
+        &loss_series,
+        "optimizer step",
+        "loss (nats/token)",
+        false,
+        marker,
+    ))?;
+    let lr: Vec<(f64, f64)> = rec.steps.iter().map(|s| (s.step as f64, s.lr)).collect();
+    let lr_svg = chart(charts::lines(
+        &[("learning rate", lr)],
+        "optimizer step",
+        "learning rate",
+        false,
+        marker,
+    ))?;
+    let tps: Vec<(f64, f64)> = rec
+        .steps
+        .iter()
+        .map(|s| (s.step as f64, s.tokens_per_s))
+        .collect();
+    let tps_svg = chart(charts::lines(
+        &[("tokens/s", tps.clone())],
+        "optimizer step",
+        "tokens / s",
+        false,
+        marker,
+    ))?;
+    let mut tv: Vec<f64> = tps.iter().map(|p| p.1).collect();
+    tv.sort_by(f64::total_cmp);
+    let median_tps = tv.get(tv.len() / 2).copied().unwrap_or(0.0);
+    let run_name = std::path::Path::new(run_dir)
+        .file_name()
+        .map_or(run_dir.to_string(), |n| n.to_string_lossy().to_string());
+    let mut ctx = BTreeMap::<&str, minijinja::Value>::new();
+    ctx.insert("title", "tsd run report".into());
+    ctx.insert("tsd_version", env!("CARGO_PKG_VERSION").into());
+    ctx.insert("run", run_dir.into());
+    ctx.insert("run_name", run_name.into());
+    ctx.insert("rec", minijinja::Value::from_serialize(rec));
+    ctx.insert(
+        "method",
+        serde_json::to_value(rec.config.method)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+            .into(),
+    );
+    ctx.insert("alpha", rec.config.alpha().into());
+    ctx.insert("dash_step", minijinja::Value::from_serialize(dash_step));
+    ctx.insert("steps_done", rec.steps.last().map_or(0, |s| s.step).into());
+    ctx.insert(
+        "loss_first",
+        rec.steps
+            .first()
+            .map_or("-".into(), |s| format!("{:.4}", s.loss))
+            .into(),
+    );
+    ctx.insert(
+        "loss_last",
+        rec.steps
+            .last()
+            .map_or("-".into(), |s| format!("{:.4}", s.loss))
+            .into(),
+    );
+    ctx.insert(
+        "val_last",
+        rec.val
+            .last()
+            .map_or("-".into(), |v| format!("{:.4}", v.loss))
+            .into(),
+    );
+    ctx.insert("tps", format!("{median_tps:.0}").into());
+    ctx.insert(
+        "rss_mib",
+        format!("{:.0}", rec.peak_rss_bytes as f64 / (1 << 20) as f64).into(),
+    );
+    ctx.insert("wall", format!("{:.1}", rec.wall_s).into());
+    ctx.insert("loss_svg", loss_svg.into());
+    ctx.insert("lr_svg", lr_svg.into());
+    ctx.insert("tps_svg", tps_svg.into());
+    if let Some(t) = track {
+        let pts = &t.points;
+        let xs = |f: &dyn Fn(&crate::track::TrackPoint) -> Option<f64>| -> Vec<(f64, f64)> {
+            pts.iter()
+                .filter_map(|p| f(p).map(|v| (p.step as f64, v)))
+                .collect()
+        };
+        let rec_pts = xs(&|p| p.mean_recall);
+        let acc_pts = xs(&|p| p.mean_accuracy);
+        if !acc_pts.is_empty() {
+            let svg = chart(charts::lines(
+                &[("recall@(8,4)", rec_pts), ("accuracy@(8,16)", acc_pts)],
+                "checkpoint step",
+                "capture",
+                false,
+                marker,
+            ))?;
+            ctx.insert("capture_svg", svg.into());
+        }
+        let stab = chart(charts::lines(
+            &[
+                ("∩ previous", xs(&|p| p.stability_prev)),
+                ("∩ final", xs(&|p| Some(p.stability_final))),
+            ],
+            "checkpoint step",
+            "overlap of TSD sets",
+            false,
+            marker,
+        ))?;
+        let amp = chart(charts::lines(
+            &[
+                ("mean amplification", xs(&|p| Some(p.mean_amplification))),
+                ("mean top δ", xs(&|p| Some(p.mean_top_delta))),
+            ],
+            "checkpoint step",
+            "unitless (log)",
+            true,
+            marker,
+        ))?;
+        let track_steps: Vec<usize> = pts.iter().map(|p| p.step).collect();
+        let tsd_rows: Vec<TsdRow> = t
+            .tsd_sets
+            .iter()
+            .take(10)
+            .map(|(m, v)| TsdRow {
+                module: m.clone(),
+                cells: track_steps
+                    .iter()
+                    .map(|s| {
+                        v.iter()
+                            .find(|(st, _)| st == s)
+                            .map_or("-".into(), |(_, i)| format!("{i:?}"))
+                    })
+                    .collect(),
+            })
+            .collect();
+        ctx.insert("track", true.into());
+        ctx.insert(
+            "reference",
+            t.reference.clone().unwrap_or_else(|| "none".into()).into(),
+        );
+        ctx.insert(
+            "track_note",
+            format!(
+                "{} checkpoint(s) analysed with tsd track{}; {} module(s); the table shows the first {} modules.",
+                pts.len(),
+                t.reference.as_ref().map_or(" (no reference: capture not measured)".to_string(), |r| format!(" against {r}")),
+                t.tsd_sets.len(),
+                tsd_rows.len()
+            )
+            .into(),
+        );
+        ctx.insert("stability_svg", stab.into());
+        ctx.insert("amp_svg", amp.into());
+        ctx.insert(
+            "top_s",
+            t.reports.first().map_or(8, |r| r.options.top_s).into(),
+        );
+        ctx.insert(
+            "track_steps",
+            minijinja::Value::from_serialize(&track_steps),
+        );
+        ctx.insert("tsd_rows", minijinja::Value::from_serialize(&tsd_rows));
+    }
+    render("run.html", ctx)
+}
