@@ -10,7 +10,10 @@ thread count, CPU model and the load average around the run.
 Other work on the machine (a concurrent build) inflates the timings badly,
 since OpenMP threads that lose their core stall each other.  Every timed run
 therefore records ``other_cpu_share``: the share of the machine's CPU time that
-other processes used while it ran (0 = quiet machine).
+other processes used while it ran (0 = quiet machine), and OpenMP's wait policy
+defaults to PASSIVE (set OMP_WAIT_POLICY=ACTIVE to override): with spinning
+threads a 2048x2048 SVD took ~3x longer than with passive ones when other
+processes held ~65% of the 2 cores.
 
 Usage (from the repository root)::
 
@@ -26,7 +29,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import torch
+# OMP_WAIT_POLICY is read when the OpenMP runtime starts, so set it before importing torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 SHAPES = [(1024, 1024), (2048, 2048), (4096, 4096), (11008, 4096), (4096, 11008)]
 SMALL = 2048

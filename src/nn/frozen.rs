@@ -1,12 +1,15 @@
 //! A linear layer with a frozen weight whose backward pass computes only the input gradient.
 //!
 //! candle's `matmul` backward computes a gradient for every operand, frozen weights included, which
-//! makes a LoRA step cost nearly as much as full fine-tuning (`../shared/DESIGN.md`). Here the
-//! product is computed on a detached input (no graph, no weight gradient) and a custom op adds a
-//! zero tensor whose backward returns `grad · W`: the graph sees `y = x·Wᵀ` with `∂y/∂x` only.
+//! makes a LoRA step cost nearly as much as full fine-tuning (`../shared/DESIGN.md`). Here a custom
+//! op computes `y = x·Wᵀ` and its backward returns only `grad · W`. On the CPU the op computes the
+//! product itself (one output tensor); on CUDA, where a custom op cannot call candle's matmul on
+//! raw device storage, the product is computed on a detached input and the op contributes a zero
+//! tensor that carries the input gradient.
 
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Module, Result, Shape, Storage, Tensor};
 
 /// `y = x·Wᵀ` for `x: [.., in]`, `W: [out, in]` (PyTorch layout), `y: [.., out]`.
 #[derive(Clone, Debug)]
@@ -14,9 +17,11 @@ pub struct FrozenLinear {
     weight: Tensor,
 }
 
-/// The custom op: forward returns zeros `[.., out]`, backward returns `grad · W` `[.., in]`.
+/// The custom op: backward returns `grad · W` `[.., in]`; forward returns `x·Wᵀ` on the CPU
+/// (`product = true`) or zeros `[.., out]` (the CUDA path adds them to a detached product).
 struct InputGradOnly {
     weight: Tensor,
+    product: bool,
 }
 
 impl InputGradOnly {
@@ -36,8 +41,26 @@ impl CustomOp1 for InputGradOnly {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let shape = self.out_shape(layout);
-        let zeros = candle_core::cpu_backend::CpuDevice.zeros_impl(&shape, storage.dtype())?;
-        Ok((zeros, shape))
+        if !self.product {
+            let zeros = candle_core::cpu_backend::CpuDevice.zeros_impl(&shape, storage.dtype())?;
+            return Ok((zeros, shape));
+        }
+        // A graph-free tensor over a contiguous copy of the input, multiplied by Wᵀ.
+        let x = Tensor::from_storage(
+            Storage::Cpu(storage.clone()),
+            layout.shape().clone(),
+            BackpropOp::none(),
+            false,
+        );
+        if !(layout.is_contiguous() && layout.start_offset() == 0) {
+            candle_core::bail!("frozen linear: non-contiguous input (call .contiguous() first)")
+        }
+        let y = matmul_2d(&x, &self.weight.t()?)?;
+        let (st, l) = y.storage_and_layout();
+        match (&*st, l.contiguous_offsets()) {
+            (Storage::Cpu(c), Some((0, _))) => Ok((c.clone(), shape)),
+            _ => candle_core::bail!("frozen linear: unexpected product layout"),
+        }
     }
 
     #[cfg(feature = "cuda")]
@@ -87,13 +110,25 @@ pub fn matmul_2d(x: &Tensor, m: &Tensor) -> Result<Tensor> {
 
 impl Module for FrozenLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = matmul_2d(&x.detach(), &self.weight.t()?)?;
         if !x.track_op() {
-            return Ok(y);
+            return matmul_2d(x, &self.weight.t()?);
         }
         // Tensor clones share storage: this does not copy the weight.
+        if matches!(x.device(), Device::Cpu) {
+            let x = if x.is_contiguous() && x.layout().start_offset() == 0 {
+                x.clone()
+            } else {
+                x.affine(1.0, 0.0)?
+            };
+            return x.apply_op1(InputGradOnly {
+                weight: self.weight.clone(),
+                product: true,
+            });
+        }
+        let y = matmul_2d(&x.detach(), &self.weight.t()?)?;
         let g = x.apply_op1(InputGradOnly {
             weight: self.weight.clone(),
+            product: false,
         })?;
         y + g
     }
@@ -103,6 +138,25 @@ impl Module for FrozenLinear {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn strided_and_offset_inputs_are_handled() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (5, 3), &dev)?;
+        let big = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 4), &dev)?)?;
+        let lin = FrozenLinear::new(w.clone());
+        for x in [
+            big.as_tensor().narrow(0, 2, 3)?.narrow(1, 0, 3)?,
+            big.as_tensor().t()?.narrow(0, 1, 3)?.t()?,
+        ] {
+            let y = lin.forward(&x)?;
+            let want = x.matmul(&w.t()?)?;
+            assert!(y.sub(&want)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6);
+            let g = y.sum_all()?.backward()?;
+            assert!(g.get(big.as_tensor()).is_some());
+        }
+        Ok(())
+    }
 
     #[test]
     fn output_and_input_gradient_match_plain_matmul_without_weight_gradient() -> Result<()> {
