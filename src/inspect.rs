@@ -458,7 +458,26 @@ pub fn inspect(
             Ok(rep)
         })
         .collect();
-    let modules: Vec<ModuleReport> = results.into_iter().collect::<Result<_>>()?;
+    let mut modules: Vec<ModuleReport> = results.into_iter().collect::<Result<_>>()?;
+    // Model order: by layer number, then the module's position in a LLaMA layer.
+    let rank = |t: &str| {
+        crate::model::llama::LINEARS
+            .iter()
+            .position(|x| *x == t)
+            .unwrap_or(usize::MAX)
+    };
+    modules.sort_by(|a, b| {
+        (
+            a.layer.unwrap_or(usize::MAX),
+            rank(&a.module_type),
+            &a.module,
+        )
+            .cmp(&(
+                b.layer.unwrap_or(usize::MAX),
+                rank(&b.module_type),
+                &b.module,
+            ))
+    });
     let mut warnings = adapter.warnings.clone();
     let near: usize = modules.iter().map(|m| m.near_null_picks).sum();
     if near > 0 {
