@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -250,9 +249,9 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
 
+    # Files are overwritten in place (save_pretrained also drops stale shards); other files
+    # in these directories, such as a tokenizer added by hand, are left alone.
     out: Path = args.out
-    for sub in ["tiny-llama", "tiny-llama-bf16", "tiny-llama-sharded", "tiny-llama-ft", *ADAPTERS]:
-        shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
     base = save_base_models(out)

@@ -287,14 +287,16 @@ def main() -> None:
     print(f"trained {args.steps} steps in {train_s:.1f} s", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for stale in ["adapter_model.safetensors", "adapter_model.bin", "adapter_config.json"]:
+    # README.md too: PEFT's save_pretrained would otherwise prepend model-card front matter
+    # (with the temporary base path) to an existing one.  Ours replaces its card right away.
+    for stale in ["adapter_model.safetensors", "adapter_model.bin", "adapter_config.json", "README.md"]:
         (args.out / stale).unlink(missing_ok=True)
     save_adapter(model, args.out)
+    write_readme(args.out, args, losses)
     adapter_file = args.out / "adapter_model.safetensors"
     scaling = LORA["lora_alpha"] / LORA["r"]
     modules = module_records(model, adapter_file, scaling)
     total_s = time.time() - t0
-    write_readme(args.out, args, losses)
 
     expected = {
         "description": (

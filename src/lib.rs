@@ -14,6 +14,7 @@ pub mod linalg;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub mod eval;
 pub mod inspect;
 pub mod model;
 pub mod nn;

@@ -1,6 +1,7 @@
 //! clap definitions, one file per subcommand.
 
 mod bench;
+mod eval;
 mod export;
 mod fetch;
 mod inspect;
@@ -36,6 +37,8 @@ enum Command {
     Track(track::TrackArgs),
     /// A self-contained HTML report of a training run (curves, throughput, directions over checkpoints).
     Report(report::ReportArgs),
+    /// Commonsense accuracy of a model (+ adapter) on LLM-Adapters test sets (loglik protocol).
+    Eval(Box<eval::EvalArgs>),
     /// Provision the default model (SmolLM2-135M-Instruct GGUF) into the tsd cache.
     Fetch(fetch::FetchArgs),
     /// Benchmarks; results are written under reproductions/bench/.
@@ -135,6 +138,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(*a),
         Command::Track(a) => track::run(a),
         Command::Report(a) => report::run(a),
+        Command::Eval(a) => eval::run(*a),
         Command::Bench(a) => bench::run(a),
     }
 }

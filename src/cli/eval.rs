@@ -1,0 +1,137 @@
+use super::{progress_bar, ModelArgs, OutputArgs};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use tsd::eval::{apply_adapter, eval_loglik, task, TaskResult};
+use tsd::model::Llama;
+use tsd::output::{to_json, Format};
+use tsd::weights::{open_path, resolve_path, ModelSpec};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Base model: path, Hugging Face id, or `default`.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// A PEFT LoRA / LoRA-Dash adapter, merged before evaluation.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Tasks (comma-separated): boolq, piqa, social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tasks: Vec<String>,
+    /// Data directory in LLM-Adapters layout (`<task>/test.json`); default $TSD_DATA.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Scoring protocol. Only `loglik` (label log-likelihood) is available in this version.
+    #[arg(long, default_value = "loglik")]
+    protocol: String,
+    /// Evaluate only the first N examples of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Per-example predictions as JSONL into this directory (one file per task).
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    src: ModelArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    if a.protocol != "loglik" {
+        bail!("protocol `{}`: this version implements `loglik` only (beam-search `generate` is not built yet)", a.protocol);
+    }
+    let data = a
+        .data
+        .clone()
+        .or_else(|| std::env::var_os("TSD_DATA").map(PathBuf::from))
+        .context("no data directory: pass --data DIR (LLM-Adapters layout) or set TSD_DATA")?;
+    let tasks = a
+        .tasks
+        .iter()
+        .map(|t| task(t).with_context(|| format!("unknown task `{t}`")))
+        .collect::<Result<Vec<_>>>()?;
+    let path = resolve_path(&ModelSpec {
+        spec: a.model.clone(),
+        revision: a.src.revision.clone(),
+        offline: a.src.offline,
+    })?;
+    let src = open_path(&path)?;
+    let mut model = Llama::from_source(
+        src.as_ref(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )?;
+    if let Some(ad) = &a.adapter {
+        apply_adapter(&mut model, &tsd::adapter::load_adapter(ad)?)?;
+    }
+    let tok = tsd::model::tokenizer::load_tokenizer(&path)?;
+    let mut results: Vec<TaskResult> = Vec::new();
+    for t in &tasks {
+        let file = data.join(t.name).join("test.json");
+        if !file.exists() {
+            bail!(
+                "{}: test set not found (HellaSwag is not available on these machines)",
+                file.display()
+            );
+        }
+        let mut ex = tsd::train::data::load_examples(&file)?;
+        if let Some(n) = a.limit {
+            ex.truncate(n);
+        }
+        let pb = progress_bar(ex.len() as u64, t.name, a.quiet);
+        let r = eval_loglik(&model, &tok, t, &ex, &|| pb.inc(1))?;
+        pb.finish_and_clear();
+        if let Some(dir) = &a.predictions {
+            let lines: Vec<String> = r
+                .predictions
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<_, _>>()?;
+            tsd::fsutil::atomic_write(
+                &dir.join(format!("{}.jsonl", t.name)),
+                (lines.join("\n") + "\n").as_bytes(),
+            )?;
+        }
+        results.push(r);
+    }
+    let text = match a.out.format() {
+        Format::Json => to_json(&results)? + "\n",
+        Format::Csv => {
+            let mut s = String::from("task,protocol,examples,correct,accuracy\n");
+            for r in &results {
+                s += &format!(
+                    "{},{},{},{},{}\n",
+                    r.task, r.protocol, r.examples, r.correct, r.accuracy
+                );
+            }
+            s
+        }
+        Format::Table => {
+            let mut s = format!(
+                "model {}{} · protocol loglik (label log-likelihood, not beam-search generation)\n",
+                a.model,
+                a.adapter
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(" + {}", p.display()))
+            );
+            for r in &results {
+                s += &format!(
+                    "{:<14} {:>6} examples  accuracy {:.2}%\n",
+                    r.task,
+                    r.examples,
+                    100.0 * r.accuracy
+                );
+            }
+            let avg = results.iter().map(|r| r.accuracy).sum::<f64>() / results.len().max(1) as f64;
+            s + &format!(
+                "{:<14} {:>6}           accuracy {:.2}% (mean over tasks)\n",
+                "average",
+                "",
+                100.0 * avg
+            )
+        }
+    };
+    a.out.emit(&text)
+}

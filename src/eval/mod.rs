@@ -1,0 +1,251 @@
+//! Commonsense evaluation (PAPER.md §4): task label sets and answer extraction as LLM-Adapters'
+//! `commonsense_evaluate.py` does them, and the log-likelihood scorer (pick the label whose
+//! continuation the model finds most probable). Numbers from `loglik` must be labelled as such:
+//! it cannot see the invalid-label failures that the `generate` protocol measures.
+
+use crate::adapter::Adapter;
+use crate::error::{Error, Result};
+use crate::model::tokenizer::{encode, Tokenizer};
+use crate::model::Llama;
+use crate::nn::ForwardCtx;
+use crate::train::data::{eval_prompt, Example};
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+
+/// A commonsense task: its directory name and its label set, in the order `extract_answer` tries.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Task {
+    pub name: &'static str,
+    pub labels: &'static [&'static str],
+}
+
+const ANSWERS: &[&str] = &["answer1", "answer2", "answer3", "answer4", "answer5"];
+
+/// The eight LLM-Adapters commonsense tasks.
+pub const TASKS: &[Task] = &[
+    Task {
+        name: "boolq",
+        labels: &["true", "false"],
+    },
+    Task {
+        name: "piqa",
+        labels: &["solution1", "solution2"],
+    },
+    Task {
+        name: "social_i_qa",
+        labels: ANSWERS,
+    },
+    Task {
+        name: "hellaswag",
+        labels: &["ending1", "ending2", "ending3", "ending4"],
+    },
+    Task {
+        name: "winogrande",
+        labels: &["option1", "option2"],
+    },
+    Task {
+        name: "ARC-Easy",
+        labels: ANSWERS,
+    },
+    Task {
+        name: "ARC-Challenge",
+        labels: ANSWERS,
+    },
+    Task {
+        name: "openbookqa",
+        labels: ANSWERS,
+    },
+];
+
+/// A task by name (case-insensitive; `arc-e`/`arc-c`/`obqa`/`siqa` accepted).
+pub fn task(name: &str) -> Option<Task> {
+    let n = name.to_ascii_lowercase();
+    let canonical = match n.as_str() {
+        "arc-e" | "arc_easy" | "arc-easy" => "ARC-Easy",
+        "arc-c" | "arc_challenge" | "arc-challenge" => "ARC-Challenge",
+        "obqa" => "openbookqa",
+        "siqa" | "social_iqa" => "social_i_qa",
+        _ => name,
+    };
+    TASKS
+        .iter()
+        .find(|t| t.name.eq_ignore_ascii_case(canonical))
+        .copied()
+}
+
+/// The prediction in a generated response: the FIRST occurrence of any label of the task (what
+/// `re.findall(r'a|b|…', text)[0]` returns), or None (counted wrong and unparseable).
+pub fn extract_answer(task: &Task, text: &str) -> Option<&'static str> {
+    let mut best: Option<(usize, &'static str)> = None;
+    for &l in task.labels {
+        if let Some(p) = text.find(l) {
+            // Earliest start wins; at equal starts the regex alternation prefers the earlier label.
+            if best.is_none_or(|(bp, _)| p < bp) {
+                best = Some((p, l));
+            }
+        }
+    }
+    best.map(|b| b.1)
+}
+
+/// The text after `### Response:` (LLM-Adapters: `output.split("### Response:")[1].strip()`).
+pub fn response_text(decoded: &str) -> &str {
+    decoded
+        .split("### Response:")
+        .nth(1)
+        .unwrap_or(decoded)
+        .trim()
+}
+
+/// One scored example.
+#[derive(Clone, Debug, Serialize)]
+pub struct Prediction {
+    pub index: usize,
+    pub answer: String,
+    pub prediction: Option<String>,
+    pub correct: bool,
+    /// Per-label log-probabilities of the continuation (loglik protocol).
+    pub scores: Vec<f64>,
+}
+
+/// Accuracy on one task.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskResult {
+    pub task: String,
+    pub protocol: &'static str,
+    pub examples: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    pub unparseable: usize,
+    pub predictions: Vec<Prediction>,
+}
+
+/// Applies a PEFT adapter (LoRA or LoRA-Dash) to the model and merges it into the weights.
+pub fn apply_adapter(model: &mut Llama, adapter: &Adapter) -> Result<()> {
+    for m in &adapter.modules {
+        if m.dora_magnitude.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: DoRA adapters cannot be applied exactly by tsd",
+                m.module
+            )));
+        }
+        let lin = model
+            .linears_mut()
+            .find(|l| l.module == m.module)
+            .ok_or_else(|| Error::MissingTensor {
+                context: "model (applying the adapter)".into(),
+                tensor: m.module.clone(),
+            })?;
+        lin.add_lora(m.r, m.alpha, adapter.config.use_rslora, 0)?;
+        lin.load_module_adapter(m)?;
+        if let Some(l) = lin.lora.as_mut() {
+            l.scaling = m.scaling;
+        }
+        lin.merge()?;
+    }
+    Ok(())
+}
+
+/// The loglik protocol on examples of one task: for each label `L`, the summed log-probability of
+/// the continuation `the correct answer is L` after the evaluation prompt; the argmax is the
+/// prediction. All labels of an example run as one batch.
+pub fn eval_loglik(
+    model: &Llama,
+    tok: &Tokenizer,
+    task: &Task,
+    examples: &[Example],
+    progress: &dyn Fn(),
+) -> Result<TaskResult> {
+    let mut preds = Vec::new();
+    let ctx = ForwardCtx::eval();
+    for (index, ex) in examples.iter().enumerate() {
+        let prompt = encode(tok, &eval_prompt(&ex.instruction, Some(&ex.input)))?;
+        let conts: Vec<Vec<u32>> = task
+            .labels
+            .iter()
+            .map(|l| encode(tok, &format!("the correct answer is {l}")))
+            .collect::<Result<_>>()?;
+        let t = prompt.len() + conts.iter().map(Vec::len).max().unwrap_or(0);
+        let n = conts.len();
+        let mut ids = vec![0u32; n * t];
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (i, c) in conts.iter().enumerate() {
+            let seq: Vec<u32> = prompt.iter().chain(c.iter()).copied().collect();
+            ids[i * t..i * t + seq.len()].copy_from_slice(&seq);
+            for (j, &tok_id) in c.iter().enumerate() {
+                rows.push((i * t + prompt.len() + j - 1) as u32);
+                targets.push(tok_id);
+            }
+        }
+        let dev = model.device();
+        let ids = Tensor::from_vec(ids, (n, t), dev)?;
+        let h = model.final_hidden(&model.embed(&ids)?, 0, &ctx)?;
+        let hd = h.dim(2)?;
+        let m = rows.len();
+        let sel = h
+            .reshape((n * t, hd))?
+            .index_select(&Tensor::from_vec(rows, m, dev)?, 0)?;
+        let logp = candle_nn::ops::log_softmax(&model.logits(&sel)?.to_dtype(DType::F32)?, 1)?;
+        let picked: Vec<f32> = logp
+            .gather(&Tensor::from_vec(targets, (m, 1), dev)?, 1)?
+            .flatten_all()?
+            .to_vec1()?;
+        let mut scores: Vec<f64> = Vec::with_capacity(n);
+        let mut at = 0;
+        for c in &conts {
+            scores.push(picked[at..at + c.len()].iter().map(|&x| x as f64).sum());
+            at += c.len();
+        }
+        let best = (0..n)
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .expect("labels");
+        let prediction = task.labels[best].to_string();
+        let answer = ex.answer.clone().unwrap_or_default();
+        preds.push(Prediction {
+            index,
+            correct: prediction == answer,
+            answer,
+            prediction: Some(prediction),
+            scores,
+        });
+        progress();
+    }
+    let correct = preds.iter().filter(|p| p.correct).count();
+    Ok(TaskResult {
+        task: task.name.into(),
+        protocol: "loglik",
+        examples: preds.len(),
+        correct,
+        accuracy: correct as f64 / preds.len().max(1) as f64,
+        unparseable: 0,
+        predictions: preds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_label_in_the_text_wins() {
+        let t = task("ARC-Easy").unwrap();
+        assert_eq!(
+            extract_answer(&t, "the correct answer is answer3, not answer1"),
+            Some("answer3")
+        );
+        assert_eq!(extract_answer(&t, "I think answer1"), Some("answer1"));
+        assert_eq!(extract_answer(&t, "no idea"), None);
+        let b = task("boolq").unwrap();
+        assert_eq!(
+            extract_answer(&b, "the correct answer is false"),
+            Some("false")
+        );
+        assert_eq!(task("obqa").unwrap().name, "openbookqa");
+        assert!(task("mmlu").is_none());
+        assert_eq!(
+            response_text("prompt ### Response:\n   the correct answer is true  "),
+            "the correct answer is true"
+        );
+    }
+}
