@@ -117,6 +117,8 @@ pub struct TaskResult {
     pub correct: usize,
     pub accuracy: f64,
     pub unparseable: usize,
+    /// Examples whose prompt was cut from the left to fit the model's positions.
+    pub truncated: usize,
     pub predictions: Vec<Prediction>,
 }
 
@@ -157,14 +159,22 @@ pub fn eval_loglik(
     progress: &dyn Fn(),
 ) -> Result<TaskResult> {
     let mut preds = Vec::new();
+    let mut truncated = 0;
     let ctx = ForwardCtx::eval();
     for (index, ex) in examples.iter().enumerate() {
-        let prompt = encode(tok, &eval_prompt(&ex.instruction, Some(&ex.input)))?;
+        let mut prompt = encode(tok, &eval_prompt(&ex.instruction, Some(&ex.input)))?;
         let conts: Vec<Vec<u32>> = task
             .labels
             .iter()
             .map(|l| encode(tok, &format!("the correct answer is {l}")))
             .collect::<Result<_>>()?;
+        let longest = conts.iter().map(Vec::len).max().unwrap_or(0);
+        let room = model.max_positions().saturating_sub(longest).max(1);
+        if prompt.len() > room {
+            // Keep the end: the question and "### Response:" matter, the preamble least.
+            prompt.drain(..prompt.len() - room);
+            truncated += 1;
+        }
         let t = prompt.len() + conts.iter().map(Vec::len).max().unwrap_or(0);
         let n = conts.len();
         let mut ids = vec![0u32; n * t];
@@ -219,6 +229,7 @@ pub fn eval_loglik(
         correct,
         accuracy: correct as f64 / preds.len().max(1) as f64,
         unparseable: 0,
+        truncated,
         predictions: preds,
     })
 }
