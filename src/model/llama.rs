@@ -60,10 +60,9 @@ fn load_tensor(
     Ok(Tensor::from_vec(data, got, dev)?.to_dtype(dtype)?)
 }
 
-/// `x / sqrt(mean(x²) + eps) · w` over the last dim (differentiable).
+/// `x / sqrt(mean(x²) + eps) · w` over the last dim (differentiable; fused on the CPU).
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+    crate::nn::fused::rms_norm(x, w, eps)
 }
 
 /// HF rotary embedding on `x: [B, heads, T, hd]` with `cos, sin: [T, hd]`:
@@ -233,7 +232,7 @@ impl Llama {
         let (k, v) = (expand(k)?, expand(v)?);
         let att = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
         let att = att.broadcast_add(mask)?;
-        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+        let att = crate::nn::fused::softmax_last(&att)?;
         let y = att
             .matmul(&v)?
             .transpose(1, 2)?

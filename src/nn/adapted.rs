@@ -45,17 +45,8 @@ impl ForwardCtx {
         let keep = 1.0 - self.dropout;
         let n = x.elem_count();
         let mut rng = self.rng.borrow_mut();
-        let mask: Vec<f32> = (0..n)
-            .map(|_| {
-                if rng.random::<f32>() < keep {
-                    1.0 / keep
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x.mul(&mask)
+        let mask: Vec<u8> = (0..n).map(|_| (rng.random::<f32>() < keep) as u8).collect();
+        crate::nn::fused::dropout_with_mask(x, mask, keep)
     }
 }
 
@@ -347,9 +338,10 @@ impl AdaptedLinear {
                 .broadcast_matmul(&l.b.as_tensor().t()?)?;
             y = (y + (h * l.scaling)?)?;
             if let Some(d) = &self.dash {
-                let p = matmul_2d(&xd, &d.vt.t()?)?; // [.., s]
+                // Ū and V̄ are frozen: multiply through frozen linears (no weight gradients).
+                let p = FrozenLinear::new(d.vt.clone()).forward(&xd)?; // [.., s]
                 let p = p.broadcast_mul(d.delta_sigma.as_tensor())?;
-                y = (y + matmul_2d(&p, &d.u.t()?)?)?;
+                y = (y + FrozenLinear::new(d.u.clone()).forward(&p)?)?;
             }
         }
         Ok(y)

@@ -3,6 +3,8 @@
 
 pub mod adapted;
 pub mod frozen;
+pub mod fused;
+pub mod loss;
 
 pub use adapted::{AdaptedLinear, DashLayer, ForwardCtx, LoraLayer};
 pub use frozen::FrozenLinear;

@@ -407,10 +407,8 @@ impl Trainer {
         let sel = h
             .reshape((b * t, hd))?
             .index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
-        let logits = self.model.logits(&sel)?.to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, 1)?;
-        let picked = logp.gather(&Tensor::from_vec(targets, (n, 1), dev)?, 1)?;
-        Ok(((picked.sum_all()? / (-(n as f64)))?, n))
+        let logits = self.model.logits(&sel)?;
+        Ok((crate::nn::loss::cross_entropy(&logits, &targets)?, n))
     }
 
     /// Validation loss over the held-out examples.
