@@ -128,93 +128,58 @@ pub fn spectrum(sigma: &[f64], delta: &[f64], picks: &[usize]) -> ChartResult {
     Ok(buf)
 }
 
-/// Grouped bars: `categories` on x, one bar per series, optional log y.
-pub fn grouped_bars(
+/// Grouped bars on a log y axis: `categories` on x, one bar per series (non-positive values skipped).
+pub fn grouped_log_bars(
     categories: &[String],
     series: &[(&str, Vec<f64>)],
     y_desc: &str,
-    log_y: bool,
 ) -> ChartResult {
     let n = categories.len().max(1);
-    let all = series.iter().flat_map(|s| s.1.iter().cloned());
-    let (lo, hi) = if log_y {
-        log_range(all)
-    } else {
-        (0.0, all.fold(0.0, f64::max).max(1e-12) * 1.15)
-    };
+    let (lo, hi) = log_range(series.iter().flat_map(|s| s.1.iter().cloned()));
     let mut buf = String::new();
     {
         let root = SVGBackend::with_string(&mut buf, (640, 300)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let cats = categories.to_vec();
-        let mut cb = ChartBuilder::on(&root);
-        cb.margin(8).x_label_area_size(36).y_label_area_size(64);
         let width = 1.0 / (series.len() as f64 + 1.0);
-        if log_y {
-            let mut chart = cb
-                .build_cartesian_2d(0f64..n as f64, (lo..hi).log_scale())
-                .map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(8)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..n as f64, (lo..hi).log_scale())
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(2 * n + 1)
+            .x_label_formatter(&|x| centre_label(&cats, *x))
+            .y_desc(y_desc)
+            .y_labels(6)
+            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .draw()
+            .map_err(err)?;
+        for (si, (name, vals)) in series.iter().enumerate() {
+            let c = PALETTE[si % PALETTE.len()];
             chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(2 * n + 1)
-                .x_label_formatter(&|x| centre_label(&cats, *x))
-                .y_desc(y_desc)
-                .y_labels(6)
-                .y_label_formatter(&|v| format!("{v:.0e}"))
-                .draw()
-                .map_err(err)?;
-            for (si, (name, vals)) in series.iter().enumerate() {
-                let c = PALETTE[si % PALETTE.len()];
-                chart
-                    .draw_series(vals.iter().enumerate().filter(|(_, v)| **v > 0.0).map(
-                        |(i, v)| {
+                .draw_series(
+                    vals.iter()
+                        .enumerate()
+                        .filter(|(_, v)| **v > 0.0)
+                        .map(|(i, v)| {
                             let x0 = i as f64 + width * (si as f64 + 0.5);
                             Rectangle::new([(x0, lo), (x0 + width, *v)], c.filled())
-                        },
-                    ))
-                    .map_err(err)?
-                    .label(*name)
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled())
-                    });
-            }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(err)?;
-        } else {
-            let mut chart = cb.build_cartesian_2d(0f64..n as f64, lo..hi).map_err(err)?;
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(2 * n + 1)
-                .x_label_formatter(&|x| centre_label(&cats, *x))
-                .y_desc(y_desc)
-                .draw()
-                .map_err(err)?;
-            for (si, (name, vals)) in series.iter().enumerate() {
-                let c = PALETTE[si % PALETTE.len()];
-                chart
-                    .draw_series(vals.iter().enumerate().map(|(i, v)| {
-                        let x0 = i as f64 + width * (si as f64 + 0.5);
-                        Rectangle::new([(x0, 0.0), (x0 + width, *v)], c.filled())
-                    }))
-                    .map_err(err)?
-                    .label(*name)
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled())
-                    });
-            }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(err)?;
+                        }),
+                )
+                .map_err(err)?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
         }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
         root.present().map_err(err)?;
     }
     Ok(buf)

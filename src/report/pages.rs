@@ -135,7 +135,7 @@ pub fn inspect_html(r: &InspectReport) -> Result<String> {
             .collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
-    let amp_bars = chart(charts::grouped_bars(
+    let amp_bars = chart(charts::grouped_log_bars(
         &types,
         &[
             (
@@ -161,7 +161,6 @@ pub fn inspect_html(r: &InspectReport) -> Result<String> {
             ),
         ],
         "‖UᵀWV‖F",
-        true,
     ))?;
     let mut order: Vec<&crate::inspect::ModuleReport> = r.modules.iter().collect();
     order.sort_by(|a, b| {
