@@ -331,3 +331,53 @@ fn bad_training_input_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("rnak"));
 }
+
+#[test]
+fn cached_lower_layers_give_the_same_training_as_recomputing_them() {
+    let d = tempfile::tempdir().unwrap();
+    let data = write_data(d.path());
+    let mut losses = Vec::new();
+    for cache in [false, true] {
+        let run = d.path().join(format!("run-{cache}"));
+        let cfg = serde_json::json!({
+            "model": fixture("tiny-llama"), "data": [data], "method": "lora-dash", "rank": 4, "top_layers": 1,
+            "cache_lower_layers": cache, "max_steps": 6, "dash_t": 3, "dash_s": 2, "batch_size": 4, "micro_batch_size": 2,
+            "val_size": 4, "cutoff_len": 96, "lr": 0.03, "warmup_steps": 1, "save_every": 6, "seed": 3
+        });
+        let cfg_path = d.path().join(format!("cfg-{cache}.json"));
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let out = train(
+            d.path(),
+            &[
+                "--config",
+                cfg_path.to_str().unwrap(),
+                "--out",
+                run.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rec = record(&run);
+        assert_eq!(rec["lower_cache_seconds"].as_f64().unwrap() > 0.0, cache);
+        losses.push(
+            rec["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["loss"].as_f64().unwrap())
+                .collect::<Vec<_>>(),
+        );
+        // only the top layer is adapted
+        let ad = tsd::adapter::load_adapter(&run.join("checkpoints/step-000006")).unwrap();
+        assert!(ad
+            .modules
+            .iter()
+            .all(|m| m.module.starts_with("model.layers.1.")));
+    }
+    for (a, b) in losses[0].iter().zip(&losses[1]) {
+        assert!((a - b).abs() < 1e-5 * a.abs(), "{a} vs {b}");
+    }
+}

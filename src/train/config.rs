@@ -51,6 +51,10 @@ pub struct TrainConfig {
     pub targets: Vec<String>,
     /// Adapt only the top K layers (the lower ones stay frozen and run without a graph).
     pub top_layers: Option<usize>,
+    /// With `top_layers`: compute the frozen lower layers' output once per training example and
+    /// reuse it every epoch (exact: causal attention and right padding make it independent of the
+    /// batch; PAPER.md §6).
+    pub cache_lower_layers: bool,
     /// LoRA-Dash: number of directions and the switch step (optimizer steps).
     pub dash_s: usize,
     pub dash_t: usize,
@@ -97,6 +101,7 @@ impl Default for TrainConfig {
                 .map(String::from)
                 .to_vec(),
             top_layers: None,
+            cache_lower_layers: true,
             dash_s: 8,
             dash_t: 100,
             sigma_floor: 0.0,

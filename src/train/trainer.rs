@@ -75,6 +75,9 @@ pub struct RunRecord {
     pub val: Vec<EvalLog>,
     pub dash_switch: Option<SwitchLog>,
     pub checkpoints: Vec<usize>,
+    /// Seconds spent caching the frozen lower layers' outputs (0 without `top_layers`).
+    #[serde(default)]
+    pub lower_cache_seconds: f64,
     pub peak_rss_bytes: u64,
     pub wall_s: f64,
     pub finished: bool,
@@ -172,6 +175,8 @@ pub struct Trainer {
     pub total_steps: usize,
     /// First adapted layer (layers below run without a graph).
     from_layer: usize,
+    /// Hidden states entering `from_layer`, one `[T_i, H]` per training example, when cached.
+    lower_cache: Option<Vec<Tensor>>,
     pub record: RunRecord,
     cache: SvdCache,
     dash_active: bool,
@@ -325,14 +330,26 @@ impl Trainer {
             val: Vec::new(),
             dash_switch: None,
             checkpoints: Vec::new(),
+            lower_cache_seconds: 0.0,
             peak_rss_bytes: 0,
             wall_s: 0.0,
             finished: false,
         };
+        let t0 = Instant::now();
+        let lower_cache = if from_layer > 0 && config.cache_lower_layers {
+            Some(cache_lower(&model, &train, from_layer, pad_id)?)
+        } else {
+            None
+        };
+        let mut record = record;
+        if lower_cache.is_some() {
+            record.lower_cache_seconds = t0.elapsed().as_secs_f64();
+        }
         Ok(Trainer {
             config,
             run_dir: run_dir.to_path_buf(),
             model,
+            lower_cache,
             train,
             val,
             batcher,
@@ -376,13 +393,40 @@ impl Trainer {
         b: usize,
         t: usize,
         ctx: &ForwardCtx,
+        cached: Option<&[usize]>,
     ) -> Result<(Tensor, usize)> {
         let eval = ForwardCtx::eval();
-        let mut h = self.model.embed(ids)?;
-        if self.from_layer > 0 {
-            // Frozen lower layers: no trainable variable, so no graph is recorded here.
-            h = self.model.hidden_range(&h, 0, self.from_layer, &eval)?;
-        }
+        let h = match (cached, &self.lower_cache) {
+            (Some(idx), Some(cache)) => {
+                // Cached lower layers, right-padded with zeros (pads only feed masked positions).
+                let hd = self.model.config.hidden_size;
+                let rows = idx
+                    .iter()
+                    .map(|&i| {
+                        let c = &cache[i];
+                        let n = c.dim(0)?;
+                        if n == t {
+                            Ok(c.clone())
+                        } else {
+                            Tensor::cat(
+                                &[c, &Tensor::zeros((t - n, hd), c.dtype(), c.device())?],
+                                0,
+                            )
+                        }
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::stack(&rows, 0)?
+            }
+            _ => {
+                let h = self.model.embed(ids)?;
+                // Frozen lower layers: no trainable variable, so no graph is recorded here.
+                if self.from_layer > 0 {
+                    self.model.hidden_range(&h, 0, self.from_layer, &eval)?
+                } else {
+                    h
+                }
+            }
+        };
         let h = self.model.final_hidden(&h, self.from_layer, ctx)?;
         let hd = h.dim(2)?;
         // Position p predicts label p+1.
@@ -421,7 +465,7 @@ impl Trainer {
         for chunk in self.val.chunks(self.config.micro_batch_size) {
             let items: Vec<&Tokenized> = chunk.iter().collect();
             let (ids, labels, b, t) = self.pad(&items)?;
-            let (l, n) = self.loss(&ids, &labels, b, t, &ctx)?;
+            let (l, n) = self.loss(&ids, &labels, b, t, &ctx, None)?;
             total += l.to_scalar::<f32>()? as f64 * n as f64;
             count += n;
         }
@@ -477,7 +521,7 @@ impl Trainer {
                 self.config.seed
                     ^ ((self.step * accum + j) as u64).wrapping_mul(0x9E3779B97F4A7C15),
             );
-            let (loss, n) = self.loss(&ids, &labels, b, t, &ctx)?;
+            let (loss, n) = self.loss(&ids, &labels, b, t, &ctx, Some(&idx))?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             tokens += n;
             let grads = loss.backward()?;
@@ -769,4 +813,32 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<usize>> {
 /// The directory of a checkpoint.
 pub fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
     run_dir.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+/// Hidden states entering layer `from` for every example (`[T_i, H]` each), computed in
+/// length-sorted, right-padded chunks and cut back to each example's length.
+fn cache_lower(
+    model: &Llama,
+    examples: &[Tokenized],
+    from: usize,
+    pad_id: u32,
+) -> Result<Vec<Tensor>> {
+    let ctx = ForwardCtx::eval();
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].input_ids.len());
+    let mut out: Vec<Option<Tensor>> = vec![None; examples.len()];
+    for chunk in order.chunks(8) {
+        let items: Vec<&Tokenized> = chunk.iter().map(|&i| &examples[i]).collect();
+        let (ids, _labels, _mask, t) = data::pad_batch(&items, pad_id);
+        let ids = Tensor::from_vec(ids, (items.len(), t), model.device())?;
+        let h = model.hidden_range(&model.embed(&ids)?, 0, from, &ctx)?;
+        for (j, &i) in chunk.iter().enumerate() {
+            let n = examples[i].input_ids.len();
+            out[i] = Some(h.get(j)?.narrow(0, 0, n)?.contiguous()?);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|x| x.expect("every example cached"))
+        .collect())
 }
