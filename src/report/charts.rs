@@ -313,12 +313,12 @@ pub fn lines(
                     chart
                         .draw_series(std::iter::once(PathElement::new(
                             vec![(x, $ylo), (x, $yhi)],
-                            BLACK.mix(0.6).stroke_width(1),
+                            PALETTE[3].stroke_width(2),
                         )))
                         .map_err(err)?
                         .label(label)
                         .legend(|(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.6))
+                            PathElement::new(vec![(x, y), (x + 16, y)], PALETTE[3].stroke_width(2))
                         });
                 }
                 chart
