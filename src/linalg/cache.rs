@@ -70,10 +70,11 @@ impl SvdCache {
 
     /// The SVD of `w`, from the cache when a valid entry exists, else computed and stored.
     pub fn get_or_compute(&self, w: &Matrix, precision: Precision) -> Result<(Svd, CacheOutcome)> {
-        let Some(path) = self.path_for(&Self::key(w, precision)) else {
+        if self.dir.is_none() {
             return Ok((svd(w, precision)?, CacheOutcome::Disabled));
-        };
+        }
         let key = Self::key(w, precision);
+        let path = self.path_for(&key).expect("cache directory set");
         let mut outcome = CacheOutcome::Miss;
         if path.exists() {
             match load_entry(&path, &key, w.rows, w.cols) {
