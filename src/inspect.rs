@@ -148,6 +148,8 @@ pub struct AdapterParams {
 #[derive(Clone, Debug, Serialize)]
 pub struct InspectReport {
     pub tsd_version: &'static str,
+    /// Versions of the numerical dependencies and of rustc this binary was built with.
+    pub build: &'static str,
     pub adapter: String,
     pub base: String,
     pub reference: Option<String>,
@@ -511,6 +513,7 @@ pub fn inspect(
     let frozen = adapter.frozen_stored_params();
     Ok(InspectReport {
         tsd_version: env!("CARGO_PKG_VERSION"),
+        build: env!("TSD_BUILD_VERSIONS"),
         adapter: adapter.path.display().to_string(),
         base: base.describe(),
         reference: reference.map(|(_, n)| n),

@@ -227,6 +227,7 @@ pub fn inspect_html(r: &InspectReport) -> Result<String> {
         minijinja::context! {
             title => "tsd inspect",
             tsd_version => env!("CARGO_PKG_VERSION"),
+            build => env!("TSD_BUILD_VERSIONS"),
             r => r,
             protocol => protocol,
             protocol_short => protocol_short,
@@ -294,6 +295,7 @@ pub fn run_html(run_dir: &str, rec: &RunRecord, track: Option<&TrackReport>) -> 
     let mut ctx = BTreeMap::<&str, minijinja::Value>::new();
     ctx.insert("title", "tsd run report".into());
     ctx.insert("tsd_version", env!("CARGO_PKG_VERSION").into());
+    ctx.insert("build", env!("TSD_BUILD_VERSIONS").into());
     ctx.insert("run", run_dir.into());
     ctx.insert("run_name", run_name.into());
     ctx.insert("rec", minijinja::Value::from_serialize(rec));

@@ -62,6 +62,9 @@ pub struct SwitchLog {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
     pub tsd_version: String,
+    /// Versions of the numerical dependencies and of rustc this binary was built with.
+    #[serde(default)]
+    pub build: String,
     pub config: TrainConfig,
     pub base: String,
     pub base_params: u64,
@@ -317,6 +320,7 @@ impl Trainer {
         let trainable: u64 = opt.slots.iter().map(|s| s.var.elem_count() as u64).sum();
         let record = RunRecord {
             tsd_version: env!("CARGO_PKG_VERSION").into(),
+            build: env!("TSD_BUILD_VERSIONS").into(),
             config: config.clone(),
             base: src.describe(),
             base_params: src.total_params(),
