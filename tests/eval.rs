@@ -40,7 +40,7 @@ fn loglik_eval_scores_every_label_and_counts_accuracy() {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let base = run(&[]);
+    let base = run(&["--protocol", "loglik"]);
     let r = &base[0];
     assert_eq!(r["protocol"], "loglik");
     assert_eq!(r["examples"], 5);
@@ -51,8 +51,27 @@ fn loglik_eval_scores_every_label_and_counts_accuracy() {
         .iter()
         .all(|p| p["scores"].as_array().unwrap().len() == 2));
     // The PEFT fixture adapter changes the scores.
-    let with = run(&["--adapter", fixture("peft-lora").to_str().unwrap()]);
+    let with = run(&[
+        "--protocol",
+        "loglik",
+        "--adapter",
+        fixture("peft-lora").to_str().unwrap(),
+    ]);
     assert_ne!(with[0]["predictions"][0]["scores"], preds[0]["scores"]);
+    // generate: beam search output saved per example; no label in it counts as unparseable.
+    let g = run(&[
+        "--protocol",
+        "generate",
+        "--beams",
+        "2",
+        "--max-new-tokens",
+        "8",
+    ]);
+    let gp = g[0]["predictions"].as_array().unwrap();
+    assert_eq!(g[0]["protocol"], "generate");
+    assert!(gp.iter().all(|p| p["output"].is_string()));
+    let unparseable = gp.iter().filter(|p| p["prediction"].is_null()).count();
+    assert_eq!(g[0]["unparseable"], unparseable);
     // A missing task is a clear error.
     let out = tsd(d.path())
         .args([

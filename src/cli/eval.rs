@@ -2,7 +2,8 @@ use super::{progress_bar, ModelArgs, OutputArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use tsd::eval::{apply_adapter, eval_loglik, task, TaskResult};
+use tsd::eval::generate::GenConfig;
+use tsd::eval::{apply_adapter, eval_generate, eval_loglik, task, TaskResult};
 use tsd::model::Llama;
 use tsd::output::{to_json, Format};
 use tsd::weights::{open_path, resolve_path, ModelSpec};
@@ -21,9 +22,16 @@ pub struct EvalArgs {
     /// Data directory in LLM-Adapters layout (`<task>/test.json`); default $TSD_DATA.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Scoring protocol. Only `loglik` (label log-likelihood) is available in this version.
-    #[arg(long, default_value = "loglik")]
+    /// `generate` (the LLM-Adapters protocol: beam search, first label in the response) or
+    /// `loglik` (label log-likelihood; cheaper, cannot see invalid-label failures).
+    #[arg(long, default_value = "generate")]
     protocol: String,
+    /// Beams for `generate`.
+    #[arg(long, default_value_t = 4)]
+    beams: usize,
+    /// New-token budget for `generate`.
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
     /// Evaluate only the first N examples of each task.
     #[arg(long)]
     limit: Option<usize>,
@@ -39,8 +47,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    if a.protocol != "loglik" {
-        bail!("protocol `{}`: this version implements `loglik` only (beam-search `generate` is not built yet)", a.protocol);
+    if a.protocol != "loglik" && a.protocol != "generate" {
+        bail!("protocol `{}`: expected generate or loglik", a.protocol);
     }
     let data = a
         .data
@@ -67,6 +75,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         apply_adapter(&mut model, &tsd::adapter::load_adapter(ad)?)?;
     }
     let tok = tsd::model::tokenizer::load_tokenizer(&path)?;
+    let eos = tsd::model::tokenizer::load_tokenizer_info(&path)?;
     let mut results: Vec<TaskResult> = Vec::new();
     for t in &tasks {
         let file = data.join(t.name).join("test.json");
@@ -81,7 +90,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
             ex.truncate(n);
         }
         let pb = progress_bar(ex.len() as u64, t.name, a.quiet);
-        let r = eval_loglik(&model, &tok, t, &ex, &|| pb.inc(1))?;
+        let r = if a.protocol == "loglik" {
+            eval_loglik(&model, &tok, t, &ex, &|| pb.inc(1))?
+        } else {
+            let cfg = GenConfig {
+                num_beams: a.beams,
+                max_new_tokens: a.max_new_tokens,
+                length_penalty: 1.0,
+                eos: eos.eos,
+            };
+            eval_generate(&model, &tok, t, &ex, &cfg, &|| pb.inc(1))?
+        };
         pb.finish_and_clear();
         if let Some(dir) = &a.predictions {
             let lines: Vec<String> = r
@@ -109,24 +128,32 @@ pub fn run(a: EvalArgs) -> Result<()> {
             s
         }
         Format::Table => {
-            let mut s = format!(
-                "model {}{} · protocol loglik (label log-likelihood, not beam-search generation)\n",
-                a.model,
-                a.adapter
-                    .as_ref()
-                    .map_or(String::new(), |p| format!(" + {}", p.display()))
-            );
+            let proto = if a.protocol == "loglik" {
+                "loglik (label log-likelihood, not beam-search generation)".to_string()
+            } else {
+                format!(
+                    "generate ({} beams, at most {} new tokens, first label in the response)",
+                    a.beams, a.max_new_tokens
+                )
+            };
+            let adapter = a
+                .adapter
+                .as_ref()
+                .map_or(String::new(), |p| format!(" + {}", p.display()));
+            let mut s = format!("model {}{adapter} · protocol {proto}\n", a.model);
             for r in &results {
                 s += &format!(
-                    "{:<14} {:>6} examples  accuracy {:.2}%\n",
+                    "{:<14} {:>6} examples  accuracy {:6.2}%  unparseable {}  truncated prompts {}\n",
                     r.task,
                     r.examples,
-                    100.0 * r.accuracy
+                    100.0 * r.accuracy,
+                    r.unparseable,
+                    r.truncated
                 );
             }
             let avg = results.iter().map(|r| r.accuracy).sum::<f64>() / results.len().max(1) as f64;
             s + &format!(
-                "{:<14} {:>6}           accuracy {:.2}% (mean over tasks)\n",
+                "{:<14} {:>6}           accuracy {:6.2}% (mean over tasks)\n",
                 "average",
                 "",
                 100.0 * avg

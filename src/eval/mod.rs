@@ -3,6 +3,8 @@
 //! continuation the model finds most probable). Numbers from `loglik` must be labelled as such:
 //! it cannot see the invalid-label failures that the `generate` protocol measures.
 
+pub mod generate;
+
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
 use crate::model::tokenizer::{encode, Tokenizer};
@@ -105,7 +107,11 @@ pub struct Prediction {
     pub prediction: Option<String>,
     pub correct: bool,
     /// Per-label log-probabilities of the continuation (loglik protocol).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub scores: Vec<f64>,
+    /// The generated response (generate protocol).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// Accuracy on one task.
@@ -218,6 +224,7 @@ pub fn eval_loglik(
             answer,
             prediction: Some(prediction),
             scores,
+            output: None,
         });
         progress();
     }
@@ -229,6 +236,59 @@ pub fn eval_loglik(
         correct,
         accuracy: correct as f64 / preds.len().max(1) as f64,
         unparseable: 0,
+        truncated,
+        predictions: preds,
+    })
+}
+
+/// The `generate` protocol (PAPER.md §4): beam search from the evaluation prompt, the text after
+/// `### Response:`, the first label it contains; no label = wrong and unparseable.
+pub fn eval_generate(
+    model: &Llama,
+    tok: &Tokenizer,
+    task: &Task,
+    examples: &[Example],
+    cfg: &generate::GenConfig,
+    progress: &dyn Fn(),
+) -> Result<TaskResult> {
+    let mut preds = Vec::new();
+    let mut truncated = 0;
+    let mut unparseable = 0;
+    for (index, ex) in examples.iter().enumerate() {
+        let mut prompt = encode(tok, &eval_prompt(&ex.instruction, Some(&ex.input)))?;
+        let room = model
+            .max_positions()
+            .saturating_sub(cfg.max_new_tokens)
+            .max(1);
+        if prompt.len() > room {
+            prompt.drain(..prompt.len() - room);
+            truncated += 1;
+        }
+        let out = generate::beam_search(model, &prompt, cfg)?;
+        let text = crate::model::tokenizer::decode(tok, &out, true)?;
+        let prediction = extract_answer(task, response_text(&text)).map(String::from);
+        if prediction.is_none() {
+            unparseable += 1;
+        }
+        let answer = ex.answer.clone().unwrap_or_default();
+        preds.push(Prediction {
+            index,
+            correct: prediction.as_deref() == Some(answer.as_str()),
+            answer,
+            prediction,
+            scores: Vec::new(),
+            output: Some(text),
+        });
+        progress();
+    }
+    let correct = preds.iter().filter(|p| p.correct).count();
+    Ok(TaskResult {
+        task: task.name.into(),
+        protocol: "generate",
+        examples: preds.len(),
+        correct,
+        accuracy: correct as f64 / preds.len().max(1) as f64,
+        unparseable,
         truncated,
         predictions: preds,
     })

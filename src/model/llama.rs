@@ -30,6 +30,41 @@ pub struct Block {
     pub linears: Vec<AdaptedLinear>,
 }
 
+/// Keys and values of one layer, `[B, kv_heads, T_past, head_dim]`.
+#[derive(Clone, Default)]
+pub struct LayerCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+/// A KV cache for generation, one entry per layer.
+#[derive(Clone)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    /// An empty cache for `model`.
+    pub fn new(model: &Llama) -> Self {
+        KvCache {
+            layers: vec![LayerCache::default(); model.layers.len()],
+        }
+    }
+
+    /// Keeps batch rows `idx` (in that order), e.g. to follow the surviving beams.
+    pub fn select(&mut self, idx: &[u32]) -> Result<()> {
+        for l in &mut self.layers {
+            for t in [&mut l.k, &mut l.v] {
+                if let Some(x) = t.as_ref() {
+                    let i = Tensor::from_vec(idx.to_vec(), idx.len(), x.device())?;
+                    *t = Some(x.index_select(&i, 0)?);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The whole model.
 pub struct Llama {
     pub config: LlamaConfig,
@@ -203,6 +238,8 @@ impl Llama {
         x: &Tensor,
         mask: &Tensor,
         ctx: &ForwardCtx,
+        pos: usize,
+        cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (
@@ -215,19 +252,36 @@ impl Llama {
         let q = split(block.linears[0].forward(x, ctx)?, nh)?;
         let k = split(block.linears[1].forward(x, ctx)?, nkv)?;
         let v = split(block.linears[2].forward(x, ctx)?, nkv)?;
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
         let q = rope(&q, &cos, &sin)?;
         let k = rope(&k, &cos, &sin)?;
+        let (k, v) = match cache {
+            Some(c) => {
+                let k = match &c.k {
+                    Some(pk) => Tensor::cat(&[pk, &k], 2)?,
+                    None => k,
+                };
+                let v = match &c.v {
+                    Some(pv) => Tensor::cat(&[pv, &v], 2)?,
+                    None => v,
+                };
+                c.k = Some(k.clone());
+                c.v = Some(v.clone());
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let tk = k.dim(2)?;
         let rep = nh / nkv;
         let expand = |z: Tensor| -> candle_core::Result<Tensor> {
             if rep == 1 {
                 return Ok(z);
             }
             z.unsqueeze(2)?
-                .broadcast_as((b, nkv, rep, t, hd))?
+                .broadcast_as((b, nkv, rep, tk, hd))?
                 .contiguous()?
-                .reshape((b, nh, t, hd))
+                .reshape((b, nh, tk, hd))
         };
         let (k, v) = (expand(k)?, expand(v)?);
         let att = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
@@ -245,20 +299,6 @@ impl Llama {
         let g = block.linears[4].forward(x, ctx)?.silu()?;
         let u = block.linears[5].forward(x, ctx)?;
         block.linears[6].forward(&(g * u)?, ctx)
-    }
-
-    /// The causal mask `[T, T]`: 0 on and below the diagonal, −∞ above.
-    pub fn causal_mask(&self, t: usize) -> Result<Tensor> {
-        let m: Vec<f32> = (0..t * t)
-            .map(|i| {
-                if i % t > i / t {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        Ok(Tensor::from_vec(m, (t, t), &self.device)?.to_dtype(self.dtype)?)
     }
 
     /// Runs layers `from..` on hidden states `h: [B, T, H]` and returns logits `[B, T, V]`.
@@ -286,23 +326,76 @@ impl Llama {
         to: usize,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
+        self.hidden_at(h, from, to, ctx, 0, None)
+    }
+
+    /// Layers `from..to` on `h` whose first token sits at position `pos`, appending keys and
+    /// values to `cache` when given (the mask lets token `pos + i` see every cached and earlier token).
+    fn hidden_at(
+        &self,
+        h: &Tensor,
+        from: usize,
+        to: usize,
+        ctx: &ForwardCtx,
+        pos: usize,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let t = h.dim(1)?;
-        if t > self.max_positions() {
+        if pos + t > self.max_positions() {
             return Err(Error::InvalidArgument(format!(
-                "sequence of {t} tokens exceeds the model's {} positions",
+                "sequence of {} tokens exceeds the model's {} positions",
+                pos + t,
                 self.max_positions()
             )));
         }
-        let mask = self.causal_mask(t)?;
+        let mask = self.mask(t, pos)?;
         let eps = self.config.rms_norm_eps;
         let mut h = h.clone();
-        for block in &self.layers[from..to] {
-            let a = self.attention(block, &rms_norm(&h, &block.input_norm, eps)?, &mask, ctx)?;
+        for (li, block) in self.layers[from..to].iter().enumerate() {
+            let lc = cache.as_deref_mut().map(|c| &mut c.layers[from + li]);
+            let a = self.attention(
+                block,
+                &rms_norm(&h, &block.input_norm, eps)?,
+                &mask,
+                ctx,
+                pos,
+                lc,
+            )?;
             h = (h + a)?;
             let m = self.mlp(block, &rms_norm(&h, &block.post_norm, eps)?, ctx)?;
             h = (h + m)?;
         }
         Ok(h)
+    }
+
+    /// `[T, pos + T]`: 0 where token `pos + i` may attend position `j` (`j ≤ pos + i`), −∞ elsewhere.
+    fn mask(&self, t: usize, pos: usize) -> Result<Tensor> {
+        let tk = pos + t;
+        let m: Vec<f32> = (0..t * tk)
+            .map(|x| {
+                if x % tk > pos + x / tk {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Ok(Tensor::from_vec(m, (t, tk), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// Logits `[B, T, V]` of new tokens `ids: [B, T]` starting at position `pos`, reusing and
+    /// extending `cache` (inference: generation with a KV cache).
+    pub fn forward_cached(&self, ids: &Tensor, pos: usize, cache: &mut KvCache) -> Result<Tensor> {
+        let ctx = ForwardCtx::eval();
+        let h = self.hidden_at(
+            &self.embed(ids)?,
+            0,
+            self.layers.len(),
+            &ctx,
+            pos,
+            Some(cache),
+        )?;
+        self.logits(&rms_norm(&h, &self.norm, self.config.rms_norm_eps)?)
     }
 
     /// Logits `[B, T, V]` for `ids: [B, T]`.
