@@ -11,7 +11,11 @@ fn main() {
         let user = e
             .downcast_ref::<tsd::Error>()
             .is_none_or(tsd::Error::is_user_input);
-        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        // First line of each cause only: candle appends a backtrace when RUST_BACKTRACE is set.
+        let chain: Vec<String> = e
+            .chain()
+            .filter_map(|c| c.to_string().lines().next().map(str::to_string))
+            .collect();
         eprintln!("error: {}", chain.join(": "));
         std::process::exit(if user { 2 } else { 1 });
     }

@@ -254,3 +254,27 @@ fn offline_hub_id_not_in_cache_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("not in the Hugging Face cache and offline mode is on"));
 }
+
+/// Regression: candle appends a backtrace to its errors when RUST_BACKTRACE is set, which turned
+/// the one-line cause into dozens of lines.
+#[test]
+fn malformed_gguf_base_is_one_line_even_with_backtraces_on() {
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("bad.gguf");
+    std::fs::write(&bad, [0x13u8; 600]).unwrap();
+    let out = tsd(d.path())
+        .env("RUST_BACKTRACE", "1")
+        .args([
+            "inspect",
+            fixture("peft-lora").to_str().unwrap(),
+            "--base",
+            bad.to_str().unwrap(),
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a valid GGUF file"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
