@@ -21,5 +21,6 @@ pub mod nn;
 pub mod output;
 pub mod params;
 pub mod report;
+pub mod reproduce;
 pub mod track;
 pub mod train;

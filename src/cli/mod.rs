@@ -7,6 +7,7 @@ mod fetch;
 mod inspect;
 mod params;
 mod report;
+mod reproduce;
 mod track;
 mod train;
 
@@ -39,6 +40,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Commonsense accuracy of a model (+ adapter) on LLM-Adapters test sets (loglik protocol).
     Eval(Box<eval::EvalArgs>),
+    /// Reproduce the paper: a LoRA / LoRA-Dash grid, evaluated, with the efficiency ratio.
+    Reproduce(reproduce::ReproduceArgs),
     /// Provision the default model (SmolLM2-135M-Instruct GGUF) into the tsd cache.
     Fetch(fetch::FetchArgs),
     /// Benchmarks; results are written under reproductions/bench/.
@@ -139,6 +142,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Track(a) => track::run(a),
         Command::Report(a) => report::run(a),
         Command::Eval(a) => eval::run(*a),
+        Command::Reproduce(a) => reproduce::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

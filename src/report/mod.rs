@@ -13,6 +13,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("../../templates/base.html")),
     ("inspect.html", include_str!("../../templates/inspect.html")),
     ("run.html", include_str!("../../templates/run.html")),
+    (
+        "reproduce.html",
+        include_str!("../../templates/reproduce.html"),
+    ),
 ];
 
 /// The minijinja environment with every template loaded (HTML auto-escaping on).

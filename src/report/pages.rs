@@ -426,3 +426,143 @@ pub fn run_html(run_dir: &str, rec: &RunRecord, track: Option<&TrackReport>) -> 
     }
     render("run.html", ctx)
 }
+
+#[derive(Serialize)]
+struct ReproRow {
+    name: String,
+    method: String,
+    rank: usize,
+    seed: u64,
+    trainable: u64,
+    pct: String,
+    acc: Vec<String>,
+    avg: String,
+    gen: String,
+    unparse: String,
+    loss: String,
+    wall: String,
+    ratio: String,
+    ds: String,
+}
+
+/// The `tsd reproduce commonsense` page.
+pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<String> {
+    use crate::train::Method;
+    let tasks: Vec<String> = r
+        .runs
+        .first()
+        .map(|x| x.accuracy.iter().map(|a| a.0.clone()).collect())
+        .unwrap_or_default();
+    let rows: Vec<ReproRow> = r
+        .runs
+        .iter()
+        .map(|x| ReproRow {
+            name: x.name.clone(),
+            method: if x.method == Method::Lora {
+                "LoRA".into()
+            } else {
+                "LoRA-Dash".into()
+            },
+            rank: x.rank,
+            seed: x.seed,
+            trainable: x.trainable_params,
+            pct: format!("{:.3}", x.trainable_pct),
+            acc: x.accuracy.iter().map(|a| format!("{:.1}", a.1)).collect(),
+            avg: format!("{:.2}", x.average),
+            gen: format!("{:.1}", x.generate_accuracy),
+            unparse: format!("{:.0} %", x.unparseable_rate),
+            loss: format!("{:.3}", x.final_loss),
+            wall: format!("{:.0}", x.wall_s),
+            ratio: x
+                .dash_mean_sigma_ratio
+                .map_or("-".into(), |v| format!("{v:.3}")),
+            ds: x
+                .dash_max_delta_sigma
+                .map_or("-".into(), |v| format!("{v:.2e}")),
+        })
+        .collect();
+    let series = |m: Method| -> Vec<(f64, f64)> {
+        let mut ranks: Vec<usize> = r
+            .runs
+            .iter()
+            .filter(|x| x.method == m)
+            .map(|x| x.rank)
+            .collect();
+        ranks.sort();
+        ranks.dedup();
+        ranks
+            .iter()
+            .map(|&k| {
+                let v: Vec<&crate::reproduce::RunResult> = r
+                    .runs
+                    .iter()
+                    .filter(|x| x.method == m && x.rank == k)
+                    .collect();
+                let p = v.iter().map(|x| x.trainable_params as f64).sum::<f64>() / v.len() as f64;
+                let a = v.iter().map(|x| x.average).sum::<f64>() / v.len() as f64;
+                (p.max(1.0).log2(), a)
+            })
+            .collect()
+    };
+    let measured_svg = chart(charts::lines(
+        &[
+            ("LoRA", series(Method::Lora)),
+            ("LoRA-Dash", series(Method::LoraDash)),
+        ],
+        "log2 trainable parameters",
+        "mean accuracy (%)",
+        false,
+        None,
+    ))?;
+    let mut lines = crate::reproduce::PAPER_TABLE.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(String::from)
+        .collect();
+    let paper_rows: Vec<Vec<String>> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    let paper_pts = |m: &str| -> Vec<(f64, f64)> {
+        paper_rows
+            .iter()
+            .filter(|c| c.get(1).map(String::as_str) == Some(m))
+            .filter_map(|c| {
+                Some((
+                    (c.get(3)?.parse::<f64>().ok()? * 100.0).log2(),
+                    c.last()?.parse::<f64>().ok()?,
+                ))
+            })
+            .collect()
+    };
+    let paper_svg = chart(charts::lines(
+        &[
+            ("LoRA (paper)", paper_pts("lora")),
+            ("LoRA-Dash (paper)", paper_pts("lora-dash")),
+        ],
+        "log2 (Params% x 100)",
+        "average accuracy (%)",
+        false,
+        None,
+    ))?;
+    let max_lora = r.preset.lora_ranks.iter().max().copied().unwrap_or(0);
+    render(
+        "reproduce.html",
+        minijinja::context! {
+            title => "tsd reproduce commonsense",
+            tsd_version => env!("CARGO_PKG_VERSION"),
+            build => env!("TSD_BUILD_VERSIONS"),
+            r => r,
+            out => out,
+            tasks => tasks,
+            rows => rows,
+            measured_svg => measured_svg,
+            paper_svg => paper_svg,
+            paper_header => header,
+            paper_rows => paper_rows,
+            max_lora => max_lora,
+        },
+    )
+}
