@@ -72,46 +72,25 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for m in &adapter.modules {
         check_module(m)?;
-        tensors.push((
-            key(&m.module, TensorKind::LoraA),
-            Dtype::F32,
-            vec![m.a.rows, m.a.cols],
-            f32_bytes(&m.a.data),
-        ));
-        tensors.push((
-            key(&m.module, TensorKind::LoraB),
-            Dtype::F32,
-            vec![m.b.rows, m.b.cols],
-            f32_bytes(&m.b.data),
-        ));
+        let mut f32_tensor = |kind, shape: Vec<usize>, data: &[f32]| {
+            tensors.push((key(&m.module, kind), Dtype::F32, shape, f32_bytes(data)))
+        };
+        f32_tensor(TensorKind::LoraA, vec![m.a.rows, m.a.cols], &m.a.data);
+        f32_tensor(TensorKind::LoraB, vec![m.b.rows, m.b.cols], &m.b.data);
         if let Some(mag) = &m.dora_magnitude {
-            tensors.push((
-                key(&m.module, TensorKind::DoraMagnitude),
-                Dtype::F32,
-                vec![mag.len()],
-                f32_bytes(mag),
-            ));
+            f32_tensor(TensorKind::DoraMagnitude, vec![mag.len()], mag);
         }
         if let Some(d) = &m.dash {
             let s = d.s();
-            tensors.push((
-                key(&m.module, TensorKind::DashU),
-                Dtype::F32,
-                vec![d.u.rows, d.u.cols],
-                f32_bytes(&d.u.data),
-            ));
-            tensors.push((
-                key(&m.module, TensorKind::DashVt),
-                Dtype::F32,
-                vec![d.vt.rows, d.vt.cols],
-                f32_bytes(&d.vt.data),
-            ));
-            tensors.push((
-                key(&m.module, TensorKind::DashDeltaSigma),
-                Dtype::F32,
-                vec![s],
-                f32_bytes(&d.delta_sigma),
-            ));
+            f32_tensor(TensorKind::DashU, vec![d.u.rows, d.u.cols], &d.u.data);
+            f32_tensor(TensorKind::DashVt, vec![d.vt.rows, d.vt.cols], &d.vt.data);
+            f32_tensor(TensorKind::DashDeltaSigma, vec![s], &d.delta_sigma);
+            if let Some(v) = &d.sigma_at_switch {
+                f32_tensor(TensorKind::DashSigma, vec![s], v);
+            }
+            if let Some(v) = &d.delta_hat_at_switch {
+                f32_tensor(TensorKind::DashDeltaHat, vec![s], v);
+            }
             if let Some(idx) = &d.indices {
                 let b: Vec<u8> = idx.iter().flat_map(|&i| (i as i64).to_le_bytes()).collect();
                 tensors.push((
@@ -119,22 +98,6 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
                     Dtype::I64,
                     vec![s],
                     b,
-                ));
-            }
-            if let Some(v) = &d.sigma_at_switch {
-                tensors.push((
-                    key(&m.module, TensorKind::DashSigma),
-                    Dtype::F32,
-                    vec![s],
-                    f32_bytes(v),
-                ));
-            }
-            if let Some(v) = &d.delta_hat_at_switch {
-                tensors.push((
-                    key(&m.module, TensorKind::DashDeltaHat),
-                    Dtype::F32,
-                    vec![s],
-                    f32_bytes(v),
                 ));
             }
         }
