@@ -38,7 +38,7 @@ enum Command {
     Track(track::TrackArgs),
     /// A self-contained HTML report of a training run (curves, throughput, directions over checkpoints).
     Report(report::ReportArgs),
-    /// Commonsense accuracy of a model (+ adapter) on LLM-Adapters test sets (loglik protocol).
+    /// Commonsense accuracy of a model (+ adapter) on LLM-Adapters test sets (generate or loglik).
     Eval(Box<eval::EvalArgs>),
     /// Reproduce the paper: a LoRA / LoRA-Dash grid, evaluated, with the efficiency ratio.
     Reproduce(reproduce::ReproduceArgs),
