@@ -250,6 +250,9 @@ pub fn reproduce(
         }
     }
     let mut runs = Vec::new();
+    // Every cell trains on the same examples with the same frozen lower layers: compute their
+    // outputs once for the grid (keyed by the examples' token ids and the first adapted layer).
+    let mut shared: Option<((usize, Vec<Vec<u32>>), Vec<candle_core::Tensor>)> = None;
     for (i, &(method, rank, seed)) in cells.iter().enumerate() {
         let name = format!(
             "{}-r{rank}-s{seed}",
@@ -294,7 +297,17 @@ pub fn reproduce(
             Trainer::new(cfg, &dir)?
         };
         if !trainer.record.finished {
+            if let Some((key, cache)) = &shared {
+                if *key == trainer.lower_cache_key() {
+                    trainer.set_lower_cache(cache.clone())?;
+                }
+            }
             trainer.run(&mut |_| {}, &AtomicBool::new(false))?;
+            if shared.is_none() {
+                shared = trainer
+                    .lower_cache()
+                    .map(|c| (trainer.lower_cache_key(), c));
+            }
         }
         log(&format!("[{}/{}] {name}: evaluating", i + 1, cells.len()));
         let rec = trainer.record.clone();

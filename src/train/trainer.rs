@@ -339,21 +339,11 @@ impl Trainer {
             wall_s: 0.0,
             finished: false,
         };
-        let t0 = Instant::now();
-        let lower_cache = if from_layer > 0 && config.cache_lower_layers {
-            Some(cache_lower(&model, &train, from_layer, pad_id)?)
-        } else {
-            None
-        };
-        let mut record = record;
-        if lower_cache.is_some() {
-            record.lower_cache_seconds = t0.elapsed().as_secs_f64();
-        }
         Ok(Trainer {
             config,
             run_dir: run_dir.to_path_buf(),
             model,
-            lower_cache,
+            lower_cache: None,
             train,
             val,
             batcher,
@@ -367,6 +357,51 @@ impl Trainer {
             dash_active: false,
             elapsed_before: 0.0,
         })
+    }
+
+    /// Identity of the cached lower-layer states: the first adapted layer and every training
+    /// example's token ids (runs that share it can share the cache).
+    pub fn lower_cache_key(&self) -> (usize, Vec<Vec<u32>>) {
+        (
+            self.from_layer,
+            self.train.iter().map(|t| t.input_ids.clone()).collect(),
+        )
+    }
+
+    /// The cached lower-layer states, once computed (shared storage: cloning is cheap).
+    pub fn lower_cache(&self) -> Option<Vec<Tensor>> {
+        self.lower_cache.clone()
+    }
+
+    /// Reuses lower-layer states computed by another run with the same [`lower_cache_key`](Self::lower_cache_key).
+    pub fn set_lower_cache(&mut self, cache: Vec<Tensor>) -> Result<()> {
+        if cache.len() != self.train.len()
+            || cache
+                .iter()
+                .zip(&self.train)
+                .any(|(c, t)| c.dim(0).ok() != Some(t.input_ids.len()))
+        {
+            return Err(Error::InvalidArgument(
+                "lower-layer cache does not match this run's examples".into(),
+            ));
+        }
+        self.lower_cache = Some(cache);
+        Ok(())
+    }
+
+    /// Computes the lower-layer cache if this run adapts only the top layers and has none yet.
+    fn ensure_lower_cache(&mut self) -> Result<()> {
+        if self.lower_cache.is_none() && self.from_layer > 0 && self.config.cache_lower_layers {
+            let t0 = Instant::now();
+            self.lower_cache = Some(cache_lower(
+                &self.model,
+                &self.train,
+                self.from_layer,
+                self.pad_id,
+            )?);
+            self.record.lower_cache_seconds = t0.elapsed().as_secs_f64();
+        }
+        Ok(())
     }
 
     /// Uses another SVD cache (tests).
@@ -573,6 +608,7 @@ impl Trainer {
 
     /// Runs to the end (or until `stop` is set, saving a checkpoint first). `on_step` sees each step.
     pub fn run(&mut self, on_step: &mut dyn FnMut(&StepLog), stop: &AtomicBool) -> Result<()> {
+        self.ensure_lower_cache()?;
         let started = Instant::now();
         while self.step < self.total_steps {
             if self.config.method == Method::LoraDash
