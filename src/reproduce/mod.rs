@@ -252,7 +252,10 @@ pub fn reproduce(
     let mut runs = Vec::new();
     // Every cell trains on the same examples with the same frozen lower layers: compute their
     // outputs once for the grid (keyed by the examples' token ids and the first adapted layer).
-    let mut shared: Option<((usize, Vec<Vec<u32>>), Vec<candle_core::Tensor>)> = None;
+    let mut shared: Option<(
+        crate::train::trainer::LowerCacheKey,
+        Vec<candle_core::Tensor>,
+    )> = None;
     for (i, &(method, rank, seed)) in cells.iter().enumerate() {
         let name = format!(
             "{}-r{rank}-s{seed}",

@@ -95,6 +95,9 @@ struct TrainerState {
     elapsed_s: f64,
 }
 
+/// What a lower-layer cache depends on: the first adapted layer and every example's token ids.
+pub type LowerCacheKey = (usize, Vec<Vec<u32>>);
+
 /// Peak resident memory of this process (`VmHWM`), bytes.
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -361,7 +364,7 @@ impl Trainer {
 
     /// Identity of the cached lower-layer states: the first adapted layer and every training
     /// example's token ids (runs that share it can share the cache).
-    pub fn lower_cache_key(&self) -> (usize, Vec<Vec<u32>>) {
+    pub fn lower_cache_key(&self) -> LowerCacheKey {
         (
             self.from_layer,
             self.train.iter().map(|t| t.input_ids.clone()).collect(),
