@@ -1,4 +1,4 @@
-use super::{exists, parse_pair, progress_bar, ModelArgs, OutputArgs};
+use super::{parse_pair, progress_bar, ModelArgs, OutputArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -81,7 +81,7 @@ fn resolve_base(
     };
     // Relative paths are tried against the adapter directory first, then the working directory.
     let rel = adapter_dir.join(declared);
-    if exists(&rel) {
+    if rel.exists() {
         return Ok(tsd::weights::open_path(&rel)?);
     }
     let mut s = spec(declared);

@@ -13,7 +13,7 @@ mod train;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tsd::output::Format;
 
 /// Task-specific directions (TSD) for LoRA and LoRA-Dash fine-tuning.
@@ -125,11 +125,6 @@ pub fn progress_bar(len: u64, msg: &str, quiet: bool) -> indicatif::ProgressBar 
     );
     pb.set_message(msg.to_string());
     pb
-}
-
-/// Whether a path exists, for messages.
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
 
 pub fn run(cli: Cli) -> Result<()> {

@@ -65,15 +65,7 @@ pub fn resolve(id: &str, revision: Option<&str>, offline: bool) -> Result<PathBu
     let _ = get("tokenizer.json");
     match get("model.safetensors.index.json") {
         Ok(index) => {
-            #[derive(serde::Deserialize)]
-            struct Index {
-                weight_map: std::collections::HashMap<String, String>,
-            }
-            let parsed: Index = crate::fsutil::read_json(&index)?;
-            let mut files: Vec<String> = parsed.weight_map.into_values().collect();
-            files.sort();
-            files.dedup();
-            for f in files {
+            for f in super::safetensors_dir::shard_names(&index)? {
                 get(&f)?;
             }
         }

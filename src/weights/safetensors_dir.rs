@@ -2,7 +2,7 @@
 //! `model.safetensors.index.json`, or a single `.safetensors` file. Files are memory-mapped and
 //! only the tensors asked for are decoded.
 
-use super::tensor::{decode_matrix, st_error};
+use super::tensor::{decode_f32, decode_matrix, st_error};
 use super::WeightSource;
 use crate::error::{Error, Result};
 use crate::linalg::Matrix;
@@ -72,14 +72,7 @@ impl SafetensorsModel {
     fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let idx = dir.join("model.safetensors.index.json");
         if idx.exists() {
-            #[derive(serde::Deserialize)]
-            struct Index {
-                weight_map: HashMap<String, String>,
-            }
-            let parsed: Index = crate::fsutil::read_json(&idx)?;
-            let mut files: Vec<String> = parsed.weight_map.into_values().collect();
-            files.sort();
-            files.dedup();
+            let files = shard_names(&idx)?;
             let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
             if let Some(missing) = paths.iter().find(|p| !p.exists()) {
                 return Err(Error::Config {
@@ -110,6 +103,37 @@ impl SafetensorsModel {
     }
 }
 
+/// The shard file names listed by a `model.safetensors.index.json`, sorted and deduplicated.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: HashMap<String, String>,
+    }
+    let parsed: Index = crate::fsutil::read_json(index)?;
+    let mut files: Vec<String> = parsed.weight_map.into_values().collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+impl SafetensorsModel {
+    /// Runs `f` on the memory-mapped view of tensor `name` in its shard.
+    fn with_view<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Path, &safetensors::tensor::TensorView<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let (i, _) = self.index.get(name).ok_or_else(|| Error::MissingTensor {
+            context: self.describe(),
+            tensor: name.to_string(),
+        })?;
+        let shard = &self.shards[*i];
+        let st = SafeTensors::deserialize(&shard.mmap).map_err(|e| st_error(&shard.path, e))?;
+        let view = st.tensor(name).map_err(|e| st_error(&shard.path, e))?;
+        f(&shard.path, &view)
+    }
+}
+
 impl WeightSource for SafetensorsModel {
     fn describe(&self) -> String {
         format!(
@@ -128,28 +152,13 @@ impl WeightSource for SafetensorsModel {
     }
 
     fn matrix(&self, name: &str) -> Result<Matrix> {
-        let (i, _) = self.index.get(name).ok_or_else(|| Error::MissingTensor {
-            context: self.describe(),
-            tensor: name.to_string(),
-        })?;
-        let shard = &self.shards[*i];
-        let st = SafeTensors::deserialize(&shard.mmap).map_err(|e| st_error(&shard.path, e))?;
-        let view = st.tensor(name).map_err(|e| st_error(&shard.path, e))?;
-        decode_matrix(&shard.path, name, &view)
+        self.with_view(name, |path, view| decode_matrix(path, name, view))
     }
 
     fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let (i, _) = self.index.get(name).ok_or_else(|| Error::MissingTensor {
-            context: self.describe(),
-            tensor: name.to_string(),
-        })?;
-        let shard = &self.shards[*i];
-        let st = SafeTensors::deserialize(&shard.mmap).map_err(|e| st_error(&shard.path, e))?;
-        let view = st.tensor(name).map_err(|e| st_error(&shard.path, e))?;
-        Ok((
-            view.shape().to_vec(),
-            super::tensor::decode_f32(&shard.path, name, &view)?,
-        ))
+        self.with_view(name, |path, view| {
+            Ok((view.shape().to_vec(), decode_f32(path, name, view)?))
+        })
     }
 
     fn names(&self) -> Vec<String> {
