@@ -88,3 +88,57 @@ fn loglik_eval_scores_every_label_and_counts_accuracy() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The prepared scorer (lower layers computed once, prompt shared by the labels through the KV
+/// cache) gives the same scores as the plain scorer, for an adapter on the layers it recomputes.
+#[test]
+fn prepared_loglik_equals_plain_loglik() {
+    use candle_core::{DType, Device, Tensor};
+    use tsd::eval::prepared::{eval_loglik_prepared, prepare_loglik};
+    use tsd::eval::{eval_loglik, task};
+    use tsd::model::Llama;
+    use tsd::train::data::Example;
+    let src = tsd::weights::open_path(&fixture("tiny-llama")).unwrap();
+    let tok = tsd::model::tokenizer::load_tokenizer(&fixture("tiny-llama")).unwrap();
+    let ex = |i: usize, a: &str| Example {
+        instruction: format!("Q{i}: which one? {}", "x".repeat(i * 7)),
+        input: String::new(),
+        output: String::new(),
+        answer: Some(a.into()),
+    };
+    let examples: Vec<Example> = (0..4)
+        .map(|i| ex(i, ["answer1", "answer3"][i % 2]))
+        .collect();
+    for from in [0usize, 1, 2] {
+        let mut model = Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32).unwrap();
+        let prepared_task = task("ARC-Easy").unwrap();
+        // Prepare on the bare model: layers below `from` never carry the adapter.
+        let prep = prepare_loglik(&model, &tok, &prepared_task, &examples, from, &|| {}).unwrap();
+        for (i, lin) in model.linears_mut().enumerate() {
+            let layer: usize = lin.module.split('.').nth(2).unwrap().parse().unwrap();
+            if layer < from {
+                continue;
+            }
+            lin.add_lora(2, 4.0, false, i as u64).unwrap();
+            let l = lin.lora.as_ref().unwrap();
+            let (o, r) = l.b.as_tensor().dims2().unwrap();
+            let b = Tensor::randn(0f32, 0.5, (o, r), &Device::Cpu).unwrap();
+            l.b.set(&b).unwrap();
+        }
+        let plain = eval_loglik(&model, &tok, &prepared_task, &examples, &|| {}).unwrap();
+        let fast = eval_loglik_prepared(&model, &prep, &|| {}).unwrap();
+        assert_eq!(plain.truncated, fast.truncated);
+        for (p, f) in plain.predictions.iter().zip(&fast.predictions) {
+            assert_eq!(p.prediction, f.prediction, "from {from}");
+            for (a, b) in p.scores.iter().zip(&f.scores) {
+                assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "from {from}: {a} vs {b}");
+            }
+        }
+        // The adapter matters (otherwise the comparison above proves little).
+        let bare = Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32).unwrap();
+        let base = eval_loglik(&bare, &tok, &prepared_task, &examples, &|| {}).unwrap();
+        if from < 2 {
+            assert_ne!(base.predictions[0].scores, plain.predictions[0].scores);
+        }
+    }
+}

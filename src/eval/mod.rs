@@ -4,6 +4,7 @@
 //! it cannot see the invalid-label failures that the `generate` protocol measures.
 
 pub mod generate;
+pub mod prepared;
 
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
@@ -168,19 +169,8 @@ pub fn eval_loglik(
     let mut truncated = 0;
     let ctx = ForwardCtx::eval();
     for (index, ex) in examples.iter().enumerate() {
-        let mut prompt = encode(tok, &eval_prompt(&ex.instruction, Some(&ex.input)))?;
-        let conts: Vec<Vec<u32>> = task
-            .labels
-            .iter()
-            .map(|l| encode(tok, &format!("the correct answer is {l}")))
-            .collect::<Result<_>>()?;
-        let longest = conts.iter().map(Vec::len).max().unwrap_or(0);
-        let room = model.max_positions().saturating_sub(longest).max(1);
-        if prompt.len() > room {
-            // Keep the end: the question and "### Response:" matter, the preamble least.
-            prompt.drain(..prompt.len() - room);
-            truncated += 1;
-        }
+        let (prompt, conts, cut) = loglik_inputs(model, tok, task, ex)?;
+        truncated += cut as usize;
         let t = prompt.len() + conts.iter().map(Vec::len).max().unwrap_or(0);
         let n = conts.len();
         let mut ids = vec![0u32; n * t];
@@ -207,29 +197,68 @@ pub fn eval_loglik(
             .gather(&Tensor::from_vec(targets, (m, 1), dev)?, 1)?
             .flatten_all()?
             .to_vec1()?;
-        let mut scores: Vec<f64> = Vec::with_capacity(n);
-        let mut at = 0;
-        for c in &conts {
-            scores.push(picked[at..at + c.len()].iter().map(|&x| x as f64).sum());
-            at += c.len();
-        }
-        let best = (0..n)
-            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
-            .expect("labels");
-        let prediction = task.labels[best].to_string();
-        let answer = ex.answer.clone().unwrap_or_default();
-        preds.push(Prediction {
-            index,
-            correct: prediction == answer,
-            answer,
-            prediction: Some(prediction),
-            scores,
-            output: None,
-        });
+        preds.push(loglik_prediction(task, index, ex, &conts, &picked));
         progress();
     }
+    Ok(loglik_result(task, preds, truncated))
+}
+
+/// The prompt tokens (cut from the left to fit, flagged) and each label's continuation tokens.
+pub(crate) fn loglik_inputs(
+    model: &Llama,
+    tok: &Tokenizer,
+    task: &Task,
+    ex: &Example,
+) -> Result<(Vec<u32>, Vec<Vec<u32>>, bool)> {
+    let mut prompt = encode(tok, &eval_prompt(&ex.instruction, Some(&ex.input)))?;
+    let conts: Vec<Vec<u32>> = task
+        .labels
+        .iter()
+        .map(|l| encode(tok, &format!("the correct answer is {l}")))
+        .collect::<Result<_>>()?;
+    let longest = conts.iter().map(Vec::len).max().unwrap_or(0);
+    let room = model.max_positions().saturating_sub(longest).max(1);
+    let cut = prompt.len() > room;
+    if cut {
+        // Keep the end: the question and "### Response:" matter, the preamble least.
+        prompt.drain(..prompt.len() - room);
+    }
+    Ok((prompt, conts, cut))
+}
+
+/// One example's loglik prediction from the log-probabilities of every continuation token,
+/// concatenated in label order (`picked.len() = Σ conts[i].len()`).
+pub(crate) fn loglik_prediction(
+    task: &Task,
+    index: usize,
+    ex: &Example,
+    conts: &[Vec<u32>],
+    picked: &[f32],
+) -> Prediction {
+    let mut scores: Vec<f64> = Vec::with_capacity(conts.len());
+    let mut at = 0;
+    for c in conts {
+        scores.push(picked[at..at + c.len()].iter().map(|&x| x as f64).sum());
+        at += c.len();
+    }
+    let best = (0..conts.len())
+        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+        .expect("labels");
+    let prediction = task.labels[best].to_string();
+    let answer = ex.answer.clone().unwrap_or_default();
+    Prediction {
+        index,
+        correct: prediction == answer,
+        answer,
+        prediction: Some(prediction),
+        scores,
+        output: None,
+    }
+}
+
+pub(crate) fn loglik_result(task: &Task, preds: Vec<Prediction>, truncated: usize) -> TaskResult {
     let correct = preds.iter().filter(|p| p.correct).count();
-    Ok(TaskResult {
+    TaskResult {
         task: task.name.into(),
         protocol: "loglik",
         examples: preds.len(),
@@ -238,7 +267,7 @@ pub fn eval_loglik(
         unparseable: 0,
         truncated,
         predictions: preds,
-    })
+    }
 }
 
 /// The `generate` protocol (PAPER.md §4): beam search from the evaluation prompt, the text after

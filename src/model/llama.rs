@@ -329,6 +329,30 @@ impl Llama {
         self.hidden_at(h, from, to, ctx, 0, None)
     }
 
+    /// Layers `from..to` on `h: [B, T, H]` whose first token sits at position `pos`, attending to
+    /// and extending `cache` (inference). With `from > 0` the cache's lower layers stay empty: the
+    /// caller supplies hidden states computed earlier (e.g. shared across a grid of adapters).
+    pub fn hidden_cached(
+        &self,
+        h: &Tensor,
+        from: usize,
+        to: usize,
+        pos: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        self.hidden_at(h, from, to, &ForwardCtx::eval(), pos, Some(cache))
+    }
+
+    /// The final RMSNorm on `[.., H]`.
+    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(rms_norm(h, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Layers `from..to` on `h` whose first token sits at position `pos`, appending keys and
     /// values to `cache` when given (the mask lets token `pos + i` see every cached and earlier token).
     fn hidden_at(

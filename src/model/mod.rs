@@ -5,4 +5,4 @@ pub mod llama;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;
-pub use llama::Llama;
+pub use llama::{KvCache, Llama};

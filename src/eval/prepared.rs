@@ -1,0 +1,153 @@
+//! Loglik scoring for a grid of adapters that touch only the top layers: the frozen lower layers'
+//! hidden states of every prompt and label continuation are computed once ([`prepare_loglik`]) and
+//! each adapter then pays for layers `from..` only ([`eval_loglik_prepared`]). The prompt runs
+//! once per example and the continuations attend to its keys and values, so an example costs
+//! `T_prompt + Σ T_label` tokens instead of `n_labels · (T_prompt + T_label)`. Exact up to float
+//! summation order: a test checks the scores against [`super::eval_loglik`].
+
+use super::{loglik_inputs, loglik_prediction, loglik_result, Prediction, Task, TaskResult};
+use crate::error::{Error, Result};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::{KvCache, Llama};
+use crate::train::data::Example;
+use candle_core::{DType, Tensor};
+
+/// One example with its lower-layer states.
+pub struct PreparedExample {
+    index: usize,
+    example: Example,
+    /// Hidden states entering layer `from` for the prompt, `[1, T_prompt, H]`.
+    prompt: Tensor,
+    /// The same for each label continuation after the prompt, right-padded, `[n_labels, T_max, H]`.
+    options: Tensor,
+    conts: Vec<Vec<u32>>,
+}
+
+/// A task's examples ready for [`eval_loglik_prepared`].
+pub struct PreparedTask {
+    pub task: Task,
+    /// The first layer that is recomputed per adapter.
+    pub from: usize,
+    pub truncated: usize,
+    items: Vec<PreparedExample>,
+}
+
+impl PreparedTask {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// Runs layers `0..from` of `model` (which must carry no adapter there) over each example's
+/// prompt and continuations. `from = 0` stores embeddings only.
+pub fn prepare_loglik(
+    model: &Llama,
+    tok: &Tokenizer,
+    task: &Task,
+    examples: &[Example],
+    from: usize,
+    progress: &dyn Fn(),
+) -> Result<PreparedTask> {
+    if from > model.num_layers() {
+        return Err(Error::InvalidArgument(format!(
+            "prepare_loglik: layer {from} past the model's {}",
+            model.num_layers()
+        )));
+    }
+    let dev = model.device();
+    let mut items = Vec::with_capacity(examples.len());
+    let mut truncated = 0;
+    for (index, ex) in examples.iter().enumerate() {
+        let (prompt, conts, cut) = loglik_inputs(model, tok, task, ex)?;
+        truncated += cut as usize;
+        let tp = prompt.len();
+        let n = conts.len();
+        let tmax = conts.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = vec![0u32; n * tmax];
+        for (i, c) in conts.iter().enumerate() {
+            ids[i * tmax..i * tmax + c.len()].copy_from_slice(c);
+        }
+        let mut cache = KvCache::new(model);
+        let p = model.embed(&Tensor::from_vec(prompt, (1, tp), dev)?)?;
+        let p = model.hidden_cached(&p, 0, from, 0, &mut cache)?;
+        cache.select(&vec![0u32; n])?;
+        let o = model.embed(&Tensor::from_vec(ids, (n, tmax), dev)?)?;
+        let o = model.hidden_cached(&o, 0, from, tp, &mut cache)?;
+        items.push(PreparedExample {
+            index,
+            example: ex.clone(),
+            prompt: p,
+            options: o,
+            conts,
+        });
+        progress();
+    }
+    Ok(PreparedTask {
+        task: *task,
+        from,
+        truncated,
+        items,
+    })
+}
+
+/// The loglik protocol from prepared lower-layer states: layers `prepared.from..` of `model`
+/// (with whatever adapter it now carries), the final norm and the LM head at the label positions.
+pub fn eval_loglik_prepared(
+    model: &Llama,
+    prepared: &PreparedTask,
+    progress: &dyn Fn(),
+) -> Result<TaskResult> {
+    let dev = model.device();
+    let top = model.num_layers();
+    let mut preds: Vec<Prediction> = Vec::with_capacity(prepared.items.len());
+    for it in &prepared.items {
+        let tp = it.prompt.dim(1)?;
+        let (n, tmax, hd) = it.options.dims3()?;
+        let mut cache = KvCache::new(model);
+        let p = model.hidden_cached(&it.prompt, prepared.from, top, 0, &mut cache)?;
+        cache.select(&vec![0u32; n])?;
+        let o = model.hidden_cached(&it.options, prepared.from, top, tp, &mut cache)?;
+        // Row 0: the last prompt position (predicts every label's first token); then the
+        // continuation positions, label-major.
+        let rows_h = Tensor::cat(
+            &[
+                &p.narrow(1, tp - 1, 1)?.reshape((1, hd))?,
+                &o.reshape((n * tmax, hd))?,
+            ],
+            0,
+        )?;
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (i, c) in it.conts.iter().enumerate() {
+            for (j, &tok_id) in c.iter().enumerate() {
+                rows.push(if j == 0 {
+                    0
+                } else {
+                    (1 + i * tmax + (j - 1)) as u32
+                });
+                targets.push(tok_id);
+            }
+        }
+        let m = rows.len();
+        let sel = rows_h.index_select(&Tensor::from_vec(rows, m, dev)?, 0)?;
+        let logits = model.logits(&model.final_norm(&sel)?)?.to_dtype(DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, 1)?;
+        let picked: Vec<f32> = logp
+            .gather(&Tensor::from_vec(targets, (m, 1), dev)?, 1)?
+            .flatten_all()?
+            .to_vec1()?;
+        preds.push(loglik_prediction(
+            &prepared.task,
+            it.index,
+            &it.example,
+            &it.conts,
+            &picked,
+        ));
+        progress();
+    }
+    Ok(loglik_result(&prepared.task, preds, prepared.truncated))
+}
