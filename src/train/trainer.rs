@@ -133,7 +133,8 @@ pub fn device_for(spec: &str) -> Result<Device> {
     }
 }
 
-fn dtype_for(s: &str) -> DType {
+/// The candle dtype for a `--dtype` string (f32 unless bf16 or f16).
+pub fn dtype_for(s: &str) -> DType {
     match s {
         "bf16" => DType::BF16,
         "f16" => DType::F16,
@@ -255,7 +256,11 @@ impl Trainer {
             )));
         }
         let (tr_idx, val_idx) =
-            data::split_validation(examples.len(), config.val_size, config.seed)?;
+            data::split_validation(
+                examples.len(),
+                config.val_size,
+                config.split_seed.unwrap_or(config.seed),
+            )?;
         let tokenize = |idx: &[usize]| -> Result<Vec<Tokenized>> {
             idx.iter()
                 .map(|&i| {
@@ -362,13 +367,20 @@ impl Trainer {
         })
     }
 
-    /// Identity of the cached lower-layer states: the first adapted layer and every training
-    /// example's token ids (runs that share it can share the cache).
+    /// Identity of the cached lower-layer states: the first adapted layer and every training and
+    /// validation example's token ids (runs that share it can share the cache).
     pub fn lower_cache_key(&self) -> LowerCacheKey {
         (
             self.from_layer,
-            self.train.iter().map(|t| t.input_ids.clone()).collect(),
+            self.cached_examples()
+                .map(|t| t.input_ids.clone())
+                .collect(),
         )
+    }
+
+    /// The examples the lower-layer cache holds: training, then validation.
+    fn cached_examples(&self) -> impl Iterator<Item = &Tokenized> {
+        self.train.iter().chain(self.val.iter())
     }
 
     /// The cached lower-layer states, once computed (shared storage: cloning is cheap).
@@ -378,10 +390,10 @@ impl Trainer {
 
     /// Reuses lower-layer states computed by another run with the same [`lower_cache_key`](Self::lower_cache_key).
     pub fn set_lower_cache(&mut self, cache: Vec<Tensor>) -> Result<()> {
-        if cache.len() != self.train.len()
+        if cache.len() != self.train.len() + self.val.len()
             || cache
                 .iter()
-                .zip(&self.train)
+                .zip(self.cached_examples())
                 .any(|(c, t)| c.dim(0).ok() != Some(t.input_ids.len()))
         {
             return Err(Error::InvalidArgument(
@@ -396,9 +408,10 @@ impl Trainer {
     fn ensure_lower_cache(&mut self) -> Result<()> {
         if self.lower_cache.is_none() && self.from_layer > 0 && self.config.cache_lower_layers {
             let t0 = Instant::now();
+            let examples: Vec<Tokenized> = self.cached_examples().cloned().collect();
             self.lower_cache = Some(cache_lower(
                 &self.model,
-                &self.train,
+                &examples,
                 self.from_layer,
                 self.pad_id,
             )?);
@@ -504,10 +517,12 @@ impl Trainer {
         }
         let ctx = ForwardCtx::eval();
         let (mut total, mut count) = (0.0, 0usize);
-        for chunk in self.val.chunks(self.config.micro_batch_size) {
-            let items: Vec<&Tokenized> = chunk.iter().collect();
+        let first = self.train.len();
+        let idx: Vec<usize> = (first..first + self.val.len()).collect();
+        for chunk in idx.chunks(self.config.micro_batch_size) {
+            let items: Vec<&Tokenized> = chunk.iter().map(|&i| &self.val[i - first]).collect();
             let (ids, labels, b, t) = self.pad(&items)?;
-            let (l, n) = self.loss(&ids, &labels, b, t, &ctx, None)?;
+            let (l, n) = self.loss(&ids, &labels, b, t, &ctx, Some(chunk))?;
             total += l.to_scalar::<f32>()? as f64 * n as f64;
             count += n;
         }

@@ -1,0 +1,276 @@
+//! The settings a reproduction runs under: `paper` (the paper's protocol, for a GPU or a cluster),
+//! `cpu` (the documented 2-core scale-down) and `smoke` (the pipeline in minutes, for CI).
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// How accuracy is scored (PAPER.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Label log-likelihood: cheap, blind to invalid-label failures.
+    Loglik,
+    /// LLM-Adapters: 4-beam search, first label in the response.
+    Generate,
+}
+
+/// The update that TSD capture along training is measured against (PAPER.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReferenceKind {
+    /// A full fine-tune of the target modules on the same data and steps (ΔW* = W* − W).
+    FullFineTune,
+    /// The grid's highest-rank LoRA run of the first seed.
+    HighestRankLora,
+    None,
+}
+
+/// A reproduction setting. Every field that shapes a run is recorded in `OUT/preset.json`; a later
+/// invocation on the same output directory must agree with it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Preset {
+    pub name: String,
+    pub model: String,
+    pub train_tasks: Vec<String>,
+    pub eval_tasks: Vec<String>,
+    pub lora_ranks: Vec<usize>,
+    pub dash_ranks: Vec<usize>,
+    pub seeds: Vec<u64>,
+    /// Optimizer steps per run; `None` = `epochs` over the training set.
+    pub steps: Option<usize>,
+    pub epochs: f64,
+    /// Adapt only the top K layers (lower layers frozen, computed once for the grid).
+    pub top_layers: Option<usize>,
+    /// One value: the learning rate. Several: a short LoRA run per value (rank
+    /// `lr_check_rank`, `lr_check_steps` steps, first seed) and the lowest validation loss wins.
+    pub lr_candidates: Vec<f64>,
+    pub lr_check_steps: usize,
+    pub lr_check_rank: usize,
+    /// Full fine-tune reference: its lr as a fraction of the chosen LoRA lr.
+    pub full_lr_scale: f64,
+    pub batch_size: usize,
+    pub micro_batch_size: usize,
+    pub cutoff_len: usize,
+    /// First N examples of each train set (`None`: all).
+    pub max_examples_per_task: Option<usize>,
+    /// Held-out examples (fixed split for every run) for validation loss and the lr check.
+    pub val_size: usize,
+    pub dash_t: usize,
+    /// Checkpoint every N steps (TSD capture along training is measured on these).
+    pub save_every: usize,
+    pub train_on_inputs: bool,
+    /// Which protocol's average is the headline (efficiency ratio, verdict).
+    pub protocol: Protocol,
+    /// First N test examples per task scored by loglik (`Some(0)`: none; `None`: all).
+    pub loglik_limit: Option<usize>,
+    /// First N test examples per task scored by generate (`Some(0)`: none; `None`: all).
+    pub generate_limit: Option<usize>,
+    pub reference: ReferenceKind,
+    pub device: String,
+    pub dtype: String,
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The eight LLM-Adapters test sets, in the paper's column order.
+fn all_eval_tasks() -> Vec<String> {
+    names(&[
+        "boolq",
+        "piqa",
+        "social_i_qa",
+        "hellaswag",
+        "winogrande",
+        "ARC-Easy",
+        "ARC-Challenge",
+        "openbookqa",
+    ])
+}
+
+impl Preset {
+    /// `smoke`, `cpu` or `paper`.
+    pub fn named(name: &str) -> Result<Self> {
+        let four = names(&["boolq", "ARC-Easy", "ARC-Challenge", "openbookqa"]);
+        match name {
+            "smoke" => Ok(Preset {
+                name: name.into(),
+                model: "default".into(),
+                train_tasks: names(&["ARC-Easy"]),
+                eval_tasks: names(&["boolq", "ARC-Easy"]),
+                lora_ranks: vec![1, 4],
+                dash_ranks: vec![1],
+                seeds: vec![1],
+                steps: Some(6),
+                epochs: 1.0,
+                top_layers: Some(2),
+                lr_candidates: vec![1e-3, 3e-3],
+                lr_check_steps: 3,
+                lr_check_rank: 1,
+                full_lr_scale: 0.1,
+                batch_size: 4,
+                micro_batch_size: 4,
+                cutoff_len: 128,
+                max_examples_per_task: Some(40),
+                val_size: 8,
+                dash_t: 3,
+                save_every: 3,
+                train_on_inputs: false,
+                protocol: Protocol::Loglik,
+                loglik_limit: Some(6),
+                generate_limit: Some(2),
+                reference: ReferenceKind::FullFineTune,
+                device: "cpu".into(),
+                dtype: "f32".into(),
+            }),
+            "cpu" => Ok(Preset {
+                name: name.into(),
+                model: "default".into(),
+                train_tasks: four,
+                eval_tasks: all_eval_tasks(),
+                lora_ranks: vec![1, 2, 4, 8, 16],
+                dash_ranks: vec![1, 2],
+                seeds: vec![1, 2],
+                steps: Some(200),
+                epochs: 1.0,
+                top_layers: Some(2),
+                lr_candidates: vec![5e-4, 1e-3, 2e-3, 4e-3],
+                lr_check_steps: 50,
+                lr_check_rank: 4,
+                full_lr_scale: 0.1,
+                batch_size: 8,
+                micro_batch_size: 8,
+                cutoff_len: 256,
+                max_examples_per_task: Some(150),
+                val_size: 48,
+                dash_t: 50,
+                save_every: 50,
+                train_on_inputs: false,
+                protocol: Protocol::Loglik,
+                loglik_limit: Some(40),
+                generate_limit: Some(2),
+                reference: ReferenceKind::FullFineTune,
+                device: "cpu".into(),
+                dtype: "f32".into(),
+            }),
+            "paper" => Ok(Preset {
+                name: name.into(),
+                model: "huggyllama/llama-7b".into(),
+                train_tasks: names(&["commonsense_170k"]),
+                eval_tasks: all_eval_tasks(),
+                lora_ranks: vec![4, 8, 16, 32, 64],
+                dash_ranks: vec![4, 8, 16, 32, 64],
+                seeds: vec![42],
+                steps: None,
+                epochs: 3.0,
+                top_layers: None,
+                lr_candidates: vec![2e-4],
+                lr_check_steps: 0,
+                lr_check_rank: 0,
+                full_lr_scale: 0.1,
+                batch_size: 16,
+                micro_batch_size: 4,
+                cutoff_len: 256,
+                max_examples_per_task: None,
+                val_size: 120,
+                dash_t: 100,
+                save_every: 1000,
+                train_on_inputs: true,
+                protocol: Protocol::Generate,
+                loglik_limit: Some(0),
+                generate_limit: None,
+                reference: ReferenceKind::HighestRankLora,
+                device: "cuda".into(),
+                dtype: "bf16".into(),
+            }),
+            o => Err(Error::InvalidArgument(format!(
+                "preset `{o}`: expected smoke, cpu or paper"
+            ))),
+        }
+    }
+
+    /// The fields that shape each run (everything but the grid's extent): two invocations on one
+    /// output directory must agree on these.
+    pub fn run_settings(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("preset serialises");
+        if let Some(o) = v.as_object_mut() {
+            for k in ["seeds", "lora_ranks", "dash_ranks", "eval_tasks"] {
+                o.remove(k);
+            }
+        }
+        v
+    }
+
+    /// Whether the learning rate comes from a check rather than the preset.
+    pub fn needs_lr_check(&self) -> bool {
+        self.lr_candidates.len() > 1
+    }
+
+    /// Every way this setting departs from the paper's, for the output and the report.
+    pub fn deviations(&self, missing_eval: &[String], lr: f64) -> Vec<String> {
+        if self.name == "paper" {
+            let mut d = Vec::new();
+            if self.model != "huggyllama/llama-7b" {
+                d.push(format!("model {} instead of LLaMA-7B", self.model));
+            }
+            for t in missing_eval {
+                d.push(format!("{t}: test set not available, not evaluated"));
+            }
+            return d;
+        }
+        let lim = |l: Option<usize>| l.map_or("all".to_string(), |n| n.to_string());
+        let mut d = vec![
+            format!("model {} instead of LLaMA-7B", self.model),
+            format!(
+                "train sets {} ({} examples each, {} held out for validation) instead of commonsense_170k",
+                self.train_tasks.join(", "),
+                self.max_examples_per_task.map_or("all".into(), |n| format!("first {n}")),
+                self.val_size
+            ),
+            match self.steps {
+                Some(s) => format!("{s} optimizer steps of batch {} instead of 3 epochs of batch 16", self.batch_size),
+                None => format!("{} epochs of batch {}", self.epochs, self.batch_size),
+            },
+            if self.needs_lr_check() {
+                format!(
+                    "lr {lr:.0e} chosen by a check (lowest validation loss of {}-step LoRA r={} runs over {:?}) instead of 2e-4",
+                    self.lr_check_steps, self.lr_check_rank, self.lr_candidates
+                )
+            } else {
+                format!("lr {lr:.0e}")
+            },
+            format!("LoRA-Dash switch after {} steps instead of 100 ({} steps in the dash phase)", self.dash_t, self.steps.unwrap_or(0).saturating_sub(self.dash_t)),
+            format!("cutoff {} tokens", self.cutoff_len),
+            format!(
+                "headline accuracy from `loglik` on the first {} test examples per task; `generate` (4 beams, ≤ 32 new tokens) on the first {} only",
+                lim(self.loglik_limit),
+                lim(self.generate_limit)
+            ),
+            format!("{} seed(s): {:?}", self.seeds.len(), self.seeds),
+            format!("LoRA ranks {:?}, LoRA-Dash ranks {:?} (the paper: 4–64 for both)", self.lora_ranks, self.dash_ranks),
+        ];
+        if !self.train_on_inputs {
+            d.push("loss on the response only (the protocol trains on the whole sequence)".into());
+        }
+        if let Some(k) = self.top_layers {
+            d.push(format!(
+                "adapters on q,k,v,up,down of the top {k} layers only (lower layers frozen and computed once)"
+            ));
+        }
+        match self.reference {
+            ReferenceKind::FullFineTune => d.push(format!(
+                "TSD capture reference: a full fine-tune of the same target modules, same data and steps, lr × {} (the paper: a full fine-tune of LLaMA-7B)",
+                self.full_lr_scale
+            )),
+            ReferenceKind::HighestRankLora => d.push(
+                "TSD capture reference: the highest-rank LoRA run (the paper: a full fine-tune)"
+                    .into(),
+            ),
+            ReferenceKind::None => {}
+        }
+        for t in missing_eval {
+            d.push(format!("{t}: test set not available here, not evaluated"));
+        }
+        d
+    }
+}
