@@ -276,4 +276,42 @@ fn inspect_and_run_reports_render_in_chromium() {
         String::from_utf8_lossy(&out.stderr)
     );
     check_page(&browser, &run.join("report.html"), "run", 6);
+    // reproduction report from the smoke grid on the tiny model (lr check, capture, generate)
+    let data = d.path().join("data");
+    for (task, file, n, labels) in [
+        ("ARC-Easy", "train.json", 30, ["answer1", "answer2"]),
+        ("ARC-Easy", "test.json", 4, ["answer1", "answer2"]),
+        ("boolq", "test.json", 4, ["true", "false"]),
+    ] {
+        std::fs::create_dir_all(data.join(task)).unwrap();
+        let ex: Vec<serde_json::Value> = (0..n)
+            .map(|i| serde_json::json!({"instruction": format!("Q{i}?"), "input": "", "output": format!("the correct answer is {}", labels[i % 2]), "answer": labels[i % 2]}))
+            .collect();
+        std::fs::write(data.join(task).join(file), serde_json::to_string(&ex).unwrap()).unwrap();
+    }
+    let repro = d.path().join("repro");
+    let out = tsd(d.path())
+        .args([
+            "reproduce",
+            "commonsense",
+            "--preset",
+            "smoke",
+            "--model",
+            fixture("tiny-llama").to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            repro.to_str().unwrap(),
+            "--train-on-inputs",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // measured, paper, unparseable rate, TSD capture
+    check_page(&browser, &repro.join("report.html"), "reproduce", 4);
 }

@@ -18,47 +18,62 @@ fn write_task(root: &Path, task: &str, file: &str, n: usize, labels: &[&str]) {
     std::fs::write(dir.join(file), serde_json::to_string(&ex).unwrap()).unwrap();
 }
 
-#[test]
-fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
-    let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
+fn tiny_data(root: &Path) -> std::path::PathBuf {
+    let data = root.join("data");
     write_task(&data, "ARC-Easy", "train.json", 30, &["answer1", "answer2"]);
     write_task(&data, "ARC-Easy", "test.json", 6, &["answer1", "answer2"]);
     write_task(&data, "boolq", "test.json", 6, &["true", "false"]);
+    data
+}
+
+/// `tsd reproduce commonsense --preset smoke` on the tiny model with extra arguments.
+fn smoke(root: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    tsd(root)
+        .args([
+            "reproduce",
+            "commonsense",
+            "--preset",
+            "smoke",
+            "--model",
+            fixture("tiny-llama").to_str().unwrap(),
+            "--train-on-inputs",
+            "true",
+        ])
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn results(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_data(d.path());
     let out = d.path().join("out");
-    let run = || {
-        tsd(d.path())
-            .args([
-                "reproduce",
-                "commonsense",
-                "--preset",
-                "smoke",
-                "--model",
-                fixture("tiny-llama").to_str().unwrap(),
-            ])
-            .args([
-                "--data",
-                data.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap()
-    };
-    let first = run();
+    let first = smoke(d.path(), &data, &out, &[]);
     assert!(
         first.status.success(),
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let r = results(&out);
     assert_eq!(r["runs"].as_array().unwrap().len(), 3);
     assert_eq!(r["efficiency"][0]["dash_rank"], 1);
     for run in r["runs"].as_array().unwrap() {
-        let acc = run["accuracy"].as_array().unwrap();
-        assert_eq!(acc.len(), 2, "boolq and ARC-Easy");
-        assert!(run["unparseable_rate"].as_f64().unwrap() >= 0.0);
+        let tasks = run["scores"]["tasks"].as_array().unwrap();
+        assert_eq!(tasks.len(), 2, "boolq and ARC-Easy");
+        assert!(tasks.iter().all(|t| t["loglik_examples"] == 6 && t["generate_examples"] == 2));
+        assert!(run["scores"]["unparseable_rate"].as_f64().unwrap() >= 0.0);
+        assert_eq!(run["scores"]["average"], run["scores"]["loglik_avg"]);
         assert!(Path::new(
             &out.join("runs")
                 .join(run["name"].as_str().unwrap())
@@ -66,12 +81,33 @@ fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
         )
         .exists());
     }
+    // The lr check ran every candidate and the grid used its pick.
+    let trials = r["lr_check"]["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2);
+    let best = trials
+        .iter()
+        .min_by(|a, b| a["val_loss"].as_f64().unwrap().total_cmp(&b["val_loss"].as_f64().unwrap()))
+        .unwrap();
+    assert_eq!(r["lr_check"]["chosen"], best["lr"]);
+    assert!(r["runs"].as_array().unwrap().iter().all(|x| x["lr"] == best["lr"]));
+    // Capture at every checkpoint (save_every 3 of 6 steps) against the full fine-tune.
+    assert!(r["reference"].as_str().unwrap().contains("full-ref-s1"));
+    let cap = r["capture"].as_array().unwrap();
+    assert_eq!(cap.len(), 3);
+    for c in cap {
+        let steps: Vec<u64> = c["points"].as_array().unwrap().iter().map(|p| p["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, vec![3, 6]);
+        let a = c["points"][0]["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a));
+    }
+    assert!(r["base"]["average"].as_f64().is_some());
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(
         stdout.contains("parameter-efficiency, LoRA-Dash r=1") && stdout.contains("paper: 8–16×")
     );
+    assert!(stdout.contains("lr check") && stdout.contains("TSD capture"));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(html.matches("<svg").count() >= 2);
+    assert!(html.matches("<svg").count() >= 4);
     assert!(
         std::fs::read_to_string(out.join("results.csv"))
             .unwrap()
@@ -80,11 +116,79 @@ fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
             == 4
     );
     // Everything finished: a second invocation trains and evaluates nothing.
-    let second = run();
+    let second = smoke(d.path(), &data, &out, &[]);
     assert!(second.status.success());
     let log = String::from_utf8_lossy(&second.stderr);
     assert_eq!(log.matches("done earlier").count(), 3, "{log}");
-    assert!(!log.contains("training"));
+    assert!(!log.contains("training") && !log.contains("evaluating"), "{log}");
+    assert_eq!(results(&out)["runs"], r["runs"]);
+    // Other settings on the same output directory are refused, not mixed in.
+    let other = tsd(d.path())
+        .args(["reproduce", "commonsense", "--preset", "smoke", "--model"])
+        .arg(fixture("tiny-llama"))
+        .args(["--train-on-inputs", "false", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("other settings"));
+}
+
+/// The cluster path: `--emit-jobs` writes one command per piece; running each line and then
+/// `--collect` gives the same grid as one local invocation.
+#[test]
+fn emitted_jobs_then_collect_assemble_the_grid() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_data(d.path());
+    let out = d.path().join("cluster");
+    let o = smoke(d.path(), &data, &out, &["--emit-jobs"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let jobs = std::fs::read_to_string(out.join("jobs/jobs.txt")).unwrap();
+    let lines: Vec<&str> = jobs.lines().collect();
+    // 3 cells + base + full reference; the lr check runs first, from prepare.sbatch.
+    assert_eq!(lines.len(), 5, "{jobs}");
+    let array = std::fs::read_to_string(out.join("jobs/array.sbatch")).unwrap();
+    assert!(array.contains("#SBATCH --array=1-5"));
+    let prep = std::fs::read_to_string(out.join("jobs/prepare.sbatch")).unwrap();
+    assert!(prep.contains("--only lr-check"));
+    assert!(std::fs::read_to_string(out.join("jobs/submit.sh"))
+        .unwrap()
+        .contains("--dependency=afterok"));
+    // Collecting before anything ran names what is missing.
+    let early = smoke(d.path(), &data, &out, &["--collect"]);
+    assert_eq!(early.status.code(), Some(2));
+    // A cell before the lr check is refused (the check decides its lr).
+    let o = smoke(d.path(), &data, &out, &["--only", "lora-r1-s1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--only lr-check"));
+    let run_piece = |piece: &str| {
+        let o = smoke(d.path(), &data, &out, &["--only", piece]);
+        assert!(o.status.success(), "{piece}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    run_piece("lr-check");
+    for l in &lines {
+        let piece = l.rsplit("--only ").next().unwrap();
+        run_piece(piece);
+    }
+    let o = smoke(d.path(), &data, &out, &["--only", "lora-r99-s1"]);
+    assert_eq!(o.status.code(), Some(2));
+    let c = smoke(d.path(), &data, &out, &["--collect"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let log = String::from_utf8_lossy(&c.stderr);
+    assert!(!log.contains("training"), "{log}");
+    let r = results(&out);
+    assert_eq!(r["runs"].as_array().unwrap().len(), 3);
+    assert_eq!(r["capture"].as_array().unwrap().len(), 3);
+    // The same grid run locally in one go gives the same numbers (CPU runs are deterministic).
+    let local = d.path().join("local");
+    assert!(smoke(d.path(), &data, &local, &[]).status.success());
+    let l = results(&local);
+    for (a, b) in r["runs"].as_array().unwrap().iter().zip(l["runs"].as_array().unwrap()) {
+        assert_eq!(a["scores"]["tasks"], b["scores"]["tasks"]);
+        assert_eq!(a["final_loss"], b["final_loss"]);
+    }
 }
 
 #[test]
@@ -123,4 +227,8 @@ fn smoke_preset_runs_on_the_default_model() {
         .unwrap()
         .iter()
         .all(|x| x["final_loss"].as_f64().unwrap().is_finite()));
+    // The real model scores above nothing, capture was measured, the lr came from the check.
+    assert!(r["base"]["average"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["capture"].as_array().unwrap().len(), 3);
+    assert_eq!(r["lr_check"]["trials"].as_array().unwrap().len(), 2);
 }

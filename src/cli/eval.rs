@@ -19,7 +19,9 @@ pub struct EvalArgs {
     /// Tasks (comma-separated): boolq, piqa, social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa.
     #[arg(long, value_delimiter = ',', required = true)]
     tasks: Vec<String>,
-    /// Data directory in LLM-Adapters layout (`<task>/test.json`); default $TSD_DATA.
+    /// Data directory in LLM-Adapters layout (`<task>/test.json`); default $TSD_DATA, else
+    /// ../shared/data/commonsense, else Social IQa provisioned from PyPI's bigbench sdist into
+    /// $TSD_HOME/data/commonsense (sha256-checked).
     #[arg(long)]
     data: Option<PathBuf>,
     /// `generate` (the LLM-Adapters protocol: beam search, first label in the response) or
@@ -50,11 +52,23 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.protocol != "loglik" && a.protocol != "generate" {
         bail!("protocol `{}`: expected generate or loglik", a.protocol);
     }
-    let data = a
+    let data = match a
         .data
         .clone()
         .or_else(|| std::env::var_os("TSD_DATA").map(PathBuf::from))
-        .context("no data directory: pass --data DIR (LLM-Adapters layout) or set TSD_DATA")?;
+        .or_else(|| Some(PathBuf::from("../shared/data/commonsense")).filter(|d| d.exists()))
+    {
+        Some(d) => d,
+        None => {
+            let home = tsd::assets::data_home();
+            if !home.join("social_i_qa").join("test.json").exists() {
+                eprintln!(
+                    "tsd eval: no data directory (--data, TSD_DATA); provisioning Social IQa, the one commonsense test set a package registry ships"
+                );
+            }
+            tsd::assets::provision_social_iqa(a.src.offline)?
+        }
+    };
     let tasks = a
         .tasks
         .iter()
@@ -80,9 +94,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
     for t in &tasks {
         let file = data.join(t.name).join("test.json");
         if !file.exists() {
+            let present: Vec<String> = tsd::eval::TASKS
+                .iter()
+                .filter(|k| data.join(k.name).join("test.json").exists())
+                .map(|k| k.name.to_string())
+                .collect();
             bail!(
-                "{}: test set not found (HellaSwag is not available on these machines)",
-                file.display()
+                "{}: test set not found (present in {}: {}; HellaSwag is not available on these machines)",
+                file.display(),
+                data.display(),
+                if present.is_empty() { "none".to_string() } else { present.join(", ") }
             );
         }
         let mut ex = tsd::train::data::load_examples(&file)?;

@@ -25,8 +25,7 @@ struct CommonsenseArgs {
     /// Output directory (default reproductions/commonsense/<preset>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Data in LLM-Adapters layout (default $TSD_DATA, else ../shared/data/commonsense, else the
-    /// Social IQa test set provisioned into the tsd cache).
+    /// Data in LLM-Adapters layout (default $TSD_DATA, else ../shared/data/commonsense).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Override the preset's base model.
@@ -68,19 +67,12 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         p.train_on_inputs = t;
     }
     let out = a.out.clone().unwrap_or_else(|| default_out(&a.preset));
-    let data = match a
+    let data = a
         .data
         .clone()
         .or_else(|| std::env::var_os("TSD_DATA").map(PathBuf::from))
         .or_else(|| Some(PathBuf::from("../shared/data/commonsense")).filter(|d| d.exists()))
-    {
-        Some(d) => d,
-        None => {
-            eprintln!("reproduce: no data directory (--data, TSD_DATA); provisioning Social IQa");
-            tsd::assets::provision_social_iqa(false)
-                .context("no data directory: pass --data DIR (LLM-Adapters layout) or set TSD_DATA")?
-        }
-    };
+        .context("no data directory: pass --data DIR (LLM-Adapters layout with <task>/train.json and <task>/test.json) or set TSD_DATA")?;
     if a.emit_jobs {
         let mut args: Vec<String> = vec![
             "tsd".into(),
@@ -214,9 +206,9 @@ fn print_summary(r: &Reproduction) {
     if let Some(c) = &r.lr_check {
         for t in &c.trials {
             println!(
-                "  lr check {:>8.1e}: validation loss {:.4}{}",
+                "  lr check {:>8.1e}: validation loss {}{}",
                 t.lr,
-                t.val_loss,
+                t.val_loss.map_or("diverged".into(), |v| format!("{v:.4}")),
                 if t.lr == c.chosen { "  ← chosen" } else { "" }
             );
         }

@@ -29,6 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+/// How often the lr check may extend its range past an edge optimum.
+const LR_EXTENSIONS: usize = 3;
+
 /// The paper's LLaMA-7B commonsense table (PAPER.md §5).
 pub const PAPER_TABLE: &str = include_str!("../../reproductions/paper/commonsense_llama7b.csv");
 
@@ -143,8 +146,9 @@ impl RunResult {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LrTrial {
     pub lr: f64,
-    pub val_loss: f64,
-    pub final_train_loss: f64,
+    /// `None`: the run diverged (non-finite loss).
+    pub val_loss: Option<f64>,
+    pub final_train_loss: Option<f64>,
     pub run: String,
 }
 
@@ -568,41 +572,46 @@ impl<'a> Grid<'a> {
             )));
         }
         let t0 = Instant::now();
-        let mut trials = Vec::new();
-        for &lr in &p.lr_candidates {
-            let name = format!("lr-{lr:e}");
-            (self.log)(&format!("lr check: LoRA r={} at lr {lr:e}", p.lr_check_rank));
-            let cell = Cell {
-                method: Method::Lora,
-                rank: p.lr_check_rank,
-                seed: p.seeds.first().copied().unwrap_or(1),
-            };
-            let cfg = self.train_config(&cell, lr, Some(p.lr_check_steps));
-            let dir = self.out.join("lr-check").join(&name);
-            let trainer = self.train(cfg, &dir)?;
-            let rec = &trainer.record;
-            let val_loss = rec.val.last().map(|v| v.loss).ok_or_else(|| {
-                Error::InvalidArgument("the lr check needs a validation split (val_size > 0)".into())
-            })?;
-            trials.push(LrTrial {
-                lr,
-                val_loss,
-                final_train_loss: rec.steps.last().map_or(f64::NAN, |s| s.loss),
-                run: format!("lr-check/{name}"),
-            });
+        let mut trials: Vec<LrTrial> = Vec::new();
+        let mut queue: Vec<f64> = p.lr_candidates.clone();
+        let mut extensions = 0;
+        loop {
+            for lr in std::mem::take(&mut queue) {
+                if !trials.iter().any(|t| t.lr == lr) {
+                    trials.push(self.lr_trial(lr)?);
+                }
+            }
+            // An optimum at the edge of the tried range says little: extend it by ×2 (≤ 3 times).
+            trials.sort_by(|a, b| a.lr.total_cmp(&b.lr));
+            let best = trials
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| Some((i, t.val_loss?)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(i, _)| i);
+            match best {
+                Some(i) if extensions < LR_EXTENSIONS && i + 1 == trials.len() => {
+                    queue.push(trials[i].lr * 2.0)
+                }
+                Some(0) if extensions < LR_EXTENSIONS && trials.len() > 1 => {
+                    queue.push(trials[0].lr / 2.0)
+                }
+                _ => break,
+            }
+            extensions += 1;
         }
         let chosen = trials
             .iter()
-            .filter(|t| t.val_loss.is_finite())
-            .min_by(|a, b| a.val_loss.total_cmp(&b.val_loss))
-            .map(|t| t.lr)
+            .filter_map(|t| Some((t.lr, t.val_loss?)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|t| t.0)
             .ok_or_else(|| Error::Numerical {
                 context: "lr check".into(),
                 reason: "every candidate diverged".into(),
             })?;
         let check = LrCheck {
             rule: format!(
-                "LoRA r={} for {} steps (warmup 10 %, linear decay) at each candidate, seed {}, the same training examples as the grid; the lowest loss on the {} held-out examples wins",
+                "LoRA r={} for {} steps (warmup 10 %, linear decay) at each candidate, seed {}, the same training examples as the grid; the lowest loss on the {} held-out examples wins; an optimum at the edge of the tried range extends it by ×2 (at most {LR_EXTENSIONS} times)",
                 p.lr_check_rank,
                 p.lr_check_steps,
                 p.seeds.first().copied().unwrap_or(1),
@@ -615,6 +624,46 @@ impl<'a> Grid<'a> {
         crate::fsutil::atomic_write(&path, text.as_bytes())?;
         self.timing.lr_check_s += t0.elapsed().as_secs_f64();
         Ok((chosen, Some(check)))
+    }
+
+    /// One short LoRA run of the lr check.
+    fn lr_trial(&mut self, lr: f64) -> Result<LrTrial> {
+        let p = self.preset;
+        let name = format!("lr-{lr:e}");
+        (self.log)(&format!("lr check: LoRA r={} at lr {lr:e}", p.lr_check_rank));
+        let cell = Cell {
+            method: Method::Lora,
+            rank: p.lr_check_rank,
+            seed: p.seeds.first().copied().unwrap_or(1),
+        };
+        let cfg = self.train_config(&cell, lr, Some(p.lr_check_steps));
+        let dir = self.out.join("lr-check").join(&name);
+        let run = format!("lr-check/{name}");
+        let trainer = match self.train(cfg, &dir) {
+            Ok(t) => t,
+            Err(Error::Numerical { reason, .. }) => {
+                (self.log)(&format!("lr check: lr {lr:e} diverged ({reason})"));
+                return Ok(LrTrial {
+                    lr,
+                    val_loss: None,
+                    final_train_loss: None,
+                    run,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let rec = &trainer.record;
+        if rec.val.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the lr check needs a validation split (val_size > 0)".into(),
+            ));
+        }
+        Ok(LrTrial {
+            lr,
+            val_loss: rec.val.last().map(|v| v.loss).filter(|v| v.is_finite()),
+            final_train_loss: rec.steps.last().map(|s| s.loss),
+            run,
+        })
     }
 
     /// Trains and evaluates one cell (or reads its earlier result).
@@ -708,6 +757,13 @@ impl<'a> Grid<'a> {
     fn reference_run(&mut self, lr: f64) -> Result<()> {
         if let Some(cell) = reference_cell(self.preset) {
             let dir = self.run_dir(&cell);
+            let finished = crate::fsutil::read_json::<crate::train::trainer::RunRecord>(
+                &dir.join("record.json"),
+            )
+            .is_ok_and(|r| r.finished);
+            if finished {
+                return Ok(());
+            }
             (self.log)(&format!("reference {}: training", cell.name()));
             let cfg = self.train_config(&cell, lr * self.preset.full_lr_scale, None);
             self.train(cfg, &dir)?;
