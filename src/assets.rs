@@ -259,7 +259,31 @@ pub fn bigbench_to_llm_adapters(task_json: &[u8]) -> Result<Vec<crate::train::da
     #[derive(serde::Deserialize)]
     struct Ex {
         input: String,
-        target_scores: serde_json::Map<String, serde_json::Value>,
+        target_scores: Ordered,
+    }
+    /// A JSON object's entries in file order (the choices' order is the label order).
+    struct Ordered(Vec<(String, f64)>);
+    impl<'de> serde::Deserialize<'de> for Ordered {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Ordered;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object of choice → score")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> std::result::Result<Ordered, A::Error> {
+                    let mut v = Vec::new();
+                    while let Some((k, x)) = m.next_entry::<String, f64>()? {
+                        v.push((k, x));
+                    }
+                    Ok(Ordered(v))
+                }
+            }
+            d.deserialize_map(V)
+        }
     }
     let t: Task = serde_json::from_slice(task_json).map_err(|e| Error::Json {
         path: "bigbench social_iqa/task.json".into(),
@@ -269,11 +293,7 @@ pub fn bigbench_to_llm_adapters(task_json: &[u8]) -> Result<Vec<crate::train::da
         .iter()
         .enumerate()
         .map(|(i, ex)| {
-            let choices: Vec<(&String, f64)> = ex
-                .target_scores
-                .iter()
-                .map(|(k, v)| (k, v.as_f64().unwrap_or(0.0)))
-                .collect();
+            let choices = &ex.target_scores.0;
             let best = choices
                 .iter()
                 .position(|c| c.1 == 1.0)

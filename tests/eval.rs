@@ -131,7 +131,10 @@ fn prepared_loglik_equals_plain_loglik() {
         for (p, f) in plain.predictions.iter().zip(&fast.predictions) {
             assert_eq!(p.prediction, f.prediction, "from {from}");
             for (a, b) in p.scores.iter().zip(&f.scores) {
-                assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "from {from}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-3 * (1.0 + a.abs()),
+                    "from {from}: {a} vs {b}"
+                );
             }
         }
         // The adapter matters (otherwise the comparison above proves little).

@@ -287,7 +287,11 @@ fn inspect_and_run_reports_render_in_chromium() {
         let ex: Vec<serde_json::Value> = (0..n)
             .map(|i| serde_json::json!({"instruction": format!("Q{i}?"), "input": "", "output": format!("the correct answer is {}", labels[i % 2]), "answer": labels[i % 2]}))
             .collect();
-        std::fs::write(data.join(task).join(file), serde_json::to_string(&ex).unwrap()).unwrap();
+        std::fs::write(
+            data.join(task).join(file),
+            serde_json::to_string(&ex).unwrap(),
+        )
+        .unwrap();
     }
     let repro = d.path().join("repro");
     let out = tsd(d.path())

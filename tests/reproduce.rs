@@ -71,7 +71,9 @@ fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
     for run in r["runs"].as_array().unwrap() {
         let tasks = run["scores"]["tasks"].as_array().unwrap();
         assert_eq!(tasks.len(), 2, "boolq and ARC-Easy");
-        assert!(tasks.iter().all(|t| t["loglik_examples"] == 6 && t["generate_examples"] == 2));
+        assert!(tasks
+            .iter()
+            .all(|t| t["loglik_examples"] == 6 && t["generate_examples"] == 2));
         assert!(run["scores"]["unparseable_rate"].as_f64().unwrap() >= 0.0);
         assert_eq!(run["scores"]["average"], run["scores"]["loglik_avg"]);
         assert!(Path::new(
@@ -83,19 +85,36 @@ fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
     }
     // The lr check ran every candidate and the grid used its pick.
     let trials = r["lr_check"]["trials"].as_array().unwrap();
-    assert_eq!(trials.len(), 2);
+    assert!(
+        trials.len() >= 2,
+        "both candidates, plus any extension past an edge optimum"
+    );
     let best = trials
         .iter()
-        .min_by(|a, b| a["val_loss"].as_f64().unwrap().total_cmp(&b["val_loss"].as_f64().unwrap()))
+        .min_by(|a, b| {
+            a["val_loss"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["val_loss"].as_f64().unwrap())
+        })
         .unwrap();
     assert_eq!(r["lr_check"]["chosen"], best["lr"]);
-    assert!(r["runs"].as_array().unwrap().iter().all(|x| x["lr"] == best["lr"]));
+    assert!(r["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["lr"] == best["lr"]));
     // Capture at every checkpoint (save_every 3 of 6 steps) against the full fine-tune.
     assert!(r["reference"].as_str().unwrap().contains("full-ref-s1"));
     let cap = r["capture"].as_array().unwrap();
     assert_eq!(cap.len(), 3);
     for c in cap {
-        let steps: Vec<u64> = c["points"].as_array().unwrap().iter().map(|p| p["step"].as_u64().unwrap()).collect();
+        let steps: Vec<u64> = c["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["step"].as_u64().unwrap())
+            .collect();
         assert_eq!(steps, vec![3, 6]);
         let a = c["points"][0]["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&a));
@@ -120,7 +139,10 @@ fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
     assert!(second.status.success());
     let log = String::from_utf8_lossy(&second.stderr);
     assert_eq!(log.matches("done earlier").count(), 3, "{log}");
-    assert!(!log.contains("training") && !log.contains("evaluating"), "{log}");
+    assert!(
+        !log.contains("training") && !log.contains("evaluating"),
+        "{log}"
+    );
     assert_eq!(results(&out)["runs"], r["runs"]);
     // Other settings on the same output directory are refused, not mixed in.
     let other = tsd(d.path())
@@ -165,7 +187,11 @@ fn emitted_jobs_then_collect_assemble_the_grid() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--only lr-check"));
     let run_piece = |piece: &str| {
         let o = smoke(d.path(), &data, &out, &["--only", piece]);
-        assert!(o.status.success(), "{piece}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{piece}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
     run_piece("lr-check");
     for l in &lines {
@@ -185,7 +211,12 @@ fn emitted_jobs_then_collect_assemble_the_grid() {
     let local = d.path().join("local");
     assert!(smoke(d.path(), &data, &local, &[]).status.success());
     let l = results(&local);
-    for (a, b) in r["runs"].as_array().unwrap().iter().zip(l["runs"].as_array().unwrap()) {
+    for (a, b) in r["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(l["runs"].as_array().unwrap())
+    {
         assert_eq!(a["scores"]["tasks"], b["scores"]["tasks"]);
         assert_eq!(a["final_loss"], b["final_loss"]);
     }
@@ -230,5 +261,5 @@ fn smoke_preset_runs_on_the_default_model() {
     // The real model scores above nothing, capture was measured, the lr came from the check.
     assert!(r["base"]["average"].as_f64().unwrap() > 0.0);
     assert_eq!(r["capture"].as_array().unwrap().len(), 3);
-    assert_eq!(r["lr_check"]["trials"].as_array().unwrap().len(), 2);
+    assert!(r["lr_check"]["trials"].as_array().unwrap().len() >= 2);
 }

@@ -215,7 +215,16 @@ fn print_summary(r: &Reproduction) {
     }
     println!(
         "{:<14} {:>5} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
-        "run", "rank", "seed", "trainable", "avg %", "loglik", "generate", "unparse %", "val loss", "wall s"
+        "run",
+        "rank",
+        "seed",
+        "trainable",
+        "avg %",
+        "loglik",
+        "generate",
+        "unparse %",
+        "val loss",
+        "wall s"
     );
     if let Some(b) = &r.base {
         println!(
@@ -261,7 +270,9 @@ fn print_summary(r: &Reproduction) {
     }
     println!("paper (LLaMA-7B, generate): LoRA-Dash r=4 75.7 % vs LoRA r=32 74.7 %, r=64 65.8 %");
     if let Some(rf) = &r.reference {
-        println!("TSD capture accuracy@(8,16) against {rf} (paper: ~0.75–0.82 throughout training):");
+        println!(
+            "TSD capture accuracy@(8,16) against {rf} (paper: ~0.75–0.82 throughout training):"
+        );
         for s in &r.capture {
             let pts: Vec<String> = s
                 .points
@@ -277,7 +288,15 @@ fn print_summary(r: &Reproduction) {
     }
     let t = &r.timing;
     println!(
-        "time: {:.0} s (lower-layer cache {:.0}, eval preparation {:.0}, lr check {:.0}, training {:.0}, evaluation {:.0}, capture {:.0})",
-        t.total_s, t.lower_cache_s, t.eval_prepare_s, t.lr_check_s, t.train_s, t.eval_s, t.capture_s
+        "time: {:.0} s (lower-layer cache {:.0}, eval preparation {:.0}, lr check {:.0}, training {:.0}, evaluation {:.0}, capture {:.0}); {:.0} s over {} invocation(s) on this directory",
+        t.total_s,
+        t.lower_cache_s,
+        t.eval_prepare_s,
+        t.lr_check_s,
+        t.train_s,
+        t.eval_s,
+        t.capture_s,
+        r.invocations.iter().map(|t| t.total_s).sum::<f64>(),
+        r.invocations.len()
     );
 }

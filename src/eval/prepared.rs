@@ -134,7 +134,9 @@ pub fn eval_loglik_prepared(
         }
         let m = rows.len();
         let sel = rows_h.index_select(&Tensor::from_vec(rows, m, dev)?, 0)?;
-        let logits = model.logits(&model.final_norm(&sel)?)?.to_dtype(DType::F32)?;
+        let logits = model
+            .logits(&model.final_norm(&sel)?)?
+            .to_dtype(DType::F32)?;
         let logp = candle_nn::ops::log_softmax(&logits, 1)?;
         let picked: Vec<f32> = logp
             .gather(&Tensor::from_vec(targets, (m, 1), dev)?, 1)?

@@ -10,15 +10,45 @@ fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("chart: {e:?}")
 }
 
-/// A qualitative palette (colour-blind friendly).
-pub const PALETTE: [RGBColor; 6] = [
+/// A qualitative palette (Okabe–Ito, colour-blind friendly, yellow replaced by grey and purple).
+pub const PALETTE: [RGBColor; 8] = [
     RGBColor(0, 114, 178),
     RGBColor(213, 94, 0),
     RGBColor(0, 158, 115),
     RGBColor(204, 121, 167),
     RGBColor(230, 159, 0),
     RGBColor(86, 180, 233),
+    RGBColor(117, 112, 179),
+    RGBColor(90, 90, 90),
 ];
+
+/// Where a line chart puts its legend.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Legend {
+    #[default]
+    UpperRight,
+    LowerLeft,
+    LowerRight,
+}
+
+/// Options of [`lines_with`].
+#[derive(Clone, Debug, Default)]
+pub struct LineOpts<'a> {
+    pub log_y: bool,
+    /// A vertical marker (e.g. the Dash switch step), drawn in black.
+    pub marker: Option<(f64, &'a str)>,
+    /// Fixed y range (linear axes only), e.g. `(0, 1)` for a fraction.
+    pub y_range: Option<(f64, f64)>,
+    /// Fixed x range (default: the data's).
+    pub x_range: Option<(f64, f64)>,
+    /// Horizontal reference lines (e.g. a paper's values), grey and dashed; an empty label keeps
+    /// a line out of the legend.
+    pub hlines: Vec<(f64, &'a str)>,
+    pub legend: Legend,
+    /// Size in pixels (default 640 × 280).
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+}
 
 /// Viridis-like colour for `t` in [0, 1] (linear interpolation between five anchors).
 fn viridis(t: f64) -> RGBColor {
@@ -263,11 +293,33 @@ pub fn lines(
     log_y: bool,
     marker: Option<(f64, &str)>,
 ) -> ChartResult {
+    lines_with(
+        series,
+        x_desc,
+        y_desc,
+        &LineOpts {
+            log_y,
+            marker,
+            ..Default::default()
+        },
+    )
+}
+
+/// Lines over x with the options of [`LineOpts`].
+pub fn lines_with(
+    series: &[(&str, Vec<(f64, f64)>)],
+    x_desc: &str,
+    y_desc: &str,
+    opts: &LineOpts,
+) -> ChartResult {
+    let (log_y, marker) = (opts.log_y, opts.marker);
     let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
     let (xlo, xhi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
         (a.min(x), b.max(x))
     });
-    let (xlo, xhi) = if xlo.is_finite() && xhi > xlo {
+    let (xlo, xhi) = if let Some(r) = opts.x_range {
+        r
+    } else if xlo.is_finite() && xhi > xlo {
         (xlo, xhi)
     } else {
         (0.0, 1.0)
@@ -275,10 +327,17 @@ pub fn lines(
     let ys = series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
     let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(&mut buf, (640, 280)).into_drawing_area();
+        let root = SVGBackend::with_string(
+            &mut buf,
+            (opts.width.unwrap_or(640), opts.height.unwrap_or(280)),
+        )
+        .into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut cb = ChartBuilder::on(&root);
-        cb.margin(8).x_label_area_size(36).y_label_area_size(64);
+        cb.margin(8)
+            .margin_right(20)
+            .x_label_area_size(36)
+            .y_label_area_size(64);
         macro_rules! body {
             ($chart:expr, $ylo:expr, $yhi:expr) => {{
                 let mut chart = $chart;
@@ -309,20 +368,41 @@ pub fn lines(
                             .map_err(err)?;
                     }
                 }
+                let grey = RGBColor(120, 120, 120);
+                for &(y, label) in &opts.hlines {
+                    let drawn = chart
+                        .draw_series(DashedLineSeries::new(
+                            vec![(xlo, y), (xhi, y)],
+                            6,
+                            4,
+                            grey.stroke_width(2),
+                        ))
+                        .map_err(err)?;
+                    if !label.is_empty() {
+                        drawn.label(label).legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 16, y)], grey.stroke_width(2))
+                        });
+                    }
+                }
                 if let Some((x, label)) = marker {
                     chart
                         .draw_series(std::iter::once(PathElement::new(
                             vec![(x, $ylo), (x, $yhi)],
-                            PALETTE[3].stroke_width(2),
+                            BLACK.stroke_width(1),
                         )))
                         .map_err(err)?
                         .label(label)
                         .legend(|(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 16, y)], PALETTE[3].stroke_width(2))
+                            PathElement::new(vec![(x, y), (x + 16, y)], BLACK.stroke_width(1))
                         });
                 }
                 chart
                     .configure_series_labels()
+                    .position(match opts.legend {
+                        Legend::UpperRight => SeriesLabelPosition::UpperRight,
+                        Legend::LowerLeft => SeriesLabelPosition::LowerLeft,
+                        Legend::LowerRight => SeriesLabelPosition::LowerRight,
+                    })
                     .background_style(WHITE.mix(0.85))
                     .border_style(BLACK)
                     .draw()
@@ -338,10 +418,15 @@ pub fn lines(
                 hi
             );
         } else {
-            let v: Vec<f64> = ys.filter(|y| y.is_finite()).collect();
+            let v: Vec<f64> = ys
+                .chain(opts.hlines.iter().map(|h| h.0))
+                .filter(|y| y.is_finite())
+                .collect();
             let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
             let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let (lo, hi) = if lo.is_finite() && hi > lo {
+            let (lo, hi) = if let Some(r) = opts.y_range {
+                r
+            } else if lo.is_finite() && hi > lo {
                 (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
             } else {
                 (lo.min(0.0) - 1.0, hi.max(0.0) + 1.0)

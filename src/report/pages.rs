@@ -528,7 +528,9 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
                 .map_or("-".into(), |v| format!("{v:.2e}")),
         });
     }
-    let by_rank = |m: Method, f: &dyn Fn(&crate::reproduce::RunResult) -> Option<f64>| -> Vec<(f64, f64)> {
+    let by_rank = |m: Method,
+                   f: &dyn Fn(&crate::reproduce::RunResult) -> Option<f64>|
+     -> Vec<(f64, f64)> {
         let mut ranks: Vec<usize> = r
             .runs
             .iter()
@@ -561,7 +563,10 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
     let measured_svg = chart(charts::lines(
         &[
             ("LoRA", by_rank(Method::Lora, &|x| Some(x.average()))),
-            ("LoRA-Dash", by_rank(Method::LoraDash, &|x| Some(x.average()))),
+            (
+                "LoRA-Dash",
+                by_rank(Method::LoraDash, &|x| Some(x.average())),
+            ),
         ],
         "log2 trainable parameters",
         &format!("mean accuracy (%, {proto})"),
@@ -571,7 +576,10 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
     let generate_svg = if r.runs.iter().any(|x| x.scores.unparseable_rate.is_some()) {
         Some(chart(charts::lines(
             &[
-                ("LoRA", by_rank(Method::Lora, &|x| x.scores.unparseable_rate)),
+                (
+                    "LoRA",
+                    by_rank(Method::Lora, &|x| x.scores.unparseable_rate),
+                ),
                 (
                     "LoRA-Dash",
                     by_rank(Method::LoraDash, &|x| x.scores.unparseable_rate),
@@ -618,7 +626,11 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
                     (!v.is_empty()).then(|| (st as f64, v.iter().sum::<f64>() / v.len() as f64))
                 })
                 .collect();
-            let label = if m == Method::Lora { "LoRA" } else { "LoRA-Dash" };
+            let label = if m == Method::Lora {
+                "LoRA"
+            } else {
+                "LoRA-Dash"
+            };
             capture_series.push((format!("{label} r={k}"), pts));
         }
     }
@@ -627,18 +639,24 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             .iter()
             .flat_map(|s| s.1.iter().map(|p| p.0))
             .fold(0.0, f64::max);
-        let mut series: Vec<(&str, Vec<(f64, f64)>)> = capture_series
+        let series: Vec<(&str, Vec<(f64, f64)>)> = capture_series
             .iter()
             .map(|(n, p)| (n.as_str(), p.clone()))
             .collect();
-        series.push(("paper, low (0.75)", vec![(0.0, 0.75), (max_step, 0.75)]));
-        series.push(("paper, high (0.82)", vec![(0.0, 0.82), (max_step, 0.82)]));
-        Some(chart(charts::lines(
+        Some(chart(charts::lines_with(
             &series,
             "training step",
             "accuracy@(8,16)",
-            false,
-            (r.preset.dash_t > 0).then_some((r.preset.dash_t as f64, "Dash switch")),
+            &charts::LineOpts {
+                marker: (r.preset.dash_t > 0).then_some((r.preset.dash_t as f64, "Dash switch")),
+                y_range: Some((0.0, 1.0)),
+                x_range: Some((0.0, max_step)),
+                hlines: vec![(0.75, "paper: 0.75–0.82"), (0.82, "")],
+                legend: charts::Legend::LowerLeft,
+                width: Some(960),
+                height: Some(380),
+                ..Default::default()
+            },
         ))?)
     } else {
         None
@@ -670,6 +688,39 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
         .filter(|l| !l.is_empty())
         .map(|l| l.split(',').map(String::from).collect())
         .collect();
+    // Params% recomputed by `tsd params` (LLaMA-7B, q,k,v,up,down, % of the nominal 6.74 B;
+    // LoRA-Dash adds s = 8 Δσ per matrix), beside the paper's column.
+    let avg_col = header
+        .iter()
+        .position(|h| h == "avg")
+        .unwrap_or(header.len() - 1);
+    let mut header = header;
+    header.push("Params% (tsd params)".into());
+    let llama7b = crate::model::LlamaConfig::builtin("llama-7b");
+    let recomputed = |method: &str, rank: &str| -> Option<String> {
+        let cfg = llama7b.as_ref()?;
+        let rank: usize = rank.parse().ok()?;
+        let plan = crate::params::ParamPlan {
+            rank,
+            targets: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+                .map(String::from)
+                .to_vec(),
+            dash_s: (method == "lora-dash").then_some(8),
+        };
+        let c = crate::params::count(cfg, &plan).ok()?;
+        Some(crate::params::pct2(c.pct_nominal, false))
+    };
+    let paper_rows: Vec<Vec<String>> = paper_rows
+        .into_iter()
+        .map(|mut row| {
+            let v = match (row.get(1), row.get(2)) {
+                (Some(m), Some(r)) => recomputed(m, r).unwrap_or_else(|| "-".into()),
+                _ => "-".into(),
+            };
+            row.push(v);
+            row
+        })
+        .collect();
     let paper_pts = |m: &str| -> Vec<(f64, f64)> {
         paper_rows
             .iter()
@@ -677,7 +728,7 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             .filter_map(|c| {
                 Some((
                     (c.get(3)?.parse::<f64>().ok()? * 100.0).log2(),
-                    c.last()?.parse::<f64>().ok()?,
+                    c.get(avg_col)?.parse::<f64>().ok()?,
                 ))
             })
             .collect()
@@ -712,6 +763,7 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             paper_header => header,
             paper_rows => paper_rows,
             max_lora => max_lora,
+            total_s => r.invocations.iter().map(|t| t.total_s).sum::<f64>(),
         },
     )
 }

@@ -193,8 +193,8 @@ pub struct Efficiency {
     pub ratio: Option<f64>,
 }
 
-/// Where the time of this invocation went (s).
-#[derive(Clone, Debug, Default, Serialize)]
+/// Where the time of one invocation went (s).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Timing {
     pub lower_cache_s: f64,
     pub eval_prepare_s: f64,
@@ -218,7 +218,11 @@ pub struct Reproduction {
     pub efficiency: Vec<Efficiency>,
     pub deviations: Vec<String>,
     pub verdict: String,
+    /// This invocation.
     pub timing: Timing,
+    /// Every invocation on this output directory so far (`OUT/timing.json`), this one last: their
+    /// sum is what the whole reproduction cost.
+    pub invocations: Vec<Timing>,
 }
 
 /// What one invocation does.
@@ -289,9 +293,8 @@ fn limit(ex: &[Example], l: Option<usize>) -> &[Example] {
 
 impl Evaluator {
     fn new(preset: &Preset, data: &Path, eval_tasks: &[String]) -> Result<Self> {
-        let path = crate::weights::resolve_path(&crate::weights::ModelSpec::new(
-            preset.model.clone(),
-        ))?;
+        let path =
+            crate::weights::resolve_path(&crate::weights::ModelSpec::new(preset.model.clone()))?;
         let tok = crate::model::tokenizer::load_tokenizer(&path)?;
         let info = crate::model::tokenizer::load_tokenizer_info(&path)?;
         let mut tasks = Vec::new();
@@ -352,7 +355,12 @@ impl Evaluator {
                 generate_examples: 0,
                 unparseable: None,
             };
-            if let Some(p) = self.prepared.as_ref().map(|v| &v[i]).filter(|p| !p.is_empty()) {
+            if let Some(p) = self
+                .prepared
+                .as_ref()
+                .map(|v| &v[i])
+                .filter(|p| !p.is_empty())
+            {
                 let l = eval_loglik_prepared(model, p, &|| {})?;
                 s.loglik = Some(100.0 * l.accuracy);
                 s.loglik_examples = l.examples;
@@ -571,7 +579,7 @@ impl<'a> Grid<'a> {
                 path.display()
             )));
         }
-        let t0 = Instant::now();
+        let train_before = self.timing.train_s;
         let mut trials: Vec<LrTrial> = Vec::new();
         let mut queue: Vec<f64> = p.lr_candidates.clone();
         let mut extensions = 0;
@@ -622,7 +630,9 @@ impl<'a> Grid<'a> {
         };
         let text = crate::output::to_json(&check)? + "\n";
         crate::fsutil::atomic_write(&path, text.as_bytes())?;
-        self.timing.lr_check_s += t0.elapsed().as_secs_f64();
+        // The trials' training time is the check's, not the grid's (the lower cache stays apart).
+        self.timing.lr_check_s += self.timing.train_s - train_before;
+        self.timing.train_s = train_before;
         Ok((chosen, Some(check)))
     }
 
@@ -630,7 +640,10 @@ impl<'a> Grid<'a> {
     fn lr_trial(&mut self, lr: f64) -> Result<LrTrial> {
         let p = self.preset;
         let name = format!("lr-{lr:e}");
-        (self.log)(&format!("lr check: LoRA r={} at lr {lr:e}", p.lr_check_rank));
+        (self.log)(&format!(
+            "lr check: LoRA r={} at lr {lr:e}",
+            p.lr_check_rank
+        ));
         let cell = Cell {
             method: Method::Lora,
             rank: p.lr_check_rank,
@@ -703,8 +716,7 @@ impl<'a> Grid<'a> {
             rank: cell.rank,
             seed: cell.seed,
             lr,
-            trainable_params: rec.trainable_params
-                + dash.iter().map(|d| d.s() as u64).sum::<u64>(),
+            trainable_params: rec.trainable_params + dash.iter().map(|d| d.s() as u64).sum::<u64>(),
             trainable_pct: 100.0 * (rec.trainable_params as f64) / rec.base_params.max(1) as f64,
             scores,
             final_loss: rec.steps.last().map_or(f64::NAN, |s| s.loss),
@@ -747,7 +759,10 @@ impl<'a> Grid<'a> {
         let model = Llama::from_source(src.as_ref(), &device, dtype)?;
         let (scores, results) = self.evaluate(&model)?;
         let text = crate::output::to_json(&results)? + "\n";
-        crate::fsutil::atomic_write(&self.out.join("base").join("predictions.json"), text.as_bytes())?;
+        crate::fsutil::atomic_write(
+            &self.out.join("base").join("predictions.json"),
+            text.as_bytes(),
+        )?;
         let text = crate::output::to_json(&scores)? + "\n";
         crate::fsutil::atomic_write(&path, text.as_bytes())?;
         Ok(scores)
@@ -794,12 +809,10 @@ impl<'a> Grid<'a> {
         let Some(ref_dir) = self.reference_dir() else {
             return Ok((None, Vec::new()));
         };
-        let t0 = Instant::now();
         let reference = crate::track::open_reference(&ref_dir.display().to_string())?;
         let desc = reference.1.clone();
-        let base = crate::weights::open_model(&crate::weights::ModelSpec::new(
-            self.preset.model.clone(),
-        ))?;
+        let base =
+            crate::weights::open_model(&crate::weights::ModelSpec::new(self.preset.model.clone()))?;
         let cache = crate::linalg::cache::SvdCache::default_location();
         let mut series = Vec::new();
         for r in runs {
@@ -818,6 +831,7 @@ impl<'a> Grid<'a> {
                 continue;
             }
             (self.log)(&format!("capture: {}", r.name));
+            let t0 = Instant::now();
             let tr = crate::track::track(
                 &dir,
                 Some(base.as_ref()),
@@ -846,8 +860,8 @@ impl<'a> Grid<'a> {
             let text = crate::output::to_json(&s)? + "\n";
             crate::fsutil::atomic_write(&path, text.as_bytes())?;
             series.push(s);
+            self.timing.capture_s += t0.elapsed().as_secs_f64();
         }
-        self.timing.capture_s += t0.elapsed().as_secs_f64();
         Ok((Some(desc), series))
     }
 }
@@ -915,6 +929,25 @@ pub fn reproduce(
     let verdict = verdict(&runs, preset, base.as_ref());
     let mut timing = grid.timing.clone();
     timing.total_s = t0.elapsed().as_secs_f64();
+    let tpath = out.join("timing.json");
+    let mut invocations: Vec<Timing> = crate::fsutil::read_json(&tpath).unwrap_or_default();
+    let worked = timing.lower_cache_s
+        + timing.eval_prepare_s
+        + timing.lr_check_s
+        + timing.train_s
+        + timing.eval_s
+        + timing.capture_s
+        > 0.0;
+    if worked {
+        // Only invocations that computed something: a re-render costs nothing worth summing.
+        invocations.push(timing.clone());
+        let text = crate::output::to_json(&invocations)? + "\n";
+        crate::fsutil::atomic_write(&tpath, text.as_bytes())?;
+    }
+    let lr_tried: Vec<f64> = lr_check
+        .as_ref()
+        .map(|c| c.trials.iter().map(|t| t.lr).collect())
+        .unwrap_or_default();
     Ok(Some(Reproduction {
         preset: preset.clone(),
         lr,
@@ -924,16 +957,21 @@ pub fn reproduce(
         reference,
         capture,
         efficiency: eff,
-        deviations: preset.deviations(&grid.missing, lr),
+        deviations: preset.deviations(&grid.missing, lr, &lr_tried),
         verdict,
         timing,
+        invocations,
     }))
 }
 
 /// A plain sentence on what the numbers can and cannot say.
 fn verdict(runs: &[RunResult], preset: &Preset, base: Option<&Scores>) -> String {
     let best = |m: Method| -> f64 {
-        let mut ranks: Vec<usize> = runs.iter().filter(|r| r.method == m).map(|r| r.rank).collect();
+        let mut ranks: Vec<usize> = runs
+            .iter()
+            .filter(|r| r.method == m)
+            .map(|r| r.rank)
+            .collect();
         ranks.dedup();
         ranks
             .iter()
@@ -965,7 +1003,9 @@ fn verdict(runs: &[RunResult], preset: &Preset, base: Option<&Scores>) -> String
     let max_spread = spreads.iter().cloned().fold(0.0, f64::max);
     let lo = runs.iter().map(|r| r.average()).fold(f64::MAX, f64::min);
     let hi = runs.iter().map(|r| r.average()).fold(f64::MIN, f64::max);
-    let base_s = base.map_or(String::new(), |b| format!("; base model {:.1} %", b.average));
+    let base_s = base.map_or(String::new(), |b| {
+        format!("; base model {:.1} %", b.average)
+    });
     let p = format!("{:?}", preset.protocol).to_lowercase();
     if preset.seeds.len() < 2 {
         format!("one seed: no spread, so these numbers cannot separate the methods (best LoRA {bl:.1} %, best LoRA-Dash {bd:.1} %, {p}{base_s})")
@@ -981,4 +1021,94 @@ fn verdict(runs: &[RunResult], preset: &Preset, base: Option<&Scores>) -> String
 /// Where results go by default.
 pub fn default_out(preset: &str) -> PathBuf {
     PathBuf::from("reproductions/commonsense").join(preset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(method: Method, rank: usize, seed: u64, avg: f64) -> RunResult {
+        RunResult {
+            name: Cell { method, rank, seed }.name(),
+            method,
+            rank,
+            seed,
+            lr: 1e-3,
+            trainable_params: rank as u64 * 1000,
+            trainable_pct: 0.0,
+            scores: Scores {
+                tasks: Vec::new(),
+                loglik_avg: Some(avg),
+                generate_avg: None,
+                unparseable_rate: None,
+                average: avg,
+                eval_s: 0.0,
+            },
+            final_loss: 0.0,
+            val_loss: None,
+            wall_s: 0.0,
+            tokens_per_s: 0.0,
+            dash_mean_sigma_ratio: None,
+            dash_near_null_picks: None,
+            dash_max_delta_sigma: None,
+        }
+    }
+
+    #[test]
+    fn efficiency_ratio_is_the_smallest_lora_rank_reaching_dash_within_its_spread() {
+        let mut p = Preset::named("cpu").unwrap();
+        p.lora_ranks = vec![1, 2, 4, 8, 16];
+        p.dash_ranks = vec![1, 2];
+        let mut runs = Vec::new();
+        // LoRA means: r1 50, r2 52, r4 54, r8 56, r16 58 (two seeds ±1).
+        for (i, &r) in p.lora_ranks.iter().enumerate() {
+            let m = 50.0 + 2.0 * i as f64;
+            runs.push(run(Method::Lora, r, 1, m - 1.0));
+            runs.push(run(Method::Lora, r, 2, m + 1.0));
+        }
+        // Dash r1: 57 ± 1 → reaches from 56: LoRA r8 → 8×. Dash r2: 70 ± 0 → none.
+        runs.push(run(Method::LoraDash, 1, 1, 56.0));
+        runs.push(run(Method::LoraDash, 1, 2, 58.0));
+        runs.push(run(Method::LoraDash, 2, 1, 70.0));
+        runs.push(run(Method::LoraDash, 2, 2, 70.0));
+        let e = efficiency(&runs, &p);
+        assert_eq!(e[0].lora_rank, Some(8));
+        assert_eq!(e[0].ratio, Some(8.0));
+        assert!((e[0].dash_mean - 57.0).abs() < 1e-12 && (e[0].dash_spread - 1.0).abs() < 1e-12);
+        assert_eq!(e[1].lora_rank, None);
+        assert!(verdict(&runs, &p, None).starts_with("LoRA-Dash beats LoRA"));
+        // Dash r2 inside the spread of the best LoRA: cannot be told apart.
+        let mut close = runs.clone();
+        for r in close
+            .iter_mut()
+            .filter(|r| r.method == Method::LoraDash && r.rank == 2)
+        {
+            r.scores.average = 58.5;
+        }
+        assert!(verdict(&close, &p, None).contains("cannot be told apart"));
+    }
+
+    #[test]
+    fn presets_differ_only_where_documented() {
+        let cpu = Preset::named("cpu").unwrap();
+        assert!(cpu.seeds.len() >= 2);
+        let span = *cpu.lora_ranks.iter().max().unwrap() / *cpu.lora_ranks.iter().min().unwrap();
+        assert!(span >= 16, "LoRA ranks must span at least 16×");
+        assert!(
+            cpu.steps.unwrap() - cpu.dash_t >= 150,
+            "Δσ needs ≥ 150 dash steps"
+        );
+        let paper = Preset::named("paper").unwrap();
+        assert_eq!(paper.lr_candidates, vec![2e-4]);
+        assert_eq!((paper.batch_size, paper.epochs), (16, 3.0));
+        assert_eq!(paper.protocol, Protocol::Generate);
+        assert!(paper.deviations(&[], 2e-4, &[]).is_empty());
+        assert!(Preset::named("gpu").is_err());
+        // The grid's extent does not count as a different setting; the lr rule does.
+        let mut more = cpu.clone();
+        more.seeds.push(3);
+        assert_eq!(more.run_settings(), cpu.run_settings());
+        more.lr_check_steps += 1;
+        assert_ne!(more.run_settings(), cpu.run_settings());
+    }
 }

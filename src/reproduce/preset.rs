@@ -207,7 +207,8 @@ impl Preset {
     }
 
     /// Every way this setting departs from the paper's, for the output and the report.
-    pub fn deviations(&self, missing_eval: &[String], lr: f64) -> Vec<String> {
+    /// `lr_tried`: the learning rates the check ran (candidates plus extensions).
+    pub fn deviations(&self, missing_eval: &[String], lr: f64, lr_tried: &[f64]) -> Vec<String> {
         if self.name == "paper" {
             let mut d = Vec::new();
             if self.model != "huggyllama/llama-7b" {
@@ -233,11 +234,17 @@ impl Preset {
             },
             if self.needs_lr_check() {
                 format!(
-                    "lr {lr:.0e} chosen by a check (lowest validation loss of {}-step LoRA r={} runs over {:?}) instead of 2e-4",
-                    self.lr_check_steps, self.lr_check_rank, self.lr_candidates
+                    "lr {lr:e} chosen by a check (lowest validation loss of {}-step LoRA r={} runs at {}) instead of 2e-4",
+                    self.lr_check_steps,
+                    self.lr_check_rank,
+                    lr_tried
+                        .iter()
+                        .map(|x| format!("{x:e}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             } else {
-                format!("lr {lr:.0e}")
+                format!("lr {lr:e}")
             },
             format!("LoRA-Dash switch after {} steps instead of 100 ({} steps in the dash phase)", self.dash_t, self.steps.unwrap_or(0).saturating_sub(self.dash_t)),
             format!("cutoff {} tokens", self.cutoff_len),

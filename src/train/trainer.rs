@@ -255,12 +255,11 @@ impl Trainer {
                 config.val_size
             )));
         }
-        let (tr_idx, val_idx) =
-            data::split_validation(
-                examples.len(),
-                config.val_size,
-                config.split_seed.unwrap_or(config.seed),
-            )?;
+        let (tr_idx, val_idx) = data::split_validation(
+            examples.len(),
+            config.val_size,
+            config.split_seed.unwrap_or(config.seed),
+        )?;
         let tokenize = |idx: &[usize]| -> Result<Vec<Tokenized>> {
             idx.iter()
                 .map(|&i| {
@@ -626,6 +625,9 @@ impl Trainer {
 
     /// Runs to the end (or until `stop` is set, saving a checkpoint first). `on_step` sees each step.
     pub fn run(&mut self, on_step: &mut dyn FnMut(&StepLog), stop: &AtomicBool) -> Result<()> {
+        if self.record.finished {
+            return Ok(());
+        }
         self.ensure_lower_cache()?;
         let started = Instant::now();
         while self.step < self.total_steps {
@@ -832,6 +834,12 @@ impl Trainer {
             self.record.dash_switch = rec.dash_switch.filter(|d| d.step <= step);
             self.record.checkpoints = rec.checkpoints.into_iter().filter(|&c| c <= step).collect();
             self.record.peak_rss_bytes = rec.peak_rss_bytes;
+            self.record.lower_cache_seconds = rec.lower_cache_seconds;
+            // A finished run resumed at its last step stays finished (nothing to redo).
+            if rec.finished && step >= self.total_steps {
+                self.record.finished = true;
+                self.record.wall_s = rec.wall_s;
+            }
         }
         Ok(())
     }
