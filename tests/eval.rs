@@ -95,7 +95,7 @@ fn loglik_eval_scores_every_label_and_counts_accuracy() {
 fn prepared_loglik_equals_plain_loglik() {
     use candle_core::{DType, Device, Tensor};
     use tsd::eval::prepared::{eval_loglik_prepared, prepare_loglik};
-    use tsd::eval::{eval_loglik, task};
+    use tsd::eval::{eval_loglik, eval_loglik_full_sequences, task};
     use tsd::model::Llama;
     use tsd::train::data::Example;
     let src = tsd::weights::open_path(&fixture("tiny-llama")).unwrap();
@@ -139,7 +139,8 @@ fn prepared_loglik_equals_plain_loglik() {
         }
         // The adapter matters (otherwise the comparison above proves little).
         let bare = Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32).unwrap();
-        let base = eval_loglik(&bare, &tok, &prepared_task, &examples, &|| {}).unwrap();
+        let base =
+            eval_loglik_full_sequences(&bare, &tok, &prepared_task, &examples, &|| {}).unwrap();
         if from < 2 {
             assert_ne!(base.predictions[0].scores, plain.predictions[0].scores);
         }

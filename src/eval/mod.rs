@@ -155,10 +155,13 @@ pub fn apply_adapter(model: &mut Llama, adapter: &Adapter) -> Result<()> {
     Ok(())
 }
 
-/// The loglik protocol on examples of one task: for each label `L`, the summed log-probability of
-/// the continuation `the correct answer is L` after the evaluation prompt; the argmax is the
-/// prediction. All labels of an example run as one batch.
-pub fn eval_loglik(
+pub use prepared::eval_loglik;
+
+/// The loglik protocol computed the plain way, as a reference for [`eval_loglik`]: for each label
+/// `L`, the summed log-probability of the continuation `the correct answer is L` after the
+/// evaluation prompt, every label's full sequence (prompt included) run as one batch; the argmax
+/// is the prediction. Costs `n_labels ×` the prompt; tests check the cached path against it.
+pub fn eval_loglik_full_sequences(
     model: &Llama,
     tok: &Tokenizer,
     task: &Task,

@@ -3,7 +3,7 @@
 //! each adapter then pays for layers `from..` only ([`eval_loglik_prepared`]). The prompt runs
 //! once per example and the continuations attend to its keys and values, so an example costs
 //! `T_prompt + Σ T_label` tokens instead of `n_labels · (T_prompt + T_label)`. Exact up to float
-//! summation order: a test checks the scores against [`super::eval_loglik`].
+//! summation order: a test checks the scores against [`super::eval_loglik_full_sequences`].
 
 use super::{loglik_inputs, loglik_prediction, loglik_result, Prediction, Task, TaskResult};
 use crate::error::{Error, Result};
@@ -58,32 +58,12 @@ pub fn prepare_loglik(
             model.num_layers()
         )));
     }
-    let dev = model.device();
     let mut items = Vec::with_capacity(examples.len());
     let mut truncated = 0;
     for (index, ex) in examples.iter().enumerate() {
-        let (prompt, conts, cut) = loglik_inputs(model, tok, task, ex)?;
+        let (it, cut) = prepare_one(model, tok, task, index, ex, from)?;
         truncated += cut as usize;
-        let tp = prompt.len();
-        let n = conts.len();
-        let tmax = conts.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ids = vec![0u32; n * tmax];
-        for (i, c) in conts.iter().enumerate() {
-            ids[i * tmax..i * tmax + c.len()].copy_from_slice(c);
-        }
-        let mut cache = KvCache::new(model);
-        let p = model.embed(&Tensor::from_vec(prompt, (1, tp), dev)?)?;
-        let p = model.hidden_cached(&p, 0, from, 0, &mut cache)?;
-        cache.select(&vec![0u32; n])?;
-        let o = model.embed(&Tensor::from_vec(ids, (n, tmax), dev)?)?;
-        let o = model.hidden_cached(&o, 0, from, tp, &mut cache)?;
-        items.push(PreparedExample {
-            index,
-            example: ex.clone(),
-            prompt: p,
-            options: o,
-            conts,
-        });
+        items.push(it);
         progress();
     }
     Ok(PreparedTask {
@@ -94,6 +74,62 @@ pub fn prepare_loglik(
     })
 }
 
+/// One example's lower-layer states (and whether its prompt was cut to fit).
+fn prepare_one(
+    model: &Llama,
+    tok: &Tokenizer,
+    task: &Task,
+    index: usize,
+    ex: &Example,
+    from: usize,
+) -> Result<(PreparedExample, bool)> {
+    let dev = model.device();
+    let (prompt, conts, cut) = loglik_inputs(model, tok, task, ex)?;
+    let tp = prompt.len();
+    let n = conts.len();
+    let tmax = conts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = vec![0u32; n * tmax];
+    for (i, c) in conts.iter().enumerate() {
+        ids[i * tmax..i * tmax + c.len()].copy_from_slice(c);
+    }
+    let mut cache = KvCache::new(model);
+    let p = model.embed(&Tensor::from_vec(prompt, (1, tp), dev)?)?;
+    let p = model.hidden_cached(&p, 0, from, 0, &mut cache)?;
+    cache.select(&vec![0u32; n])?;
+    let o = model.embed(&Tensor::from_vec(ids, (n, tmax), dev)?)?;
+    let o = model.hidden_cached(&o, 0, from, tp, &mut cache)?;
+    Ok((
+        PreparedExample {
+            index,
+            example: ex.clone(),
+            prompt: p,
+            options: o,
+            conts,
+        },
+        cut,
+    ))
+}
+
+/// The loglik protocol, one example at a time with nothing kept between examples: the prompt
+/// runs once and every label continuation attends to its keys and values (PAPER.md §4).
+pub fn eval_loglik(
+    model: &Llama,
+    tok: &Tokenizer,
+    task: &Task,
+    examples: &[Example],
+    progress: &dyn Fn(),
+) -> Result<TaskResult> {
+    let mut preds = Vec::with_capacity(examples.len());
+    let mut truncated = 0;
+    for (index, ex) in examples.iter().enumerate() {
+        let (it, cut) = prepare_one(model, tok, task, index, ex, 0)?;
+        truncated += cut as usize;
+        preds.push(score_one(model, task, 0, &it)?);
+        progress();
+    }
+    Ok(loglik_result(task, preds, truncated))
+}
+
 /// The loglik protocol from prepared lower-layer states: layers `prepared.from..` of `model`
 /// (with whatever adapter it now carries), the final norm and the LM head at the label positions.
 pub fn eval_loglik_prepared(
@@ -101,16 +137,25 @@ pub fn eval_loglik_prepared(
     prepared: &PreparedTask,
     progress: &dyn Fn(),
 ) -> Result<TaskResult> {
-    let dev = model.device();
-    let top = model.num_layers();
     let mut preds: Vec<Prediction> = Vec::with_capacity(prepared.items.len());
     for it in &prepared.items {
+        preds.push(score_one(model, &prepared.task, prepared.from, it)?);
+        progress();
+    }
+    Ok(loglik_result(&prepared.task, preds, prepared.truncated))
+}
+
+/// Layers `from..`, the final norm and the LM head for one prepared example.
+fn score_one(model: &Llama, task: &Task, from: usize, it: &PreparedExample) -> Result<Prediction> {
+    let dev = model.device();
+    let top = model.num_layers();
+    {
         let tp = it.prompt.dim(1)?;
         let (n, tmax, hd) = it.options.dims3()?;
         let mut cache = KvCache::new(model);
-        let p = model.hidden_cached(&it.prompt, prepared.from, top, 0, &mut cache)?;
+        let p = model.hidden_cached(&it.prompt, from, top, 0, &mut cache)?;
         cache.select(&vec![0u32; n])?;
-        let o = model.hidden_cached(&it.options, prepared.from, top, tp, &mut cache)?;
+        let o = model.hidden_cached(&it.options, from, top, tp, &mut cache)?;
         // Row 0: the last prompt position (predicts every label's first token); then the
         // continuation positions, label-major.
         let rows_h = Tensor::cat(
@@ -142,14 +187,12 @@ pub fn eval_loglik_prepared(
             .gather(&Tensor::from_vec(targets, (m, 1), dev)?, 1)?
             .flatten_all()?
             .to_vec1()?;
-        preds.push(loglik_prediction(
-            &prepared.task,
+        Ok(loglik_prediction(
+            task,
             it.index,
             &it.example,
             &it.conts,
             &picked,
-        ));
-        progress();
+        ))
     }
-    Ok(loglik_result(&prepared.task, preds, prepared.truncated))
 }
