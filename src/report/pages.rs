@@ -560,7 +560,7 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
         Protocol::Loglik => "loglik",
         Protocol::Generate => "generate",
     };
-    let measured_svg = chart(charts::lines(
+    let measured_svg = chart(charts::lines_with(
         &[
             ("LoRA", by_rank(Method::Lora, &|x| Some(x.average()))),
             (
@@ -570,11 +570,13 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
         ],
         "log2 trainable parameters",
         &format!("mean accuracy (%, {proto})"),
-        false,
-        None,
+        &charts::LineOpts {
+            legend: charts::Legend::LowerLeft,
+            ..Default::default()
+        },
     ))?;
     let generate_svg = if r.runs.iter().any(|x| x.scores.unparseable_rate.is_some()) {
-        Some(chart(charts::lines(
+        Some(chart(charts::lines_with(
             &[
                 (
                     "LoRA",
@@ -587,8 +589,11 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             ],
             "log2 trainable parameters",
             "unparseable answers (%, generate)",
-            false,
-            None,
+            &charts::LineOpts {
+                y_range: Some((0.0, 100.0)),
+                legend: charts::Legend::LowerLeft,
+                ..Default::default()
+            },
         ))?)
     } else {
         None
@@ -733,15 +738,17 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             })
             .collect()
     };
-    let paper_svg = chart(charts::lines(
+    let paper_svg = chart(charts::lines_with(
         &[
             ("LoRA (paper)", paper_pts("lora")),
             ("LoRA-Dash (paper)", paper_pts("lora-dash")),
         ],
         "log2 (Params% x 100)",
         "average accuracy (%)",
-        false,
-        None,
+        &charts::LineOpts {
+            legend: charts::Legend::LowerRight,
+            ..Default::default()
+        },
     ))?;
     let max_lora = r.preset.lora_ranks.iter().max().copied().unwrap_or(0);
     render(
