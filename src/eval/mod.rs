@@ -195,15 +195,22 @@ pub fn eval_loglik_full_sequences(
         let sel = h
             .reshape((n * t, hd))?
             .index_select(&Tensor::from_vec(rows, m, dev)?, 0)?;
-        let logp = candle_nn::ops::log_softmax(&model.logits(&sel)?.to_dtype(DType::F32)?, 1)?;
-        let picked: Vec<f32> = logp
-            .gather(&Tensor::from_vec(targets, (m, 1), dev)?, 1)?
-            .flatten_all()?
-            .to_vec1()?;
+        let picked = target_logprobs(model, &sel, targets)?;
         preds.push(loglik_prediction(task, index, ex, &conts, &picked));
         progress();
     }
     Ok(loglik_result(task, preds, truncated))
+}
+
+/// `log p(targets[i] | row i)` from normalised final hidden states `[m, H]` (LM head, log-softmax
+/// in f32, gather): `m` values.
+pub(crate) fn target_logprobs(model: &Llama, rows: &Tensor, targets: Vec<u32>) -> Result<Vec<f32>> {
+    let m = targets.len();
+    let logp = candle_nn::ops::log_softmax(&model.logits(rows)?.to_dtype(DType::F32)?, 1)?;
+    Ok(logp
+        .gather(&Tensor::from_vec(targets, (m, 1), model.device())?, 1)?
+        .flatten_all()?
+        .to_vec1()?)
 }
 
 /// The prompt tokens (cut from the left to fit, flagged) and each label's continuation tokens.

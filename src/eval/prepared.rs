@@ -5,12 +5,14 @@
 //! `T_prompt + Σ T_label` tokens instead of `n_labels · (T_prompt + T_label)`. Exact up to float
 //! summation order: a test checks the scores against [`super::eval_loglik_full_sequences`].
 
-use super::{loglik_inputs, loglik_prediction, loglik_result, Prediction, Task, TaskResult};
+use super::{
+    loglik_inputs, loglik_prediction, loglik_result, target_logprobs, Prediction, Task, TaskResult,
+};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{KvCache, Llama};
 use crate::train::data::Example;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 /// One example with its lower-layer states.
 pub struct PreparedExample {
@@ -147,52 +149,42 @@ pub fn eval_loglik_prepared(
 
 /// Layers `from..`, the final norm and the LM head for one prepared example.
 fn score_one(model: &Llama, task: &Task, from: usize, it: &PreparedExample) -> Result<Prediction> {
-    let dev = model.device();
     let top = model.num_layers();
-    {
-        let tp = it.prompt.dim(1)?;
-        let (n, tmax, hd) = it.options.dims3()?;
-        let mut cache = KvCache::new(model);
-        let p = model.hidden_cached(&it.prompt, from, top, 0, &mut cache)?;
-        cache.select(&vec![0u32; n])?;
-        let o = model.hidden_cached(&it.options, from, top, tp, &mut cache)?;
-        // Row 0: the last prompt position (predicts every label's first token); then the
-        // continuation positions, label-major.
-        let rows_h = Tensor::cat(
-            &[
-                &p.narrow(1, tp - 1, 1)?.reshape((1, hd))?,
-                &o.reshape((n * tmax, hd))?,
-            ],
-            0,
-        )?;
-        let mut rows = Vec::new();
-        let mut targets = Vec::new();
-        for (i, c) in it.conts.iter().enumerate() {
-            for (j, &tok_id) in c.iter().enumerate() {
-                rows.push(if j == 0 {
-                    0
-                } else {
-                    (1 + i * tmax + (j - 1)) as u32
-                });
-                targets.push(tok_id);
-            }
+    let tp = it.prompt.dim(1)?;
+    let (n, tmax, hd) = it.options.dims3()?;
+    let mut cache = KvCache::new(model);
+    let p = model.hidden_cached(&it.prompt, from, top, 0, &mut cache)?;
+    cache.select(&vec![0u32; n])?;
+    let o = model.hidden_cached(&it.options, from, top, tp, &mut cache)?;
+    // Row 0: the last prompt position (predicts every label's first token); then the
+    // continuation positions, label-major.
+    let rows_h = Tensor::cat(
+        &[
+            &p.narrow(1, tp - 1, 1)?.reshape((1, hd))?,
+            &o.reshape((n * tmax, hd))?,
+        ],
+        0,
+    )?;
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for (i, c) in it.conts.iter().enumerate() {
+        for (j, &tok_id) in c.iter().enumerate() {
+            rows.push(if j == 0 {
+                0
+            } else {
+                (1 + i * tmax + (j - 1)) as u32
+            });
+            targets.push(tok_id);
         }
-        let m = rows.len();
-        let sel = rows_h.index_select(&Tensor::from_vec(rows, m, dev)?, 0)?;
-        let logits = model
-            .logits(&model.final_norm(&sel)?)?
-            .to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, 1)?;
-        let picked: Vec<f32> = logp
-            .gather(&Tensor::from_vec(targets, (m, 1), dev)?, 1)?
-            .flatten_all()?
-            .to_vec1()?;
-        Ok(loglik_prediction(
-            task,
-            it.index,
-            &it.example,
-            &it.conts,
-            &picked,
-        ))
     }
+    let m = rows.len();
+    let sel = rows_h.index_select(&Tensor::from_vec(rows, m, model.device())?, 0)?;
+    let picked = target_logprobs(model, &model.final_norm(&sel)?, targets)?;
+    Ok(loglik_prediction(
+        task,
+        it.index,
+        &it.example,
+        &it.conts,
+        &picked,
+    ))
 }
