@@ -245,23 +245,28 @@ fn mean_spread(xs: &[f64]) -> (f64, f64) {
     (m, spread)
 }
 
+/// Mean and spread (half the range) over seeds of one method and rank's average accuracy;
+/// `None` when no run of it exists.
+fn rank_stats(runs: &[RunResult], m: Method, rank: usize) -> Option<(f64, f64)> {
+    let v: Vec<f64> = runs
+        .iter()
+        .filter(|x| x.method == m && x.rank == rank)
+        .map(|x| x.average())
+        .collect();
+    (!v.is_empty()).then(|| mean_spread(&v))
+}
+
 /// The efficiency ratios from run results (means over seeds; spread = half the range).
 pub fn efficiency(runs: &[RunResult], preset: &Preset) -> Vec<Efficiency> {
-    let avg = |m: Method, r: usize| -> Vec<f64> {
-        runs.iter()
-            .filter(|x| x.method == m && x.rank == r)
-            .map(|x| x.average())
-            .collect()
-    };
     preset
         .dash_ranks
         .iter()
         .map(|&r| {
-            let (dm, ds) = mean_spread(&avg(Method::LoraDash, r));
-            let lora_rank = preset.lora_ranks.iter().copied().find(|&lr| {
-                let v = avg(Method::Lora, lr);
-                !v.is_empty() && mean_spread(&v).0 >= dm - ds
-            });
+            let (dm, ds) = rank_stats(runs, Method::LoraDash, r).unwrap_or((0.0, 0.0));
+            let lora_rank =
+                preset.lora_ranks.iter().copied().find(|&lr| {
+                    rank_stats(runs, Method::Lora, lr).is_some_and(|(m, _)| m >= dm - ds)
+                });
             Efficiency {
                 dash_rank: r,
                 dash_mean: dm,
@@ -284,7 +289,6 @@ struct Evaluator {
     loglik_limit: Option<usize>,
     generate_limit: Option<usize>,
     protocol: Protocol,
-    prepare_s: f64,
 }
 
 fn limit(ex: &[Example], l: Option<usize>) -> &[Example] {
@@ -317,12 +321,12 @@ impl Evaluator {
             loglik_limit: preset.loglik_limit,
             generate_limit: preset.generate_limit,
             protocol: preset.protocol,
-            prepare_s: 0.0,
         })
     }
 
-    /// Scores `model` (adapter merged or not) and returns the per-example results too.
-    fn evaluate(&mut self, model: &Llama) -> Result<(Scores, Vec<TaskResult>)> {
+    /// Scores `model` (adapter merged or not); returns the per-example results too and the seconds
+    /// spent preparing the grid's lower-layer states (first call only; not in `Scores::eval_s`).
+    fn evaluate(&mut self, model: &Llama) -> Result<(Scores, Vec<TaskResult>, f64)> {
         let t0 = Instant::now();
         let mut prep_s = 0.0;
         if self.prepared.is_none() && self.loglik_limit != Some(0) {
@@ -341,7 +345,6 @@ impl Evaluator {
             }
             self.prepared = Some(v);
             prep_s = t0.elapsed().as_secs_f64();
-            self.prepare_s += prep_s;
         }
         let mut results = Vec::new();
         let mut tasks = Vec::new();
@@ -404,6 +407,7 @@ impl Evaluator {
                 eval_s: t0.elapsed().as_secs_f64() - prep_s,
             },
             results,
+            prep_s,
         ))
     }
 }
@@ -554,13 +558,10 @@ impl<'a> Grid<'a> {
 
     /// Evaluates `model` and accounts the time.
     fn evaluate(&mut self, model: &Llama) -> Result<(Scores, Vec<TaskResult>)> {
-        let ev = self.evaluator()?;
-        let before = ev.prepare_s;
-        let r = ev.evaluate(model)?;
-        let prep = ev.prepare_s - before;
-        self.timing.eval_prepare_s += prep;
-        self.timing.eval_s += r.0.eval_s;
-        Ok(r)
+        let (scores, results, prep_s) = self.evaluator()?.evaluate(model)?;
+        self.timing.eval_prepare_s += prep_s;
+        self.timing.eval_s += scores.eval_s;
+        Ok((scores, results))
     }
 
     /// The learning rate: the preset's only candidate, or the check's pick (run or read).
@@ -966,39 +967,22 @@ pub fn reproduce(
 
 /// A plain sentence on what the numbers can and cannot say.
 fn verdict(runs: &[RunResult], preset: &Preset, base: Option<&Scores>) -> String {
-    let best = |m: Method| -> f64 {
-        let mut ranks: Vec<usize> = runs
-            .iter()
-            .filter(|r| r.method == m)
-            .map(|r| r.rank)
-            .collect();
-        ranks.dedup();
+    let cells = |m: Method| -> Vec<(f64, f64)> {
+        let ranks = if m == Method::Lora {
+            &preset.lora_ranks
+        } else {
+            &preset.dash_ranks
+        };
         ranks
             .iter()
-            .map(|&k| {
-                let v: Vec<f64> = runs
-                    .iter()
-                    .filter(|r| r.method == m && r.rank == k)
-                    .map(|r| r.average())
-                    .collect();
-                mean_spread(&v).0
-            })
-            .fold(f64::MIN, f64::max)
+            .filter_map(|&k| rank_stats(runs, m, k))
+            .collect()
     };
+    let best = |m: Method| cells(m).iter().map(|c| c.0).fold(f64::MIN, f64::max);
     let (bl, bd) = (best(Method::Lora), best(Method::LoraDash));
-    let spreads: Vec<f64> = preset
-        .lora_ranks
-        .iter()
-        .map(|&k| (Method::Lora, k))
-        .chain(preset.dash_ranks.iter().map(|&k| (Method::LoraDash, k)))
-        .map(|(m, k)| {
-            let v: Vec<f64> = runs
-                .iter()
-                .filter(|r| r.method == m && r.rank == k)
-                .map(|r| r.average())
-                .collect();
-            mean_spread(&v).1
-        })
+    let spreads: Vec<f64> = [Method::Lora, Method::LoraDash]
+        .into_iter()
+        .flat_map(|m| cells(m).into_iter().map(|c| c.1))
         .collect();
     let max_spread = spreads.iter().cloned().fold(0.0, f64::max);
     let lo = runs.iter().map(|r| r.average()).fold(f64::MAX, f64::min);
