@@ -144,6 +144,16 @@ fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
         "{log}"
     );
     assert_eq!(results(&out)["runs"], r["runs"]);
+    // Regression: a finished grid re-renders without the reference weights (not kept in git).
+    std::fs::remove_dir_all(out.join("runs/full-ref-s1/checkpoints")).unwrap();
+    let third = smoke(d.path(), &data, &out, &[]);
+    assert!(
+        third.status.success(),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    assert_eq!(results(&out)["reference"], r["reference"]);
+    assert_eq!(results(&out)["capture"], r["capture"]);
     // Other settings on the same output directory are refused, not mixed in.
     let other = tsd(d.path())
         .args(["reproduce", "commonsense", "--preset", "smoke", "--model"])

@@ -23,6 +23,7 @@ use crate::model::Llama;
 use crate::train::data::Example;
 use crate::train::trainer::LowerCacheKey;
 use crate::train::{Method, TrainConfig, Trainer};
+use crate::weights::WeightSource;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -175,6 +176,9 @@ pub struct CapturePoint {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CaptureSeries {
     pub run: String,
+    /// What the capture is measured against (the reference update, with its step).
+    #[serde(default)]
+    pub reference: String,
     pub method: Method,
     pub rank: usize,
     pub seed: u64,
@@ -536,10 +540,18 @@ impl<'a> Grid<'a> {
                     trainer.set_lower_cache(cache.clone())?;
                 }
             }
+            // A resumed record carries an earlier invocation's cache time: count it only when
+            // this run computed the cache.
+            let had_cache = trainer.lower_cache().is_some();
             let t0 = Instant::now();
             trainer.run(&mut |_| {}, &AtomicBool::new(false))?;
-            self.timing.lower_cache_s += trainer.record.lower_cache_seconds;
-            self.timing.train_s += t0.elapsed().as_secs_f64() - trainer.record.lower_cache_seconds;
+            let cache_s = if !had_cache && trainer.lower_cache().is_some() {
+                trainer.record.lower_cache_seconds
+            } else {
+                0.0
+            };
+            self.timing.lower_cache_s += cache_s;
+            self.timing.train_s += t0.elapsed().as_secs_f64() - cache_s;
             if self.shared.is_none() {
                 self.shared = trainer
                     .lower_cache()
@@ -810,12 +822,11 @@ impl<'a> Grid<'a> {
         let Some(ref_dir) = self.reference_dir() else {
             return Ok((None, Vec::new()));
         };
-        let reference = crate::track::open_reference(&ref_dir.display().to_string())?;
-        let desc = reference.1.clone();
-        let base =
-            crate::weights::open_model(&crate::weights::ModelSpec::new(self.preset.model.clone()))?;
+        // The reference and the base are opened only if a run still needs its capture: a finished
+        // reproduction re-renders without them (the reference weights are not kept in git).
+        let mut opened: Option<((crate::track::RefSource, String), Box<dyn WeightSource>)> = None;
         let cache = crate::linalg::cache::SvdCache::default_location();
-        let mut series = Vec::new();
+        let mut series: Vec<CaptureSeries> = Vec::new();
         for r in runs {
             let cell = Cell {
                 method: r.method,
@@ -833,16 +844,26 @@ impl<'a> Grid<'a> {
             }
             (self.log)(&format!("capture: {}", r.name));
             let t0 = Instant::now();
+            if opened.is_none() {
+                opened = Some((
+                    crate::track::open_reference(&ref_dir.display().to_string())?,
+                    crate::weights::open_model(&crate::weights::ModelSpec::new(
+                        self.preset.model.clone(),
+                    ))?,
+                ));
+            }
+            let (reference, base) = opened.as_ref().expect("just opened");
             let tr = crate::track::track(
                 &dir,
                 Some(base.as_ref()),
-                Some(&reference),
+                Some(reference),
                 &crate::inspect::InspectOptions::default(),
                 &cache,
                 &|_| {},
             )?;
             let s = CaptureSeries {
                 run: r.name.clone(),
+                reference: reference.1.clone(),
                 method: r.method,
                 rank: r.rank,
                 seed: r.seed,
@@ -863,6 +884,11 @@ impl<'a> Grid<'a> {
             series.push(s);
             self.timing.capture_s += t0.elapsed().as_secs_f64();
         }
+        let desc = match (&opened, series.iter().find(|s| !s.reference.is_empty())) {
+            (Some((r, _)), _) => r.1.clone(),
+            (None, Some(s)) => s.reference.clone(),
+            (None, None) => crate::track::open_reference(&ref_dir.display().to_string())?.1,
+        };
         Ok((Some(desc), series))
     }
 }
