@@ -171,6 +171,41 @@ pub struct TrainBench {
     pub median_step_seconds: f64,
     pub tokens_per_s: f64,
     pub peak_rss_bytes: u64,
+    /// Minor page faults of the process per timed step (memory the allocator gave back and
+    /// took again).
+    #[serde(default)]
+    pub page_faults_per_step: u64,
+    /// Voluntary and involuntary context switches of all threads per timed step.
+    #[serde(default)]
+    pub context_switches_per_step: u64,
+}
+
+/// Minor page faults of this process so far (`/proc/self/stat` field 10; 0 off Linux).
+fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after_comm = s.get(s.rfind(')')? + 2..)?.to_string();
+            after_comm.split(' ').nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Context switches of all this process's threads so far (`/proc/self/task/*/status`).
+fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// Times `steps` LoRA (or LoRA-Dash, switched before timing) training steps — forward, backward,
@@ -226,7 +261,11 @@ pub fn bench_train_step(
         .collect();
     let warmup = 1;
     let mut times = Vec::new();
+    let (mut faults0, mut switches0) = (minor_faults(), context_switches());
     for s in 0..warmup + steps {
+        if s == warmup {
+            (faults0, switches0) = (minor_faults(), context_switches());
+        }
         let t = Instant::now();
         let ctx = ForwardCtx::train(0.05, s as u64);
         let h = model.final_hidden(&model.embed(&ids)?, 0, &ctx)?;
@@ -254,6 +293,8 @@ pub fn bench_train_step(
         median_step_seconds: median,
         tokens_per_s: (batch * seq_len) as f64 / median,
         peak_rss_bytes: crate::train::trainer::peak_rss_bytes(),
+        page_faults_per_step: (minor_faults() - faults0) / steps as u64,
+        context_switches_per_step: (context_switches() - switches0) / steps as u64,
     })
 }
 

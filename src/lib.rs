@@ -22,5 +22,6 @@ pub mod output;
 pub mod params;
 pub mod report;
 pub mod reproduce;
+pub mod threads;
 pub mod track;
 pub mod train;
