@@ -7,9 +7,10 @@
 
 use super::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::nn::attention::rope_composed as rope;
 use crate::nn::{AdaptedLinear, ForwardCtx, FrozenLinear};
 use crate::weights::WeightSource;
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 
 /// The linear modules of a LLaMA layer, in HF order.
 pub const LINEARS: [&str; 7] = [
@@ -98,16 +99,6 @@ fn load_tensor(
 /// `x / sqrt(mean(x²) + eps) · w` over the last dim (differentiable; fused on the CPU).
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     crate::nn::fused::rms_norm(x, w, eps)
-}
-
-/// HF rotary embedding on `x: [B, heads, T, hd]` with `cos, sin: [T, hd]`:
-/// `x·cos + rotate_half(x)·sin`, `rotate_half(x) = [−x₂, x₁]`.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let hd = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?
 }
 
 impl Llama {
@@ -247,31 +238,31 @@ impl Llama {
             self.config.kv_heads(),
             self.config.head_dim(),
         );
-        let split =
-            |y: Tensor, heads: usize| y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous();
-        let q = split(block.linears[0].forward(x, ctx)?, nh)?;
-        let k = split(block.linears[1].forward(x, ctx)?, nkv)?;
-        let v = split(block.linears[2].forward(x, ctx)?, nkv)?;
+        let q = block.linears[0].forward(x, ctx)?;
+        let k = block.linears[1].forward(x, ctx)?;
+        let v = block.linears[2].forward(x, ctx)?;
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
-        let q = rope(&q, &cos, &sin)?;
-        let k = rope(&k, &cos, &sin)?;
-        let (k, v) = match cache {
-            Some(c) => {
-                let k = match &c.k {
-                    Some(pk) => Tensor::cat(&[pk, &k], 2)?,
-                    None => k,
-                };
-                let v = match &c.v {
-                    Some(pv) => Tensor::cat(&[pv, &v], 2)?,
-                    None => v,
-                };
-                c.k = Some(k.clone());
-                c.v = Some(v.clone());
-                (k, v)
-            }
-            None => (k, v),
+        let Some(c) = cache else {
+            // The whole sequence at once (training, scoring): one fused op on the CPU.
+            let y = crate::nn::attention::causal_attention(&q, &k, &v, &cos, &sin, nh, nkv)?;
+            return block.linears[3].forward(&y, ctx);
         };
+        let split =
+            |y: Tensor, heads: usize| y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous();
+        let q = rope(&split(q, nh)?, &cos, &sin)?;
+        let k = rope(&split(k, nkv)?, &cos, &sin)?;
+        let v = split(v, nkv)?;
+        let k = match &c.k {
+            Some(pk) => Tensor::cat(&[pk, &k], 2)?,
+            None => k,
+        };
+        let v = match &c.v {
+            Some(pv) => Tensor::cat(&[pv, &v], 2)?,
+            None => v,
+        };
+        c.k = Some(k.clone());
+        c.v = Some(v.clone());
         let tk = k.dim(2)?;
         let rep = nh / nkv;
         let expand = |z: Tensor| -> candle_core::Result<Tensor> {

@@ -332,17 +332,20 @@ impl AdaptedLinear {
             return Ok(y);
         }
         if let Some(l) = &self.lora {
+            // LoRA and the Dash term as one low-rank product, so that Dash adds no pass over the
+            // activations: y += (drop(x)·Lᵀ)·Rᵀ with L = [A; V̄ᵀ] `[r+s, in]` and
+            // R = [s·B, Ū·diag(Δσ)] `[out, r+s]`. Ū, V̄ are constants (no gradient); A, B and Δσ
+            // get theirs through the small concatenations.
             let xd = ctx.drop(x)?;
-            let h = xd
-                .broadcast_matmul(&l.a.as_tensor().t()?)?
-                .broadcast_matmul(&l.b.as_tensor().t()?)?;
-            y = (y + (h * l.scaling)?)?;
-            if let Some(d) = &self.dash {
-                // Ū and V̄ are frozen: multiply through frozen linears (no weight gradients).
-                let p = FrozenLinear::new(d.vt.clone()).forward(&xd)?; // [.., s]
-                let p = p.broadcast_mul(d.delta_sigma.as_tensor())?;
-                y = (y + FrozenLinear::new(d.u.clone()).forward(&p)?)?;
-            }
+            let sb = (l.b.as_tensor() * l.scaling)?;
+            let (left, right) = match &self.dash {
+                None => (l.a.as_tensor().clone(), sb),
+                Some(d) => (
+                    Tensor::cat(&[l.a.as_tensor(), &d.vt], 0)?,
+                    Tensor::cat(&[&sb, &d.u.broadcast_mul(d.delta_sigma.as_tensor())?], 1)?,
+                ),
+            };
+            y = (y + matmul_2d(&matmul_2d(&xd, &left.t()?)?, &right.t()?)?)?;
         }
         Ok(y)
     }

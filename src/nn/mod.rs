@@ -2,6 +2,7 @@
 //! LoRA-Dash or full fine-tuning wrap.
 
 pub mod adapted;
+pub mod attention;
 pub mod frozen;
 pub mod fused;
 pub mod loss;
