@@ -158,6 +158,10 @@ fn causal_softmax(p: &mut [f32], t: usize) {
     }
 }
 
+/// One unit's gradients, dense `[T, d]`: dq of each of its query heads, dk and dv of its
+/// key/value head.
+type UnitGrads = (Vec<Vec<f32>>, Vec<f32>, Vec<f32>);
+
 #[derive(Clone)]
 struct Causal {
     heads: usize,
@@ -294,8 +298,7 @@ impl CustomOp3 for Causal {
             .flat_map(|b| (0..self.kv_heads).map(move |g| (b, g)))
             .collect();
         let scale = 1.0 / (d as f32).sqrt();
-        // Per unit: dq of its query heads, dk and dv of its key/value head, all dense [T, d].
-        let blocks: Vec<(Vec<Vec<f32>>, Vec<f32>, Vec<f32>)> = units
+        let blocks: Vec<UnitGrads> = units
             .par_iter()
             .map(|&(b, g)| {
                 let base_kv = b * t * z.kvs + g * d;
