@@ -287,9 +287,9 @@ impl Llama {
     }
 
     fn mlp(&self, block: &Block, x: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
-        let g = block.linears[4].forward(x, ctx)?.silu()?;
+        let g = block.linears[4].forward(x, ctx)?;
         let u = block.linears[5].forward(x, ctx)?;
-        block.linears[6].forward(&(g * u)?, ctx)
+        block.linears[6].forward(&crate::nn::fused::swiglu(&g, &u)?, ctx)
     }
 
     /// Runs layers `from..` on hidden states `h: [B, T, H]` and returns logits `[B, T, V]`.

@@ -9,13 +9,15 @@ use crate::nn::frozen::matmul_2d;
 use crate::nn::FrozenLinear;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
-use std::cell::RefCell;
+use std::cell::Cell;
 
 /// Per-forward settings: training mode and a seeded dropout stream (deterministic on CPU).
 pub struct ForwardCtx {
     pub train: bool,
     pub dropout: f32,
-    rng: RefCell<rand::rngs::SmallRng>,
+    seed: u64,
+    /// Dropout calls so far in this forward pass; each call's mask has its own stream.
+    calls: Cell<u64>,
 }
 
 impl ForwardCtx {
@@ -24,7 +26,8 @@ impl ForwardCtx {
         ForwardCtx {
             train: false,
             dropout: 0.0,
-            rng: RefCell::new(rand::rngs::SmallRng::seed_from_u64(0)),
+            seed: 0,
+            calls: Cell::new(0),
         }
     }
 
@@ -33,7 +36,8 @@ impl ForwardCtx {
         ForwardCtx {
             train: true,
             dropout: p,
-            rng: RefCell::new(rand::rngs::SmallRng::seed_from_u64(seed)),
+            seed,
+            calls: Cell::new(0),
         }
     }
 
@@ -43,12 +47,36 @@ impl ForwardCtx {
             return Ok(x.clone());
         }
         let keep = 1.0 - self.dropout;
-        let n = x.elem_count();
-        let mut rng = self.rng.borrow_mut();
-        let mask: Vec<u8> = (0..n).map(|_| (rng.random::<f32>() < keep) as u8).collect();
+        let call = self.calls.replace(self.calls.get() + 1);
+        let mask = dropout_mask(x.elem_count(), keep, self.seed, call);
         crate::nn::fused::dropout_with_mask(x, mask, keep)
     }
 }
+
+/// A keep-mask of `n` bytes (1 = keep, with probability `keep`), drawn in parallel: block `c` of
+/// [`MASK_BLOCK`] elements comes from its own generator seeded by `(seed, call, c)`, so the mask
+/// depends on neither the thread count nor the order the blocks run in.
+pub fn dropout_mask(n: usize, keep: f32, seed: u64, call: u64) -> Vec<u8> {
+    use rayon::prelude::*;
+    // P(u32 < threshold) = keep; keep = 1 gives 2³², which every draw is below.
+    let threshold = (keep.clamp(0.0, 1.0) as f64 * 4_294_967_296.0) as u64;
+    let mut mask = vec![0u8; n];
+    mask.par_chunks_mut(MASK_BLOCK)
+        .enumerate()
+        .for_each(|(c, block)| {
+            let stream = seed
+                ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (c as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(stream);
+            for m in block.iter_mut() {
+                *m = ((rng.random::<u32>() as u64) < threshold) as u8;
+            }
+        });
+    mask
+}
+
+/// Elements per independently seeded block of a dropout mask.
+pub const MASK_BLOCK: usize = 1 << 14;
 
 /// LoRA factors of one module.
 pub struct LoraLayer {
@@ -372,6 +400,32 @@ mod tests {
         let (r, c) = w.dims2().unwrap();
         let v = w.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         svd_f64(faer::Mat::from_fn(r, c, |i, j| v[i * c + j]).as_ref()).unwrap()
+    }
+
+    #[test]
+    fn dropout_masks_keep_the_rate_and_do_not_depend_on_threads() {
+        let n = 3 * MASK_BLOCK + 123;
+        let m = dropout_mask(n, 0.95, 7, 3);
+        let kept = m.iter().filter(|&&b| b == 1).count() as f64 / n as f64;
+        // binomial sd at n ≈ 49k is 0.001
+        assert!((kept - 0.95).abs() < 0.005, "kept {kept}");
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        assert_eq!(one.install(|| dropout_mask(n, 0.95, 7, 3)), m);
+        assert_ne!(
+            dropout_mask(n, 0.95, 7, 4),
+            m,
+            "each call draws its own mask"
+        );
+        assert_ne!(
+            dropout_mask(n, 0.95, 8, 3),
+            m,
+            "each seed draws its own mask"
+        );
+        assert!(dropout_mask(1000, 1.0, 1, 1).iter().all(|&b| b == 1));
+        assert!(dropout_mask(1000, 0.0, 1, 1).iter().all(|&b| b == 0));
     }
 
     #[test]

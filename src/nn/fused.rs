@@ -2,7 +2,9 @@
 //! op instead of every intermediate of a composed expression (RMSNorm, softmax, dropout). On other
 //! devices the composed candle expressions are used; tests compare the two.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D,
+};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -142,6 +144,82 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(x, D::Minus1)
 }
 
+/// Rows of at most this many elements per rayon task in the elementwise ops below.
+const CHUNK: usize = 1 << 14;
+
+struct SwiGlu;
+
+fn silu_and_sigmoid(g: f32) -> (f32, f32) {
+    let sig = 1.0 / (1.0 + (-g).exp());
+    (g * sig, sig)
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, u) = (f32_slice(s1, l1, "swiglu")?, f32_slice(s2, l2, "swiglu")?);
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("swiglu: gate {:?} and up {:?}", l1.shape(), l2.shape())
+        }
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(yc, (gc, uc))| {
+                for ((o, &gv), &uv) in yc.iter_mut().zip(gc).zip(uc) {
+                    *o = silu_and_sigmoid(gv).0 * uv;
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    /// `du = dy·silu(g)`, `dg = dy·u·σ(g)·(1 + g·(1 − σ(g)))`.
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gv = g.flatten_all()?.to_vec1::<f32>()?;
+        let uv = u.flatten_all()?.to_vec1::<f32>()?;
+        let mut dg = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut du = vec![0f32; dg.len()];
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .zip(gv.par_chunks(CHUNK).zip(uv.par_chunks(CHUNK)))
+            .for_each(|((dgc, duc), (gc, uc))| {
+                for (((dgv, duv), &x), &up) in dgc.iter_mut().zip(duc.iter_mut()).zip(gc).zip(uc) {
+                    let (silu, sig) = silu_and_sigmoid(x);
+                    let dy = *dgv;
+                    *duv = dy * silu;
+                    *dgv = dy * up * sig * (1.0 + x * (1.0 - sig));
+                }
+            });
+        Ok((
+            Some(Tensor::from_vec(dg, g.shape(), g.device())?),
+            Some(Tensor::from_vec(du, u.shape(), u.device())?),
+        ))
+    }
+}
+
+/// SwiGLU's gating `silu(g) ∘ u` for `g, u: [.., I]`: one fused op on the CPU in f32 (one pass
+/// forward, one backward, nothing kept but the inputs), composed candle ops elsewhere.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    if fused_ok(g) && u.dtype() == DType::F32 {
+        return contiguous(g)?.apply_op2(&contiguous(u)?, SwiGlu);
+    }
+    g.silu()? * u
+}
+
 struct Dropout {
     /// 1 = keep.
     mask: Arc<Vec<u8>>,
@@ -155,26 +233,32 @@ impl CustomOp1 for Dropout {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, "dropout")?;
-        let y: Vec<f32> = x
-            .iter()
-            .zip(self.mask.iter())
-            .map(|(v, &m)| if m == 1 { v * self.scale } else { 0.0 })
-            .collect();
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        Ok((CpuStorage::F32(self.apply(x)), layout.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let g = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let d: Vec<f32> = g
-            .iter()
-            .zip(self.mask.iter())
-            .map(|(v, &m)| if m == 1 { v * self.scale } else { 0.0 })
-            .collect();
+        let d = self.apply(&g);
         Ok(Some(Tensor::from_vec(
             d,
             grad_res.shape(),
             grad_res.device(),
         )?))
+    }
+}
+
+impl Dropout {
+    /// `x ∘ mask · scale`, in parallel blocks (forward and backward are the same map).
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(self.mask.par_chunks(CHUNK)))
+            .for_each(|(yc, (xc, mc))| {
+                for ((o, &v), &m) in yc.iter_mut().zip(xc).zip(mc) {
+                    *o = if m == 1 { v * self.scale } else { 0.0 };
+                }
+            });
+        y
     }
 }
 
@@ -261,6 +345,28 @@ mod tests {
             |x| candle_nn::ops::softmax(x, D::Minus1),
             (2, 4, 5),
         )
+    }
+
+    #[test]
+    fn swiglu_matches_the_composed_expression() -> Result<()> {
+        let u = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 40_000), &Device::Cpu)?)?;
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 40_000), &Device::Cpu)?;
+        check(
+            |g| swiglu(g, u.as_tensor()),
+            |g| g.silu()? * u.as_tensor(),
+            (2, 3, 40_000),
+        )?;
+        // and the gradient reaching `u`
+        let g = Tensor::randn(0f32, 2.0, (2, 3, 40_000), &Device::Cpu)?;
+        let a = (swiglu(&g, u.as_tensor())? * &probe)?
+            .sum_all()?
+            .backward()?;
+        let b = ((g.silu()? * u.as_tensor())? * &probe)?
+            .sum_all()?
+            .backward()?;
+        let d = max_diff(a.get(u.as_tensor()).unwrap(), b.get(u.as_tensor()).unwrap());
+        assert!(d < 1e-5, "du differs by {d}");
+        Ok(())
     }
 
     #[test]
