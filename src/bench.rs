@@ -180,6 +180,95 @@ pub struct TrainBench {
     pub context_switches_per_step: u64,
 }
 
+/// Median of a non-empty list (the upper middle for an even count).
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One method's steps pooled over rounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodSummary {
+    pub method: String,
+    pub median_step_seconds: f64,
+    pub tokens_per_s: f64,
+    /// Largest peak RSS over the method's processes.
+    pub peak_rss_bytes: u64,
+    pub page_faults_per_step: u64,
+    pub context_switches_per_step: u64,
+}
+
+/// `tsd bench train`'s record: LoRA and LoRA-Dash over alternating rounds, beside PyTorch + PEFT.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainComparison {
+    pub what: &'static str,
+    pub cpu: String,
+    pub lora: MethodSummary,
+    pub lora_dash: MethodSummary,
+    /// Pooled median Dash step over pooled median LoRA step, minus one.
+    pub dash_step_overhead_vs_lora: f64,
+    /// The same ratio per round (each round runs both methods back to back).
+    pub dash_step_overhead_per_round: Vec<f64>,
+    pub pytorch_peft: Option<serde_json::Value>,
+    pub tsd_lora_tokens_per_s_over_pytorch_peft: Option<f64>,
+    /// PyTorch + PEFT peak RSS over tsd LoRA's.
+    pub pytorch_peft_peak_rss_over_tsd_lora: Option<f64>,
+    /// Every process's measurement, in the order they ran.
+    pub runs: Vec<TrainBench>,
+}
+
+impl TrainComparison {
+    /// Summarises `runs` (LoRA and LoRA-Dash processes of several rounds, in the order they ran).
+    pub fn new(runs: Vec<TrainBench>, torch: Option<serde_json::Value>) -> Self {
+        let summary = |m: &str| {
+            let mine: Vec<&TrainBench> = runs.iter().filter(|r| r.method == m).collect();
+            let steps: Vec<f64> = mine.iter().flat_map(|r| r.step_seconds.clone()).collect();
+            let med = if steps.is_empty() {
+                f64::NAN
+            } else {
+                median(&steps)
+            };
+            let tokens = mine.first().map_or(0, |r| r.batch * r.seq_len) as f64;
+            let per_step = |f: fn(&TrainBench) -> u64| {
+                mine.iter().map(|r| f(r)).sum::<u64>() / mine.len().max(1) as u64
+            };
+            MethodSummary {
+                method: m.into(),
+                median_step_seconds: med,
+                tokens_per_s: tokens / med,
+                peak_rss_bytes: mine.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
+                page_faults_per_step: per_step(|r| r.page_faults_per_step),
+                context_switches_per_step: per_step(|r| r.context_switches_per_step),
+            }
+        };
+        let (lora, lora_dash) = (summary("lora"), summary("lora-dash"));
+        let per_round = runs
+            .chunks(2)
+            .filter_map(|pair| {
+                let of = |m: &str| pair.iter().find(|r| r.method == m);
+                Some(of("lora-dash")?.median_step_seconds / of("lora")?.median_step_seconds - 1.0)
+            })
+            .collect();
+        let torch_f = |k: &str| torch.as_ref().and_then(|t| t[k].as_f64());
+        TrainComparison {
+            what: "training step (forward, backward, AdamW) on the default model, CPU f32",
+            cpu: cpu_name(),
+            dash_step_overhead_vs_lora: lora_dash.median_step_seconds / lora.median_step_seconds
+                - 1.0,
+            dash_step_overhead_per_round: per_round,
+            tsd_lora_tokens_per_s_over_pytorch_peft: torch_f("tokens_per_s")
+                .map(|t| lora.tokens_per_s / t),
+            pytorch_peft_peak_rss_over_tsd_lora: torch_f("peak_rss_bytes")
+                .map(|t| t / lora.peak_rss_bytes as f64),
+            pytorch_peft: torch,
+            lora,
+            lora_dash,
+            runs,
+        }
+    }
+}
+
 /// Minor page faults of this process so far (`/proc/self/stat` field 10; 0 off Linux).
 fn minor_faults() -> u64 {
     std::fs::read_to_string("/proc/self/stat")
@@ -277,9 +366,7 @@ pub fn bench_train_step(
             times.push(t.elapsed().as_secs_f64());
         }
     }
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
+    let median = median(&times);
     Ok(TrainBench {
         method: method.into(),
         model: DEFAULT_MODEL_NAME.into(),
@@ -300,3 +387,53 @@ pub fn bench_train_step(
 
 /// The default model's name in benchmark records.
 pub const DEFAULT_MODEL_NAME: &str = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to f32)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(method: &str, steps: &[f64], rss: u64) -> TrainBench {
+        TrainBench {
+            method: method.into(),
+            model: "m".into(),
+            batch: 2,
+            seq_len: 50,
+            rank: 8,
+            targets: vec![],
+            threads: 2,
+            warmup_steps: 1,
+            step_seconds: steps.to_vec(),
+            median_step_seconds: median(steps),
+            tokens_per_s: 100.0 / median(steps),
+            peak_rss_bytes: rss,
+            page_faults_per_step: 4,
+            context_switches_per_step: 10,
+        }
+    }
+
+    #[test]
+    fn comparison_pools_steps_per_method_and_pairs_rounds() {
+        let runs = vec![
+            run("lora", &[1.0, 1.2, 1.1], 100),
+            run("lora-dash", &[1.3, 1.1, 1.2], 120),
+            run("lora-dash", &[2.2, 2.4, 2.3], 110),
+            run("lora", &[2.0, 2.1, 2.2], 90),
+        ];
+        let torch = serde_json::json!({"tokens_per_s": 40.0, "peak_rss_bytes": 200.0});
+        let c = TrainComparison::new(runs, Some(torch));
+        // pooled LoRA steps 1.0 1.1 1.2 2.0 2.1 2.2 → upper median 2.0; Dash → 2.2
+        assert_eq!(c.lora.median_step_seconds, 2.0);
+        assert_eq!(c.lora_dash.median_step_seconds, 2.2);
+        assert!((c.dash_step_overhead_vs_lora - 0.1).abs() < 1e-12);
+        // per round: 1.2/1.1 − 1 and 2.3/2.1 − 1
+        let want = [1.2 / 1.1 - 1.0, 2.3 / 2.1 - 1.0];
+        assert_eq!(c.dash_step_overhead_per_round.len(), 2);
+        for (got, want) in c.dash_step_overhead_per_round.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12);
+        }
+        assert_eq!(c.lora.tokens_per_s, 50.0);
+        assert_eq!(c.tsd_lora_tokens_per_s_over_pytorch_peft, Some(1.25));
+        assert_eq!(c.lora.peak_rss_bytes, 100);
+        assert_eq!(c.pytorch_peft_peak_rss_over_tsd_lora, Some(2.0));
+    }
+}

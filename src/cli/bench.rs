@@ -36,9 +36,12 @@ enum Which {
         seq_len: usize,
         #[arg(long, default_value_t = 8)]
         rank: usize,
-        /// Timed steps per method (after one warm-up step).
+        /// Timed steps per method and round (after one warm-up step).
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// Rounds: each runs LoRA and LoRA-Dash once, alternating which goes first.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// PyTorch + PEFT results to put beside (from benches/peft_train_step.py).
         #[arg(long, default_value = "reproductions/bench/peft_train_step.json")]
         torch: PathBuf,
@@ -80,6 +83,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             seq_len,
             rank,
             steps,
+            rounds,
             torch,
             out,
             single,
@@ -93,55 +97,71 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
-            // Each method in its own process, so that peak RSS is that method's alone.
+            anyhow::ensure!(rounds > 0, "--rounds must be positive");
+            // Each method in its own process, so that peak RSS is that method's alone; the
+            // methods alternate (and swap order every round) so that drift in the machine's
+            // speed falls on both alike.
             let mut runs = Vec::new();
-            for m in ["lora", "lora-dash"] {
-                eprintln!("bench: {m}, batch {batch} x {seq_len} tokens, {steps} steps…");
-                let o = std::process::Command::new(std::env::current_exe()?)
-                    .args([
-                        "bench",
-                        "train",
-                        "--batch",
-                        &batch.to_string(),
-                        "--seq-len",
-                        &seq_len.to_string(),
-                    ])
-                    .args([
-                        "--rank",
-                        &rank.to_string(),
-                        "--steps",
-                        &steps.to_string(),
-                        "--single",
-                        m,
-                    ])
-                    .output()?;
-                anyhow::ensure!(
-                    o.status.success(),
-                    "{m}: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
-                runs.push(serde_json::from_slice::<tsd::bench::TrainBench>(&o.stdout)?);
+            for round in 0..rounds {
+                let order = if round % 2 == 0 {
+                    ["lora", "lora-dash"]
+                } else {
+                    ["lora-dash", "lora"]
+                };
+                for m in order {
+                    eprintln!(
+                        "bench: round {}/{rounds}: {m}, batch {batch} x {seq_len} tokens, {steps} steps…",
+                        round + 1
+                    );
+                    let o = std::process::Command::new(std::env::current_exe()?)
+                        .args(["bench", "train", "--batch", &batch.to_string()])
+                        .args([
+                            "--seq-len",
+                            &seq_len.to_string(),
+                            "--rank",
+                            &rank.to_string(),
+                        ])
+                        .args(["--steps", &steps.to_string(), "--single", m])
+                        .output()?;
+                    anyhow::ensure!(
+                        o.status.success(),
+                        "{m}: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    runs.push(serde_json::from_slice::<tsd::bench::TrainBench>(&o.stdout)?);
+                }
             }
-            let torch = torch
+            let torch_path = torch;
+            let torch = torch_path
                 .exists()
-                .then(|| tsd::fsutil::read_json::<serde_json::Value>(&torch))
+                .then(|| tsd::fsutil::read_json::<serde_json::Value>(&torch_path))
                 .transpose()?;
-            let dash_overhead = runs[1].median_step_seconds / runs[0].median_step_seconds - 1.0;
-            let ratio = torch
-                .as_ref()
-                .and_then(|t| t["tokens_per_s"].as_f64())
-                .map(|tt| runs[0].tokens_per_s / tt);
-            let rec = serde_json::json!({
-                "what": "training step (forward, backward, AdamW) on the default model, CPU f32",
-                "cpu": tsd::bench::cpu_name(),
-                "tsd": runs,
-                "dash_step_overhead_vs_lora": dash_overhead,
-                "pytorch_peft": torch,
-                "tsd_lora_tokens_per_s_over_pytorch_peft": ratio,
-            });
+            let rec = tsd::bench::TrainComparison::new(runs, torch);
             let text = tsd::output::to_json(&rec)? + "\n";
             tsd::fsutil::atomic_write(&out, text.as_bytes())?;
             print!("{text}");
+            let gb = |b: u64| b as f64 / 1e9;
+            eprintln!(
+                "LoRA {:.0} tokens/s ({:.2} GB peak), LoRA-Dash {:.0} tokens/s ({:+.1}% per step; rounds {})",
+                rec.lora.tokens_per_s,
+                gb(rec.lora.peak_rss_bytes),
+                rec.lora_dash.tokens_per_s,
+                100.0 * rec.dash_step_overhead_vs_lora,
+                rec.dash_step_overhead_per_round
+                    .iter()
+                    .map(|x| format!("{:+.1}%", 100.0 * x))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            if let (Some(r), Some(m)) = (
+                rec.tsd_lora_tokens_per_s_over_pytorch_peft,
+                rec.pytorch_peft_peak_rss_over_tsd_lora,
+            ) {
+                eprintln!(
+                    "vs PyTorch + PEFT ({}): {r:.2}x the tokens/s, {m:.2}x less peak memory",
+                    torch_path.display()
+                );
+            }
             eprintln!("wrote {}", out.display());
             Ok(())
         }
