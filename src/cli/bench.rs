@@ -142,11 +142,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
             print!("{text}");
             let gb = |b: u64| b as f64 / 1e9;
             eprintln!(
-                "LoRA {:.0} tokens/s ({:.2} GB peak), LoRA-Dash {:.0} tokens/s ({:+.1}% per step; rounds {})",
+                "LoRA {:.0} tokens/s ({:.2} GB peak), LoRA-Dash {:.0} tokens/s ({:+.1}% per step, best steps {:+.1}%; rounds {})",
                 rec.lora.tokens_per_s,
                 gb(rec.lora.peak_rss_bytes),
                 rec.lora_dash.tokens_per_s,
                 100.0 * rec.dash_step_overhead_vs_lora,
+                100.0 * rec.dash_best_step_overhead_vs_lora,
                 rec.dash_step_overhead_per_round
                     .iter()
                     .map(|x| format!("{:+.1}%", 100.0 * x))
