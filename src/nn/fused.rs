@@ -3,7 +3,7 @@
 //! devices the composed candle expressions are used; tests compare the two.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D,
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor, D,
 };
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -15,6 +15,17 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result
     match storage {
         CpuStorage::F32(d) => Ok(&d[s..e]),
         _ => candle_core::bail!("{what}: input must be f32"),
+    }
+}
+
+/// Runs `f` on the f32 values of a CPU tensor in row-major order, without a copy when the tensor
+/// is contiguous (a strided one is copied first).
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = contiguous(t)?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
+        _ => candle_core::bail!("expected a CPU f32 tensor, got {:?}", t.dtype()),
     }
 }
 
@@ -59,24 +70,25 @@ impl CustomOp1 for RmsNorm {
     /// `dx_j = r·gw_j − r³·x_j·(Σ_i gw_i x_i)/H` with `gw = g ∘ w`, `r = (mean(x²)+ε)^(−1/2)`.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let h = self.weight.len();
-        let x = arg.flatten_all()?.to_vec1::<f32>()?;
-        let mut g = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        g.par_chunks_mut(h)
-            .zip(x.par_chunks(h))
-            .for_each(|(gr, xr)| {
-                let ms = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
-                let r = 1.0 / (ms + self.eps).sqrt();
-                let dot: f32 = gr
-                    .iter()
-                    .zip(self.weight.iter())
-                    .zip(xr)
-                    .map(|((g, w), x)| g * w * x)
-                    .sum();
-                let c = r * r * r * dot / h as f32;
-                for ((gv, w), xv) in gr.iter_mut().zip(self.weight.iter()).zip(xr) {
-                    *gv = r * *gv * w - c * xv;
-                }
-            });
+        let mut g = grad_res.flatten_all()?.to_vec1::<f32>()?;
+        with_f32(arg, |x| {
+            g.par_chunks_mut(h)
+                .zip(x.par_chunks(h))
+                .for_each(|(gr, xr)| {
+                    let ms = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
+                    let r = 1.0 / (ms + self.eps).sqrt();
+                    let dot: f32 = gr
+                        .iter()
+                        .zip(self.weight.iter())
+                        .zip(xr)
+                        .map(|((g, w), x)| g * w * x)
+                        .sum();
+                    let c = r * r * r * dot / h as f32;
+                    for ((gv, w), xv) in gr.iter_mut().zip(self.weight.iter()).zip(xr) {
+                        *gv = r * *gv * w - c * xv;
+                    }
+                })
+        })?;
         Ok(Some(Tensor::from_vec(g, arg.shape(), arg.device())?))
     }
 }
@@ -122,16 +134,17 @@ impl CustomOp1 for Softmax {
     /// `dx = y ∘ (g − Σ g∘y)` row-wise.
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let n = res.dim(D::Minus1)?;
-        let y = res.flatten_all()?.to_vec1::<f32>()?;
-        let mut g = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        g.par_chunks_mut(n)
-            .zip(y.par_chunks(n))
-            .for_each(|(gr, yr)| {
-                let dot: f32 = gr.iter().zip(yr).map(|(a, b)| a * b).sum();
-                for (gv, yv) in gr.iter_mut().zip(yr) {
-                    *gv = yv * (*gv - dot);
-                }
-            });
+        let mut g = grad_res.flatten_all()?.to_vec1::<f32>()?;
+        with_f32(res, |y| {
+            g.par_chunks_mut(n)
+                .zip(y.par_chunks(n))
+                .for_each(|(gr, yr)| {
+                    let dot: f32 = gr.iter().zip(yr).map(|(a, b)| a * b).sum();
+                    for (gv, yv) in gr.iter_mut().zip(yr) {
+                        *gv = yv * (*gv - dot);
+                    }
+                })
+        })?;
         Ok(Some(Tensor::from_vec(g, res.shape(), res.device())?))
     }
 }
@@ -189,21 +202,25 @@ impl CustomOp2 for SwiGlu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let gv = g.flatten_all()?.to_vec1::<f32>()?;
-        let uv = u.flatten_all()?.to_vec1::<f32>()?;
-        let mut dg = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut dg = grad.flatten_all()?.to_vec1::<f32>()?;
         let mut du = vec![0f32; dg.len()];
-        dg.par_chunks_mut(CHUNK)
-            .zip(du.par_chunks_mut(CHUNK))
-            .zip(gv.par_chunks(CHUNK).zip(uv.par_chunks(CHUNK)))
-            .for_each(|((dgc, duc), (gc, uc))| {
-                for (((dgv, duv), &x), &up) in dgc.iter_mut().zip(duc.iter_mut()).zip(gc).zip(uc) {
-                    let (silu, sig) = silu_and_sigmoid(x);
-                    let dy = *dgv;
-                    *duv = dy * silu;
-                    *dgv = dy * up * sig * (1.0 + x * (1.0 - sig));
-                }
-            });
+        with_f32(g, |gv| {
+            with_f32(u, |uv| {
+                dg.par_chunks_mut(CHUNK)
+                    .zip(du.par_chunks_mut(CHUNK))
+                    .zip(gv.par_chunks(CHUNK).zip(uv.par_chunks(CHUNK)))
+                    .for_each(|((dgc, duc), (gc, uc))| {
+                        for (((dgv, duv), &x), &up) in
+                            dgc.iter_mut().zip(duc.iter_mut()).zip(gc).zip(uc)
+                        {
+                            let (silu, sig) = silu_and_sigmoid(x);
+                            let dy = *dgv;
+                            *duv = dy * silu;
+                            *dgv = dy * up * sig * (1.0 + x * (1.0 - sig));
+                        }
+                    })
+            })
+        })??;
         Ok((
             Some(Tensor::from_vec(dg, g.shape(), g.device())?),
             Some(Tensor::from_vec(du, u.shape(), u.device())?),
@@ -237,8 +254,7 @@ impl CustomOp1 for Dropout {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let g = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let d = self.apply(&g);
+        let d = with_f32(grad_res, |g| self.apply(g))?;
         Ok(Some(Tensor::from_vec(
             d,
             grad_res.shape(),

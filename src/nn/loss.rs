@@ -4,17 +4,24 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 struct CrossEntropy {
     targets: Arc<Vec<u32>>,
+    /// Row-wise log-sum-exp from the forward pass, so that the backward pass is one read of the
+    /// logits and one write of the gradient.
+    lse: OnceLock<Vec<f32>>,
 }
 
-/// Row-wise `logsumexp(x) − x[t]`.
-fn row_loss(row: &[f32], t: usize) -> f64 {
-    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let s: f64 = row.iter().map(|&x| ((x as f64) - m).exp()).sum();
-    m + s.ln() - row[t] as f64
+/// Row-wise `(logsumexp(x), logsumexp(x) − x[t])`; exponentials in f32, their sum in f64.
+fn row_loss(row: &[f32], t: usize) -> (f32, f64) {
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let s: f64 = row
+        .chunks(64)
+        .map(|c| c.iter().map(|&x| (x - m).exp()).sum::<f32>() as f64)
+        .sum();
+    let lse = m as f64 + s.ln();
+    (lse as f32, lse - row[t] as f64)
 }
 
 impl CustomOp1 for CrossEntropy {
@@ -31,38 +38,40 @@ impl CustomOp1 for CrossEntropy {
             candle_core::bail!("cross-entropy: logits must be f32")
         };
         let x = &data[start..end];
-        let t = &self.targets;
-        let total: f64 = x
+        let rows: Vec<(f32, f64)> = x
             .par_chunks(v)
-            .zip(t.par_iter())
+            .zip(self.targets.par_iter())
             .map(|(row, &ti)| row_loss(row, ti as usize))
-            .sum();
+            .collect();
+        let total: f64 = rows.iter().map(|r| r.1).sum();
+        let _ = self.lse.set(rows.iter().map(|r| r.0).collect());
         Ok((
             CpuStorage::F32(vec![(total / n as f64) as f32]),
             Shape::from(()),
         ))
     }
 
+    /// `(softmax(x) − onehot(t)) · g / N`, one pass per row from the stored log-sum-exp.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (n, v) = arg.dims2()?;
         let g = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()? / n as f32;
-        let mut x = arg.flatten_all()?.to_vec1::<f32>()?;
-        x.par_chunks_mut(v)
-            .zip(self.targets.par_iter())
-            .for_each(|(row, &ti)| {
-                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let mut s = 0f32;
-                for e in row.iter_mut() {
-                    *e = (*e - m).exp();
-                    s += *e;
-                }
-                let k = g / s;
-                for e in row.iter_mut() {
-                    *e *= k;
-                }
-                row[ti as usize] -= g;
-            });
-        Ok(Some(Tensor::from_vec(x, (n, v), arg.device())?))
+        let out = crate::nn::fused::with_f32(arg, |x| {
+            let Some(lse) = self.lse.get() else {
+                candle_core::bail!("cross-entropy: backward before forward")
+            };
+            let mut out = vec![0f32; x.len()];
+            out.par_chunks_mut(v)
+                .zip(x.par_chunks(v))
+                .zip(self.targets.par_iter().zip(lse.par_iter()))
+                .for_each(|((o, row), (&ti, &l))| {
+                    for (e, &xv) in o.iter_mut().zip(row) {
+                        *e = (xv - l).exp() * g;
+                    }
+                    o[ti as usize] -= g;
+                });
+            Ok(out)
+        })??;
+        Ok(Some(Tensor::from_vec(out, (n, v), arg.device())?))
     }
 }
 
@@ -84,6 +93,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
         };
         return l.apply_op1(CrossEntropy {
             targets: Arc::new(targets.to_vec()),
+            lse: OnceLock::new(),
         });
     }
     let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, 1)?;
