@@ -3,11 +3,11 @@
 //! candle runs matmuls (gemm) on rayon's global pool but its elementwise ops on a second pool of
 //! its own whose workers spin before they park. On a machine with few cores the two pools, plus
 //! a main thread that blocks while rayon runs a matmul, keep more threads runnable than there are
-//! cores: a LoRA training step of the default model on 2 cores measured ~3.6 s with ~60k context
+//! cores: a LoRA training step of the default model on 2 cores measured ~3.6 s with 40–60k context
 //! switches per step and a quarter of the CPU time in the kernel. [`configure`] turns candle's
 //! second pool off (elementwise ops then run on the calling thread) and [`run`] executes the work
-//! on a rayon worker, so a matmul called from it splits over the pool without a hand-over: the
-//! same step measured ~2.8 s with ~4k context switches (`reproductions/bench/`).
+//! on a rayon worker, so a matmul called from it splits over the pool without a hand-over: with the
+//! allocator in `main.rs` the same step measured ~2.8 s with ~3k context switches.
 
 /// Stack of each rayon worker: candle's backward pass walks the graph recursively, and the
 /// whole command runs on a worker (the main thread's 8 MiB; only touched pages are committed).
