@@ -7,7 +7,7 @@
 
 use super::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::nn::attention::rope_composed as rope;
+use crate::nn::attention::{repeat_kv, rope_composed as rope, split_heads};
 use crate::nn::{AdaptedLinear, ForwardCtx, FrozenLinear};
 use crate::weights::WeightSource;
 use candle_core::{DType, Device, Module, Tensor};
@@ -248,11 +248,9 @@ impl Llama {
             let y = crate::nn::attention::causal_attention(&q, &k, &v, &cos, &sin, nh, nkv)?;
             return block.linears[3].forward(&y, ctx);
         };
-        let split =
-            |y: Tensor, heads: usize| y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous();
-        let q = rope(&split(q, nh)?, &cos, &sin)?;
-        let k = rope(&split(k, nkv)?, &cos, &sin)?;
-        let v = split(v, nkv)?;
+        let q = rope(&split_heads(&q, nh)?, &cos, &sin)?;
+        let k = rope(&split_heads(&k, nkv)?, &cos, &sin)?;
+        let v = split_heads(&v, nkv)?;
         let k = match &c.k {
             Some(pk) => Tensor::cat(&[pk, &k], 2)?,
             None => k,
@@ -263,18 +261,7 @@ impl Llama {
         };
         c.k = Some(k.clone());
         c.v = Some(v.clone());
-        let tk = k.dim(2)?;
-        let rep = nh / nkv;
-        let expand = |z: Tensor| -> candle_core::Result<Tensor> {
-            if rep == 1 {
-                return Ok(z);
-            }
-            z.unsqueeze(2)?
-                .broadcast_as((b, nkv, rep, tk, hd))?
-                .contiguous()?
-                .reshape((b, nh, tk, hd))
-        };
-        let (k, v) = (expand(k)?, expand(v)?);
+        let (k, v) = (repeat_kv(&k, nh / nkv)?, repeat_kv(&v, nh / nkv)?);
         let att = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
         let att = att.broadcast_add(mask)?;
         let att = crate::nn::fused::softmax_last(&att)?;

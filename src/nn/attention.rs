@@ -376,6 +376,27 @@ pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?
 }
 
+/// `[B, T, heads·d]` → `[B, heads, T, d]` (contiguous).
+pub fn split_heads(y: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, w) = y.dims3()?;
+    y.reshape((b, t, heads, w / heads.max(1)))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// Hugging Face's `repeat_kv`: `[B, G, T, d]` → `[B, G·rep, T, d]`, head `g` repeated `rep` times
+/// in place (query head `h` reads key/value head `h / rep`).
+pub fn repeat_kv(z: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(z.clone());
+    }
+    let (b, g, t, d) = z.dims4()?;
+    z.unsqueeze(2)?
+        .broadcast_as((b, g, rep, t, d))?
+        .contiguous()?
+        .reshape((b, g * rep, t, d))
+}
+
 /// Causal attention of `q: [B, T, heads·d]` over `k, v: [B, T, kv_heads·d]` with RoPE tables
 /// `cos, sin: [T, d]`; returns `[B, T, heads·d]`. One fused op on the CPU in f32 (see the module
 /// docs); composed candle ops elsewhere ([`causal_attention_composed`]).
@@ -421,21 +442,11 @@ pub fn causal_attention_composed(
 ) -> Result<Tensor> {
     let (b, t, qw) = q.dims3()?;
     let hd = qw / heads.max(1);
-    let split = |y: &Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
-    let q = rope_composed(&split(q, heads)?, cos, sin)?;
-    let k = rope_composed(&split(k, kv_heads)?, cos, sin)?;
-    let v = split(v, kv_heads)?;
+    let q = rope_composed(&split_heads(q, heads)?, cos, sin)?;
+    let k = rope_composed(&split_heads(k, kv_heads)?, cos, sin)?;
+    let v = split_heads(v, kv_heads)?;
     let rep = heads / kv_heads.max(1);
-    let expand = |z: Tensor| -> Result<Tensor> {
-        if rep == 1 {
-            return Ok(z);
-        }
-        z.unsqueeze(2)?
-            .broadcast_as((b, kv_heads, rep, t, hd))?
-            .contiguous()?
-            .reshape((b, heads, t, hd))
-    };
-    let (k, v) = (expand(k)?, expand(v)?);
+    let (k, v) = (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?);
     let mask: Vec<f32> = (0..t * t)
         .map(|x| {
             if x % t > x / t {
@@ -457,6 +468,7 @@ pub fn causal_attention_composed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::fused::tests::max_diff;
     use candle_core::Var;
 
     fn tables(t: usize, d: usize) -> Result<(Tensor, Tensor)> {
@@ -474,17 +486,6 @@ mod tests {
             Tensor::from_vec(c, (t, d), &Device::Cpu)?,
             Tensor::from_vec(s, (t, d), &Device::Cpu)?,
         ))
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        a.sub(b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     /// Output and all three input gradients against the composed candle graph, with grouped

@@ -302,11 +302,12 @@ pub fn dropout_with_mask(x: &Tensor, mask: Vec<u8>, keep: f32) -> Result<Tensor>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Var;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// Largest absolute elementwise difference.
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         a.sub(b)
             .unwrap()
             .abs()
