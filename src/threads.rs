@@ -49,3 +49,21 @@ pub fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
     rayon::scope(|_| f())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn work_runs_on_a_pool_worker_and_returns_its_value() {
+        assert!(
+            rayon::current_thread_index().is_none(),
+            "tests start off the pool"
+        );
+        let (on_worker, v) = super::run(|| (rayon::current_thread_index().is_some(), 41 + 1));
+        assert!(on_worker);
+        assert_eq!(v, 42);
+        // nested: already on a worker, runs in place
+        assert!(super::run(|| super::run(
+            || rayon::current_thread_index().is_some()
+        )));
+    }
+}
