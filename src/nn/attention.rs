@@ -99,7 +99,8 @@ fn matmul(dst: &mut [f32], lhs: View, rhs: View, scale: f32, accumulate: bool) {
     }
 }
 
-/// RoPE of one head: `src` rows `t` at `src[off + t·stride ..][..d]` → dense `[T, d]`.
+/// RoPE of one head: row `i` of the head is `src[off + i·stride ..][..d]`; returns dense `[T, d]`
+/// (`cos, sin`: dense `[T, d]`).
 fn rope(
     src: &[f32],
     off: usize,
@@ -124,7 +125,7 @@ fn rope(
 }
 
 /// The adjoint of [`rope`]: `dx = dy·cos + rotate_halfᵀ(dy·sin)`, `rotate_halfᵀ([z₁, z₂]) = [z₂, −z₁]`,
-/// for a dense `[T, d]` gradient, written to `dst` rows at `dst[i·d..]` (dense `[T, d]`).
+/// for a dense `[T, d]` gradient; returns dense `[T, d]`.
 fn rope_adjoint(dy: &[f32], cos: &[f32], sin: &[f32], t: usize, d: usize) -> Vec<f32> {
     let half = d / 2;
     let mut out = vec![0f32; t * d];
@@ -228,13 +229,6 @@ impl Causal {
     }
 }
 
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("attention: inputs must be contiguous f32"),
-    }
-}
-
 impl CustomOp3 for Causal {
     fn name(&self) -> &'static str {
         "fused-causal-attention"
@@ -250,7 +244,8 @@ impl CustomOp3 for Causal {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let z = self.dims(l1.shape(), l2.shape(), l3.shape())?;
-        let (q, k, v) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
+        let data = |s, l| crate::nn::fused::f32_slice(s, l, "attention");
+        let (q, k, v) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
         let (t, d) = (z.t, z.d);
         let units: Vec<(usize, usize)> = (0..z.b)
             .flat_map(|b| (0..self.kv_heads).map(move |g| (b, g)))

@@ -8,7 +8,12 @@ use candle_core::{
 use rayon::prelude::*;
 use std::sync::Arc;
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The f32 values of a contiguous CPU storage (a custom op's input), in row-major order.
+pub(crate) fn f32_slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
     let Some((s, e)) = layout.contiguous_offsets() else {
         candle_core::bail!("{what}: input must be contiguous")
     };
