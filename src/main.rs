@@ -13,7 +13,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `mi_option_purge_delay` in the bundled mimalloc's `mimalloc.h` (v3; the Rust binding names
 /// the neighbours, `eager_commit_delay` = 14 and `use_numa_nodes` = 16, not this one). `-1` turns
-/// purging off. `tsd bench train` records page faults per step, which shows whether it took.
+/// purging off. A test checks the index by the option's default; `tsd bench train` records page
+/// faults per step, which shows whether it took.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn keep_freed_memory() {
@@ -37,5 +38,22 @@ fn main() {
             .collect();
         eprintln!("error: {}", chain.join(": "));
         std::process::exit(if user { 2 } else { 1 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The hard-coded option index must name `purge_delay`: bundled mimalloc v3 defaults it to
+    /// 1000 ms, unlike its neighbours (deprecated `eager_commit_delay`, `use_numa_nodes`: 0 or 1).
+    #[test]
+    fn the_option_index_names_the_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads an integer option.
+        let get = |o| unsafe { libmimalloc_sys::mi_option_get(o) };
+        assert_eq!(get(super::MI_OPTION_PURGE_DELAY), 1000);
+        assert_ne!(get(super::MI_OPTION_PURGE_DELAY - 1), 1000);
+        assert_ne!(get(super::MI_OPTION_PURGE_DELAY + 1), 1000);
     }
 }
