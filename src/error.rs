@@ -46,6 +46,12 @@ pub enum Error {
     PickleRefused { path: PathBuf },
     #[error("model `{spec}` could not be resolved: {reason}")]
     ModelNotFound { spec: String, reason: String },
+    #[error("model `{spec}` has only pickle weights ({files}): pickle weights are not read (unpickling can run arbitrary code); convert to safetensors (in transformers: `model.save_pretrained(dir, safe_serialization=True)`)")]
+    PickleWeights { spec: String, files: String },
+    /// The Hugging Face Hub could not be reached (a transport failure, not an answer from it):
+    /// not bad input, so it exits 1.
+    #[error("model `{spec}`: network error: {reason}")]
+    Network { spec: String, reason: String },
     #[error("asset `{name}`: {reason}")]
     Asset { name: String, reason: String },
     #[error("invalid argument: {0}")]
@@ -75,6 +81,9 @@ impl Error {
 
     /// Whether this error comes from bad user input (exit code 2) rather than an internal failure.
     pub fn is_user_input(&self) -> bool {
-        !matches!(self, Error::Numerical { .. } | Error::Candle(_))
+        !matches!(
+            self,
+            Error::Numerical { .. } | Error::Candle(_) | Error::Network { .. }
+        )
     }
 }

@@ -106,12 +106,16 @@ pub fn open_path(p: &Path) -> Result<Box<dyn WeightSource>> {
     if let Some(g) = entries.iter().find(|q| ext(q, "gguf")) {
         return Ok(Box::new(GgufModel::open(g)?));
     }
-    if entries
+    let mut pickle: Vec<String> = entries
         .iter()
-        .any(|q| ext(q, "bin") || ext(q, "pt") || ext(q, "pth"))
-    {
-        return Err(Error::PickleRefused {
-            path: p.to_path_buf(),
+        .filter(|q| ext(q, "bin") || ext(q, "pt") || ext(q, "pth"))
+        .filter_map(|q| q.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if !pickle.is_empty() {
+        pickle.sort();
+        return Err(Error::PickleWeights {
+            spec: p.display().to_string(),
+            files: pickle.join(", "),
         });
     }
     Err(Error::ModelNotFound {
