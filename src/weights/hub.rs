@@ -61,7 +61,9 @@ pub fn env_offline() -> bool {
 
 /// A 40-hex lowercase commit sha (huggingface_hub's `REGEX_COMMIT_HASH`).
 pub fn is_commit_sha(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// `$VAR` / `${VAR}` expanded from the environment, unknown ones left as written (Python's
@@ -166,7 +168,9 @@ fn check_revision(rev: &str) -> Result<()> {
         || rev.starts_with('/')
         || rev.contains('\\')
         || rev.contains('\0')
-        || rev.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || rev
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         return Err(Error::InvalidArgument(format!(
             "--revision `{rev}`: not a branch, tag or commit name"
@@ -472,14 +476,10 @@ impl<'a> Remote<'a> {
         // `refs/<sha>` huggingface_hub never writes: removed again unless it was there before.
         let sha_ref = self.cache.repo_dir(self.id).join("refs").join(&self.commit);
         let had_sha_ref = sha_ref.exists();
-        let got = self.api.download(file).map_err(|e| {
-            hub_error(
-                self.id,
-                &self.endpoint,
-                &format!("downloading `{file}`"),
-                e,
-            )
-        });
+        let got = self
+            .api
+            .download(file)
+            .map_err(|e| hub_error(self.id, &self.endpoint, &format!("downloading `{file}`"), e));
         if !had_sha_ref && sha_ref.is_file() {
             std::fs::remove_file(&sha_ref).map_err(|e| Error::io(&sha_ref, e))?;
         }
@@ -613,15 +613,16 @@ pub fn resolve(id: &str, revision: Option<&str>, offline: bool) -> Result<PathBu
             from_cache(cache, id, rev, &["config.json"], true, optional)
         },
         |remote| {
-            remote.get("config.json")?;
-            for f in OPTIONAL_FILES.iter().filter(|f| remote.has(f)) {
-                remote.get(f)?;
-            }
+            // Decided from the listing before anything is downloaded.
             let known = |f: &str| Some(remote.has(f));
             let weights = plan_weights(id, &known).map_err(|m| match m {
                 Miss::Final(e) => e,
                 Miss::NotCached(why) => not_found(id, why),
             })?;
+            remote.get("config.json")?;
+            for f in OPTIONAL_FILES.iter().filter(|f| remote.has(f)) {
+                remote.get(f)?;
+            }
             let path = remote.get(weights)?;
             if weights == SAFETENSORS_INDEX {
                 for shard in super::safetensors_dir::shard_names(&path)? {
