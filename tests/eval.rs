@@ -47,9 +47,50 @@ fn loglik_eval_scores_every_label_and_counts_accuracy() {
     let preds = r["predictions"].as_array().unwrap();
     let correct = preds.iter().filter(|p| p["correct"] == true).count();
     assert_eq!(r["correct"], correct);
-    assert!(preds
-        .iter()
-        .all(|p| p["scores"].as_array().unwrap().len() == 2));
+    for p in preds {
+        let labels = p["labels"].as_array().unwrap();
+        let names: Vec<&str> = labels
+            .iter()
+            .map(|l| l["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["true", "false"]);
+        // The character-level tokenizer: one token per character of `the correct answer is L`.
+        for l in labels {
+            let n = "the correct answer is ".len() + l["label"].as_str().unwrap().len();
+            assert_eq!(l["tokens"], n);
+            assert!(l["loglik"].as_f64().unwrap() < 0.0);
+            assert!(l["greedy"].is_boolean());
+        }
+        let best = labels
+            .iter()
+            .max_by(|a, b| {
+                a["loglik"]
+                    .as_f64()
+                    .unwrap()
+                    .total_cmp(&b["loglik"].as_f64().unwrap())
+            })
+            .unwrap();
+        assert_eq!(p["prediction"], best["label"]);
+    }
+    // --predictions writes the same records, one JSON line per example, every label scored.
+    let pred_dir = d.path().join("preds");
+    let again = run(&[
+        "--protocol",
+        "loglik",
+        "--predictions",
+        pred_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(again[0]["predictions"], r["predictions"]);
+    let text = std::fs::read_to_string(pred_dir.join("boolq.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for (line, p) in lines.iter().zip(preds) {
+        assert_eq!(line, p);
+        assert_eq!(line["labels"].as_array().unwrap().len(), 2);
+    }
     // The PEFT fixture adapter changes the scores.
     let with = run(&[
         "--protocol",
@@ -57,7 +98,7 @@ fn loglik_eval_scores_every_label_and_counts_accuracy() {
         "--adapter",
         fixture("peft-lora").to_str().unwrap(),
     ]);
-    assert_ne!(with[0]["predictions"][0]["scores"], preds[0]["scores"]);
+    assert_ne!(with[0]["predictions"][0]["labels"], preds[0]["labels"]);
     // generate: beam search output saved per example; no label in it counts as unparseable.
     let g = run(&[
         "--protocol",
@@ -130,7 +171,9 @@ fn prepared_loglik_equals_plain_loglik() {
         assert_eq!(plain.truncated, fast.truncated);
         for (p, f) in plain.predictions.iter().zip(&fast.predictions) {
             assert_eq!(p.prediction, f.prediction, "from {from}");
-            for (a, b) in p.scores.iter().zip(&f.scores) {
+            for (a, b) in p.labels.iter().zip(&f.labels) {
+                assert_eq!((&a.label, a.tokens), (&b.label, b.tokens));
+                let (a, b) = (a.loglik, b.loglik);
                 assert!(
                     (a - b).abs() < 1e-3 * (1.0 + a.abs()),
                     "from {from}: {a} vs {b}"
@@ -142,7 +185,7 @@ fn prepared_loglik_equals_plain_loglik() {
         let base =
             eval_loglik_full_sequences(&bare, &tok, &prepared_task, &examples, &|| {}).unwrap();
         if from < 2 {
-            assert_ne!(base.predictions[0].scores, plain.predictions[0].scores);
+            assert_ne!(base.predictions[0].labels, plain.predictions[0].labels);
         }
     }
 }

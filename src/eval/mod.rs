@@ -8,7 +8,7 @@ pub mod prepared;
 
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
-use crate::model::tokenizer::{encode, Tokenizer};
+use crate::model::tokenizer::{encode, encode_plain, Tokenizer};
 use crate::model::Llama;
 use crate::nn::ForwardCtx;
 use crate::train::data::{eval_prompt, Example};
@@ -100,6 +100,19 @@ pub fn response_text(decoded: &str) -> &str {
         .trim()
 }
 
+/// One label's score under the loglik protocol, as lm-eval logs a loglikelihood request's
+/// response (`[loglik, is_greedy]`) plus the token count that length normalisation needs.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LabelScore {
+    pub label: String,
+    /// `Σ log p(token | everything before it)` over the continuation's tokens (natural log).
+    pub loglik: f64,
+    /// Continuation tokens scored (`the correct answer is <label>`, no special tokens).
+    pub tokens: usize,
+    /// Whether every continuation token is the model's most probable next token.
+    pub greedy: bool,
+}
+
 /// One scored example.
 #[derive(Clone, Debug, Serialize)]
 pub struct Prediction {
@@ -107,9 +120,9 @@ pub struct Prediction {
     pub answer: String,
     pub prediction: Option<String>,
     pub correct: bool,
-    /// Per-label log-probabilities of the continuation (loglik protocol).
+    /// Every label's score, in the task's label order (loglik protocol).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub scores: Vec<f64>,
+    pub labels: Vec<LabelScore>,
     /// The generated response (generate protocol).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
@@ -172,7 +185,7 @@ pub fn eval_loglik_full_sequences(
     let mut truncated = 0;
     let ctx = ForwardCtx::eval();
     for (index, ex) in examples.iter().enumerate() {
-        let (prompt, conts, cut) = loglik_inputs(model, tok, task, ex)?;
+        let (prompt, conts, cut) = loglik_inputs(model.max_positions(), tok, task, ex)?;
         truncated += cut as usize;
         let t = prompt.len() + conts.iter().map(Vec::len).max().unwrap_or(0);
         let n = conts.len();
@@ -203,19 +216,41 @@ pub fn eval_loglik_full_sequences(
 }
 
 /// `log p(targets[i] | row i)` from normalised final hidden states `[m, H]` (LM head, log-softmax
-/// in f32, gather): `m` values.
-pub(crate) fn target_logprobs(model: &Llama, rows: &Tensor, targets: Vec<u32>) -> Result<Vec<f32>> {
+/// in f32, gather), and whether `targets[i]` is the row's argmax: `m` pairs.
+pub(crate) fn target_logprobs(
+    model: &Llama,
+    rows: &Tensor,
+    targets: Vec<u32>,
+) -> Result<Vec<(f32, bool)>> {
     let m = targets.len();
     let logp = candle_nn::ops::log_softmax(&model.logits(rows)?.to_dtype(DType::F32)?, 1)?;
-    Ok(logp
-        .gather(&Tensor::from_vec(targets, (m, 1), model.device())?, 1)?
+    let best: Vec<u32> = logp.argmax(1)?.to_vec1()?;
+    let picked: Vec<f32> = logp
+        .gather(
+            &Tensor::from_vec(targets.clone(), (m, 1), model.device())?,
+            1,
+        )?
         .flatten_all()?
-        .to_vec1()?)
+        .to_vec1()?;
+    Ok(picked
+        .into_iter()
+        .zip(targets.iter().zip(&best).map(|(t, b)| t == b))
+        .collect())
 }
 
-/// The prompt tokens (cut from the left to fit, flagged) and each label's continuation tokens.
+/// The prompt tokens (cut from the left to fit `max_positions`, flagged) and each label's
+/// continuation tokens.
+///
+/// The prompt is encoded as the `generate` protocol and LLM-Adapters encode it, with the
+/// tokenizer's special tokens (a LLaMA tokenizer's BOS first); a continuation is encoded without
+/// them, so no BOS lands in the middle of a scored sequence. lm-eval's HF models encode the
+/// continuation the same way; they also leave special tokens off the context unless asked
+/// (`add_bos_token`), which tsd does not follow, so that both protocols see one prompt. Prompt
+/// and continuation are encoded apart (lm-eval encodes them joined and splits the ids), so a
+/// merge across the boundary is never formed: the prompt ends in spaces, the continuation in
+/// `the correct answer is <label>`.
 pub(crate) fn loglik_inputs(
-    model: &Llama,
+    max_positions: usize,
     tok: &Tokenizer,
     task: &Task,
     ex: &Example,
@@ -224,10 +259,10 @@ pub(crate) fn loglik_inputs(
     let conts: Vec<Vec<u32>> = task
         .labels
         .iter()
-        .map(|l| encode(tok, &format!("the correct answer is {l}")))
+        .map(|l| encode_plain(tok, &format!("the correct answer is {l}")))
         .collect::<Result<_>>()?;
     let longest = conts.iter().map(Vec::len).max().unwrap_or(0);
-    let room = model.max_positions().saturating_sub(longest).max(1);
+    let room = max_positions.saturating_sub(longest).max(1);
     let cut = prompt.len() > room;
     if cut {
         // Keep the end: the question and "### Response:" matter, the preamble least.
@@ -236,23 +271,29 @@ pub(crate) fn loglik_inputs(
     Ok((prompt, conts, cut))
 }
 
-/// One example's loglik prediction from the log-probabilities of every continuation token,
-/// concatenated in label order (`picked.len() = Σ conts[i].len()`).
+/// One example's loglik prediction from the log-probability (and argmax flag) of every
+/// continuation token, concatenated in label order (`picked.len() = Σ conts[i].len()`).
 pub(crate) fn loglik_prediction(
     task: &Task,
     index: usize,
     ex: &Example,
     conts: &[Vec<u32>],
-    picked: &[f32],
+    picked: &[(f32, bool)],
 ) -> Prediction {
-    let mut scores: Vec<f64> = Vec::with_capacity(conts.len());
+    let mut labels: Vec<LabelScore> = Vec::with_capacity(conts.len());
     let mut at = 0;
-    for c in conts {
-        scores.push(picked[at..at + c.len()].iter().map(|&x| x as f64).sum());
+    for (c, l) in conts.iter().zip(task.labels) {
+        let mine = &picked[at..at + c.len()];
+        labels.push(LabelScore {
+            label: l.to_string(),
+            loglik: mine.iter().map(|&(x, _)| x as f64).sum(),
+            tokens: c.len(),
+            greedy: mine.iter().all(|&(_, g)| g),
+        });
         at += c.len();
     }
-    let best = (0..conts.len())
-        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+    let best = (0..labels.len())
+        .max_by(|&a, &b| labels[a].loglik.total_cmp(&labels[b].loglik))
         .expect("labels");
     let prediction = task.labels[best].to_string();
     let answer = ex.answer.clone().unwrap_or_default();
@@ -261,7 +302,7 @@ pub(crate) fn loglik_prediction(
         correct: prediction == answer,
         answer,
         prediction: Some(prediction),
-        scores,
+        labels,
         output: None,
     }
 }
@@ -315,7 +356,7 @@ pub fn eval_generate(
             correct: prediction.as_deref() == Some(answer.as_str()),
             answer,
             prediction,
-            scores: Vec::new(),
+            labels: Vec::new(),
             output: Some(text),
         });
         progress();
@@ -357,5 +398,94 @@ mod tests {
             response_text("prompt ### Response:\n   the correct answer is true  "),
             "the correct answer is true"
         );
+    }
+}
+
+#[cfg(test)]
+mod bos_tests {
+    use super::*;
+    use crate::model::tokenizer::load_tokenizer;
+    use std::path::{Path, PathBuf};
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    fn ids(v: &serde_json::Value) -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    /// Regression (issue 10): with a tokenizer.json whose post-processor adds BOS, every label
+    /// continuation began with BOS. Ids from Python `tokenizers` (scripts/make_bos_tokenizer.py).
+    #[test]
+    fn loglik_continuations_carry_no_bos_and_the_prompt_keeps_it() {
+        let dir = fixture("tiny-llama-bos");
+        let want: serde_json::Value = crate::fsutil::read_json(&dir.join("expected.json")).unwrap();
+        let tok = load_tokenizer(&dir.join("tokenizer.json")).unwrap();
+        let bos = want["bos_id"].as_u64().unwrap() as u32;
+        let ex = Example {
+            instruction: want["instruction"].as_str().unwrap().into(),
+            input: String::new(),
+            output: String::new(),
+            answer: Some("true".into()),
+        };
+        let boolq = task("boolq").unwrap();
+        let (prompt, conts, cut) = loglik_inputs(4096, &tok, &boolq, &ex).unwrap();
+        assert!(!cut);
+        assert_eq!(prompt, ids(&want["prompt_ids"]));
+        assert_eq!(prompt[0], bos);
+        for (label, c) in boolq.labels.iter().zip(&conts) {
+            assert_eq!(c, &ids(&want["continuations"][label]), "{label}");
+            assert!(!c.contains(&bos), "{label}: {c:?}");
+            // The fixture does exercise the bug: the default encoding starts with BOS.
+            assert_eq!(
+                ids(&want["continuations_with_special_tokens"][label])[0],
+                bos
+            );
+        }
+    }
+
+    /// The scored records count the continuation's tokens only, and the cached scorer gives the
+    /// plain scorer's log-likelihoods with the BOS-adding tokenizer too.
+    #[test]
+    fn loglik_records_every_label_without_bos() {
+        let dir = fixture("tiny-llama-bos");
+        let tok = load_tokenizer(&dir.join("tokenizer.json")).unwrap();
+        let src = crate::weights::open_path(&fixture("tiny-llama")).unwrap();
+        let model = Llama::from_source(
+            src.as_ref(),
+            &candle_core::Device::Cpu,
+            candle_core::DType::F32,
+        )
+        .unwrap();
+        let examples: Vec<Example> = (0..2)
+            .map(|i| Example {
+                instruction: format!("Is {i} even?"),
+                input: String::new(),
+                output: String::new(),
+                answer: Some(["true", "false"][i].into()),
+            })
+            .collect();
+        let boolq = task("boolq").unwrap();
+        let cached = eval_loglik(&model, &tok, &boolq, &examples, &|| {}).unwrap();
+        let plain = eval_loglik_full_sequences(&model, &tok, &boolq, &examples, &|| {}).unwrap();
+        for (c, p) in cached.predictions.iter().zip(&plain.predictions) {
+            assert_eq!(c.labels.len(), 2);
+            for (a, b) in c.labels.iter().zip(&p.labels) {
+                let chars = "the correct answer is ".len() + a.label.len();
+                assert_eq!(a.tokens, chars, "{}", a.label);
+                assert_eq!(
+                    (&a.label, a.tokens, a.greedy),
+                    (&b.label, b.tokens, b.greedy)
+                );
+                assert!((a.loglik - b.loglik).abs() < 1e-3 * (1.0 + a.loglik.abs()));
+            }
+        }
     }
 }

@@ -86,7 +86,7 @@ fn prepare_one(
     from: usize,
 ) -> Result<(PreparedExample, bool)> {
     let dev = model.device();
-    let (prompt, conts, cut) = loglik_inputs(model, tok, task, ex)?;
+    let (prompt, conts, cut) = loglik_inputs(model.max_positions(), tok, task, ex)?;
     let tp = prompt.len();
     let n = conts.len();
     let tmax = conts.iter().map(Vec::len).max().unwrap_or(0);

@@ -328,6 +328,16 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     Ok(enc.get_ids().to_vec())
 }
 
+/// Encodes `text` without special tokens (`add_special_tokens = false`): for a piece that
+/// continues an already encoded sequence, where a BOS-adding post-processor would otherwise put a
+/// BOS in its middle.
+pub fn encode_plain(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let enc = tok
+        .encode(text, false)
+        .map_err(|e| Error::InvalidArgument(format!("cannot tokenize text: {e}")))?;
+    Ok(enc.get_ids().to_vec())
+}
+
 /// Encodes `text` truncated to at most `max_len` ids exactly as HF's
 /// `tokenizer(text, truncation=True, max_length=max_len)`: the text is cut (from the right) to
 /// `max_len` minus the number of special tokens the post-processor adds, and those are then added.
