@@ -51,10 +51,12 @@ enum Command {
 /// Where a model comes from (candle-style flags).
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Hugging Face revision (branch, tag or commit) when the model is a hub id.
+    /// Hugging Face revision when the model is a hub id: a branch, a tag or a full 40-hex commit
+    /// sha [default: main].
     #[arg(long)]
     pub revision: Option<String>,
-    /// Never use the network (also HF_HUB_OFFLINE=1).
+    /// Never use the network: the Hugging Face cache alone (also HF_HUB_OFFLINE, else
+    /// TRANSFORMERS_OFFLINE, set to 1/on/yes/true).
     #[arg(long)]
     pub offline: bool,
 }
