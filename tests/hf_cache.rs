@@ -1,6 +1,8 @@
 //! Base models resolved by Hugging Face id through a cache laid out as huggingface_hub writes it:
 //! `models--owner--name/blobs/<hash>`, `snapshots/<sha>/<file>` as relative symlinks into
-//! `blobs/`, `refs/<branch or tag>` holding the sha, `.no_exist/<sha>/<file>` markers. Every case
+//! `blobs/`, `refs/<branch or tag>` holding the sha, `.no_exist/<sha>/<file>` markers. The cache
+//! roots and revision answers expected are the real huggingface_hub's
+//! (`tests/fixtures/hf-cache-rules.json`, from `scripts/make_hf_cache_rules.py`). Every case
 //! runs the real binary offline, except the last ones, which point `HF_ENDPOINT` at a closed port
 //! or at a local stand-in for the Hub to see how network and HTTP failures are reported.
 
@@ -125,79 +127,59 @@ fn tsd_tsds(v: &serde_json::Value) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn hf_hub_cache_wins_over_hf_home_and_the_defaults_follow_huggingface_hub() {
-    let d = tempfile::tempdir().unwrap();
-    let tiny = fixture("tiny-llama");
-    let roots = [
-        ("hub-cache", d.path().join("hub-cache"), A),
-        ("hf-home", d.path().join("hf-home/hub"), B),
-        ("xdg", d.path().join("xdg/huggingface/hub"), C),
-        ("home", d.path().join(".cache/huggingface/hub"), A),
-    ];
-    for (_, root, commit) in &roots {
-        put_dir(root, ID, commit, &tiny);
-        set_ref(root, ID, "main", commit);
-    }
-    let hub_cache = d.path().join("hub-cache");
-    let hf_home = d.path().join("hf-home");
-    let xdg = d.path().join("xdg");
-    let used = base_used(
-        cmd(d.path())
-            .env("HF_HUB_CACHE", &hub_cache)
-            .env("HF_HOME", &hf_home)
-            .env("XDG_CACHE_HOME", &xdg),
-        &["--offline"],
-    );
-    assert!(used.starts_with(hub_cache.to_str().unwrap()), "{used}");
-    assert!(used.ends_with(&format!("snapshots/{A}")), "{used}");
-    // The legacy name counts when HF_HUB_CACHE is unset.
-    let used = base_used(
-        cmd(d.path())
-            .env("HUGGINGFACE_HUB_CACHE", &hub_cache)
-            .env("HF_HOME", &hf_home),
-        &["--offline"],
-    );
-    assert!(used.starts_with(hub_cache.to_str().unwrap()), "{used}");
-    let used = base_used(
-        cmd(d.path())
-            .env("HF_HOME", &hf_home)
-            .env("XDG_CACHE_HOME", &xdg),
-        &["--offline"],
-    );
-    assert!(
-        used.starts_with(hf_home.join("hub").to_str().unwrap()),
-        "{used}"
-    );
-    assert!(used.ends_with(&format!("snapshots/{B}")), "{used}");
-    let used = base_used(cmd(d.path()).env("XDG_CACHE_HOME", &xdg), &["--offline"]);
-    assert!(
-        used.ends_with(&format!(
-            "xdg/huggingface/hub/models--tsd-test--tiny-llama/snapshots/{C}"
-        )),
-        "{used}"
-    );
-    // Nothing set: ~/.cache/huggingface/hub; HF_HUB_OFFLINE=1 (from the helper) is offline mode.
-    let used = base_used(&mut cmd(d.path()), &[]);
-    assert!(
-        used.starts_with(d.path().join(".cache/huggingface/hub").to_str().unwrap()),
-        "{used}"
-    );
-    // `~` in a variable is the home directory, as Python's expanduser makes it.
-    let used = base_used(cmd(d.path()).env("HF_HUB_CACHE", "~/hub-cache"), &[]);
-    assert!(used.starts_with(hub_cache.to_str().unwrap()), "{used}");
-    // The symlinked snapshot reads as the plain directory does.
-    let (_, from_dir, err) = inspect(&mut cmd(d.path()), tiny.to_str().unwrap(), &[]);
-    let from_dir = from_dir.unwrap_or_else(|| panic!("{err}"));
-    let (_, from_hub, _) = inspect(cmd(d.path()).env("HF_HUB_CACHE", &hub_cache), ID, &[]);
-    assert_eq!(tsd_tsds(&from_hub.unwrap()), tsd_tsds(&from_dir));
+/// What the real huggingface_hub answered (scripts/make_hf_cache_rules.py).
+fn rules() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture("hf-cache-rules.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
 }
 
 #[test]
-fn revisions_by_branch_tag_and_sha_offline() {
+fn the_cache_root_is_the_one_huggingface_hub_uses() {
+    let d = tempfile::tempdir().unwrap();
+    let tiny = fixture("tiny-llama");
+    let rules = rules();
+    let cases = rules["roots"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let root = d.path().join(case["root"].as_str().unwrap());
+        if !root.exists() {
+            put_dir(&root, ID, A, &tiny);
+            set_ref(&root, ID, "main", A);
+        }
+    }
+    let base = d.path().to_str().unwrap();
+    for case in cases {
+        let mut c = cmd(d.path());
+        for (k, v) in case["env"].as_object().unwrap() {
+            c.env(k, v.as_str().unwrap().replace("{base}", base));
+        }
+        let used = base_used(&mut c, &[]);
+        let want = d
+            .path()
+            .join(case["root"].as_str().unwrap())
+            .join(format!("models--tsd-test--tiny-llama/snapshots/{A}"));
+        assert_eq!(PathBuf::from(&used), want, "{}", case["env"]);
+    }
+    // The symlinked snapshot reads as the plain directory does.
+    let (_, from_dir, err) = inspect(&mut cmd(d.path()), tiny.to_str().unwrap(), &[]);
+    let from_dir = from_dir.unwrap_or_else(|| panic!("{err}"));
+    let (_, from_hub, err) = inspect(
+        cmd(d.path()).env("HF_HUB_CACHE", d.path().join("hub-cache")),
+        ID,
+        &[],
+    );
+    assert_eq!(
+        tsd_tsds(&from_hub.unwrap_or_else(|| panic!("{err}"))),
+        tsd_tsds(&from_dir)
+    );
+}
+
+#[test]
+fn revisions_by_branch_tag_and_sha_resolve_as_huggingface_hub_does_offline() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("hub");
     let tiny = fixture("tiny-llama");
+    // The layout scripts/make_hf_cache_rules.py gave huggingface_hub.
     for commit in [A, B, C] {
         put_dir(&root, ID, commit, &tiny);
     }
@@ -206,43 +188,37 @@ fn revisions_by_branch_tag_and_sha_offline() {
     // A tag is stored as refs/<tag>, like a branch; a PR ref nests.
     set_ref(&root, ID, "v1.0", C);
     set_ref(&root, ID, "refs/pr/1", B);
-    let run = |rev: Option<&str>| {
+    let run = |rev: &str| {
         let mut c = cmd(d.path());
         c.env("HF_HUB_CACHE", &root);
-        let extra: Vec<&str> = match rev {
-            Some(r) => vec!["--revision", r, "--offline"],
-            None => vec!["--offline"],
-        };
-        inspect(&mut c, ID, &extra)
+        inspect(&mut c, ID, &["--revision", rev, "--offline"])
     };
-    for (rev, want) in [
-        (None, A),
-        (Some("main"), A),
-        (Some("dev"), B),
-        (Some("v1.0"), C),
-        (Some("refs/pr/1"), B),
-        // A full sha names its snapshot with no ref pointing at it.
-        (Some(B), B),
-    ] {
+    let rules = rules();
+    let cases = rules["revisions"].as_object().unwrap();
+    assert!(cases.values().any(|v| v.is_null()) && cases.contains_key(B));
+    for (rev, want) in cases {
         let (code, json, err) = run(rev);
-        assert_eq!(code, 0, "{rev:?}: {err}");
-        let base = base_dir(&json.unwrap());
-        assert!(
-            base.ends_with(&format!("snapshots/{want}")),
-            "{rev:?}: {base}"
-        );
+        match want.as_str() {
+            Some(sha) => {
+                assert_eq!(code, 0, "{rev}: {err}");
+                let base = base_dir(&json.unwrap());
+                assert!(base.ends_with(&format!("snapshots/{sha}")), "{rev}: {base}");
+            }
+            // Not in the cache for huggingface_hub either: refused, naming the revision.
+            None => {
+                assert_eq!(code, 2, "{rev}: {err}");
+                assert!(err.contains(rev.as_str()), "{rev}: {err}");
+                assert!(err.contains("offline"), "{rev}: {err}");
+                assert_eq!(err.trim().lines().count(), 1, "{err}");
+            }
+        }
     }
-    // An unknown name, a short sha and an uncached sha are refused, naming the revision.
-    let dd = "dddddddddddddddddddddddddddddddddddddddd";
-    for rev in ["v2", "aaaaaaa", dd] {
-        let (code, _, err) = run(Some(rev));
-        assert_eq!(code, 2, "{rev}: {err}");
-        assert!(err.contains(rev), "{rev}: {err}");
-        assert!(err.contains("offline"), "{rev}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
-    }
+    // No revision is `main`.
+    let (code, json, err) = inspect(cmd(d.path()).env("HF_HUB_CACHE", &root), ID, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(base_dir(&json.unwrap()).ends_with(&format!("snapshots/{A}")));
     // A path-like revision never leaves the cache.
-    let (code, _, err) = run(Some("../../x"));
+    let (code, _, err) = run("../../x");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--revision"), "{err}");
 }
