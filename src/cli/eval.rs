@@ -37,7 +37,8 @@ pub struct EvalArgs {
     /// Evaluate only the first N examples of each task.
     #[arg(long)]
     limit: Option<usize>,
-    /// Per-example predictions as JSONL into this directory (one file per task).
+    /// Per-example predictions as JSONL into this directory (one file per task); for loglik, every
+    /// label's summed log-likelihood, token count and greediness.
     #[arg(long)]
     predictions: Option<PathBuf>,
     #[arg(long, short)]

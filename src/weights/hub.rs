@@ -162,21 +162,37 @@ fn token() -> Result<Option<String>> {
         .filter(|t| !t.is_empty()))
 }
 
+/// Whether a name stays inside the directory it is joined to (`a/b` yes; `/a`, `../a`, `a//b` no).
+fn is_relative_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('/')
+        && !name.contains('\\')
+        && !name.contains('\0')
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 /// Refuses revisions that would leave `refs/` or `snapshots/` as paths.
 fn check_revision(rev: &str) -> Result<()> {
-    let bad = rev.is_empty()
-        || rev.starts_with('/')
-        || rev.contains('\\')
-        || rev.contains('\0')
-        || rev
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..");
-    if bad {
+    if !is_relative_name(rev) {
         return Err(Error::InvalidArgument(format!(
             "--revision `{rev}`: not a branch, tag or commit name"
         )));
     }
     Ok(())
+}
+
+/// The shards an index names, each refused unless it stays inside the snapshot.
+fn shards(id: &str, index: &Path) -> Result<Vec<String>> {
+    let names = super::safetensors_dir::shard_names(index)?;
+    if let Some(bad) = names.iter().find(|n| !is_relative_name(n)) {
+        return Err(Error::Config {
+            path: index.to_path_buf(),
+            reason: format!("{id}: shard name `{bad}` leaves the snapshot directory"),
+        });
+    }
+    Ok(names)
 }
 
 /// What the cache knows about one file at one commit.
@@ -242,15 +258,14 @@ impl HubCache {
     }
 
     /// Whether `file` is cached at `commit`, known absent, or unknown (a dangling symlink counts
-    /// as not cached, as `os.path.isfile` says).
+    /// as not cached, as `os.path.isfile` says). A file in the snapshot wins over a stale marker.
     pub fn lookup(&self, id: &str, commit: &str, file: &str) -> Cached {
-        let repo = self.repo_dir(id);
-        if repo.join(".no_exist").join(commit).join(file).is_file() {
-            return Cached::Absent;
-        }
         let p = self.snapshot(id, commit).join(file);
+        let marker = self.repo_dir(id).join(".no_exist").join(commit).join(file);
         if p.is_file() {
             Cached::Present(p)
+        } else if marker.is_file() {
+            Cached::Absent
         } else {
             Cached::Unknown
         }
@@ -365,7 +380,7 @@ fn from_cache(
         match plan_weights(id, &known) {
             Ok(SAFETENSORS_INDEX) => {
                 let index = snap.join(SAFETENSORS_INDEX);
-                for shard in super::safetensors_dir::shard_names(&index).map_err(Miss::Final)? {
+                for shard in shards(id, &index).map_err(Miss::Final)? {
                     need(&shard)?;
                 }
             }
@@ -625,7 +640,7 @@ pub fn resolve(id: &str, revision: Option<&str>, offline: bool) -> Result<PathBu
             }
             let path = remote.get(weights)?;
             if weights == SAFETENSORS_INDEX {
-                for shard in super::safetensors_dir::shard_names(&path)? {
+                for shard in shards(id, &path)? {
                     remote.get(&shard)?;
                 }
             }
@@ -664,6 +679,23 @@ mod tests {
         }
         for v in ["0", "false", "2", ""] {
             assert!(!is_true(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn shard_names_stay_inside_the_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let index = d.path().join(SAFETENSORS_INDEX);
+        let write = |shard: &str| {
+            let v = serde_json::json!({"weight_map": {"w": shard}});
+            std::fs::write(&index, v.to_string()).unwrap();
+        };
+        write("model-00001-of-00002.safetensors");
+        assert_eq!(shards("o/n", &index).unwrap().len(), 1);
+        for bad in ["../../../etc/x.safetensors", "/abs.safetensors"] {
+            write(bad);
+            let e = shards("o/n", &index).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
         }
     }
 
