@@ -143,6 +143,44 @@ impl GgufModel {
             .keys()
             .filter_map(|g| hf_name(g).map(|h| (h, g.clone())))
             .collect();
+        // A tensor tsd cannot map (a bias, llama3's `rope_freqs.weight` frequency factors, an
+        // expert) changes the computation: refuse rather than drop it.
+        if let Some(g) = content.tensor_infos.keys().find(|g| hf_name(g).is_none()) {
+            return Err(Error::Gguf {
+                path: path.to_path_buf(),
+                reason: format!("tensor `{g}` is not supported (tsd reads llama's plain weights)"),
+            });
+        }
+        let key_len = meta_u32(&content, path, "llama.attention.key_length").ok();
+        let head_dim = key_len.unwrap_or(hidden / n_head.max(1));
+        for key in ["llama.attention.value_length", "llama.rope.dimension_count"] {
+            if let Some(n) = meta_u32(&content, path, key)
+                .ok()
+                .filter(|&n| n != head_dim)
+            {
+                return Err(Error::Gguf {
+                    path: path.to_path_buf(),
+                    reason: format!("metadata `{key}` = {n} differs from the head dimension {head_dim}, which tsd does not implement"),
+                });
+            }
+        }
+        let scaling = content
+            .metadata
+            .get("llama.rope.scaling.type")
+            .and_then(|v| v.to_string().ok().cloned());
+        let rope_scaling = match scaling.as_deref() {
+            None | Some("none") => serde_json::Value::Null,
+            Some("linear") => serde_json::json!({
+                "rope_type": "linear",
+                "factor": f32_meta("llama.rope.scaling.factor", f32::NAN),
+            }),
+            Some(other) => {
+                return Err(Error::Gguf {
+                    path: path.to_path_buf(),
+                    reason: format!("metadata `llama.rope.scaling.type` = \"{other}\" is not implemented (tsd implements none, linear)"),
+                })
+            }
+        };
         let config = serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -151,11 +189,12 @@ impl GgufModel {
             "num_hidden_layers": layers,
             "num_attention_heads": n_head,
             "num_key_value_heads": n_kv_head,
-            "head_dim": hidden / n_head.max(1),
+            "head_dim": head_dim,
             "vocab_size": vocab,
             "max_position_embeddings": ctx,
             "rms_norm_eps": f32_meta("llama.attention.layer_norm_rms_epsilon", 1e-5),
             "rope_theta": f32_meta("llama.rope.freq_base", 10000.0),
+            "rope_scaling": rope_scaling,
             "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
         });
         Ok(GgufModel {
