@@ -397,7 +397,7 @@ impl LlamaConfig {
             num_hidden_layers: r.required("num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads: Some(kv),
-            head_dim,
+            head_dim: Some(hd),
             vocab_size: r.required("vocab_size")?,
             tie_word_embeddings: r.bool("tie_word_embeddings")?.unwrap_or(false),
             rms_norm_eps: r.f64("rms_norm_eps")?.unwrap_or(1e-6),
