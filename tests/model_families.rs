@@ -255,11 +255,36 @@ fn unsupported_configs_are_refused_with_exit_2_naming_the_field() {
             json!({"model_type": null}),
             "`model_type` missing",
         ),
+        (
+            "quantized",
+            json!({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true}}),
+            "`quantization_config`",
+        ),
+        (
+            "attention dropout",
+            json!({"attention_dropout": 0.1}),
+            "`attention_dropout` = 0.1",
+        ),
+        (
+            "layer types",
+            json!({"layer_types": ["sliding_attention", "full_attention"]}),
+            "`layer_types`",
+        ),
+        (
+            "classifier",
+            json!({"architectures": ["LlamaForSequenceClassification"]}),
+            "`architectures`",
+        ),
+        (
+            "rope disagreement",
+            json!({"rope_scaling": {"type": "linear", "factor": 2.0}, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}),
+            "disagree",
+        ),
     ];
     for (case, edit, needle) in cases {
         let home = tempfile::tempdir().unwrap();
         let m = edited(&family("llama-head-dim"), home.path(), |c| {
-            if edit.get("rope_scaling").is_some() {
+            if edit.get("rope_scaling").is_some() && edit.get("rope_parameters").is_none() {
                 // The legacy form on its own, as pre-transformers-5 configs have it.
                 c.as_object_mut().unwrap().remove("rope_parameters");
             }
@@ -310,4 +335,18 @@ fn mistral_eval_beyond_the_window_is_refused_with_exit_2() {
     });
     let (code, err) = eval(home.path(), &m);
     assert_refused(code, &err, "sliding_window of 16", "mistral window");
+}
+
+/// An untied config without `lm_head.weight` is refused, not given the embedding as its head.
+#[test]
+fn a_missing_untied_lm_head_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let m = edited(&family("llama-head-dim"), home.path(), |_| {});
+    let file = m.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    assert!(tensors.remove("lm_head.weight").is_some());
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let (code, err) = eval(home.path(), &m);
+    assert_refused(code, &err, "`lm_head.weight`", "missing lm_head");
+    assert!(err.contains("tie_word_embeddings false"), "{err}");
 }

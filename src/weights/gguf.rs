@@ -303,6 +303,75 @@ impl WeightSource for GgufModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
+    use candle_core::Tensor;
+
+    /// A one-layer llama GGUF (hidden 8, 2 heads) with `extra` metadata and tensor names.
+    fn tiny_gguf(dir: &Path, extra_meta: &[(&str, Value)], extra_tensors: &[&str]) -> PathBuf {
+        let mut meta: Vec<(&str, Value)> = vec![
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.attention.head_count", Value::U32(2)),
+            ("llama.embedding_length", Value::U32(8)),
+            ("llama.block_count", Value::U32(1)),
+            ("llama.feed_forward_length", Value::U32(16)),
+        ];
+        meta.extend(extra_meta.iter().cloned());
+        let q = |dims: &[usize]| {
+            QTensor::quantize(
+                &Tensor::ones(dims, candle_core::DType::F32, &Device::Cpu).unwrap(),
+                GgmlDType::F32,
+            )
+            .unwrap()
+        };
+        let mut tensors = vec![
+            ("token_embd.weight", q(&[4, 8])),
+            ("output_norm.weight", q(&[8])),
+        ];
+        for n in extra_tensors {
+            tensors.push((n, q(&[8])));
+        }
+        let path = dir.join("m.gguf");
+        let mut f = File::create(&path).unwrap();
+        let m: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+        let t: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+        gguf_file::write(&mut f, &m, &t).unwrap();
+        path
+    }
+
+    #[test]
+    fn unmapped_tensors_and_unknown_rope_scaling_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let ok = GgufModel::open(&tiny_gguf(d.path(), &[], &[])).unwrap();
+        assert!(ok.config_json().unwrap()["rope_scaling"].is_null());
+        for t in ["rope_freqs.weight", "blk.0.attn_q.bias"] {
+            let e = GgufModel::open(&tiny_gguf(d.path(), &[], &[t]))
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains(&format!("tensor `{t}`")), "{e}");
+        }
+        let yarn = [("llama.rope.scaling.type", Value::String("yarn".into()))];
+        let e = GgufModel::open(&tiny_gguf(d.path(), &yarn, &[]))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("\"yarn\""), "{e}");
+        let partial = [("llama.rope.dimension_count", Value::U32(2))];
+        let e = GgufModel::open(&tiny_gguf(d.path(), &partial, &[]))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("rope.dimension_count"), "{e}");
+        let linear = [
+            ("llama.rope.scaling.type", Value::String("linear".into())),
+            ("llama.rope.scaling.factor", Value::F32(4.0)),
+        ];
+        let m = GgufModel::open(&tiny_gguf(d.path(), &linear, &[])).unwrap();
+        let cfg = m.config_json().unwrap();
+        assert_eq!(cfg["rope_scaling"]["rope_type"], "linear");
+        let parsed = crate::model::LlamaConfig::from_json(cfg, Path::new("m.gguf")).unwrap();
+        assert_eq!(
+            parsed.rope_scaling,
+            crate::model::config::RopeScaling::Linear { factor: 4.0 }
+        );
+    }
 
     #[test]
     fn names_map_to_hf() {
