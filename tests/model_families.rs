@@ -350,3 +350,32 @@ fn a_missing_untied_lm_head_is_refused() {
     assert_refused(code, &err, "`lm_head.weight`", "missing lm_head");
     assert!(err.contains("tie_word_embeddings false"), "{err}");
 }
+
+/// `tsd train` refuses a cutoff longer than a Mistral window before the first step.
+#[test]
+fn mistral_train_cutoff_beyond_the_window_is_refused_with_exit_2() {
+    let home = tempfile::tempdir().unwrap();
+    let m = edited(&fixture("tiny-llama"), home.path(), |c| {
+        c["model_type"] = "mistral".into();
+        c["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+        c["sliding_window"] = 16.into();
+    });
+    let data = home.path().join("train.json");
+    let ex = serde_json::json!([{"instruction": "Say yes.", "input": "", "output": "yes", "answer": "yes"}]);
+    std::fs::write(&data, ex.to_string()).unwrap();
+    let out = tsd(home.path())
+        .args(["train", "--model", m.to_str().unwrap(), "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(home.path().join("run"))
+        .args(["--cutoff-len", "32", "--max-steps", "1", "-q"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_refused(
+        out.status.code(),
+        &err,
+        "sliding_window of 16",
+        "train cutoff",
+    );
+}
