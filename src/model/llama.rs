@@ -3,11 +3,16 @@
 //! layer is an [`AdaptedLinear`] that LoRA, LoRA-Dash or full fine-tuning can wrap. Weights are found
 //! by their Hugging Face names through a [`WeightSource`], whichever file they came from.
 //!
+//! One model covers transformers' Llama, Mistral and Qwen2 (see [`LlamaConfig`]): they differ in
+//! the rotary frequencies (the tables), which linears carry a bias, and Mistral's sliding window.
+//! A base-layer bias is added after the adapted linear (`y = W x + b + ΔW x`, as PEFT wraps an
+//! `nn.Linear` with its bias); merging an adapter changes `W` only.
+//!
 //! Every op used has a backward pass (no fused `rms_norm`/`softmax_last_dim`, see DESIGN.md).
 
 use super::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::nn::attention::{repeat_kv, rope_composed as rope, split_heads};
+use crate::nn::attention::{repeat_kv, rope_composed as rope, rope_tables, split_heads};
 use crate::nn::{AdaptedLinear, ForwardCtx, FrozenLinear};
 use crate::weights::WeightSource;
 use candle_core::{DType, Device, Module, Tensor};
@@ -29,6 +34,19 @@ pub struct Block {
     post_norm: Tensor,
     /// q, k, v, o, gate, up, down (see [`LINEARS`]).
     pub linears: Vec<AdaptedLinear>,
+    /// The base layers' biases `[out]`, in [`LINEARS`] order (frozen, never merged).
+    biases: Vec<Option<Tensor>>,
+}
+
+impl Block {
+    /// Linear `i` of [`LINEARS`] with its base bias: `[.., in]` → `[.., out]`.
+    fn project(&self, i: usize, x: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
+        let y = self.linears[i].forward(x, ctx)?;
+        match &self.biases[i] {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
 }
 
 /// Keys and values of one layer, `[B, kv_heads, T_past, head_dim]`.
@@ -101,29 +119,109 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     crate::nn::fused::rms_norm(x, w, eps)
 }
 
+/// Refuses tensors the model would not use (transformers would drop them with a warning): a bias
+/// the config does not declare, a layer beyond `num_hidden_layers`, a module of another
+/// architecture. Derived RoPE buffers (`rotary_emb.inv_freq`) are recomputed, so they are skipped.
+fn check_unused(src: &dyn WeightSource, config: &LlamaConfig) -> Result<()> {
+    let mut known: std::collections::HashSet<String> = [
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for l in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        known.insert(format!("{p}.input_layernorm.weight"));
+        known.insert(format!("{p}.post_attention_layernorm.weight"));
+        for name in LINEARS {
+            let module = format!("{p}.{}.{name}", group(name));
+            known.insert(format!("{module}.weight"));
+            if config.has_bias(name) {
+                known.insert(format!("{module}.bias"));
+            }
+        }
+    }
+    let unused: Vec<String> = src
+        .names()
+        .into_iter()
+        .filter(|n| !known.contains(n) && !n.ends_with("rotary_emb.inv_freq"))
+        .collect();
+    let Some(first) = unused.first() else {
+        return Ok(());
+    };
+    let why = if first.ends_with(".bias") {
+        let flag = if first.contains(".mlp.") {
+            "mlp_bias"
+        } else {
+            "attention_bias"
+        };
+        format!(
+            "the checkpoint has a bias that config.json does not declare ({} {flag})",
+            config.family.name()
+        )
+    } else {
+        format!(
+            "a tensor a {} model with {} layers does not have",
+            config.family.causal_lm(),
+            config.num_hidden_layers
+        )
+    };
+    Err(Error::Config {
+        path: src.describe().into(),
+        reason: format!(
+            "`{first}`{}: {why}; tsd refuses rather than ignore it",
+            if unused.len() > 1 {
+                format!(" and {} more", unused.len() - 1)
+            } else {
+                String::new()
+            }
+        ),
+    })
+}
+
+/// `self_attn` or `mlp`: where a linear sits in a layer.
+fn group(name: &str) -> &'static str {
+    if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&name) {
+        "self_attn"
+    } else {
+        "mlp"
+    }
+}
+
 impl Llama {
-    /// Loads every weight by its HF name; checks each shape against `config`.
+    /// Loads every weight by its HF name; checks each shape against `config` and refuses tensors
+    /// the config does not account for.
     pub fn load(
         src: &dyn WeightSource,
         config: LlamaConfig,
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        check_unused(src, &config)?;
         let (h, v) = (config.hidden_size, config.vocab_size);
         let embed = load_tensor(src, "model.embed_tokens.weight", &[v, h], device, dtype)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let mut linears = Vec::with_capacity(7);
+            let mut biases = Vec::with_capacity(7);
             for name in LINEARS {
                 let (o, i) = config.linear_shape(name).expect("known module");
-                let group = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&name) {
-                    "self_attn"
-                } else {
-                    "mlp"
-                };
-                let module = format!("{p}.{group}.{name}");
+                let module = format!("{p}.{}.{name}", group(name));
                 let w = load_tensor(src, &format!("{module}.weight"), &[o, i], device, dtype)?;
+                biases.push(if config.has_bias(name) {
+                    Some(load_tensor(
+                        src,
+                        &format!("{module}.bias"),
+                        &[o],
+                        device,
+                        dtype,
+                    )?)
+                } else {
+                    None
+                });
                 linears.push(AdaptedLinear::frozen(module, w));
             }
             layers.push(Block {
@@ -142,31 +240,26 @@ impl Llama {
                     dtype,
                 )?,
                 linears,
+                biases,
             });
         }
         let norm = load_tensor(src, "model.norm.weight", &[h], device, dtype)?;
-        let lm_head = if config.tie_word_embeddings || !src.has("lm_head.weight") {
+        // Tied: transformers uses the embedding (an `lm_head.weight` copy, if saved, is the same).
+        let lm_head = if config.tie_word_embeddings {
             FrozenLinear::new(embed.clone())
-        } else {
+        } else if src.has("lm_head.weight") {
             FrozenLinear::new(load_tensor(src, "lm_head.weight", &[v, h], device, dtype)?)
+        } else {
+            return Err(Error::MissingTensor {
+                context: format!(
+                    "{} (config.json: tie_word_embeddings false)",
+                    src.describe()
+                ),
+                tensor: "lm_head.weight".into(),
+            });
         };
-        let hd = config.head_dim();
         let max_pos = config.max_position_embeddings.clamp(1, 8192);
-        let inv: Vec<f32> = (0..hd / 2)
-            .map(|i| 1.0 / (config.rope_theta as f32).powf(2.0 * i as f32 / hd as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(max_pos * hd);
-        let mut sin = Vec::with_capacity(max_pos * hd);
-        for p in 0..max_pos {
-            // emb = cat(freqs, freqs): the two halves of each head share frequencies.
-            for f in inv.iter().chain(inv.iter()) {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-        let cos = Tensor::from_vec(cos, (max_pos, hd), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (max_pos, hd), device)?.to_dtype(dtype)?;
+        let (cos, sin) = rope_tables(&config.inv_freq(), max_pos, device, dtype)?;
         Ok(Llama {
             config,
             embed,
@@ -238,15 +331,15 @@ impl Llama {
             self.config.kv_heads(),
             self.config.head_dim(),
         );
-        let q = block.linears[0].forward(x, ctx)?;
-        let k = block.linears[1].forward(x, ctx)?;
-        let v = block.linears[2].forward(x, ctx)?;
+        let q = block.project(0, x, ctx)?;
+        let k = block.project(1, x, ctx)?;
+        let v = block.project(2, x, ctx)?;
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
         let Some(c) = cache else {
             // The whole sequence at once (training, scoring): one fused op on the CPU.
             let y = crate::nn::attention::causal_attention(&q, &k, &v, &cos, &sin, nh, nkv)?;
-            return block.linears[3].forward(&y, ctx);
+            return block.project(3, &y, ctx);
         };
         let q = rope(&split_heads(&q, nh)?, &cos, &sin)?;
         let k = rope(&split_heads(&k, nkv)?, &cos, &sin)?;
@@ -270,13 +363,13 @@ impl Llama {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, t, nh * hd))?;
-        block.linears[3].forward(&y, ctx)
+        block.project(3, &y, ctx)
     }
 
     fn mlp(&self, block: &Block, x: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
-        let g = block.linears[4].forward(x, ctx)?;
-        let u = block.linears[5].forward(x, ctx)?;
-        block.linears[6].forward(&crate::nn::fused::swiglu(&g, &u)?, ctx)
+        let g = block.project(4, x, ctx)?;
+        let u = block.project(5, x, ctx)?;
+        block.project(6, &crate::nn::fused::swiglu(&g, &u)?, ctx)
     }
 
     /// Runs layers `from..` on hidden states `h: [B, T, H]` and returns logits `[B, T, V]`.
@@ -348,6 +441,12 @@ impl Llama {
                 "sequence of {} tokens exceeds the model's {} positions",
                 pos + t,
                 self.max_positions()
+            )));
+        }
+        if let Some(w) = self.config.sliding_window.filter(|&w| pos + t > w) {
+            return Err(Error::InvalidArgument(format!(
+                "sequence of {} tokens exceeds the model's sliding_window of {w}: tsd does not implement the windowed attention that would start there",
+                pos + t
             )));
         }
         let mask = self.mask(t, pos)?;

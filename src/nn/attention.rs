@@ -362,6 +362,32 @@ impl CustomOp3 for Causal {
     }
 }
 
+/// The rotary tables `cos, sin: [positions, 2·inv_freq.len()]` for inverse frequencies
+/// `inv_freq: [d/2]` (see `LlamaConfig::inv_freq`): row `p` is `cos(p·f)` / `sin(p·f)` over
+/// `cat(f, f)`, transformers' `emb = cat(freqs, freqs)` (both halves of a head share frequencies).
+/// Computed in f32 as transformers does, then cast to `dtype`.
+pub fn rope_tables(
+    inv_freq: &[f32],
+    positions: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Tensor, Tensor)> {
+    let d = 2 * inv_freq.len();
+    let mut cos = Vec::with_capacity(positions * d);
+    let mut sin = Vec::with_capacity(positions * d);
+    for p in 0..positions {
+        for f in inv_freq.iter().chain(inv_freq) {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (positions, d), device)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin, (positions, d), device)?.to_dtype(dtype)?,
+    ))
+}
+
 /// Rotary embedding of `x: [B, heads, T, d]` with `cos, sin: [T, d]` (composed candle ops).
 pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let hd = x.dim(D::Minus1)?;
@@ -470,17 +496,7 @@ mod tests {
         let inv: Vec<f32> = (0..d / 2)
             .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32))
             .collect();
-        let (mut c, mut s) = (vec![], vec![]);
-        for p in 0..t {
-            for f in inv.iter().chain(inv.iter()) {
-                c.push((p as f32 * f).cos());
-                s.push((p as f32 * f).sin());
-            }
-        }
-        Ok((
-            Tensor::from_vec(c, (t, d), &Device::Cpu)?,
-            Tensor::from_vec(s, (t, d), &Device::Cpu)?,
-        ))
+        rope_tables(&inv, t, &Device::Cpu, DType::F32)
     }
 
     /// Output and all three input gradients against the composed candle graph, with grouped

@@ -235,6 +235,16 @@ impl Trainer {
                 config.cutoff_len
             )));
         }
+        if let Some(w) = model
+            .config
+            .sliding_window
+            .filter(|&w| config.cutoff_len > w)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "cutoff_len {} exceeds the model's sliding_window of {w}, which tsd does not implement; lower --cutoff-len",
+                config.cutoff_len
+            )));
+        }
         let tok = crate::model::tokenizer::load_tokenizer(&path)?;
         let info = crate::model::tokenizer::load_tokenizer_info(&path)?;
         let eos = info.eos;

@@ -143,6 +143,44 @@ impl GgufModel {
             .keys()
             .filter_map(|g| hf_name(g).map(|h| (h, g.clone())))
             .collect();
+        // A tensor tsd cannot map (a bias, llama3's `rope_freqs.weight` frequency factors, an
+        // expert) changes the computation: refuse rather than drop it.
+        if let Some(g) = content.tensor_infos.keys().find(|g| hf_name(g).is_none()) {
+            return Err(Error::Gguf {
+                path: path.to_path_buf(),
+                reason: format!("tensor `{g}` is not supported (tsd reads llama's plain weights)"),
+            });
+        }
+        let key_len = meta_u32(&content, path, "llama.attention.key_length").ok();
+        let head_dim = key_len.unwrap_or(hidden / n_head.max(1));
+        for key in ["llama.attention.value_length", "llama.rope.dimension_count"] {
+            if let Some(n) = meta_u32(&content, path, key)
+                .ok()
+                .filter(|&n| n != head_dim)
+            {
+                return Err(Error::Gguf {
+                    path: path.to_path_buf(),
+                    reason: format!("metadata `{key}` = {n} differs from the head dimension {head_dim}, which tsd does not implement"),
+                });
+            }
+        }
+        let scaling = content
+            .metadata
+            .get("llama.rope.scaling.type")
+            .and_then(|v| v.to_string().ok().cloned());
+        let rope_scaling = match scaling.as_deref() {
+            None | Some("none") => serde_json::Value::Null,
+            Some("linear") => serde_json::json!({
+                "rope_type": "linear",
+                "factor": f32_meta("llama.rope.scaling.factor", f32::NAN),
+            }),
+            Some(other) => {
+                return Err(Error::Gguf {
+                    path: path.to_path_buf(),
+                    reason: format!("metadata `llama.rope.scaling.type` = \"{other}\" is not implemented (tsd implements none, linear)"),
+                })
+            }
+        };
         let config = serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -151,11 +189,12 @@ impl GgufModel {
             "num_hidden_layers": layers,
             "num_attention_heads": n_head,
             "num_key_value_heads": n_kv_head,
-            "head_dim": hidden / n_head.max(1),
+            "head_dim": head_dim,
             "vocab_size": vocab,
             "max_position_embeddings": ctx,
             "rms_norm_eps": f32_meta("llama.attention.layer_norm_rms_epsilon", 1e-5),
             "rope_theta": f32_meta("llama.rope.freq_base", 10000.0),
+            "rope_scaling": rope_scaling,
             "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
         });
         Ok(GgufModel {
@@ -264,6 +303,75 @@ impl WeightSource for GgufModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
+    use candle_core::Tensor;
+
+    /// A one-layer llama GGUF (hidden 8, 2 heads) with `extra` metadata and tensor names.
+    fn tiny_gguf(dir: &Path, extra_meta: &[(&str, Value)], extra_tensors: &[&str]) -> PathBuf {
+        let mut meta: Vec<(&str, Value)> = vec![
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.attention.head_count", Value::U32(2)),
+            ("llama.embedding_length", Value::U32(8)),
+            ("llama.block_count", Value::U32(1)),
+            ("llama.feed_forward_length", Value::U32(16)),
+        ];
+        meta.extend(extra_meta.iter().cloned());
+        let q = |dims: &[usize]| {
+            QTensor::quantize(
+                &Tensor::ones(dims, candle_core::DType::F32, &Device::Cpu).unwrap(),
+                GgmlDType::F32,
+            )
+            .unwrap()
+        };
+        let mut tensors = vec![
+            ("token_embd.weight", q(&[4, 8])),
+            ("output_norm.weight", q(&[8])),
+        ];
+        for n in extra_tensors {
+            tensors.push((n, q(&[8])));
+        }
+        let path = dir.join("m.gguf");
+        let mut f = File::create(&path).unwrap();
+        let m: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+        let t: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+        gguf_file::write(&mut f, &m, &t).unwrap();
+        path
+    }
+
+    #[test]
+    fn unmapped_tensors_and_unknown_rope_scaling_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let ok = GgufModel::open(&tiny_gguf(d.path(), &[], &[])).unwrap();
+        assert!(ok.config_json().unwrap()["rope_scaling"].is_null());
+        for t in ["rope_freqs.weight", "blk.0.attn_q.bias"] {
+            let e = GgufModel::open(&tiny_gguf(d.path(), &[], &[t]))
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains(&format!("tensor `{t}`")), "{e}");
+        }
+        let yarn = [("llama.rope.scaling.type", Value::String("yarn".into()))];
+        let e = GgufModel::open(&tiny_gguf(d.path(), &yarn, &[]))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("\"yarn\""), "{e}");
+        let partial = [("llama.rope.dimension_count", Value::U32(2))];
+        let e = GgufModel::open(&tiny_gguf(d.path(), &partial, &[]))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("rope.dimension_count"), "{e}");
+        let linear = [
+            ("llama.rope.scaling.type", Value::String("linear".into())),
+            ("llama.rope.scaling.factor", Value::F32(4.0)),
+        ];
+        let m = GgufModel::open(&tiny_gguf(d.path(), &linear, &[])).unwrap();
+        let cfg = m.config_json().unwrap();
+        assert_eq!(cfg["rope_scaling"]["rope_type"], "linear");
+        let parsed = crate::model::LlamaConfig::from_json(cfg, Path::new("m.gguf")).unwrap();
+        assert_eq!(
+            parsed.rope_scaling,
+            crate::model::config::RopeScaling::Linear { factor: 4.0 }
+        );
+    }
 
     #[test]
     fn names_map_to_hf() {
