@@ -37,7 +37,9 @@ pub fn run(a: ReportArgs) -> Result<()> {
     } else if a.no_track || run.checkpoints.is_empty() || run.is_full_fine_tune() {
         None
     } else {
-        let t = a.run.track(&run, tsd::inspect::InspectOptions::default().top_s, a.quiet)?;
+        let t = a
+            .run
+            .track(&run, tsd::inspect::InspectOptions::default().top_s, a.quiet)?;
         let saved = tsd::fsutil::parent_dir(&out).join("track.json");
         tsd::fsutil::atomic_write(&saved, (tsd::output::to_json(&t)? + "\n").as_bytes())?;
         eprintln!("wrote {}", saved.display());

@@ -310,7 +310,14 @@ pub fn run_html(page: &RunPage) -> Result<String> {
             if pts.is_empty() {
                 return Ok(None);
             }
-            chart(charts::lines(&[(name, pts)], "optimizer step", y, false, marker)).map(Some)
+            chart(charts::lines(
+                &[(name, pts)],
+                "optimizer step",
+                y,
+                false,
+                marker,
+            ))
+            .map(Some)
         };
         ctx.insert(
             "loss_svg",
@@ -326,8 +333,16 @@ pub fn run_html(page: &RunPage) -> Result<String> {
             ))?
             .into(),
         );
-        let lr = chart_of("learning rate", c.series(|p| p.learning_rate), "learning rate")?;
-        let gn = chart_of("gradient norm", c.series(|p| p.grad_norm), "‖g‖ before clipping")?;
+        let lr = chart_of(
+            "learning rate",
+            c.series(|p| p.learning_rate),
+            "learning rate",
+        )?;
+        let gn = chart_of(
+            "gradient norm",
+            c.series(|p| p.grad_norm),
+            "‖g‖ before clipping",
+        )?;
         let tps_pts = c.series(|p| p.tokens_per_s);
         let mut tv: Vec<f64> = tps_pts.iter().map(|p| p.1).collect();
         tv.sort_by(f64::total_cmp);
@@ -339,10 +354,7 @@ pub fn run_html(page: &RunPage) -> Result<String> {
         ctx.insert("logged_steps", c.train.len().into());
         ctx.insert("evals", c.eval.len().into());
         ctx.insert("loss_first_last", first_last(&loss).into());
-        ctx.insert(
-            "eval_first_last",
-            first_last(&eval).into(),
-        );
+        ctx.insert("eval_first_last", first_last(&eval).into());
         ctx.insert(
             "last_epoch",
             c.train
@@ -452,10 +464,7 @@ pub fn run_html(page: &RunPage) -> Result<String> {
         );
         ctx.insert("stability_svg", stab.into());
         ctx.insert("amp_svg", amp.into());
-        ctx.insert(
-            "top_s",
-            t.top_s.into(),
-        );
+        ctx.insert("top_s", t.top_s.into());
         let labels: Vec<String> = pts
             .iter()
             .map(|p| match t.kind {

@@ -161,8 +161,18 @@ mod tests {
         let c = read_curves(&p).unwrap();
         assert_eq!(c.train.len(), 1);
         assert_eq!(c.train[0].grad_norm, Some(3.0));
-        assert_eq!(c.eval, [EvalPoint { step: 1, epoch: Some(0.5), loss: 1.5 }]);
+        assert_eq!(
+            c.eval,
+            [EvalPoint {
+                step: 1,
+                epoch: Some(0.5),
+                loss: 1.5
+            }]
+        );
         std::fs::write(&p, r#"{"log_history": [{"step": 1, "loss": "x"}]}"#).unwrap();
-        assert!(read_curves(&p).unwrap_err().to_string().contains("log_history[0].loss"));
+        assert!(read_curves(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("log_history[0].loss"));
     }
 }

@@ -27,7 +27,9 @@ pub fn is_tsd_run(dir: &Path) -> bool {
 
 /// The directory of a checkpoint.
 pub fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
-    run_dir.join(CHECKPOINTS_DIR).join(format!("step-{step:06}"))
+    run_dir
+        .join(CHECKPOINTS_DIR)
+        .join(format!("step-{step:06}"))
 }
 
 /// Where a checkpoint is written before it is renamed to [`checkpoint_dir`].

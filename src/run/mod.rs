@@ -74,7 +74,10 @@ fn natural_key(name: &str) -> Vec<(u8, u128, String)> {
         let (part, tail) = if digits > 0 {
             rest.split_at(digits)
         } else {
-            rest.split_at(rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len()))
+            rest.split_at(
+                rest.find(|c: char| c.is_ascii_digit())
+                    .unwrap_or(rest.len()),
+            )
         };
         out.push(if digits > 0 {
             (1, part.parse().unwrap_or(u128::MAX), part.to_string())
@@ -244,15 +247,15 @@ impl Run {
             && !hf::is_partial_adapter(dir)
             && (layout::is_tsd_run(dir)
                 || subdirs(dir).is_ok_and(|s| {
-                    s.iter().any(|(n, p)| {
-                        hf::checkpoint_step(n).is_some() || hf::is_partial_adapter(p)
-                    })
+                    s.iter()
+                        .any(|(n, p)| hf::checkpoint_step(n).is_some() || hf::is_partial_adapter(p))
                 }))
     }
 
     /// The run's checkpoints, or an error when it has none (naming what was skipped).
     pub fn require_checkpoints(&self) -> Result<&[Checkpoint]> {
-        if self.checkpoints.is_empty() && self.kind == RunKind::Adapters && self.skipped.is_empty() {
+        if self.checkpoints.is_empty() && self.kind == RunKind::Adapters && self.skipped.is_empty()
+        {
             return Err(Error::InvalidArgument(format!(
                 "{} is not a run directory: it holds no checkpoints/ (tsd train), no checkpoint-N/ (Hugging Face Trainer) and no adapter directories",
                 self.dir.display()
@@ -343,7 +346,8 @@ impl Run {
         };
         // tsd's `--model` was relative to the working directory; a PEFT config's to wherever it was
         // saved from, so the run's own directories are tried first.
-        if self.kind != RunKind::Tsd && Path::new(&declared).is_relative() && declared != "default" {
+        if self.kind != RunKind::Tsd && Path::new(&declared).is_relative() && declared != "default"
+        {
             let mut roots = Vec::new();
             if let Some(c) = self.checkpoints.first() {
                 roots.extend([c.adapter.clone(), c.dir.clone()]);
