@@ -403,6 +403,23 @@ fn half_written_and_temporary_checkpoints_are_skipped_with_a_warning_and_pickles
 }
 
 #[test]
+fn a_final_adapter_at_the_output_root_does_not_hide_the_checkpoints() {
+    let home = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let run = trainer_run(d.path());
+    // What `trainer.save_model(output_dir)` adds after training.
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(run.join("checkpoint-6").join(f), run.join(f)).unwrap();
+    }
+    let (t, err) = track(home.path(), &run, &["--base", &base()]);
+    assert_eq!(steps(&t), [2, 4, 6]);
+    assert!(
+        err.contains("warning:") && err.contains("save_model"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_directory_that_is_no_run_is_refused_naming_the_layouts() {
     let home = tempfile::tempdir().unwrap();
     let d = tempfile::tempdir().unwrap();

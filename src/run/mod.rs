@@ -59,7 +59,8 @@ pub struct Run {
     pub kind: RunKind,
     /// Complete checkpoints, ascending by step.
     pub checkpoints: Vec<Checkpoint>,
-    /// One line per directory that looked like a checkpoint but was skipped (half-written, temporary).
+    /// One line per thing that looked like a checkpoint but was skipped (half-written, temporary,
+    /// an adapter without a step).
     pub skipped: Vec<String>,
     /// The training config of a tsd run.
     pub config: Option<TrainConfig>,
@@ -118,21 +119,27 @@ impl Run {
         if layout::is_tsd_run(dir) {
             return Self::open_tsd(dir);
         }
+        let subs = subdirs(dir)?;
+        if subs
+            .iter()
+            .any(|(n, _)| hf::checkpoint_step(n).is_some() || hf::looks_like_checkpoint(n))
+        {
+            let mut run = Self::open_hf(dir, subs, adapter_name)?;
+            if hf::is_partial_adapter(dir) {
+                run.skipped.push(format!(
+                    "{}: the adapter at the run's root (Trainer.save_model's final one) has no step; tracked are the checkpoint-N/ directories",
+                    dir.display()
+                ));
+            }
+            return Ok(run);
+        }
         if hf::is_partial_adapter(dir) {
             return Err(Error::InvalidArgument(format!(
                 "{} is one adapter, not a run of checkpoints; use `tsd inspect` on it",
                 dir.display()
             )));
         }
-        let subs = subdirs(dir)?;
-        if subs
-            .iter()
-            .any(|(n, _)| hf::checkpoint_step(n).is_some() || hf::looks_like_checkpoint(n))
-        {
-            Self::open_hf(dir, subs, adapter_name)
-        } else {
-            Self::open_adapters(dir, subs, adapter_name)
-        }
+        Self::open_adapters(dir, subs, adapter_name)
     }
 
     fn open_tsd(dir: &Path) -> Result<Run> {
