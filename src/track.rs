@@ -60,6 +60,23 @@ pub struct TrackReport {
     pub reports: Vec<InspectReport>,
 }
 
+impl TrackReport {
+    /// Refuses a saved track whose checkpoints are not `run`'s (another run, or since changed).
+    pub fn check_matches(&self, run: &Run) -> Result<()> {
+        let saved: Vec<&str> = self.points.iter().map(|p| p.checkpoint.as_str()).collect();
+        let now: Vec<&str> = run.checkpoints.iter().map(|c| c.name.as_str()).collect();
+        if saved != now {
+            return Err(Error::InvalidArgument(format!(
+                "the saved track covers checkpoints [{}] but {} has [{}]; track the run again",
+                saved.join(", "),
+                run.dir.display(),
+                now.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn default_top_s() -> usize {
     InspectOptions::default().top_s
 }

@@ -201,6 +201,19 @@ fn trainer_run_report_shows_the_trainer_loss_curve_and_renders_a_saved_track() {
         .output()
         .unwrap());
     assert_eq!(read_page(&again), page);
+    // A saved track of other checkpoints is refused, not rendered beside the wrong curves.
+    let d = tempfile::tempdir().unwrap();
+    let other = trainer_run(d.path());
+    std::fs::remove_dir_all(other.join("checkpoint-4")).unwrap();
+    let out = tsd(home.path())
+        .args(["report", other.to_str().unwrap(), "-q", "--track"])
+        .arg(&saved)
+        .arg("-o")
+        .arg(d.path().join("x.html"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("track the run again"));
 }
 
 #[test]

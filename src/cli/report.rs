@@ -1,5 +1,5 @@
 use super::track::RunArgs;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use tsd::report::pages::{run_html, RunPage};
@@ -33,7 +33,10 @@ pub fn run(a: ReportArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| a.run.run.join("report.html"));
     let track: Option<TrackReport> = if let Some(f) = &a.track {
-        Some(tsd::fsutil::read_json(f)?)
+        let t: TrackReport = tsd::fsutil::read_json(f)?;
+        t.check_matches(&run)
+            .with_context(|| f.display().to_string())?;
+        Some(t)
     } else if a.no_track || run.checkpoints.is_empty() || run.is_full_fine_tune() {
         None
     } else {

@@ -30,6 +30,7 @@ pub enum RunKind {
 }
 
 impl RunKind {
+    /// Words for messages and reports.
     pub fn describe(self) -> &'static str {
         match self {
             RunKind::Tsd => "tsd train run",
@@ -216,25 +217,28 @@ impl Run {
         let mut checkpoints = Vec::new();
         let mut skipped = Vec::new();
         for (name, path) in subs {
-            let adapter = match adapter_name {
-                Some(n) if hf::is_partial_adapter(&path.join(n)) => path.join(n),
-                _ => path.clone(),
-            };
-            if hf::is_complete_adapter(&adapter) && !is_temporary(&name) {
+            let adapter = adapter_name.map_or(path.clone(), |n| path.join(n));
+            let temporary = is_temporary(&name);
+            if hf::is_complete_adapter(&adapter) && !temporary {
                 checkpoints.push(Checkpoint {
                     step: checkpoints.len() + 1,
                     name,
                     dir: path,
                     adapter,
                 });
-            } else if hf::is_partial_adapter(&adapter) || is_temporary(&name) {
+            } else if temporary || hf::is_partial_adapter(&adapter) || hf::is_partial_adapter(&path)
+            {
                 skipped.push(format!(
-                    "{}: {} (half-written?); skipped",
+                    "{}: {}; skipped",
                     path.display(),
-                    if is_temporary(&name) {
-                        "a temporary directory"
+                    if temporary {
+                        "a temporary directory".to_string()
+                    } else if let Some(n) =
+                        adapter_name.filter(|_| !hf::is_partial_adapter(&adapter))
+                    {
+                        format!("no adapter `{n}/` in it")
                     } else {
-                        "an incomplete adapter (no config or no weights)"
+                        "an incomplete adapter (no config or no weights; half-written?)".to_string()
                     }
                 ));
             }

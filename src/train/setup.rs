@@ -13,6 +13,7 @@ use crate::run::RunRecord;
 use crate::weights::{self, ModelSpec};
 use std::path::{Path, PathBuf};
 
+/// FNV-1a of a module name: each module's LoRA init seed is `seed ^ fnv(module)`.
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
@@ -39,6 +40,7 @@ fn data_files(entries: &[String]) -> Result<Vec<PathBuf>> {
 }
 
 impl Trainer {
+    /// Everything a run needs before its first step; writes nothing.
     pub(super) fn build(config: TrainConfig, run_dir: &Path) -> Result<Self> {
         let device = device_for(&config.device)?;
         let dtype = dtype_for(&config.dtype);
