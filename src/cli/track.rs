@@ -19,7 +19,7 @@ pub struct RunArgs {
     /// base_model_name_or_path and revision — when it resolves locally).
     #[arg(long)]
     pub base: Option<String>,
-    /// Hugging Face revision of --base when it is a hub id.
+    /// Hugging Face revision of --base when it is a hub id (default: main).
     #[arg(long, requires = "base")]
     pub revision: Option<String>,
     /// The adapter subfolder to read in each checkpoint (PEFT's folder for a named adapter;
