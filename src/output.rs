@@ -376,6 +376,7 @@ pub fn track_table(r: &crate::track::TrackReport) -> String {
     let opt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.3}"));
     let mut t = table(&[
         "step",
+        "checkpoint",
         "mean top δ",
         "mean ‖ΔW‖F",
         "mean amp",
@@ -389,6 +390,7 @@ pub fn track_table(r: &crate::track::TrackReport) -> String {
     for p in &r.points {
         t.add_row(vec![
             p.step.to_string(),
+            p.checkpoint.clone(),
             sci(p.mean_top_delta),
             sci(p.mean_delta_fro),
             sci(p.mean_amplification),
@@ -402,6 +404,9 @@ pub fn track_table(r: &crate::track::TrackReport) -> String {
     }
     right_align(&mut t, 0);
     let mut out = format!("run: {}\n", r.run);
+    if !r.base.is_empty() {
+        out += &format!("base: {}\n", r.base);
+    }
     if let Some(rf) = &r.reference {
         out += &format!("reference: {rf}\n");
     }
@@ -416,6 +421,7 @@ pub fn track_csv(r: &crate::track::TrackReport) -> Result<String> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
         "step",
+        "checkpoint",
         "module",
         "tsd_indices",
         "top_delta",
@@ -430,6 +436,7 @@ pub fn track_csv(r: &crate::track::TrackReport) -> Result<String> {
         for m in &rep.modules {
             w.write_record([
                 p.step.to_string(),
+                p.checkpoint.clone(),
                 m.module.clone(),
                 m.tsd
                     .iter()

@@ -1,23 +1,27 @@
 //! `tsd track`: TSD change rates, the TSD set, capture against a reference and amplification for
-//! every saved checkpoint of a run — how stable the TSDs are and when LoRA's ΔW starts to capture
-//! them (PAPER.md §3). Each checkpoint is analysed by [`crate::inspect`]; the base SVDs come from the
-//! cache after the first checkpoint.
+//! every saved checkpoint of a run (any layout [`crate::run::Run`] reads) — how stable the TSDs are
+//! and when LoRA's ΔW starts to capture them (PAPER.md §3). Each checkpoint is analysed by
+//! [`crate::inspect`]; the base SVDs come from the cache after the first checkpoint. The result is a
+//! record (`TrackReport`, saved as JSON) that `tsd report` renders without recomputing.
 
 use crate::adapter::load_adapter;
 use crate::error::{Error, Result};
 use crate::inspect::{inspect, InspectOptions, InspectReport, Reference};
 use crate::linalg::cache::SvdCache;
-use crate::train::trainer::{checkpoint_dir, list_checkpoints};
-use crate::train::{Method, TrainConfig};
+use crate::run::{Run, RunKind};
 use crate::weights::{open_model, open_path, ModelSpec, WeightSource};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// One checkpoint's summary over modules.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrackPoint {
+    /// Optimizer step (a directory of adapters: 1-based position).
     pub step: usize,
+    /// The checkpoint's directory name.
+    #[serde(default)]
+    pub checkpoint: String,
     pub modules: usize,
     pub mean_top_delta: f64,
     pub mean_delta_fro: f64,
@@ -32,15 +36,49 @@ pub struct TrackPoint {
     pub mean_dash_delta_sigma: Option<f64>,
 }
 
-/// The whole track: summaries and the full per-checkpoint reports.
-#[derive(Clone, Debug, Serialize)]
+/// The whole track: summaries and the full per-checkpoint reports. Read back (`tsd report
+/// --track`) it carries everything but `reports`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrackReport {
     pub run: String,
+    #[serde(default)]
+    pub kind: Option<RunKind>,
+    /// The base model the checkpoints were analysed against.
+    #[serde(default)]
+    pub base: String,
     pub reference: Option<String>,
+    /// s of the TSD sets.
+    #[serde(default = "default_top_s")]
+    pub top_s: usize,
     pub points: Vec<TrackPoint>,
     /// TSD indices per module per step: `module → [(step, indices)]`.
     pub tsd_sets: BTreeMap<String, Vec<(usize, Vec<usize>)>>,
+    /// Directories of the run that were skipped (half-written or temporary checkpoints).
+    #[serde(default)]
+    pub skipped: Vec<String>,
+    #[serde(skip_deserializing)]
     pub reports: Vec<InspectReport>,
+}
+
+impl TrackReport {
+    /// Refuses a saved track whose checkpoints are not `run`'s (another run, or since changed).
+    pub fn check_matches(&self, run: &Run) -> Result<()> {
+        let saved: Vec<&str> = self.points.iter().map(|p| p.checkpoint.as_str()).collect();
+        let now: Vec<&str> = run.checkpoints.iter().map(|c| c.name.as_str()).collect();
+        if saved != now {
+            return Err(Error::InvalidArgument(format!(
+                "the saved track covers checkpoints [{}] but {} has [{}]; track the run again",
+                saved.join(", "),
+                run.dir.display(),
+                now.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn default_top_s() -> usize {
+    InspectOptions::default().top_s
 }
 
 /// What a `--reference` argument names.
@@ -49,32 +87,37 @@ pub enum RefSource {
     Model(Box<dyn WeightSource>),
 }
 
-/// Resolves a reference: a run directory (its newest checkpoint), an adapter, or a model.
+/// Resolves a reference: an adapter, a run directory of any layout (its newest checkpoint; a tsd
+/// full fine-tune gives ΔW* = W* − W), or a model.
 pub fn open_reference(spec: &str) -> Result<(RefSource, String)> {
     let p = Path::new(spec);
-    if p.join("config.json").exists() && p.join("checkpoints").is_dir() {
-        let cfg = TrainConfig::load(&p.join("config.json"))?;
-        let step = list_checkpoints(p)?.into_iter().max().ok_or_else(|| {
-            Error::InvalidArgument(format!("reference run {spec} has no checkpoint"))
-        })?;
-        let dir = checkpoint_dir(p, step);
-        return Ok(if cfg.method == Method::Full {
-            (
-                RefSource::Model(open_path(&dir)?),
-                format!("full fine-tune {spec} step {step} (ΔW* = W* − W)"),
-            )
-        } else {
-            (
-                RefSource::Adapter(Box::new(load_adapter(&dir)?)),
-                format!("run {spec} step {step}"),
-            )
-        });
-    }
     if crate::adapter::read::is_adapter(p) {
         return Ok((
             RefSource::Adapter(Box::new(load_adapter(p)?)),
             format!("adapter {spec}"),
         ));
+    }
+    if Run::detect(p) {
+        let run = Run::open(p, None)?;
+        let last = run.require_checkpoints().map_err(|_| {
+            Error::InvalidArgument(format!("reference run {spec} has no checkpoint"))
+        })?;
+        let last = last.last().expect("non-empty");
+        let at = match run.kind {
+            RunKind::Adapters => last.name.clone(),
+            _ => format!("step {}", last.step),
+        };
+        return Ok(if run.is_full_fine_tune() {
+            (
+                RefSource::Model(open_path(&last.dir)?),
+                format!("full fine-tune {spec} {at} (ΔW* = W* − W)"),
+            )
+        } else {
+            (
+                RefSource::Adapter(Box::new(load_adapter(&last.adapter)?)),
+                format!("run {spec} {at}"),
+            )
+        });
     }
     Ok((
         RefSource::Model(open_model(&ModelSpec::new(spec))?),
@@ -92,7 +135,7 @@ fn mean(xs: &[f64]) -> Option<f64> {
     (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }
 
-/// Tracks every checkpoint of `run_dir` against `base` (default: the run's own model).
+/// Tracks every checkpoint of `run_dir` against `base` (default: the base the run declares).
 pub fn track(
     run_dir: &Path,
     base: Option<&dyn WeightSource>,
@@ -101,31 +144,33 @@ pub fn track(
     cache: &SvdCache,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<TrackReport> {
-    let cfg = TrainConfig::load(&run_dir.join("config.json"))?;
-    if cfg.method == Method::Full {
-        return Err(Error::InvalidArgument(
-            "tsd track analyses LoRA / LoRA-Dash runs; a full fine-tune is a --reference".into(),
-        ));
-    }
-    let steps = list_checkpoints(run_dir)?;
-    if steps.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "{} has no complete checkpoint",
-            run_dir.display()
-        )));
-    }
+    let run = Run::open(run_dir, None)?;
     let owned;
     let base: &dyn WeightSource = match base {
         Some(b) => b,
         None => {
-            owned = open_model(&ModelSpec {
-                spec: cfg.model.clone(),
-                revision: cfg.revision.clone(),
-                offline: true,
-            })?;
+            owned = run.open_base(None)?;
             owned.as_ref()
         }
     };
+    track_run(&run, base, reference, opts, cache, progress)
+}
+
+/// Tracks every checkpoint of an opened run against `base`; `progress` sees each step.
+pub fn track_run(
+    run: &Run,
+    base: &dyn WeightSource,
+    reference: Option<&(RefSource, String)>,
+    opts: &InspectOptions,
+    cache: &SvdCache,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<TrackReport> {
+    if run.is_full_fine_tune() {
+        return Err(Error::InvalidArgument(
+            "tsd track analyses LoRA / LoRA-Dash runs; a full fine-tune is a --reference".into(),
+        ));
+    }
+    let checkpoints = run.require_checkpoints()?;
     let r = reference.map(|(src, name)| {
         (
             match src {
@@ -136,8 +181,9 @@ pub fn track(
         )
     });
     let mut reports = Vec::new();
-    for &step in &steps {
-        let ad = load_adapter(&checkpoint_dir(run_dir, step))?;
+    for c in checkpoints {
+        let step = c.step;
+        let ad = load_adapter(&c.adapter)?;
         let rep = inspect(
             &ad,
             base,
@@ -182,6 +228,7 @@ pub fn track(
         };
         points.push(TrackPoint {
             step: *step,
+            checkpoint: checkpoints[i].name.clone(),
             modules: rep.modules.len(),
             mean_top_delta: mean(&col(&|m| m.tsd.first().map(|t| t.delta))).unwrap_or(0.0),
             mean_delta_fro: mean(&col(&|m| Some(m.delta_fro))).unwrap_or(0.0),
@@ -198,10 +245,14 @@ pub fn track(
         });
     }
     Ok(TrackReport {
-        run: run_dir.display().to_string(),
+        run: run.dir.display().to_string(),
+        kind: Some(run.kind),
+        base: base.describe(),
         reference: reference.map(|(_, n)| n.clone()),
+        top_s: opts.top_s,
         points,
         tsd_sets,
+        skipped: run.skipped.clone(),
         reports: reports.into_iter().map(|(_, r)| r).collect(),
     })
 }

@@ -1,54 +1,68 @@
-use super::progress_bar;
-use anyhow::{Context, Result};
+use super::track::RunArgs;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use tsd::inspect::InspectOptions;
-use tsd::linalg::cache::SvdCache;
-use tsd::track::{open_reference, track};
-use tsd::train::RunRecord;
+use tsd::report::pages::{run_html, RunPage};
+use tsd::track::TrackReport;
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// Run directory written by `tsd train`.
-    run: PathBuf,
-    /// Reference for TSD capture along training (a run directory, adapter or model).
-    #[arg(long)]
-    reference: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Render this saved track record (`tsd track RUN --json -o FILE`) instead of tracking the
+    /// run's checkpoints (default: track them and save the record as track.json beside the report).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_track")]
+    track: Option<PathBuf>,
     /// Skip the per-checkpoint direction analysis (curves only).
     #[arg(long)]
     no_track: bool,
     /// Output file (default RUN/report.html).
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
+    /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
 }
 
 pub fn run(a: ReportArgs) -> Result<()> {
-    let rec: RunRecord = tsd::fsutil::read_json(&a.run.join("record.json"))
-        .with_context(|| format!("{} is not a tsd run directory", a.run.display()))?;
-    let has_checkpoints = !tsd::train::trainer::list_checkpoints(&a.run)?.is_empty();
-    let tr = if a.no_track || !has_checkpoints || rec.config.method == tsd::train::Method::Full {
+    let run = a.run.open()?;
+    let record = run.record()?;
+    let curves = run.curves()?;
+    let out = a
+        .output
+        .clone()
+        .unwrap_or_else(|| a.run.run.join("report.html"));
+    let track: Option<TrackReport> = if let Some(f) = &a.track {
+        let t: TrackReport = tsd::fsutil::read_json(f)?;
+        t.check_matches(&run)
+            .with_context(|| f.display().to_string())?;
+        Some(t)
+    } else if a.no_track || run.checkpoints.is_empty() || run.is_full_fine_tune() {
         None
     } else {
-        let reference = a.reference.as_deref().map(open_reference).transpose()?;
-        let n = tsd::train::trainer::list_checkpoints(&a.run)?.len();
-        let pb = progress_bar(n as u64, "track", a.quiet);
-        let t = track(
-            &a.run,
-            None,
-            reference.as_ref(),
-            &InspectOptions::default(),
-            &SvdCache::default_location(),
-            &|_| pb.inc(1),
-        )?;
-        pb.finish_and_clear();
-        let json = tsd::output::to_json(&t.points)? + "\n";
-        tsd::fsutil::atomic_write(&a.run.join("track.json"), json.as_bytes())?;
+        let t = a
+            .run
+            .track(&run, tsd::inspect::InspectOptions::default().top_s, a.quiet)?;
+        let saved = tsd::fsutil::parent_dir(&out).join("track.json");
+        tsd::fsutil::atomic_write(&saved, (tsd::output::to_json(&t)? + "\n").as_bytes())?;
+        eprintln!("wrote {}", saved.display());
         Some(t)
     };
-    let html = tsd::report::pages::run_html(&a.run.display().to_string(), &rec, tr.as_ref())?;
-    let out = a.output.unwrap_or_else(|| a.run.join("report.html"));
+    if curves.is_none() && track.is_none() {
+        bail!(
+            "{}: nothing to report: no curves (record.json, trainer_state.json) and no checkpoint to track",
+            run.dir.display()
+        );
+    }
+    let html = run_html(&RunPage {
+        run: &a.run.run.display().to_string(),
+        kind: run.kind,
+        checkpoints: run.checkpoints.iter().map(|c| c.name.clone()).collect(),
+        skipped: &run.skipped,
+        record: record.as_ref(),
+        curves: curves.as_ref(),
+        track: track.as_ref(),
+    })?;
     tsd::fsutil::atomic_write(&out, html.as_bytes())?;
     eprintln!("wrote {}", out.display());
     Ok(())

@@ -5,21 +5,82 @@ use std::path::PathBuf;
 use tsd::inspect::InspectOptions;
 use tsd::linalg::cache::SvdCache;
 use tsd::output::{to_json, track_csv, track_table, Format};
-use tsd::track::{open_reference, track};
+use tsd::run::Run;
+use tsd::track::{open_reference, track_run};
+use tsd::weights::ModelSpec;
+
+/// Where a run is and what to analyse it against (shared by `track` and `report`).
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run directory: `tsd train`'s, a Hugging Face Trainer output directory (checkpoint-N/), or a
+    /// directory of adapter directories.
+    pub run: PathBuf,
+    /// Base model (default: the run's declared base — tsd's --model, else the adapters'
+    /// base_model_name_or_path and revision — when it resolves locally).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Hugging Face revision of --base when it is a hub id (default: main).
+    #[arg(long, requires = "base")]
+    pub revision: Option<String>,
+    /// The adapter subfolder to read in each checkpoint (PEFT's folder for a named adapter;
+    /// default: the checkpoint's root, else its only adapter subfolder).
+    #[arg(long)]
+    pub adapter_name: Option<String>,
+    /// Reference for capture metrics: a run directory of any layout (its newest checkpoint; a tsd
+    /// full fine-tune gives ΔW* = W* − W), an adapter, or a model (default: none).
+    #[arg(long)]
+    pub reference: Option<String>,
+}
+
+impl RunArgs {
+    /// Opens the run, warning about skipped directories on stderr.
+    pub fn open(&self) -> Result<Run> {
+        let run = Run::open(&self.run, self.adapter_name.as_deref())?;
+        for w in &run.skipped {
+            eprintln!("warning: {w}");
+        }
+        Ok(run)
+    }
+
+    /// Tracks an opened run's checkpoints with TSD sets of `top_s` (progress bar unless `quiet`).
+    pub fn track(&self, run: &Run, top_s: usize, quiet: bool) -> Result<tsd::track::TrackReport> {
+        run.require_checkpoints()?;
+        let spec = self.base.as_ref().map(|b| ModelSpec {
+            spec: b.clone(),
+            revision: self.revision.clone(),
+            offline: false,
+        });
+        let base = run.open_base(spec.as_ref())?;
+        let reference = self.reference.as_deref().map(open_reference).transpose()?;
+        let pb = progress_bar(run.checkpoints.len() as u64, "track", quiet);
+        let opts = InspectOptions {
+            top_s,
+            ..Default::default()
+        };
+        let rep = track_run(
+            run,
+            base.as_ref(),
+            reference.as_ref(),
+            &opts,
+            &SvdCache::default_location(),
+            &|step| {
+                pb.set_message(format!("step {step}"));
+                pb.inc(1);
+            },
+        )?;
+        pb.finish_and_clear();
+        Ok(rep)
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct TrackArgs {
-    /// Run directory written by `tsd train`.
-    run: PathBuf,
-    /// Reference for capture metrics: a run directory (its newest checkpoint; a full fine-tune gives
-    /// ΔW* = W* − W), an adapter, or a model.
-    #[arg(long)]
-    reference: Option<String>,
-    /// Base model (default: the run's own).
-    #[arg(long)]
-    base: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Size s of the TSD sets (top-s change rates per module).
     #[arg(long, default_value_t = 8)]
     top_s: usize,
+    /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
     #[command(flatten)]
@@ -27,30 +88,11 @@ pub struct TrackArgs {
 }
 
 pub fn run(a: TrackArgs) -> Result<()> {
-    let base = a
-        .base
-        .as_ref()
-        .map(|b| tsd::weights::open_model(&tsd::weights::ModelSpec::new(b)))
-        .transpose()?;
-    let reference = a.reference.as_deref().map(open_reference).transpose()?;
-    let n = tsd::train::trainer::list_checkpoints(&a.run)?.len();
-    let pb = progress_bar(n as u64, "track", a.quiet);
-    let opts = InspectOptions {
-        top_s: a.top_s,
-        ..Default::default()
-    };
-    let rep = track(
-        &a.run,
-        base.as_deref(),
-        reference.as_ref(),
-        &opts,
-        &SvdCache::default_location(),
-        &|step| {
-            pb.set_message(format!("step {step}"));
-            pb.inc(1);
-        },
-    )?;
-    pb.finish_and_clear();
+    if a.top_s == 0 {
+        anyhow::bail!("--top-s must be positive");
+    }
+    let run = a.run.open()?;
+    let rep = a.run.track(&run, a.top_s, a.quiet)?;
     let text = match a.out.format() {
         Format::Json => to_json(&rep)? + "\n",
         Format::Csv => track_csv(&rep)?,

@@ -45,6 +45,8 @@ pub struct LineOpts<'a> {
     /// a line out of the legend.
     pub hlines: Vec<(f64, &'a str)>,
     pub legend: Legend,
+    /// Indices of series drawn as points only, without a line (e.g. sparse evaluations).
+    pub points_only: Vec<usize>,
     /// Size in pixels (default 640 × 280).
     pub width: Option<u32>,
     pub height: Option<u32>,
@@ -355,6 +357,14 @@ pub fn lines_with(
                         .cloned()
                         .filter(|p| p.1.is_finite() && (!log_y || p.1 > 0.0))
                         .collect();
+                    if opts.points_only.contains(&si) {
+                        chart
+                            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))
+                            .map_err(err)?
+                            .label(*name)
+                            .legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
+                        continue;
+                    }
                     chart
                         .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
                         .map_err(err)?

@@ -3,8 +3,8 @@
 use super::{charts, render};
 use crate::error::{Error, Result};
 use crate::inspect::InspectReport;
+use crate::run::{Curves, RunKind, RunRecord};
 use crate::track::TrackReport;
-use crate::train::RunRecord;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -249,46 +249,40 @@ struct TsdRow {
     cells: Vec<String>,
 }
 
-/// The `tsd report RUN_DIR` page: the run record, and the track over checkpoints when given.
-pub fn run_html(run_dir: &str, rec: &RunRecord, track: Option<&TrackReport>) -> Result<String> {
-    let steps: Vec<(f64, f64)> = rec.steps.iter().map(|s| (s.step as f64, s.loss)).collect();
-    let val: Vec<(f64, f64)> = rec.val.iter().map(|v| (v.step as f64, v.loss)).collect();
-    let dash_step = rec.dash_switch.as_ref().map(|d| d.step);
-    let marker = dash_step.map(|s| (s as f64, "Dash switch"));
-    let mut loss_series = vec![("train loss", steps.clone())];
-    if !val.is_empty() {
-        loss_series.push(("validation loss", val));
+/// What the `tsd report RUN` page renders: records only.
+pub struct RunPage<'a> {
+    /// The run directory, as given.
+    pub run: &'a str,
+    pub kind: RunKind,
+    /// Names of the complete checkpoints, in step order.
+    pub checkpoints: Vec<String>,
+    /// Directories skipped as half-written or temporary.
+    pub skipped: &'a [String],
+    /// tsd's run record (a tsd run that has written one).
+    pub record: Option<&'a RunRecord>,
+    /// Training curves (tsd's record or the Trainer's `log_history`).
+    pub curves: Option<&'a Curves>,
+    pub track: Option<&'a TrackReport>,
+}
+
+fn first_last(xs: &[(f64, f64)]) -> String {
+    match (xs.first(), xs.last()) {
+        (Some(a), Some(b)) => format!("{:.4} → {:.4}", a.1, b.1),
+        _ => "-".into(),
     }
-    let loss_svg = chart(charts::lines(
-        &loss_series,
-        "optimizer step",
-        "loss (nats/token)",
-        false,
-        marker,
-    ))?;
-    let lr: Vec<(f64, f64)> = rec.steps.iter().map(|s| (s.step as f64, s.lr)).collect();
-    let lr_svg = chart(charts::lines(
-        &[("learning rate", lr)],
-        "optimizer step",
-        "learning rate",
-        false,
-        marker,
-    ))?;
-    let tps: Vec<(f64, f64)> = rec
-        .steps
-        .iter()
-        .map(|s| (s.step as f64, s.tokens_per_s))
-        .collect();
-    let tps_svg = chart(charts::lines(
-        &[("tokens/s", tps.clone())],
-        "optimizer step",
-        "tokens / s",
-        false,
-        marker,
-    ))?;
-    let mut tv: Vec<f64> = tps.iter().map(|p| p.1).collect();
-    tv.sort_by(f64::total_cmp);
-    let median_tps = tv.get(tv.len() / 2).copied().unwrap_or(0.0);
+}
+
+/// The `tsd report RUN` page: the run's curves, its record's facts, and the track over checkpoints.
+pub fn run_html(page: &RunPage) -> Result<String> {
+    let run_dir = page.run;
+    let curves = page.curves;
+    let marker = curves
+        .and_then(|c| c.marker.as_ref())
+        .map(|m| (m.step as f64, m.label.as_str()));
+    let dash_step = page
+        .record
+        .and_then(|r| r.dash_switch.as_ref())
+        .map(|d| d.step);
     let run_name = std::path::Path::new(run_dir)
         .file_name()
         .map_or(run_dir.to_string(), |n| n.to_string_lossy().to_string());
@@ -298,49 +292,105 @@ pub fn run_html(run_dir: &str, rec: &RunRecord, track: Option<&TrackReport>) -> 
     ctx.insert("build", env!("TSD_BUILD_VERSIONS").into());
     ctx.insert("run", run_dir.into());
     ctx.insert("run_name", run_name.into());
-    ctx.insert("rec", minijinja::Value::from_serialize(rec));
+    ctx.insert("kind", page.kind.describe().into());
     ctx.insert(
-        "method",
-        serde_json::to_value(rec.config.method)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default()
-            .into(),
+        "checkpoints",
+        minijinja::Value::from_serialize(&page.checkpoints),
     );
-    ctx.insert("alpha", rec.config.alpha().into());
+    ctx.insert("skipped", minijinja::Value::from_serialize(page.skipped));
     ctx.insert("dash_step", minijinja::Value::from_serialize(dash_step));
-    ctx.insert("steps_done", rec.steps.last().map_or(0, |s| s.step).into());
-    ctx.insert(
-        "loss_first",
-        rec.steps
-            .first()
-            .map_or("-".into(), |s| format!("{:.4}", s.loss))
+    if let Some(c) = curves {
+        let loss = c.series(|p| p.loss);
+        let eval: Vec<(f64, f64)> = c.eval.iter().map(|e| (e.step as f64, e.loss)).collect();
+        let mut loss_series = vec![("training loss", loss.clone())];
+        if !eval.is_empty() {
+            loss_series.push(("evaluation loss", eval.clone()));
+        }
+        let chart_of = |name: &str, pts: Vec<(f64, f64)>, y: &str| -> Result<Option<String>> {
+            if pts.is_empty() {
+                return Ok(None);
+            }
+            chart(charts::lines(
+                &[(name, pts)],
+                "optimizer step",
+                y,
+                false,
+                marker,
+            ))
+            .map(Some)
+        };
+        ctx.insert(
+            "loss_svg",
+            chart(charts::lines_with(
+                &loss_series,
+                "optimizer step",
+                "loss (nats/token)",
+                &charts::LineOpts {
+                    marker,
+                    points_only: vec![1],
+                    ..Default::default()
+                },
+            ))?
             .into(),
-    );
-    ctx.insert(
-        "loss_last",
-        rec.steps
-            .last()
-            .map_or("-".into(), |s| format!("{:.4}", s.loss))
-            .into(),
-    );
-    ctx.insert(
-        "val_last",
-        rec.val
-            .last()
-            .map_or("-".into(), |v| format!("{:.4}", v.loss))
-            .into(),
-    );
-    ctx.insert("tps", format!("{median_tps:.0}").into());
-    ctx.insert(
-        "rss_mib",
-        format!("{:.0}", rec.peak_rss_bytes as f64 / (1 << 20) as f64).into(),
-    );
-    ctx.insert("wall", format!("{:.1}", rec.wall_s).into());
-    ctx.insert("loss_svg", loss_svg.into());
-    ctx.insert("lr_svg", lr_svg.into());
-    ctx.insert("tps_svg", tps_svg.into());
-    if let Some(t) = track {
+        );
+        let lr = chart_of(
+            "learning rate",
+            c.series(|p| p.learning_rate),
+            "learning rate",
+        )?;
+        let gn = chart_of(
+            "gradient norm",
+            c.series(|p| p.grad_norm),
+            "‖g‖ before clipping",
+        )?;
+        let tps_pts = c.series(|p| p.tokens_per_s);
+        let mut tv: Vec<f64> = tps_pts.iter().map(|p| p.1).collect();
+        tv.sort_by(f64::total_cmp);
+        let tps = chart_of("tokens/s", tps_pts, "tokens / s")?;
+        ctx.insert("lr_svg", minijinja::Value::from_serialize(lr));
+        ctx.insert("grad_svg", minijinja::Value::from_serialize(gn));
+        ctx.insert("tps_svg", minijinja::Value::from_serialize(tps));
+        ctx.insert("curves_source", c.source.clone().into());
+        ctx.insert("logged_steps", c.train.len().into());
+        ctx.insert("evals", c.eval.len().into());
+        ctx.insert("loss_first_last", first_last(&loss).into());
+        ctx.insert("eval_first_last", first_last(&eval).into());
+        ctx.insert(
+            "last_epoch",
+            c.train
+                .iter()
+                .rev()
+                .find_map(|p| p.epoch)
+                .map_or("-".into(), |e| format!("{e:.3}"))
+                .into(),
+        );
+        ctx.insert(
+            "tps",
+            tv.get(tv.len() / 2)
+                .map_or("-".into(), |m| format!("{m:.0}"))
+                .into(),
+        );
+        ctx.insert("curves", true.into());
+    }
+    if let Some(rec) = page.record {
+        ctx.insert("rec", minijinja::Value::from_serialize(rec));
+        ctx.insert(
+            "method",
+            serde_json::to_value(rec.config.method)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+                .into(),
+        );
+        ctx.insert("alpha", rec.config.alpha().into());
+        ctx.insert("steps_done", rec.steps.last().map_or(0, |s| s.step).into());
+        ctx.insert(
+            "rss_mib",
+            format!("{:.0}", rec.peak_rss_bytes as f64 / (1 << 20) as f64).into(),
+        );
+        ctx.insert("wall", format!("{:.1}", rec.wall_s).into());
+    }
+    if let Some(t) = page.track {
         let pts = &t.points;
         let xs = |f: &dyn Fn(&crate::track::TrackPoint) -> Option<f64>| -> Vec<(f64, f64)> {
             pts.iter()
@@ -414,14 +464,16 @@ pub fn run_html(run_dir: &str, rec: &RunRecord, track: Option<&TrackReport>) -> 
         );
         ctx.insert("stability_svg", stab.into());
         ctx.insert("amp_svg", amp.into());
-        ctx.insert(
-            "top_s",
-            t.reports.first().map_or(8, |r| r.options.top_s).into(),
-        );
-        ctx.insert(
-            "track_steps",
-            minijinja::Value::from_serialize(&track_steps),
-        );
+        ctx.insert("top_s", t.top_s.into());
+        let labels: Vec<String> = pts
+            .iter()
+            .map(|p| match t.kind {
+                Some(RunKind::Adapters) => p.checkpoint.clone(),
+                _ => format!("step {}", p.step),
+            })
+            .collect();
+        ctx.insert("track_labels", minijinja::Value::from_serialize(&labels));
+        ctx.insert("track_base", t.base.clone().into());
         ctx.insert("tsd_rows", minijinja::Value::from_serialize(&tsd_rows));
     }
     render("run.html", ctx)

@@ -1,0 +1,396 @@
+//! Run directories: what a run holds, which checkpoints it has (in step order) and its curves, for
+//! three layouts — tsd's own runs ([`layout`]), Hugging Face Trainer output directories ([`hf`])
+//! and any directory of adapter directories. `tsd train` writes through [`layout`]; `track`,
+//! `report` and `--reference` read every layout through [`Run`].
+
+pub mod curves;
+pub mod hf;
+pub mod layout;
+pub mod record;
+
+pub use curves::Curves;
+pub use record::{EvalLog, RunRecord, StepLog, SwitchLog, TrainerState};
+
+use crate::error::{Error, Result};
+use crate::train::config::TrainConfig;
+use crate::weights::{self, ModelSpec, WeightSource};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Which writer laid out a run directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunKind {
+    /// `tsd train`: `config.json`, `record.json`, `checkpoints/step-N/`.
+    Tsd,
+    /// Hugging Face Trainer: `checkpoint-N/` with `trainer_state.json`.
+    HfTrainer,
+    /// Adapter directories side by side, in natural name order.
+    Adapters,
+}
+
+impl RunKind {
+    /// Words for messages and reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RunKind::Tsd => "tsd train run",
+            RunKind::HfTrainer => "Hugging Face Trainer run",
+            RunKind::Adapters => "directory of adapters",
+        }
+    }
+}
+
+/// One complete checkpoint.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// Optimizer step (tsd, Trainer) or 1-based position (a directory of adapters).
+    pub step: usize,
+    /// The checkpoint directory's name (`step-000100`, `checkpoint-100`, the adapter's folder).
+    pub name: String,
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+    /// The adapter directory inside it (the model directory for a tsd full fine-tune).
+    pub adapter: PathBuf,
+}
+
+/// An opened run directory.
+#[derive(Debug)]
+pub struct Run {
+    pub dir: PathBuf,
+    pub kind: RunKind,
+    /// Complete checkpoints, ascending by step.
+    pub checkpoints: Vec<Checkpoint>,
+    /// One line per thing that looked like a checkpoint but was skipped (half-written, temporary,
+    /// an adapter without a step).
+    pub skipped: Vec<String>,
+    /// The training config of a tsd run.
+    pub config: Option<TrainConfig>,
+}
+
+/// `checkpoint-9` < `checkpoint-10`: digit runs compare as numbers.
+fn natural_key(name: &str) -> Vec<(u8, u128, String)> {
+    let mut out = Vec::new();
+    let mut rest = name;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let (part, tail) = if digits > 0 {
+            rest.split_at(digits)
+        } else {
+            rest.split_at(
+                rest.find(|c: char| c.is_ascii_digit())
+                    .unwrap_or(rest.len()),
+            )
+        };
+        out.push(if digits > 0 {
+            (1, part.parse().unwrap_or(u128::MAX), part.to_string())
+        } else {
+            (0, 0, part.to_string())
+        });
+        rest = tail;
+    }
+    out
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        if e.path().is_dir() {
+            v.push((e.file_name().to_string_lossy().to_string(), e.path()));
+        }
+    }
+    Ok(v)
+}
+
+/// A temporary directory's name (`.x`, `tmp-…`, `….tmp…`).
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with("tmp-") || name.contains(".tmp")
+}
+
+impl Run {
+    /// Opens a run directory of any of the three layouts. `adapter_name` picks a named adapter
+    /// subfolder inside each Trainer checkpoint (or each adapter directory).
+    pub fn open(dir: &Path, adapter_name: Option<&str>) -> Result<Run> {
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "run directory not found"),
+            ));
+        }
+        if layout::is_tsd_run(dir) {
+            return Self::open_tsd(dir);
+        }
+        let subs = subdirs(dir)?;
+        if subs
+            .iter()
+            .any(|(n, _)| hf::checkpoint_step(n).is_some() || hf::looks_like_checkpoint(n))
+        {
+            let mut run = Self::open_hf(dir, subs, adapter_name)?;
+            if hf::is_partial_adapter(dir) {
+                run.skipped.push(format!(
+                    "{}: the adapter at the run's root (Trainer.save_model's final one) has no step; tracked are the checkpoint-N/ directories",
+                    dir.display()
+                ));
+            }
+            return Ok(run);
+        }
+        if hf::is_partial_adapter(dir) {
+            return Err(Error::InvalidArgument(format!(
+                "{} is one adapter, not a run of checkpoints; use `tsd inspect` on it",
+                dir.display()
+            )));
+        }
+        Self::open_adapters(dir, subs, adapter_name)
+    }
+
+    fn open_tsd(dir: &Path) -> Result<Run> {
+        let config = layout::read_config(dir)?;
+        let (steps, skipped) = layout::scan_checkpoints(dir)?;
+        let checkpoints = steps
+            .into_iter()
+            .map(|step| {
+                let d = layout::checkpoint_dir(dir, step);
+                Checkpoint {
+                    step,
+                    name: d.file_name().unwrap_or_default().to_string_lossy().into(),
+                    adapter: d.clone(),
+                    dir: d,
+                }
+            })
+            .collect();
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            kind: RunKind::Tsd,
+            checkpoints,
+            skipped,
+            config: Some(config),
+        })
+    }
+
+    fn open_hf(
+        dir: &Path,
+        subs: Vec<(String, PathBuf)>,
+        adapter_name: Option<&str>,
+    ) -> Result<Run> {
+        let mut checkpoints = Vec::new();
+        let mut skipped = Vec::new();
+        for (name, path) in subs {
+            let Some(step) = hf::checkpoint_step(&name) else {
+                if hf::looks_like_checkpoint(&name) || is_temporary(&name) {
+                    skipped.push(format!(
+                        "{}: a temporary checkpoint directory (an interrupted save?); skipped",
+                        path.display()
+                    ));
+                }
+                continue;
+            };
+            match hf::adapter_in(&path, adapter_name)? {
+                Some(adapter) => checkpoints.push(Checkpoint {
+                    step,
+                    name,
+                    dir: path,
+                    adapter,
+                }),
+                None => skipped.push(format!(
+                    "{}: no adapter weights{} (a half-written checkpoint?); skipped",
+                    path.display(),
+                    adapter_name.map_or(String::new(), |n| format!(" in `{n}/`"))
+                )),
+            }
+        }
+        checkpoints.sort_by_key(|c| c.step);
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            kind: RunKind::HfTrainer,
+            checkpoints,
+            skipped,
+            config: None,
+        })
+    }
+
+    fn open_adapters(
+        dir: &Path,
+        mut subs: Vec<(String, PathBuf)>,
+        adapter_name: Option<&str>,
+    ) -> Result<Run> {
+        subs.sort_by_cached_key(|(n, _)| natural_key(n));
+        let mut checkpoints = Vec::new();
+        let mut skipped = Vec::new();
+        for (name, path) in subs {
+            let adapter = adapter_name.map_or(path.clone(), |n| path.join(n));
+            let temporary = is_temporary(&name);
+            if hf::is_complete_adapter(&adapter) && !temporary {
+                checkpoints.push(Checkpoint {
+                    step: checkpoints.len() + 1,
+                    name,
+                    dir: path,
+                    adapter,
+                });
+            } else if temporary || hf::is_partial_adapter(&adapter) || hf::is_partial_adapter(&path)
+            {
+                skipped.push(format!(
+                    "{}: {}; skipped",
+                    path.display(),
+                    if temporary {
+                        "a temporary directory".to_string()
+                    } else if let Some(n) =
+                        adapter_name.filter(|_| !hf::is_partial_adapter(&adapter))
+                    {
+                        format!("no adapter `{n}/` in it")
+                    } else {
+                        "an incomplete adapter (no config or no weights; half-written?)".to_string()
+                    }
+                ));
+            }
+        }
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            kind: RunKind::Adapters,
+            checkpoints,
+            skipped,
+            config: None,
+        })
+    }
+
+    /// Whether `dir` is a run of any layout (cheap: names only, nothing parsed).
+    pub fn detect(dir: &Path) -> bool {
+        dir.is_dir()
+            && !hf::is_partial_adapter(dir)
+            && (layout::is_tsd_run(dir)
+                || subdirs(dir).is_ok_and(|s| {
+                    s.iter()
+                        .any(|(n, p)| hf::checkpoint_step(n).is_some() || hf::is_partial_adapter(p))
+                }))
+    }
+
+    /// The run's checkpoints, or an error when it has none (naming what was skipped).
+    pub fn require_checkpoints(&self) -> Result<&[Checkpoint]> {
+        if self.checkpoints.is_empty() && self.kind == RunKind::Adapters && self.skipped.is_empty()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a run directory: it holds no checkpoints/ (tsd train), no checkpoint-N/ (Hugging Face Trainer) and no adapter directories",
+                self.dir.display()
+            )));
+        }
+        if self.checkpoints.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{} ({}) has no complete checkpoint{}",
+                self.dir.display(),
+                self.kind.describe(),
+                if self.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} skipped)", self.skipped.len())
+                }
+            )));
+        }
+        Ok(&self.checkpoints)
+    }
+
+    /// Whether this is a tsd full fine-tune (checkpoints are models, not adapters).
+    pub fn is_full_fine_tune(&self) -> bool {
+        self.config
+            .as_ref()
+            .is_some_and(|c| c.method == crate::train::Method::Full)
+    }
+
+    /// The tsd run record, for a tsd run that has written one.
+    pub fn record(&self) -> Result<Option<RunRecord>> {
+        match self.kind {
+            RunKind::Tsd if self.dir.join(layout::RECORD_FILE).is_file() => {
+                layout::read_record(&self.dir).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The run's curves: tsd's record, or the newest Trainer checkpoint's `log_history` (it holds
+    /// every earlier entry). `None` for a directory of adapters or a run without a record yet.
+    pub fn curves(&self) -> Result<Option<Curves>> {
+        match self.kind {
+            RunKind::Tsd => Ok(self.record()?.map(|r| {
+                Curves::from_record(&r, self.dir.join(layout::RECORD_FILE).display().to_string())
+            })),
+            RunKind::HfTrainer => self
+                .checkpoints
+                .iter()
+                .rev()
+                .map(|c| c.dir.join(hf::STATE_FILE))
+                .find(|p| p.is_file())
+                .map(|p| hf::read_curves(&p))
+                .transpose(),
+            RunKind::Adapters => Ok(None),
+        }
+    }
+
+    /// The base the run declares: tsd's `--model` (and `--revision`), else the first checkpoint's
+    /// `base_model_name_or_path` (and `revision`).
+    pub fn declared_base(&self) -> Result<Option<(String, Option<String>)>> {
+        if let Some(c) = &self.config {
+            return Ok(Some((c.model.clone(), c.revision.clone())));
+        }
+        let Some(first) = self.checkpoints.first() else {
+            return Ok(None);
+        };
+        let cfg = crate::adapter::AdapterConfig::load(
+            &first.adapter.join(crate::adapter::read::CONFIG_FILE),
+        )?;
+        Ok(cfg
+            .base_model_name_or_path
+            .filter(|b| !b.is_empty())
+            .map(|b| (b, cfg.revision)))
+    }
+
+    /// The base model: `base` when given, else the declared one if it resolves locally — a
+    /// relative path against the adapter's directory, the checkpoint's, the run's (not for tsd
+    /// runs), then the working directory; an id through the Hugging Face cache, never the network (tsd's pinned `default`
+    /// is provisioned). Otherwise an error that says to pass `--base`.
+    pub fn open_base(&self, base: Option<&ModelSpec>) -> Result<Box<dyn WeightSource>> {
+        if let Some(b) = base {
+            return weights::open_model(b);
+        }
+        let Some((declared, revision)) = self.declared_base()? else {
+            return Err(Error::InvalidArgument(format!(
+                "{}: no --base given and the run declares no base model (base_model_name_or_path); pass --base",
+                self.dir.display()
+            )));
+        };
+        // tsd's `--model` was relative to the working directory; a PEFT config's to wherever it was
+        // saved from, so the run's own directories are tried first.
+        if self.kind != RunKind::Tsd && Path::new(&declared).is_relative() && declared != "default"
+        {
+            let mut roots = Vec::new();
+            if let Some(c) = self.checkpoints.first() {
+                roots.extend([c.adapter.clone(), c.dir.clone()]);
+            }
+            roots.push(self.dir.clone());
+            if let Some(p) = roots.iter().map(|r| r.join(&declared)).find(|p| p.exists()) {
+                return weights::open_path(&p);
+            }
+        }
+        let spec = ModelSpec {
+            spec: declared.clone(),
+            revision,
+            offline: declared != "default",
+        };
+        weights::open_model(&spec).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "{}: no --base given and base_model_name_or_path `{declared}` does not resolve locally ({}); pass --base",
+                self.dir.display(),
+                e.to_string().lines().next().unwrap_or_default()
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order_compares_numbers_as_numbers() {
+        let mut v = ["run-10", "run-9", "run-100", "a", "run-9b"];
+        v.sort_by_key(|n| natural_key(n));
+        assert_eq!(v, ["a", "run-9", "run-9b", "run-10", "run-100"]);
+    }
+}

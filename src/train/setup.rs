@@ -1,0 +1,201 @@
+//! Setting a run up: the model with its adapters on the target modules, the data tokenized and
+//! split, the schedule's length and the empty record. Fails before anything is written.
+
+use super::config::{Method, TrainConfig};
+use super::data::{self, Batcher, Tokenized};
+use super::device::{device_for, dtype_for};
+use super::optim::{AdamW, AdamWConfig};
+use super::trainer::Trainer;
+use crate::error::{Error, Result};
+use crate::linalg::cache::SvdCache;
+use crate::model::Llama;
+use crate::run::RunRecord;
+use crate::weights::{self, ModelSpec};
+use std::path::{Path, PathBuf};
+
+/// FNV-1a of a module name: each module's LoRA init seed is `seed ^ fnv(module)`.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Data files of `--data` entries: a JSON file, or a task directory holding `train.json`.
+fn data_files(entries: &[String]) -> Result<Vec<PathBuf>> {
+    entries
+        .iter()
+        .map(|e| {
+            let p = PathBuf::from(e);
+            let f = if p.is_dir() { p.join("train.json") } else { p };
+            if f.is_file() {
+                Ok(f)
+            } else {
+                Err(Error::io(
+                    &f,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "training data not found"),
+                ))
+            }
+        })
+        .collect()
+}
+
+impl Trainer {
+    /// Everything a run needs before its first step; writes nothing.
+    pub(super) fn build(config: TrainConfig, run_dir: &Path) -> Result<Self> {
+        let device = device_for(&config.device)?;
+        let dtype = dtype_for(&config.dtype);
+        let path = weights::resolve_path(&ModelSpec {
+            spec: config.model.clone(),
+            revision: config.revision.clone(),
+            offline: false,
+        })?;
+        let src = weights::open_path(&path)?;
+        let mut model = Llama::from_source(src.as_ref(), &device, dtype)?;
+        let max_pos = model.max_positions();
+        if config.cutoff_len > max_pos {
+            return Err(Error::InvalidArgument(format!(
+                "cutoff_len {} exceeds the model's {max_pos} positions (max_position_embeddings); lower --cutoff-len",
+                config.cutoff_len
+            )));
+        }
+        if let Some(w) = model
+            .config
+            .sliding_window
+            .filter(|&w| config.cutoff_len > w)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "cutoff_len {} exceeds the model's sliding_window of {w}, which tsd does not implement; lower --cutoff-len",
+                config.cutoff_len
+            )));
+        }
+        let tok = crate::model::tokenizer::load_tokenizer(&path)?;
+        let info = crate::model::tokenizer::load_tokenizer_info(&path)?;
+        let eos = info.eos;
+        let pad_id = info.pad.unwrap_or(eos);
+
+        let mut examples = Vec::new();
+        for f in data_files(&config.data)? {
+            let mut ex = data::load_examples(&f)?;
+            if let Some(n) = config.max_examples {
+                ex.truncate(n);
+            }
+            examples.extend(ex);
+        }
+        if examples.len() <= config.val_size {
+            return Err(Error::InvalidArgument(format!(
+                "{} example(s) cannot leave a training set after a validation split of {}",
+                examples.len(),
+                config.val_size
+            )));
+        }
+        let (tr_idx, val_idx) = data::split_validation(
+            examples.len(),
+            config.val_size,
+            config.split_seed.unwrap_or(config.seed),
+        )?;
+        let tokenize = |idx: &[usize]| -> Result<Vec<Tokenized>> {
+            idx.iter()
+                .map(|&i| {
+                    data::tokenize_example(
+                        &tok,
+                        eos,
+                        &examples[i],
+                        config.cutoff_len,
+                        config.train_on_inputs,
+                    )
+                })
+                .collect()
+        };
+        let train = tokenize(&tr_idx)?;
+        let val = tokenize(&val_idx)?;
+        let batcher = Batcher::new(
+            train.iter().map(|t| t.input_ids.len()).collect(),
+            config.micro_batch_size,
+            config.seed,
+        )?;
+        let accum = config.accumulation();
+        let steps_per_epoch = (batcher.batches_per_epoch() / accum).max(1);
+        let total_steps = config
+            .max_steps
+            .unwrap_or(((config.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
+
+        // Adapters on the target modules of the adapted layers.
+        let layers = model.layers.len();
+        let from_layer = layers - config.top_layers.unwrap_or(layers).min(layers);
+        let mut opt = AdamW::new(AdamWConfig {
+            weight_decay: config.weight_decay,
+            ..Default::default()
+        });
+        for (li, block) in model.layers.iter_mut().enumerate() {
+            if li < from_layer {
+                continue;
+            }
+            for lin in block.linears.iter_mut() {
+                let short = lin.module.rsplit('.').next().unwrap_or("").to_string();
+                if !config.targets.contains(&short) {
+                    continue;
+                }
+                match config.method {
+                    Method::Full => {
+                        lin.make_full()?;
+                        opt.add(
+                            format!("{}.weight", lin.module),
+                            lin.full.clone().expect("just made"),
+                        )?;
+                    }
+                    Method::Lora | Method::LoraDash => {
+                        lin.add_lora(
+                            config.rank,
+                            config.alpha(),
+                            config.use_rslora,
+                            config.seed ^ fnv(&lin.module),
+                        )?;
+                        let l = lin.lora.as_ref().expect("just added");
+                        opt.add(format!("{}.lora_A", lin.module), l.a.clone())?;
+                        opt.add(format!("{}.lora_B", lin.module), l.b.clone())?;
+                    }
+                }
+            }
+        }
+        let trainable: u64 = opt.slots.iter().map(|s| s.var.elem_count() as u64).sum();
+        let record = RunRecord {
+            tsd_version: env!("CARGO_PKG_VERSION").into(),
+            build: env!("TSD_BUILD_VERSIONS").into(),
+            config: config.clone(),
+            base: src.describe(),
+            base_params: src.total_params(),
+            trainable_params: trainable,
+            total_steps,
+            train_examples: train.len(),
+            val_examples: val.len(),
+            device: config.device.clone(),
+            threads: rayon::current_num_threads(),
+            steps: Vec::new(),
+            val: Vec::new(),
+            dash_switch: None,
+            checkpoints: Vec::new(),
+            lower_cache_seconds: 0.0,
+            peak_rss_bytes: 0,
+            wall_s: 0.0,
+            finished: false,
+        };
+        Ok(Trainer {
+            config,
+            run_dir: run_dir.to_path_buf(),
+            model,
+            lower_cache: None,
+            train,
+            val,
+            batcher,
+            pad_id,
+            opt,
+            step: 0,
+            total_steps,
+            from_layer,
+            record,
+            cache: SvdCache::default_location(),
+            dash_active: false,
+            elapsed_before: 0.0,
+        })
+    }
+}
