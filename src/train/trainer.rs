@@ -710,6 +710,7 @@ impl Trainer {
             warnings: Vec::new(),
             unmatched: Vec::new(),
             metadata,
+            extras: Default::default(),
         })
     }
 
