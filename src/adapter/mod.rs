@@ -270,7 +270,7 @@ pub struct Adapter {
     pub modules: Vec<ModuleAdapter>,
     /// Things a user should know (DoRA, base-modifying init, unsupported tensors…).
     pub warnings: Vec<String>,
-    /// Keys that matched no known adapter tensor name.
+    /// Keys tsd does not use: unrecognised names and recognised kinds it does not implement.
     pub unmatched: Vec<String>,
     /// safetensors metadata as stored.
     pub metadata: std::collections::BTreeMap<String, String>,

@@ -167,7 +167,10 @@ pub fn read_adapter(path: &Path, name: Option<&str>) -> Result<Adapter> {
     names.sort();
     for name in &names {
         match parse_key(name, &adapter_name) {
-            Some((_, TensorKind::Unsupported)) => unsupported.push(name.clone()),
+            Some((_, TensorKind::Unsupported)) => {
+                unsupported.push(name.clone());
+                unmatched.push(name.clone());
+            }
             Some((module, kind)) => {
                 groups.entry(module).or_default().insert(kind, name.clone());
             }
@@ -183,10 +186,15 @@ pub fn read_adapter(path: &Path, name: Option<&str>) -> Result<Adapter> {
             unsupported.join(", ")
         ));
     }
-    if !unmatched.is_empty() {
+    let unknown: Vec<&str> = unmatched
+        .iter()
+        .filter(|k| !unsupported.contains(k))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
         warnings.push(format!(
             "tensor(s) with unrecognised names were ignored: {}",
-            unmatched.join(", ")
+            unknown.join(", ")
         ));
     }
     if let Some(scheme) = config.init_lora_weights.modifies_base() {
