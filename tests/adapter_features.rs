@@ -101,7 +101,10 @@ fn a_lone_named_adapter_is_picked_and_several_must_be_chosen() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("`nope`") && err.contains("default, other"), "{err}");
+    assert!(
+        err.contains("`nope`") && err.contains("default, other"),
+        "{err}"
+    );
     // The default adapter and the named one really are different adapters.
     let d = inspect("peft-multi", Some("default"));
     let o = inspect("peft-multi", Some("other"));
@@ -126,8 +129,15 @@ fn modules_to_save_biases_and_embeddings_are_named() {
             .collect()
     };
     let m = kinds("peft-modules-to-save");
-    for t in ["lm_head.weight", "model.norm.weight", "model.layers.1.input_layernorm.weight"] {
-        assert!(m.contains(&("modules_to_save".into(), t.into(), true)), "{t}: {m:?}");
+    for t in [
+        "lm_head.weight",
+        "model.norm.weight",
+        "model.layers.1.input_layernorm.weight",
+    ] {
+        assert!(
+            m.contains(&("modules_to_save".into(), t.into(), true)),
+            "{t}: {m:?}"
+        );
     }
     let b = kinds("peft-lora-bias");
     assert_eq!(b.len(), 6);
@@ -209,7 +219,10 @@ fn merged_logits_equal_peft() {
         assert!(worst < 1e-4, "{dir}/{name}: max |Δlogit| vs PEFT = {worst}");
         // The adapter matters: the bare base is far from PEFT's adapted logits.
         let off = worst_diff(&logits_of(&bare, &fx["input_ids"]), rec);
-        assert!(off > 1e-2, "{dir}/{name}: the adapter barely changes the logits ({off})");
+        assert!(
+            off > 1e-2,
+            "{dir}/{name}: the adapter barely changes the logits ({off})"
+        );
     }
 }
 
@@ -228,11 +241,22 @@ fn export_keeps_every_feature() {
             "--adapter-name",
             &name,
         ]);
-        assert!(o.status.success(), "{dir}/{name}: {}", String::from_utf8_lossy(&o.stderr));
-        let cfg: Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
-                .unwrap();
-        for field in ["modules_to_save", "bias", "lora_bias", "layers_to_transform", "exclude_modules"] {
+        assert!(
+            o.status.success(),
+            "{dir}/{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let cfg: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        for field in [
+            "modules_to_save",
+            "bias",
+            "lora_bias",
+            "layers_to_transform",
+            "exclude_modules",
+        ] {
             assert_eq!(cfg[field], rec["config"][field], "{dir}/{name}: {field}");
         }
         let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
@@ -249,12 +273,18 @@ fn export_keeps_every_feature() {
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::from_value(v.clone()).unwrap()))
             .collect();
-        assert_eq!(got, want, "{dir}/{name}: exported keys and shapes vs PEFT's file");
+        assert_eq!(
+            got, want,
+            "{dir}/{name}: exported keys and shapes vs PEFT's file"
+        );
         if MERGEABLE.contains(&(dir.as_str(), name.as_str())) {
             let fx = &f["fixtures"][&dir];
             let logits = merged_logits(&out, None, "tiny-llama", &fx["input_ids"]);
             let worst = worst_diff(&logits, &rec);
-            assert!(worst < 1e-4, "{dir}/{name} exported: max |Δlogit| = {worst}");
+            assert!(
+                worst < 1e-4,
+                "{dir}/{name} exported: max |Δlogit| = {worst}"
+            );
         }
     }
 }
@@ -301,12 +331,20 @@ fn eval_refuses_a_lora_bias_it_cannot_apply_and_prints_warnings() {
     );
     // The adapter's warnings are printed (here: what inspect would not analyse is applied).
     let out = eval("peft-modules-to-save", &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = eval("peft-multi", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("default, other"));
     let out = eval("peft-multi", &["--adapter-name", "other"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Regression: LoRA tensors for a module the config does not select (PEFT would not load them)
@@ -316,12 +354,19 @@ fn lora_tensors_outside_the_configs_targets_are_refused() {
     let d = tempfile::tempdir().unwrap();
     common::copy_dir(&fixture("peft-layers"), d.path());
     let cfg_path = d.path().join("adapter_config.json");
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["layers_to_transform"] = serde_json::json!([0]);
     cfg["base_model_name_or_path"] = Value::Null;
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let base = fixture("tiny-llama");
-    let out = run(&["inspect", d.path().to_str().unwrap(), "--base", base.to_str().unwrap(), "-q"]);
+    let out = run(&[
+        "inspect",
+        d.path().to_str().unwrap(),
+        "--base",
+        base.to_str().unwrap(),
+        "-q",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("model.layers.1.self_attn"), "{err}");

@@ -251,9 +251,8 @@ impl AdapterConfig {
         ] {
             if let Some(TargetModules::Regex(r)) = pattern {
                 if r != ALL_LINEAR {
-                    regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| {
-                        bad(format!("{what} regex `{r}` does not compile: {e}"))
-                    })?;
+                    regex::Regex::new(&format!("^(?:{r})$"))
+                        .map_err(|e| bad(format!("{what} regex `{r}` does not compile: {e}")))?;
                 }
             }
         }
@@ -306,17 +305,15 @@ impl AdapterConfig {
             l.iter()
                 .any(|t| module == t || module.ends_with(&format!(".{t}")))
         };
-        let full_match = |r: &str| {
-            regex::Regex::new(&format!("^(?:{r})$")).is_ok_and(|re| re.is_match(module))
-        };
+        let full_match =
+            |r: &str| regex::Regex::new(&format!("^(?:{r})$")).is_ok_and(|re| re.is_match(module));
         match &self.exclude_modules {
             Some(TargetModules::Regex(r)) if full_match(r) => return false,
             Some(TargetModules::List(l)) if by_names(l) => return false,
             _ => {}
         }
         if self.modules_to_save.iter().flatten().any(|m| {
-            regex::Regex::new(&format!(r"(^|.*\.){m}($|\..*)"))
-                .is_ok_and(|re| re.is_match(module))
+            regex::Regex::new(&format!(r"(^|.*\.){m}($|\..*)")).is_ok_and(|re| re.is_match(module))
         }) {
             return false;
         }
@@ -427,16 +424,22 @@ mod tests {
         let d0 = "model.layers.0.mlp.down_proj";
         let c = cfg(r#"{"target_modules": ["q_proj", "down_proj"], "layers_to_transform": [1]}"#);
         assert!(!c.targets(q0) && c.targets(q1) && !c.targets(d0));
-        let c = cfg(r#"{"target_modules": ["q_proj"], "layers_to_transform": 0, "layers_pattern": "layers"}"#);
+        let c = cfg(
+            r#"{"target_modules": ["q_proj"], "layers_to_transform": 0, "layers_pattern": "layers"}"#,
+        );
         assert!(c.targets(q0) && !c.targets(q1));
-        let c = cfg(r#"{"target_modules": ["q_proj"], "layers_to_transform": [0], "layers_pattern": ["h"]}"#);
+        let c = cfg(
+            r#"{"target_modules": ["q_proj"], "layers_to_transform": [0], "layers_pattern": ["h"]}"#,
+        );
         assert!(!c.targets(q0));
         let c = cfg(r#"{"target_modules": ".*\\.layers\\.1\\.self_attn\\.q_proj"}"#);
         assert!(!c.targets(q0) && c.targets(q1));
         // A regex string is matched in full, not searched.
         let c = cfg(r#"{"target_modules": "q_proj"}"#);
         assert!(!c.targets(q0));
-        let c = cfg(r#"{"target_modules": ["q_proj", "down_proj"], "exclude_modules": ["layers.0.mlp.down_proj"]}"#);
+        let c = cfg(
+            r#"{"target_modules": ["q_proj", "down_proj"], "exclude_modules": ["layers.0.mlp.down_proj"]}"#,
+        );
         assert!(c.targets(q0) && !c.targets(d0) && c.targets("model.layers.1.mlp.down_proj"));
         let c = cfg(r#"{"target_modules": ["q_proj"], "exclude_modules": ".*layers\\.1\\..*"}"#);
         assert!(c.targets(q0) && !c.targets(q1));
@@ -458,6 +461,8 @@ mod tests {
             let c: AdapterConfig = serde_json::from_str(j).unwrap();
             assert!(c.validate(Path::new("x")).is_err(), "{j}");
         }
-        cfg(r#"{"target_parameters": null, "layer_replication": null, "use_qalora": false, "trainable_token_indices": null}"#);
+        cfg(
+            r#"{"target_parameters": null, "layer_replication": null, "use_qalora": false, "trainable_token_indices": null}"#,
+        );
     }
 }

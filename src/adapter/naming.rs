@@ -202,9 +202,18 @@ mod tests {
             p("base_model.model.model.embed_tokens.base_layer.weight"),
             Some(("model.embed_tokens.weight".into(), true))
         );
-        assert_eq!(p("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias"), None);
-        assert_eq!(p("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"), None);
-        assert_eq!(p("base_model.model.model.embed_tokens.lora_embedding_A"), None);
+        assert_eq!(
+            p("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias"),
+            None
+        );
+        assert_eq!(
+            p("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
+            None
+        );
+        assert_eq!(
+            p("base_model.model.model.embed_tokens.lora_embedding_A"),
+            None
+        );
         assert_eq!(p("tsd_whatever"), None);
     }
 }

@@ -218,7 +218,9 @@ pub fn read_adapter(path: &Path, name: Option<&str>) -> Result<Adapter> {
                 ),
             });
         }
-        if kinds.contains_key(&TensorKind::EmbeddingA) || kinds.contains_key(&TensorKind::EmbeddingB) {
+        if kinds.contains_key(&TensorKind::EmbeddingA)
+            || kinds.contains_key(&TensorKind::EmbeddingB)
+        {
             extras
                 .embeddings
                 .push(read_embedding(&st, &weights, &config, module, kinds)?);
@@ -300,7 +302,11 @@ pub fn read_adapter(path: &Path, name: Option<&str>) -> Result<Adapter> {
             if bias.len() != b.rows || v.shape().len() != 1 {
                 return Err(Error::shape(
                     ctx(module),
-                    format!("`{k}` is {:?}, expected [{}] (lora_B's rows)", v.shape(), b.rows),
+                    format!(
+                        "`{k}` is {:?}, expected [{}] (lora_B's rows)",
+                        v.shape(),
+                        b.rows
+                    ),
                 ));
             }
             extras.lora_biases.insert(module.clone(), bias);

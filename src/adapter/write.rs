@@ -124,7 +124,10 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
         ));
     }
     for e in &ex.embeddings {
-        for (kind, m) in [(TensorKind::EmbeddingA, &e.a), (TensorKind::EmbeddingB, &e.b)] {
+        for (kind, m) in [
+            (TensorKind::EmbeddingA, &e.a),
+            (TensorKind::EmbeddingB, &e.b),
+        ] {
             tensors.push((
                 key(&e.module, kind),
                 Dtype::F32,
@@ -134,7 +137,12 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
         }
     }
     for t in &ex.base_tensors {
-        tensors.push((t.key.clone(), Dtype::F32, t.shape.clone(), f32_bytes(&t.data)));
+        tensors.push((
+            t.key.clone(),
+            Dtype::F32,
+            t.shape.clone(),
+            f32_bytes(&t.data),
+        ));
     }
     let weights = dir.join(WEIGHTS_FILE);
     let views = tensors

@@ -44,7 +44,10 @@ impl<'a> AdapterOverlay<'a> {
                 if shape != t.shape {
                     return Err(Error::shape(
                         &t.key,
-                        format!("the adapter's copy is {:?}, the base's {} is {shape:?}", t.shape, t.name),
+                        format!(
+                            "the adapter's copy is {:?}, the base's {} is {shape:?}",
+                            t.shape, t.name
+                        ),
                     ));
                 }
             }
@@ -56,7 +59,10 @@ impl<'a> AdapterOverlay<'a> {
                 )));
             }
             replaced.insert(t.name.clone(), (t.shape.clone(), t.data.clone()));
-            sources.entry(t.name.clone()).or_default().push(t.key.clone());
+            sources
+                .entry(t.name.clone())
+                .or_default()
+                .push(t.key.clone());
         }
         for e in &ex.embeddings {
             let name = format!("{}.weight", e.module);
@@ -68,7 +74,9 @@ impl<'a> AdapterOverlay<'a> {
             if shape != [vocab, hidden] {
                 return Err(Error::shape(
                     &e.module,
-                    format!("embedding LoRA is for [{vocab}, {hidden}], the base's {name} is {shape:?}"),
+                    format!(
+                        "embedding LoRA is for [{vocab}, {hidden}], the base's {name} is {shape:?}"
+                    ),
                 ));
             }
             for (x, d) in w.iter_mut().zip(e.delta().data) {
@@ -98,7 +106,10 @@ impl<'a> AdapterOverlay<'a> {
             if bias.len() != b.len() {
                 return Err(Error::shape(
                     &name,
-                    format!("lora_B.bias has {} values, the base's bias {shape:?}", b.len()),
+                    format!(
+                        "lora_B.bias has {} values, the base's bias {shape:?}",
+                        b.len()
+                    ),
                 ));
             }
             for (x, y) in bias.iter_mut().zip(b) {
@@ -124,7 +135,12 @@ impl<'a> AdapterOverlay<'a> {
         self.replaced
             .keys()
             .filter(|k| !read.contains(*k))
-            .flat_map(|k| self.sources.get(k).cloned().unwrap_or_else(|| vec![k.clone()]))
+            .flat_map(|k| {
+                self.sources
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| vec![k.clone()])
+            })
             .collect()
     }
 
@@ -154,7 +170,10 @@ impl WeightSource for AdapterOverlay<'_> {
                 self.mark(name);
                 Matrix::new(s[0], s[1], d.clone())
             }
-            Some((s, _)) => Err(Error::shape(name, format!("expected a matrix, found {s:?}"))),
+            Some((s, _)) => Err(Error::shape(
+                name,
+                format!("expected a matrix, found {s:?}"),
+            )),
             None => self.base.matrix(name),
         }
     }
