@@ -379,6 +379,21 @@ fn read_embedding(
         let v = st.tensor(key).map_err(|e| st_error(path, e))?;
         decode_matrix(path, key, &v)
     };
+    let mut others: Vec<&str> = kinds
+        .iter()
+        .filter(|(k, _)| !matches!(k, TensorKind::EmbeddingA | TensorKind::EmbeddingB))
+        .map(|(_, key)| key.as_str())
+        .collect();
+    if !others.is_empty() {
+        others.sort();
+        return Err(Error::Config {
+            path: path.to_path_buf(),
+            reason: format!(
+                "module {module}: tsd reads embedding LoRA as lora_embedding_A/B only, not with {}",
+                others.join(", ")
+            ),
+        });
+    }
     let a = get(TensorKind::EmbeddingA, "lora_embedding_A")?;
     let b = get(TensorKind::EmbeddingB, "lora_embedding_B")?;
     let r = a.rows;

@@ -229,3 +229,87 @@ pub fn adapted_model(
     apply_adapter(&mut model, adapter)?;
     Ok(model)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::{fold_dash, AdapterConfig, BaseTensor, ModuleAdapter};
+    use crate::weights::memory::InMemoryModel;
+
+    fn adapter(extras: crate::adapter::AdapterExtras) -> Adapter {
+        let m = "model.layers.0.self_attn.q_proj";
+        Adapter {
+            path: "mem".into(),
+            config: AdapterConfig::default(),
+            modules: vec![ModuleAdapter {
+                module: m.into(),
+                r: 1,
+                alpha: 3.0,
+                scaling: 3.0,
+                a: Matrix::new(1, 2, vec![0.5, -1.0]).unwrap(),
+                b: Matrix::new(2, 1, vec![2.0, 1.0]).unwrap(),
+                dora_magnitude: None,
+                dash: None,
+            }],
+            warnings: vec![],
+            unmatched: vec![],
+            metadata: Default::default(),
+            extras,
+        }
+    }
+
+    fn base(tied: bool) -> InMemoryModel {
+        let mut b = InMemoryModel::default();
+        b.tensors.insert(
+            "model.layers.0.self_attn.q_proj.weight".into(),
+            Matrix::new(2, 2, vec![1.0, 0.0, 0.0, 1.0]).unwrap(),
+        );
+        b.tensors.insert(
+            "model.embed_tokens.weight".into(),
+            Matrix::new(3, 2, vec![0.0; 6]).unwrap(),
+        );
+        b.config = Some(serde_json::json!({ "tie_word_embeddings": tied }));
+        b
+    }
+
+    /// A LoRA bias is added as `scaling·b` to a zero bias, and `--fold-dash` (scaling folded into
+    /// B, scaling 1) keeps that sum.
+    #[test]
+    fn lora_bias_is_scaled_and_survives_folding() {
+        let mut ex = crate::adapter::AdapterExtras::default();
+        ex.lora_biases
+            .insert("model.layers.0.self_attn.q_proj".into(), vec![0.5, -0.25]);
+        let ad = adapter(ex);
+        let b = base(false);
+        let name = "model.layers.0.self_attn.q_proj.bias";
+        let got = AdapterOverlay::new(&b, &ad).unwrap().tensor(name).unwrap();
+        assert_eq!(got, (vec![2], vec![1.5, -0.75]));
+        let folded = fold_dash(&ad);
+        let again = AdapterOverlay::new(&b, &folded).unwrap().tensor(name).unwrap();
+        assert_eq!(again, got);
+        let o = AdapterOverlay::new(&b, &ad).unwrap();
+        assert_eq!(
+            o.unread(),
+            vec!["base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias".to_string()]
+        );
+    }
+
+    #[test]
+    fn modules_to_save_copy_of_a_tied_embedding_is_refused() {
+        let mut ex = crate::adapter::AdapterExtras::default();
+        ex.base_tensors.push(BaseTensor {
+            name: "model.embed_tokens.weight".into(),
+            key: "base_model.model.model.embed_tokens.weight".into(),
+            shape: vec![3, 2],
+            data: vec![1.0; 6],
+            role: BaseTensorRole::ModulesToSave,
+        });
+        let ad = adapter(ex);
+        let err = AdapterOverlay::new(&base(true), &ad).err().unwrap();
+        assert!(err.to_string().contains("tie_word_embeddings"), "{err}");
+        assert!(err.is_user_input());
+        let untied = base(false);
+        let o = AdapterOverlay::new(&untied, &ad).unwrap();
+        assert_eq!(o.tensor("model.embed_tokens.weight").unwrap().1, vec![1.0; 6]);
+    }
+}
