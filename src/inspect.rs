@@ -550,9 +550,15 @@ pub fn inspect(
     }
     let near: usize = modules.iter().map(|m| m.near_null_picks).sum();
     if near > 0 {
+        let which: Vec<String> = modules
+            .iter()
+            .filter(|m| m.near_null_picks > 0)
+            .map(|m| format!("{} ({})", m.module, m.near_null_picks))
+            .collect();
         warnings.push(format!(
-            "{near} picked TSD(s) have σ/σ₁ < {:.0e}: near-null directions whose change rate is dominated by the division by σ (PAPER.md §6); consider --sigma-floor",
-            crate::directions::NEAR_NULL_RATIO
+            "{near} picked TSD(s) have σ/σ₁ < {:.0e}: near-null directions whose change rate is dominated by the division by σ (PAPER.md §6); consider --sigma-floor. In: {}",
+            crate::directions::NEAR_NULL_RATIO,
+            which.join(", ")
         ));
     }
     for m in &modules {
@@ -566,10 +572,16 @@ pub fn inspect(
         }
     }
     if let Some((_, name)) = &reference {
-        let missing = modules.iter().filter(|m| m.capture.is_none()).count();
-        if missing > 0 {
+        let missing: Vec<&str> = modules
+            .iter()
+            .filter(|m| m.capture.is_none())
+            .map(|m| m.module.as_str())
+            .collect();
+        if !missing.is_empty() {
             warnings.push(format!(
-                "{missing} module(s) have no counterpart in the reference {name}"
+                "{} module(s) have no counterpart in the reference {name}: {}",
+                missing.len(),
+                missing.join(", ")
             ));
         }
     }

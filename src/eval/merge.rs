@@ -285,7 +285,10 @@ mod tests {
         let got = AdapterOverlay::new(&b, &ad).unwrap().tensor(name).unwrap();
         assert_eq!(got, (vec![2], vec![1.5, -0.75]));
         let folded = fold_dash(&ad);
-        let again = AdapterOverlay::new(&b, &folded).unwrap().tensor(name).unwrap();
+        let again = AdapterOverlay::new(&b, &folded)
+            .unwrap()
+            .tensor(name)
+            .unwrap();
         assert_eq!(again, got);
         let o = AdapterOverlay::new(&b, &ad).unwrap();
         assert_eq!(
@@ -310,6 +313,9 @@ mod tests {
         assert!(err.is_user_input());
         let untied = base(false);
         let o = AdapterOverlay::new(&untied, &ad).unwrap();
-        assert_eq!(o.tensor("model.embed_tokens.weight").unwrap().1, vec![1.0; 6]);
+        assert_eq!(
+            o.tensor("model.embed_tokens.weight").unwrap().1,
+            vec![1.0; 6]
+        );
     }
 }
