@@ -300,7 +300,7 @@ fn eval_data() -> tempfile::TempDir {
 /// PEFT itself refuses to merge `lora_bias` into a linear without a bias; tsd's eval refuses too,
 /// naming the tensors, instead of merging without them.
 #[test]
-fn eval_refuses_a_lora_bias_it_cannot_apply_and_prints_warnings() {
+fn eval_refuses_a_lora_bias_it_cannot_apply_and_needs_a_name_among_several() {
     let data = eval_data();
     let eval = |adapter: &str, extra: &[&str]| {
         let mut args = vec![
@@ -329,7 +329,6 @@ fn eval_refuses_a_lora_bias_it_cannot_apply_and_prints_warnings() {
         last.contains("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias"),
         "{err}"
     );
-    // The adapter's warnings are printed (here: what inspect would not analyse is applied).
     let out = eval("peft-modules-to-save", &[]);
     assert!(
         out.status.success(),
@@ -370,4 +369,74 @@ fn lora_tensors_outside_the_configs_targets_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("model.layers.1.self_attn"), "{err}");
+}
+
+/// Regression: `tsd eval --adapter` printed none of the adapter's warnings and merged without the
+/// tensors it did not recognise; it prints them, and refuses tensors it cannot apply, by name.
+#[test]
+fn eval_prints_adapter_warnings_and_refuses_unknown_tensors() {
+    let data = eval_data();
+    let base = fixture("tiny-llama");
+    let eval = |adapter: &Path| {
+        run(&[
+            "eval",
+            "--model",
+            base.to_str().unwrap(),
+            "--tasks",
+            "boolq",
+            "--protocol",
+            "loglik",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--json",
+            "-q",
+        ])
+    };
+    let d = tempfile::tempdir().unwrap();
+    common::copy_dir(&fixture("peft-named/task"), d.path());
+    let cfg_path = d.path().join("adapter_config.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["init_lora_weights"] = "pissa".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let out = eval(d.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: init_lora_weights = `pissa`"),
+        "{err}"
+    );
+
+    // One extra tensor tsd does not know: named in the warning and in eval's refusal.
+    let weights = d.path().join("adapter_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let extra = [1f32, 2.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect::<Vec<u8>>();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    let odd = "base_model.model.model.layers.0.self_attn.q_proj.lora_C.weight";
+    views.push((
+        odd.into(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &extra).unwrap(),
+    ));
+    let out_bytes = safetensors::serialize(views, None).unwrap();
+    std::fs::write(&weights, out_bytes).unwrap();
+    let out = eval(d.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "warning: tensor(s) with unrecognised names were ignored: {odd}"
+        )),
+        "{err}"
+    );
+    assert!(err.trim().lines().last().unwrap().contains(odd), "{err}");
 }
