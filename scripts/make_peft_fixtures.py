@@ -13,6 +13,13 @@ so the Rust side can be tested against what those libraries actually produce:
 * ``peft-rslora/``         rsLoRA r=8, alpha=16, rank_pattern / alpha_pattern
 * ``peft-dora/``           DoRA r=4, alpha=8, with a perturbed magnitude vector
 * ``expected.json``        per-module reference numbers (see ``module_record``)
+* ``tiny-llama-bias/``     a smaller random Llama with q/k/v/o and MLP biases
+* ``peft-named/`` …        adapters using PEFT features beyond A/B (named adapters in
+                           subfolders, modules_to_save, biases, embedding LoRA, regex
+                           target_modules, layers_to_transform, exclude_modules); see
+                           ``FEATURE_ADAPTERS``
+* ``peft-features.json``   per feature adapter: PEFT's ``get_nb_trainable_parameters()``,
+                           the file's keys, and PEFT's logits with the adapter applied
 
 The base model is built from a ``LlamaConfig`` in code; nothing is fetched from
 the Hugging Face Hub.  Output is deterministic for a given set of library
@@ -20,7 +27,7 @@ versions (see ``scripts/requirements-fixtures.txt``).
 
 Usage (from the repository root, with the fixtures virtualenv)::
 
-    /work/pyenv/bin/python scripts/make_peft_fixtures.py [--out tests/fixtures]
+    python scripts/make_peft_fixtures.py [--out tests/fixtures]
 """
 
 import argparse
@@ -239,6 +246,177 @@ def make_finetune(out: Path, base: LlamaForCausalLM) -> dict:
     }
 
 
+# Adapters exercising PEFT features beyond lora_A/lora_B.  Each entry: the base fixture, then one
+# or more (adapter name, LoraConfig kwargs) saved into the same directory (PEFT writes a
+# non-default adapter to a subfolder named after it).  Trainable parameters other than LoRA's A/B
+# (modules_to_save copies, biases) are perturbed after creation so that applying them matters.
+FEATURE_TARGETS = ["q_proj", "v_proj"]
+FEATURE_ADAPTERS = {
+    "peft-named": dict(base="tiny-llama", adapters=[("task", dict(r=2, lora_alpha=4))]),
+    "peft-multi": dict(
+        base="tiny-llama",
+        adapters=[
+            ("default", dict(r=2, lora_alpha=4)),
+            ("other", dict(r=4, lora_alpha=4, target_modules=["k_proj", "up_proj"])),
+        ],
+    ),
+    "peft-modules-to-save": dict(
+        base="tiny-llama", adapters=[("default", dict(r=2, lora_alpha=4, modules_to_save=["lm_head", "norm"]))]
+    ),
+    "peft-lora-bias": dict(
+        base="tiny-llama",
+        adapters=[("default", dict(r=2, lora_alpha=4, lora_bias=True, target_modules=["q_proj", "v_proj", "down_proj"]))],
+    ),
+    "peft-bias-all": dict(base="tiny-llama-bias", adapters=[("default", dict(r=2, lora_alpha=4, bias="all"))]),
+    "peft-bias-lora-only": dict(
+        base="tiny-llama-bias", adapters=[("default", dict(r=2, lora_alpha=4, bias="lora_only"))]
+    ),
+    "peft-embedding": dict(
+        base="tiny-llama", adapters=[("default", dict(r=2, lora_alpha=4, target_modules=["embed_tokens", "q_proj"]))]
+    ),
+    "peft-regex": dict(
+        base="tiny-llama",
+        adapters=[("default", dict(r=2, lora_alpha=4, target_modules=r".*\.layers\.1\.(self_attn\.(q|v)|mlp\.down)_proj"))],
+    ),
+    "peft-layers": dict(base="tiny-llama", adapters=[("default", dict(r=2, lora_alpha=4, layers_to_transform=[1]))]),
+    "peft-exclude": dict(
+        base="tiny-llama",
+        adapters=[
+            (
+                "default",
+                dict(
+                    r=2,
+                    lora_alpha=4,
+                    target_modules=["q_proj", "v_proj", "down_proj"],
+                    exclude_modules=["layers.0.mlp.down_proj", "layers.1.self_attn.v_proj"],
+                ),
+            )
+        ],
+    ),
+}
+FEATURE_SEED = 5
+FEATURE_NOISE = 0.05
+# One sequence of token ids for the logits records (tiny-llama-bias has a vocabulary of 64).
+FEATURE_IDS = [[1, 5, 60, 3, 33, 42]]
+
+
+def tiny_llama_bias_config() -> LlamaConfig:
+    """A smaller tiny Llama with attention and MLP biases (for PEFT's ``bias`` option)."""
+    return LlamaConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=64,
+        max_position_embeddings=64,
+        attention_bias=True,
+        mlp_bias=True,
+        tie_word_embeddings=False,
+        dtype=torch.float32,
+    )
+
+
+def save_bias_base(out: Path) -> None:
+    """Write tiny-llama-bias with non-zero random biases (transformers initialises them to zero)."""
+    torch.manual_seed(BASE_SEED)
+    model = LlamaForCausalLM(tiny_llama_bias_config()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out / "tiny-llama-bias")
+
+
+def logits_of(model) -> list:
+    """float32 logits ``[batch, seq, vocab]`` of ``FEATURE_IDS`` (as Python floats, so JSON holds
+    float32's shortest round-trip digits)."""
+    with torch.no_grad():
+        logits = model(torch.tensor(FEATURE_IDS)).logits.float()
+    return [[[float(str(np.float32(x))) for x in row] for row in seq] for seq in logits.tolist()]
+
+
+def max_abs_diff(a: list, b: list) -> float:
+    return float((torch.tensor(a) - torch.tensor(b)).abs().max())
+
+
+def feature_model(out: Path, base_dir: str, name: str, kwargs: dict, seed: int):
+    """A PEFT model with one adapter ``name``; its extra trainable tensors perturbed."""
+    base = load_base(out / base_dir)
+    torch.manual_seed(seed)
+    kwargs = {"target_modules": FEATURE_TARGETS, **kwargs}
+    config = LoraConfig(lora_dropout=0.0, init_lora_weights=False, **kwargs)
+    model = get_peft_model(base, config, adapter_name=name).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.requires_grad and ".lora_A." not in pname and ".lora_B." not in pname:
+                p.add_(FEATURE_NOISE * torch.randn_like(p))
+            elif p.requires_grad and pname.endswith(".bias"):
+                p.add_(FEATURE_NOISE * torch.randn_like(p))
+    return model
+
+
+def adapter_files(adapter_dir: Path) -> dict:
+    """Key -> shape of the adapter_model.safetensors in one adapter directory."""
+    with safetensors.safe_open(adapter_dir / "adapter_model.safetensors", framework="pt") as f:
+        return {k: list(f.get_slice(k).get_shape()) for k in sorted(f.keys())}
+
+
+def make_feature_adapter(out: Path, dir_name: str, spec: dict, seed: int) -> dict:
+    """Create and save one feature fixture; return its peft-features.json entry.
+
+    Per adapter: PEFT's trainable count from a model holding only that adapter, the stored keys,
+    the logits with the adapter active (unmerged), merged by ``merge_and_unload`` and after a
+    fresh ``PeftModel.from_pretrained`` of the saved files (the three must agree)."""
+    from peft import PeftModel
+
+    target = out / dir_name
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    entries = {}
+    models = []
+    for i, (name, kwargs) in enumerate(spec["adapters"]):
+        model = feature_model(out, spec["base"], name, kwargs, seed + i)
+        trainable, total = model.get_nb_trainable_parameters()
+        unmerged = logits_of(model)
+        models.append((name, model, trainable, total, unmerged))
+    # All adapters of a directory are saved from one PeftModel, as a user would.
+    first_name, first, *_ = models[0]
+    for name, model, *_ in models[1:]:
+        first.add_adapter(name, model.peft_config[name])
+        first.load_state_dict(
+            {k: v for k, v in model.state_dict().items() if f".{name}." in k or k.endswith(f".{name}")},
+            strict=False,
+        )
+    first.save_pretrained(target)
+    for name, model, trainable, total, unmerged in models:
+        sub = target if name == "default" else target / name
+        loaded = PeftModel.from_pretrained(load_base(out / spec["base"]), sub, adapter_name=name).eval()
+        loaded_logits = logits_of(loaded)
+        try:
+            merged, merge_refused = logits_of(model.merge_and_unload()), None
+        except RuntimeError as e:  # e.g. lora_bias on a base layer without a bias
+            merged, merge_refused = unmerged, str(e)
+        if max_abs_diff(unmerged, merged) > 1e-5 or max_abs_diff(unmerged, loaded_logits) > 1e-5:
+            raise SystemExit(f"{dir_name}/{name}: PEFT's unmerged, merged and reloaded logits disagree")
+        cfg = json.loads((sub / "adapter_config.json").read_text())
+        entries[name] = {
+            "subdir": None if name == "default" else name,
+            "trainable": trainable,
+            "all_params": total,
+            "config": {k: cfg.get(k) for k in ["target_modules", "modules_to_save", "bias", "lora_bias",
+                                               "layers_to_transform", "exclude_modules"]},
+            "tensors": adapter_files(sub),
+            "merge_refused_by_peft": merge_refused,
+            "logits_max_abs_diff_merged_vs_unmerged": None if merge_refused else max_abs_diff(unmerged, merged),
+            "logits_max_abs_diff_reloaded_vs_unmerged": max_abs_diff(unmerged, loaded_logits),
+            "logits": unmerged,
+        }
+    return {"dir": dir_name, "base_dir": spec["base"], "input_ids": FEATURE_IDS, "adapters": entries}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("tests/fixtures"), help="output directory")
@@ -257,6 +435,11 @@ def main() -> None:
     base = save_base_models(out)
     entries = {name: make_adapter(out, name, spec) for name, spec in ADAPTERS.items()}
     entries["tiny-llama-ft"] = make_finetune(out, base)
+    save_bias_base(out)
+    features = {
+        name: make_feature_adapter(out, name, spec, FEATURE_SEED + 10 * i)
+        for i, (name, spec) in enumerate(FEATURE_ADAPTERS.items())
+    }
 
     expected = {
         "description": (
@@ -286,6 +469,20 @@ def main() -> None:
         "adapters": entries,
     }
     (out / "expected.json").write_text(dump_json(expected))
+    feature_record = {
+        "description": (
+            "PEFT feature fixtures written by scripts/make_peft_fixtures.py. Per directory and adapter "
+            "name: trainable/all_params = PeftModel.get_nb_trainable_parameters() of a model holding only "
+            "that adapter; config = fields of its adapter_config.json; tensors = key -> shape of its "
+            "adapter_model.safetensors; logits = float32 logits [batch, seq, vocab] of input_ids with the "
+            "adapter active (PEFT's forward, unmerged), which equal merge_and_unload()'s (unless "
+            "merge_refused_by_peft holds PEFT's refusal) and a fresh PeftModel.from_pretrained()'s to the "
+            "recorded max_abs_diff."
+        ),
+        "versions": expected["versions"],
+        "fixtures": features,
+    }
+    (out / "peft-features.json").write_text(dump_json(feature_record))
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ pub fn bench_inspect(
         warnings: vec![],
         unmatched: vec![],
         metadata: Default::default(),
+        extras: Default::default(),
     };
     let mut one_at_a_time = Vec::new();
     for &(_, out, inp) in LLAMA7B_MODULES.iter().skip(2) {

@@ -145,6 +145,58 @@ pub struct AdapterParams {
 }
 
 /// The whole inspection.
+/// A tensor the adapter holds beyond the analysed modules' factors: counted in the parameters,
+/// applied by `tsd eval`, not analysed for TSDs.
+#[derive(Clone, Debug, Serialize)]
+pub struct OtherTensorReport {
+    /// The base tensor it replaces (`lm_head.weight`) or the module it belongs to.
+    pub tensor: String,
+    /// `modules_to_save`, `trained_bias`, `saved` (a frozen base tensor), `lora_bias` or
+    /// `embedding_lora`.
+    pub kind: String,
+    pub shape: Vec<usize>,
+    pub params: u64,
+    pub trainable: bool,
+    pub analysed: bool,
+}
+
+/// The adapter's tensors outside its analysed modules, in a stable order.
+pub fn other_tensors(adapter: &Adapter) -> Vec<OtherTensorReport> {
+    let ex = &adapter.extras;
+    let mut out: Vec<OtherTensorReport> = ex
+        .base_tensors
+        .iter()
+        .map(|t| OtherTensorReport {
+            tensor: t.name.clone(),
+            kind: serde_json::to_value(t.role)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            shape: t.shape.clone(),
+            params: t.numel(),
+            trainable: t.trainable(),
+            analysed: false,
+        })
+        .collect();
+    out.extend(ex.lora_biases.iter().map(|(m, b)| OtherTensorReport {
+        tensor: format!("{m}.lora_B.bias"),
+        kind: "lora_bias".into(),
+        shape: vec![b.len()],
+        params: b.len() as u64,
+        trainable: true,
+        analysed: false,
+    }));
+    out.extend(ex.embeddings.iter().map(|e| OtherTensorReport {
+        tensor: e.module.clone(),
+        kind: "embedding_lora".into(),
+        shape: vec![e.shape().0, e.shape().1],
+        params: e.trainable_params(),
+        trainable: true,
+        analysed: false,
+    }));
+    out
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct InspectReport {
     pub tsd_version: &'static str,
@@ -160,6 +212,10 @@ pub struct InspectReport {
     pub by_type: Vec<GroupSummary>,
     pub by_layer: Vec<GroupSummary>,
     pub params: AdapterParams,
+    /// The adapter's name in its directory (`default` = the root).
+    pub adapter_name: Option<String>,
+    /// Tensors beyond the analysed modules (modules_to_save copies, biases, embedding LoRA).
+    pub other_tensors: Vec<OtherTensorReport>,
     pub warnings: Vec<String>,
     pub wall_seconds: f64,
     pub svd_seconds_total: f64,
@@ -481,11 +537,28 @@ pub fn inspect(
             ))
     });
     let mut warnings = adapter.warnings.clone();
+    let others = other_tensors(adapter);
+    if !others.is_empty() {
+        let list: Vec<String> = others
+            .iter()
+            .map(|t| format!("{} ({}, {:?})", t.tensor, t.kind, t.shape))
+            .collect();
+        warnings.push(format!(
+            "not analysed for TSDs (counted in the parameters, applied by tsd eval): {}",
+            list.join(", ")
+        ));
+    }
     let near: usize = modules.iter().map(|m| m.near_null_picks).sum();
     if near > 0 {
+        let which: Vec<String> = modules
+            .iter()
+            .filter(|m| m.near_null_picks > 0)
+            .map(|m| format!("{} ({})", m.module, m.near_null_picks))
+            .collect();
         warnings.push(format!(
-            "{near} picked TSD(s) have σ/σ₁ < {:.0e}: near-null directions whose change rate is dominated by the division by σ (PAPER.md §6); consider --sigma-floor",
-            crate::directions::NEAR_NULL_RATIO
+            "{near} picked TSD(s) have σ/σ₁ < {:.0e}: near-null directions whose change rate is dominated by the division by σ (PAPER.md §6); consider --sigma-floor. In: {}",
+            crate::directions::NEAR_NULL_RATIO,
+            which.join(", ")
         ));
     }
     for m in &modules {
@@ -499,10 +572,16 @@ pub fn inspect(
         }
     }
     if let Some((_, name)) = &reference {
-        let missing = modules.iter().filter(|m| m.capture.is_none()).count();
-        if missing > 0 {
+        let missing: Vec<&str> = modules
+            .iter()
+            .filter(|m| m.capture.is_none())
+            .map(|m| m.module.as_str())
+            .collect();
+        if !missing.is_empty() {
             warnings.push(format!(
-                "{missing} module(s) have no counterpart in the reference {name}"
+                "{} module(s) have no counterpart in the reference {name}: {}",
+                missing.len(),
+                missing.join(", ")
             ));
         }
     }
@@ -539,6 +618,8 @@ pub fn inspect(
                 0.0
             },
         },
+        adapter_name: adapter.extras.name.clone(),
+        other_tensors: others,
         warnings,
         wall_seconds: t0.elapsed().as_secs_f64(),
     })

@@ -167,6 +167,16 @@ pub fn inspect_table(r: &InspectReport) -> String {
         "parameters: trainable {} ({:.4}% of the base's {}), frozen stored {}, stored {}\n",
         p.trainable, p.trainable_pct_of_base, p.base, p.frozen_stored, p.stored
     );
+    for t in &r.other_tensors {
+        out += &format!(
+            "  + {} {} {:?}: {} parameter(s){}, not analysed\n",
+            t.kind,
+            t.tensor,
+            t.shape,
+            t.params,
+            if t.trainable { " trainable" } else { " frozen" }
+        );
+    }
     out += &format!(
         "SVD: {:.2} s over {} module(s), {} from cache; wall {:.2} s\n",
         r.svd_seconds_total,

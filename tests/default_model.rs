@@ -158,6 +158,7 @@ fn inspect_runs_on_the_default_model() {
         warnings: vec![],
         unmatched: vec![],
         metadata: Default::default(),
+        extras: Default::default(),
     };
     tsd::adapter::write_adapter(dir.path(), &ad).unwrap();
     let out = common::tsd(home.path())

@@ -155,6 +155,7 @@ fn user_strings_are_escaped_in_reports() {
         warnings: vec!["<img src=x onerror=alert(1)>".into()],
         unmatched: vec![],
         metadata: Default::default(),
+        extras: Default::default(),
     };
     let opts = InspectOptions {
         keep_spectrum: true,

@@ -18,6 +18,13 @@
 //!
 //! LoRA-Dash, the official code's names: `lora_index.weight` `[1, s]` (Δσ, despite its name),
 //! `lora_w_u` `[out, s]` (Ū), `lora_w_vt` `[s, in]` (V̄ᵀ); it stores no indices.
+//!
+//! Beyond A/B, PEFT stores: `lora_B.bias` `[out]` (`lora_bias=True`, added as `scaling·b` to the
+//! module's output), `lora_embedding_A` `[r, vocab]` / `lora_embedding_B` `[hidden, r]` (LoRA on
+//! an embedding, `ΔW = scaling·(B·A)ᵀ`), and whole base-model tensors under their own names:
+//! `modules_to_save` copies (`<module>.weight`; older PEFT: `<module>.modules_to_save.weight`),
+//! trained biases (`bias="all"|"lora_only"`: `<module>.bias` or `<module>.base_layer.bias`), and
+//! embedding layers saved beside an embedding LoRA (`<module>.base_layer.weight`).
 
 /// What a tensor in an adapter file is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,7 +32,13 @@ pub enum TensorKind {
     LoraA,
     LoraB,
     DoraMagnitude,
-    /// `lora_embedding_A/B`, `lora_bias`, conv LoRA…: recognised but not analysed.
+    /// `lora_B.bias` `[out]`.
+    LoraBias,
+    /// `lora_embedding_A` `[r, vocab]`.
+    EmbeddingA,
+    /// `lora_embedding_B` `[hidden, r]`.
+    EmbeddingB,
+    /// Recognised PEFT LoRA tensors tsd neither analyses nor applies (e.g. trainable tokens).
     Unsupported,
     DashU,
     DashVt,
@@ -61,9 +74,10 @@ pub fn parse_key(key: &str, adapter_name: &str) -> Option<(String, TensorKind)> 
         (".lora_index.weight", TensorKind::OfficialDashSigma),
         (".lora_w_u", TensorKind::OfficialDashU),
         (".lora_w_vt", TensorKind::OfficialDashVt),
-        (".lora_embedding_A", TensorKind::Unsupported),
-        (".lora_embedding_B", TensorKind::Unsupported),
-        (".lora_B.bias", TensorKind::Unsupported),
+        (".lora_embedding_A", TensorKind::EmbeddingA),
+        (".lora_embedding_B", TensorKind::EmbeddingB),
+        (".lora_B.bias", TensorKind::LoraBias),
+        (".trainable_tokens_delta", TensorKind::Unsupported),
     ];
     SUFFIXES.iter().find_map(|(suffix, kind)| {
         k.strip_suffix(suffix)
@@ -72,12 +86,34 @@ pub fn parse_key(key: &str, adapter_name: &str) -> Option<(String, TensorKind)> 
     })
 }
 
+/// A key that names a whole base-model tensor (a `modules_to_save` copy, a trained bias, a saved
+/// embedding layer): its Hugging Face tensor name (`lm_head.weight`,
+/// `model.layers.0.self_attn.q_proj.bias`) and whether PEFT stored it as a tuner layer's
+/// `base_layer`. `None` for LoRA tensors and anything not ending in `.weight` / `.bias`.
+pub fn parse_base_tensor(key: &str, adapter_name: &str) -> Option<(String, bool)> {
+    let k = key.strip_prefix(PREFIX).unwrap_or(key);
+    let k = k.replace(&format!(".modules_to_save.{adapter_name}."), ".");
+    let k = k.replace(".modules_to_save.", ".");
+    if k.split('.').any(|seg| seg.starts_with("lora_")) {
+        return None;
+    }
+    let base_layer = k.contains(".base_layer.");
+    let k = k.replace(".base_layer.", ".");
+    let module = k
+        .strip_suffix(".weight")
+        .or_else(|| k.strip_suffix(".bias"))?;
+    (!module.is_empty()).then_some((k.clone(), base_layer))
+}
+
 /// The PEFT key tsd writes for a module tensor.
 pub fn key(module: &str, kind: TensorKind) -> String {
     let suffix = match kind {
         TensorKind::LoraA => "lora_A.weight",
         TensorKind::LoraB => "lora_B.weight",
         TensorKind::DoraMagnitude => "lora_magnitude_vector",
+        TensorKind::LoraBias => "lora_B.bias",
+        TensorKind::EmbeddingA => "lora_embedding_A",
+        TensorKind::EmbeddingB => "lora_embedding_B",
         TensorKind::DashU => "lora_dash_u",
         TensorKind::DashVt => "lora_dash_vt",
         TensorKind::DashDeltaSigma => "lora_dash_delta_sigma",
@@ -130,5 +166,54 @@ mod tests {
             None
         );
         assert_eq!(parse_key(".lora_A.weight", "default"), None);
+        assert_eq!(
+            parse_key(&format!("{PREFIX}{m}.lora_B.bias"), "default"),
+            Some((m.to_string(), TensorKind::LoraBias))
+        );
+        assert_eq!(
+            parse_key(
+                "base_model.model.model.embed_tokens.lora_embedding_A",
+                "default"
+            ),
+            Some(("model.embed_tokens".to_string(), TensorKind::EmbeddingA))
+        );
+    }
+
+    #[test]
+    fn base_tensor_keys_as_peft_writes_them() {
+        let p = |k| parse_base_tensor(k, "task");
+        assert_eq!(
+            p("base_model.model.lm_head.weight"),
+            Some(("lm_head.weight".into(), false))
+        );
+        assert_eq!(
+            p("base_model.model.lm_head.modules_to_save.task.weight"),
+            Some(("lm_head.weight".into(), false))
+        );
+        assert_eq!(
+            p("base_model.model.model.norm.modules_to_save.weight"),
+            Some(("model.norm.weight".into(), false))
+        );
+        assert_eq!(
+            p("base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias"),
+            Some(("model.layers.0.self_attn.q_proj.bias".into(), true))
+        );
+        assert_eq!(
+            p("base_model.model.model.embed_tokens.base_layer.weight"),
+            Some(("model.embed_tokens.weight".into(), true))
+        );
+        assert_eq!(
+            p("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias"),
+            None
+        );
+        assert_eq!(
+            p("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
+            None
+        );
+        assert_eq!(
+            p("base_model.model.model.embed_tokens.lora_embedding_A"),
+            None
+        );
+        assert_eq!(p("tsd_whatever"), None);
     }
 }

@@ -1,7 +1,10 @@
 //! Reading PEFT LoRA / LoRA-Dash adapters tolerantly, with every problem named.
 
-use super::naming::{parse_key, TensorKind};
-use super::{Adapter, AdapterConfig, DashNaming, DashState, ModuleAdapter};
+use super::naming::{parse_base_tensor, parse_key, TensorKind, PREFIX};
+use super::{
+    Adapter, AdapterConfig, AdapterExtras, BaseTensor, BaseTensorRole, DashNaming, DashState,
+    EmbeddingLora, ModuleAdapter,
+};
 use crate::error::{Error, Result};
 use crate::linalg::Matrix;
 use crate::weights::tensor::{decode_f32, decode_i64, decode_matrix, st_error};
@@ -22,22 +25,106 @@ pub fn adapter_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Whether a path looks like an adapter directory (has `adapter_config.json` or adapter weights).
-pub fn is_adapter(path: &Path) -> bool {
-    let d = adapter_dir(path);
+/// PEFT's name for the adapter saved at a directory's root.
+pub const DEFAULT_NAME: &str = "default";
+
+fn has_adapter_files(d: &Path) -> bool {
     d.join(CONFIG_FILE).exists()
         || d.join(WEIGHTS_FILE).exists()
         || d.join("adapter_model.bin").exists()
 }
 
-/// Loads an adapter directory: `adapter_config.json` + `adapter_model.safetensors`.
+/// The adapters a directory holds, as PEFT's `save_pretrained` lays them out: `default` at the
+/// root, any other adapter in a subfolder named after it. Subfolders that are Trainer checkpoints
+/// (`checkpoint-N`, or holding `trainer_state.json`) are not adapters of this directory.
+/// Sorted, `default` first.
+pub fn adapter_names(dir: &Path) -> Vec<String> {
+    let mut named: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir() && has_adapter_files(&e.path()))
+        .filter(|e| !e.path().join("trainer_state.json").exists())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| {
+            !n.strip_prefix("checkpoint-")
+                .is_some_and(|k| k.chars().all(|c| c.is_ascii_digit()))
+        })
+        .collect();
+    named.sort();
+    if has_adapter_files(dir) {
+        named.insert(0, DEFAULT_NAME.to_string());
+    }
+    named
+}
+
+/// Whether a path looks like an adapter directory (adapter files at its root or in a named
+/// adapter's subfolder).
+pub fn is_adapter(path: &Path) -> bool {
+    !adapter_names(&adapter_dir(path)).is_empty()
+}
+
+/// The directory and name of the adapter to read: `name` if given (`default` is the root), else
+/// the only adapter the directory holds; several without a name is an error listing them.
+fn pick(path: &Path, name: Option<&str>) -> Result<(PathBuf, String)> {
+    let dir = adapter_dir(path);
+    if path.is_file() {
+        return match name {
+            None | Some(DEFAULT_NAME) => Ok((dir, DEFAULT_NAME.into())),
+            Some(n) => Err(Error::InvalidArgument(format!(
+                "--adapter-name {n}: {} is a weights file; pass the directory that holds the adapter's subfolder",
+                path.display()
+            ))),
+        };
+    }
+    let names = adapter_names(&dir);
+    let list = || {
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    match name {
+        Some(n) if names.iter().any(|x| x == n) => Ok(if n == DEFAULT_NAME {
+            (dir, n.into())
+        } else {
+            (dir.join(n), n.into())
+        }),
+        Some(n) => Err(Error::InvalidArgument(format!(
+            "{}: no adapter named `{n}` (adapters here: {})",
+            dir.display(),
+            list()
+        ))),
+        None if names.len() > 1 => Err(Error::InvalidArgument(format!(
+            "{}: holds {} adapters ({}); choose one with --adapter-name",
+            dir.display(),
+            names.len(),
+            list()
+        ))),
+        None => match names.first().map(String::as_str) {
+            Some(DEFAULT_NAME) | None => Ok((dir, DEFAULT_NAME.into())),
+            Some(n) => Ok((dir.join(n), n.to_string())),
+        },
+    }
+}
+
+/// Loads the only adapter of a directory (see [`read_adapter`]).
+pub fn load_adapter(path: &Path) -> Result<Adapter> {
+    read_adapter(path, None)
+}
+
+/// Loads an adapter: `path` is an adapter directory (or its `adapter_model.safetensors`); `name`
+/// picks one of the directory's adapters (`default` = the root, else PEFT's subfolder), `None` the
+/// only one there is (several → an error listing them).
 ///
 /// Errors: missing files, pickle-only adapters, malformed safetensors, unsupported dtypes, NaN/Inf,
-/// A/B without a partner, A/B shapes that disagree with each other or with the config's rank, and an
-/// adapter without LoRA tensors. Warnings (kept in [`Adapter::warnings`]): DoRA, base-modifying
-/// init schemes, unsupported LoRA kinds, zero-size tensors, unrecognised keys.
-pub fn load_adapter(path: &Path) -> Result<Adapter> {
-    let dir = adapter_dir(path);
+/// A/B without a partner, A/B shapes that disagree with each other or with the config's rank,
+/// LoRA tensors for a module the config does not target, and an adapter without LoRA tensors.
+/// Warnings (kept in [`Adapter::warnings`], each naming its tensors): DoRA, base-modifying init
+/// schemes, tensors tsd recognises but does not analyse, zero-size tensors, unrecognised keys.
+pub fn read_adapter(path: &Path, name: Option<&str>) -> Result<Adapter> {
+    let (dir, adapter_name) = pick(path, name)?;
     let weights = dir.join(WEIGHTS_FILE);
     if !weights.exists() {
         for pickle in ["adapter_model.bin", "adapter_model.pt", "adapter_model.pth"] {
@@ -73,24 +160,41 @@ pub fn load_adapter(path: &Path) -> Result<Adapter> {
 
     let mut warnings = Vec::new();
     let mut unmatched = Vec::new();
+    let mut unsupported = Vec::new();
     let mut groups: BTreeMap<String, HashMap<TensorKind, String>> = BTreeMap::new();
+    let mut base_keys: Vec<(String, String, bool)> = Vec::new();
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
     for name in &names {
-        match parse_key(name, "default") {
-            Some((_, TensorKind::Unsupported)) => warnings.push(format!(
-                "`{name}`: this LoRA kind (embedding / bias / conv) is not analysed"
-            )),
+        match parse_key(name, &adapter_name) {
+            Some((_, TensorKind::Unsupported)) => {
+                unsupported.push(name.clone());
+                unmatched.push(name.clone());
+            }
             Some((module, kind)) => {
                 groups.entry(module).or_default().insert(kind, name.clone());
             }
-            None => unmatched.push(name.clone()),
+            None => match parse_base_tensor(name, &adapter_name) {
+                Some((hf, base_layer)) => base_keys.push((name.clone(), hf, base_layer)),
+                None => unmatched.push(name.clone()),
+            },
         }
     }
-    if !unmatched.is_empty() {
+    if !unsupported.is_empty() {
         warnings.push(format!(
-            "{} tensor(s) with unrecognised names were ignored",
-            unmatched.len()
+            "tensor(s) of a LoRA kind tsd neither analyses nor applies: {}",
+            unsupported.join(", ")
+        ));
+    }
+    let unknown: Vec<&str> = unmatched
+        .iter()
+        .filter(|k| !unsupported.contains(k))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        warnings.push(format!(
+            "tensor(s) with unrecognised names were ignored: {}",
+            unknown.join(", ")
         ));
     }
     if let Some(scheme) = config.init_lora_weights.modifies_base() {
@@ -101,7 +205,27 @@ pub fn load_adapter(path: &Path) -> Result<Adapter> {
 
     let ctx = |m: &str| format!("{}: module {m}", dir.display());
     let mut modules = Vec::new();
+    let mut extras = AdapterExtras {
+        name: Some(adapter_name.clone()),
+        ..Default::default()
+    };
     for (module, kinds) in &groups {
+        if !config.targets(module) {
+            return Err(Error::Config {
+                path: cfg_path.clone(),
+                reason: format!(
+                    "the adapter holds LoRA tensors for {module}, which target_modules / layers_to_transform / exclude_modules / modules_to_save do not select (PEFT would not load them)"
+                ),
+            });
+        }
+        if kinds.contains_key(&TensorKind::EmbeddingA)
+            || kinds.contains_key(&TensorKind::EmbeddingB)
+        {
+            extras
+                .embeddings
+                .push(read_embedding(&st, &weights, &config, module, kinds)?);
+            continue;
+        }
         let (Some(ka), Some(kb)) = (kinds.get(&TensorKind::LoraA), kinds.get(&TensorKind::LoraB))
         else {
             let has = |k| kinds.contains_key(&k);
@@ -116,8 +240,11 @@ pub fn load_adapter(path: &Path) -> Result<Adapter> {
                     tensor: missing.into(),
                 });
             }
+            let mut keys: Vec<&str> = kinds.values().map(String::as_str).collect();
+            keys.sort();
             warnings.push(format!(
-                "module {module}: extra tensors without lora_A/lora_B were ignored"
+                "module {module}: tensor(s) without lora_A/lora_B were ignored: {}",
+                keys.join(", ")
             ));
             continue;
         };
@@ -125,7 +252,7 @@ pub fn load_adapter(path: &Path) -> Result<Adapter> {
         let vb = st.tensor(kb).map_err(|e| st_error(&weights, e))?;
         if va.shape().contains(&0) || vb.shape().contains(&0) {
             warnings.push(format!(
-                "module {module}: zero-size tensor (A {:?}, B {:?}); module skipped",
+                "module {module}: zero-size tensor (`{ka}` {:?}, `{kb}` {:?}); module skipped",
                 va.shape(),
                 vb.shape()
             ));
@@ -169,6 +296,21 @@ pub fn load_adapter(path: &Path) -> Result<Adapter> {
             None => None,
         };
         let dash = read_dash(&st, &weights, module, kinds, b.rows, a.cols)?;
+        if let Some(k) = kinds.get(&TensorKind::LoraBias) {
+            let v = st.tensor(k).map_err(|e| st_error(&weights, e))?;
+            let bias = decode_f32(&weights, k, &v)?;
+            if bias.len() != b.rows || v.shape().len() != 1 {
+                return Err(Error::shape(
+                    ctx(module),
+                    format!(
+                        "`{k}` is {:?}, expected [{}] (lora_B's rows)",
+                        v.shape(),
+                        b.rows
+                    ),
+                ));
+            }
+            extras.lora_biases.insert(module.clone(), bias);
+        }
         modules.push(ModuleAdapter {
             module: module.clone(),
             r,
@@ -180,7 +322,31 @@ pub fn load_adapter(path: &Path) -> Result<Adapter> {
             dash,
         });
     }
-    if modules.is_empty() {
+    for (key, hf, base_layer) in base_keys {
+        let v = st.tensor(&key).map_err(|e| st_error(&weights, e))?;
+        let data = decode_f32(&weights, &key, &v)?;
+        let module = hf.rsplit_once('.').map_or(hf.as_str(), |(m, _)| m);
+        let role = if hf.ends_with(".bias") && config.bias != "none" {
+            BaseTensorRole::TrainedBias
+        } else if config.saves_module(module) && !base_layer {
+            BaseTensorRole::ModulesToSave
+        } else {
+            BaseTensorRole::Saved
+        };
+        let stored = key.strip_prefix(PREFIX).unwrap_or(&key);
+        let stored = stored.replace(&format!(".modules_to_save.{adapter_name}."), ".");
+        extras.base_tensors.push(BaseTensor {
+            key: match role {
+                BaseTensorRole::ModulesToSave => format!("{PREFIX}{hf}"),
+                _ => format!("{PREFIX}{}", stored.replace(".modules_to_save.", ".")),
+            },
+            name: hf,
+            shape: v.shape().to_vec(),
+            data,
+            role,
+        });
+    }
+    if modules.is_empty() && extras.embeddings.is_empty() {
         return Err(Error::EmptyAdapter {
             path: weights,
             found: names.len(),
@@ -193,6 +359,61 @@ pub fn load_adapter(path: &Path) -> Result<Adapter> {
         warnings,
         unmatched,
         metadata,
+        extras,
+    })
+}
+
+/// An embedding LoRA: `lora_embedding_A` `[r, vocab]`, `lora_embedding_B` `[hidden, r]`.
+fn read_embedding(
+    st: &SafeTensors<'_>,
+    path: &Path,
+    config: &AdapterConfig,
+    module: &str,
+    kinds: &HashMap<TensorKind, String>,
+) -> Result<EmbeddingLora> {
+    let get = |k: TensorKind, n: &str| -> Result<Matrix> {
+        let key = kinds.get(&k).ok_or_else(|| Error::MissingTensor {
+            context: format!("module {module} (embedding LoRA)"),
+            tensor: n.into(),
+        })?;
+        let v = st.tensor(key).map_err(|e| st_error(path, e))?;
+        decode_matrix(path, key, &v)
+    };
+    let mut others: Vec<&str> = kinds
+        .iter()
+        .filter(|(k, _)| !matches!(k, TensorKind::EmbeddingA | TensorKind::EmbeddingB))
+        .map(|(_, key)| key.as_str())
+        .collect();
+    if !others.is_empty() {
+        others.sort();
+        return Err(Error::Config {
+            path: path.to_path_buf(),
+            reason: format!(
+                "module {module}: tsd reads embedding LoRA as lora_embedding_A/B only, not with {}",
+                others.join(", ")
+            ),
+        });
+    }
+    let a = get(TensorKind::EmbeddingA, "lora_embedding_A")?;
+    let b = get(TensorKind::EmbeddingB, "lora_embedding_B")?;
+    let r = a.rows;
+    if b.cols != r || r != config.rank_for(module) {
+        return Err(Error::shape(
+            format!("module {module} (embedding LoRA)"),
+            format!(
+                "lora_embedding_A is {}x{} (r x vocab), lora_embedding_B is {}x{} (hidden x r), adapter_config.json gives rank {}",
+                a.rows, a.cols, b.rows, b.cols, config.rank_for(module)
+            ),
+        ));
+    }
+    let alpha = config.alpha_for(module);
+    Ok(EmbeddingLora {
+        module: module.to_string(),
+        r,
+        alpha,
+        scaling: config.scaling(r, alpha),
+        a,
+        b,
     })
 }
 

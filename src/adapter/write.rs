@@ -38,30 +38,42 @@ fn module_pattern(module: &str) -> String {
 
 /// The config to write for these modules: global r/alpha from the most common values,
 /// `rank_pattern`/`alpha_pattern` for the rest, `target_modules` from the module names.
+/// `target_modules` is kept as read (with `layers_to_transform`, `exclude_modules`,
+/// `modules_to_save`, `bias`, `lora_bias`): the modules are the same, and a reader checked that the
+/// config selects each of them. Only an adapter without one gets the module names.
 fn config_for(adapter: &Adapter) -> AdapterConfig {
     let mut cfg = adapter.config.clone();
-    let ranks: Vec<usize> = adapter.modules.iter().map(|m| m.r).collect();
-    let alphas: Vec<f64> = adapter.modules.iter().map(|m| m.alpha).collect();
+    let emb = &adapter.extras.embeddings;
+    let per_module: Vec<(&str, usize, f64)> = adapter
+        .modules
+        .iter()
+        .map(|m| (m.module.as_str(), m.r, m.alpha))
+        .chain(emb.iter().map(|e| (e.module.as_str(), e.r, e.alpha)))
+        .collect();
+    let ranks: Vec<usize> = per_module.iter().map(|m| m.1).collect();
+    let alphas: Vec<f64> = per_module.iter().map(|m| m.2).collect();
     cfg.r = mode(&ranks).unwrap_or(cfg.r);
     cfg.lora_alpha = mode(&alphas).unwrap_or(cfg.lora_alpha);
     cfg.rank_pattern = BTreeMap::new();
     cfg.alpha_pattern = BTreeMap::new();
-    for m in &adapter.modules {
-        if m.r != cfg.r {
-            cfg.rank_pattern.insert(module_pattern(&m.module), m.r);
+    for &(module, r, alpha) in &per_module {
+        if r != cfg.r {
+            cfg.rank_pattern.insert(module_pattern(module), r);
         }
-        if m.alpha != cfg.lora_alpha {
-            cfg.alpha_pattern.insert(module_pattern(&m.module), m.alpha);
+        if alpha != cfg.lora_alpha {
+            cfg.alpha_pattern.insert(module_pattern(module), alpha);
         }
     }
-    let mut targets: Vec<String> = adapter
-        .modules
-        .iter()
-        .map(|m| m.module.rsplit('.').next().unwrap_or(&m.module).to_string())
-        .collect();
-    targets.sort();
-    targets.dedup();
-    cfg.target_modules = Some(super::config::TargetModules::List(targets));
+    if cfg.target_modules.is_none() {
+        let mut targets: Vec<String> = per_module
+            .iter()
+            .map(|m| m.0.rsplit('.').next().unwrap_or(m.0).to_string())
+            .collect();
+        targets.sort();
+        targets.dedup();
+        cfg.target_modules = Some(super::config::TargetModules::List(targets));
+    }
+    cfg.lora_bias = !adapter.extras.lora_biases.is_empty();
     cfg.peft_type = Some("LORA".into());
     cfg
 }
@@ -101,6 +113,36 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
                 ));
             }
         }
+    }
+    let ex = &adapter.extras;
+    for (module, bias) in &ex.lora_biases {
+        tensors.push((
+            key(module, TensorKind::LoraBias),
+            Dtype::F32,
+            vec![bias.len()],
+            f32_bytes(bias),
+        ));
+    }
+    for e in &ex.embeddings {
+        for (kind, m) in [
+            (TensorKind::EmbeddingA, &e.a),
+            (TensorKind::EmbeddingB, &e.b),
+        ] {
+            tensors.push((
+                key(&e.module, kind),
+                Dtype::F32,
+                vec![m.rows, m.cols],
+                f32_bytes(&m.data),
+            ));
+        }
+    }
+    for t in &ex.base_tensors {
+        tensors.push((
+            t.key.clone(),
+            Dtype::F32,
+            t.shape.clone(),
+            f32_bytes(&t.data),
+        ));
     }
     let weights = dir.join(WEIGHTS_FILE);
     let views = tensors
@@ -145,7 +187,8 @@ fn check_module(m: &ModuleAdapter) -> Result<()> {
 /// Folds LoRA-Dash into a plain LoRA that reproduces ΔW exactly (PAPER.md §2):
 /// `B' = [c·B | Ū diag(Δσ)]`, `A' = [c'·A ; V̄ᵀ]` with `c·c' = scaling` (balanced, sign on B),
 /// rank `r' = r + s`, `lora_alpha' = r'`, no rsLoRA, so PEFT's scaling is 1.
-/// Modules without Dash get the same treatment (scaling folded in, `r' = r`).
+/// Modules without Dash get the same treatment (scaling folded in, `r' = r`); a LoRA bias `b`
+/// (added as `scaling·b`) becomes `scaling·b`. Embedding LoRA and whole base tensors are kept.
 pub fn fold_dash(adapter: &Adapter) -> Adapter {
     let modules = adapter
         .modules
@@ -198,6 +241,17 @@ pub fn fold_dash(adapter: &Adapter) -> Adapter {
         .collect();
     let mut config = adapter.config.clone();
     config.use_rslora = false;
+    let mut extras = adapter.extras.clone();
+    for m in &adapter.modules {
+        if let Some(b) = extras.lora_biases.get_mut(&m.module) {
+            b.iter_mut()
+                .for_each(|x| *x = (m.scaling * *x as f64) as f32);
+        }
+    }
+    // Embedding LoRA keeps its own r and α, so its scaling is unchanged unless rsLoRA is dropped.
+    for e in &mut extras.embeddings {
+        e.alpha = e.scaling * e.r as f64;
+    }
     Adapter {
         path: adapter.path.clone(),
         config,
@@ -205,5 +259,6 @@ pub fn fold_dash(adapter: &Adapter) -> Adapter {
         warnings: adapter.warnings.clone(),
         unmatched: Vec::new(),
         metadata: BTreeMap::new(),
+        extras,
     }
 }

@@ -3,7 +3,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use tsd::eval::generate::GenConfig;
-use tsd::eval::{apply_adapter, eval_generate, eval_loglik, task, TaskResult};
+use tsd::eval::merge::adapted_model;
+use tsd::eval::{eval_generate, eval_loglik, task, TaskResult};
 use tsd::model::Llama;
 use tsd::output::{to_json, Format};
 use tsd::weights::{open_path, resolve_path, ModelSpec};
@@ -13,9 +14,14 @@ pub struct EvalArgs {
     /// Base model: path, Hugging Face id, or `default`.
     #[arg(long, default_value = "default")]
     model: String,
-    /// A PEFT LoRA / LoRA-Dash adapter, merged before evaluation.
+    /// A PEFT LoRA / LoRA-Dash adapter, merged before evaluation (with its modules_to_save
+    /// copies, biases and embedding LoRA; what cannot be applied exactly is refused).
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Which adapter of the --adapter directory: `default` (its root) or a PEFT subfolder name.
+    /// Default: the only one there is.
+    #[arg(long, requires = "adapter")]
+    adapter_name: Option<String>,
     /// Tasks (comma-separated): boolq, piqa, social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa.
     #[arg(long, value_delimiter = ',', required = true)]
     tasks: Vec<String>,
@@ -81,14 +87,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
         offline: a.src.offline,
     })?;
     let src = open_path(&path)?;
-    let mut model = Llama::from_source(
-        src.as_ref(),
-        &candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )?;
-    if let Some(ad) = &a.adapter {
-        apply_adapter(&mut model, &tsd::adapter::load_adapter(ad)?)?;
-    }
+    let (dev, dtype) = (candle_core::Device::Cpu, candle_core::DType::F32);
+    let model = match &a.adapter {
+        Some(ad) => {
+            let adapter = tsd::adapter::read_adapter(ad, a.adapter_name.as_deref())?;
+            for w in &adapter.warnings {
+                eprintln!("warning: {w}");
+            }
+            adapted_model(src.as_ref(), &adapter, &dev, dtype)?
+        }
+        None => Llama::from_source(src.as_ref(), &dev, dtype)?,
+    };
     let tok = tsd::model::tokenizer::load_tokenizer(&path)?;
     let eos = tsd::model::tokenizer::load_tokenizer_info(&path)?;
     let mut results: Vec<TaskResult> = Vec::new();

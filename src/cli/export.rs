@@ -1,7 +1,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
-use tsd::adapter::{fold_dash, load_adapter, write_adapter};
+use tsd::adapter::{fold_dash, read_adapter, write_adapter};
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -9,6 +9,10 @@ pub struct ExportArgs {
     input: PathBuf,
     /// Directory to write (adapter_config.json + adapter_model.safetensors).
     output: PathBuf,
+    /// Which adapter of the input directory: `default` (its root) or a PEFT subfolder name.
+    /// Default: the only one there is. It is written at OUTPUT's root.
+    #[arg(long)]
+    adapter_name: Option<String>,
     /// Fold LoRA-Dash into a plain rank-(r+s) LoRA that reproduces ΔW exactly, loadable by PEFT.
     #[arg(long)]
     fold_dash: bool,
@@ -18,7 +22,10 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
-    let adapter = load_adapter(&a.input)?;
+    let adapter = read_adapter(&a.input, a.adapter_name.as_deref())?;
+    for w in &adapter.warnings {
+        eprintln!("warning: {w}");
+    }
     if a.output.exists() && a.output.read_dir()?.next().is_some() && !a.force {
         bail!(
             "{} exists and is not empty (use --force to overwrite)",
@@ -35,11 +42,15 @@ pub fn run(a: ExportArgs) -> Result<()> {
     };
     write_adapter(&a.output, &out)?;
     let r: Vec<usize> = out.modules.iter().map(|m| m.r).collect();
+    let ex = &out.extras;
     eprintln!(
-        "wrote {} module(s), rank {}..{}, to {}",
+        "wrote {} module(s), rank {}..{}, {} LoRA bias(es), {} embedding LoRA(s), {} whole tensor(s), to {}",
         out.modules.len(),
         r.iter().min().unwrap_or(&0),
         r.iter().max().unwrap_or(&0),
+        ex.lora_biases.len(),
+        ex.embeddings.len(),
+        ex.base_tensors.len(),
         a.output.display()
     );
     Ok(())

@@ -2,7 +2,7 @@ use super::{parse_pair, progress_bar, ModelArgs, OutputArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use tsd::adapter::{load_adapter, read::is_adapter};
+use tsd::adapter::{load_adapter, read::is_adapter, read_adapter};
 use tsd::directions::SigmaFloor;
 use tsd::inspect::{inspect, InspectOptions, Reference};
 use tsd::linalg::cache::SvdCache;
@@ -14,6 +14,10 @@ use tsd::weights::{open_model, ModelSpec, WeightSource};
 pub struct InspectArgs {
     /// Adapter directory (adapter_config.json + adapter_model.safetensors).
     adapter: PathBuf,
+    /// Which adapter of the directory: `default` (its root) or a PEFT subfolder name. Default: the
+    /// only one there is.
+    #[arg(long)]
+    adapter_name: Option<String>,
     /// Base model: a directory, .safetensors, .gguf, a Hugging Face id, or `default`.
     /// Without it, the adapter's base_model_name_or_path is used when it resolves locally.
     #[arg(long, alias = "model")]
@@ -100,7 +104,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.sigma_floor) {
         bail!("--sigma-floor must be in [0, 1)");
     }
-    let adapter = load_adapter(&a.adapter)?;
+    let adapter = read_adapter(&a.adapter, a.adapter_name.as_deref())?;
     let base = resolve_base(
         &a,
         &adapter.path,

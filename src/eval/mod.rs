@@ -4,6 +4,7 @@
 //! it cannot see the invalid-label failures that the `generate` protocol measures.
 
 pub mod generate;
+pub mod merge;
 pub mod prepared;
 
 use crate::adapter::Adapter;

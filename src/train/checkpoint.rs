@@ -45,6 +45,7 @@ impl Trainer {
             warnings: Vec::new(),
             unmatched: Vec::new(),
             metadata,
+            extras: Default::default(),
         })
     }
 
