@@ -88,6 +88,22 @@ impl<'a> AdapterOverlay<'a> {
             ]);
             replaced.insert(name, (shape, w));
         }
+        let biasless: Vec<String> = ex
+            .lora_biases
+            .keys()
+            .filter(|m| {
+                let name = format!("{m}.bias");
+                !replaced.contains_key(&name) && !base.has(&name)
+            })
+            .map(|m| key(m, TensorKind::LoraBias))
+            .collect();
+        if !biasless.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {} cannot be applied: the base layer has no bias (as PEFT says, a LoRA bias cannot be merged into a linear without one)",
+                adapter.path.display(),
+                biasless.join(", ")
+            )));
+        }
         for (module, b) in &ex.lora_biases {
             let m = adapter
                 .modules
@@ -101,7 +117,7 @@ impl<'a> AdapterOverlay<'a> {
             let (shape, mut bias) = match replaced.remove(&name) {
                 Some(x) => x,
                 None if base.has(&name) => base.tensor(&name)?,
-                None => (vec![b.len()], vec![0.0; b.len()]),
+                None => unreachable!("biasless bases were refused above"),
             };
             if bias.len() != b.len() {
                 return Err(Error::shape(
@@ -272,28 +288,32 @@ mod tests {
         b
     }
 
-    /// A LoRA bias is added as `scaling·b` to a zero bias, and `--fold-dash` (scaling folded into
-    /// B, scaling 1) keeps that sum.
+    /// A LoRA bias is added as `scaling·b` to the base's bias, and `--fold-dash` (scaling folded
+    /// into B, scaling 1) keeps that sum; a base linear without a bias is refused by the adapter
+    /// key, as PEFT refuses to merge it.
     #[test]
     fn lora_bias_is_scaled_and_survives_folding() {
         let mut ex = crate::adapter::AdapterExtras::default();
         ex.lora_biases
             .insert("model.layers.0.self_attn.q_proj".into(), vec![0.5, -0.25]);
         let ad = adapter(ex);
-        let b = base(false);
         let name = "model.layers.0.self_attn.q_proj.bias";
+        let mut b = base(false);
+        b.vectors.insert(name.into(), vec![0.25, 0.0]);
         let got = AdapterOverlay::new(&b, &ad).unwrap().tensor(name).unwrap();
-        assert_eq!(got, (vec![2], vec![1.5, -0.75]));
+        assert_eq!(got, (vec![2], vec![1.75, -0.75]));
         let folded = fold_dash(&ad);
         let again = AdapterOverlay::new(&b, &folded)
             .unwrap()
             .tensor(name)
             .unwrap();
         assert_eq!(again, got);
-        let o = AdapterOverlay::new(&b, &ad).unwrap();
-        assert_eq!(
-            o.unread(),
-            vec!["base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias".to_string()]
+        let err = AdapterOverlay::new(&base(false), &ad).err().unwrap();
+        assert!(err.is_user_input());
+        assert!(
+            err.to_string()
+                .contains("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias"),
+            "{err}"
         );
     }
 
