@@ -83,7 +83,7 @@ struct SlurmArgs {
     /// Time limit per job (default per preset: smoke 00:30:00, cpu 04:00:00, paper 2-00:00:00).
     #[arg(long, requires = "emit_jobs")]
     time: Option<String>,
-    /// Memory per job (default per preset: smoke 6G, cpu 8G, paper 64G).
+    /// Memory per job (default per preset: smoke 4G, cpu 8G, paper 64G).
     #[arg(long, requires = "emit_jobs")]
     mem: Option<String>,
     /// CPUs per job, also tsd's thread count in the job (default per preset: 2 on CPU, 8 with a GPU).

@@ -56,7 +56,8 @@ pub enum PieceState {
 pub struct PieceStatus {
     pub piece: String,
     pub state: PieceState,
-    pub log: Option<PathBuf>,
+    /// `OUT/jobs/logs/<piece>.log`, written by the piece's job (absent when no job started it).
+    pub log: PathBuf,
 }
 
 impl PieceStatus {
@@ -67,9 +68,10 @@ impl PieceStatus {
             PieceState::Running => "running in another process".to_string(),
             PieceState::Unfinished(w) => w.clone(),
         };
-        let log = match &self.log {
-            Some(l) => format!("log {}: {}", l.display(), log_ending(l)),
-            None => "no job log (never started by a job)".to_string(),
+        let log = if self.log.exists() {
+            format!("log {}: {}", self.log.display(), log_ending(&self.log))
+        } else {
+            format!("no job log at {}", self.log.display())
         };
         format!("{} ({why}; {log})", self.piece)
     }
@@ -133,7 +135,7 @@ pub fn status(p: &Preset, out: &Path) -> Result<Vec<PieceStatus>> {
             }
             Some(why) => PieceState::Unfinished(why),
         };
-        let log = Some(log_path(out, &piece)).filter(|l| l.exists());
+        let log = log_path(out, &piece);
         v.push(PieceStatus { piece, state, log });
     }
     Ok(v)
@@ -174,7 +176,7 @@ impl Resources {
         let (cpus, mem, time, gres) = if p.device.starts_with("cuda") {
             (8, "64G", "2-00:00:00", Some("gpu:1".to_string()))
         } else if p.name == "smoke" {
-            (2, "6G", "00:30:00", None)
+            (2, "4G", "00:30:00", None)
         } else {
             (2, "8G", "04:00:00", None)
         };
@@ -389,9 +391,9 @@ pub fn emit_jobs(p: &Preset, spec: &JobSpec, out: &Path) -> Result<Emitted> {
     };
     // The body after the directives: one piece, its output appended to its log with a header
     // line and the exit status, tsd's threads matched to the CPUs Slurm granted.
-    let body = |piece_expr: &str, what: &str| {
+    let body = |prelude: &str, piece_expr: &str, what: &str| {
         format!(
-            "set -euo pipefail\npiece={piece_expr}\nlog={}/\"$piece\".log\nexport RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\necho \"== $(date -u +%FT%TZ) Slurm job ${{SLURM_JOB_ID:-?}} on $(hostname): $piece\" >>\"$log\"\nrc=0\n{command} {what} >>\"$log\" 2>&1 || rc=$?\necho \"== exit $rc\" >>\"$log\"\nexit \"$rc\"\n",
+            "set -euo pipefail\n{prelude}piece={piece_expr}\nlog={}/\"$piece\".log\nexport RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\necho \"== $(date -u +%FT%TZ) Slurm job ${{SLURM_JOB_ID:-?}} on $(hostname): $piece\" >>\"$log\"\nrc=0\n{command} {what} >>\"$log\" 2>&1 || rc=$?\necho \"== exit $rc\" >>\"$log\"\nexit \"$rc\"\n",
             sh(&logs),
             r.cpus
         )
@@ -409,10 +411,8 @@ pub fn emit_jobs(p: &Preset, spec: &JobSpec, out: &Path) -> Result<Emitted> {
             &format!("#SBATCH --array={array_spec}\n")
         ),
         body(
-            &format!(
-                "(\n  {}\n)\npiece=\"${{piece[$((SLURM_ARRAY_TASK_ID - 1))]}}\"",
-                list.join("\n  ")
-            ),
+            &format!("pieces=(\n  {}\n)\n", list.join("\n  ")),
+            "\"${pieces[$((SLURM_ARRAY_TASK_ID - 1))]}\"",
             "--only \"$piece\""
         )
     );
@@ -420,7 +420,7 @@ pub fn emit_jobs(p: &Preset, spec: &JobSpec, out: &Path) -> Result<Emitted> {
     let collect_job = format!(
         "{}{}",
         header("tsd-collect", "slurm-%x-%j.log", ""),
-        body("collect", "--collect")
+        body("", "collect", "--collect")
     );
     crate::fsutil::atomic_write(&dir.join("collect.sbatch"), collect_job.as_bytes())?;
     let prep_path = dir.join("prepare.sbatch");
@@ -428,7 +428,7 @@ pub fn emit_jobs(p: &Preset, spec: &JobSpec, out: &Path) -> Result<Emitted> {
         let prep = format!(
             "{}{}",
             header("tsd-lr-check", "slurm-%x-%j.log", ""),
-            body(piece, &format!("--only {piece}"))
+            body("", piece, &format!("--only {piece}"))
         );
         crate::fsutil::atomic_write(&prep_path, prep.as_bytes())?;
     } else if prep_path.exists() {
