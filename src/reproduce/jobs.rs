@@ -9,7 +9,7 @@
 //! `OUT/jobs/logs/<piece>.log`, ending with `== exit N`; Slurm's own messages (a cancellation, a
 //! time limit) go to `OUT/jobs/logs/slurm-<job>-<id>.log`.
 
-use super::{cells, lock, reference_cell, Method, Preset};
+use super::{cells, lock, reference_cell, Preset};
 use crate::error::{Error, Result};
 use crate::train::trainer::RunRecord;
 use std::path::{Path, PathBuf};
@@ -465,11 +465,6 @@ pub fn emit_jobs(p: &Preset, spec: &JobSpec, out: &Path) -> Result<Emitted> {
         running,
         collect,
     })
-}
-
-/// The reference piece's method, for messages: a full fine-tune or a LoRA cell.
-pub fn reference_is_full(p: &Preset) -> bool {
-    reference_cell(p).is_some_and(|c| c.method == Method::Full)
 }
 
 #[cfg(test)]

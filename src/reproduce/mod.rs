@@ -780,16 +780,22 @@ impl<'a> Grid<'a> {
     /// Trains and evaluates one cell (or reads its earlier result).
     fn cell(&mut self, cell: &Cell, lr: f64, label: &str) -> Result<RunResult> {
         let name = cell.name();
+        // `[2/3] lora-r4-s1` in a whole run; the bare name for one piece.
+        let who = if label.is_empty() {
+            name.clone()
+        } else {
+            format!("{label} {name}")
+        };
         let dir = self.run_dir(cell);
         let res_path = dir.join("eval.json");
         if let Ok(r) = crate::fsutil::read_json::<RunResult>(&res_path) {
-            (self.log)(&format!("{label} {name}: done earlier"));
+            (self.log)(&format!("{who}: done earlier"));
             return Ok(r);
         }
-        (self.log)(&format!("{label} {name}: training"));
+        (self.log)(&format!("{who}: training"));
         let cfg = self.train_config(cell, lr, None);
         let trainer = self.train(cfg, &dir)?;
-        (self.log)(&format!("{label} {name}: evaluating"));
+        (self.log)(&format!("{who}: evaluating"));
         let rec = trainer.record.clone();
         let adapter = trainer.adapter()?;
         let mut model = trainer.model;
@@ -835,7 +841,7 @@ impl<'a> Grid<'a> {
         let text = crate::output::to_json(&r)? + "\n";
         crate::fsutil::atomic_write(&res_path, text.as_bytes())?;
         (self.log)(&format!(
-            "{label} {name}: trained {:.0} s, evaluated {:.0} s: average {:.2} %, final loss {:.3}",
+            "{who}: trained {:.0} s, evaluated {:.0} s: average {:.2} %, final loss {:.3}",
             r.wall_s, r.scores.eval_s, r.scores.average, r.final_loss
         ));
         Ok(r)
