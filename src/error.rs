@@ -56,6 +56,9 @@ pub enum Error {
     Asset { name: String, reason: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Work a command needs has not finished (pieces of a reproduction, named in the message).
+    #[error("{0}")]
+    Unfinished(String),
     #[error("numerical failure in {context}: {reason}")]
     Numerical { context: String, reason: String },
     #[error("{0}")]

@@ -232,44 +232,160 @@ fn emitted_jobs_then_collect_assemble_the_grid() {
     }
 }
 
+/// Regression (issue 14): `--collect` measured TSD capture against a full fine-tune reference
+/// killed at step 3 of 6, cached it in `capture.json`, and kept reporting it after the reference
+/// finished. Now it refuses an unfinished reference, and a cached capture measured against
+/// another reference (retrained: another record) is measured again.
 #[test]
-fn smoke_preset_runs_on_the_default_model() {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/commonsense");
-    if !data.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have ../shared/data/commonsense"
-        );
-        eprintln!("skipping: ../shared/data/commonsense not present");
-        return;
-    }
+fn collect_refuses_an_unfinished_reference_and_remeasures_stale_capture() {
     let d = tempfile::tempdir().unwrap();
-    let out = d.path().join("smoke");
-    let o = tsd(d.path())
-        .env_remove("TSD_HOME")
+    let data = tiny_data(d.path());
+    let out = d.path().join("out");
+    let run_piece = |piece: &str| {
+        let o = smoke(d.path(), &data, &out, &["--only", piece]);
+        assert!(
+            o.status.success(),
+            "{piece}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    for piece in ["lr-check", "lora-r1-s1", "lora-r4-s1", "dash-r1-s1", "base"] {
+        run_piece(piece);
+    }
+    // The reference as a killed job leaves it: its config, killed at step 4 after the step-3
+    // checkpoint (the trainer's own abort, no cleanup).
+    run_piece("full-ref-s1");
+    let ref_dir = out.join("runs/full-ref-s1");
+    let cfg = d.path().join("ref-config.json");
+    std::fs::copy(ref_dir.join("config.json"), &cfg).unwrap();
+    std::fs::remove_dir_all(&ref_dir).unwrap();
+    let killed = tsd(d.path())
+        .args(["train", "--quiet", "--abort-after-step", "4", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&ref_dir)
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ref_dir.join("record.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["finished"], false);
+    assert_eq!(rec["checkpoints"], serde_json::json!([3]));
+    // Refused, naming the piece and how far it got, with every other piece finished.
+    let c = smoke(d.path(), &data, &out, &["--collect"]);
+    assert_eq!(c.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&c.stderr);
+    assert!(
+        err.contains("1 of 6 pieces") && err.contains("full-ref-s1 (stopped at step 3 of 6"),
+        "{err}"
+    );
+    assert!(!out.join("runs/lora-r1-s1/capture.json").exists());
+    // --allow-partial gathers the runs without capture and says why.
+    let c = smoke(d.path(), &data, &out, &["--collect", "--allow-partial"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let r = results(&out);
+    assert_eq!(r["runs"].as_array().unwrap().len(), 3);
+    assert!(r["capture"].as_array().unwrap().is_empty() && r["reference"].is_null());
+    let devs = r["deviations"].to_string();
+    assert!(
+        devs.contains("no TSD capture") && devs.contains("left out: full-ref-s1"),
+        "{devs}"
+    );
+    assert!(!out.join("runs/lora-r1-s1/capture.json").exists());
+    // Resumed to its end: capture against step 6.
+    run_piece("full-ref-s1");
+    let c = smoke(d.path(), &data, &out, &["--collect"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let first = results(&out);
+    assert!(first["reference"].as_str().unwrap().contains("step 6"));
+    assert_eq!(first["capture"].as_array().unwrap().len(), 3);
+    let key = |r: &serde_json::Value| {
+        r["capture"][0]["reference_key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Retrained from scratch: another record, so every cached capture is measured again.
+    std::fs::remove_dir_all(&ref_dir).unwrap();
+    run_piece("full-ref-s1");
+    let c = smoke(d.path(), &data, &out, &["--collect"]);
+    assert!(c.status.success());
+    let log = String::from_utf8_lossy(&c.stderr);
+    assert_eq!(
+        log.matches("measured against another reference").count(),
+        3,
+        "{log}"
+    );
+    let second = results(&out);
+    assert_ne!(key(&first), key(&second));
+    // A capture.json from before reference keys is kept when it names the reference's final
+    // step (re-rendered without the reference's weights) and measured again otherwise.
+    let cap = out.join("runs/lora-r1-s1/capture.json");
+    let mut old: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cap).unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("reference_key");
+    std::fs::write(&cap, old.to_string()).unwrap();
+    let c = smoke(d.path(), &data, &out, &["--collect"]);
+    assert!(c.status.success());
+    assert!(!String::from_utf8_lossy(&c.stderr).contains("capture: lora-r1-s1"));
+    let stale = old["reference"]
+        .as_str()
+        .unwrap()
+        .replace("step 6", "step 3");
+    old["reference"] = serde_json::Value::String(stale);
+    std::fs::write(&cap, old.to_string()).unwrap();
+    let c = smoke(d.path(), &data, &out, &["--collect"]);
+    assert!(c.status.success());
+    assert!(String::from_utf8_lossy(&c.stderr).contains("capture: lora-r1-s1"));
+    assert_eq!(results(&out)["capture"], second["capture"]);
+}
+
+/// `--collect --out DIR` without `--preset` reads the setting from DIR; settings that differ
+/// are named.
+#[test]
+fn the_preset_comes_from_the_output_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_data(d.path());
+    let out = d.path().join("out");
+    let o = smoke(d.path(), &data, &out, &["--emit-jobs"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let hint = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        hint.contains("--data") && hint.contains("--collect"),
+        "{hint}"
+    );
+    let bare = tsd(d.path())
+        .args(["reproduce", "commonsense", "--collect", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(bare.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bare.stderr);
+    assert!(
+        err.contains("lr-check (") && !err.contains("other settings"),
+        "{err}"
+    );
+    let other = tsd(d.path())
         .args([
             "reproduce",
             "commonsense",
             "--preset",
-            "smoke",
+            "cpu",
+            "--collect",
             "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
         ])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    assert_eq!(r["runs"].as_array().unwrap().len(), 3);
-    assert!(r["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|x| x["final_loss"].as_f64().unwrap().is_finite()));
-    // The real model scores above nothing, capture was measured, the lr came from the check.
-    assert!(r["base"]["average"].as_f64().unwrap() > 0.0);
-    assert_eq!(r["capture"].as_array().unwrap().len(), 3);
-    assert!(r["lr_check"]["trials"].as_array().unwrap().len() >= 2);
+    assert_eq!(other.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        err.contains("other settings") && err.contains("lr_check_steps"),
+        "{err}"
+    );
 }

@@ -19,9 +19,10 @@ enum Which {
 #[derive(Args, Debug)]
 struct CommonsenseArgs {
     /// `cpu` (the documented 2-core scale-down, ~45 min), `smoke` (minutes) or `paper` (the
-    /// paper's protocol, for CUDA machines or a cluster: see --emit-jobs).
-    #[arg(long, default_value = "cpu")]
-    preset: String,
+    /// paper's protocol, for CUDA machines or a cluster: see --emit-jobs). Default: the preset
+    /// recorded in --out's preset.json, else cpu.
+    #[arg(long)]
+    preset: Option<String>,
     /// Output directory (default reproductions/commonsense/<preset>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -37,6 +38,9 @@ struct CommonsenseArgs {
     /// Override the preset's device (cpu, cuda, cuda:N).
     #[arg(long)]
     device: Option<String>,
+    /// Override the preset's dtype (f32, bf16, f16).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Override the preset's loss placement: whole sequence (true) or response only (false).
     #[arg(long)]
     train_on_inputs: Option<bool>,
@@ -46,14 +50,67 @@ struct CommonsenseArgs {
     /// Run only this piece (lr-check, base, full-ref-sN, or a cell such as lora-r4-s1).
     #[arg(long, conflicts_with = "collect")]
     only: Option<String>,
-    /// Train nothing: gather the finished pieces into results.json, results.csv and report.html.
+    /// Train nothing: gather the finished pieces into results.json, results.csv and report.html;
+    /// refuses (exit 2, naming every unfinished piece and its log) unless --allow-partial.
     #[arg(long)]
     collect: bool,
+    /// With --collect: gather what has finished and list the rest as deviations.
+    #[arg(long, requires = "collect")]
+    allow_partial: bool,
+    #[command(flatten)]
+    slurm: SlurmArgs,
+}
+
+/// What the emitted Slurm jobs request and call (with --emit-jobs).
+#[derive(Args, Debug)]
+struct SlurmArgs {
+    /// With --emit-jobs: only the pieces that have not finished (after failed or cancelled tasks).
+    #[arg(long, requires = "emit_jobs")]
+    only_missing: bool,
+    /// The tsd binary the jobs run (default: this binary, by its absolute path).
+    #[arg(long, requires = "emit_jobs")]
+    tsd: Option<PathBuf>,
+    /// LOCAL=REMOTE: the cluster sees this machine's LOCAL directory as REMOTE (paths in the jobs
+    /// are rewritten; default: the paths as resolved here).
+    #[arg(long, requires = "emit_jobs")]
+    remote_root: Option<String>,
+    /// Slurm partition (default: the cluster's default).
+    #[arg(long, requires = "emit_jobs")]
+    partition: Option<String>,
+    /// Slurm account (default: the user's default).
+    #[arg(long, requires = "emit_jobs")]
+    account: Option<String>,
+    /// Time limit per job (default per preset: smoke 00:30:00, cpu 04:00:00, paper 2-00:00:00).
+    #[arg(long, requires = "emit_jobs")]
+    time: Option<String>,
+    /// Memory per job (default per preset: smoke 4G, cpu 8G, paper 64G).
+    #[arg(long, requires = "emit_jobs")]
+    mem: Option<String>,
+    /// CPUs per job, also tsd's thread count in the job (default per preset: 2 on CPU, 8 with a GPU).
+    #[arg(long, requires = "emit_jobs")]
+    cpus: Option<usize>,
+    /// Generic resources per job (default: gpu:1 for CUDA presets, none otherwise).
+    #[arg(long, requires = "emit_jobs")]
+    gres: Option<String>,
+    /// At most this many array tasks at once (--array=1-N%K; default: no cap).
+    #[arg(long, requires = "emit_jobs")]
+    max_parallel: Option<usize>,
+    /// Any other sbatch option for every job, e.g. --sbatch-arg=--qos=long (repeatable).
+    #[arg(long, requires = "emit_jobs", allow_hyphen_values = true)]
+    sbatch_arg: Vec<String>,
 }
 
 pub fn run(a: ReproduceArgs) -> Result<()> {
     let Which::Commonsense(a) = a.which;
-    let mut p = Preset::named(&a.preset)?;
+    let saved = match (&a.preset, &a.out) {
+        (None, Some(out)) => tsd::reproduce::read_preset(out)?,
+        _ => None,
+    };
+    let from_dir = saved.is_some();
+    let mut p = match saved {
+        Some(p) => p,
+        None => Preset::named(a.preset.as_deref().unwrap_or("cpu"))?,
+    };
     if let Some(m) = &a.model {
         p.model = m.clone();
     }
@@ -63,10 +120,13 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     if let Some(d) = &a.device {
         p.device = d.clone();
     }
+    if let Some(d) = &a.dtype {
+        p.dtype = d.clone();
+    }
     if let Some(t) = a.train_on_inputs {
         p.train_on_inputs = t;
     }
-    let out = a.out.clone().unwrap_or_else(|| default_out(&a.preset));
+    let out = a.out.clone().unwrap_or_else(|| default_out(&p.name));
     let data = a
         .data
         .clone()
@@ -74,42 +134,12 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         .or_else(|| Some(PathBuf::from("../shared/data/commonsense")).filter(|d| d.exists()))
         .context("no data directory: pass --data DIR (LLM-Adapters layout with <task>/train.json and <task>/test.json) or set TSD_DATA")?;
     if a.emit_jobs {
-        let mut args: Vec<String> = vec![
-            "tsd".into(),
-            "reproduce".into(),
-            "commonsense".into(),
-            "--preset".into(),
-            a.preset.clone(),
-            "--out".into(),
-            out.display().to_string(),
-            "--data".into(),
-            data.display().to_string(),
-        ];
-        if let Some(m) = &a.model {
-            args.extend(["--model".into(), m.clone()]);
-        }
-        if !a.seeds.is_empty() {
-            let s: Vec<String> = a.seeds.iter().map(u64::to_string).collect();
-            args.extend(["--seeds".into(), s.join(",")]);
-        }
-        if let Some(d) = &a.device {
-            args.extend(["--device".into(), d.clone()]);
-        }
-        if let Some(t) = a.train_on_inputs {
-            args.extend(["--train-on-inputs".into(), t.to_string()]);
-        }
-        let (dir, n) = tsd::reproduce::jobs::emit_jobs(&p, &args, &out)?;
-        println!(
-            "wrote {n} jobs to {0}/jobs.txt, a Slurm array ({0}/array.sbatch) and {0}/submit.sh; afterwards: tsd reproduce commonsense --preset {1} --out {2} --collect",
-            dir.display(),
-            a.preset,
-            out.display()
-        );
-        return Ok(());
+        return emit(&a, &p, from_dir, &out, &data);
     }
     let opts = Options {
         only: a.only.clone(),
         collect: a.collect,
+        allow_partial: a.allow_partial,
     };
     let Some(r) = reproduce(&p, &data, &out, &opts, &|m| eprintln!("reproduce: {m}"))? else {
         eprintln!(
@@ -125,6 +155,120 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         "wrote {}/results.json, results.csv, report.html",
         out.display()
     );
+    Ok(())
+}
+
+/// `--emit-jobs`: checks the setting against OUT (writing its preset.json), then writes the jobs
+/// with every path absolute as the cluster sees it.
+fn emit(
+    a: &CommonsenseArgs,
+    p: &Preset,
+    from_dir: bool,
+    out: &std::path::Path,
+    data: &std::path::Path,
+) -> Result<()> {
+    use tsd::reproduce::jobs::{job_path, JobSpec, RemoteRoot, Resources};
+    if p.device.starts_with("cuda") && a.slurm.tsd.is_none() && !cfg!(feature = "cuda") {
+        return Err(tsd::Error::InvalidArgument(format!(
+            "preset {} runs on {}, but this tsd was built without the cuda feature: build one with `cargo build --release --features cuda` and emit with it, or name it with --tsd PATH",
+            p.name, p.device
+        ))
+        .into());
+    }
+    tsd::reproduce::check_setup(p, data, out)?;
+    let remote = a
+        .slurm
+        .remote_root
+        .as_deref()
+        .map(RemoteRoot::parse)
+        .transpose()?;
+    let r = remote.as_ref();
+    let exe = match &a.slurm.tsd {
+        Some(t) => t.clone(),
+        None => std::env::current_exe().context("locating this tsd binary")?,
+    };
+    let mut args: Vec<String> = vec!["reproduce".into(), "commonsense".into()];
+    if !from_dir {
+        args.extend(["--preset".into(), p.name.clone()]);
+    }
+    args.extend([
+        "--out".into(),
+        job_path(out, r)?,
+        "--data".into(),
+        job_path(data, r)?,
+    ]);
+    if let Some(m) = &a.model {
+        let m = if std::path::Path::new(m).exists() {
+            job_path(std::path::Path::new(m), r)?
+        } else {
+            m.clone()
+        };
+        args.extend(["--model".into(), m]);
+    }
+    if !a.seeds.is_empty() {
+        let s: Vec<String> = a.seeds.iter().map(u64::to_string).collect();
+        args.extend(["--seeds".into(), s.join(",")]);
+    }
+    if let Some(d) = &a.device {
+        args.extend(["--device".into(), d.clone()]);
+    }
+    if let Some(d) = &a.dtype {
+        args.extend(["--dtype".into(), d.clone()]);
+    }
+    if let Some(t) = a.train_on_inputs {
+        args.extend(["--train-on-inputs".into(), t.to_string()]);
+    }
+    let s = &a.slurm;
+    let mut res = Resources::for_preset(p);
+    if let Some(v) = s.cpus {
+        res.cpus = v;
+    }
+    if let Some(v) = &s.mem {
+        res.mem = v.clone();
+    }
+    if let Some(v) = &s.time {
+        res.time = v.clone();
+    }
+    if let Some(v) = &s.gres {
+        res.gres = Some(v.clone());
+    }
+    res.partition = s.partition.clone();
+    res.account = s.account.clone();
+    res.max_parallel = s.max_parallel;
+    res.extra = s.sbatch_arg.clone();
+    let spec = JobSpec {
+        tsd: job_path(&exe, r)?,
+        args,
+        out: job_path(out, r)?,
+        resources: res,
+        only_missing: s.only_missing,
+    };
+    let e = tsd::reproduce::jobs::emit_jobs(p, &spec, out)?;
+    for piece in &e.running {
+        eprintln!("reproduce: {piece} is running in another process: left out");
+    }
+    if e.pieces.is_empty() {
+        println!(
+            "every piece in {} has finished; gather them: {}",
+            out.display(),
+            e.collect
+        );
+        return Ok(());
+    }
+    println!(
+        "wrote {n} array task(s) ({}){} to {d}: jobs.txt, array.sbatch, collect.sbatch{}, submit.sh",
+        e.pieces.join(", "),
+        if e.prepare {
+            " after the lr check"
+        } else {
+            ""
+        },
+        if e.prepare { ", prepare.sbatch" } else { "" },
+        n = e.pieces.len(),
+        d = e.dir.display()
+    );
+    println!("submit: {}/submit.sh", e.dir.display());
+    println!("afterwards (collect.sbatch runs it too): {}", e.collect);
     Ok(())
 }
 

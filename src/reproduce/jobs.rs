@@ -1,11 +1,17 @@
-//! `--emit-jobs`: the grid as independent commands for a cluster. `OUT/jobs/` gets `jobs.txt` (one
-//! `tsd reproduce commonsense … --only PIECE` per line: the lr check first when the preset has
-//! one, then every cell, the base model and the reference), `array.sbatch` (a Slurm array whose
-//! task i runs line i + 1 of `jobs.txt`), `prepare.sbatch` (the lr check, when needed) and
-//! `submit.sh` (submits them with the array depending on the check, then `--collect`).
+//! `--emit-jobs`: the grid as Slurm jobs, and the state of every piece for `--collect`.
+//!
+//! `OUT/jobs/` gets `jobs.txt` (one command per array task: line i is task i), `array.sbatch` (the
+//! array; task i runs piece i), `prepare.sbatch` (the lr check, when the preset has one and it has
+//! not finished), `collect.sbatch` (`--collect` once the array has ended) and `submit.sh` (submits
+//! them with dependencies). Every `#SBATCH` directive comes before the first command (`sbatch`
+//! reads none after it); the binary and directories are absolute (or mapped by `--remote-root`),
+//! so the jobs run from any working directory. Each task appends its output to
+//! `OUT/jobs/logs/<piece>.log`, ending with `== exit N`; Slurm's own messages (a cancellation, a
+//! time limit) go to `OUT/jobs/logs/slurm-<job>-<id>.log`.
 
-use super::{cells, reference_cell, Preset};
-use crate::error::Result;
+use super::{cells, lock, reference_cell, Preset};
+use crate::error::{Error, Result};
+use crate::train::trainer::RunRecord;
 use std::path::{Path, PathBuf};
 
 /// Single-quotes `s` for a POSIX shell.
@@ -30,63 +36,435 @@ pub fn pieces(p: &Preset) -> (Option<String>, Vec<String>) {
     (p.needs_lr_check().then(|| "lr-check".to_string()), v)
 }
 
-/// Writes the job files under `out/jobs/`. `base_args` is the command line (program first) that
-/// every job repeats, e.g. `["tsd", "reproduce", "commonsense", "--preset", "paper", "--out", …]`.
-/// Returns the directory and the number of array tasks.
-pub fn emit_jobs(p: &Preset, base_args: &[String], out: &Path) -> Result<(PathBuf, usize)> {
+/// Where a piece's job output goes: `OUT/jobs/logs/<piece>.log`.
+pub fn log_path(out: &Path, piece: &str) -> PathBuf {
+    out.join("jobs").join("logs").join(format!("{piece}.log"))
+}
+
+/// Where one piece stands in an output directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PieceState {
+    Done,
+    /// Another process holds the piece's lock.
+    Running,
+    /// Not finished, and why ("not started", "stopped at step 3 of 6", …).
+    Unfinished(String),
+}
+
+/// One piece's state with its job log, if a job wrote one.
+#[derive(Clone, Debug)]
+pub struct PieceStatus {
+    pub piece: String,
+    pub state: PieceState,
+    /// `OUT/jobs/logs/<piece>.log`, written by the piece's job (absent when no job started it).
+    pub log: PathBuf,
+}
+
+impl PieceStatus {
+    /// `lora-r1-s1 (stopped at step 3 of 6; log OUT/jobs/logs/lora-r1-s1.log: exit 1)`.
+    pub fn describe(&self) -> String {
+        let why = match &self.state {
+            PieceState::Done => "finished".to_string(),
+            PieceState::Running => "running in another process".to_string(),
+            PieceState::Unfinished(w) => w.clone(),
+        };
+        let log = if self.log.exists() {
+            format!("log {}: {}", self.log.display(), log_ending(&self.log))
+        } else {
+            format!("no job log at {}", self.log.display())
+        };
+        format!("{} ({why}; {log})", self.piece)
+    }
+}
+
+/// How a job log ends: the task's exit status, or that it stopped without one.
+fn log_ending(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    match text.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(l) if l.starts_with("== exit ") => l.trim_start_matches("== ").to_string(),
+        _ => "no exit line (killed, cancelled or still running)".to_string(),
+    }
+}
+
+/// What a training piece's run directory says when it has not finished.
+fn training_state(dir: &Path) -> Option<String> {
+    match crate::fsutil::read_json::<RunRecord>(&dir.join("record.json")) {
+        Ok(r) if r.finished => None,
+        Ok(r) => Some(format!(
+            "stopped at step {} of {}",
+            r.steps.last().map_or(0, |s| s.step),
+            r.total_steps
+        )),
+        Err(_) if dir.exists() => Some("started, no step recorded".into()),
+        Err(_) => Some("not started".into()),
+    }
+}
+
+/// Whether a piece has finished, read from the files it leaves (each written atomically last):
+/// `lr-check.json`; `base/eval.json`; a cell's `runs/<cell>/eval.json`; the reference's finished
+/// `record.json`.
+fn piece_unfinished(p: &Preset, out: &Path, piece: &str) -> Option<String> {
+    let parses = |f: &Path| {
+        std::fs::read(f).is_ok_and(|b| serde_json::from_slice::<serde_json::Value>(&b).is_ok())
+    };
+    if piece == "lr-check" {
+        return (!parses(&out.join("lr-check.json"))).then(|| "lr-check.json not written".into());
+    }
+    if piece == "base" {
+        return (!parses(&out.join("base").join("eval.json"))).then(|| "not evaluated".into());
+    }
+    let dir = out.join("runs").join(piece);
+    if reference_cell(p).is_some_and(|c| c.name() == piece) {
+        return training_state(&dir);
+    }
+    if parses(&dir.join("eval.json")) {
+        return None;
+    }
+    Some(training_state(&dir).unwrap_or_else(|| "trained, not evaluated".into()))
+}
+
+/// Every piece of the grid (the lr check first, when the preset has one) and its state.
+pub fn status(p: &Preset, out: &Path) -> Result<Vec<PieceStatus>> {
+    let (pre, rest) = pieces(p);
+    let mut v = Vec::new();
+    for piece in pre.into_iter().chain(rest) {
+        let state = match piece_unfinished(p, out, &piece) {
+            None => PieceState::Done,
+            Some(_) if out.join("locks").is_dir() && lock::is_held(out, &piece)? => {
+                PieceState::Running
+            }
+            Some(why) => PieceState::Unfinished(why),
+        };
+        let log = log_path(out, &piece);
+        v.push(PieceStatus { piece, state, log });
+    }
+    Ok(v)
+}
+
+/// Whether the reference update (a full fine-tune, or the grid's highest-rank LoRA) finished
+/// training; capture is never measured against an unfinished one.
+pub fn reference_finished(dir: &Path) -> bool {
+    crate::fsutil::read_json::<RunRecord>(&dir.join("record.json")).is_ok_and(|r| r.finished)
+}
+
+/// Slurm resources of each job. The defaults per preset are [`Resources::for_preset`]; every
+/// field can be overridden from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resources {
+    /// `--cpus-per-task`; the job runs tsd with as many threads (`RAYON_NUM_THREADS`).
+    pub cpus: usize,
+    /// `--mem` (Slurm's syntax: `8G`, `64000M`).
+    pub mem: String,
+    /// `--time` (Slurm's syntax: `HH:MM:SS`, `D-HH:MM:SS`).
+    pub time: String,
+    /// `--gres` (`gpu:1`), for GPU presets.
+    pub gres: Option<String>,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    /// At most this many array tasks at once (`--array=1-N%K`).
+    pub max_parallel: Option<usize>,
+    /// Further `#SBATCH` options, written as given (`--qos=long`).
+    pub extra: Vec<String>,
+}
+
+impl Resources {
+    /// What one piece of the preset needs: `smoke` (default model, 6 steps) fits in 2 CPUs, 6 GB
+    /// and minutes; `cpu` (200 steps, 2 top layers) in 2 CPUs, 8 GB and a few hours; a CUDA preset
+    /// (`paper`: LLaMA-7B in bf16, 3 epochs of commonsense_170k) needs one GPU, host memory for
+    /// the weights and the data, and a day or two.
+    pub fn for_preset(p: &Preset) -> Self {
+        let (cpus, mem, time, gres) = if p.device.starts_with("cuda") {
+            (8, "64G", "2-00:00:00", Some("gpu:1".to_string()))
+        } else if p.name == "smoke" {
+            (2, "4G", "00:30:00", None)
+        } else {
+            (2, "8G", "04:00:00", None)
+        };
+        Resources {
+            cpus,
+            mem: mem.into(),
+            time: time.into(),
+            gres,
+            partition: None,
+            account: None,
+            max_parallel: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Refuses values that would break a `#SBATCH` line (whitespace, a newline) or the array.
+    fn check(&self) -> Result<()> {
+        let bad = |what: &str, v: &str| {
+            Err(Error::InvalidArgument(format!(
+                "{what} `{v}`: an #SBATCH value must be non-empty without whitespace or quotes"
+            )))
+        };
+        for (what, v) in [("--mem", &self.mem), ("--time", &self.time)]
+            .into_iter()
+            .chain(self.gres.iter().map(|g| ("--gres", g)))
+            .chain(self.partition.iter().map(|g| ("--partition", g)))
+            .chain(self.account.iter().map(|g| ("--account", g)))
+        {
+            if !directive_safe(v) {
+                return bad(what, v);
+            }
+        }
+        for e in &self.extra {
+            if !e.starts_with('-') || !directive_safe(e) {
+                return bad("--sbatch-arg", e);
+            }
+        }
+        if self.cpus == 0 || self.max_parallel == Some(0) {
+            return Err(Error::InvalidArgument(
+                "--cpus and --max-parallel must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `#SBATCH` lines every job carries.
+    fn directives(&self) -> String {
+        let mut s = format!(
+            "#SBATCH --cpus-per-task={}\n#SBATCH --mem={}\n#SBATCH --time={}\n",
+            self.cpus, self.mem, self.time
+        );
+        for (k, v) in [
+            ("gres", &self.gres),
+            ("partition", &self.partition),
+            ("account", &self.account),
+        ] {
+            if let Some(v) = v {
+                s += &format!("#SBATCH --{k}={v}\n");
+            }
+        }
+        for e in &self.extra {
+            s += &format!("#SBATCH {e}\n");
+        }
+        s
+    }
+}
+
+fn directive_safe(s: &str) -> bool {
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "'\"".contains(c))
+}
+
+/// `--remote-root LOCAL=REMOTE`: the cluster sees this machine's `LOCAL` directory as `REMOTE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteRoot {
+    pub local: PathBuf,
+    pub remote: PathBuf,
+}
+
+impl RemoteRoot {
+    /// Parses `LOCAL=REMOTE` (both absolute).
+    pub fn parse(s: &str) -> Result<Self> {
+        let (l, r) = s.split_once('=').ok_or_else(|| {
+            Error::InvalidArgument(format!("--remote-root `{s}`: expected LOCAL=REMOTE"))
+        })?;
+        let (local, remote) = (PathBuf::from(l), PathBuf::from(r));
+        if !local.is_absolute() || !remote.is_absolute() {
+            return Err(Error::InvalidArgument(format!(
+                "--remote-root `{s}`: both paths must be absolute"
+            )));
+        }
+        Ok(RemoteRoot { local, remote })
+    }
+}
+
+/// An existing path as the jobs will see it: absolute (resolved here), then mapped through the
+/// remote root when it lies under its local side.
+pub fn job_path(p: &Path, remote: Option<&RemoteRoot>) -> Result<String> {
+    let abs = std::fs::canonicalize(p).map_err(|e| Error::io(p, e))?;
+    let mapped = match remote.and_then(|r| {
+        let local = std::fs::canonicalize(&r.local).unwrap_or_else(|_| r.local.clone());
+        abs.strip_prefix(&local)
+            .ok()
+            .map(|rest| r.remote.join(rest))
+    }) {
+        Some(m) => m,
+        None => abs,
+    };
+    mapped.into_os_string().into_string().map_err(|p| {
+        Error::InvalidArgument(format!(
+            "{}: path is not valid UTF-8",
+            Path::new(&p).display()
+        ))
+    })
+}
+
+/// What `--emit-jobs` writes: the command every job repeats and what each job requests.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    /// The tsd binary as the jobs call it (absolute).
+    pub tsd: String,
+    /// The arguments after the binary that every job repeats (`reproduce commonsense --preset
+    /// smoke --out /abs/out --data /abs/data …`), paths as the jobs see them.
+    pub args: Vec<String>,
+    /// The output directory as the jobs see it.
+    pub out: String,
+    pub resources: Resources,
+    /// Only the pieces that have not finished (a re-run after failures).
+    pub only_missing: bool,
+}
+
+/// What was written.
+#[derive(Clone, Debug)]
+pub struct Emitted {
+    pub dir: PathBuf,
+    /// The array's pieces, in task order.
+    pub pieces: Vec<String>,
+    /// Whether `prepare.sbatch` (the lr check) runs before the array.
+    pub prepare: bool,
+    /// Pieces left out because another process runs them.
+    pub running: Vec<String>,
+    /// The command that gathers the results (also what `collect.sbatch` runs).
+    pub collect: String,
+}
+
+/// Writes the job files under `out/jobs/` (`out` as this machine sees it). With
+/// `spec.only_missing`, only unfinished pieces, and nothing when none is (`pieces` empty).
+pub fn emit_jobs(p: &Preset, spec: &JobSpec, out: &Path) -> Result<Emitted> {
+    spec.resources.check()?;
+    if !directive_safe(&spec.out) {
+        return Err(Error::InvalidArgument(format!(
+            "--out {}: Slurm's #SBATCH --output/--chdir cannot carry whitespace or quotes in a path",
+            spec.out
+        )));
+    }
     let dir = out.join("jobs");
-    let base: Vec<String> = base_args.iter().map(|a| sh(a)).collect();
-    let base = base.join(" ");
-    let (pre, pieces) = pieces(p);
+    let (pre, mut todo) = pieces(p);
+    let mut pre = pre;
+    let mut running = Vec::new();
+    let collect = std::iter::once(&spec.tsd)
+        .chain(&spec.args)
+        .map(|a| sh(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+        + " --collect";
+    if spec.only_missing {
+        let st = status(p, out)?;
+        let keep = |name: &str| {
+            st.iter()
+                .find(|s| s.piece == name)
+                .is_some_and(|s| matches!(s.state, PieceState::Unfinished(_)))
+        };
+        running = st
+            .iter()
+            .filter(|s| s.state == PieceState::Running)
+            .map(|s| s.piece.clone())
+            .collect();
+        pre = pre.filter(|x| keep(x));
+        todo.retain(|x| keep(x));
+        if pre.is_none() && todo.is_empty() {
+            return Ok(Emitted {
+                dir,
+                pieces: todo,
+                prepare: false,
+                running,
+                collect,
+            });
+        }
+    }
+    let jdir = format!("{}/jobs", spec.out);
+    let logs = format!("{jdir}/logs");
+    std::fs::create_dir_all(dir.join("logs")).map_err(|e| Error::io(dir.join("logs"), e))?;
+    let command = std::iter::once(&spec.tsd)
+        .chain(&spec.args)
+        .map(|a| sh(a))
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut jobs = String::new();
-    for piece in &pieces {
-        jobs += &format!("{base} --only {piece}\n");
+    for piece in &todo {
+        jobs += &format!("{command} --only {piece}\n");
     }
     crate::fsutil::atomic_write(&dir.join("jobs.txt"), jobs.as_bytes())?;
-    let gpu = if p.device.starts_with("cuda") {
-        "#SBATCH --gpus=1\n"
-    } else {
-        ""
-    };
-    let header = |name: &str| {
+    let r = &spec.resources;
+    let header = |name: &str, output: &str, extra: &str| {
         format!(
-            "#!/bin/bash\n#SBATCH --job-name={name}\n{gpu}#SBATCH --output={}/%x-%A_%a.log\nset -euo pipefail\ncd {}\n",
-            sh(&dir.display().to_string()),
-            sh(&std::env::current_dir()
-                .map(|d| d.display().to_string())
-                .unwrap_or_else(|_| ".".into()))
+            "#!/bin/bash\n#SBATCH --job-name={name}\n{extra}{}#SBATCH --output={logs}/{output}\n#SBATCH --chdir={}\n",
+            r.directives(),
+            spec.out
         )
     };
+    // The body after the directives: one piece, its output appended to its log with a header
+    // line and the exit status, tsd's threads matched to the CPUs Slurm granted.
+    let body = |prelude: &str, piece_expr: &str, what: &str| {
+        format!(
+            "set -euo pipefail\n{prelude}piece={piece_expr}\nlog={}/\"$piece\".log\nexport RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\necho \"== $(date -u +%FT%TZ) Slurm job ${{SLURM_JOB_ID:-?}} on $(hostname): $piece\" >>\"$log\"\nrc=0\n{command} {what} >>\"$log\" 2>&1 || rc=$?\necho \"== exit $rc\" >>\"$log\"\nexit \"$rc\"\n",
+            sh(&logs),
+            r.cpus
+        )
+    };
+    let array_spec = match r.max_parallel {
+        Some(k) => format!("1-{}%{k}", todo.len()),
+        None => format!("1-{}", todo.len()),
+    };
+    let list: Vec<String> = todo.iter().map(|x| sh(x)).collect();
     let array = format!(
-        "{}#SBATCH --array=1-{}\nline=$(sed -n \"${{SLURM_ARRAY_TASK_ID}}p\" {})\neval \"$line\"\n",
-        header("tsd-grid"),
-        pieces.len(),
-        sh(&dir.join("jobs.txt").display().to_string())
+        "{}# Task i runs piece i (line i of jobs.txt); re-run one task with `sbatch --array=I {jdir}/array.sbatch`.\n{}",
+        header(
+            "tsd-grid",
+            "slurm-%x-%A_%a.log",
+            &format!("#SBATCH --array={array_spec}\n")
+        ),
+        body(
+            &format!("pieces=(\n  {}\n)\n", list.join("\n  ")),
+            "\"${pieces[$((SLURM_ARRAY_TASK_ID - 1))]}\"",
+            "--only \"$piece\""
+        )
     );
     crate::fsutil::atomic_write(&dir.join("array.sbatch"), array.as_bytes())?;
-    let collect = format!("{base} --collect");
-    let submit = match &pre {
-        Some(piece) => {
-            let prep = format!("{}{base} --only {piece}\n", header("tsd-lr-check"));
-            crate::fsutil::atomic_write(&dir.join("prepare.sbatch"), prep.as_bytes())?;
-            format!(
-                "#!/bin/bash\n# The lr check first; the grid after it; then gather the results.\nset -euo pipefail\nd=$(dirname \"$0\")\npre=$(sbatch --parsable \"$d/prepare.sbatch\")\narr=$(sbatch --parsable --dependency=afterok:$pre \"$d/array.sbatch\")\necho \"submitted $pre and array $arr; when both are done run:\"\necho {}\n",
-                sh(&collect)
-            )
-        }
-        None => format!(
-            "#!/bin/bash\nset -euo pipefail\nd=$(dirname \"$0\")\narr=$(sbatch --parsable \"$d/array.sbatch\")\necho \"submitted array $arr; when it is done run:\"\necho {}\n",
-            sh(&collect)
-        ),
+    let collect_job = format!(
+        "{}{}",
+        header("tsd-collect", "slurm-%x-%j.log", ""),
+        body("", "collect", "--collect")
+    );
+    crate::fsutil::atomic_write(&dir.join("collect.sbatch"), collect_job.as_bytes())?;
+    let prep_path = dir.join("prepare.sbatch");
+    if let Some(piece) = &pre {
+        let prep = format!(
+            "{}{}",
+            header("tsd-lr-check", "slurm-%x-%j.log", ""),
+            body("", piece, &format!("--only {piece}"))
+        );
+        crate::fsutil::atomic_write(&prep_path, prep.as_bytes())?;
+    } else if prep_path.exists() {
+        std::fs::remove_file(&prep_path).map_err(|e| Error::io(&prep_path, e))?;
+    }
+    let submit_array = match &pre {
+        Some(_) => "pre=$(sbatch --parsable \"$d/prepare.sbatch\")\npre=${pre%%;*}\necho \"lr-check job $pre\"\narr=$(sbatch --parsable --kill-on-invalid-dep=yes --dependency=afterok:\"$pre\" \"$d/array.sbatch\")\n",
+        None => "arr=$(sbatch --parsable \"$d/array.sbatch\")\n",
     };
-    crate::fsutil::atomic_write(&dir.join("submit.sh"), submit.as_bytes())?;
+    let submit = format!(
+        "#!/bin/bash\n# Submits the grid: {}the array ({} tasks: {}), then --collect once the array has ended.\nset -euo pipefail\nd=$(cd \"$(dirname \"$0\")\" && pwd)\n{submit_array}arr=${{arr%%;*}}\necho \"array job $arr\"\ncol=$(sbatch --parsable --dependency=afterany:\"$arr\" \"$d/collect.sbatch\")\ncol=${{col%%;*}}\necho \"collect job $col\"\necho \"logs in $d/logs; results in {}/results.json once job $col has run, or run:\"\necho {}\n",
+        if pre.is_some() {
+            "the lr check, "
+        } else {
+            ""
+        },
+        todo.len(),
+        todo.join(" "),
+        spec.out,
+        sh(&collect)
+    );
+    let f = dir.join("submit.sh");
+    crate::fsutil::atomic_write(&f, submit.as_bytes())?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let f = dir.join("submit.sh");
-        let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io(&f, e))?;
     }
-    Ok((dir, pieces.len()))
+    Ok(Emitted {
+        dir,
+        pieces: todo,
+        prepare: pre.is_some(),
+        running,
+        collect,
+    })
 }
 
 #[cfg(test)]
@@ -111,5 +489,117 @@ mod tests {
         let (pre, v) = pieces(&c);
         assert_eq!(pre.as_deref(), Some("lr-check"));
         assert!(v.contains(&"full-ref-s1".to_string()));
+    }
+
+    fn spec(p: &Preset, out: &Path) -> JobSpec {
+        JobSpec {
+            tsd: "/opt/tsd/bin/tsd".into(),
+            args: vec![
+                "reproduce".into(),
+                "commonsense".into(),
+                "--preset".into(),
+                p.name.clone(),
+            ],
+            out: out.display().to_string(),
+            resources: Resources::for_preset(p),
+            only_missing: false,
+        }
+    }
+
+    /// Regression: `#SBATCH --array` came after `set -euo pipefail`, where sbatch ignores it.
+    #[test]
+    fn every_directive_comes_before_the_first_command() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Preset::named("paper").unwrap();
+        let mut s = spec(&p, d.path());
+        s.resources.max_parallel = Some(3);
+        s.resources.partition = Some("gpu".into());
+        s.resources.extra = vec!["--qos=long".into()];
+        let e = emit_jobs(&p, &s, d.path()).unwrap();
+        assert!(!e.prepare);
+        let array = std::fs::read_to_string(d.path().join("jobs/array.sbatch")).unwrap();
+        let first_command = array
+            .lines()
+            .skip(1)
+            .position(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .unwrap();
+        let directives: Vec<&str> = array
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("#SBATCH"))
+            .map(|(i, l)| {
+                assert!(i <= first_command, "{l} after the first command");
+                l
+            })
+            .collect();
+        for want in [
+            "#SBATCH --array=1-11%3",
+            "#SBATCH --gres=gpu:1",
+            "#SBATCH --partition=gpu",
+            "#SBATCH --qos=long",
+            "#SBATCH --cpus-per-task=8",
+            "#SBATCH --time=2-00:00:00",
+        ] {
+            assert!(directives.contains(&want), "{want} missing:\n{array}");
+        }
+        assert!(array.contains("/opt/tsd/bin/tsd reproduce"), "{array}");
+        assert!(array.contains("RAYON_NUM_THREADS=\"${SLURM_CPUS_PER_TASK:-8}\""));
+        // %a only where there is an array: the other jobs' logs are named by job id.
+        let collect = std::fs::read_to_string(d.path().join("jobs/collect.sbatch")).unwrap();
+        assert!(collect.contains("slurm-%x-%j.log") && !collect.contains("%a"));
+    }
+
+    #[test]
+    fn bad_directive_values_and_paths_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Preset::named("smoke").unwrap();
+        let mut s = spec(&p, d.path());
+        s.resources.extra = vec!["qos=long".into()];
+        assert!(emit_jobs(&p, &s, d.path()).is_err());
+        let mut s = spec(&p, d.path());
+        s.resources.time = "1 day".into();
+        assert!(emit_jobs(&p, &s, d.path()).is_err());
+        let mut s = spec(&p, d.path());
+        s.out = "/a b".into();
+        assert!(emit_jobs(&p, &s, d.path()).is_err());
+        assert!(RemoteRoot::parse("rel=/x").is_err());
+        assert_eq!(
+            RemoteRoot::parse("/home/me=/cluster/me").unwrap().remote,
+            PathBuf::from("/cluster/me")
+        );
+    }
+
+    #[test]
+    fn only_missing_keeps_the_unfinished_pieces() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path();
+        let p = Preset::named("smoke").unwrap();
+        let (_, all) = pieces(&p);
+        std::fs::write(out.join("lr-check.json"), "{}").unwrap();
+        std::fs::create_dir_all(out.join("base")).unwrap();
+        std::fs::write(out.join("base/eval.json"), "{}").unwrap();
+        for c in &all[..2] {
+            std::fs::create_dir_all(out.join("runs").join(c)).unwrap();
+            std::fs::write(out.join("runs").join(c).join("eval.json"), "{}").unwrap();
+        }
+        let mut s = spec(&p, out);
+        s.only_missing = true;
+        let e = emit_jobs(&p, &s, out).unwrap();
+        assert_eq!(e.pieces, vec![all[2].clone(), "full-ref-s1".to_string()]);
+        assert!(!e.prepare && !out.join("jobs/prepare.sbatch").exists());
+        let array = std::fs::read_to_string(out.join("jobs/array.sbatch")).unwrap();
+        assert!(array.contains("#SBATCH --array=1-2\n"));
+        assert_eq!(
+            std::fs::read_to_string(out.join("jobs/jobs.txt"))
+                .unwrap()
+                .lines()
+                .count(),
+            2
+        );
+        // A piece held by another process is left out and reported.
+        let _held = lock::try_lock(out, "full-ref-s1").unwrap().unwrap();
+        let e = emit_jobs(&p, &s, out).unwrap();
+        assert_eq!(e.pieces, vec![all[2].clone()]);
+        assert_eq!(e.running, vec!["full-ref-s1".to_string()]);
     }
 }

@@ -10,6 +10,7 @@
 //! Every number in the results traces to one of these files.
 
 pub mod jobs;
+pub mod lock;
 pub mod preset;
 
 pub use preset::{Preset, Protocol, ReferenceKind};
@@ -179,6 +180,10 @@ pub struct CaptureSeries {
     /// What the capture is measured against (the reference update, with its step).
     #[serde(default)]
     pub reference: String,
+    /// The reference's name, final step and record hash when measured (empty in files written
+    /// before it existed): a cache with another key is measured again.
+    #[serde(default)]
+    pub reference_key: String,
     pub method: Method,
     pub rank: usize,
     pub seed: u64,
@@ -234,8 +239,11 @@ pub struct Reproduction {
 pub struct Options {
     /// Only this piece (`lr-check`, `base`, or a cell name such as `lora-r4-s1`), then stop.
     pub only: Option<String>,
-    /// Train nothing: gather finished pieces (and compute capture) into the results.
+    /// Train nothing: gather finished pieces (and compute capture) into the results. Unfinished
+    /// pieces are refused, all named at once, unless `allow_partial`.
     pub collect: bool,
+    /// With `collect`: gather what has finished and list the rest as deviations.
+    pub allow_partial: bool,
 }
 
 fn mean_spread(xs: &[f64]) -> (f64, f64) {
@@ -469,11 +477,25 @@ impl<'a> Grid<'a> {
         // One setting per output directory.
         let pj = out.join("preset.json");
         if let Ok(old) = crate::fsutil::read_json::<Preset>(&pj) {
-            if old.run_settings() != preset.run_settings() {
+            let (a, b) = (old.run_settings(), preset.run_settings());
+            if a != b {
+                let differ: Vec<String> = a
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+                    .map(|(k, v)| {
+                        format!(
+                            "{k} {v} there, {} here",
+                            b.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+                        )
+                    })
+                    .collect();
                 return Err(Error::InvalidArgument(format!(
-                    "{} holds a reproduction with other settings ({}); use another --out",
+                    "{} holds a reproduction with other settings ({}: {}); pass the same flags, leave out --preset to use its own, or use another --out",
                     out.display(),
-                    pj.display()
+                    pj.display(),
+                    differ.join(", ")
                 )));
             }
         }
@@ -540,6 +562,9 @@ impl<'a> Grid<'a> {
                     trainer.set_lower_cache(cache.clone())?;
                 }
             }
+            if trainer.lower_cache().is_none() {
+                self.timing.lower_cache_s += self.disk_lower_cache(&mut trainer)?;
+            }
             // A resumed record carries an earlier invocation's cache time: count it only when
             // this run computed the cache.
             let had_cache = trainer.lower_cache().is_some();
@@ -559,6 +584,66 @@ impl<'a> Grid<'a> {
             }
         }
         Ok(trainer)
+    }
+
+    /// The lower-layer states shared by every process on this output directory (array tasks):
+    /// `OUT/cache/lower-<key>.safetensors`, one tensor `[tokens, hidden]` per example (training
+    /// then validation, named by index), keyed by a sha256 of the model, dtype, device, first
+    /// adapted layer and every example's token ids. The first process computes it under
+    /// `OUT/locks/lower-<key>.lock` and writes it atomically; the others wait and read it (the
+    /// same bytes: results do not change). An unreadable file is recomputed. Returns the seconds
+    /// spent computing (0 when read or not needed).
+    fn disk_lower_cache(&self, trainer: &mut Trainer) -> Result<f64> {
+        use sha2::Digest;
+        let (from, ids) = trainer.lower_cache_key();
+        if from == 0 || !trainer.config.cache_lower_layers {
+            return Ok(0.0);
+        }
+        let p = self.preset;
+        let mut h = sha2::Sha256::new();
+        h.update(format!("{}\0{}\0{}\0{from}\0", p.model, p.dtype, p.device));
+        for ex in &ids {
+            h.update((ex.len() as u64).to_le_bytes());
+            for t in ex {
+                h.update(t.to_le_bytes());
+            }
+        }
+        let key: String = h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let name = format!("lower-{key}");
+        let path = self.out.join("cache").join(format!("{name}.safetensors"));
+        let _guard = lock::lock(self.out, &name)?;
+        if path.exists() {
+            let device = crate::train::trainer::device_for(&p.device)?;
+            let read = candle_core::safetensors::load(&path, &device)
+                .ok()
+                .and_then(|mut m| {
+                    (0..ids.len())
+                        .map(|i| m.remove(&i.to_string()))
+                        .collect::<Option<Vec<Tensor>>>()
+                })
+                .filter(|v| v.len() == ids.len());
+            if let Some(v) = read {
+                if trainer.set_lower_cache(v).is_ok() {
+                    return Ok(0.0);
+                }
+            }
+            (self.log)(&format!("{}: unreadable, recomputing", path.display()));
+        }
+        let t0 = Instant::now();
+        trainer.ensure_lower_cache()?;
+        if let Some(c) = trainer.lower_cache() {
+            let bytes =
+                safetensors::serialize(c.iter().enumerate().map(|(i, t)| (i.to_string(), t)), None)
+                    .map_err(|e| Error::Safetensors {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+            crate::fsutil::atomic_write(&path, &bytes)?;
+        }
+        Ok(t0.elapsed().as_secs_f64())
     }
 
     fn evaluator(&mut self) -> Result<&mut Evaluator> {
@@ -695,16 +780,22 @@ impl<'a> Grid<'a> {
     /// Trains and evaluates one cell (or reads its earlier result).
     fn cell(&mut self, cell: &Cell, lr: f64, label: &str) -> Result<RunResult> {
         let name = cell.name();
+        // `[2/3] lora-r4-s1` in a whole run; the bare name for one piece.
+        let who = if label.is_empty() {
+            name.clone()
+        } else {
+            format!("{label} {name}")
+        };
         let dir = self.run_dir(cell);
         let res_path = dir.join("eval.json");
         if let Ok(r) = crate::fsutil::read_json::<RunResult>(&res_path) {
-            (self.log)(&format!("{label} {name}: done earlier"));
+            (self.log)(&format!("{who}: done earlier"));
             return Ok(r);
         }
-        (self.log)(&format!("{label} {name}: training"));
+        (self.log)(&format!("{who}: training"));
         let cfg = self.train_config(cell, lr, None);
         let trainer = self.train(cfg, &dir)?;
-        (self.log)(&format!("{label} {name}: evaluating"));
+        (self.log)(&format!("{who}: evaluating"));
         let rec = trainer.record.clone();
         let adapter = trainer.adapter()?;
         let mut model = trainer.model;
@@ -750,7 +841,7 @@ impl<'a> Grid<'a> {
         let text = crate::output::to_json(&r)? + "\n";
         crate::fsutil::atomic_write(&res_path, text.as_bytes())?;
         (self.log)(&format!(
-            "{label} {name}: trained {:.0} s, evaluated {:.0} s: average {:.2} %, final loss {:.3}",
+            "{who}: trained {:.0} s, evaluated {:.0} s: average {:.2} %, final loss {:.3}",
             r.wall_s, r.scores.eval_s, r.scores.average, r.final_loss
         ));
         Ok(r)
@@ -814,7 +905,30 @@ impl<'a> Grid<'a> {
             }
             ReferenceKind::None => None,
         }
-        .filter(|d| d.join("record.json").exists())
+        .filter(|d| jobs::reference_finished(d))
+    }
+
+    /// What a cached `capture.json` must have been measured against: the reference's name, its
+    /// final step and a sha256 of its `record.json` (a reference trained again, or resumed to
+    /// its end, has another record), readable without the reference's weights.
+    fn reference_key(ref_dir: &Path) -> Result<(String, usize)> {
+        use sha2::Digest;
+        let path = ref_dir.join("record.json");
+        let bytes = crate::fsutil::read(&path)?;
+        let rec: crate::train::trainer::RunRecord =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Json {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let step = rec.checkpoints.iter().copied().max().unwrap_or(0);
+        let sha: String = sha2::Sha256::digest(&bytes)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let name = ref_dir
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        Ok((format!("{name} step {step} record {sha}"), step))
     }
 
     /// TSD capture of every run's checkpoints against the reference (cached per run).
@@ -827,6 +941,15 @@ impl<'a> Grid<'a> {
         let mut opened: Option<((crate::track::RefSource, String), Box<dyn WeightSource>)> = None;
         let cache = crate::linalg::cache::SvdCache::default_location();
         let mut series: Vec<CaptureSeries> = Vec::new();
+        let (key, ref_step) = Self::reference_key(&ref_dir)?;
+        // Written before reference keys existed: valid only if measured at the reference's
+        // final step (a reference since resumed or retrained is measured again).
+        let legacy_ok = |s: &CaptureSeries| {
+            s.reference_key.is_empty()
+                && s.reference.rsplit_once(" step ").is_some_and(|(_, rest)| {
+                    rest.split(|c: char| !c.is_ascii_digit()).next() == Some(&ref_step.to_string())
+                })
+        };
         for r in runs {
             let cell = Cell {
                 method: r.method,
@@ -839,8 +962,19 @@ impl<'a> Grid<'a> {
             }
             let path = dir.join("capture.json");
             if let Ok(s) = crate::fsutil::read_json::<CaptureSeries>(&path) {
-                series.push(s);
-                continue;
+                if s.reference_key == key || legacy_ok(&s) {
+                    series.push(s);
+                    continue;
+                }
+                (self.log)(&format!(
+                    "capture: {} was measured against another reference ({}): measuring again",
+                    r.name,
+                    if s.reference_key.is_empty() {
+                        &s.reference
+                    } else {
+                        &s.reference_key
+                    }
+                ));
             }
             (self.log)(&format!("capture: {}", r.name));
             let t0 = Instant::now();
@@ -864,6 +998,7 @@ impl<'a> Grid<'a> {
             let s = CaptureSeries {
                 run: r.name.clone(),
                 reference: reference.1.clone(),
+                reference_key: key.clone(),
                 method: r.method,
                 rank: r.rank,
                 seed: r.seed,
@@ -893,69 +1028,20 @@ impl<'a> Grid<'a> {
     }
 }
 
-/// Runs (or resumes, or with `opts.collect` only gathers) the reproduction in `out`. With
-/// `opts.only` it does that one piece and returns `None`.
-pub fn reproduce(
-    preset: &Preset,
-    data: &Path,
-    out: &Path,
-    opts: &Options,
-    log: &dyn Fn(&str),
-) -> Result<Option<Reproduction>> {
-    let t0 = Instant::now();
-    let mut grid = Grid::new(preset, data, out, log)?;
-    let all = cells(preset);
-    if let Some(only) = &opts.only {
-        if only == "lr-check" {
-            grid.lr(true)?;
-        } else if only == "base" {
-            grid.base()?;
-        } else if reference_cell(preset).is_some_and(|c| c.name() == *only) {
-            let (lr, _) = grid.lr(false)?;
-            grid.reference_run(lr)?;
-        } else {
-            let c = all.iter().find(|c| c.name() == *only).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "--only {only}: not a piece of this grid (lr-check, base, {}{})",
-                    reference_cell(preset).map_or(String::new(), |c| c.name() + ", "),
-                    all.iter().map(Cell::name).collect::<Vec<_>>().join(", ")
-                ))
-            })?;
-            let (lr, _) = grid.lr(false)?;
-            grid.cell(c, lr, "")?;
-        }
-        return Ok(None);
-    }
-    let (lr, lr_check) = grid.lr(!opts.collect)?;
-    let mut runs = Vec::new();
-    for (i, c) in all.iter().enumerate() {
-        let label = format!("[{}/{}]", i + 1, all.len());
-        if opts.collect {
-            let p = grid.run_dir(c).join("eval.json");
-            runs.push(crate::fsutil::read_json::<RunResult>(&p).map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "--collect: {} is missing (run `--only {}`)",
-                    p.display(),
-                    c.name()
-                ))
-            })?);
-        } else {
-            runs.push(grid.cell(c, lr, &label)?);
-        }
-    }
-    let base = if opts.collect {
-        crate::fsutil::read_json::<Scores>(&out.join("base").join("eval.json")).ok()
-    } else {
-        Some(grid.base()?)
-    };
-    if !opts.collect {
-        grid.reference_run(lr)?;
-    }
-    let (reference, capture) = grid.capture(&runs)?;
-    let eff = efficiency(&runs, preset);
-    let verdict = verdict(&runs, preset, base.as_ref());
-    let mut timing = grid.timing.clone();
-    timing.total_s = t0.elapsed().as_secs_f64();
+/// Takes a piece's lock for this process, refusing when another process runs the piece.
+fn hold(out: &Path, piece: &str) -> Result<lock::Lock> {
+    lock::try_lock(out, piece)?.ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "piece {piece} is being run by another process (it holds {}): wait for it, or stop it first",
+            lock::lock_path(out, piece).display()
+        ))
+    })
+}
+
+/// Appends this invocation's timing to `OUT/timing.json` (under a lock: array tasks finish at
+/// the same time) when it computed something; returns every invocation so far.
+fn record_timing(out: &Path, timing: &Timing) -> Result<Vec<Timing>> {
+    let _guard = lock::lock(out, "timing")?;
     let tpath = out.join("timing.json");
     let mut invocations: Vec<Timing> = crate::fsutil::read_json(&tpath).unwrap_or_default();
     let worked = timing.lower_cache_s
@@ -971,10 +1057,128 @@ pub fn reproduce(
         let text = crate::output::to_json(&invocations)? + "\n";
         crate::fsutil::atomic_write(&tpath, text.as_bytes())?;
     }
+    Ok(invocations)
+}
+
+/// Runs (or resumes, or with `opts.collect` only gathers) the reproduction in `out`. With
+/// `opts.only` it does that one piece and returns `None`. Each piece runs under its lock in
+/// `OUT/locks/`, so two processes (array tasks, a local run) never train the same piece.
+pub fn reproduce(
+    preset: &Preset,
+    data: &Path,
+    out: &Path,
+    opts: &Options,
+    log: &dyn Fn(&str),
+) -> Result<Option<Reproduction>> {
+    let t0 = Instant::now();
+    let mut grid = Grid::new(preset, data, out, log)?;
+    let all = cells(preset);
+    if let Some(only) = &opts.only {
+        let (pre, names) = jobs::pieces(preset);
+        if !pre.iter().chain(&names).any(|n| n == only) {
+            return Err(Error::InvalidArgument(format!(
+                "--only {only}: not a piece of this grid ({})",
+                pre.iter()
+                    .chain(&names)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let _guard = hold(out, only)?;
+        if only == "lr-check" {
+            grid.lr(true)?;
+        } else if only == "base" {
+            grid.base()?;
+        } else if reference_cell(preset).is_some_and(|c| c.name() == *only) {
+            let (lr, _) = grid.lr(false)?;
+            grid.reference_run(lr)?;
+        } else {
+            let c = all
+                .iter()
+                .find(|c| c.name() == *only)
+                .expect("a piece name");
+            let (lr, _) = grid.lr(false)?;
+            grid.cell(c, lr, "")?;
+        }
+        let mut timing = grid.timing.clone();
+        timing.total_s = t0.elapsed().as_secs_f64();
+        record_timing(out, &timing)?;
+        return Ok(None);
+    }
+    let mut partial: Vec<String> = Vec::new();
+    let mut unfinished: Vec<String> = Vec::new();
+    if opts.collect {
+        let st = jobs::status(preset, out)?;
+        let open: Vec<&jobs::PieceStatus> = st
+            .iter()
+            .filter(|s| s.state != jobs::PieceState::Done)
+            .collect();
+        if !open.is_empty() && !opts.allow_partial {
+            return Err(Error::Unfinished(format!(
+                "--collect: {} of {} pieces in {} have not finished: {}. Re-run them: the same command with `--emit-jobs --only-missing`, then {}/jobs/submit.sh (or each with `--only PIECE`); or gather the rest with --allow-partial",
+                open.len(),
+                st.len(),
+                out.display(),
+                open.iter().map(|s| s.describe()).collect::<Vec<_>>().join("; "),
+                out.display()
+            )));
+        }
+        partial = open
+            .iter()
+            .map(|s| format!("not finished, left out: {}", s.describe()))
+            .collect();
+        unfinished = open.iter().map(|s| s.piece.clone()).collect();
+    }
+    let done = |piece: &str| !unfinished.iter().any(|p| p == piece);
+    let (lr, lr_check) = if opts.collect {
+        grid.lr(false)?
+    } else {
+        let _guard = hold(out, "lr-check")?;
+        grid.lr(true)?
+    };
+    let mut runs = Vec::new();
+    for (i, c) in all.iter().enumerate() {
+        let label = format!("[{}/{}]", i + 1, all.len());
+        if opts.collect {
+            if done(&c.name()) {
+                let p = grid.run_dir(c).join("eval.json");
+                runs.push(crate::fsutil::read_json::<RunResult>(&p)?);
+            }
+        } else {
+            let _guard = hold(out, &c.name())?;
+            runs.push(grid.cell(c, lr, &label)?);
+        }
+    }
+    let base = if opts.collect {
+        done("base")
+            .then(|| crate::fsutil::read_json::<Scores>(&out.join("base").join("eval.json")))
+            .transpose()?
+    } else {
+        let _guard = hold(out, "base")?;
+        Some(grid.base()?)
+    };
+    if !opts.collect {
+        if let Some(c) = reference_cell(preset) {
+            let _guard = hold(out, &c.name())?;
+            grid.reference_run(lr)?;
+        }
+    }
+    let (reference, capture) = grid.capture(&runs)?;
+    let eff = efficiency(&runs, preset);
+    let verdict = verdict(&runs, preset, base.as_ref());
+    let mut timing = grid.timing.clone();
+    timing.total_s = t0.elapsed().as_secs_f64();
+    let invocations = record_timing(out, &timing)?;
     let lr_tried: Vec<f64> = lr_check
         .as_ref()
         .map(|c| c.trials.iter().map(|t| t.lr).collect())
         .unwrap_or_default();
+    let mut deviations = preset.deviations(&grid.missing, lr, &lr_tried);
+    deviations.extend(partial);
+    if reference.is_none() && preset.reference != ReferenceKind::None {
+        deviations.push("no TSD capture: the reference update has not finished".into());
+    }
     Ok(Some(Reproduction {
         preset: preset.clone(),
         lr,
@@ -984,11 +1188,28 @@ pub fn reproduce(
         reference,
         capture,
         efficiency: eff,
-        deviations: preset.deviations(&grid.missing, lr, &lr_tried),
+        deviations,
         verdict,
         timing,
         invocations,
     }))
+}
+
+/// Checks that `data` holds the preset's train and test sets and that `out` holds no reproduction
+/// with other settings, then records the setting in `OUT/preset.json` (what `--emit-jobs` does
+/// before writing jobs that would otherwise all fail).
+pub fn check_setup(preset: &Preset, data: &Path, out: &Path) -> Result<()> {
+    Grid::new(preset, data, out, &|_| {}).map(|_| ())
+}
+
+/// The preset an output directory was made with (`OUT/preset.json`), for invocations that name
+/// the directory but not the preset.
+pub fn read_preset(out: &Path) -> Result<Option<Preset>> {
+    let pj = out.join("preset.json");
+    if !pj.exists() {
+        return Ok(None);
+    }
+    crate::fsutil::read_json(&pj).map(Some)
 }
 
 /// A plain sentence on what the numbers can and cannot say.

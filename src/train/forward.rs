@@ -51,7 +51,7 @@ impl Trainer {
     }
 
     /// Computes the lower-layer cache if this run adapts only the top layers and has none yet.
-    pub(super) fn ensure_lower_cache(&mut self) -> Result<()> {
+    pub fn ensure_lower_cache(&mut self) -> Result<()> {
         if self.lower_cache.is_none() && self.from_layer > 0 && self.config.cache_lower_layers {
             let t0 = Instant::now();
             let examples: Vec<Tokenized> = self.cached_examples().cloned().collect();
