@@ -123,6 +123,20 @@ const BIGBENCH_REQ: &str = "bigbench==1.0.0";
 const SIQA_MEMBER: &str = "bigbench-1.0.0/bigbench/benchmark_tasks/social_iqa/task.json";
 const SIQA_SHA256: &str = "edc9f568b70ae6d4af0783764dbe4e4f18aa1242c675a93f534338d73a565348";
 
+/// The commonsense data directory a command reads (LLM-Adapters layout, `<task>/train.json` and
+/// `<task>/test.json`): `explicit` (`--data`), else `$TSD_DATA`, else `../shared/data/commonsense`
+/// when it exists (the layout of the machines this project was built on); None when none is given.
+pub fn data_dir(explicit: Option<&Path>) -> Option<PathBuf> {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os("TSD_DATA")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| Some(PathBuf::from("../shared/data/commonsense")).filter(|d| d.exists()))
+}
+
 /// The provisioned data directory (LLM-Adapters layout): `$TSD_HOME/data/commonsense`.
 pub fn data_home() -> PathBuf {
     tsd_home().join("data").join("commonsense")

@@ -28,16 +28,9 @@ fn main() {
     let args = cli::Cli::parse();
     if let Err(e) = tsd::threads::run(|| cli::run(args)) {
         // One line of cause for the user; exit 2 for bad input, 1 for internal failures.
-        let user = e
-            .downcast_ref::<tsd::Error>()
-            .is_none_or(tsd::Error::is_user_input);
-        // First line of each cause only: candle appends a backtrace when RUST_BACKTRACE is set.
-        let chain: Vec<String> = e
-            .chain()
-            .filter_map(|c| c.to_string().lines().next().map(str::to_string))
-            .collect();
-        eprintln!("error: {}", chain.join(": "));
-        std::process::exit(if user { 2 } else { 1 });
+        let e: &(dyn std::error::Error + 'static) = e.as_ref();
+        eprintln!("error: {}", tsd::error::one_line(e));
+        std::process::exit(tsd::error::exit_code(e));
     }
 }
 

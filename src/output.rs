@@ -18,7 +18,7 @@ pub enum Format {
 /// Pretty JSON of any report.
 pub fn to_json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string_pretty(value)
-        .map_err(|e| Error::InvalidArgument(format!("serialising JSON: {e}")))
+        .map_err(|e| Error::Internal(format!("serialising JSON: {e}")))
 }
 
 fn table(header: &[&str]) -> Table {

@@ -159,8 +159,7 @@ fn bigbench_social_iqa_converts_to_llm_adapters_layout() {
     assert!(got[0]
         .instruction
         .ends_with("Answer1: Make a new plan Answer2: Go home and see Riley Answer3: Find somewhere to go\n\nAnswer format: answer1/answer2/answer3"));
-    let text =
-        std::fs::read_to_string(fixture("llm-adapters/social_i_qa/test-head.json")).unwrap();
+    let text = std::fs::read_to_string(fixture("llm-adapters/social_i_qa/test-head.json")).unwrap();
     let theirs: Vec<tsd::train::data::Example> = serde_json::from_str(&text).unwrap();
     assert_eq!(theirs.len(), got.len());
     for (a, b) in got.iter().zip(&theirs) {

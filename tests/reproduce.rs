@@ -89,8 +89,15 @@ fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
             .filter(|t| t["protocol"] == "generate")
             .flat_map(|t| t["predictions"].as_array().unwrap())
             .collect();
-        assert_eq!(generated.len(), 4, "2 generated answers for each of 2 tasks");
-        let bad = generated.iter().filter(|p| p["prediction"].is_null()).count();
+        assert_eq!(
+            generated.len(),
+            4,
+            "2 generated answers for each of 2 tasks"
+        );
+        let bad = generated
+            .iter()
+            .filter(|p| p["prediction"].is_null())
+            .count();
         let rate = run["scores"]["unparseable_rate"].as_f64().unwrap();
         assert!(
             (rate - 100.0 * bad as f64 / 4.0).abs() < 1e-9,

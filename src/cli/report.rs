@@ -11,15 +11,16 @@ use tsd::train::RunRecord;
 pub struct ReportArgs {
     /// Run directory written by `tsd train`.
     run: PathBuf,
-    /// Reference for TSD capture along training (a run directory, adapter or model).
+    /// Reference for TSD capture along training: a run directory, adapter or model [default: none]
     #[arg(long)]
     reference: Option<String>,
     /// Skip the per-checkpoint direction analysis (curves only).
     #[arg(long)]
     no_track: bool,
-    /// Output file (default RUN/report.html).
+    /// Output file [default: RUN/report.html]
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
+    /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
 }

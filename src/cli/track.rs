@@ -12,14 +12,16 @@ pub struct TrackArgs {
     /// Run directory written by `tsd train`.
     run: PathBuf,
     /// Reference for capture metrics: a run directory (its newest checkpoint; a full fine-tune gives
-    /// ΔW* = W* − W), an adapter, or a model.
+    /// ΔW* = W* − W), an adapter, or a model [default: none, no capture metrics]
     #[arg(long)]
     reference: Option<String>,
-    /// Base model (default: the run's own).
+    /// Base model [default: the run's own]
     #[arg(long)]
     base: Option<String>,
+    /// TSDs per module (the top-s change rates).
     #[arg(long, default_value_t = 8)]
     top_s: usize,
+    /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
     #[command(flatten)]

@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 fn chart(r: std::result::Result<String, String>) -> Result<String> {
-    r.map_err(Error::InvalidArgument)
+    r.map_err(Error::Internal)
 }
 
 fn g(x: f64) -> String {
