@@ -300,7 +300,7 @@ mod tests {
                 }
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Bool(b) => b.to_string(),
-                serde_json::Value::Array(v) => v
+                serde_json::Value::Array(v) if !v.is_empty() => v
                     .iter()
                     .map(|x| x.as_str().unwrap())
                     .collect::<Vec<_>>()
