@@ -3,6 +3,7 @@
 use super::{charts, render};
 use crate::error::{Error, Result};
 use crate::inspect::InspectReport;
+use crate::output::number;
 use crate::track::TrackReport;
 use crate::train::RunRecord;
 use serde::Serialize;
@@ -10,16 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 fn chart(r: std::result::Result<String, String>) -> Result<String> {
     r.map_err(Error::Internal)
-}
-
-fn g(x: f64) -> String {
-    if !x.is_finite() {
-        "∞".into()
-    } else if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e5) {
-        format!("{x:.3e}")
-    } else {
-        format!("{x:.4}")
-    }
 }
 
 #[derive(Serialize)]
@@ -97,7 +88,7 @@ fn range_note(vals: &[Vec<Option<f64>>]) -> String {
     }
     let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
     let hi = v.iter().cloned().fold(0.0, f64::max);
-    format!("dark = {} … bright = {}", g(lo), g(hi))
+    format!("dark = {} … bright = {}", number(lo), number(hi))
 }
 
 /// The `tsd inspect --html` page. The report must carry spectra (`keep_spectrum`).
@@ -187,27 +178,27 @@ pub fn inspect_html(r: &InspectReport) -> Result<String> {
             module: m.module.clone(),
             shape: format!("{}×{}", m.shape[0], m.shape[1]),
             r: m.r,
-            scaling: g(m.scaling),
-            fro: g(m.delta_fro),
+            scaling: number(m.scaling),
+            fro: number(m.delta_fro),
             top: m
                 .tsd
                 .iter()
                 .take(4)
-                .map(|t| format!("{}: {}", t.index, g(t.delta)))
+                .map(|t| format!("{}: {}", t.index, number(t.delta)))
                 .collect::<Vec<_>>()
                 .join(", "),
             ratio: m.tsd.first().map_or("-".into(), |t| {
                 format!(
                     "{}{}",
-                    g(t.sigma_ratio),
+                    number(t.sigma_ratio),
                     if t.near_null { " !" } else { "" }
                 )
             }),
-            amp: g(m.amplification.factor),
+            amp: number(m.amplification.factor),
             dash: m
                 .dash
                 .as_ref()
-                .map_or("-".into(), |d| g(d.delta_sigma_max_abs)),
+                .map_or("-".into(), |d| number(d.delta_sigma_max_abs)),
             recall: m
                 .capture
                 .as_ref()
