@@ -224,8 +224,10 @@ pub fn inspect_html(r: &InspectReport) -> Result<String> {
             protocol_short => protocol_short,
             heat_delta => heat_delta,
             heat_delta_range => range_note(&dvals),
+            heat_delta_grey => charts::heatmap_has_grey(&dvals, true),
             heat_amp => heat_amp,
             heat_amp_range => range_note(&avals),
+            heat_amp_grey => charts::heatmap_has_grey(&avals, true),
             amp_bars => amp_bars,
             amp_r_note => o.amp_rank.map_or("each module's LoRA rank".to_string(), |x| x.to_string()),
             spectra => spectra,
@@ -562,7 +564,6 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
         "log2 trainable parameters",
         &format!("mean accuracy (%, {proto})"),
         &charts::LineOpts {
-            legend: charts::Legend::LowerLeft,
             ..Default::default()
         },
     ))?;
@@ -582,7 +583,6 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             "unparseable answers (%, generate)",
             &charts::LineOpts {
                 y_range: Some((0.0, 100.0)),
-                legend: charts::Legend::LowerLeft,
                 ..Default::default()
             },
         ))?)
@@ -648,7 +648,6 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
                 y_range: Some((0.0, 1.0)),
                 x_range: Some((0.0, max_step)),
                 hlines: vec![(0.75, "paper: 0.75–0.82"), (0.82, "")],
-                legend: charts::Legend::LowerLeft,
                 width: Some(960),
                 height: Some(380),
                 ..Default::default()
@@ -737,7 +736,6 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
         "log2 (Params% x 100)",
         "average accuracy (%)",
         &charts::LineOpts {
-            legend: charts::Legend::LowerRight,
             ..Default::default()
         },
     ))?;
