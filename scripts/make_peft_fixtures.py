@@ -20,7 +20,7 @@ versions (see ``scripts/requirements-fixtures.txt``).
 
 Usage (from the repository root, with the fixtures virtualenv)::
 
-    /work/pyenv/bin/python scripts/make_peft_fixtures.py [--out tests/fixtures]
+    python scripts/make_peft_fixtures.py [--out tests/fixtures]
 """
 
 import argparse

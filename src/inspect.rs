@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// Analysis settings (defaults follow PAPER.md).
+/// Analysis settings (defaults follow README, Definitions).
 #[derive(Clone, Debug, Serialize)]
 pub struct InspectOptions {
     /// Number of TSDs to report per module (s = 8).
@@ -484,7 +484,7 @@ pub fn inspect(
     let near: usize = modules.iter().map(|m| m.near_null_picks).sum();
     if near > 0 {
         warnings.push(format!(
-            "{near} picked TSD(s) have σ/σ₁ < {:.0e}: near-null directions whose change rate is dominated by the division by σ (PAPER.md §6); consider --sigma-floor",
+            "{near} picked TSD(s) have σ/σ₁ < {:.0e}: near-null directions whose change rate is dominated by the division by σ (README, Definitions: near-null directions and scale); consider --sigma-floor",
             crate::directions::NEAR_NULL_RATIO
         ));
     }

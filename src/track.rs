@@ -1,6 +1,6 @@
 //! `tsd track`: TSD change rates, the TSD set, capture against a reference and amplification for
 //! every saved checkpoint of a run — how stable the TSDs are and when LoRA's ΔW starts to capture
-//! them (PAPER.md §3). Each checkpoint is analysed by [`crate::inspect`]; the base SVDs come from the
+//! them (README, Definitions: direction metrics). Each checkpoint is analysed by [`crate::inspect`]; the base SVDs come from the
 //! cache after the first checkpoint.
 
 use crate::adapter::load_adapter;

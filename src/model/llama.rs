@@ -3,7 +3,7 @@
 //! layer is an [`AdaptedLinear`] that LoRA, LoRA-Dash or full fine-tuning can wrap. Weights are found
 //! by their Hugging Face names through a [`WeightSource`], whichever file they came from.
 //!
-//! Every op used has a backward pass (no fused `rms_norm`/`softmax_last_dim`, see DESIGN.md).
+//! Every op used has a backward pass (candle's fused `rms_norm`/`softmax_last_dim` have none, so parameters before them would get no gradient).
 
 use super::LlamaConfig;
 use crate::error::{Error, Result};

@@ -1,4 +1,4 @@
-//! The linear layer that adapters wrap (PAPER.md §2):
+//! The linear layer that adapters wrap (README, Definitions: LoRA-Dash):
 //! `h = W x + s·B A·drop(x) [+ Ū diag(Δσ) V̄ᵀ·drop(x)]`, with `W` frozen (or trainable under full
 //! fine-tuning), `A: [r, in]` Kaiming-uniform, `B: [out, r]` zero, `s = α/r` (or `α/√r`).
 
@@ -214,7 +214,7 @@ impl AdaptedLinear {
         }))
     }
 
-    /// LoRA-Dash identification (PAPER.md §2 step 2): δ̂ from the current `s·B·A` against W's SVD,
+    /// LoRA-Dash identification (README, Definitions: LoRA-Dash, the switch): δ̂ from the current `s·B·A` against W's SVD,
     /// top-`s` directions frozen as Ū, V̄ᵀ, and `s` new Δσ initialised to zero, so the output is
     /// unchanged at the switch.
     pub fn start_dash(&mut self, s: usize, svd: &Svd, floor: SigmaFloor) -> Result<DashSwitch> {

@@ -33,7 +33,7 @@ use std::time::Instant;
 /// How often the lr check may extend its range past an edge optimum.
 const LR_EXTENSIONS: usize = 3;
 
-/// The paper's LLaMA-7B commonsense table (PAPER.md §5).
+/// The paper's LLaMA-7B commonsense table (Si et al. 2025; Params% as in README, Definitions).
 pub const PAPER_TABLE: &str = include_str!("../../reproductions/paper/commonsense_llama7b.csv");
 
 /// One grid cell (or the full fine-tune reference).
@@ -165,7 +165,7 @@ pub struct LrCheck {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CapturePoint {
     pub step: usize,
-    /// accuracy@(8,16) and recall@(8,4) (PAPER.md §3).
+    /// accuracy@(8,16) and recall@(8,4) (README, Definitions: direction metrics).
     pub accuracy: Option<f64>,
     pub recall: Option<f64>,
     /// |TSD set ∩ the run's final TSD set| / 8.

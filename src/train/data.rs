@@ -1,4 +1,4 @@
-//! The LLM-Adapters commonsense data pipeline (`../shared/PAPER.md` §4): JSON examples → Alpaca
+//! The LLM-Adapters commonsense data pipeline (README, Definitions: commonsense protocol): JSON examples → Alpaca
 //! prompt → token ids and labels (-100 = no loss) → deterministic length-grouped batches.
 //!
 //! The prompt templates are copied byte for byte, odd indentation included, because a model
