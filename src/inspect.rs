@@ -371,13 +371,7 @@ fn summarise(
             groups.entry(k).or_default().push(m);
         }
     }
-    let mean = |xs: &[f64]| {
-        if xs.is_empty() {
-            0.0
-        } else {
-            xs.iter().sum::<f64>() / xs.len() as f64
-        }
-    };
+    let mean = |xs: &[f64]| crate::stats::mean(xs).unwrap_or(0.0);
     groups
         .into_iter()
         .map(|(group, ms)| {

@@ -22,6 +22,7 @@ pub mod output;
 pub mod params;
 pub mod report;
 pub mod reproduce;
+pub mod stats;
 pub mod threads;
 pub mod track;
 pub mod train;

@@ -88,9 +88,7 @@ fn overlap(a: &[usize], b: &[usize]) -> f64 {
     n as f64 / a.len().max(1) as f64
 }
 
-fn mean(xs: &[f64]) -> Option<f64> {
-    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
-}
+use crate::stats::mean;
 
 /// Tracks every checkpoint of `run_dir` against `base` (default: the run's own model).
 pub fn track(

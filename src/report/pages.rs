@@ -124,7 +124,7 @@ pub fn inspect_html(r: &InspectReport) -> Result<String> {
             .filter(|m| m.module_type == t)
             .map(|m| f(&m.amplification))
             .collect();
-        v.iter().sum::<f64>() / v.len().max(1) as f64
+        crate::stats::mean(&v).unwrap_or(0.0)
     };
     let amp_bars = chart(charts::grouped_log_bars(
         &types,
@@ -545,7 +545,7 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
                     return None;
                 }
                 let p = v.iter().map(|x| x.trainable_params as f64).sum::<f64>() / v.len() as f64;
-                Some((p.max(1.0).log2(), ys.iter().sum::<f64>() / ys.len() as f64))
+                Some((p.max(1.0).log2(), crate::stats::mean(&ys)?))
             })
             .collect()
     };
@@ -619,7 +619,7 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
                         .iter()
                         .filter_map(|s| s.points.iter().find(|p| p.step == st)?.accuracy)
                         .collect();
-                    (!v.is_empty()).then(|| (st as f64, v.iter().sum::<f64>() / v.len() as f64))
+                    crate::stats::mean(&v).map(|m| (st as f64, m))
                 })
                 .collect();
             let label = if m == Method::Lora {

@@ -239,7 +239,7 @@ pub struct Options {
 }
 
 fn mean_spread(xs: &[f64]) -> (f64, f64) {
-    let m = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let m = crate::stats::mean(xs).unwrap_or(0.0);
     let spread = if xs.len() > 1 {
         (xs.iter().cloned().fold(f64::MIN, f64::max) - xs.iter().cloned().fold(f64::MAX, f64::min))
             / 2.0
@@ -387,7 +387,7 @@ impl Evaluator {
         }
         let avg = |f: &dyn Fn(&TaskScore) -> Option<f64>| -> Option<f64> {
             let v: Vec<f64> = tasks.iter().filter_map(f).collect();
-            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            crate::stats::mean(&v)
         };
         let loglik_avg = avg(&|t| t.loglik);
         let generate_avg = avg(&|t| t.generate);
