@@ -98,6 +98,13 @@ fn lora_dash_run_learns_switches_and_checkpoints_are_inspectable() {
     assert_eq!(rec["finished"], true);
     let steps = rec["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 12);
+    // The switch is announced on the terminal (regression: it was silent).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("LoRA-Dash: switched after step 4").count(),
+        1,
+        "{stderr}"
+    );
     let first = steps[0]["loss"].as_f64().unwrap();
     let last = steps[11]["loss"].as_f64().unwrap();
     assert!(last < first - 0.25, "loss should fall: {first} → {last}");

@@ -226,10 +226,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
     trainer.run(
         &mut |log| {
             if let Some((t, s)) = dash_switch.filter(|&(t, _)| log.step == t + 1) {
-                pb.println(format!(
-                    "LoRA-Dash: switched after step {t}: the top {s} task-specific directions of each module are frozen, their Δσ train from step {}",
-                    t + 1
-                ));
+                // `suspend`, not `println`: a hidden bar (-q, no terminal) would drop the line.
+                pb.suspend(|| {
+                    eprintln!(
+                        "LoRA-Dash: switched after step {t}: the top {s} task-specific directions of each module are frozen, their Δσ train from step {}",
+                        t + 1
+                    )
+                });
             }
             pb.set_position(log.step as u64);
             pb.set_message(format!(
