@@ -6,7 +6,7 @@ Same model (SmolLM2-135M-Instruct GGUF, dequantized to float32 by transformers),
 ids with every position labelled, AdamW, torch.set_num_threads(2). Reports the median step time,
 tokens/s and the peak RSS of the process. Writes reproductions/bench/peft_train_step.json.
 
-Usage: /work/pyenv/bin/python benches/peft_train_step.py [--batch 4 --seq-len 128 --steps 5]
+Usage: python benches/peft_train_step.py [--batch 4 --seq-len 128 --steps 5]
 """
 
 import argparse

@@ -17,7 +17,7 @@ processes held ~65% of the 2 cores.
 
 Usage (from the repository root)::
 
-    /work/pyenv/bin/python benches/torch_svd.py [--threads 2] [--out reproductions/bench/torch_svd.json]
+    python benches/torch_svd.py [--threads 2] [--out reproductions/bench/torch_svd.json]
 """
 
 import argparse

@@ -8,7 +8,7 @@ rotary embeddings, grouped-query attention, SwiGLU, LM head) against transformer
 With --gguf PATH it also writes tests/fixtures/smollm2-logits.json: the default model loaded by
 transformers' own GGUF reader (dequantized, Q/K un-permuted), last-position logits of a prompt.
 
-Usage: /work/pyenv/bin/python scripts/make_logit_fixtures.py [--gguf PATH]
+Usage: python scripts/make_logit_fixtures.py [--gguf PATH]
 """
 
 import argparse

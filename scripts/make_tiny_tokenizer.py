@@ -2,7 +2,7 @@
 """Writes tests/fixtures/tiny-llama/tokenizer.json: a character-level tokenizer for the tiny test
 model (vocab 128): <unk>=0, <s>=1, </s>=2, printable ASCII 32..126 = 3..97, newline = 98.
 
-Usage: /work/pyenv/bin/python scripts/make_tiny_tokenizer.py
+Usage: python scripts/make_tiny_tokenizer.py
 """
 
 from pathlib import Path

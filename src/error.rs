@@ -61,6 +61,9 @@ pub enum Error {
     Unfinished(String),
     #[error("numerical failure in {context}: {reason}")]
     Numerical { context: String, reason: String },
+    /// A failure of tsd itself (serialising a record, drawing a chart, a template): exit 1.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -86,7 +89,63 @@ impl Error {
     pub fn is_user_input(&self) -> bool {
         !matches!(
             self,
-            Error::Numerical { .. } | Error::Candle(_) | Error::Network { .. }
+            Error::Numerical { .. } | Error::Internal(_) | Error::Candle(_) | Error::Network { .. }
         )
+    }
+}
+
+/// The exit code for an error and its causes: 2 when the first `tsd` error in the chain is bad user
+/// input, 1 otherwise (an internal failure, or an error from outside tsd that nothing classified).
+pub fn exit_code(err: &(dyn std::error::Error + 'static)) -> i32 {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(e) = e.downcast_ref::<Error>() {
+            return if e.is_user_input() { 2 } else { 1 };
+        }
+        cur = e.source();
+    }
+    1
+}
+
+/// The error and its causes on one line, `a: b: c`, each cause's first line only (candle appends a
+/// backtrace when `RUST_BACKTRACE` is set). A cause whose text its parent already shows — a
+/// variant such as `Io` prints `{path}: {source}` and also reports `source` as its cause — is
+/// not repeated.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("").trim_end().to_string();
+        let shown = parts.last().is_some_and(|p| p.contains(&first));
+        if !first.is_empty() && !shown {
+            parts.push(first);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_its_parent_is_not_repeated() {
+        let e = Error::io(
+            "data/train.json",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "training data not found"),
+        );
+        assert_eq!(one_line(&e), "data/train.json: training data not found");
+        let e = Error::InvalidArgument("x".into());
+        assert_eq!(one_line(&e), "invalid argument: x");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_first_tsd_error() {
+        assert_eq!(exit_code(&Error::InvalidArgument("x".into())), 2);
+        assert_eq!(exit_code(&Error::Internal("chart".into())), 1);
+        let io = std::io::Error::other("disk");
+        assert_eq!(exit_code(&io), 1);
     }
 }

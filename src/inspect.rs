@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// Analysis settings (defaults follow PAPER.md).
+/// Analysis settings (defaults follow README, Definitions).
 #[derive(Clone, Debug, Serialize)]
 pub struct InspectOptions {
     /// Number of TSDs to report per module (s = 8).
@@ -427,13 +427,7 @@ fn summarise(
             groups.entry(k).or_default().push(m);
         }
     }
-    let mean = |xs: &[f64]| {
-        if xs.is_empty() {
-            0.0
-        } else {
-            xs.iter().sum::<f64>() / xs.len() as f64
-        }
-    };
+    let mean = |xs: &[f64]| crate::stats::mean(xs).unwrap_or(0.0);
     groups
         .into_iter()
         .map(|(group, ms)| {
@@ -556,7 +550,7 @@ pub fn inspect(
             .map(|m| format!("{} ({})", m.module, m.near_null_picks))
             .collect();
         warnings.push(format!(
-            "{near} picked TSD(s) have σ/σ₁ < {:.0e}: near-null directions whose change rate is dominated by the division by σ (PAPER.md §6); consider --sigma-floor. In: {}",
+            "{near} picked TSD(s) have σ/σ₁ < {:.0e}: near-null directions whose change rate is dominated by the division by σ (README, Definitions: near-null directions and scale); consider --sigma-floor. In: {}",
             crate::directions::NEAR_NULL_RATIO,
             which.join(", ")
         ));

@@ -23,6 +23,7 @@ pub mod params;
 pub mod report;
 pub mod reproduce;
 pub mod run;
+pub mod stats;
 pub mod threads;
 pub mod track;
 pub mod train;

@@ -28,16 +28,9 @@ fn main() {
     let args = cli::Cli::parse();
     if let Err(e) = tsd::threads::run(|| cli::run(args)) {
         // One line of cause for the user; exit 2 for bad input, 1 for internal failures.
-        let user = e
-            .downcast_ref::<tsd::Error>()
-            .is_none_or(tsd::Error::is_user_input);
-        // First line of each cause only: candle appends a backtrace when RUST_BACKTRACE is set.
-        let chain: Vec<String> = e
-            .chain()
-            .filter_map(|c| c.to_string().lines().next().map(str::to_string))
-            .collect();
-        eprintln!("error: {}", chain.join(": "));
-        std::process::exit(if user { 2 } else { 1 });
+        let e: &(dyn std::error::Error + 'static) = e.as_ref();
+        eprintln!("error: {}", tsd::error::one_line(e));
+        std::process::exit(tsd::error::exit_code(e));
     }
 }
 
@@ -47,9 +40,10 @@ mod tests {
     /// 1000 ms, unlike its neighbours (deprecated `eager_commit_delay`, `use_numa_nodes`: 0 or 1).
     #[test]
     fn the_option_index_names_the_purge_delay() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return;
-        }
+        assert!(
+            std::env::var_os("MIMALLOC_PURGE_DELAY").is_none(),
+            "MIMALLOC_PURGE_DELAY is set: it changes the default this test identifies the option by"
+        );
         // SAFETY: reads an integer option.
         let get = |o| unsafe { libmimalloc_sys::mi_option_get(o) };
         assert_eq!(get(super::MI_OPTION_PURGE_DELAY), 1000);

@@ -2,8 +2,9 @@
 
 use crate::error::{Error, Result};
 use crate::inspect::InspectReport;
+use crate::linalg::cache::CacheOutcome;
 use crate::params::{pct2, ParamCounts};
-use comfy_table::{presets::UTF8_BORDERS_ONLY, CellAlignment, Table};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
 
 /// Output format of a command.
@@ -18,15 +19,23 @@ pub enum Format {
 /// Pretty JSON of any report.
 pub fn to_json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string_pretty(value)
-        .map_err(|e| Error::InvalidArgument(format!("serialising JSON: {e}")))
+        .map_err(|e| Error::Internal(format!("serialising JSON: {e}")))
 }
 
+/// Terminal tables fit the terminal when stdout is one, else 100 columns (cells wrap if needed).
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
+    let width = t.width().unwrap_or(TABLE_WIDTH);
+    t.set_width(width)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+
     t.set_header(header.to_vec());
     t
 }
+
+/// Table width when the terminal's is not known.
+pub const TABLE_WIDTH: u16 = 100;
 
 fn right_align(t: &mut Table, from: usize) {
     let n = t.column_count();
@@ -37,15 +46,30 @@ fn right_align(t: &mut Table, from: usize) {
     }
 }
 
-fn sci(x: f64) -> String {
+/// The one number format of tables and reports: 4 decimals in [1e-3, 1e4), else 4 significant
+/// digits in scientific notation; `0`, `∞`, `-∞`, `NaN` as such.
+pub fn number(x: f64) -> String {
     if x == 0.0 {
         "0".into()
-    } else if !x.is_finite() {
-        "inf".into()
+    } else if x.is_nan() {
+        "NaN".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "∞" } else { "-∞" }.into()
     } else if (1e-3..1e4).contains(&x.abs()) {
         format!("{x:.4}")
     } else {
         format!("{x:.3e}")
+    }
+}
+
+/// `model.layers.3.self_attn.q_proj` → `3.q_proj` (the table's module column); other names as they are.
+fn short_module(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.iter().position(|p| *p == "layers") {
+        Some(i) if i + 1 < parts.len() && parts[i + 1].parse::<usize>().is_ok() => {
+            format!("{}.{}", parts[i + 1], parts[parts.len() - 1])
+        }
+        _ => name.to_string(),
     }
 }
 
@@ -56,56 +80,47 @@ fn csv_err(e: impl std::fmt::Display) -> Error {
 /// The inspect report as an aligned terminal table (modules, then summaries, params, warnings).
 pub fn inspect_table(r: &InspectReport) -> String {
     let with_ref = r.reference.is_some();
-    let mut h = vec![
-        "module",
-        "shape",
-        "r",
-        "scale",
-        "‖ΔW‖F",
-        "top TSD (index:δ)",
-        "σ/σ₁",
-        "amp",
-        "ΔW/W/rand proj",
-    ];
+    // r and the scaling get columns only when modules differ in them; else the header says them.
+    let uniform = r
+        .modules
+        .windows(2)
+        .all(|w| w[0].r == w[1].r && w[0].scaling == w[1].scaling);
+    let mut h = vec!["module", "shape"];
+    if !uniform {
+        h.extend(["r", "scale"]);
+    }
+    h.extend(["‖ΔW‖F", "top i:δ", "σ/σ₁", "amp"]);
     if r.has_dash {
         h.push("max|Δσ|");
     }
     if with_ref {
-        h.extend(["rec@(8,4)", "acc@(8,16)", "φ"]);
+        h.extend(["rec", "acc", "φ"]);
     }
     let mut t = table(&h);
     for m in &r.modules {
         let top: Vec<String> = m
             .tsd
             .iter()
-            .take(3)
-            .map(|x| format!("{}:{}", x.index, sci(x.delta)))
+            .take(2)
+            .map(|x| format!("{}:{}", x.index, number(x.delta)))
             .collect();
         let ratio = m.tsd.first().map_or("-".into(), |x| {
             format!("{:.3}{}", x.sigma_ratio, if x.near_null { "!" } else { "" })
         });
         let a = &m.amplification;
         let mut row = vec![
-            m.module.clone(),
+            short_module(&m.module),
             format!("{}x{}", m.shape[0], m.shape[1]),
-            m.r.to_string(),
-            sci(m.scaling),
-            sci(m.delta_fro),
-            top.join(" "),
-            ratio,
-            sci(a.factor),
-            format!(
-                "{}/{}/{}",
-                sci(a.proj_delta_basis),
-                sci(a.proj_w_basis),
-                sci(a.proj_random)
-            ),
         ];
+        if !uniform {
+            row.extend([m.r.to_string(), number(m.scaling)]);
+        }
+        row.extend([number(m.delta_fro), top.join(" "), ratio, number(a.factor)]);
         if r.has_dash {
             row.push(
                 m.dash
                     .as_ref()
-                    .map_or("-".into(), |d| sci(d.delta_sigma_max_abs)),
+                    .map_or("-".into(), |d| number(d.delta_sigma_max_abs)),
             );
         }
         if with_ref {
@@ -121,12 +136,27 @@ pub fn inspect_table(r: &InspectReport) -> String {
         t.add_row(row);
     }
     right_align(&mut t, 2);
+    // One space between columns instead of two.
+    for c in t.column_iter_mut().skip(1) {
+        c.set_padding((0, 1));
+    }
     let mut out = format!("adapter: {}\nbase:    {}\n", r.adapter, r.base);
+    if let (true, Some(m)) = (uniform, r.modules.first()) {
+        out += &format!("every module: r {}, scaling {}\n", m.r, number(m.scaling));
+    }
     if let Some(rf) = &r.reference {
         out += &format!("reference: {rf}\n");
     }
     out += &format!("{t}\n");
-    out += "(top TSD: the 3 largest change rates δ = |uᵀΔWv|/σ; σ/σ₁ of the first, ! = near-null; amp = ‖ΔW‖F / ‖UᵣᵀWVᵣ‖F)\n\n";
+    out += "(module: layer.name; top i:δ: the 2 largest change rates δ = |uᵀΔWv|/σ; σ/σ₁ of the\n first, ! = near-null; amp = ‖ΔW‖F / ‖UᵣᵀWVᵣ‖F";
+    if with_ref {
+        let o = &r.options;
+        out += &format!(
+            ";\n rec, acc: TSD recall@({},{}) and accuracy@({},{}) against the reference; φ: subspace similarity",
+            o.recall_k.0, o.recall_k.1, o.accuracy_k.0, o.accuracy_k.1
+        );
+    }
+    out += ";\n every TSD, the projections, full module names: --json or --csv)\n\n";
     for (title, groups) in [("by module type", &r.by_type), ("by layer", &r.by_layer)] {
         if groups.is_empty() {
             continue;
@@ -141,17 +171,17 @@ pub fn inspect_table(r: &InspectReport) -> String {
             "near-null picks",
         ];
         if with_ref {
-            h.push("mean acc@(8,16)");
+            h.push("mean acc");
         }
         let mut g = table(&h);
         for s in groups.iter() {
             let mut row = vec![
                 s.group.clone(),
                 s.modules.to_string(),
-                sci(s.mean_top_delta),
-                sci(s.max_top_delta),
-                sci(s.mean_amplification),
-                sci(s.mean_delta_fro),
+                number(s.mean_top_delta),
+                number(s.max_top_delta),
+                number(s.mean_amplification),
+                number(s.mean_delta_fro),
                 s.near_null_picks.to_string(),
             ];
             if with_ref {
@@ -177,17 +207,42 @@ pub fn inspect_table(r: &InspectReport) -> String {
             if t.trainable { " trainable" } else { " frozen" }
         );
     }
-    out += &format!(
-        "SVD: {:.2} s over {} module(s), {} from cache; wall {:.2} s\n",
-        r.svd_seconds_total,
-        r.modules.len(),
-        r.cache_hits,
-        r.wall_seconds
-    );
+    out += &svd_line(r);
     for w in &r.warnings {
         out += &format!("warning: {w}\n");
     }
     out
+}
+
+/// What the base SVDs cost: how many were computed and how many came from the cache, each with
+/// its time (a cache hit still reads and hashes the weight).
+fn svd_line(r: &InspectReport) -> String {
+    let (hits, computed): (Vec<_>, Vec<_>) = r
+        .modules
+        .iter()
+        .partition(|m| m.svd_cache == CacheOutcome::Hit);
+    let secs = |v: &[&crate::inspect::ModuleReport]| v.iter().map(|m| m.svd_seconds).sum::<f64>();
+    let mut parts = Vec::new();
+    if !computed.is_empty() {
+        parts.push(format!(
+            "{} computed ({:.2} s)",
+            computed.len(),
+            secs(&computed)
+        ));
+    }
+    if !hits.is_empty() {
+        parts.push(format!(
+            "{} from the cache ({:.2} s to read and check)",
+            hits.len(),
+            secs(&hits)
+        ));
+    }
+    format!(
+        "base SVDs for {} module(s): {}; wall {:.2} s\n",
+        r.modules.len(),
+        parts.join(", "),
+        r.wall_seconds
+    )
 }
 
 /// The inspect report as CSV, one row per module.
@@ -401,15 +456,15 @@ pub fn track_table(r: &crate::track::TrackReport) -> String {
         t.add_row(vec![
             p.step.to_string(),
             p.checkpoint.clone(),
-            sci(p.mean_top_delta),
-            sci(p.mean_delta_fro),
-            sci(p.mean_amplification),
+            number(p.mean_top_delta),
+            number(p.mean_delta_fro),
+            number(p.mean_amplification),
             opt(p.stability_prev),
             format!("{:.3}", p.stability_final),
             opt(p.mean_recall),
             opt(p.mean_accuracy),
             p.near_null_picks.to_string(),
-            p.mean_dash_delta_sigma.map_or("-".into(), sci),
+            p.mean_dash_delta_sigma.map_or("-".into(), number),
         ]);
     }
     right_align(&mut t, 0);

@@ -1,4 +1,4 @@
-//! Parameter counts from a model config alone (PAPER.md §2 and §5).
+//! Parameter counts from a model config alone (README, Definitions: LoRA-Dash; Params%).
 //!
 //! LoRA trains `r·(in+out)` per adapted matrix; LoRA-Dash adds `s` trainable Δσ per matrix and stores
 //! `s·(in+out)` frozen values (Ū, V̄). Three percentage conventions exist in the literature, and the

@@ -1,6 +1,6 @@
 //! `tsd track`: TSD change rates, the TSD set, capture against a reference and amplification for
 //! every saved checkpoint of a run (any layout [`crate::run::Run`] reads) — how stable the TSDs are
-//! and when LoRA's ΔW starts to capture them (PAPER.md §3). Each checkpoint is analysed by
+//! and when LoRA's ΔW starts to capture them (README, Definitions: direction metrics). Each checkpoint is analysed by
 //! [`crate::inspect`]; the base SVDs come from the cache after the first checkpoint. The result is a
 //! record (`TrackReport`, saved as JSON) that `tsd report` renders without recomputing.
 
@@ -131,9 +131,7 @@ fn overlap(a: &[usize], b: &[usize]) -> f64 {
     n as f64 / a.len().max(1) as f64
 }
 
-fn mean(xs: &[f64]) -> Option<f64> {
-    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
-}
+use crate::stats::mean;
 
 /// Tracks every checkpoint of `run_dir` against `base` (default: the base the run declares).
 pub fn track(

@@ -279,3 +279,91 @@ fn malformed_gguf_base_is_one_line_even_with_backtraces_on() {
     assert!(err.contains("not a valid GGUF file"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+/// Runs `tsd ARGS`, asserting exit code 2 and a one-line cause; returns the cause.
+fn fails_with_2(args: &[&str]) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let out = tsd(home.path()).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+/// Regression: an `Io` error printed `{path}: {source}` and then its `source` again
+/// (`training data not found: training data not found`).
+#[test]
+fn causes_are_not_repeated() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("missing.json");
+    let err = fails_with_2(&[
+        "train",
+        "--model",
+        fixture("tiny-llama").to_str().unwrap(),
+        "--data",
+        missing.to_str().unwrap(),
+        "--out",
+        d.path().join("run").to_str().unwrap(),
+        "--cutoff-len",
+        "96",
+    ]);
+    assert_eq!(err.matches("training data not found").count(), 1, "{err}");
+    let err = fails_with_2(&[
+        "train",
+        "--config",
+        missing.to_str().unwrap(),
+        "--out",
+        d.path().join("run").to_str().unwrap(),
+    ]);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// Regression: `--method lora-dash` with `--dash-t` at or past the run's steps trained plain LoRA
+/// under a LoRA-Dash label; it is refused before a run directory is made.
+#[test]
+fn dash_switch_past_the_last_step_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("train.json");
+    let ex: Vec<serde_json::Value> = (0..24)
+        .map(|i| serde_json::json!({"instruction": format!("Q{i}?"), "input": "", "output": "the correct answer is true", "answer": "true"}))
+        .collect();
+    std::fs::write(&data, serde_json::to_string(&ex).unwrap()).unwrap();
+    let run = d.path().join("run");
+    let err = fails_with_2(&[
+        "train",
+        "--model",
+        fixture("tiny-llama").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--method",
+        "lora-dash",
+        "--max-steps",
+        "4",
+        "--dash-t",
+        "4",
+        "--batch-size",
+        "4",
+        "--val-size",
+        "4",
+        "--cutoff-len",
+        "96",
+        "-q",
+    ]);
+    assert!(
+        err.contains("--dash-t 4") && err.contains("4 optimizer steps"),
+        "{err}"
+    );
+    assert!(!run.exists(), "no run directory is left behind");
+}
+
+/// Bad CLI values are user input (exit 2), not internal failures.
+#[test]
+fn cli_value_errors_exit_2() {
+    let err = fails_with_2(&["params", "--model", "llama-7b", "--rank", "0"]);
+    assert!(err.contains("--rank values must be positive"), "{err}");
+    let err = fails_with_2(&["eval", "--tasks", "nonsense", "--data", "."]);
+    assert!(err.contains("unknown task `nonsense`"), "{err}");
+}

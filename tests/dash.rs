@@ -287,13 +287,9 @@ fn folding_a_rank_pattern_adapter_keeps_per_module_ranks() {
     }
 }
 
-/// Writes the tsd-written adapters that `scripts/peft_load_check.py` loads in real PEFT
-/// (`cargo test --release --test dash -- --ignored`, then run the script; see
-/// `tests/fixtures/tsd-written/README.md`).
-#[test]
-#[ignore]
-fn write_tsd_written_fixtures() {
-    let root = fixture("tsd-written");
+/// Writes the adapters that `scripts/peft_load_check.py` loaded in real PEFT: a folded Dash adapter,
+/// a folded rsLoRA one and a plain re-write.
+fn write_interop_adapters(root: &Path) {
     let dash = dash_adapter();
     write_adapter(&root.join("dash-folded"), &fold_dash(&dash)).unwrap();
     let rs = load_adapter(&fixture("peft-rslora")).unwrap();
@@ -303,6 +299,52 @@ fn write_tsd_written_fixtures() {
         &load_adapter(&fixture("peft-lora")).unwrap(),
     )
     .unwrap();
+}
+
+/// Regenerates the committed fixtures (`cargo test --release --test dash -- --ignored`, then run
+/// the script; see `tests/fixtures/tsd-written/README.md`).
+#[test]
+#[ignore]
+fn write_tsd_written_fixtures() {
+    write_interop_adapters(&fixture("tsd-written"));
+}
+
+/// What today's `write_adapter` writes is what PEFT checked: the same config and the same tensors
+/// (names, dtypes, shapes, values) as the committed fixtures that `peft_load_check.py` loaded.
+#[test]
+fn todays_writer_writes_the_adapters_peft_checked() {
+    let d = tempfile::tempdir().unwrap();
+    write_interop_adapters(d.path());
+    for name in ["plain", "dash-folded", "rslora-folded"] {
+        let (ours, theirs) = (d.path().join(name), fixture("tsd-written").join(name));
+        let json = |p: &Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(p.join("adapter_config.json")).unwrap())
+                .unwrap()
+        };
+        assert_eq!(json(&ours), json(&theirs), "{name}: adapter_config.json");
+        let (a, b) = (
+            std::fs::read(ours.join("adapter_model.safetensors")).unwrap(),
+            std::fs::read(theirs.join("adapter_model.safetensors")).unwrap(),
+        );
+        let (a, b) = (
+            safetensors::SafeTensors::deserialize(&a).unwrap(),
+            safetensors::SafeTensors::deserialize(&b).unwrap(),
+        );
+        let mut names: Vec<String> = a.names().into_iter().map(String::from).collect();
+        names.sort();
+        let mut expected: Vec<String> = b.names().into_iter().map(String::from).collect();
+        expected.sort();
+        assert_eq!(names, expected, "{name}: tensor names");
+        for t in &names {
+            let (x, y) = (a.tensor(t).unwrap(), b.tensor(t).unwrap());
+            assert_eq!(x.dtype(), y.dtype(), "{name} {t}");
+            assert_eq!(x.shape(), y.shape(), "{name} {t}");
+            assert!(
+                x.data() == y.data(),
+                "{name} {t}: values differ from the PEFT-checked file"
+            );
+        }
+    }
 }
 
 /// Adapters written by tsd, loaded by real PEFT (`peft-delta.safetensors` holds PEFT's merged ΔW per

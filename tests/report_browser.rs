@@ -1,4 +1,4 @@
-//! HTML reports checked in a real browser (headless Chromium, installed by `.ci/run`): every chart
+//! HTML reports checked in a real browser (headless Chromium, installed by `scripts/test.sh`): every chart
 //! rendered (SVG with drawn paths and text), no console errors, screenshots saved under
 //! `target/report-screenshots/`; user strings come out escaped.
 
@@ -110,17 +110,12 @@ fn check_page(browser: &Path, html: &Path, name: &str, min_charts: usize) {
     }
 }
 
-fn browser_or_skip() -> Option<PathBuf> {
-    match chromium() {
-        Some(b) => Some(b),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("chromium is required in CI (.ci/run installs it)")
-        }
-        None => {
-            eprintln!("skipping browser checks: chromium not installed (apt-get install chromium)");
-            None
-        }
-    }
+/// The browser the report checks need: a test that cannot load its pages fails, naming the fix.
+fn browser() -> PathBuf {
+    chromium().expect(
+        "no Chromium found (chromium, chromium-browser or google-chrome on PATH): \
+         scripts/test.sh installs Debian's package as root, or `sudo apt-get install chromium`",
+    )
 }
 
 #[test]
@@ -172,7 +167,8 @@ fn user_strings_are_escaped_in_reports() {
         html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;")
             || html.contains("&lt;script&gt;alert(1)&lt;/script&gt;")
     );
-    if let Some(b) = browser_or_skip() {
+    {
+        let b = browser();
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("evil.html");
         std::fs::write(&p, &html).unwrap();
@@ -182,9 +178,7 @@ fn user_strings_are_escaped_in_reports() {
 
 #[test]
 fn inspect_and_run_reports_render_in_chromium() {
-    let Some(browser) = browser_or_skip() else {
-        return;
-    };
+    let browser = browser();
     let d = tempfile::tempdir().unwrap();
     // inspect report from the PEFT fixture with a dense reference
     let html = d.path().join("inspect.html");

@@ -3,20 +3,8 @@
 
 mod common;
 
-use common::{fixture, tsd};
+use common::{fixture, tsd, write_task};
 use std::path::Path;
-
-fn write_task(root: &Path, task: &str, file: &str, n: usize, labels: &[&str]) {
-    let dir = root.join(task);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ex: Vec<serde_json::Value> = (0..n)
-        .map(|i| {
-            let a = labels[i % labels.len()];
-            serde_json::json!({"instruction": format!("Q{i}?"), "input": "", "output": format!("the correct answer is {a}"), "answer": a})
-        })
-        .collect();
-    std::fs::write(dir.join(file), serde_json::to_string(&ex).unwrap()).unwrap();
-}
 
 fn tiny_data(root: &Path) -> std::path::PathBuf {
     let data = root.join("data");
@@ -74,7 +62,35 @@ fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
         assert!(tasks
             .iter()
             .all(|t| t["loglik_examples"] == 6 && t["generate_examples"] == 2));
-        assert!(run["scores"]["unparseable_rate"].as_f64().unwrap() >= 0.0);
+        // The rate is the share of generated answers without a valid label, over every task.
+        let preds: Vec<serde_json::Value> = serde_json::from_str(
+            &std::fs::read_to_string(
+                out.join("runs")
+                    .join(run["name"].as_str().unwrap())
+                    .join("predictions.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let generated: Vec<&serde_json::Value> = preds
+            .iter()
+            .filter(|t| t["protocol"] == "generate")
+            .flat_map(|t| t["predictions"].as_array().unwrap())
+            .collect();
+        assert_eq!(
+            generated.len(),
+            4,
+            "2 generated answers for each of 2 tasks"
+        );
+        let bad = generated
+            .iter()
+            .filter(|p| p["prediction"].is_null())
+            .count();
+        let rate = run["scores"]["unparseable_rate"].as_f64().unwrap();
+        assert!(
+            (rate - 100.0 * bad as f64 / 4.0).abs() < 1e-9,
+            "unparseable_rate {rate} vs {bad} of 4 answers without a label"
+        );
         assert_eq!(run["scores"]["average"], run["scores"]["loglik_avg"]);
         assert!(Path::new(
             &out.join("runs")
@@ -119,7 +135,15 @@ fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
         let a = c["points"][0]["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&a));
     }
-    assert!(r["base"]["average"].as_f64().is_some());
+    // The base model's average is the mean of its per-task (loglik) accuracies.
+    let base_tasks = r["base"]["tasks"].as_array().unwrap();
+    assert_eq!(base_tasks.len(), 2);
+    let mean = base_tasks
+        .iter()
+        .map(|t| t["loglik"].as_f64().unwrap())
+        .sum::<f64>()
+        / 2.0;
+    assert!((r["base"]["average"].as_f64().unwrap() - mean).abs() < 1e-9);
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(
         stdout.contains("parameter-efficiency, LoRA-Dash r=1") && stdout.contains("paper: 8–16×")

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{fixture, tsd};
+use common::{fixture, tsd, tsd_with_default_model, write_task};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -258,19 +258,13 @@ fn wait_for_text(path: &Path, needle: &str, deadline: Instant) -> bool {
 #[test]
 fn smoke_preset_through_slurm_equals_the_local_run() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/commonsense");
-    if !data.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have ../shared/data/commonsense"
-        );
-        eprintln!("skipping: ../shared/data/commonsense not present");
-        return;
-    }
     let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    write_task(&data, "ARC-Easy", "train.json", 48, &["answer1", "answer2"]);
+    write_task(&data, "ARC-Easy", "test.json", 8, &["answer1", "answer2"]);
+    write_task(&data, "boolq", "test.json", 8, &["true", "false"]);
     let smoke = |out: &Path, extra: &[&str]| {
-        tsd(d.path())
-            .env_remove("TSD_HOME")
+        tsd_with_default_model(d.path())
             .args(["reproduce", "commonsense", "--preset", "smoke", "--data"])
             .arg(&data)
             .arg("--out")
@@ -305,7 +299,7 @@ fn smoke_preset_through_slurm_equals_the_local_run() {
         hint.contains("--data") && hint.contains("--collect"),
         "{hint}"
     );
-    let env = [("TSD_HOME", None)];
+    let env = [("TSD_HOME", Some(d.path()))];
     let ids = submit(&out, &env);
     assert_eq!(ids.len(), 3, "lr check, array, collect");
     // Cancel the reference (the array's last task) once it trains.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{close, fixture, tsd};
+use common::{close, fixture, tsd_with_default_model};
 
 #[test]
 fn real_peft_adapter_on_the_default_model_matches_numpy() {
@@ -14,8 +14,7 @@ fn real_peft_adapter_on_the_default_model_matches_numpy() {
     let home = tempfile::tempdir().unwrap();
     let adapter =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/adapters/smollm2-arc-lora");
-    let out = tsd(home.path())
-        .env_remove("TSD_HOME")
+    let out = tsd_with_default_model(home.path())
         .args([
             "inspect",
             adapter.to_str().unwrap(),

@@ -98,6 +98,13 @@ fn lora_dash_run_learns_switches_and_checkpoints_are_inspectable() {
     assert_eq!(rec["finished"], true);
     let steps = rec["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 12);
+    // The switch is announced on the terminal (regression: it was silent).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("LoRA-Dash: switched after step 4").count(),
+        1,
+        "{stderr}"
+    );
     let first = steps[0]["loss"].as_f64().unwrap();
     let last = steps[11]["loss"].as_f64().unwrap();
     assert!(last < first - 0.25, "loss should fall: {first} → {last}");
@@ -280,9 +287,78 @@ fn full_fine_tuning_gives_a_reference_for_capture() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["modules"][0]["capture"]["accuracy"]["value"]
-        .as_f64()
-        .is_some());
+    // The reference is ΔW* = W* − W of the same module: recompute its change rates by hand
+    // (δ_i = |u_iᵀ ΔW* v_i| / σ_i over W's SVD) and check the reported reference TSDs and capture.
+    let read = |path: &Path| std::fs::read(path).unwrap();
+    let (w0_bytes, w1_bytes) = (
+        read(&model.join("model.safetensors")),
+        read(&ck.join("model.safetensors")),
+    );
+    let w0_st = safetensors::SafeTensors::deserialize(&w0_bytes).unwrap();
+    let w1_st = safetensors::SafeTensors::deserialize(&w1_bytes).unwrap();
+    let modules = v["modules"].as_array().unwrap();
+    assert!(!modules.is_empty());
+    for m in modules {
+        let name = m["module"].as_str().unwrap();
+        let key = format!("{name}.weight");
+        let dec = |st: &safetensors::SafeTensors, p: &Path| {
+            tsd::weights::tensor::decode_matrix(p, &key, &st.tensor(&key).unwrap())
+                .unwrap()
+                .to_f64()
+        };
+        let w0 = dec(&w0_st, &model);
+        let w1 = dec(&w1_st, &ck);
+        let dw = &w1 - &w0;
+        assert!(
+            dw.norm_max() > 0.0,
+            "{name}: the full fine-tune changed nothing"
+        );
+        let svd = tsd::linalg::svd(
+            &tsd::weights::tensor::decode_matrix(&model, &key, &w0_st.tensor(&key).unwrap())
+                .unwrap(),
+            tsd::linalg::Precision::F32,
+        )
+        .unwrap();
+        let k = svd.s.len();
+        let delta: Vec<f64> = (0..k)
+            .map(|i| {
+                let mut p = 0.0;
+                for r in 0..dw.nrows() {
+                    for c in 0..dw.ncols() {
+                        p += svd.u[(r, i)] * dw[(r, c)] * svd.v[(c, i)];
+                    }
+                }
+                p.abs() / (svd.s[i] + 1e-12 * svd.s[0])
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..k).collect();
+        order.sort_by(|&a, &b| delta[b].total_cmp(&delta[a]));
+        let reported: Vec<usize> = m["capture"]["reference_top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(
+            reported,
+            order[..reported.len()].to_vec(),
+            "{name}: reference TSDs"
+        );
+        // accuracy@(8,16) = |top-8 predicted ∩ top-16 reference| / 8
+        let predicted: Vec<usize> = m["tsd"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take(8)
+            .map(|t| t["index"].as_u64().unwrap() as usize)
+            .collect();
+        let hits = predicted.iter().filter(|i| order[..16].contains(i)).count();
+        let acc = m["capture"]["accuracy"]["value"].as_f64().unwrap();
+        assert!(
+            (acc - hits as f64 / 8.0).abs() < 1e-12,
+            "{name}: accuracy {acc} vs {hits}/8"
+        );
+    }
 }
 
 #[test]

@@ -25,7 +25,7 @@ pub enum DashNaming {
     Official,
 }
 
-/// The LoRA-Dash part of one module (PAPER.md §2): `Ū diag(Δσ) V̄ᵀ`, added unscaled.
+/// The LoRA-Dash part of one module (README, Definitions: LoRA-Dash): `Ū diag(Δσ) V̄ᵀ`, added unscaled.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DashState {
     /// Ū, `[out, s]`.

@@ -184,7 +184,7 @@ fn check_module(m: &ModuleAdapter) -> Result<()> {
     Ok(())
 }
 
-/// Folds LoRA-Dash into a plain LoRA that reproduces ΔW exactly (PAPER.md §2):
+/// Folds LoRA-Dash into a plain LoRA that reproduces ΔW exactly (README, Definitions: LoRA-Dash):
 /// `B' = [c·B | Ū diag(Δσ)]`, `A' = [c'·A ; V̄ᵀ]` with `c·c' = scaling` (balanced, sign on B),
 /// rank `r' = r + s`, `lora_alpha' = r'`, no rsLoRA, so PEFT's scaling is 1.
 /// Modules without Dash get the same treatment (scaling folded in, `r' = r`); a LoRA bias `b`

@@ -19,6 +19,7 @@ enum Which {
         /// Adapter rank.
         #[arg(long, default_value_t = 8)]
         rank: usize,
+        /// Precision of the timed SVDs: f32 or f64.
         #[arg(long, default_value = "f32")]
         svd_precision: Precision,
         /// torch.linalg.svd timings to compare with (from benches/torch_svd.py).
@@ -30,10 +31,13 @@ enum Which {
     },
     /// Training-step throughput and peak memory, LoRA and LoRA-Dash, on the default model (CPU).
     Train {
+        /// Sequences per step.
         #[arg(long, default_value_t = 4)]
         batch: usize,
+        /// Tokens per sequence.
         #[arg(long, default_value_t = 128)]
         seq_len: usize,
+        /// LoRA rank on q, k, v, up and down (LoRA-Dash: s = 8 directions).
         #[arg(long, default_value_t = 8)]
         rank: usize,
         /// Timed steps per method and round (after one warm-up step).
@@ -45,6 +49,7 @@ enum Which {
         /// PyTorch + PEFT results to put beside (from benches/peft_train_step.py).
         #[arg(long, default_value = "reproductions/bench/peft_train_step.json")]
         torch: PathBuf,
+        /// Where to write the record.
         #[arg(long, default_value = "reproductions/bench/train.json")]
         out: PathBuf,
         /// Internal: measure one method in this process and print its JSON.
@@ -62,10 +67,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             torch,
             out,
         } => {
-            anyhow::ensure!(
-                layers > 0 && rank > 0,
-                "--layers and --rank must be positive"
-            );
+            if layers == 0 || rank == 0 {
+                return Err(super::input_error("--layers and --rank must be positive"));
+            }
             let torch = torch
                 .exists()
                 .then(|| tsd::fsutil::read_json(&torch))
@@ -88,16 +92,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
             out,
             single,
         } => {
-            anyhow::ensure!(
-                batch > 0 && seq_len > 1 && steps > 0,
-                "--batch, --seq-len and --steps must be positive"
-            );
+            if batch == 0 || seq_len < 2 || steps == 0 {
+                return Err(super::input_error(
+                    "--batch and --steps must be positive, --seq-len at least 2",
+                ));
+            }
             if let Some(m) = single {
                 let r = tsd::bench::bench_train_step(&m, batch, seq_len, rank, steps)?;
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
-            anyhow::ensure!(rounds > 0, "--rounds must be positive");
+            if rounds == 0 {
+                return Err(super::input_error("--rounds must be positive"));
+            }
             // Each method in its own process, so that peak RSS is that method's alone; the
             // methods alternate (and swap order every round) so that drift in the machine's
             // speed falls on both alike.

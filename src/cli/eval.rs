@@ -1,5 +1,5 @@
 use super::{progress_bar, ModelArgs, OutputArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use tsd::eval::generate::GenConfig;
@@ -15,7 +15,8 @@ pub struct EvalArgs {
     #[arg(long, default_value = "default")]
     model: String,
     /// A PEFT LoRA / LoRA-Dash adapter, merged before evaluation (with its modules_to_save
-    /// copies, biases and embedding LoRA; what cannot be applied exactly is refused).
+    /// copies, biases and embedding LoRA; what cannot be applied exactly is refused) [default:
+    /// none, the base model alone]
     #[arg(long)]
     adapter: Option<PathBuf>,
     /// Which adapter of the --adapter directory: `default` (its root) or a PEFT subfolder name.
@@ -25,9 +26,9 @@ pub struct EvalArgs {
     /// Tasks (comma-separated): boolq, piqa, social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa.
     #[arg(long, value_delimiter = ',', required = true)]
     tasks: Vec<String>,
-    /// Data directory in LLM-Adapters layout (`<task>/test.json`); default $TSD_DATA, else
-    /// ../shared/data/commonsense, else Social IQa provisioned from PyPI's bigbench sdist into
-    /// $TSD_HOME/data/commonsense (sha256-checked).
+    /// Data directory in LLM-Adapters layout (`<task>/test.json`) [default: $TSD_DATA, else
+    /// ../shared/data/commonsense if present, else Social IQa provisioned from PyPI's bigbench
+    /// sdist into $TSD_HOME/data/commonsense, sha256-checked]
     #[arg(long)]
     data: Option<PathBuf>,
     /// `generate` (the LLM-Adapters protocol: beam search, first label in the response) or
@@ -40,13 +41,14 @@ pub struct EvalArgs {
     /// New-token budget for `generate`.
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
-    /// Evaluate only the first N examples of each task.
+    /// Evaluate only the first N examples of each task [default: all]
     #[arg(long)]
     limit: Option<usize>,
-    /// Per-example predictions as JSONL into this directory (one file per task); for loglik, every
-    /// label's summed log-likelihood, token count and greediness.
+    /// Per-example predictions as JSONL into this directory, one file per task; for loglik, every
+    /// label's summed log-likelihood, token count and greediness [default: not written]
     #[arg(long)]
     predictions: Option<PathBuf>,
+    /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
     #[command(flatten)]
@@ -57,14 +59,12 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     if a.protocol != "loglik" && a.protocol != "generate" {
-        bail!("protocol `{}`: expected generate or loglik", a.protocol);
+        return Err(super::input_error(format!(
+            "protocol `{}`: expected generate or loglik",
+            a.protocol
+        )));
     }
-    let data = match a
-        .data
-        .clone()
-        .or_else(|| std::env::var_os("TSD_DATA").map(PathBuf::from))
-        .or_else(|| Some(PathBuf::from("../shared/data/commonsense")).filter(|d| d.exists()))
-    {
+    let data = match tsd::assets::data_dir(a.data.as_deref()) {
         Some(d) => d,
         None => {
             let home = tsd::assets::data_home();
@@ -79,7 +79,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let tasks = a
         .tasks
         .iter()
-        .map(|t| task(t).with_context(|| format!("unknown task `{t}`")))
+        .map(|t| task(t).ok_or_else(|| super::input_error(format!("unknown task `{t}`"))))
         .collect::<Result<Vec<_>>>()?;
     let path = resolve_path(&ModelSpec {
         spec: a.model.clone(),
@@ -109,12 +109,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 .filter(|k| data.join(k.name).join("test.json").exists())
                 .map(|k| k.name.to_string())
                 .collect();
-            bail!(
+            return Err(super::input_error(format!(
                 "{}: test set not found (present in {}: {}; HellaSwag is not available on these machines)",
                 file.display(),
                 data.display(),
                 if present.is_empty() { "none".to_string() } else { present.join(", ") }
-            );
+            )));
         }
         let mut ex = tsd::train::data::load_examples(&file)?;
         if let Some(n) = a.limit {

@@ -1,4 +1,4 @@
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use tsd::adapter::{fold_dash, read_adapter, write_adapter};
@@ -27,10 +27,10 @@ pub fn run(a: ExportArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     if a.output.exists() && a.output.read_dir()?.next().is_some() && !a.force {
-        bail!(
+        return Err(super::input_error(format!(
             "{} exists and is not empty (use --force to overwrite)",
             a.output.display()
-        );
+        )));
     }
     if adapter.has_dash() && !a.fold_dash {
         eprintln!("note: the adapter has LoRA-Dash tensors; they are kept under tsd's names (PEFT ignores them). Use --fold-dash for a plain PEFT LoRA.");

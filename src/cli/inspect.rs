@@ -1,5 +1,5 @@
 use super::{parse_pair, progress_bar, ModelArgs, OutputArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use tsd::adapter::{load_adapter, read::is_adapter, read_adapter};
@@ -14,18 +14,18 @@ use tsd::weights::{open_model, ModelSpec, WeightSource};
 pub struct InspectArgs {
     /// Adapter directory (adapter_config.json + adapter_model.safetensors).
     adapter: PathBuf,
-    /// Which adapter of the directory: `default` (its root) or a PEFT subfolder name. Default: the
-    /// only one there is.
+    /// Which adapter of the directory: `default` (its root) or a PEFT subfolder name [default:
+    /// the only one there is]
     #[arg(long)]
     adapter_name: Option<String>,
-    /// Base model: a directory, .safetensors, .gguf, a Hugging Face id, or `default`.
-    /// Without it, the adapter's base_model_name_or_path is used when it resolves locally.
+    /// Base model: a directory, .safetensors, .gguf, a Hugging Face id, or `default` [default: the
+    /// adapter's base_model_name_or_path, when it resolves locally]
     #[arg(long, alias = "model")]
     base: Option<String>,
-    /// Capture metrics against another adapter (same base) or a fine-tuned model (ΔW* = W* − W).
+    /// Capture metrics against another adapter (same base) or a fine-tuned model (ΔW* = W* − W) [default: none]
     #[arg(long)]
     reference: Option<String>,
-    /// TSDs per module.
+    /// TSDs per module (the top-s change rates).
     #[arg(long, default_value_t = 8)]
     top_s: usize,
     /// Relative floor f on σ in δ = |uᵀΔWv| / max(σ, f·σ₁) (0 = the official code's choice).
@@ -34,7 +34,7 @@ pub struct InspectArgs {
     /// Precision of the base SVD (f32 like the official code, or f64).
     #[arg(long, default_value = "f32")]
     svd_precision: Precision,
-    /// r of the amplification factor (default: each module's LoRA rank).
+    /// r of the amplification factor [default: each module's LoRA rank]
     #[arg(long)]
     amp_rank: Option<usize>,
     /// Seed of the random reference basis.
@@ -49,7 +49,7 @@ pub struct InspectArgs {
     /// Include σ and δ of every direction in the JSON output.
     #[arg(long)]
     spectrum: bool,
-    /// Also write a self-contained HTML report (spectra, heat maps, amplification) to this file.
+    /// Also write a self-contained HTML report (spectra, heat maps, amplification) to this file [default: none]
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
     /// Do not read or write the SVD cache ($TSD_HOME/svd).
@@ -81,7 +81,9 @@ fn resolve_base(
         return Ok(open_model(&spec(b))?);
     }
     let Some(declared) = declared else {
-        bail!("no --base given and the adapter's config has no base_model_name_or_path");
+        return Err(super::input_error(
+            "no --base given and the adapter's config has no base_model_name_or_path",
+        ));
     };
     // Relative paths are tried against the adapter directory first, then the working directory.
     let rel = adapter_dir.join(declared);
@@ -99,10 +101,10 @@ fn resolve_base(
 
 pub fn run(a: InspectArgs) -> Result<()> {
     if a.top_s == 0 {
-        bail!("--top-s must be positive");
+        return Err(super::input_error("--top-s must be positive"));
     }
     if !(0.0..1.0).contains(&a.sigma_floor) {
-        bail!("--sigma-floor must be in [0, 1)");
+        return Err(super::input_error("--sigma-floor must be in [0, 1)"));
     }
     let adapter = read_adapter(&a.adapter, a.adapter_name.as_deref())?;
     let base = resolve_base(

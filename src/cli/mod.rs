@@ -70,7 +70,7 @@ pub struct OutputArgs {
     /// Print CSV instead of a table.
     #[arg(long)]
     pub csv: bool,
-    /// Write the output to this file (atomically) instead of stdout.
+    /// Write the output to this file (atomically) instead of stdout [default: stdout]
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
@@ -97,6 +97,11 @@ impl OutputArgs {
         }
         Ok(())
     }
+}
+
+/// A bad-input error raised by the CLI itself (exit code 2, one line).
+pub fn input_error(msg: impl Into<String>) -> anyhow::Error {
+    tsd::Error::InvalidArgument(msg.into()).into()
 }
 
 /// Parses `8,4`-style pairs.
@@ -141,5 +146,50 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(*a),
         Command::Reproduce(a) => reproduce::run(a),
         Command::Bench(a) => bench::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every flag of every subcommand has help text, and every optional value shows its default:
+    /// clap's `[default: …]`, or one written in the help where the default is computed.
+    #[test]
+    fn every_flag_has_help_and_a_default() {
+        // Flags that choose a mode or name an input, whose absence is the default.
+        let no_default = ["train --resume", "train --config", "train --out"];
+        let mut missing = Vec::new();
+        let mut stack = vec![(String::new(), Cli::command())];
+        while let Some((path, cmd)) = stack.pop() {
+            for sub in cmd.get_subcommands() {
+                stack.push((format!("{path} {}", sub.get_name()), sub.clone()));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                let name = arg.get_long().map_or(id.to_string(), |l| format!("--{l}"));
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let here = format!("{}{name}", path.trim_start().to_string() + " ");
+                if help.trim().is_empty() {
+                    missing.push(format!("{here}: no help"));
+                    continue;
+                }
+                let takes_value = arg.get_action().takes_values();
+                let optional = !arg.is_required_set() && arg.get_long().is_some();
+                if takes_value
+                    && optional
+                    && arg.get_default_values().is_empty()
+                    && !help.contains("[default: ")
+                    && !no_default.contains(&here.as_str())
+                {
+                    missing.push(format!("{here}: no default"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
     }
 }

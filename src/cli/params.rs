@@ -1,5 +1,5 @@
 use super::{ModelArgs, OutputArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::Path;
 use tsd::model::LlamaConfig;
@@ -22,7 +22,7 @@ pub struct ParamsArgs {
         default_value = "q_proj,k_proj,v_proj,up_proj,down_proj"
     )]
     targets: Vec<String>,
-    /// Also count LoRA-Dash with this many directions per matrix.
+    /// Also count LoRA-Dash with this many directions per matrix [default: LoRA only]
     #[arg(long)]
     dash_s: Option<usize>,
     #[command(flatten)]
@@ -62,13 +62,13 @@ fn load_config(spec: &str, src: &ModelArgs) -> Result<LlamaConfig> {
     })?;
     let v = m
         .config_json()
-        .with_context(|| format!("{spec}: no config.json found"))?;
+        .ok_or_else(|| super::input_error(format!("{spec}: no config.json found")))?;
     Ok(LlamaConfig::from_json(v, p)?)
 }
 
 pub fn run(a: ParamsArgs) -> Result<()> {
     if a.rank.contains(&0) {
-        bail!("--rank values must be positive");
+        return Err(super::input_error("--rank values must be positive"));
     }
     let mut rows = Vec::new();
     for m in &a.model {

@@ -10,13 +10,13 @@ pub struct ReportArgs {
     #[command(flatten)]
     run: RunArgs,
     /// Render this saved track record (`tsd track RUN --json -o FILE`) instead of tracking the
-    /// run's checkpoints (default: track them and save the record as track.json beside the report).
+    /// run's checkpoints [default: track them and save the record as track.json beside the report]
     #[arg(long, value_name = "FILE", conflicts_with = "no_track")]
     track: Option<PathBuf>,
     /// Skip the per-checkpoint direction analysis (curves only).
     #[arg(long)]
     no_track: bool,
-    /// Output file (default RUN/report.html).
+    /// Output file [default: RUN/report.html]
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
     /// No progress bar.

@@ -1,4 +1,5 @@
-use anyhow::{Context, Result};
+use anyhow::Context;
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use tsd::reproduce::{default_out, reproduce, Options, Preset, Reproduction};
@@ -19,35 +20,35 @@ enum Which {
 #[derive(Args, Debug)]
 struct CommonsenseArgs {
     /// `cpu` (the documented 2-core scale-down, ~45 min), `smoke` (minutes) or `paper` (the
-    /// paper's protocol, for CUDA machines or a cluster: see --emit-jobs). Default: the preset
-    /// recorded in --out's preset.json, else cpu.
+    /// paper's protocol, for CUDA machines or a cluster: see --emit-jobs) [default: the preset
+    /// recorded in --out's preset.json, else cpu]
     #[arg(long)]
     preset: Option<String>,
-    /// Output directory (default reproductions/commonsense/<preset>).
+    /// Output directory [default: reproductions/commonsense/<preset>]
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Data in LLM-Adapters layout (default $TSD_DATA, else ../shared/data/commonsense).
+    /// Data in LLM-Adapters layout [default: $TSD_DATA, else ../shared/data/commonsense if present]
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Override the preset's base model.
+    /// Override the preset's base model [default: the preset's]
     #[arg(long)]
     model: Option<String>,
-    /// Override the preset's seeds (comma-separated).
+    /// Override the preset's seeds, comma-separated [default: the preset's]
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
-    /// Override the preset's device (cpu, cuda, cuda:N).
+    /// Override the preset's device: cpu, cuda, cuda:N [default: the preset's]
     #[arg(long)]
     device: Option<String>,
-    /// Override the preset's dtype (f32, bf16, f16).
+    /// Override the preset's dtype (f32, bf16, f16) [default: the preset's]
     #[arg(long)]
     dtype: Option<String>,
-    /// Override the preset's loss placement: whole sequence (true) or response only (false).
+    /// Override the preset's loss placement: whole sequence (true) or response only (false) [default: the preset's]
     #[arg(long)]
     train_on_inputs: Option<bool>,
     /// Write one command per grid piece plus Slurm scripts under OUT/jobs/ and stop.
     #[arg(long, conflicts_with_all = ["only", "collect"])]
     emit_jobs: bool,
-    /// Run only this piece (lr-check, base, full-ref-sN, or a cell such as lora-r4-s1).
+    /// Run only this piece (lr-check, base, full-ref-sN, or a cell such as lora-r4-s1) [default: all pieces]
     #[arg(long, conflicts_with = "collect")]
     only: Option<String>,
     /// Train nothing: gather the finished pieces into results.json, results.csv and report.html;
@@ -127,12 +128,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         p.train_on_inputs = t;
     }
     let out = a.out.clone().unwrap_or_else(|| default_out(&p.name));
-    let data = a
-        .data
-        .clone()
-        .or_else(|| std::env::var_os("TSD_DATA").map(PathBuf::from))
-        .or_else(|| Some(PathBuf::from("../shared/data/commonsense")).filter(|d| d.exists()))
-        .context("no data directory: pass --data DIR (LLM-Adapters layout with <task>/train.json and <task>/test.json) or set TSD_DATA")?;
+    let data = tsd::assets::data_dir(a.data.as_deref()).ok_or_else(|| super::input_error("no data directory: pass --data DIR (LLM-Adapters layout with <task>/train.json and <task>/test.json) or set TSD_DATA"))?;
     if a.emit_jobs {
         return emit(&a, &p, from_dir, &out, &data);
     }

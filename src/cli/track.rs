@@ -19,7 +19,7 @@ pub struct RunArgs {
     /// base_model_name_or_path and revision — when it resolves locally).
     #[arg(long)]
     pub base: Option<String>,
-    /// Hugging Face revision of --base when it is a hub id (default: main).
+    /// Hugging Face revision of --base when it is a hub id [default: main]
     #[arg(long, requires = "base")]
     pub revision: Option<String>,
     /// The adapter subfolder to read in each checkpoint (PEFT's folder for a named adapter;
@@ -27,7 +27,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub adapter_name: Option<String>,
     /// Reference for capture metrics: a run directory of any layout (its newest checkpoint; a tsd
-    /// full fine-tune gives ΔW* = W* − W), an adapter, or a model (default: none).
+    /// full fine-tune gives ΔW* = W* − W), an adapter, or a model [default: none]
     #[arg(long)]
     pub reference: Option<String>,
 }

@@ -1,93 +1,112 @@
 use super::progress_bar;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tsd::train::{Method, TrainConfig, Trainer};
 
+/// Flags left out take their value from `--config` (when given), else from tsd's defaults, shown
+/// as `[default: …]` (a test checks them against `TrainConfig::default()`).
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Run directory (config.json, record.json, checkpoints/).
+    /// Run directory to create (config.json, record.json, checkpoints/).
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
-    /// Continue the run in this directory from its newest checkpoint.
+    /// Continue the run in this directory from its newest checkpoint (its config.json decides).
     #[arg(long, conflicts_with_all = ["out", "config"])]
     resume: Option<PathBuf>,
     /// A JSON TrainConfig; flags given on the command line override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Base model: path, Hugging Face id, or `default`.
+    /// Base model: path, Hugging Face id, or `default` (SmolLM2-135M-Instruct) [default: default]
     #[arg(long)]
     model: Option<String>,
+    /// Hugging Face revision (branch, tag or commit) when --model is a hub id [default: main]
     #[arg(long)]
     revision: Option<String>,
-    /// Training data: LLM-Adapters JSON files or task directories (comma-separated).
+    /// Training data: LLM-Adapters JSON files or task directories holding train.json, comma-separated [default: --config's data; one is required]
     #[arg(long, value_delimiter = ',')]
     data: Vec<String>,
-    /// lora, lora-dash or full.
+    /// What is trained: lora, lora-dash or full (the target matrices themselves) [default: lora-dash]
     #[arg(long)]
     method: Option<Method>,
+    /// LoRA rank r [default: 8]
     #[arg(long)]
     rank: Option<usize>,
-    /// LoRA α (default 2·rank).
+    /// LoRA α; the scaling is α/r (α/√r with --rslora) [default: 2·rank]
     #[arg(long)]
     alpha: Option<f64>,
+    /// Scale the LoRA update by α/√r (rsLoRA) instead of α/r
     #[arg(long)]
     rslora: bool,
+    /// Dropout on the LoRA input [default: 0.05]
     #[arg(long)]
     dropout: Option<f32>,
-    /// Target modules, comma-separated.
+    /// Target modules by short name, comma-separated [default: q_proj,k_proj,v_proj,up_proj,down_proj]
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
-    /// Adapt only the top K layers.
+    /// Adapt only the top K layers (the lower ones stay frozen) [default: all layers]
     #[arg(long)]
     top_layers: Option<usize>,
-    /// LoRA-Dash directions per module.
+    /// LoRA-Dash: directions frozen per module at the switch [default: 8]
     #[arg(long)]
     dash_s: Option<usize>,
-    /// LoRA-Dash switch step (optimizer steps of plain LoRA first).
+    /// LoRA-Dash: optimizer steps of plain LoRA before the switch; must be below the run's steps [default: 100]
     #[arg(long)]
     dash_t: Option<usize>,
+    /// Peak learning rate (AdamW) [default: 0.0002]
     #[arg(long)]
     lr: Option<f64>,
+    /// AdamW decoupled weight decay [default: 0]
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Linear warm-up from 0 over this many optimizer steps, then linear decay to 0 [default: 100]
     #[arg(long)]
     warmup_steps: Option<usize>,
+    /// Passes over the training data (ignored with --max-steps) [default: 3]
     #[arg(long)]
     epochs: Option<f64>,
+    /// Stop after this many optimizer steps, overriding --epochs [default: from --epochs]
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Examples per optimizer step [default: 16]
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Examples per forward pass; gradient accumulation = batch / micro batch [default: 4]
     #[arg(long)]
     micro_batch_size: Option<usize>,
+    /// Longest tokenized example, in tokens (longer ones are cut) [default: 256]
     #[arg(long)]
     cutoff_len: Option<usize>,
-    /// Loss on the whole sequence (true, the protocol's default) or the response only.
+    /// Loss on the whole sequence (true, the protocol's choice) or the response only [default: true]
     #[arg(long)]
     train_on_inputs: Option<bool>,
+    /// Examples held out for validation loss [default: 120]
     #[arg(long)]
     val_size: Option<usize>,
+    /// Use only the first N examples of each data file [default: all]
     #[arg(long)]
     max_examples: Option<usize>,
+    /// Seed for initialisation, shuffling, dropout and the validation split [default: 42]
     #[arg(long)]
     seed: Option<u64>,
-    /// Checkpoint every N optimizer steps.
+    /// Checkpoint every N optimizer steps (and at the end) [default: 100]
     #[arg(long)]
     save_every: Option<usize>,
+    /// Validation loss every N optimizer steps [default: at the end only]
     #[arg(long)]
     eval_every: Option<usize>,
-    /// cpu, cuda or cuda:N.
+    /// cpu, cuda or cuda:N (cuda needs the `cuda` feature) [default: cpu]
     #[arg(long)]
     device: Option<String>,
-    /// Shorthand for --device cpu.
+    /// Shorthand for --device cpu
     #[arg(long, conflicts_with = "device")]
     cpu: bool,
-    /// f32, bf16 or f16.
+    /// Compute dtype: f32, bf16 or f16 (bf16/f16 on CUDA) [default: f32]
     #[arg(long)]
     dtype: Option<String>,
+    /// No progress bar; print one line per step instead
     #[arg(long, short)]
     quiet: bool,
     /// Testing aid: abort the process (no cleanup, like a kill) after this step.
@@ -162,7 +181,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut trainer = match &a.resume {
         Some(dir) => {
             if !dir.join("config.json").exists() {
-                bail!("{} holds no run to resume (no config.json)", dir.display());
+                return Err(super::input_error(format!(
+                    "{} holds no run to resume (no config.json)",
+                    dir.display()
+                )));
             }
             Trainer::resume(dir)?
         }
@@ -197,8 +219,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let pb = progress_bar(trainer.total_steps as u64, "train", a.quiet);
     pb.set_position(trainer.step as u64);
     let abort = a.abort_after_step;
+    // The switch happens before the first step after `dash_t`; announce it with that step.
+    let dash_switch = (trainer.config.method == Method::LoraDash
+        && trainer.step <= trainer.config.dash_t)
+        .then_some((trainer.config.dash_t, trainer.config.dash_s));
     trainer.run(
         &mut |log| {
+            if let Some((t, s)) = dash_switch.filter(|&(t, _)| log.step == t + 1) {
+                // `suspend`, not `println`: a hidden bar (-q, no terminal) would drop the line.
+                pb.suspend(|| {
+                    eprintln!(
+                        "LoRA-Dash: switched after step {t}: the top {s} task-specific directions of each module are frozen, their Δσ train from step {}",
+                        t + 1
+                    )
+                });
+            }
             pb.set_position(log.step as u64);
             pb.set_message(format!(
                 "loss {:.4} lr {:.2e} {:.0} tok/s",
@@ -231,4 +266,53 @@ pub fn run(a: TrainArgs) -> Result<()> {
         rec.checkpoints
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, Command};
+
+    /// Every `[default: X]` that names a value must be `TrainConfig::default()`'s.
+    #[test]
+    fn help_defaults_are_the_config_defaults() {
+        let cmd = TrainArgs::augment_args(Command::new("train"));
+        let defaults = serde_json::to_value(TrainConfig::default()).unwrap();
+        let mut checked = 0;
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            if arg.is_hide_set() {
+                continue;
+            }
+            assert!(!help.is_empty(), "--{long} has no help text");
+            let Some(shown) = help
+                .split_once("[default: ")
+                .and_then(|(_, r)| r.strip_suffix(']'))
+            else {
+                continue;
+            };
+            let want = match &defaults[long.replace('-', "_")] {
+                serde_json::Value::Number(n) => {
+                    let Ok(x) = shown.parse::<f64>() else {
+                        continue;
+                    };
+                    assert_eq!(x as f32, n.as_f64().unwrap() as f32, "--{long}");
+                    checked += 1;
+                    continue;
+                }
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Array(v) if !v.is_empty() => v
+                    .iter()
+                    .map(|x| x.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => continue,
+            };
+            assert_eq!(shown, want, "--{long}");
+            checked += 1;
+        }
+        assert!(checked >= 18, "only {checked} defaults checked");
+    }
 }

@@ -1,4 +1,4 @@
-//! TSD capture (PAPER.md §3): does a predicted update find the TSDs of a reference update?
+//! TSD capture (README, Definitions: direction metrics): does a predicted update find the TSDs of a reference update?
 //! `recall@(8,4) = |top8(δ̂) ∩ top4(δ)| / 4`, `accuracy@(8,16) = |top8(δ̂) ∩ top16(δ)| / 8`;
 //! in general `|top_kp(δ̂) ∩ top_kr(δ)| / min(kp, kr)`.
 

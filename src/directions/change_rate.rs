@@ -1,10 +1,10 @@
-//! Change rates and TSD selection (PAPER.md §1): `δ_i = |u_iᵀ ΔW v_i| / σ_i` for every core
+//! Change rates and TSD selection (README, Definitions: change rates and TSDs): `δ_i = |u_iᵀ ΔW v_i| / σ_i` for every core
 //! direction `u_i v_iᵀ` of the base weight `W = U Σ Vᵀ`.
 
 use super::Update;
 use crate::linalg::Svd;
 
-/// Picks whose `σ_i / σ_1` is below this are flagged as near-null directions (PAPER.md §6).
+/// Picks whose `σ_i / σ_1` is below this are flagged as near-null directions (README, Definitions: near-null directions and scale).
 pub const NEAR_NULL_RATIO: f64 = 1e-3;
 
 /// How `σ_i` is guarded in the denominator of `δ_i`.
@@ -74,7 +74,7 @@ pub struct Tsd {
     pub coordinate: f64,
     /// Change rate `δ_i`.
     pub delta: f64,
-    /// `σ_i / σ_1 < NEAR_NULL_RATIO`: δ is then dominated by the division (PAPER.md §6).
+    /// `σ_i / σ_1 < NEAR_NULL_RATIO`: δ is then dominated by the division (README, Definitions: near-null directions and scale).
     pub near_null: bool,
 }
 

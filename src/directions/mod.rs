@@ -1,4 +1,4 @@
-//! Direction math on matrices (PAPER.md §1 and §3): pure functions on faer matrices, no files,
+//! Direction math on matrices (README, Definitions: change rates and TSDs; direction metrics): pure functions on faer matrices, no files,
 //! no candle. Every weight is PyTorch layout `[n, m] = [out, in]`.
 //!
 //! - [`update`]: a weight update ΔW, low-rank (LoRA / LoRA-Dash) or dense (full fine-tuning).

@@ -9,7 +9,7 @@ use faer::{Mat, MatRef};
 pub enum Update {
     /// `ΔW = B·A`, with any scaling already folded into `b`: `b` is `[n, q]`, `a` is `[q, m]`.
     /// A LoRA update is `b = (α/r)·B`, `a = A`; a LoRA-Dash update appends `Ū diag(Δσ)` to `b`
-    /// and `V̄ᵀ` to `a` (PAPER.md §2, step 4).
+    /// and `V̄ᵀ` to `a` (README, Definitions: LoRA-Dash, merged).
     LowRank { b: Mat<f64>, a: Mat<f64> },
     /// A dense ΔW `[n, m]`, e.g. `W* − W` from full fine-tuning.
     Dense(Mat<f64>),

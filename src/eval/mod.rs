@@ -1,4 +1,4 @@
-//! Commonsense evaluation (PAPER.md §4): task label sets and answer extraction as LLM-Adapters'
+//! Commonsense evaluation (README, Definitions: commonsense protocol): task label sets and answer extraction as LLM-Adapters'
 //! `commonsense_evaluate.py` does them, and the log-likelihood scorer (pick the label whose
 //! continuation the model finds most probable). Numbers from `loglik` must be labelled as such:
 //! it cannot see the invalid-label failures that the `generate` protocol measures.
@@ -322,7 +322,7 @@ pub(crate) fn loglik_result(task: &Task, preds: Vec<Prediction>, truncated: usiz
     }
 }
 
-/// The `generate` protocol (PAPER.md §4): beam search from the evaluation prompt, the text after
+/// The `generate` protocol (README, Definitions: commonsense protocol): beam search from the evaluation prompt, the text after
 /// `### Response:`, the first label it contains; no label = wrong and unparseable.
 pub fn eval_generate(
     model: &Llama,

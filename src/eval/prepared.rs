@@ -113,7 +113,7 @@ fn prepare_one(
 }
 
 /// The loglik protocol, one example at a time with nothing kept between examples: the prompt
-/// runs once and every label continuation attends to its keys and values (PAPER.md §4).
+/// runs once and every label continuation attends to its keys and values (README, Definitions: commonsense protocol).
 pub fn eval_loglik(
     model: &Llama,
     tok: &Tokenizer,

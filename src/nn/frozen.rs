@@ -1,7 +1,7 @@
 //! A linear layer with a frozen weight whose backward pass computes only the input gradient.
 //!
 //! candle's `matmul` backward computes a gradient for every operand, frozen weights included, which
-//! makes a LoRA step cost nearly as much as full fine-tuning (`../shared/DESIGN.md`). Here a custom
+//! makes a LoRA step cost nearly as much as full fine-tuning. Here a custom
 //! op computes `y = x·Wᵀ` and its backward returns only `grad · W`. On the CPU the op computes the
 //! product itself (one output tensor); on CUDA, where a custom op cannot call candle's matmul on
 //! raw device storage, the product is computed on a detached input and the op contributes a zero

@@ -22,13 +22,98 @@ pub const PALETTE: [RGBColor; 8] = [
     RGBColor(90, 90, 90),
 ];
 
-/// Where a line chart puts its legend.
-#[derive(Clone, Copy, Debug, Default)]
-pub enum Legend {
-    #[default]
-    UpperRight,
-    LowerLeft,
-    LowerRight,
+/// Width of the legend column to the right of every plotting area: legends never cover data.
+const LEGEND_W: u32 = 170;
+
+/// How a legend entry shows its series.
+#[derive(Clone, Copy, Debug)]
+enum Mark {
+    Line(RGBColor, u32),
+    Dashed(RGBColor),
+    Bar(RGBColor),
+    Dot(RGBColor),
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// Splits a `w × h` canvas into the plotting side and the legend column on its right.
+fn split_legend<'a>(root: &Area<'a>, w: u32) -> (Area<'a>, Area<'a>) {
+    root.split_horizontally(w.saturating_sub(LEGEND_W) as i32)
+}
+
+/// Draws a framed legend at the top of `area` (the column beside the plot).
+fn draw_legend(area: &Area<'_>, top: i32, entries: &[(String, Mark)]) -> Result<(), String> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let row = 18;
+    let (x0, y0) = (6, top);
+    let x1 = LEGEND_W as i32 - 6;
+    let y1 = y0 + 8 + row * entries.len() as i32;
+    area.draw(&Rectangle::new([(x0, y0), (x1, y1)], WHITE.filled()))
+        .map_err(err)?;
+    area.draw(&Rectangle::new([(x0, y0), (x1, y1)], BLACK.stroke_width(1)))
+        .map_err(err)?;
+    for (i, (label, mark)) in entries.iter().enumerate() {
+        let y = y0 + 4 + row * i as i32 + row / 2;
+        let (a, b) = (x0 + 8, x0 + 26);
+        match *mark {
+            Mark::Line(c, w) => {
+                area.draw(&PathElement::new(vec![(a, y), (b, y)], c.stroke_width(w)))
+            }
+            Mark::Dashed(c) => {
+                for k in 0..3 {
+                    let s = a + 7 * k;
+                    area.draw(&PathElement::new(
+                        vec![(s, y), (s + 4, y)],
+                        c.stroke_width(2),
+                    ))
+                    .map_err(err)?;
+                }
+                Ok(())
+            }
+            Mark::Bar(c) => area.draw(&Rectangle::new(
+                [(a + 3, y - 5), (b - 3, y + 5)],
+                c.filled(),
+            )),
+            Mark::Dot(c) => area.draw(&Circle::new((a + 9, y), 4, c.filled())),
+        }
+        .map_err(err)?;
+        area.draw(&Text::new(
+            label.clone(),
+            (b + 6, y - 6),
+            ("sans-serif", 12).into_font(),
+        ))
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Whether every x is an integer (optimizer steps): such an axis gets integer labels only.
+fn integral(xs: impl Iterator<Item = f64>) -> bool {
+    let mut any = false;
+    for x in xs {
+        if x.fract() != 0.0 {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
+/// An integer axis label, or none for ticks between integers.
+fn integer_label(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{:.0}", v.round())
+    } else {
+        String::new()
+    }
+}
+
+/// `lo..hi` widened by `frac` of its span on both sides (points and markers off the axes).
+fn padded(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
+    let span = (hi - lo).abs().max(1e-12);
+    (lo - frac * span, hi + frac * span)
 }
 
 /// Options of [`lines_with`].
@@ -44,10 +129,9 @@ pub struct LineOpts<'a> {
     /// Horizontal reference lines (e.g. a paper's values), grey and dashed; an empty label keeps
     /// a line out of the legend.
     pub hlines: Vec<(f64, &'a str)>,
-    pub legend: Legend,
     /// Indices of series drawn as points only, without a line (e.g. sparse evaluations).
     pub points_only: Vec<usize>,
-    /// Size in pixels (default 640 × 280).
+    /// Size in pixels of the plot without the legend column (default 640 × 280).
     pub width: Option<u32>,
     pub height: Option<u32>,
 }
@@ -78,11 +162,23 @@ fn centre_label(cats: &[String], x: f64) -> String {
     }
 }
 
+/// A log axis range over the positive values: 5 % of the log span beyond the data on both sides
+/// (a dot at the extreme is not clipped), and at least three powers of ten inside it, so that the
+/// axis carries at least three labels.
 fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let v: Vec<f64> = values.filter(|x| x.is_finite() && *x > 0.0).collect();
     let hi = v.iter().cloned().fold(f64::MIN_POSITIVE, f64::max);
     let lo = v.iter().cloned().fold(hi, f64::min).max(hi * 1e-12);
-    (lo / 1.5, hi * 1.5)
+    let (mut l, mut h) = (lo.log10(), hi.log10());
+    let pad = 0.05 * (h - l).max(0.2);
+    l -= pad;
+    h += pad;
+    // Powers of ten inside [l, h]: floor(h) - ceil(l) + 1; widen downwards to three.
+    let inside = h.floor() - l.ceil() + 1.0;
+    if inside < 3.0 {
+        l = h.floor() - 2.0 - pad.min(0.1);
+    }
+    (10f64.powf(l), 10f64.powf(h))
 }
 
 /// δ against singular-value index (log y), the picked TSDs marked, σ on a second log axis.
@@ -90,22 +186,26 @@ pub fn spectrum(sigma: &[f64], delta: &[f64], picks: &[usize]) -> ChartResult {
     let k = delta.len().max(1) as f64;
     let (dlo, dhi) = log_range(delta.iter().cloned());
     let (slo, shi) = log_range(sigma.iter().cloned());
+    let (xlo, xhi) = padded(0.0, k - 1.0, 0.02);
+    let w = 640 + LEGEND_W;
     let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(&mut buf, (640, 300)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut buf, (w, 300)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
+        let (plot, side) = split_legend(&root, w);
+        let mut chart = ChartBuilder::on(&plot)
             .margin(8)
             .x_label_area_size(36)
             .y_label_area_size(64)
             .right_y_label_area_size(64)
-            .build_cartesian_2d(0f64..k, (dlo..dhi).log_scale())
+            .build_cartesian_2d(xlo..xhi, (dlo..dhi).log_scale())
             .map_err(err)?
-            .set_secondary_coord(0f64..k, (slo..shi).log_scale());
+            .set_secondary_coord(xlo..xhi, (slo..shi).log_scale());
         chart
             .configure_mesh()
             .x_desc("singular-value index i (descending σ)")
             .y_desc("change rate δ_i")
+            .x_label_formatter(&|v| integer_label(*v))
             .y_labels(6)
             .y_label_formatter(&|v| format!("{v:.0e}"))
             .draw()
@@ -125,9 +225,7 @@ pub fn spectrum(sigma: &[f64], delta: &[f64], picks: &[usize]) -> ChartResult {
             .map(|(i, d)| (i as f64, *d));
         chart
             .draw_series(LineSeries::new(pts, PALETTE[0].stroke_width(1)))
-            .map_err(err)?
-            .label("δ")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], PALETTE[0]));
+            .map_err(err)?;
         let spts = sigma
             .iter()
             .enumerate()
@@ -135,9 +233,7 @@ pub fn spectrum(sigma: &[f64], delta: &[f64], picks: &[usize]) -> ChartResult {
             .map(|(i, s)| (i as f64, *s));
         chart
             .draw_secondary_series(LineSeries::new(spts, PALETTE[1].stroke_width(1)))
-            .map_err(err)?
-            .label("σ (right axis)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], PALETTE[1]));
+            .map_err(err)?;
         chart
             .draw_series(
                 picks
@@ -145,16 +241,16 @@ pub fn spectrum(sigma: &[f64], delta: &[f64], picks: &[usize]) -> ChartResult {
                     .filter(|&&i| i < delta.len() && delta[i] > 0.0)
                     .map(|&i| Circle::new((i as f64, delta[i]), 4, PALETTE[3].filled())),
             )
-            .map_err(err)?
-            .label("picked TSDs")
-            .legend(|(x, y)| Circle::new((x + 8, y), 4, PALETTE[3].filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
             .map_err(err)?;
+        draw_legend(
+            &side,
+            8,
+            &[
+                ("δ (left axis)".into(), Mark::Line(PALETTE[0], 1)),
+                ("σ (right axis)".into(), Mark::Line(PALETTE[1], 1)),
+                ("picked TSDs".into(), Mark::Dot(PALETTE[3])),
+            ],
+        )?;
         root.present().map_err(err)?;
     }
     Ok(buf)
@@ -168,13 +264,15 @@ pub fn grouped_log_bars(
 ) -> ChartResult {
     let n = categories.len().max(1);
     let (lo, hi) = log_range(series.iter().flat_map(|s| s.1.iter().cloned()));
+    let w = 640 + LEGEND_W;
     let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(&mut buf, (640, 300)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut buf, (w, 300)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
+        let (plot, side) = split_legend(&root, w);
         let cats = categories.to_vec();
         let width = 1.0 / (series.len() as f64 + 1.0);
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(&plot)
             .margin(8)
             .x_label_area_size(36)
             .y_label_area_size(64)
@@ -190,6 +288,7 @@ pub fn grouped_log_bars(
             .y_label_formatter(&|v| format!("{v:.0e}"))
             .draw()
             .map_err(err)?;
+        let mut entries = Vec::new();
         for (si, (name, vals)) in series.iter().enumerate() {
             let c = PALETTE[si % PALETTE.len()];
             chart
@@ -202,23 +301,25 @@ pub fn grouped_log_bars(
                             Rectangle::new([(x0, lo), (x0 + width, *v)], c.filled())
                         }),
                 )
-                .map_err(err)?
-                .label(*name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+                .map_err(err)?;
+            entries.push((name.to_string(), Mark::Bar(c)));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
+        draw_legend(&side, 8, &entries)?;
         root.present().map_err(err)?;
     }
     Ok(buf)
 }
 
-/// A heat map: rows × columns of optional values, colour by value (linear or log10), with the
-/// scale's ends printed.
+/// Whether a heat map of these values has grey (missing or non-plottable) cells.
+pub fn heatmap_has_grey(values: &[Vec<Option<f64>>], log: bool) -> bool {
+    values
+        .iter()
+        .flatten()
+        .any(|v| !matches!(v, Some(v) if v.is_finite() && (!log || *v > 0.0)))
+}
+
+/// A heat map: rows × columns of optional values, colour by value (linear or log10), with a
+/// colour bar beside it; missing values are grey.
 pub fn heatmap(
     rows: &[String],
     cols: &[String],
@@ -240,15 +341,19 @@ pub fn heatmap(
         .cloned()
         .map(tf)
         .fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
     let span = if hi > lo { hi - lo } else { 1.0 };
     let (nr, nc) = (rows.len().max(1), cols.len().max(1));
     let height = (60 + 16 * nr).clamp(200, 900) as u32;
+    let bar_w = 110;
+    let w = 640 + bar_w;
     let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(&mut buf, (640, height)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut buf, (w, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
+        let (plot, side) = root.split_horizontally(640);
         let (rs, cs) = (rows.to_vec(), cols.to_vec());
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(&plot)
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(50)
@@ -273,7 +378,7 @@ pub fn heatmap(
                         let t = ((tf(*v) - lo) / span).clamp(0.0, 1.0);
                         viridis(t)
                     }
-                    _ => RGBColor(235, 235, 235),
+                    _ => GREY_CELL,
                 };
                 cells.push(Rectangle::new(
                     [(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)],
@@ -282,10 +387,46 @@ pub fn heatmap(
             }
         }
         chart.draw_series(cells).map_err(err)?;
+        // The colour bar: the scale from lo (bottom) to hi (top), five labelled values.
+        let mut bar = ChartBuilder::on(&side)
+            .margin_top(30)
+            .margin_bottom(38)
+            .margin_left(8)
+            .margin_right(8)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..1.0, lo..lo + span)
+            .map_err(err)?;
+        bar.configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .label_style(("sans-serif", 12))
+            .y_labels(5)
+            .y_label_formatter(&|v| {
+                if log {
+                    crate::output::number(10f64.powf(*v))
+                } else {
+                    crate::output::number(*v)
+                }
+            })
+            .draw()
+            .map_err(err)?;
+        let steps = 64;
+        bar.draw_series((0..steps).map(|i| {
+            let a = lo + span * i as f64 / steps as f64;
+            let b = lo + span * (i + 1) as f64 / steps as f64;
+            Rectangle::new(
+                [(0.0, a), (1.0, b)],
+                viridis((i as f64 + 0.5) / steps as f64).filled(),
+            )
+        }))
+        .map_err(err)?;
         root.present().map_err(err)?;
     }
     Ok(buf)
 }
+
+/// The colour of heat-map cells without a value (a module type not adapted in that layer).
+pub const GREY_CELL: RGBColor = RGBColor(235, 235, 235);
 
 /// Lines over x, optional log y, an optional vertical marker (e.g. the Dash switch step).
 pub fn lines(
@@ -307,7 +448,9 @@ pub fn lines(
     )
 }
 
-/// Lines over x with the options of [`LineOpts`].
+/// Lines over x with the options of [`LineOpts`]. The x range gets a 4 % margin (a marker at the
+/// first step does not sit on the y axis); all-integer x (steps) get integer labels; series of up
+/// to 40 points get dots, drawn after every line so that no line covers them.
 pub fn lines_with(
     series: &[(&str, Vec<(f64, f64)>)],
     x_desc: &str,
@@ -316,71 +459,84 @@ pub fn lines_with(
 ) -> ChartResult {
     let (log_y, marker) = (opts.log_y, opts.marker);
     let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
-    let (xlo, xhi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-        (a.min(x), b.max(x))
-    });
-    let (xlo, xhi) = if let Some(r) = opts.x_range {
-        r
+    let integer_x = integral(xs.clone().chain(marker.map(|m| m.0)));
+    let (xlo, xhi) = xs
+        .chain(marker.map(|m| m.0))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+    let (xlo, xhi) = if let Some((a, b)) = opts.x_range {
+        padded(a, b, 0.04)
     } else if xlo.is_finite() && xhi > xlo {
-        (xlo, xhi)
+        padded(xlo, xhi, 0.04)
+    } else if xlo.is_finite() {
+        (xlo - 1.0, xlo + 1.0)
     } else {
         (0.0, 1.0)
     };
     let ys = series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
+    let mut entries: Vec<(String, Mark)> = Vec::new();
+    for (si, (name, _)) in series.iter().enumerate() {
+        let c = PALETTE[si % PALETTE.len()];
+        entries.push((
+            name.to_string(),
+            if opts.points_only.contains(&si) {
+                Mark::Dot(c)
+            } else {
+                Mark::Line(c, 2)
+            },
+        ));
+    }
+    let grey = RGBColor(120, 120, 120);
+    for &(_, label) in &opts.hlines {
+        if !label.is_empty() {
+            entries.push((label.to_string(), Mark::Dashed(grey)));
+        }
+    }
+    if let Some((_, label)) = marker {
+        entries.push((label.to_string(), Mark::Line(BLACK, 1)));
+    }
+    let w = opts.width.unwrap_or(640) + LEGEND_W;
     let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(
-            &mut buf,
-            (opts.width.unwrap_or(640), opts.height.unwrap_or(280)),
-        )
-        .into_drawing_area();
+        let root =
+            SVGBackend::with_string(&mut buf, (w, opts.height.unwrap_or(280))).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut cb = ChartBuilder::on(&root);
+        let (plot, side) = split_legend(&root, w);
+        let mut cb = ChartBuilder::on(&plot);
         cb.margin(8)
-            .margin_right(20)
+            .margin_right(12)
             .x_label_area_size(36)
             .y_label_area_size(64);
         macro_rules! body {
             ($chart:expr, $ylo:expr, $yhi:expr) => {{
                 let mut chart = $chart;
-                chart
-                    .configure_mesh()
-                    .x_desc(x_desc)
-                    .y_desc(y_desc)
-                    .y_labels(6)
-                    .draw()
-                    .map_err(err)?;
-                for (si, (name, pts)) in series.iter().enumerate() {
+                let mut mesh = chart.configure_mesh();
+                mesh.x_desc(x_desc).y_desc(y_desc).y_labels(6);
+                if integer_x {
+                    mesh.x_label_formatter(&|v| integer_label(*v));
+                }
+                mesh.draw().map_err(err)?;
+                let kept: Vec<Vec<(f64, f64)>> = series
+                    .iter()
+                    .map(|(_, pts)| {
+                        pts.iter()
+                            .cloned()
+                            .filter(|p| p.1.is_finite() && (!log_y || p.1 > 0.0))
+                            .collect()
+                    })
+                    .collect();
+                for (si, pts) in kept.iter().enumerate() {
                     let c = PALETTE[si % PALETTE.len()];
-                    let pts: Vec<(f64, f64)> = pts
-                        .iter()
-                        .cloned()
-                        .filter(|p| p.1.is_finite() && (!log_y || p.1 > 0.0))
-                        .collect();
                     if opts.points_only.contains(&si) {
-                        chart
-                            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))
-                            .map_err(err)?
-                            .label(*name)
-                            .legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
                         continue;
                     }
                     chart
                         .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-                        .map_err(err)?
-                        .label(*name)
-                        .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
-                        });
-                    if pts.len() <= 40 {
-                        chart
-                            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
-                            .map_err(err)?;
-                    }
+                        .map_err(err)?;
                 }
-                let grey = RGBColor(120, 120, 120);
-                for &(y, label) in &opts.hlines {
-                    let drawn = chart
+                for &(y, _) in &opts.hlines {
+                    chart
                         .draw_series(DashedLineSeries::new(
                             vec![(xlo, y), (xhi, y)],
                             6,
@@ -388,35 +544,31 @@ pub fn lines_with(
                             grey.stroke_width(2),
                         ))
                         .map_err(err)?;
-                    if !label.is_empty() {
-                        drawn.label(label).legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 16, y)], grey.stroke_width(2))
-                        });
-                    }
                 }
-                if let Some((x, label)) = marker {
+                if let Some((x, _)) = marker {
                     chart
                         .draw_series(std::iter::once(PathElement::new(
                             vec![(x, $ylo), (x, $yhi)],
                             BLACK.stroke_width(1),
                         )))
-                        .map_err(err)?
-                        .label(label)
-                        .legend(|(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 16, y)], BLACK.stroke_width(1))
-                        });
+                        .map_err(err)?;
                 }
-                chart
-                    .configure_series_labels()
-                    .position(match opts.legend {
-                        Legend::UpperRight => SeriesLabelPosition::UpperRight,
-                        Legend::LowerLeft => SeriesLabelPosition::LowerLeft,
-                        Legend::LowerRight => SeriesLabelPosition::LowerRight,
-                    })
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(err)?;
+                for (si, pts) in kept.iter().enumerate() {
+                    let c = PALETTE[si % PALETTE.len()];
+                    if pts.len() <= 40 || opts.points_only.contains(&si) {
+                        let r = if pts.len() <= 3 || opts.points_only.contains(&si) {
+                            5
+                        } else {
+                            3
+                        };
+                        chart
+                            .draw_series(pts.iter().map(|p| Circle::new(*p, r + 1, WHITE.filled())))
+                            .map_err(err)?;
+                        chart
+                            .draw_series(pts.iter().map(|p| Circle::new(*p, r, c.filled())))
+                            .map_err(err)?;
+                    }
+                }
             }};
         }
         if log_y {
@@ -447,7 +599,160 @@ pub fn lines_with(
                 hi
             );
         }
+        draw_legend(&side, 8, &entries)?;
         root.present().map_err(err)?;
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rectangle in SVG pixels: (x0, y0, x1, y1).
+    type Rect = (f64, f64, f64, f64);
+
+    fn attr(tag: &str, name: &str) -> Option<f64> {
+        let key = format!(" {name}=\"");
+        let i = tag.find(&key)? + key.len();
+        tag[i..].split('"').next()?.parse().ok()
+    }
+
+    /// Every drawn element's points and the legend frame (the black-stroked, unfilled rect).
+    fn layout(svg: &str) -> (Vec<(f64, f64)>, Vec<Rect>) {
+        let mut points = Vec::new();
+        let mut legends = Vec::new();
+        for tag in svg.split('<').skip(1) {
+            let tag = tag.split('>').next().unwrap_or("");
+            if tag.starts_with("rect ") {
+                let (x, y) = (attr(tag, "x").unwrap(), attr(tag, "y").unwrap());
+                let (w, h) = (attr(tag, "width").unwrap(), attr(tag, "height").unwrap());
+                if tag.contains("fill=\"none\"") && tag.contains("stroke=\"#000000\"") {
+                    legends.push((x, y, x + w, y + h));
+                }
+            } else if tag.starts_with("line ") {
+                points.push((attr(tag, "x1").unwrap(), attr(tag, "y1").unwrap()));
+                points.push((attr(tag, "x2").unwrap(), attr(tag, "y2").unwrap()));
+            } else if tag.starts_with("circle ") {
+                points.push((attr(tag, "cx").unwrap(), attr(tag, "cy").unwrap()));
+            } else if let Some(p) = tag.split("points=\"").nth(1) {
+                for xy in p.split('"').next().unwrap().split_whitespace() {
+                    let (x, y) = xy.split_once(',').unwrap();
+                    points.push((x.parse().unwrap(), y.parse().unwrap()));
+                }
+            }
+        }
+        (points, legends)
+    }
+
+    /// The plotting area (every mesh line, axis, series point outside the legend frames) and
+    /// the legend frames must not overlap.
+    fn assert_legend_outside(name: &str, svg: &str) {
+        let (points, legends) = layout(svg);
+        assert_eq!(legends.len(), 1, "{name}: one legend frame");
+        let l = legends[0];
+        let inside = |p: &(f64, f64)| p.0 >= l.0 && p.0 <= l.2 && p.1 >= l.1 && p.1 <= l.3;
+        let plot: Vec<&(f64, f64)> = points.iter().filter(|p| !inside(p)).collect();
+        assert!(plot.len() > 20, "{name}: {} points", plot.len());
+        let right = plot.iter().map(|p| p.0).fold(f64::MIN, f64::max);
+        assert!(
+            right < l.0,
+            "{name}: the legend frame starts at x = {} inside the plotting area (to x = {right})",
+            l.0
+        );
+    }
+
+    fn steps(f: impl Fn(f64) -> f64) -> Vec<(f64, f64)> {
+        (1..=60).map(|s| (s as f64, f(s as f64))).collect()
+    }
+
+    #[test]
+    fn legends_sit_outside_the_plotting_area() {
+        let sigma: Vec<f64> = (0..64).map(|i| 10.0 / (1.0 + i as f64)).collect();
+        let delta: Vec<f64> = (0..64).map(|i| 1e-4 * (1.0 + i as f64)).collect();
+        assert_legend_outside(
+            "spectrum",
+            &spectrum(&sigma, &delta, &[63, 62, 61]).unwrap(),
+        );
+        let cats = vec!["q_proj".to_string(), "v_proj".to_string()];
+        let bars = grouped_log_bars(
+            &cats,
+            &[("ΔW basis", vec![1.0, 2.0]), ("W basis", vec![30.0, 40.0])],
+            "norm",
+        )
+        .unwrap();
+        assert_legend_outside("bars", &bars);
+        let opts = LineOpts {
+            marker: Some((20.0, "Dash switch")),
+            hlines: vec![(0.8, "paper"), (0.75, "")],
+            y_range: Some((0.0, 1.0)),
+            ..Default::default()
+        };
+        let svg = lines_with(
+            &[
+                ("LoRA", steps(|s| 0.5 + 0.004 * s)),
+                ("LoRA-Dash", steps(|s| 0.9 - 0.004 * s)),
+            ],
+            "step",
+            "accuracy",
+            &opts,
+        )
+        .unwrap();
+        assert_legend_outside("lines", &svg);
+        let log = lines(&[("loss", steps(|s| 3.0 / s))], "step", "loss", true, None).unwrap();
+        assert_legend_outside("log lines", &log);
+    }
+
+    /// Tick labels of a chart's axes: the `<text>` elements.
+    fn texts(svg: &str) -> Vec<String> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                t.split_once('>')
+                    .map(|(_, r)| r.split("</text>").next().unwrap_or("").trim().to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn step_axes_are_integer_and_log_axes_carry_three_labels() {
+        // Steps 1..6: plotters would label 1.0, 1.5, …; only integers are shown.
+        let pts: Vec<(f64, f64)> = (1..=6).map(|s| (s as f64, 2.0 + 0.01 * s as f64)).collect();
+        let svg = lines(&[("loss", pts.clone())], "step", "loss", true, None).unwrap();
+        let t = texts(&svg);
+        assert!(!t.iter().any(|x| x.contains(".5")), "{t:?}");
+        assert!(t.iter().any(|x| x == "3"), "{t:?}");
+        // A log axis over 2.01–2.06 (less than a decade) still shows three powers of ten.
+        let decades = t
+            .iter()
+            .filter(|x| ["0.01", "0.1", "1.0", "10.0", "1", "10"].contains(&x.as_str()))
+            .count();
+        assert!(decades >= 3, "log axis labels: {t:?}");
+    }
+
+    #[test]
+    fn grey_is_reported_only_where_a_cell_has_no_value() {
+        assert!(!heatmap_has_grey(&[vec![Some(1.0), Some(2.0)]], true));
+        assert!(heatmap_has_grey(&[vec![Some(1.0), None]], true));
+        assert!(heatmap_has_grey(&[vec![Some(0.0)]], true));
+        assert!(!heatmap_has_grey(&[vec![Some(0.0)]], false));
+    }
+
+    #[test]
+    fn heat_maps_have_a_colour_bar() {
+        let rows = vec!["0".to_string(), "1".to_string()];
+        let cols = vec!["q_proj".to_string()];
+        let svg = heatmap(
+            &rows,
+            &cols,
+            &[vec![Some(1e-3)], vec![Some(1e1)]],
+            true,
+            "max δ",
+        )
+        .unwrap();
+        // 2 cells + a 64-step bar, and the bar's ends labelled with the data's range.
+        let t = texts(&svg);
+        assert!(t.iter().any(|x| x == "1.000e-3" || x == "0.0010"), "{t:?}");
+        assert!(t.iter().any(|x| x == "10.0000"), "{t:?}");
+    }
 }

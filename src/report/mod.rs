@@ -24,7 +24,7 @@ pub fn environment() -> Result<Environment<'static>> {
     let mut env = Environment::new();
     for (name, src) in TEMPLATES {
         env.add_template(name, src)
-            .map_err(|e| Error::InvalidArgument(format!("template {name}: {e}")))?;
+            .map_err(|e| Error::Internal(format!("template {name}: {e}")))?;
     }
     Ok(env)
 }
@@ -34,7 +34,7 @@ pub fn render<S: serde::Serialize>(template: &str, ctx: S) -> Result<String> {
     let env = environment()?;
     let t = env
         .get_template(template)
-        .map_err(|e| Error::InvalidArgument(format!("template {template}: {e}")))?;
+        .map_err(|e| Error::Internal(format!("template {template}: {e}")))?;
     t.render(ctx)
-        .map_err(|e| Error::InvalidArgument(format!("rendering {template}: {e:#}")))
+        .map_err(|e| Error::Internal(format!("rendering {template}: {e:#}")))
 }

@@ -3,23 +3,14 @@
 use super::{charts, render};
 use crate::error::{Error, Result};
 use crate::inspect::InspectReport;
+use crate::output::number;
 use crate::run::{Curves, RunKind, RunRecord};
 use crate::track::TrackReport;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 fn chart(r: std::result::Result<String, String>) -> Result<String> {
-    r.map_err(Error::InvalidArgument)
-}
-
-fn g(x: f64) -> String {
-    if !x.is_finite() {
-        "∞".into()
-    } else if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e5) {
-        format!("{x:.3e}")
-    } else {
-        format!("{x:.4}")
-    }
+    r.map_err(Error::Internal)
 }
 
 #[derive(Serialize)]
@@ -97,7 +88,7 @@ fn range_note(vals: &[Vec<Option<f64>>]) -> String {
     }
     let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
     let hi = v.iter().cloned().fold(0.0, f64::max);
-    format!("dark = {} … bright = {}", g(lo), g(hi))
+    format!("dark = {} … bright = {}", number(lo), number(hi))
 }
 
 /// The `tsd inspect --html` page. The report must carry spectra (`keep_spectrum`).
@@ -133,7 +124,7 @@ pub fn inspect_html(r: &InspectReport) -> Result<String> {
             .filter(|m| m.module_type == t)
             .map(|m| f(&m.amplification))
             .collect();
-        v.iter().sum::<f64>() / v.len().max(1) as f64
+        crate::stats::mean(&v).unwrap_or(0.0)
     };
     let amp_bars = chart(charts::grouped_log_bars(
         &types,
@@ -187,27 +178,27 @@ pub fn inspect_html(r: &InspectReport) -> Result<String> {
             module: m.module.clone(),
             shape: format!("{}×{}", m.shape[0], m.shape[1]),
             r: m.r,
-            scaling: g(m.scaling),
-            fro: g(m.delta_fro),
+            scaling: number(m.scaling),
+            fro: number(m.delta_fro),
             top: m
                 .tsd
                 .iter()
                 .take(4)
-                .map(|t| format!("{}: {}", t.index, g(t.delta)))
+                .map(|t| format!("{}: {}", t.index, number(t.delta)))
                 .collect::<Vec<_>>()
                 .join(", "),
             ratio: m.tsd.first().map_or("-".into(), |t| {
                 format!(
                     "{}{}",
-                    g(t.sigma_ratio),
+                    number(t.sigma_ratio),
                     if t.near_null { " !" } else { "" }
                 )
             }),
-            amp: g(m.amplification.factor),
+            amp: number(m.amplification.factor),
             dash: m
                 .dash
                 .as_ref()
-                .map_or("-".into(), |d| g(d.delta_sigma_max_abs)),
+                .map_or("-".into(), |d| number(d.delta_sigma_max_abs)),
             recall: m
                 .capture
                 .as_ref()
@@ -233,8 +224,10 @@ pub fn inspect_html(r: &InspectReport) -> Result<String> {
             protocol_short => protocol_short,
             heat_delta => heat_delta,
             heat_delta_range => range_note(&dvals),
+            heat_delta_grey => charts::heatmap_has_grey(&dvals, true),
             heat_amp => heat_amp,
             heat_amp_range => range_note(&avals),
+            heat_amp_grey => charts::heatmap_has_grey(&avals, true),
             amp_bars => amp_bars,
             amp_r_note => o.amp_rank.map_or("each module's LoRA rank".to_string(), |x| x.to_string()),
             spectra => spectra,
@@ -604,7 +597,7 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
                     return None;
                 }
                 let p = v.iter().map(|x| x.trainable_params as f64).sum::<f64>() / v.len() as f64;
-                Some((p.max(1.0).log2(), ys.iter().sum::<f64>() / ys.len() as f64))
+                Some((p.max(1.0).log2(), crate::stats::mean(&ys)?))
             })
             .collect()
     };
@@ -623,7 +616,6 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
         "log2 trainable parameters",
         &format!("mean accuracy (%, {proto})"),
         &charts::LineOpts {
-            legend: charts::Legend::LowerLeft,
             ..Default::default()
         },
     ))?;
@@ -643,7 +635,6 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             "unparseable answers (%, generate)",
             &charts::LineOpts {
                 y_range: Some((0.0, 100.0)),
-                legend: charts::Legend::LowerLeft,
                 ..Default::default()
             },
         ))?)
@@ -680,7 +671,7 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
                         .iter()
                         .filter_map(|s| s.points.iter().find(|p| p.step == st)?.accuracy)
                         .collect();
-                    (!v.is_empty()).then(|| (st as f64, v.iter().sum::<f64>() / v.len() as f64))
+                    crate::stats::mean(&v).map(|m| (st as f64, m))
                 })
                 .collect();
             let label = if m == Method::Lora {
@@ -709,7 +700,6 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
                 y_range: Some((0.0, 1.0)),
                 x_range: Some((0.0, max_step)),
                 hlines: vec![(0.75, "paper: 0.75–0.82"), (0.82, "")],
-                legend: charts::Legend::LowerLeft,
                 width: Some(960),
                 height: Some(380),
                 ..Default::default()
@@ -798,7 +788,6 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
         "log2 (Params% x 100)",
         "average accuracy (%)",
         &charts::LineOpts {
-            legend: charts::Legend::LowerRight,
             ..Default::default()
         },
     ))?;

@@ -34,7 +34,7 @@ use std::time::Instant;
 /// How often the lr check may extend its range past an edge optimum.
 const LR_EXTENSIONS: usize = 3;
 
-/// The paper's LLaMA-7B commonsense table (PAPER.md §5).
+/// The paper's LLaMA-7B commonsense table (Si et al. 2025; Params% as in README, Definitions).
 pub const PAPER_TABLE: &str = include_str!("../../reproductions/paper/commonsense_llama7b.csv");
 
 /// One grid cell (or the full fine-tune reference).
@@ -166,7 +166,7 @@ pub struct LrCheck {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CapturePoint {
     pub step: usize,
-    /// accuracy@(8,16) and recall@(8,4) (PAPER.md §3).
+    /// accuracy@(8,16) and recall@(8,4) (README, Definitions: direction metrics).
     pub accuracy: Option<f64>,
     pub recall: Option<f64>,
     /// |TSD set ∩ the run's final TSD set| / 8.
@@ -247,7 +247,7 @@ pub struct Options {
 }
 
 fn mean_spread(xs: &[f64]) -> (f64, f64) {
-    let m = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let m = crate::stats::mean(xs).unwrap_or(0.0);
     let spread = if xs.len() > 1 {
         (xs.iter().cloned().fold(f64::MIN, f64::max) - xs.iter().cloned().fold(f64::MAX, f64::min))
             / 2.0
@@ -395,7 +395,7 @@ impl Evaluator {
         }
         let avg = |f: &dyn Fn(&TaskScore) -> Option<f64>| -> Option<f64> {
             let v: Vec<f64> = tasks.iter().filter_map(f).collect();
-            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            crate::stats::mean(&v)
         };
         let loglik_avg = avg(&|t| t.loglik);
         let generate_avg = avg(&|t| t.generate);

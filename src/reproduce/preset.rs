@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-/// How accuracy is scored (PAPER.md §4).
+/// How accuracy is scored (README, Definitions: commonsense protocol).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -14,7 +14,7 @@ pub enum Protocol {
     Generate,
 }
 
-/// The update that TSD capture along training is measured against (PAPER.md §3).
+/// The update that TSD capture along training is measured against (README, Definitions: direction metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReferenceKind {

@@ -1,4 +1,4 @@
-//! `tsd train`'s configuration: a serde struct with defaults (PAPER.md §4's recipe where it applies),
+//! `tsd train`'s configuration: a serde struct with defaults (README's Definitions: commonsense protocol, recipe where it applies),
 //! strict about unknown fields, saved as `config.json` in the run directory.
 
 use crate::error::{Error, Result};
@@ -11,7 +11,7 @@ use std::path::Path;
 pub enum Method {
     /// Plain LoRA.
     Lora,
-    /// LoRA for `dash_t` steps, then LoRA + Dash (PAPER.md §2).
+    /// LoRA for `dash_t` steps, then LoRA + Dash (README, Definitions: LoRA-Dash).
     #[default]
     LoraDash,
     /// Full fine-tuning of the target modules (a reference ΔW* for TSD capture).
@@ -53,7 +53,7 @@ pub struct TrainConfig {
     pub top_layers: Option<usize>,
     /// With `top_layers`: compute the frozen lower layers' output once per training example and
     /// reuse it every epoch (exact: causal attention and right padding make it independent of the
-    /// batch; PAPER.md §6).
+    /// batch; README, Definitions: near-null directions and scale).
     pub cache_lower_layers: bool,
     /// LoRA-Dash: number of directions and the switch step (optimizer steps).
     pub dash_s: usize,

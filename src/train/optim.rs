@@ -100,21 +100,33 @@ impl AdamW {
         (t, steps)
     }
 
-    /// Restores moments and step counts saved by [`state`](Self::state).
+    /// Restores moments and step counts saved by [`state`](Self::state). A missing or misshapen
+    /// moment is the checkpoint's fault: a user-input error.
     pub fn load_state(
         &mut self,
         tensors: &HashMap<String, Tensor>,
         steps: &HashMap<String, u64>,
-    ) -> Result<()> {
+    ) -> crate::Result<()> {
         for s in &mut self.slots {
             let (Some(m), Some(v)) = (
                 tensors.get(&format!("{}.m", s.name)),
                 tensors.get(&format!("{}.v", s.name)),
             ) else {
-                candle_core::bail!("optimizer state lacks moments for `{}`", s.name);
+                return Err(crate::Error::MissingTensor {
+                    context: "optimizer state".into(),
+                    tensor: format!("{}.m / {}.v", s.name, s.name),
+                });
             };
             if m.dims() != s.var.dims() || v.dims() != s.var.dims() {
-                candle_core::bail!("optimizer state for `{}` has the wrong shape", s.name);
+                return Err(crate::Error::shape(
+                    format!("optimizer state for `{}`", s.name),
+                    format!(
+                        "moments {:?} / {:?}, parameter {:?}",
+                        m.dims(),
+                        v.dims(),
+                        s.var.dims()
+                    ),
+                ));
             }
             let dtype = s.var.dtype();
             s.m = m.to_device(s.var.device())?.to_dtype(dtype)?;
@@ -176,7 +188,7 @@ mod tests {
         let y = Var::new(&[0.0f64, 0.0], &dev)?;
         let mut opt2 = AdamW::new(AdamWConfig::default());
         opt2.add("x", y)?;
-        opt2.load_state(&t, &s)?;
+        opt2.load_state(&t, &s).unwrap();
         assert_eq!(opt2.slots[0].t, 1);
         assert_eq!(
             opt2.slots[0].m.to_vec1::<f64>()?,

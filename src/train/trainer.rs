@@ -57,6 +57,12 @@ impl Trainer {
         }
         // Build first: a run that cannot start (bad data, bad model) leaves no run directory behind.
         let t = Self::build(config, run_dir)?;
+        if t.config.method == Method::LoraDash && t.config.dash_t >= t.total_steps {
+            return Err(Error::InvalidArgument(format!(
+                "--dash-t {} is not below the run's {} optimizer steps: the run would train plain LoRA under a LoRA-Dash label (lower --dash-t, or use --method lora)",
+                t.config.dash_t, t.total_steps
+            )));
+        }
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         layout::write_config(run_dir, &t.config)?;
         Ok(t)

