@@ -88,8 +88,8 @@ fn two_identical_runs_write_identical_checkpoint_bytes() {
     }
     // The record's floats re-read and re-written give the same text (shortest round-trip digits).
     let text = std::fs::read_to_string(a.join("record.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(serde_json::to_string_pretty(&v).unwrap(), text);
+    let rec: tsd::train::trainer::RunRecord = serde_json::from_str(&text).unwrap();
+    assert_eq!(serde_json::to_string_pretty(&rec).unwrap(), text);
 }
 
 /// Regression: without serde_json's `float_roundtrip`, ~30 % of these values came back one ulp off.
