@@ -101,9 +101,23 @@ fn a_full_disk_during_a_checkpoint_keeps_the_previous_one() {
         .arg("--out")
         .arg(&run)
         .args([
-            "--method", "lora", "--rank", "2", "--max-steps", "6", "--batch-size", "2",
-            "--micro-batch-size", "2", "--save-every", "2", "--val-size", "2", "--cutoff-len",
-            "48", "-q",
+            "--method",
+            "lora",
+            "--rank",
+            "2",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "2",
+            "--micro-batch-size",
+            "2",
+            "--save-every",
+            "2",
+            "--val-size",
+            "2",
+            "--cutoff-len",
+            "48",
+            "-q",
         ])
         .env("TSD_HOME", d.path().join("home"))
         .env("HF_HUB_OFFLINE", "1")
@@ -119,24 +133,49 @@ fn a_full_disk_during_a_checkpoint_keeps_the_previous_one() {
     // its trainer state not yet. The disk fills now.
     while seen < 2 {
         let mut l = String::new();
-        assert!(err.read_line(&mut l).unwrap() > 0, "tsd exited early: {lines:?}");
+        assert!(
+            err.read_line(&mut l).unwrap() > 0,
+            "tsd exited early: {lines:?}"
+        );
         seen += (l.trim() == "tsd-test-pause: checkpoint-write") as usize;
         lines.push(l);
     }
-    let before = std::fs::read(run.join("checkpoints/step-000002/adapter_model.safetensors")).unwrap();
+    let before =
+        std::fs::read(run.join("checkpoints/step-000002/adapter_model.safetensors")).unwrap();
     fs.fill();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     let st = child.wait().unwrap();
-    assert_eq!(st.code(), Some(2), "exit code on a full disk; stderr: {rest}");
-    assert!(rest.contains("No space left on device"), "a clear error: {rest}");
-    assert_eq!(rest.trim().lines().filter(|l| l.starts_with("error")).count(), 1, "{rest}");
+    assert_eq!(
+        st.code(),
+        Some(2),
+        "exit code on a full disk; stderr: {rest}"
+    );
+    assert!(
+        rest.contains("No space left on device"),
+        "a clear error: {rest}"
+    );
+    assert_eq!(
+        rest.trim()
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .count(),
+        1,
+        "{rest}"
+    );
     // The previous checkpoint is intact and is the newest one listed.
-    assert_eq!(tsd::train::trainer::latest_checkpoint(&run).unwrap(), Some(2));
-    let after = std::fs::read(run.join("checkpoints/step-000002/adapter_model.safetensors")).unwrap();
+    assert_eq!(
+        tsd::train::trainer::latest_checkpoint(&run).unwrap(),
+        Some(2)
+    );
+    let after =
+        std::fs::read(run.join("checkpoints/step-000002/adapter_model.safetensors")).unwrap();
     assert_eq!(before, after);
     tsd::adapter::load_adapter(&run.join("checkpoints/step-000002")).unwrap();
-    assert!(!run.join("checkpoints/step-000004").exists(), "no partial checkpoint under its final name");
+    assert!(
+        !run.join("checkpoints/step-000004").exists(),
+        "no partial checkpoint under its final name"
+    );
 }
 
 fn inspect(home: &Path, html: Option<&Path>) -> std::process::Output {
@@ -161,9 +200,18 @@ fn a_full_disk_under_the_svd_cache_warns_and_the_analysis_finishes() {
     let out = inspect(&home, None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("could not write SVD cache entry") && err.contains("No space left"), "{err}");
-    let left: Vec<_> = std::fs::read_dir(home.join("svd")).unwrap().flatten().collect();
-    assert!(left.is_empty(), "nothing (partial entry or temp file) left in the cache: {left:?}");
+    assert!(
+        err.contains("could not write SVD cache entry") && err.contains("No space left"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(home.join("svd"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "nothing (partial entry or temp file) left in the cache: {left:?}"
+    );
 }
 
 #[test]
@@ -172,15 +220,30 @@ fn a_full_disk_while_writing_a_report_keeps_the_old_report() {
     let home = tempfile::tempdir().unwrap();
     let html = fs.path.join("report.html");
     let out = inspect(home.path(), Some(&html));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let good = std::fs::read(&html).unwrap();
     fs.fill();
     let out = inspect(home.path(), Some(&html));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("No space left on device") && err.contains("report.html"), "{err}");
-    assert_eq!(std::fs::read(&html).unwrap(), good, "the previous report is intact");
-    assert!(no_temp_files(&fs.path).is_empty(), "{:?}", no_temp_files(&fs.path));
+    assert!(
+        err.contains("No space left on device") && err.contains("report.html"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&html).unwrap(),
+        good,
+        "the previous report is intact"
+    );
+    assert!(
+        no_temp_files(&fs.path).is_empty(),
+        "{:?}",
+        no_temp_files(&fs.path)
+    );
 }
 
 /// `tsd reproduce` writes every result file (`results.json`, a piece's `result.json`, scores)
@@ -197,5 +260,9 @@ fn a_full_disk_while_writing_a_reproduction_result_keeps_the_old_one() {
     assert!(e.to_string().contains("No space left on device"), "{e}");
     assert!(e.is_user_input());
     assert_eq!(std::fs::read(&p).unwrap(), b"{\"runs\": []}\n");
-    assert!(no_temp_files(&fs.path).is_empty(), "{:?}", no_temp_files(&fs.path));
+    assert!(
+        no_temp_files(&fs.path).is_empty(),
+        "{:?}",
+        no_temp_files(&fs.path)
+    );
 }

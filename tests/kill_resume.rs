@@ -104,6 +104,7 @@ struct Outcome {
     kills_requested: usize,
     kills: Vec<serde_json::Value>,
     starts: usize,
+    foreign_kills: usize,
     restarts_from_scratch: usize,
     half_written_listed: Vec<String>,
     stale_temp_dirs_left_after_restart: Vec<String>,
@@ -241,12 +242,13 @@ fn kill_and_resume(kills: usize, seed: u64) -> Outcome {
             }
             train_args(&data, &run)
         };
+        let started = Instant::now();
         let mut child = command(&home, &args).spawn().unwrap();
         out.starts += 1;
         let lines = stderr_lines(&mut child);
         if out.kills.len() >= kills {
             let st = child.wait().unwrap();
-            let err: Vec<String> = lines.try_iter().collect();
+            let err: Vec<String> = lines.iter().collect();
             assert!(st.success(), "the last resume failed: {}", err.join("\n"));
             finished = true;
         } else {
@@ -263,7 +265,7 @@ fn kill_and_resume(kills: usize, seed: u64) -> Outcome {
                     while Instant::now() < until && child.try_wait().unwrap().is_none() {
                         std::thread::sleep(Duration::from_millis(10));
                     }
-                    child.try_wait().unwrap().is_none() && child.kill().is_ok()
+                    child.kill().is_ok()
                 }
                 KillAt::CheckpointWrite => {
                     kill_at_point(&mut child, &lines, "checkpoint-write", delay)
@@ -271,6 +273,8 @@ fn kill_and_resume(kills: usize, seed: u64) -> Outcome {
                 KillAt::DashSwitch => kill_at_point(&mut child, &lines, "dash-switch", delay),
             };
             let st = child.wait().unwrap();
+            // Killed means it died of our SIGKILL (not that it had already exited).
+            let killed = killed && std::os::unix::process::ExitStatusExt::signal(&st) == Some(9);
             if killed {
                 let step = tsd::train::trainer::latest_checkpoint(&run).ok().flatten();
                 out.kills
@@ -278,13 +282,21 @@ fn kill_and_resume(kills: usize, seed: u64) -> Outcome {
             } else if st.success() {
                 // It finished before the kill point came (the switch happens once per run):
                 // start over from scratch so that every requested kill lands.
-                out.starts += 0;
                 std::fs::remove_dir_all(&run).unwrap();
                 out.restarts_from_scratch += 1;
                 continue;
+            } else if std::os::unix::process::ExitStatusExt::signal(&st) == Some(9) {
+                // SIGKILLed by someone else (the OOM killer, a neighbour's cleanup on a shared
+                // machine): also a kill to survive, counted apart from ours.
+                out.foreign_kills += 1;
             } else {
-                let err: Vec<String> = lines.try_iter().collect();
-                panic!("tsd train failed without a kill: {}", err.join("\n"));
+                let err: Vec<String> = lines.iter().collect();
+                panic!(
+                    "tsd train failed without a kill of ours ({st}; kill {} of {kills}, aimed at {at:?}, after {:?} on this start): {}",
+                    out.kills.len() + 1,
+                    started.elapsed(),
+                    err.join("\n")
+                );
             }
         }
         let left = check_checkpoints(&run, &mut out);
