@@ -339,30 +339,25 @@ pub fn parse_entry(
     if meta.get("payload_xxh3") != Some(&payload_hash(&raw)) {
         return Err("cache entry payload checksum mismatch".into());
     }
-    let vals: Vec<Vec<f64>> = views
-        .iter()
-        .map(|t| match t.dtype() {
-            Dtype::F32 => t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect(),
-            _ => t
-                .data()
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect(),
-        })
-        .collect();
-    if vals.iter().flatten().any(|x| !x.is_finite()) {
+    // Straight from the mapped bytes into the f64 matrices: one pass, no intermediate vectors.
+    let value = |t: &safetensors::tensor::TensorView<'_>, i: usize| -> f64 {
+        let d = t.data();
+        match t.dtype() {
+            Dtype::F32 => {
+                f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]) as f64
+            }
+            _ => f64::from_le_bytes(d[8 * i..8 * i + 8].try_into().expect("8 bytes")),
+        }
+    };
+    let s: Vec<f64> = (0..k).map(|i| value(&views[0], i)).collect();
+    let u = Mat::from_fn(n, k, |i, j| value(&views[1], i * k + j));
+    let v = Mat::from_fn(m, k, |i, j| value(&views[2], i * k + j));
+    let finite =
+        |x: &Mat<f64>| (0..x.ncols()).all(|j| x.col_as_slice(j).iter().all(|y| y.is_finite()));
+    if !s.iter().all(|x| x.is_finite()) || !finite(&u) || !finite(&v) {
         return Err("cache entry holds non-finite values".into());
     }
-    let (u, v) = (&vals[1], &vals[2]);
-    Ok(Svd {
-        u: Mat::from_fn(n, k, |i, j| u[i * k + j]),
-        s: vals[0].clone(),
-        v: Mat::from_fn(m, k, |i, j| v[i * k + j]),
-    })
+    Ok(Svd { u, s, v })
 }
 
 #[cfg(test)]
