@@ -56,6 +56,16 @@ pub struct InspectBench {
     pub inspect_cold_svd_sum_seconds: f64,
     /// `tsd inspect` wall time with a warm cache.
     pub inspect_warm_seconds: f64,
+    /// Peak RSS of the process after the cold inspect (the generated base included).
+    pub peak_rss_bytes_after_cold: u64,
+    /// Bytes of the random base held in memory (part of that peak).
+    pub base_bytes: u64,
+    /// Bytes the SVD cache holds after the cold run (read back by the warm run).
+    pub svd_cache_bytes: u64,
+    /// Seconds to compute the cache key of one 11008×4096 weight (xxh3-128, the key in use).
+    pub key_seconds_xxh3_11008x4096: f64,
+    /// The same weight's sha256 content hash (the key before).
+    pub hash_seconds_sha256_11008x4096: f64,
     pub cold_seconds_per_layer: f64,
     pub warm_seconds_per_layer: f64,
     pub extrapolated_32_layers_cold_seconds: f64,
@@ -129,6 +139,14 @@ pub fn bench_inspect(
             seconds: t.elapsed().as_secs_f64(),
         });
     }
+    let big = random_matrix(11008, 4096, 0.02, 1);
+    let t = Instant::now();
+    std::hint::black_box(SvdCache::key(&big, precision));
+    let key_seconds_xxh3_11008x4096 = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    std::hint::black_box(big.content_hash());
+    let hash_seconds_sha256_11008x4096 = t.elapsed().as_secs_f64();
+    drop(big);
     let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
     let cache = SvdCache::new(dir.path());
     let opts = InspectOptions {
@@ -136,6 +154,16 @@ pub fn bench_inspect(
         ..Default::default()
     };
     let cold = inspect(&adapter, &base, None, &opts, &cache, &|_| {})?;
+    let peak_rss_bytes_after_cold = crate::train::trainer::peak_rss_bytes();
+    let svd_cache_bytes = std::fs::read_dir(dir.path())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    let base_bytes = base.tensors.values().map(|m| 4 * m.data.len() as u64).sum();
     let warm = inspect(&adapter, &base, None, &opts, &cache, &|_| {})?;
     let per = |x: f64| x / layers as f64;
     Ok(InspectBench {
@@ -149,6 +177,11 @@ pub fn bench_inspect(
         inspect_cold_seconds: cold.wall_seconds,
         inspect_cold_svd_sum_seconds: cold.svd_seconds_total,
         inspect_warm_seconds: warm.wall_seconds,
+        peak_rss_bytes_after_cold,
+        base_bytes,
+        svd_cache_bytes,
+        key_seconds_xxh3_11008x4096,
+        hash_seconds_sha256_11008x4096,
         cold_seconds_per_layer: per(cold.wall_seconds),
         warm_seconds_per_layer: per(warm.wall_seconds),
         extrapolated_32_layers_cold_seconds: 32.0 * per(cold.wall_seconds),

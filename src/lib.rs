@@ -9,6 +9,7 @@ pub mod assets;
 pub mod bench;
 pub mod directions;
 pub mod error;
+pub mod faults;
 pub mod fsutil;
 pub mod linalg;
 pub mod weights;

@@ -8,7 +8,7 @@ use crate::fsutil;
 use crate::linalg::Matrix;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -153,14 +153,14 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
                 .map_err(|e| crate::weights::tensor::st_error(&weights, e))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut metadata: HashMap<String, String> = adapter
+    let mut metadata: BTreeMap<String, String> = adapter
         .metadata
         .iter()
         .filter(|(k, _)| k.starts_with("tsd_"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     metadata.insert("format".into(), "pt".into());
-    let bytes = safetensors::serialize(views, Some(metadata))
+    let bytes = crate::weights::serialize::serialize_sorted(views, metadata)
         .map_err(|e| crate::weights::tensor::st_error(&weights, e))?;
     fsutil::atomic_write(&weights, &bytes)?;
     let cfg = config_for(adapter).to_peft_json();

@@ -25,14 +25,11 @@ pub struct Matrix {
 impl Matrix {
     /// Builds a matrix, checking that `data.len() == rows * cols`.
     pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
-        if data.len() != rows * cols {
+        // checked: a lying header's dims can overflow `rows * cols` (found by fuzzing).
+        if rows.checked_mul(cols) != Some(data.len()) {
             return Err(Error::shape(
                 "matrix",
-                format!(
-                    "{} values for a {rows}x{cols} matrix (expected {})",
-                    data.len(),
-                    rows * cols
-                ),
+                format!("{} values for a {rows}x{cols} matrix", data.len()),
             ));
         }
         Ok(Matrix { rows, cols, data })

@@ -143,10 +143,16 @@ impl TokenizerInfo {
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     match resolve(path)? {
         Source::Json(p) => {
-            let mut tok = Tokenizer::from_file(&p).map_err(|e| Error::Json {
+            // The JSON is checked first: the tokenizers crate panics (`expect("Helper")`) on a
+            // syntax error inside `decoder` instead of returning an error (found by fuzzing).
+            let text = crate::fsutil::read(&p)?;
+            let json_err = |e: String| Error::Json {
                 path: p.clone(),
                 reason: format!("not a loadable tokenizer.json: {e}"),
-            })?;
+            };
+            serde_json::from_slice::<serde_json::Value>(&text)
+                .map_err(|e| json_err(e.to_string()))?;
+            let mut tok = Tokenizer::from_bytes(&text).map_err(|e| json_err(e.to_string()))?;
             tok.with_padding(None);
             tok.with_truncation(None)
                 .map_err(|e| cfg_err(&p, e.to_string()))?;

@@ -62,6 +62,7 @@ impl Trainer {
             .collect::<candle_core::Result<_>>()?;
         let opt_path = tmp.join("optimizer.safetensors");
         candle_core::safetensors::save(&moments, &opt_path)?;
+        crate::faults::pause("checkpoint-write");
         let state = TrainerState {
             step: self.step,
             dash_active: self.dash_active,

@@ -100,6 +100,7 @@ impl Trainer {
             let m = Matrix::new(r, c, w.flatten_all()?.to_vec1::<f32>()?)?;
             let (svd, _) = self.cache.get_or_compute(&m, Precision::F32)?;
             logs.push(lin.start_dash(self.config.dash_s, &svd, floor)?);
+            crate::faults::pause("dash-switch");
             let ds = lin.dash.as_ref().expect("just started").delta_sigma.clone();
             self.opt.add(format!("{}.delta_sigma", lin.module), ds)?;
         }

@@ -57,9 +57,63 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{module}"))
 }
 
+/// Every tensor's element count must not overflow and its bytes must lie inside the file: candle
+/// trusts the dims (an overflowing product made dequantization panic; found by fuzzing).
+fn check_tensor_infos(c: &gguf_file::Content, file_len: u64) -> std::result::Result<(), String> {
+    for (name, t) in &c.tensor_infos {
+        let elems = t
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| format!("tensor `{name}`: its dims {:?} overflow", t.shape.dims()))?;
+        let block = t.ggml_dtype.block_size() as u64;
+        let bytes = (elems / block).checked_mul(t.ggml_dtype.type_size() as u64);
+        let end = bytes
+            .and_then(|b| b.checked_add(t.offset))
+            .and_then(|b| b.checked_add(c.tensor_data_offset));
+        if end.is_none_or(|e| e > file_len) {
+            return Err(format!(
+                "tensor `{name}` ({:?}, {:?}) at offset {} does not fit in the file ({file_len} bytes)",
+                t.shape.dims(),
+                t.ggml_dtype,
+                t.offset
+            ));
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    static SILENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a third-party parser, turning its panic into an error message. The panic hook is wrapped
+/// once so that such a panic prints nothing on this thread (other threads keep the old hook).
+fn without_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !SILENT.with(|s| s.get()) {
+                prev(info)
+            }
+        }));
+    });
+    let was = SILENT.with(|s| s.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    SILENT.with(|s| s.set(was));
+    r.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into())
+    })
+}
+
 /// Undoes llama.cpp's Q/K row permutation: row `h·hd + 2b + a` (GGUF) → row `h·hd + a·hd/2 + b` (HF).
 pub fn unpermute_rows(w: &Matrix, heads: usize) -> Result<Matrix> {
-    if heads == 0 || w.rows % heads != 0 || (w.rows / heads) % 2 != 0 {
+    if heads == 0 || heads > w.rows || w.rows % heads != 0 || (w.rows / heads) % 2 != 0 {
         return Err(Error::shape(
             "GGUF Q/K un-permutation",
             format!(
@@ -99,10 +153,16 @@ impl GgufModel {
     /// Reads the GGUF header (metadata and tensor directory); tensor data is read on demand.
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| Error::Gguf {
+        let gguf_err = |reason: String| Error::Gguf {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        // candle divides by `general.alignment` unchecked (a 0 panics; found by fuzzing).
+        let content = without_panic(|| gguf_file::Content::read(&mut file))
+            .map_err(|p| gguf_err(format!("the header could not be read ({p})")))?
+            .map_err(|e| gguf_err(e.to_string()))?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        check_tensor_infos(&content, file_len).map_err(gguf_err)?;
         let arch = content
             .metadata
             .get("general.architecture")

@@ -6,6 +6,7 @@ pub mod gguf;
 pub mod hub;
 pub mod memory;
 pub mod safetensors_dir;
+pub mod serialize;
 pub mod tensor;
 
 use crate::error::{Error, Result};
