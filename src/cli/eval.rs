@@ -1,4 +1,4 @@
-use super::{progress_bar, ModelArgs, OutputArgs};
+use super::{progress_bar, DeviceArgs, ModelArgs, OutputArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -45,6 +45,8 @@ pub struct EvalArgs {
     #[command(flatten)]
     src: ModelArgs,
     #[command(flatten)]
+    dev: DeviceArgs,
+    #[command(flatten)]
     out: OutputArgs,
 }
 
@@ -80,11 +82,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         offline: a.src.offline,
     })?;
     let src = open_path(&path)?;
-    let mut model = Llama::from_source(
-        src.as_ref(),
-        &candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )?;
+    let (device, dtype) = a.dev.resolve()?;
+    let mut model = Llama::from_source(src.as_ref(), &device, dtype)?;
     if let Some(ad) = &a.adapter {
         apply_adapter(&mut model, &tsd::adapter::load_adapter(ad)?)?;
     }

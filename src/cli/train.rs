@@ -1,4 +1,4 @@
-use super::progress_bar;
+use super::{progress_bar, DeviceArgs};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -79,15 +79,11 @@ pub struct TrainArgs {
     save_every: Option<usize>,
     #[arg(long)]
     eval_every: Option<usize>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    dev: DeviceArgs,
     /// Shorthand for --device cpu.
     #[arg(long, conflicts_with = "device")]
     cpu: bool,
-    /// f32, bf16 or f16.
-    #[arg(long)]
-    dtype: Option<String>,
     #[arg(long, short)]
     quiet: bool,
     /// Testing aid: abort the process (no cleanup, like a kill) after this step.
@@ -120,10 +116,15 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
         train_on_inputs,
         val_size,
         seed,
-        save_every,
-        device,
-        dtype
+        save_every
     );
+    tsd::device::check_composed_env()?;
+    if let Some(d) = a.dev.device {
+        c.device = d.to_string();
+    }
+    if let Some(d) = a.dev.dtype {
+        c.dtype = d.to_string();
+    }
     if a.revision.is_some() {
         c.revision = a.revision.clone();
     }

@@ -12,7 +12,7 @@
 //! output `[B, T, H·d]`. RoPE is Hugging Face's half-split form `x·cos + rotate_half(x)·sin`,
 //! `rotate_half([x₁, x₂]) = [−x₂, x₁]`.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -404,8 +404,7 @@ pub fn causal_attention(
     heads: usize,
     kv_heads: usize,
 ) -> Result<Tensor> {
-    let cpu_f32 = matches!(q.device(), Device::Cpu) && q.dtype() == DType::F32;
-    if !cpu_f32 {
+    if !crate::device::fused_cpu(q.device(), q.dtype()) {
         return causal_attention_composed(q, k, v, cos, sin, heads, kv_heads);
     }
     let head_dim = q.dim(D::Minus1)? / heads.max(1);
@@ -463,6 +462,7 @@ pub fn causal_attention_composed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
     use crate::nn::fused::tests::max_diff;
     use candle_core::Var;
 

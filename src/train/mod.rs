@@ -4,6 +4,7 @@
 pub mod config;
 pub mod data;
 pub mod optim;
+pub mod switch;
 pub mod trainer;
 
 pub use config::{Method, TrainConfig};

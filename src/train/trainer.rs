@@ -18,12 +18,11 @@ use super::optim::{grad_norm, linear_schedule, AdamW, AdamWConfig};
 use crate::adapter::{self, Adapter, AdapterConfig};
 use crate::error::{Error, Result};
 use crate::linalg::cache::SvdCache;
-use crate::linalg::{Matrix, Precision};
 use crate::model::{Llama, LlamaConfig};
 use crate::nn::adapted::DashSwitch;
 use crate::nn::ForwardCtx;
 use crate::weights::{self, ModelSpec};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -112,36 +111,6 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// The candle device for a `--device` string.
-pub fn device_for(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s
-                .strip_prefix("cuda:")
-                .map_or(Ok(0), |n| n.parse::<usize>())
-                .map_err(|e| Error::InvalidArgument(format!("device `{s}`: {e}")))?;
-            Device::new_cuda(ordinal).map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "device `{s}`: {e} (build with `--features cuda` on a machine with nvcc)"
-                ))
-            })
-        }
-        o => Err(Error::InvalidArgument(format!(
-            "device `{o}`: expected cpu, cuda or cuda:N"
-        ))),
-    }
-}
-
-/// The candle dtype for a `--dtype` string (f32 unless bf16 or f16).
-pub fn dtype_for(s: &str) -> DType {
-    match s {
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        _ => DType::F32,
-    }
-}
-
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
@@ -219,8 +188,8 @@ impl Trainer {
     }
 
     fn build(config: TrainConfig, run_dir: &Path) -> Result<Self> {
-        let device = device_for(&config.device)?;
-        let dtype = dtype_for(&config.dtype);
+        let device = crate::device::device_for(&config.device)?;
+        let dtype = crate::device::dtype_for(&config.dtype)?;
         let path = weights::resolve_path(&ModelSpec {
             spec: config.model.clone(),
             revision: config.revision.clone(),
@@ -534,18 +503,18 @@ impl Trainer {
         let floor = crate::directions::SigmaFloor {
             relative: self.config.sigma_floor,
         };
-        let mut logs = Vec::new();
-        for lin in self.model.linears_mut() {
-            if lin.lora.is_none() {
-                continue;
+        let logs = super::switch::start_dash_all(
+            self.model.linears_mut().collect(),
+            self.config.dash_s,
+            floor,
+            &self.cache,
+            super::switch::DEFAULT_SVD_BUDGET,
+        )?;
+        for lin in self.model.linears() {
+            if let Some(d) = &lin.dash {
+                self.opt
+                    .add(format!("{}.delta_sigma", lin.module), d.delta_sigma.clone())?;
             }
-            let w = lin.weight().to_dtype(DType::F32)?;
-            let (r, c) = w.dims2()?;
-            let m = Matrix::new(r, c, w.flatten_all()?.to_vec1::<f32>()?)?;
-            let (svd, _) = self.cache.get_or_compute(&m, Precision::F32)?;
-            logs.push(lin.start_dash(self.config.dash_s, &svd, floor)?);
-            let ds = lin.dash.as_ref().expect("just started").delta_sigma.clone();
-            self.opt.add(format!("{}.delta_sigma", lin.module), ds)?;
         }
         self.dash_active = true;
         self.record.dash_switch = Some(SwitchLog {
