@@ -112,12 +112,32 @@ pub fn dtype_for(spec: &str) -> Result<DType> {
 /// Name of the environment variable that selects the composed ops on the CPU.
 pub const COMPOSED_ENV: &str = "TSD_COMPOSED";
 
-/// Whether `TSD_COMPOSED=1`: the CPU then runs the composed candle ops that CUDA runs (attention,
-/// RMSNorm, softmax, SwiGLU, dropout, cross-entropy) instead of the fused CPU kernels, so that
-/// CUDA's code path is tested on the CPU. Read once per process.
+thread_local! {
+    static COMPOSED_HERE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether the CPU runs the composed candle ops that CUDA runs (attention, RMSNorm, softmax,
+/// SwiGLU, dropout, cross-entropy) instead of the fused CPU kernels, so that CUDA's code path is
+/// tested on the CPU: `TSD_COMPOSED=1` (read once per process), or [`with_composed`] on this
+/// thread. The choice is made when an op enters the graph, on the thread building it.
 pub fn composed() -> bool {
     static COMPOSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *COMPOSED.get_or_init(|| std::env::var(COMPOSED_ENV).is_ok_and(|v| v == "1"))
+    COMPOSED_HERE.with(|c| c.get()).unwrap_or_else(|| {
+        *COMPOSED.get_or_init(|| std::env::var(COMPOSED_ENV).is_ok_and(|v| v == "1"))
+    })
+}
+
+/// Runs `f` with the composed (`true`) or fused (`false`) ops on this thread, whatever
+/// `TSD_COMPOSED` says (tests run both paths in one process).
+pub fn with_composed<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPOSED_HERE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(COMPOSED_HERE.with(|c| c.replace(Some(on))));
+    f()
 }
 
 /// Refuses a `TSD_COMPOSED` value other than unset, `0` or `1`.

@@ -545,4 +545,51 @@ mod tests {
         assert!(unmerged.sub(&again)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6);
         Ok(())
     }
+
+    /// PEFT's mixed precision: over a bf16 base, A, B and Δσ are f32, so small AdamW steps on a
+    /// Δσ of 0.1 accumulate; the same per-step updates applied to a bf16 Δσ round away (bf16's
+    /// spacing at 0.1 is 2⁻¹¹ ≈ 4.9e-4, so a step under 2.4e-4 is lost).
+    #[test]
+    fn bf16_base_keeps_dash_updates_that_bf16_parameters_would_round_away() -> Result<()> {
+        use crate::train::optim::{AdamW, AdamWConfig};
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (16, 12), &dev)?.to_dtype(DType::BF16)?;
+        let mut l = AdaptedLinear::frozen("m", w);
+        l.add_lora(2, 4.0, false, 1)?;
+        let b = Tensor::randn(0f32, 0.5, (16, 2), &dev)?;
+        l.lora.as_ref().unwrap().b.set(&b)?;
+        let svd = w_svd(&l);
+        l.start_dash(3, &svd, SigmaFloor::default())?;
+        let (lora, d) = (l.lora.as_ref().unwrap(), l.dash.as_ref().unwrap());
+        for v in [&lora.a, &lora.b, &d.delta_sigma] {
+            assert_eq!(v.dtype(), DType::F32, "adapter parameters are f32");
+        }
+        d.delta_sigma.set(&Tensor::new(&[0.1f32, 0.1, 0.1], &dev)?)?;
+        let mut opt = AdamW::new(AdamWConfig::default());
+        opt.add("ds", d.delta_sigma.clone())?;
+        let x = Tensor::randn(0f32, 1.0, (8, 12), &dev)?.to_dtype(DType::BF16)?;
+        let (lr, k) = (1e-4, 5);
+        let mut prev = d.delta_sigma.as_tensor().to_vec1::<f32>()?;
+        let mut pure_bf16 = vec![half::bf16::from_f32(0.1); 3];
+        for _ in 0..k {
+            let y = l.forward(&x, &ForwardCtx::eval())?;
+            assert_eq!(y.dtype(), DType::BF16, "output in the base dtype");
+            let loss = y.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+            opt.step(&loss.backward()?, lr, 1.0)?;
+            let now = d.delta_sigma.as_tensor().to_vec1::<f32>()?;
+            assert_eq!(opt.slots[0].m.dtype(), DType::F32, "optimizer state is f32");
+            for j in 0..3 {
+                // the same update applied to a bf16 parameter, rounded as bf16 storage would
+                let step = now[j] - prev[j];
+                pure_bf16[j] = half::bf16::from_f32(pure_bf16[j].to_f32() + step);
+            }
+            prev = now;
+        }
+        for j in 0..3 {
+            let moved = (prev[j] - 0.1).abs() as f64;
+            assert!(moved > 0.5 * k as f64 * lr, "f32 Δσ moved only {moved}");
+            assert_eq!(pure_bf16[j], half::bf16::from_f32(0.1), "bf16 Δσ would not move");
+        }
+        Ok(())
+    }
 }
