@@ -460,25 +460,33 @@ impl crate::weights::WeightSource for RandomLlama {
     fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         use rand::Rng;
         use rayon::prelude::*;
-        let shape = self.shape_of(name).ok_or_else(|| crate::Error::MissingTensor {
-            context: self.describe(),
-            tensor: name.into(),
-        })?;
+        let shape = self
+            .shape_of(name)
+            .ok_or_else(|| crate::Error::MissingTensor {
+                context: self.describe(),
+                tensor: name.into(),
+            })?;
         let n: usize = shape.iter().product();
         if shape.len() == 1 {
             return Ok((shape, vec![1.0; n]));
         }
-        let seed = name.bytes().fold(self.seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
+        let seed = name
+            .bytes()
+            .fold(self.seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
         let a = 0.02f32 * 3f32.sqrt();
         let mut data = vec![0f32; n];
-        data.par_chunks_mut(1 << 16).enumerate().for_each(|(c, block)| {
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            for x in block.iter_mut() {
-                *x = rng.random_range(-a..a);
-            }
-        });
+        data.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(c, block)| {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(
+                    seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                for x in block.iter_mut() {
+                    *x = rng.random_range(-a..a);
+                }
+            });
         Ok((shape, data))
     }
     fn names(&self) -> Vec<String> {
@@ -510,6 +518,19 @@ impl crate::weights::WeightSource for RandomLlama {
     }
 }
 
+/// User + system CPU seconds of this process so far (`/proc/self/stat`, 100 ticks per second).
+fn process_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // fields after the parenthesised command name; utime and stime are the 12th and 13th
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 /// `tsd bench switch`: LoRA-Dash's switch (SVD of every adapted weight through a cold SVD cache,
 /// TSD picks, Dash terms) on LLaMA-7B-shaped layers.
 #[derive(Clone, Debug, Serialize)]
@@ -525,6 +546,11 @@ pub struct SwitchBench {
     pub parallel_svds: Vec<(String, usize)>,
     pub svd_budget_bytes: usize,
     pub switch_seconds: f64,
+    /// CPU seconds (user + system) this process spent in the switch: on a shared machine the
+    /// wall time also counts other work's share of the cores.
+    pub switch_cpu_seconds: f64,
+    /// The 1-minute load average when the switch started (`/proc/loadavg`).
+    pub load_average_at_start: f64,
     pub seconds_per_layer: f64,
     /// `seconds_per_layer × 32`: a linear extrapolation from the measured layers, not a measurement.
     pub extrapolated_32_layers_seconds: f64,
@@ -545,17 +571,21 @@ pub fn bench_switch(layers: usize, rank: usize, s: usize) -> Result<SwitchBench>
             let mut lin = AdaptedLinear::frozen(format!("model.layers.{l}.{name}"), w);
             lin.add_lora(rank, 2.0 * rank as f64, false, seed)?;
             let b = random_matrix(out, rank, 0.01, seed ^ 0xB);
-            lin.lora
-                .as_ref()
-                .expect("added")
-                .b
-                .set(&Tensor::from_vec(b.data, (out, rank), &Device::Cpu)?)?;
+            lin.lora.as_ref().expect("added").b.set(&Tensor::from_vec(
+                b.data,
+                (out, rank),
+                &Device::Cpu,
+            )?)?;
             lins.push(lin);
         }
     }
     let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
     let cache = SvdCache::new(dir.path());
-    let t = Instant::now();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    let (t, cpu0) = (Instant::now(), process_cpu_seconds());
     start_dash_all(
         lins.iter_mut().collect(),
         s,
@@ -564,6 +594,7 @@ pub fn bench_switch(layers: usize, rank: usize, s: usize) -> Result<SwitchBench>
         DEFAULT_SVD_BUDGET,
     )?;
     let secs = t.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu0;
     let per_layer = secs / layers as f64;
     Ok(SwitchBench {
         what: "LoRA-Dash switch (TSD identification) on LLaMA-7B-shaped layers, cold SVD cache",
@@ -579,6 +610,8 @@ pub fn bench_switch(layers: usize, rank: usize, s: usize) -> Result<SwitchBench>
             .collect(),
         svd_budget_bytes: DEFAULT_SVD_BUDGET,
         switch_seconds: secs,
+        switch_cpu_seconds: cpu,
+        load_average_at_start: load,
         seconds_per_layer: per_layer,
         extrapolated_32_layers_seconds: per_layer * 32.0,
     })
@@ -653,7 +686,10 @@ pub fn bench_scale_train(o: &ScaleOptions) -> Result<ScaleBench> {
     }
     let device = crate::device::device_for(&o.device)?;
     let dtype = crate::device::dtype_for(&o.dtype)?;
-    let src = RandomLlama { config: config.clone(), seed: 1 };
+    let src = RandomLlama {
+        config: config.clone(),
+        seed: 1,
+    };
     let t = Instant::now();
     let mut model = Llama::load(&src, config, &device, dtype)?;
     device.synchronize()?;
@@ -671,7 +707,9 @@ pub fn bench_scale_train(o: &ScaleOptions) -> Result<ScaleBench> {
     let trainable: u64 = opt.slots.iter().map(|s| s.var.elem_count() as u64).sum();
     let vocab = model.config.vocab_size as u32;
     let n = o.batch * o.seq_len;
-    let ids: Vec<u32> = (0..n).map(|i| (i as u32).wrapping_mul(2654435761) % vocab).collect();
+    let ids: Vec<u32> = (0..n)
+        .map(|i| (i as u32).wrapping_mul(2654435761) % vocab)
+        .collect();
     let ids = Tensor::from_vec(ids, (o.batch, o.seq_len), &device)?;
     let targets_t: Vec<u32> = (0..n)
         .map(|i| ((i as u32 + 7).wrapping_mul(40503)) % vocab)
@@ -732,10 +770,11 @@ pub fn bench_scale_train(o: &ScaleOptions) -> Result<ScaleBench> {
     })
 }
 
-/// `tsd bench logits`: the default model's logits on a device and dtype against the CPU in f32.
+/// `tsd bench logits`: a model's logits on a device and dtype against the CPU in f32.
 #[derive(Clone, Debug, Serialize)]
 pub struct LogitsCheck {
     pub what: &'static str,
+    pub model: String,
     pub device: String,
     pub dtype: String,
     pub tokens: usize,
@@ -745,26 +784,34 @@ pub struct LogitsCheck {
     pub argmax_agreement: f64,
 }
 
-/// Logits of the default model for a fixed 64-token sequence on `device`/`dtype` vs CPU f32.
-pub fn bench_logits(device: &str, dtype: &str) -> Result<LogitsCheck> {
+/// Logits of `model` (`default`, a path or a hub id) for a fixed 64-token sequence on
+/// `device`/`dtype` vs CPU f32.
+pub fn bench_logits(model: &str, device: &str, dtype: &str) -> Result<LogitsCheck> {
     use crate::model::Llama;
     use crate::nn::ForwardCtx;
     use candle_core::{DType, Device, Tensor};
-    let path = crate::assets::default_model(false)?;
-    let src = crate::weights::GgufModel::open(&path)?;
+    let path = crate::weights::resolve_path(&crate::weights::ModelSpec::new(model))?;
+    let src = crate::weights::open_path(&path)?;
+    let src = src.as_ref();
     let dev = crate::device::device_for(device)?;
     let dt = crate::device::dtype_for(dtype)?;
-    let ids: Vec<u32> = (0..64u32).map(|i| (i * 2654435761u32.wrapping_add(i)) % 49152).collect();
-    let run = |d: &Device, t: DType| -> Result<Vec<Vec<f32>>> {
-        let m = Llama::from_source(&src, d, t)?;
-        let x = Tensor::new(vec![ids.clone()], d)?;
+    let run = |d: &Device, t: DType, ids: &[u32]| -> Result<Vec<Vec<f32>>> {
+        let m = Llama::from_source(src, d, t)?;
+        let x = Tensor::new(vec![ids.to_vec()], d)?;
         Ok(m.forward(&x, &ForwardCtx::eval())?
             .get(0)?
             .to_dtype(DType::F32)?
             .to_vec2()?)
     };
-    let want = run(&Device::Cpu, DType::F32)?;
-    let got = run(&dev, dt)?;
+    let vocab = src
+        .shape("model.embed_tokens.weight")
+        .and_then(|s| s.first().copied())
+        .unwrap_or(1) as u32;
+    let ids: Vec<u32> = (0..64u32)
+        .map(|i| i.wrapping_mul(2654435761).wrapping_add(i) % vocab)
+        .collect();
+    let want = run(&Device::Cpu, DType::F32, &ids)?;
+    let got = run(&dev, dt, &ids)?;
     let argmax = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b]));
     let (mut scale, mut diff, mut agree) = (0f64, 0f64, 0usize);
     for (a, b) in got.iter().zip(&want) {
@@ -775,7 +822,8 @@ pub fn bench_logits(device: &str, dtype: &str) -> Result<LogitsCheck> {
         agree += (argmax(a) == argmax(b)) as usize;
     }
     Ok(LogitsCheck {
-        what: "default model logits on DEVICE/DTYPE against the CPU in f32",
+        what: "logits on DEVICE/DTYPE against the CPU in f32",
+        model: src.describe(),
         device: device.into(),
         dtype: dtype.into(),
         tokens: ids.len(),

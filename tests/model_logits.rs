@@ -8,9 +8,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::fixture;
+use tsd::device::with_composed;
 use tsd::model::Llama;
 use tsd::nn::ForwardCtx;
-use tsd::device::with_composed;
 use tsd::weights::{open_path, GgufModel};
 
 /// The op paths every test runs on: fused CPU kernels, then the composed ops.
@@ -264,8 +264,8 @@ fn loss_and_grads(model: &Llama, composed: bool) -> (f32, Vec<Tensor>) {
         let logits = model.forward(&ids(), &ctx).unwrap();
         let (b, t, v) = logits.dims3().unwrap();
         let targets: Vec<u32> = (0..b * t).map(|i| (i as u32 * 31 + 5) % v as u32).collect();
-        let loss = tsd::nn::loss::cross_entropy(&logits.reshape((b * t, v)).unwrap(), &targets)
-            .unwrap();
+        let loss =
+            tsd::nn::loss::cross_entropy(&logits.reshape((b * t, v)).unwrap(), &targets).unwrap();
         let grads = loss.backward().unwrap();
         let g = model
             .linears()
@@ -296,7 +296,13 @@ fn fused_and_composed_paths_give_the_same_loss_and_gradients() {
         "the two paths must differ in rounding somewhere, else one path ran twice"
     );
     for (a, c) in gf.iter().zip(&gc) {
-        let scale = c.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = c
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(scale > 0.0, "zero gradient");
         assert!(
             max_diff(a, c) < 1e-3 * scale,
@@ -324,7 +330,13 @@ fn dash_switch_is_continuous_on_both_paths() {
             )
             .unwrap();
             let after = model.forward(&ids(), &ctx()).unwrap();
-            let scale = before.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = before
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             let d = max_diff(&before, &after);
             assert!(d < 1e-6 * scale, "composed {composed}: logits jump by {d}");
         });
@@ -359,9 +371,18 @@ fn bf16_base_keeps_f32_adapters_and_close_logits() {
     let want = f32m.forward(&ids(), &ctx).unwrap();
     let got = bf16m.forward(&ids(), &ctx).unwrap();
     assert_eq!(got.dtype(), DType::BF16);
-    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let d = max_diff(&got.to_dtype(DType::F32).unwrap(), &want);
     // bf16 keeps 8 significant bits: a relative error of a few 2⁻⁸ through two layers
-    assert!(d < 0.03 * scale, "bf16 logits differ by {d} (scale {scale})");
+    assert!(
+        d < 0.03 * scale,
+        "bf16 logits differ by {d} (scale {scale})"
+    );
     assert!(d > 0.0, "the bf16 model must actually compute in bf16");
 }

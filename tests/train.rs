@@ -255,7 +255,10 @@ fn killed_run_resumes_to_identical_weights() {
     }
     let ((rf, wf), (rc, wc)) = (&finals[0], &finals[1]);
     for (x, y) in losses(rf).iter().zip(losses(rc)) {
-        assert!((x - y).abs() < 1e-4 * x.abs(), "fused loss {x} vs composed {y}");
+        assert!(
+            (x - y).abs() < 1e-4 * x.abs(),
+            "fused loss {x} vs composed {y}"
+        );
     }
     assert_ne!(losses(rf), losses(rc), "the paths must differ in rounding");
     let picks = |r: &serde_json::Value| -> Vec<Vec<u64>> {
@@ -336,7 +339,11 @@ fn unknown_device_dtype_and_path_values_are_refused() {
     let data = write_data(d.path());
     let run = d.path().join("r");
     let model = fixture("tiny-llama");
-    for (flag, value) in [("--dtype", "fp32"), ("--device", "gpu"), ("--device", "cuda:x")] {
+    for (flag, value) in [
+        ("--dtype", "fp32"),
+        ("--device", "gpu"),
+        ("--device", "cuda:x"),
+    ] {
         let mut args = common_args(data.to_str().unwrap(), run.to_str().unwrap(), "lora", "2");
         args[1] = model.to_str().unwrap();
         args.extend([flag, value]);

@@ -100,8 +100,11 @@ enum Which {
         #[arg(long, default_value = "reproductions/bench/scale.json")]
         out: PathBuf,
     },
-    /// The default model's logits on --device/--dtype against the CPU in f32.
+    /// A model's logits on --device/--dtype against the CPU in f32.
     Logits {
+        /// Model: `default`, a path, or a Hugging Face id.
+        #[arg(long, default_value = "default")]
+        model: String,
         #[command(flatten)]
         dev: super::DeviceArgs,
         /// Where to write the record.
@@ -131,12 +134,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 layers > 0 && rank > 0 && dash_s > 0,
                 "--layers, --rank and --dash-s must be positive"
             );
-            eprintln!("bench: LoRA-Dash switch on {layers} LLaMA-7B-shaped layer(s), cold SVD cache…");
+            eprintln!(
+                "bench: LoRA-Dash switch on {layers} LLaMA-7B-shaped layer(s), cold SVD cache…"
+            );
             let rec = tsd::bench::bench_switch(layers, rank, dash_s)?;
             emit(&rec, &out)?;
             eprintln!(
-                "switch: {:.1} s for {layers} layer(s), {:.1} s per layer → ~{:.0} min for 32 layers (extrapolated)",
+                "switch: {:.1} s ({:.1} CPU s, load {:.1}) for {layers} layer(s), {:.1} s per layer → ~{:.0} min for 32 layers (extrapolated)",
                 rec.switch_seconds,
+                rec.switch_cpu_seconds,
+                rec.load_average_at_start,
                 rec.seconds_per_layer,
                 rec.extrapolated_32_layers_seconds / 60.0
             );
@@ -162,8 +169,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let o = tsd::bench::ScaleOptions {
                 config,
                 layers,
-                device: dev.device.unwrap_or(tsd::device::DeviceSpec::Cpu).to_string(),
-                dtype: dev.dtype.unwrap_or(tsd::device::WeightDtype::F32).to_string(),
+                device: dev
+                    .device
+                    .unwrap_or(tsd::device::DeviceSpec::Cpu)
+                    .to_string(),
+                dtype: dev
+                    .dtype
+                    .unwrap_or(tsd::device::WeightDtype::F32)
+                    .to_string(),
                 batch,
                 seq_len,
                 rank,
@@ -179,11 +192,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
             );
             Ok(())
         }
-        Which::Logits { dev, out } => {
+        Which::Logits { model, dev, out } => {
             dev.resolve()?;
             let rec = tsd::bench::bench_logits(
-                &dev.device.unwrap_or(tsd::device::DeviceSpec::Cpu).to_string(),
-                &dev.dtype.unwrap_or(tsd::device::WeightDtype::F32).to_string(),
+                &model,
+                &dev.device
+                    .unwrap_or(tsd::device::DeviceSpec::Cpu)
+                    .to_string(),
+                &dev.dtype
+                    .unwrap_or(tsd::device::WeightDtype::F32)
+                    .to_string(),
             )?;
             emit(&rec, &out)
         }

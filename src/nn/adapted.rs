@@ -211,7 +211,10 @@ impl AdaptedLinear {
     /// Makes W itself trainable (full fine-tuning of this module), as an f32 master copy.
     pub fn make_full(&mut self) -> Result<()> {
         self.full = Some(Var::from_tensor(
-            &self.weight().to_dtype(adapter_dtype(self.weight().dtype()))?.copy()?,
+            &self
+                .weight()
+                .to_dtype(adapter_dtype(self.weight().dtype()))?
+                .copy()?,
         )?);
         Ok(())
     }
@@ -564,13 +567,14 @@ mod tests {
         for v in [&lora.a, &lora.b, &d.delta_sigma] {
             assert_eq!(v.dtype(), DType::F32, "adapter parameters are f32");
         }
-        d.delta_sigma.set(&Tensor::new(&[0.1f32, 0.1, 0.1], &dev)?)?;
+        d.delta_sigma
+            .set(&Tensor::new(&[0.1f32, 0.1, 0.1], &dev)?)?;
         let mut opt = AdamW::new(AdamWConfig::default());
         opt.add("ds", d.delta_sigma.clone())?;
         let x = Tensor::randn(0f32, 1.0, (8, 12), &dev)?.to_dtype(DType::BF16)?;
         let (lr, k) = (1e-4, 5);
         let mut prev = d.delta_sigma.as_tensor().to_vec1::<f32>()?;
-        let mut pure_bf16 = vec![half::bf16::from_f32(0.1); 3];
+        let mut pure_bf16 = [half::bf16::from_f32(0.1); 3];
         for _ in 0..k {
             let y = l.forward(&x, &ForwardCtx::eval())?;
             assert_eq!(y.dtype(), DType::BF16, "output in the base dtype");
@@ -588,7 +592,11 @@ mod tests {
         for j in 0..3 {
             let moved = (prev[j] - 0.1).abs() as f64;
             assert!(moved > 0.5 * k as f64 * lr, "f32 Δσ moved only {moved}");
-            assert_eq!(pure_bf16[j], half::bf16::from_f32(0.1), "bf16 Δσ would not move");
+            assert_eq!(
+                pure_bf16[j],
+                half::bf16::from_f32(0.1),
+                "bf16 Δσ would not move"
+            );
         }
         Ok(())
     }

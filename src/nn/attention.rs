@@ -462,8 +462,8 @@ pub fn causal_attention_composed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
     use crate::nn::fused::tests::max_diff;
+    use candle_core::Device;
     use candle_core::Var;
 
     fn tables(t: usize, d: usize) -> Result<(Tensor, Tensor)> {

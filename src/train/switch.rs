@@ -109,8 +109,13 @@ mod tests {
         }
         for budget in [1, usize::MAX] {
             let mut par = make();
-            let got =
-                start_dash_all(par.iter_mut().collect(), 3, SigmaFloor::default(), &cache, budget)?;
+            let got = start_dash_all(
+                par.iter_mut().collect(),
+                3,
+                SigmaFloor::default(),
+                &cache,
+                budget,
+            )?;
             assert_eq!(got.len(), 5, "the frozen module is skipped");
             for (g, w) in got.iter().zip(&want) {
                 assert_eq!(g.module, w.module);
