@@ -78,11 +78,18 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
+    /// Deterministic pseudo-random values, so that every call builds the same module.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n)
+            .map(|k| ((k as f64 * 0.7548 + seed as f64 * 1.3).sin() * 43758.5453).fract() as f32)
+            .collect()
+    }
+
     fn module(i: u64, out: usize, inp: usize) -> AdaptedLinear {
-        let w = Tensor::randn(0f32, 1.0, (out, inp), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(values(out * inp, i), (out, inp), &Device::Cpu).unwrap();
         let mut l = AdaptedLinear::frozen(format!("m{i}"), w);
         l.add_lora(2, 4.0, false, i).unwrap();
-        let b = Tensor::randn(0f32, 0.5, (out, 2), &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(values(out * 2, i + 100), (out, 2), &Device::Cpu).unwrap();
         l.lora.as_ref().unwrap().b.set(&b).unwrap();
         l
     }
