@@ -318,20 +318,25 @@ fn context_switches() -> u64 {
 
 /// Times `steps` LoRA (or LoRA-Dash, switched before timing) training steps — forward, backward,
 /// AdamW — on the default model with a fixed `[batch, seq_len]` batch, every position labelled.
+/// `device` and `dtype` are `--device` / `--dtype` strings (the record's figures are for CPU f32).
 pub fn bench_train_step(
     method: &str,
     batch: usize,
     seq_len: usize,
     rank: usize,
     steps: usize,
+    device: &str,
+    dtype: &str,
 ) -> Result<TrainBench> {
     use crate::model::Llama;
     use crate::nn::ForwardCtx;
     use crate::train::optim::{AdamW, AdamWConfig};
-    use candle_core::{DType, Device, Tensor};
+    use candle_core::Tensor;
+    let dev = crate::device::device_for(device)?;
+    let dt = crate::device::dtype_for(dtype)?;
     let path = crate::assets::default_model(false)?;
     let src = crate::weights::GgufModel::open(&path)?;
-    let mut model = Llama::from_source(&src, &Device::Cpu, DType::F32)?;
+    let mut model = Llama::from_source(&src, &dev, dt)?;
     let targets = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"];
     let mut opt = AdamW::new(AdamWConfig::default());
     for (i, lin) in model.linears_mut().enumerate() {
@@ -348,7 +353,7 @@ pub fn bench_train_step(
             if lin.lora.is_none() {
                 continue;
             }
-            let w = lin.weight();
+            let w = lin.weight().to_dtype(candle_core::DType::F32)?;
             let (r, c) = w.dims2()?;
             let m = Matrix::new(r, c, w.flatten_all()?.to_vec1::<f32>()?)?;
             let (d, _) = cache.get_or_compute(&m, Precision::F32)?;
@@ -363,7 +368,7 @@ pub fn bench_train_step(
     let ids: Vec<u32> = (0..batch * seq_len)
         .map(|i| (i as u32).wrapping_mul(2654435761) % vocab)
         .collect();
-    let ids = Tensor::from_vec(ids, (batch, seq_len), &Device::Cpu)?;
+    let ids = Tensor::from_vec(ids, (batch, seq_len), &dev)?;
     let targets_t: Vec<u32> = (0..batch * seq_len)
         .map(|i| ((i as u32 + 7).wrapping_mul(40503)) % vocab)
         .collect();
@@ -381,6 +386,7 @@ pub fn bench_train_step(
         let loss = crate::nn::loss::cross_entropy(&logits, &targets_t)?;
         let grads = loss.backward()?;
         opt.step(&grads, 1e-4, 1.0)?;
+        dev.synchronize()?;
         if s >= warmup {
             times.push(t.elapsed().as_secs_f64());
         }

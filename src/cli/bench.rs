@@ -50,6 +50,8 @@ enum Which {
         /// Internal: measure one method in this process and print its JSON.
         #[arg(long, hide = true)]
         single: Option<String>,
+        #[command(flatten)]
+        dev: super::DeviceArgs,
     },
     /// LoRA-Dash's switch (SVDs in parallel through a cold SVD cache, TSD picks) on
     /// LLaMA-7B-shaped layers, extrapolated linearly to 32 layers.
@@ -237,13 +239,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
             torch,
             out,
             single,
+            dev,
         } => {
+            dev.resolve()?;
+            let device = dev
+                .device
+                .unwrap_or(tsd::device::DeviceSpec::Cpu)
+                .to_string();
+            let dtype = dev
+                .dtype
+                .unwrap_or(tsd::device::WeightDtype::F32)
+                .to_string();
             anyhow::ensure!(
                 batch > 0 && seq_len > 1 && steps > 0,
                 "--batch, --seq-len and --steps must be positive"
             );
             if let Some(m) = single {
-                let r = tsd::bench::bench_train_step(&m, batch, seq_len, rank, steps)?;
+                let r =
+                    tsd::bench::bench_train_step(&m, batch, seq_len, rank, steps, &device, &dtype)?;
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
@@ -272,6 +285,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                             &rank.to_string(),
                         ])
                         .args(["--steps", &steps.to_string(), "--single", m])
+                        .args(["--device", &device, "--dtype", &dtype])
                         .output()?;
                     anyhow::ensure!(
                         o.status.success(),
