@@ -352,20 +352,25 @@ fn context_switches() -> u64 {
 
 /// Times `steps` LoRA (or LoRA-Dash, switched before timing) training steps — forward, backward,
 /// AdamW — on the default model with a fixed `[batch, seq_len]` batch, every position labelled.
+/// `device` and `dtype` are `--device` / `--dtype` strings (the record's figures are for CPU f32).
 pub fn bench_train_step(
     method: &str,
     batch: usize,
     seq_len: usize,
     rank: usize,
     steps: usize,
+    device: &str,
+    dtype: &str,
 ) -> Result<TrainBench> {
     use crate::model::Llama;
     use crate::nn::ForwardCtx;
     use crate::train::optim::{AdamW, AdamWConfig};
-    use candle_core::{DType, Device, Tensor};
+    use candle_core::Tensor;
+    let dev = crate::device::device_for(device)?;
+    let dt = crate::device::dtype_for(dtype)?;
     let path = crate::assets::default_model(false)?;
     let src = crate::weights::GgufModel::open(&path)?;
-    let mut model = Llama::from_source(&src, &Device::Cpu, DType::F32)?;
+    let mut model = Llama::from_source(&src, &dev, dt)?;
     let targets = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"];
     let mut opt = AdamW::new(AdamWConfig::default());
     for (i, lin) in model.linears_mut().enumerate() {
@@ -382,7 +387,7 @@ pub fn bench_train_step(
             if lin.lora.is_none() {
                 continue;
             }
-            let w = lin.weight();
+            let w = lin.weight().to_dtype(candle_core::DType::F32)?;
             let (r, c) = w.dims2()?;
             let m = Matrix::new(r, c, w.flatten_all()?.to_vec1::<f32>()?)?;
             let (d, _) = cache.get_or_compute(&m, Precision::F32)?;
@@ -397,7 +402,7 @@ pub fn bench_train_step(
     let ids: Vec<u32> = (0..batch * seq_len)
         .map(|i| (i as u32).wrapping_mul(2654435761) % vocab)
         .collect();
-    let ids = Tensor::from_vec(ids, (batch, seq_len), &Device::Cpu)?;
+    let ids = Tensor::from_vec(ids, (batch, seq_len), &dev)?;
     let targets_t: Vec<u32> = (0..batch * seq_len)
         .map(|i| ((i as u32 + 7).wrapping_mul(40503)) % vocab)
         .collect();
@@ -415,6 +420,7 @@ pub fn bench_train_step(
         let loss = crate::nn::loss::cross_entropy(&logits, &targets_t)?;
         let grads = loss.backward()?;
         opt.step(&grads, 1e-4, 1.0)?;
+        dev.synchronize()?;
         if s >= warmup {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -440,6 +446,432 @@ pub fn bench_train_step(
 
 /// The default model's name in benchmark records.
 pub const DEFAULT_MODEL_NAME: &str = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to f32)";
+
+/// A LLaMA-shaped model with seeded random weights (uniform, std 0.02; norms 1), generated
+/// tensor by tensor when the loader asks, in parallel blocks: a 7B shape needs no checkpoint and
+/// never more than one tensor on the host.
+pub struct RandomLlama {
+    pub config: crate::model::LlamaConfig,
+    pub seed: u64,
+}
+
+impl RandomLlama {
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        let c = &self.config;
+        let (h, v) = (c.hidden_size, c.vocab_size);
+        match name {
+            "model.embed_tokens.weight" | "lm_head.weight" => return Some(vec![v, h]),
+            "model.norm.weight" => return Some(vec![h]),
+            _ => {}
+        }
+        let rest = name.strip_prefix("model.layers.")?;
+        let (layer, rest) = rest.split_once('.')?;
+        if layer.parse::<usize>().ok()? >= c.num_hidden_layers {
+            return None;
+        }
+        if rest == "input_layernorm.weight" || rest == "post_attention_layernorm.weight" {
+            return Some(vec![h]);
+        }
+        let module = rest.strip_suffix(".weight")?.rsplit('.').next()?;
+        c.linear_shape(module).map(|(o, i)| vec![o, i])
+    }
+}
+
+impl crate::weights::WeightSource for RandomLlama {
+    fn describe(&self) -> String {
+        format!(
+            "random LLaMA ({} layers, {}/{}, seed {})",
+            self.config.num_hidden_layers,
+            self.config.hidden_size,
+            self.config.intermediate_size,
+            self.seed
+        )
+    }
+    fn has(&self, name: &str) -> bool {
+        self.shape_of(name).is_some()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.shape_of(name)
+    }
+    fn matrix(&self, name: &str) -> Result<Matrix> {
+        let (shape, data) = self.tensor(name)?;
+        Matrix::new(shape[0], shape.get(1).copied().unwrap_or(1), data)
+    }
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        use rand::Rng;
+        use rayon::prelude::*;
+        let shape = self
+            .shape_of(name)
+            .ok_or_else(|| crate::Error::MissingTensor {
+                context: self.describe(),
+                tensor: name.into(),
+            })?;
+        let n: usize = shape.iter().product();
+        if shape.len() == 1 {
+            return Ok((shape, vec![1.0; n]));
+        }
+        let seed = name
+            .bytes()
+            .fold(self.seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+        let a = 0.02f32 * 3f32.sqrt();
+        let mut data = vec![0f32; n];
+        data.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(c, block)| {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(
+                    seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                for x in block.iter_mut() {
+                    *x = rng.random_range(-a..a);
+                }
+            });
+        Ok((shape, data))
+    }
+    fn names(&self) -> Vec<String> {
+        let mut v = vec!["model.embed_tokens.weight".to_string()];
+        for l in 0..self.config.num_hidden_layers {
+            for (g, m) in [
+                ("self_attn", "q_proj"),
+                ("self_attn", "k_proj"),
+                ("self_attn", "v_proj"),
+                ("self_attn", "o_proj"),
+                ("mlp", "gate_proj"),
+                ("mlp", "up_proj"),
+                ("mlp", "down_proj"),
+            ] {
+                v.push(format!("model.layers.{l}.{g}.{m}.weight"));
+            }
+            v.push(format!("model.layers.{l}.input_layernorm.weight"));
+            v.push(format!("model.layers.{l}.post_attention_layernorm.weight"));
+        }
+        v.push("model.norm.weight".into());
+        v.push("lm_head.weight".into());
+        v
+    }
+    fn total_params(&self) -> u64 {
+        self.config.total_params()
+    }
+    fn config_json(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(&self.config).ok()
+    }
+}
+
+/// User + system CPU seconds of this process so far (`/proc/self/stat`, 100 ticks per second).
+fn process_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // fields after the parenthesised command name; utime and stime are the 12th and 13th
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// `tsd bench switch`: LoRA-Dash's switch (SVD of every adapted weight through a cold SVD cache,
+/// TSD picks, Dash terms) on LLaMA-7B-shaped layers.
+#[derive(Clone, Debug, Serialize)]
+pub struct SwitchBench {
+    pub what: &'static str,
+    pub layers: usize,
+    pub modules: usize,
+    pub rank: usize,
+    pub dash_s: usize,
+    pub threads: usize,
+    pub cpu: String,
+    /// SVDs in flight at once per shape (threads, bounded by the memory budget).
+    pub parallel_svds: Vec<(String, usize)>,
+    pub svd_budget_bytes: usize,
+    pub switch_seconds: f64,
+    /// CPU seconds (user + system) this process spent in the switch: on a shared machine the
+    /// wall time also counts other work's share of the cores.
+    pub switch_cpu_seconds: f64,
+    /// The 1-minute load average when the switch started (`/proc/loadavg`).
+    pub load_average_at_start: f64,
+    pub seconds_per_layer: f64,
+    /// `seconds_per_layer × 32`: a linear extrapolation from the measured layers, not a measurement.
+    pub extrapolated_32_layers_seconds: f64,
+}
+
+/// Times the switch on `layers` LLaMA-7B-shaped layers (q, k, v, up, down) with rank-`rank` LoRA
+/// (B random, so that ΔW ≠ 0), `s` directions per module, a cold SVD cache in a temporary dir.
+pub fn bench_switch(layers: usize, rank: usize, s: usize) -> Result<SwitchBench> {
+    use crate::nn::AdaptedLinear;
+    use crate::train::switch::{parallel_svds, start_dash_all, DEFAULT_SVD_BUDGET};
+    use candle_core::{Device, Tensor};
+    let mut lins = Vec::new();
+    for l in 0..layers {
+        for (i, &(name, out, inp)) in LLAMA7B_MODULES.iter().enumerate() {
+            let seed = (l * 16 + i) as u64;
+            let w = random_matrix(out, inp, 0.02, seed);
+            let w = Tensor::from_vec(w.data, (out, inp), &Device::Cpu)?;
+            let mut lin = AdaptedLinear::frozen(format!("model.layers.{l}.{name}"), w);
+            lin.add_lora(rank, 2.0 * rank as f64, false, seed)?;
+            let b = random_matrix(out, rank, 0.01, seed ^ 0xB);
+            lin.lora.as_ref().expect("added").b.set(&Tensor::from_vec(
+                b.data,
+                (out, rank),
+                &Device::Cpu,
+            )?)?;
+            lins.push(lin);
+        }
+    }
+    let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
+    let cache = SvdCache::new(dir.path());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    let (t, cpu0) = (Instant::now(), process_cpu_seconds());
+    start_dash_all(
+        lins.iter_mut().collect(),
+        s,
+        Default::default(),
+        &cache,
+        DEFAULT_SVD_BUDGET,
+    )?;
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu0;
+    let per_layer = secs / layers as f64;
+    Ok(SwitchBench {
+        what: "LoRA-Dash switch (TSD identification) on LLaMA-7B-shaped layers, cold SVD cache",
+        layers,
+        modules: lins.len(),
+        rank,
+        dash_s: s,
+        threads: rayon::current_num_threads(),
+        cpu: cpu_name(),
+        parallel_svds: LLAMA7B_MODULES
+            .iter()
+            .map(|&(n, o, i)| (n.to_string(), parallel_svds(o, i, DEFAULT_SVD_BUDGET)))
+            .collect(),
+        svd_budget_bytes: DEFAULT_SVD_BUDGET,
+        switch_seconds: secs,
+        switch_cpu_seconds: cpu,
+        load_average_at_start: load,
+        seconds_per_layer: per_layer,
+        extrapolated_32_layers_seconds: per_layer * 32.0,
+    })
+}
+
+/// Options of [`bench_scale_train`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ScaleOptions {
+    /// Built-in config name or config.json path; `layers` overrides its layer count.
+    pub config: String,
+    pub layers: Option<usize>,
+    pub device: String,
+    pub dtype: String,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub rank: usize,
+    pub dash_s: usize,
+    /// LoRA steps before the switch; `steps` in all.
+    pub dash_t: usize,
+    pub steps: usize,
+}
+
+/// `tsd bench scale`: LoRA-Dash training steps on a random model of a given shape on any device
+/// and dtype, crossing the switch: step times before and after it, the switch's wall time.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScaleBench {
+    pub what: &'static str,
+    pub options: ScaleOptions,
+    pub model: String,
+    pub base_params: u64,
+    pub trainable_params_lora: u64,
+    pub load_seconds: f64,
+    /// Every step's seconds (device synchronised), the switch not included.
+    pub step_seconds: Vec<f64>,
+    /// Median over LoRA steps after the first (warm-up) one.
+    pub lora_median_step_seconds: f64,
+    /// Median over the Dash steps after the first one.
+    pub dash_median_step_seconds: f64,
+    pub lora_tokens_per_s: f64,
+    pub dash_tokens_per_s: f64,
+    pub switch_seconds: f64,
+    pub losses: Vec<f64>,
+    pub peak_rss_bytes: u64,
+    pub threads: usize,
+}
+
+/// Runs [`ScaleOptions::steps`] LoRA-Dash steps (switch after `dash_t`) on a [`RandomLlama`]:
+/// LoRA (α = 2r) on q, k, v, up, down of every layer, dropout 0.05, AdamW lr 1e-4, a fixed
+/// `[batch, seq_len]` batch with every position labelled.
+pub fn bench_scale_train(o: &ScaleOptions) -> Result<ScaleBench> {
+    use crate::model::{Llama, LlamaConfig};
+    use crate::nn::ForwardCtx;
+    use crate::train::optim::{AdamW, AdamWConfig};
+    use crate::train::switch::{start_dash_all, DEFAULT_SVD_BUDGET};
+    use crate::weights::WeightSource;
+    use candle_core::Tensor;
+    let mut config = match LlamaConfig::builtin(&o.config) {
+        Some(c) => c,
+        None => {
+            let p = std::path::Path::new(&o.config);
+            LlamaConfig::from_json(crate::fsutil::read_json(p)?, p)?
+        }
+    };
+    if let Some(l) = o.layers {
+        config.num_hidden_layers = l;
+    }
+    if o.dash_t == 0 || o.dash_t + 2 > o.steps {
+        return Err(crate::Error::InvalidArgument(format!(
+            "--dash-t {} and --steps {}: need 1 ≤ dash-t ≤ steps − 2 (a warm-up and a timed step on each side of the switch)",
+            o.dash_t, o.steps
+        )));
+    }
+    let device = crate::device::device_for(&o.device)?;
+    let dtype = crate::device::dtype_for(&o.dtype)?;
+    let src = RandomLlama {
+        config: config.clone(),
+        seed: 1,
+    };
+    let t = Instant::now();
+    let mut model = Llama::load(&src, config, &device, dtype)?;
+    device.synchronize()?;
+    let load_seconds = t.elapsed().as_secs_f64();
+    let targets = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"];
+    let mut opt = AdamW::new(AdamWConfig::default());
+    for (i, lin) in model.linears_mut().enumerate() {
+        if targets.iter().any(|t| lin.module.ends_with(t)) {
+            lin.add_lora(o.rank, 2.0 * o.rank as f64, false, i as u64)?;
+            let l = lin.lora.as_ref().expect("added");
+            opt.add(format!("{i}.a"), l.a.clone())?;
+            opt.add(format!("{i}.b"), l.b.clone())?;
+        }
+    }
+    let trainable: u64 = opt.slots.iter().map(|s| s.var.elem_count() as u64).sum();
+    let vocab = model.config.vocab_size as u32;
+    let n = o.batch * o.seq_len;
+    let ids: Vec<u32> = (0..n)
+        .map(|i| (i as u32).wrapping_mul(2654435761) % vocab)
+        .collect();
+    let ids = Tensor::from_vec(ids, (o.batch, o.seq_len), &device)?;
+    let targets_t: Vec<u32> = (0..n)
+        .map(|i| ((i as u32 + 7).wrapping_mul(40503)) % vocab)
+        .collect();
+    let (mut times, mut losses, mut switch_seconds) = (Vec::new(), Vec::new(), 0.0);
+    for step in 0..o.steps {
+        if step == o.dash_t {
+            let t = Instant::now();
+            start_dash_all(
+                model.linears_mut().collect(),
+                o.dash_s,
+                Default::default(),
+                &SvdCache::disabled(),
+                DEFAULT_SVD_BUDGET,
+            )?;
+            for (i, lin) in model.linears().enumerate() {
+                if let Some(d) = &lin.dash {
+                    opt.add(format!("{i}.ds"), d.delta_sigma.clone())?;
+                }
+            }
+            device.synchronize()?;
+            switch_seconds = t.elapsed().as_secs_f64();
+        }
+        let t = Instant::now();
+        let ctx = ForwardCtx::train(0.05, step as u64);
+        let h = model.final_hidden(&model.embed(&ids)?, 0, &ctx)?;
+        let logits = model.logits(&h.reshape((n, model.config.hidden_size))?)?;
+        let loss = crate::nn::loss::cross_entropy(&logits, &targets_t)?;
+        let grads = loss.backward()?;
+        opt.step(&grads, 1e-4, 1.0)?;
+        losses.push(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64);
+        device.synchronize()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let lora_steps = if o.dash_t > 1 {
+        &times[1..o.dash_t]
+    } else {
+        &times[..1]
+    };
+    let lora_med = median(lora_steps);
+    let dash_med = median(&times[o.dash_t + 1..]);
+    Ok(ScaleBench {
+        what: "LoRA-Dash training steps on a random LLaMA-shaped model, across the switch",
+        options: o.clone(),
+        model: src.describe(),
+        base_params: src.total_params(),
+        trainable_params_lora: trainable,
+        load_seconds,
+        lora_median_step_seconds: lora_med,
+        dash_median_step_seconds: dash_med,
+        lora_tokens_per_s: n as f64 / lora_med,
+        dash_tokens_per_s: n as f64 / dash_med,
+        step_seconds: times,
+        switch_seconds,
+        losses,
+        peak_rss_bytes: crate::train::trainer::peak_rss_bytes(),
+        threads: rayon::current_num_threads(),
+    })
+}
+
+/// `tsd bench logits`: a model's logits on a device and dtype against the CPU in f32.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogitsCheck {
+    pub what: &'static str,
+    pub model: String,
+    pub device: String,
+    pub dtype: String,
+    pub tokens: usize,
+    pub max_abs_logit: f64,
+    pub max_abs_diff: f64,
+    /// Positions whose argmax agrees with the CPU's.
+    pub argmax_agreement: f64,
+}
+
+/// Logits of `model` (`default`, a path or a hub id) for a fixed 64-token sequence on
+/// `device`/`dtype` vs CPU f32.
+pub fn bench_logits(model: &str, device: &str, dtype: &str) -> Result<LogitsCheck> {
+    use crate::model::Llama;
+    use crate::nn::ForwardCtx;
+    use candle_core::{DType, Device, Tensor};
+    let path = crate::weights::resolve_path(&crate::weights::ModelSpec::new(model))?;
+    let src = crate::weights::open_path(&path)?;
+    let src = src.as_ref();
+    let dev = crate::device::device_for(device)?;
+    let dt = crate::device::dtype_for(dtype)?;
+    let run = |d: &Device, t: DType, ids: &[u32]| -> Result<Vec<Vec<f32>>> {
+        let m = Llama::from_source(src, d, t)?;
+        let x = Tensor::new(vec![ids.to_vec()], d)?;
+        Ok(m.forward(&x, &ForwardCtx::eval())?
+            .get(0)?
+            .to_dtype(DType::F32)?
+            .to_vec2()?)
+    };
+    let vocab = src
+        .shape("model.embed_tokens.weight")
+        .and_then(|s| s.first().copied())
+        .unwrap_or(1) as u32;
+    let ids: Vec<u32> = (0..64u32)
+        .map(|i| i.wrapping_mul(2654435761).wrapping_add(i) % vocab)
+        .collect();
+    let want = run(&Device::Cpu, DType::F32, &ids)?;
+    let got = run(&dev, dt, &ids)?;
+    let argmax = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b]));
+    let (mut scale, mut diff, mut agree) = (0f64, 0f64, 0usize);
+    for (a, b) in got.iter().zip(&want) {
+        for (x, y) in a.iter().zip(b) {
+            scale = scale.max(y.abs() as f64);
+            diff = diff.max((x - y).abs() as f64);
+        }
+        agree += (argmax(a) == argmax(b)) as usize;
+    }
+    Ok(LogitsCheck {
+        what: "logits on DEVICE/DTYPE against the CPU in f32",
+        model: src.describe(),
+        device: device.into(),
+        dtype: dtype.into(),
+        tokens: ids.len(),
+        max_abs_logit: scale,
+        max_abs_diff: diff,
+        argmax_agreement: agree as f64 / want.len().max(1) as f64,
+    })
+}
 
 #[cfg(test)]
 mod tests {

@@ -26,12 +26,27 @@ fn write_data(dir: &Path) -> std::path::PathBuf {
 }
 
 fn train(home: &Path, args: &[&str]) -> std::process::Output {
+    train_on(home, args, false)
+}
+
+/// `tsd train` on the fused CPU kernels, or (`composed`) on the composed ops CUDA runs.
+fn train_on(home: &Path, args: &[&str], composed: bool) -> std::process::Output {
     tsd(home)
+        .env("TSD_COMPOSED", if composed { "1" } else { "0" })
         .arg("train")
         .args(args)
         .arg("-q")
         .output()
         .unwrap()
+}
+
+fn losses(rec: &serde_json::Value) -> Vec<f64> {
+    rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["loss"].as_f64().unwrap())
+        .collect()
 }
 
 fn common_args<'a>(data: &'a str, out: &'a str, method: &'a str, steps: &'a str) -> Vec<&'a str> {
@@ -192,14 +207,108 @@ fn lora_dash_run_learns_switches_and_checkpoints_are_inspectable() {
     assert_eq!(again.status.code(), Some(2));
 }
 
+/// On each op path (fused CPU kernels; the composed ops CUDA runs) a killed run resumes to
+/// bit-identical weights; the two paths agree with each other to rounding.
 #[test]
 fn killed_run_resumes_to_identical_weights() {
     let d = tempfile::tempdir().unwrap();
     let data = write_data(d.path());
     let model = fixture("tiny-llama");
-    let a = d.path().join("a");
-    let b = d.path().join("b");
-    for (run, abort) in [(&a, None), (&b, Some("5"))] {
+    let mut finals = Vec::new();
+    for composed in [false, true] {
+        let a = d.path().join(format!("a-{composed}"));
+        let b = d.path().join(format!("b-{composed}"));
+        for (run, abort) in [(&a, None), (&b, Some("5"))] {
+            let mut args = common_args(
+                data.to_str().unwrap(),
+                run.to_str().unwrap(),
+                "lora-dash",
+                "9",
+            );
+            args[1] = model.to_str().unwrap();
+            if let Some(s) = abort {
+                args.extend(["--abort-after-step", s]);
+            }
+            let out = train_on(d.path(), &args, composed);
+            assert_eq!(
+                out.status.success(),
+                abort.is_none(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // b died after step 5 (last checkpoint: step 3, before the switch at 4)
+        assert_eq!(tsd::train::trainer::latest_checkpoint(&b).unwrap(), Some(3));
+        let out = train_on(d.path(), &["--resume", b.to_str().unwrap()], composed);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let wa = tsd::adapter::load_adapter(&a.join("checkpoints/step-000009")).unwrap();
+        let wb = tsd::adapter::load_adapter(&b.join("checkpoints/step-000009")).unwrap();
+        assert_eq!(wa.modules.len(), wb.modules.len());
+        for (x, y) in wa.modules.iter().zip(&wb.modules) {
+            // bit-identical on CPU: same data order, dropout masks, optimizer state and Dash picks
+            assert!(
+                x == y,
+                "{} (composed {composed}): resumed run must reach the same final weights",
+                x.module
+            );
+        }
+        let (ra, rb) = (record(&a), record(&b));
+        assert_eq!(losses(&ra), losses(&rb), "composed {composed}");
+        finals.push((ra, wa));
+    }
+    let ((rf, wf), (rc, wc)) = (&finals[0], &finals[1]);
+    for (x, y) in losses(rf).iter().zip(losses(rc)) {
+        assert!(
+            (x - y).abs() < 1e-4 * x.abs(),
+            "fused loss {x} vs composed {y}"
+        );
+    }
+    assert_ne!(losses(rf), losses(rc), "the paths must differ in rounding");
+    let picks = |r: &serde_json::Value| -> Vec<Vec<u64>> {
+        r["dash_switch"]["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                m["tsd"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["index"].as_u64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(picks(rf), picks(rc), "same Dash picks on both paths");
+    for (x, y) in wf.modules.iter().zip(&wc.modules) {
+        let (dx, dy) = (x.dash.as_ref().unwrap(), y.dash.as_ref().unwrap());
+        for (p, q) in dx.delta_sigma.iter().zip(&dy.delta_sigma) {
+            assert!((p - q).abs() < 1e-3 * p.abs().max(1e-3), "Δσ {p} vs {q}");
+        }
+    }
+}
+
+/// A bf16 base on the CPU (adapters and optimizer state f32): the loss follows the f32 run on
+/// the same bf16 weights within bf16 rounding, and Δσ trains.
+#[test]
+fn bf16_base_trains_like_the_f32_run() {
+    let d = tempfile::tempdir().unwrap();
+    let data = write_data(d.path());
+    // the bf16 fixture holds weights and config; the tokenizer is tiny-llama's
+    let model = d.path().join("tiny-llama-bf16");
+    common::copy_dir(&fixture("tiny-llama-bf16"), &model);
+    std::fs::copy(
+        fixture("tiny-llama").join("tokenizer.json"),
+        model.join("tokenizer.json"),
+    )
+    .unwrap();
+    let mut runs = Vec::new();
+    for dtype in ["f32", "bf16"] {
+        let run = d.path().join(dtype);
         let mut args = common_args(
             data.to_str().unwrap(),
             run.to_str().unwrap(),
@@ -207,49 +316,64 @@ fn killed_run_resumes_to_identical_weights() {
             "9",
         );
         args[1] = model.to_str().unwrap();
-        if let Some(s) = abort {
-            args.extend(["--abort-after-step", s]);
-        }
+        args.extend(["--dtype", dtype]);
         let out = train(d.path(), &args);
-        assert_eq!(
+        assert!(
             out.status.success(),
-            abort.is_none(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let ad = tsd::adapter::load_adapter(&run.join("checkpoints/step-000009")).unwrap();
+        assert!(ad.modules.iter().any(|m| m
+            .dash
+            .as_ref()
+            .unwrap()
+            .delta_sigma
+            .iter()
+            .any(|&x| x != 0.0)));
+        runs.push(losses(&record(&run)));
     }
-    // b died after step 5 (last checkpoint: step 3, before the switch at 4)
-    assert_eq!(tsd::train::trainer::latest_checkpoint(&b).unwrap(), Some(3));
-    let out = train(d.path(), &["--resume", b.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let wa = tsd::adapter::load_adapter(&a.join("checkpoints/step-000009")).unwrap();
-    let wb = tsd::adapter::load_adapter(&b.join("checkpoints/step-000009")).unwrap();
-    assert_eq!(wa.modules.len(), wb.modules.len());
-    for (x, y) in wa.modules.iter().zip(&wb.modules) {
-        // bit-identical on CPU: same data order, dropout masks, optimizer state and Dash picks
-        assert!(
-            x == y,
-            "{}: resumed run must reach the same final weights",
-            x.module
-        );
+    assert_ne!(runs[0], runs[1], "the bf16 run must compute in bf16");
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        assert!((a - b).abs() < 0.02 * a.abs(), "f32 loss {a} vs bf16 {b}");
     }
-    let (ra, rb) = (record(&a), record(&b));
-    assert_eq!(
-        ra["steps"].as_array().unwrap().len(),
-        rb["steps"].as_array().unwrap().len()
-    );
-    for (x, y) in ra["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(rb["steps"].as_array().unwrap())
-    {
-        assert_eq!(x["loss"], y["loss"]);
+}
+
+/// `--device`, `--dtype` and `TSD_COMPOSED` take known values only (exit 2, value named).
+#[test]
+fn unknown_device_dtype_and_path_values_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let data = write_data(d.path());
+    let run = d.path().join("r");
+    let model = fixture("tiny-llama");
+    for (flag, value) in [
+        ("--dtype", "fp32"),
+        ("--device", "gpu"),
+        ("--device", "cuda:x"),
+    ] {
+        let mut args = common_args(data.to_str().unwrap(), run.to_str().unwrap(), "lora", "2");
+        args[1] = model.to_str().unwrap();
+        args.extend([flag, value]);
+        let out = train(d.path(), &args);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(value));
+        let out = tsd(d.path())
+            .args(["eval", "--tasks", "boolq", flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "eval {flag} {value}");
     }
+    let mut args = common_args(data.to_str().unwrap(), run.to_str().unwrap(), "lora", "2");
+    args[1] = model.to_str().unwrap();
+    let out = tsd(d.path())
+        .env("TSD_COMPOSED", "yes")
+        .arg("train")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TSD_COMPOSED"));
+    assert!(!run.exists(), "a refused run leaves nothing behind");
 }
 
 #[test]
@@ -438,14 +562,7 @@ fn cached_lower_layers_give_the_same_training_as_recomputing_them() {
         );
         let rec = record(&run);
         assert_eq!(rec["lower_cache_seconds"].as_f64().unwrap() > 0.0, cache);
-        losses.push(
-            rec["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s["loss"].as_f64().unwrap())
-                .collect::<Vec<_>>(),
-        );
+        losses.push(self::losses(&rec));
         // only the top layer is adapted
         let ad = tsd::adapter::load_adapter(&run.join("checkpoints/step-000006")).unwrap();
         assert!(ad

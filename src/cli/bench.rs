@@ -55,11 +55,163 @@ enum Which {
         /// Internal: measure one method in this process and print its JSON.
         #[arg(long, hide = true)]
         single: Option<String>,
+        #[command(flatten)]
+        dev: super::DeviceArgs,
     },
+    /// LoRA-Dash's switch (SVDs in parallel through a cold SVD cache, TSD picks) on
+    /// LLaMA-7B-shaped layers, extrapolated linearly to 32 layers.
+    Switch {
+        /// LLaMA-7B-shaped layers (q, k, v, up, down each).
+        #[arg(long, default_value_t = 1)]
+        layers: usize,
+        /// LoRA rank.
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+        /// Dash directions per module.
+        #[arg(long, default_value_t = 8)]
+        dash_s: usize,
+        /// Where to write the record.
+        #[arg(long, default_value = "reproductions/bench/switch.json")]
+        out: PathBuf,
+    },
+    /// LoRA-Dash steps across the switch on a random model of a given shape, on any device and
+    /// dtype (the GPU check runs it on LLaMA-7B's shape in bf16).
+    Scale {
+        /// Shape: a built-in config (llama-7b, llama2-7b, llama3-8b) or a config.json path.
+        #[arg(long, default_value = "llama-7b")]
+        config: String,
+        /// Override the config's layer count.
+        #[arg(long)]
+        layers: Option<usize>,
+        #[command(flatten)]
+        dev: super::DeviceArgs,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        /// LoRA rank (α = 2r) on q, k, v, up, down.
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+        /// Dash directions per module.
+        #[arg(long, default_value_t = 8)]
+        dash_s: usize,
+        /// LoRA steps before the switch.
+        #[arg(long, default_value_t = 4)]
+        dash_t: usize,
+        /// Steps in all (the switch falls between step dash-t and dash-t + 1).
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        /// Where to write the record.
+        #[arg(long, default_value = "reproductions/bench/scale.json")]
+        out: PathBuf,
+    },
+    /// A model's logits on --device/--dtype against the CPU in f32.
+    Logits {
+        /// Model: `default`, a path, or a Hugging Face id.
+        #[arg(long, default_value = "default")]
+        model: String,
+        #[command(flatten)]
+        dev: super::DeviceArgs,
+        /// Where to write the record.
+        #[arg(long, default_value = "reproductions/bench/logits.json")]
+        out: PathBuf,
+    },
+}
+
+/// Writes a benchmark record as JSON (atomically) and prints it.
+fn emit<T: serde::Serialize>(rec: &T, out: &std::path::Path) -> Result<()> {
+    let text = tsd::output::to_json(rec)? + "\n";
+    tsd::fsutil::atomic_write(out, text.as_bytes())?;
+    print!("{text}");
+    eprintln!("wrote {}", out.display());
+    Ok(())
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.which {
+        Which::Switch {
+            layers,
+            rank,
+            dash_s,
+            out,
+        } => {
+            anyhow::ensure!(
+                layers > 0 && rank > 0 && dash_s > 0,
+                "--layers, --rank and --dash-s must be positive"
+            );
+            eprintln!(
+                "bench: LoRA-Dash switch on {layers} LLaMA-7B-shaped layer(s), cold SVD cache…"
+            );
+            let rec = tsd::bench::bench_switch(layers, rank, dash_s)?;
+            emit(&rec, &out)?;
+            eprintln!(
+                "switch: {:.1} s ({:.1} CPU s, load {:.1}) for {layers} layer(s), {:.1} s per layer → ~{:.0} min for 32 layers (extrapolated)",
+                rec.switch_seconds,
+                rec.switch_cpu_seconds,
+                rec.load_average_at_start,
+                rec.seconds_per_layer,
+                rec.extrapolated_32_layers_seconds / 60.0
+            );
+            Ok(())
+        }
+        Which::Scale {
+            config,
+            layers,
+            dev,
+            batch,
+            seq_len,
+            rank,
+            dash_s,
+            dash_t,
+            steps,
+            out,
+        } => {
+            anyhow::ensure!(
+                batch > 0 && seq_len > 0 && rank > 0 && dash_s > 0,
+                "--batch, --seq-len, --rank and --dash-s must be positive"
+            );
+            dev.resolve()?;
+            let o = tsd::bench::ScaleOptions {
+                config,
+                layers,
+                device: dev
+                    .device
+                    .unwrap_or(tsd::device::DeviceSpec::Cpu)
+                    .to_string(),
+                dtype: dev
+                    .dtype
+                    .unwrap_or(tsd::device::WeightDtype::F32)
+                    .to_string(),
+                batch,
+                seq_len,
+                rank,
+                dash_s,
+                dash_t,
+                steps,
+            };
+            let rec = tsd::bench::bench_scale_train(&o)?;
+            emit(&rec, &out)?;
+            eprintln!(
+                "LoRA {:.0} tokens/s, LoRA-Dash {:.0} tokens/s, switch {:.1} s, load {:.1} s",
+                rec.lora_tokens_per_s, rec.dash_tokens_per_s, rec.switch_seconds, rec.load_seconds
+            );
+            Ok(())
+        }
+        Which::Logits { model, dev, out } => {
+            dev.resolve()?;
+            let rec = tsd::bench::bench_logits(
+                &model,
+                &dev.device
+                    .unwrap_or(tsd::device::DeviceSpec::Cpu)
+                    .to_string(),
+                &dev.dtype
+                    .unwrap_or(tsd::device::WeightDtype::F32)
+                    .to_string(),
+            )?;
+            emit(&rec, &out)
+        }
         Which::Inspect {
             layers,
             rank,
@@ -91,14 +243,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
             torch,
             out,
             single,
+            dev,
         } => {
+            dev.resolve()?;
+            let device = dev
+                .device
+                .unwrap_or(tsd::device::DeviceSpec::Cpu)
+                .to_string();
+            let dtype = dev
+                .dtype
+                .unwrap_or(tsd::device::WeightDtype::F32)
+                .to_string();
             if batch == 0 || seq_len < 2 || steps == 0 {
                 return Err(super::input_error(
                     "--batch and --steps must be positive, --seq-len at least 2",
                 ));
             }
             if let Some(m) = single {
-                let r = tsd::bench::bench_train_step(&m, batch, seq_len, rank, steps)?;
+                let r =
+                    tsd::bench::bench_train_step(&m, batch, seq_len, rank, steps, &device, &dtype)?;
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
@@ -129,6 +292,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                             &rank.to_string(),
                         ])
                         .args(["--steps", &steps.to_string(), "--single", m])
+                        .args(["--device", &device, "--dtype", &dtype])
                         .output()?;
                     anyhow::ensure!(
                         o.status.success(),

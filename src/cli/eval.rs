@@ -1,4 +1,4 @@
-use super::{progress_bar, ModelArgs, OutputArgs};
+use super::{progress_bar, DeviceArgs, ModelArgs, OutputArgs};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -54,6 +54,8 @@ pub struct EvalArgs {
     #[command(flatten)]
     src: ModelArgs,
     #[command(flatten)]
+    dev: DeviceArgs,
+    #[command(flatten)]
     out: OutputArgs,
 }
 
@@ -87,7 +89,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         offline: a.src.offline,
     })?;
     let src = open_path(&path)?;
-    let (dev, dtype) = (candle_core::Device::Cpu, candle_core::DType::F32);
+    let (dev, dtype) = a.dev.resolve()?;
     let model = match &a.adapter {
         Some(ad) => {
             let adapter = tsd::adapter::read_adapter(ad, a.adapter_name.as_deref())?;

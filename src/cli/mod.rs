@@ -14,6 +14,7 @@ mod train;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use tsd::device::{DeviceSpec, WeightDtype};
 use tsd::output::Format;
 
 /// Task-specific directions (TSD) for LoRA and LoRA-Dash fine-tuning.
@@ -59,6 +60,32 @@ pub struct ModelArgs {
     /// TRANSFORMERS_OFFLINE, set to 1/on/yes/true).
     #[arg(long)]
     pub offline: bool,
+}
+
+/// Where to compute and the base weights' precision, shared by `train`, `eval`, `reproduce` and
+/// `bench`. Unknown values are refused (exit 2).
+#[derive(Args, Debug, Clone, Default)]
+pub struct DeviceArgs {
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`) [default: cpu;
+    /// for train the --config file's, for reproduce the preset's].
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceSpec>,
+    /// Dtype of the frozen base weights: f32, bf16 or f16; adapter parameters, their optimizer
+    /// state and the adapter's arithmetic stay f32 [default: f32; for train the --config file's,
+    /// for reproduce the preset's].
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<WeightDtype>,
+}
+
+impl DeviceArgs {
+    /// The candle device and dtype, `cpu`/`f32` where not given; refuses a bad `TSD_COMPOSED`.
+    pub fn resolve(&self) -> Result<(candle_core::Device, candle_core::DType)> {
+        tsd::device::check_composed_env()?;
+        Ok((
+            self.device.unwrap_or(DeviceSpec::Cpu).device()?,
+            self.dtype.unwrap_or(WeightDtype::F32).dtype(),
+        ))
+    }
 }
 
 /// Output selection shared by commands that print results.

@@ -36,12 +36,8 @@ struct CommonsenseArgs {
     /// Override the preset's seeds, comma-separated [default: the preset's]
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
-    /// Override the preset's device: cpu, cuda, cuda:N [default: the preset's]
-    #[arg(long)]
-    device: Option<String>,
-    /// Override the preset's dtype (f32, bf16, f16) [default: the preset's]
-    #[arg(long)]
-    dtype: Option<String>,
+    #[command(flatten)]
+    dev: super::DeviceArgs,
     /// Override the preset's loss placement: whole sequence (true) or response only (false) [default: the preset's]
     #[arg(long)]
     train_on_inputs: Option<bool>,
@@ -118,11 +114,12 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     if !a.seeds.is_empty() {
         p.seeds = a.seeds.clone();
     }
-    if let Some(d) = &a.device {
-        p.device = d.clone();
+    tsd::device::check_composed_env()?;
+    if let Some(d) = a.dev.device {
+        p.device = d.to_string();
     }
-    if let Some(d) = &a.dtype {
-        p.dtype = d.clone();
+    if let Some(d) = a.dev.dtype {
+        p.dtype = d.to_string();
     }
     if let Some(t) = a.train_on_inputs {
         p.train_on_inputs = t;
@@ -205,11 +202,11 @@ fn emit(
         let s: Vec<String> = a.seeds.iter().map(u64::to_string).collect();
         args.extend(["--seeds".into(), s.join(",")]);
     }
-    if let Some(d) = &a.device {
-        args.extend(["--device".into(), d.clone()]);
+    if let Some(d) = a.dev.device {
+        args.extend(["--device".into(), d.to_string()]);
     }
-    if let Some(d) = &a.dtype {
-        args.extend(["--dtype".into(), d.clone()]);
+    if let Some(d) = a.dev.dtype {
+        args.extend(["--dtype".into(), d.to_string()]);
     }
     if let Some(t) = a.train_on_inputs {
         args.extend(["--train-on-inputs".into(), t.to_string()]);

@@ -1,4 +1,4 @@
-use super::progress_bar;
+use super::{progress_bar, DeviceArgs};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -97,15 +97,11 @@ pub struct TrainArgs {
     /// Validation loss every N optimizer steps [default: at the end only]
     #[arg(long)]
     eval_every: Option<usize>,
-    /// cpu, cuda or cuda:N (cuda needs the `cuda` feature) [default: cpu]
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    dev: DeviceArgs,
     /// Shorthand for --device cpu
     #[arg(long, conflicts_with = "device")]
     cpu: bool,
-    /// Compute dtype: f32, bf16 or f16 (bf16/f16 on CUDA) [default: f32]
-    #[arg(long)]
-    dtype: Option<String>,
     /// No progress bar; print one line per step instead
     #[arg(long, short)]
     quiet: bool,
@@ -139,10 +135,15 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
         train_on_inputs,
         val_size,
         seed,
-        save_every,
-        device,
-        dtype
+        save_every
     );
+    tsd::device::check_composed_env()?;
+    if let Some(d) = a.dev.device {
+        c.device = d.to_string();
+    }
+    if let Some(d) = a.dev.dtype {
+        c.dtype = d.to_string();
+    }
     if a.revision.is_some() {
         c.revision = a.revision.clone();
     }

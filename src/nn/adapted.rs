@@ -1,6 +1,12 @@
 //! The linear layer that adapters wrap (README, Definitions: LoRA-Dash):
 //! `h = W x + s·B A·drop(x) [+ Ū diag(Δσ) V̄ᵀ·drop(x)]`, with `W` frozen (or trainable under full
 //! fine-tuning), `A: [r, in]` Kaiming-uniform, `B: [out, r]` zero, `s = α/r` (or `α/√r`).
+//!
+//! Mixed precision as PEFT does it: `W` is held in the model's dtype (f32, bf16 or f16), every
+//! trainable parameter (A, B, Δσ, a fully fine-tuned W) and the frozen Ū, V̄ in f32
+//! ([`adapter_dtype`]); the adapter's input is cast to f32, its product computed in f32 and added
+//! to the base output in f32, and the sum cast back once. In bf16 a Δσ of 0.1 cannot move by a
+//! 2e-4 step (half of bf16's spacing there is 2.4e-4); in f32 it can.
 
 use crate::adapter::{DashNaming, DashState, ModuleAdapter};
 use crate::directions::{change_rates, SigmaFloor, Tsd, Update};
@@ -10,6 +16,16 @@ use crate::nn::FrozenLinear;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use std::cell::Cell;
+
+/// The dtype of adapter parameters, their optimizer state and the adapter's arithmetic over a
+/// base in `base`: f32, or f64 over an f64 base (the finite-difference tests).
+pub fn adapter_dtype(base: DType) -> DType {
+    if base == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
 
 /// Per-forward settings: training mode and a seeded dropout stream (deterministic on CPU).
 pub struct ForwardCtx {
@@ -41,15 +57,25 @@ impl ForwardCtx {
         }
     }
 
-    /// `x` with inverted dropout applied (training only).
+    /// `x` with inverted dropout applied (training only). On the CPU the mask comes from
+    /// [`dropout_mask`]'s parallel blocks (bit-identical whatever the thread count or the op
+    /// path); elsewhere it is drawn on the device from its generator, re-seeded per call with the
+    /// same `(seed, call)` stream (deterministic for a given device and candle version).
     fn drop(&self, x: &Tensor) -> Result<Tensor> {
         if !self.train || self.dropout <= 0.0 {
             return Ok(x.clone());
         }
         let keep = 1.0 - self.dropout;
         let call = self.calls.replace(self.calls.get() + 1);
-        let mask = dropout_mask(x.elem_count(), keep, self.seed, call);
-        crate::nn::fused::dropout_with_mask(x, mask, keep)
+        if matches!(x.device(), Device::Cpu) {
+            let mask = dropout_mask(x.elem_count(), keep, self.seed, call);
+            return crate::nn::fused::dropout_with_mask(x, mask, keep);
+        }
+        x.device()
+            .set_seed(self.seed ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15))?;
+        let u = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
+        let mask = (u.lt(keep as f64)?.to_dtype(x.dtype())? * (1.0 / keep as f64))?;
+        x.mul(&mask)
     }
 }
 
@@ -126,6 +152,7 @@ fn to_matrix(t: &Tensor) -> Result<Matrix> {
     Matrix::new(r, c, data).map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
 
+/// A `[rows, cols]` tensor on `dev` in `dtype`.
 fn from_matrix(m: &Matrix, dev: &Device, dtype: DType) -> Result<Tensor> {
     Tensor::from_vec(m.data.clone(), (m.rows, m.cols), dev)?.to_dtype(dtype)
 }
@@ -153,18 +180,19 @@ impl AdaptedLinear {
         self.weight().dims2()
     }
 
-    /// Adds LoRA: A Kaiming-uniform (a = √5, i.e. U(±1/√in)), B zero; `seed` makes it reproducible.
+    /// Adds LoRA: A Kaiming-uniform (a = √5, i.e. U(±1/√in)), B zero, both f32 whatever the
+    /// base dtype; `seed` makes it reproducible.
     pub fn add_lora(&mut self, r: usize, alpha: f64, use_rslora: bool, seed: u64) -> Result<()> {
         let (out, inp) = self.shape()?;
         let dev = self.weight().device().clone();
-        let dtype = self.weight().dtype();
         let bound = 1.0 / (inp as f32).sqrt();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let a: Vec<f32> = (0..r * inp)
             .map(|_| rng.random_range(-bound..bound))
             .collect();
-        let a = Var::from_tensor(&Tensor::from_vec(a, (r, inp), &dev)?.to_dtype(dtype)?)?;
-        let b = Var::from_tensor(&Tensor::zeros((out, r), dtype, &dev)?)?;
+        let ad = adapter_dtype(self.weight().dtype());
+        let a = Var::from_tensor(&Tensor::from_vec(a, (r, inp), &dev)?.to_dtype(ad)?)?;
+        let b = Var::from_tensor(&Tensor::zeros((out, r), ad, &dev)?)?;
         let scaling = if use_rslora {
             alpha / (r as f64).sqrt()
         } else {
@@ -180,9 +208,14 @@ impl AdaptedLinear {
         Ok(())
     }
 
-    /// Makes W itself trainable (full fine-tuning of this module).
+    /// Makes W itself trainable (full fine-tuning of this module), as an f32 master copy.
     pub fn make_full(&mut self) -> Result<()> {
-        self.full = Some(Var::from_tensor(&self.weight().copy()?)?);
+        self.full = Some(Var::from_tensor(
+            &self
+                .weight()
+                .to_dtype(adapter_dtype(self.weight().dtype()))?
+                .copy()?,
+        )?);
         Ok(())
     }
 
@@ -233,11 +266,11 @@ impl AdaptedLinear {
             .map(|x| svd.v[(x % inp, idx[x / inp])] as f32)
             .collect();
         let dev = self.weight().device().clone();
-        let dtype = self.weight().dtype();
+        let ad = adapter_dtype(self.weight().dtype());
         self.dash = Some(DashLayer {
-            u: Tensor::from_vec(u, (out, k), &dev)?.to_dtype(dtype)?,
-            vt: Tensor::from_vec(vt, (k, inp), &dev)?.to_dtype(dtype)?,
-            delta_sigma: Var::from_tensor(&Tensor::zeros(k, dtype, &dev)?)?,
+            u: Tensor::from_vec(u, (out, k), &dev)?.to_dtype(ad)?,
+            vt: Tensor::from_vec(vt, (k, inp), &dev)?.to_dtype(ad)?,
+            delta_sigma: Var::from_tensor(&Tensor::zeros(k, ad, &dev)?)?,
             indices: idx,
             sigma: tsd.iter().map(|t| t.sigma as f32).collect(),
             delta_hat: tsd.iter().map(|t| t.delta as f32).collect(),
@@ -248,11 +281,13 @@ impl AdaptedLinear {
         })
     }
 
-    /// `W + s·B·A + Ū diag(Δσ) V̄ᵀ`, `[out, in]` (or the trained W under full fine-tuning).
+    /// `W + s·B·A + Ū diag(Δσ) V̄ᵀ`, `[out, in]` (or the trained W under full fine-tuning),
+    /// summed in f32 and cast once to the base dtype.
     pub fn merged_weight(&self) -> Result<Tensor> {
+        let dtype = self.weight().dtype();
         let mut w = match &self.full {
             Some(v) => v.as_tensor().detach(),
-            None => self.weight().clone(),
+            None => self.weight().to_dtype(adapter_dtype(dtype))?,
         };
         if let Some(l) = &self.lora {
             w = (w + (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scaling)?)?;
@@ -263,34 +298,16 @@ impl AdaptedLinear {
                 .broadcast_mul(&d.delta_sigma.as_tensor().unsqueeze(0)?)?
                 .matmul(&d.vt)?)?;
         }
-        w.detach().contiguous()
+        w.detach().to_dtype(dtype)?.contiguous()
     }
 
-    /// Folds the adapter into the base weight for inference; [`unmerge`](Self::unmerge) undoes it.
+    /// Folds the adapter into the base weight for inference (one way: in bf16 the cast of the
+    /// merged weight cannot be undone exactly).
     pub fn merge(&mut self) -> Result<()> {
         if !self.merged && (self.lora.is_some() || self.full.is_some()) {
             let w = self.merged_weight()?;
             self.base = FrozenLinear::new(w);
             self.merged = true;
-        }
-        Ok(())
-    }
-
-    /// Restores the unmerged base weight `W = W' − s·B·A − Ū diag(Δσ) V̄ᵀ`.
-    pub fn unmerge(&mut self) -> Result<()> {
-        if self.merged {
-            let mut w = self.weight().clone();
-            if let Some(l) = &self.lora {
-                w = (w - (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scaling)?)?;
-            }
-            if let Some(d) = &self.dash {
-                w = (w - d
-                    .u
-                    .broadcast_mul(&d.delta_sigma.as_tensor().unsqueeze(0)?)?
-                    .matmul(&d.vt)?)?;
-            }
-            self.base = FrozenLinear::new(w.contiguous()?);
-            self.merged = false;
         }
         Ok(())
     }
@@ -326,7 +343,7 @@ impl AdaptedLinear {
     /// mismatch is the saved adapter's fault, so it is a user-input error.
     pub fn load_module_adapter(&mut self, m: &ModuleAdapter) -> crate::Result<()> {
         let dev = self.weight().device().clone();
-        let dtype = self.weight().dtype();
+        let ad = adapter_dtype(self.weight().dtype());
         let module = self.module.clone();
         let l = self.lora.as_mut().ok_or_else(|| {
             crate::Error::InvalidArgument(format!("{module}: no LoRA layer to load into"))
@@ -345,15 +362,15 @@ impl AdaptedLinear {
                 ),
             ));
         }
-        l.a.set(&from_matrix(&m.a, &dev, dtype)?)?;
-        l.b.set(&from_matrix(&m.b, &dev, dtype)?)?;
+        l.a.set(&from_matrix(&m.a, &dev, ad)?)?;
+        l.b.set(&from_matrix(&m.b, &dev, ad)?)?;
         self.dash = match &m.dash {
             None => None,
             Some(d) => Some(DashLayer {
-                u: from_matrix(&d.u, &dev, dtype)?,
-                vt: from_matrix(&d.vt, &dev, dtype)?,
+                u: from_matrix(&d.u, &dev, ad)?,
+                vt: from_matrix(&d.vt, &dev, ad)?,
                 delta_sigma: Var::from_tensor(
-                    &Tensor::from_vec(d.delta_sigma.clone(), d.s(), &dev)?.to_dtype(dtype)?,
+                    &Tensor::from_vec(d.delta_sigma.clone(), d.s(), &dev)?.to_dtype(ad)?,
                 )?,
                 indices: d.indices.clone().unwrap_or_default(),
                 sigma: d.sigma_at_switch.clone().unwrap_or_default(),
@@ -363,10 +380,14 @@ impl AdaptedLinear {
         Ok(())
     }
 
-    /// `x: [.., in]` → `[.., out]`.
+    /// `x: [.., in]` → `[.., out]`, both in the base dtype.
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let ad = adapter_dtype(dtype);
         let mut y = match &self.full {
-            Some(w) if !self.merged => matmul_2d(x, &w.as_tensor().t()?)?,
+            Some(w) if !self.merged => {
+                matmul_2d(&x.to_dtype(ad)?, &w.as_tensor().t()?)?.to_dtype(dtype)?
+            }
             _ => self.base.forward(x)?,
         };
         if self.merged {
@@ -377,7 +398,7 @@ impl AdaptedLinear {
             // activations: y += (drop(x)·Lᵀ)·Rᵀ with L = [A; V̄ᵀ] `[r+s, in]` and
             // R = [s·B, Ū·diag(Δσ)] `[out, r+s]`. Ū, V̄ are constants (no gradient); A, B and Δσ
             // get theirs through the small concatenations.
-            let xd = ctx.drop(x)?;
+            let xd = ctx.drop(&x.to_dtype(ad)?)?;
             let sb = (l.b.as_tensor() * l.scaling)?;
             let (left, right) = match &self.dash {
                 None => (l.a.as_tensor().clone(), sb),
@@ -386,7 +407,8 @@ impl AdaptedLinear {
                     Tensor::cat(&[&sb, &d.u.broadcast_mul(d.delta_sigma.as_tensor())?], 1)?,
                 ),
             };
-            y = (y + matmul_2d(&matmul_2d(&xd, &left.t()?)?, &right.t()?)?)?;
+            let delta = matmul_2d(&matmul_2d(&xd, &left.t()?)?, &right.t()?)?;
+            y = (y.to_dtype(ad)? + delta)?.to_dtype(dtype)?;
         }
         Ok(y)
     }
@@ -523,9 +545,6 @@ mod tests {
                 .to_scalar::<f32>()?
                 < 1e-5
         );
-        l.unmerge()?;
-        let back = l.forward(&x, &ctx)?;
-        assert!(unmerged.sub(&back)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
         // Ū, V̄ are W's singular vectors at the picked indices.
         let d = l.dash.as_ref().unwrap();
         let u = d.u.to_vec2::<f32>()?;
@@ -540,6 +559,58 @@ mod tests {
         l2.load_module_adapter(&m).unwrap();
         let again = l2.forward(&x, &ctx)?;
         assert!(unmerged.sub(&again)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6);
+        Ok(())
+    }
+
+    /// PEFT's mixed precision: over a bf16 base, A, B and Δσ are f32, so small AdamW steps on a
+    /// Δσ of 0.1 accumulate; the same per-step updates applied to a bf16 Δσ round away (bf16's
+    /// spacing at 0.1 is 2⁻¹¹ ≈ 4.9e-4, so a step under 2.4e-4 is lost).
+    #[test]
+    fn bf16_base_keeps_dash_updates_that_bf16_parameters_would_round_away() -> Result<()> {
+        use crate::train::optim::{AdamW, AdamWConfig};
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (16, 12), &dev)?.to_dtype(DType::BF16)?;
+        let mut l = AdaptedLinear::frozen("m", w);
+        l.add_lora(2, 4.0, false, 1)?;
+        let b = Tensor::randn(0f32, 0.5, (16, 2), &dev)?;
+        l.lora.as_ref().unwrap().b.set(&b)?;
+        let svd = w_svd(&l);
+        l.start_dash(3, &svd, SigmaFloor::default())?;
+        let (lora, d) = (l.lora.as_ref().unwrap(), l.dash.as_ref().unwrap());
+        for v in [&lora.a, &lora.b, &d.delta_sigma] {
+            assert_eq!(v.dtype(), DType::F32, "adapter parameters are f32");
+        }
+        d.delta_sigma
+            .set(&Tensor::new(&[0.1f32, 0.1, 0.1], &dev)?)?;
+        let mut opt = AdamW::new(AdamWConfig::default());
+        opt.add("ds", d.delta_sigma.clone())?;
+        let x = Tensor::randn(0f32, 1.0, (8, 12), &dev)?.to_dtype(DType::BF16)?;
+        let (lr, k) = (1e-4, 5);
+        let mut prev = d.delta_sigma.as_tensor().to_vec1::<f32>()?;
+        let mut pure_bf16 = [half::bf16::from_f32(0.1); 3];
+        for _ in 0..k {
+            let y = l.forward(&x, &ForwardCtx::eval())?;
+            assert_eq!(y.dtype(), DType::BF16, "output in the base dtype");
+            let loss = y.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+            opt.step(&loss.backward()?, lr, 1.0)?;
+            let now = d.delta_sigma.as_tensor().to_vec1::<f32>()?;
+            assert_eq!(opt.slots[0].m.dtype(), DType::F32, "optimizer state is f32");
+            for j in 0..3 {
+                // the same update applied to a bf16 parameter, rounded as bf16 storage would
+                let step = now[j] - prev[j];
+                pure_bf16[j] = half::bf16::from_f32(pure_bf16[j].to_f32() + step);
+            }
+            prev = now;
+        }
+        for j in 0..3 {
+            let moved = (prev[j] - 0.1).abs() as f64;
+            assert!(moved > 0.5 * k as f64 * lr, "f32 Δσ moved only {moved}");
+            assert_eq!(
+                pure_bf16[j],
+                half::bf16::from_f32(0.1),
+                "bf16 Δσ would not move"
+            );
+        }
         Ok(())
     }
 }

@@ -430,8 +430,7 @@ pub fn causal_attention(
     heads: usize,
     kv_heads: usize,
 ) -> Result<Tensor> {
-    let cpu_f32 = matches!(q.device(), Device::Cpu) && q.dtype() == DType::F32;
-    if !cpu_f32 {
+    if !crate::device::fused_cpu(q.device(), q.dtype()) {
         return causal_attention_composed(q, k, v, cos, sin, heads, kv_heads);
     }
     let head_dim = q.dim(D::Minus1)? / heads.max(1);
@@ -490,6 +489,7 @@ pub fn causal_attention_composed(
 mod tests {
     use super::*;
     use crate::nn::fused::tests::max_diff;
+    use candle_core::Device;
     use candle_core::Var;
 
     fn tables(t: usize, d: usize) -> Result<(Tensor, Tensor)> {

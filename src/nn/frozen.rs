@@ -2,14 +2,13 @@
 //!
 //! candle's `matmul` backward computes a gradient for every operand, frozen weights included, which
 //! makes a LoRA step cost nearly as much as full fine-tuning. Here a custom
-//! op computes `y = x·Wᵀ` and its backward returns only `grad · W`. On the CPU the op computes the
-//! product itself (one output tensor); on CUDA, where a custom op cannot call candle's matmul on
-//! raw device storage, the product is computed on a detached input and the op contributes a zero
-//! tensor that carries the input gradient.
+//! op computes `y = x·Wᵀ` and its backward returns only `grad · W`. Its forward wraps the input's
+//! storage (CPU or CUDA) in a graph-free tensor and runs candle's own matmul on it, so both devices
+//! take the same path and the graph keeps nothing but the op's output.
 
-use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Module, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Storage, Tensor};
 
 /// `y = x·Wᵀ` for `x: [.., in]`, `W: [out, in]` (PyTorch layout), `y: [.., out]`.
 #[derive(Clone, Debug)]
@@ -17,20 +16,24 @@ pub struct FrozenLinear {
     weight: Tensor,
 }
 
-/// The custom op: backward returns `grad · W` `[.., in]`; forward returns `x·Wᵀ` on the CPU
-/// (`product = true`) or zeros `[.., out]` (the CUDA path adds them to a detached product).
+/// The custom op: forward `x·Wᵀ` `[.., out]`, backward `grad · W` `[.., in]`.
 struct InputGradOnly {
     weight: Tensor,
-    product: bool,
 }
 
 impl InputGradOnly {
-    fn out_shape(&self, layout: &Layout) -> Shape {
-        let mut dims = layout.shape().dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = self.weight.dim(0).unwrap_or(0);
+    /// `x·Wᵀ` for the op's (contiguous, offset-0) input storage, as a contiguous storage.
+    fn product(&self, x: Storage, layout: &Layout) -> Result<(Storage, Shape)> {
+        if !(layout.is_contiguous() && layout.start_offset() == 0) {
+            candle_core::bail!("frozen linear: non-contiguous input (call .contiguous() first)")
         }
-        Shape::from(dims)
+        let x = Tensor::from_storage(x, layout.shape().clone(), BackpropOp::none(), false);
+        let y = matmul_2d(&x, &self.weight.t()?)?.contiguous()?;
+        let (st, l) = y.storage_and_layout();
+        match l.contiguous_offsets() {
+            Some((0, _)) => Ok((st.try_clone(l)?, y.shape().clone())),
+            _ => candle_core::bail!("frozen linear: unexpected product layout"),
+        }
     }
 }
 
@@ -40,26 +43,9 @@ impl CustomOp1 for InputGradOnly {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let shape = self.out_shape(layout);
-        if !self.product {
-            let zeros = candle_core::cpu_backend::CpuDevice.zeros_impl(&shape, storage.dtype())?;
-            return Ok((zeros, shape));
-        }
-        // A graph-free tensor over a contiguous copy of the input, multiplied by Wᵀ.
-        let x = Tensor::from_storage(
-            Storage::Cpu(storage.clone()),
-            layout.shape().clone(),
-            BackpropOp::none(),
-            false,
-        );
-        if !(layout.is_contiguous() && layout.start_offset() == 0) {
-            candle_core::bail!("frozen linear: non-contiguous input (call .contiguous() first)")
-        }
-        let y = matmul_2d(&x, &self.weight.t()?)?;
-        let (st, l) = y.storage_and_layout();
-        match (&*st, l.contiguous_offsets()) {
-            (Storage::Cpu(c), Some((0, _))) => Ok((c.clone(), shape)),
-            _ => candle_core::bail!("frozen linear: unexpected product layout"),
+        match self.product(Storage::Cpu(storage.try_clone(layout)?), layout)? {
+            (Storage::Cpu(c), shape) => Ok((c, shape)),
+            _ => candle_core::bail!("frozen linear: product left the CPU"),
         }
     }
 
@@ -69,9 +55,10 @@ impl CustomOp1 for InputGradOnly {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let shape = self.out_shape(layout);
-        let zeros = storage.device().zeros_impl(&shape, storage.dtype())?;
-        Ok((zeros, shape))
+        match self.product(Storage::Cuda(storage.try_clone(layout)?), layout)? {
+            (Storage::Cuda(c), shape) => Ok((c, shape)),
+            _ => candle_core::bail!("frozen linear: product left the GPU"),
+        }
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -113,24 +100,16 @@ impl Module for FrozenLinear {
         if !x.track_op() {
             return matmul_2d(x, &self.weight.t()?);
         }
+        let x = if x.is_contiguous() && x.layout().start_offset() == 0 {
+            x.clone()
+        } else {
+            // `contiguous()` keeps a contiguous view's offset; the op needs offset 0.
+            x.affine(1.0, 0.0)?
+        };
         // Tensor clones share storage: this does not copy the weight.
-        if matches!(x.device(), Device::Cpu) {
-            let x = if x.is_contiguous() && x.layout().start_offset() == 0 {
-                x.clone()
-            } else {
-                x.affine(1.0, 0.0)?
-            };
-            return x.apply_op1(InputGradOnly {
-                weight: self.weight.clone(),
-                product: true,
-            });
-        }
-        let y = matmul_2d(&x.detach(), &self.weight.t()?)?;
-        let g = x.apply_op1(InputGradOnly {
+        x.apply_op1(InputGradOnly {
             weight: self.weight.clone(),
-            product: false,
-        })?;
-        y + g
+        })
     }
 }
 

@@ -1,9 +1,10 @@
 //! Fused CPU ops with hand-written backward passes, so that a training step keeps one tensor per
 //! op instead of every intermediate of a composed expression (RMSNorm, softmax, dropout). On other
-//! devices the composed candle expressions are used; tests compare the two.
+//! devices, in other dtypes, or with `TSD_COMPOSED=1` the composed candle expressions are used
+//! (RMSNorm and softmax computed in f32 and cast back, as transformers does); tests compare the two.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor, D,
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D,
 };
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
 }
 
 fn fused_ok(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+    crate::device::fused_cpu(x.device(), x.dtype())
 }
 
 fn contiguous(x: &Tensor) -> Result<Tensor> {
@@ -107,8 +108,11 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
             eps: eps as f32,
         });
     }
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+    let xf = x.to_dtype(DType::F32)?;
+    let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    xf.broadcast_div(&(ms + eps)?.sqrt()?)?
+        .to_dtype(x.dtype())?
+        .broadcast_mul(w)
 }
 
 struct Softmax;
@@ -159,7 +163,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     if fused_ok(x) && x.track_op() {
         return contiguous(x)?.apply_op1(Softmax);
     }
-    candle_nn::ops::softmax(x, D::Minus1)
+    candle_nn::ops::softmax(&x.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(x.dtype())
 }
 
 /// Rows of at most this many elements per rayon task in the elementwise ops below.
@@ -309,6 +313,7 @@ pub fn dropout_with_mask(x: &Tensor, mask: Vec<u8>, keep: f32) -> Result<Tensor>
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use candle_core::Device;
     use candle_core::Var;
 
     /// Largest absolute elementwise difference.

@@ -2,7 +2,7 @@
 //! materialise several `[N, V]` tensors (V = 49,152 for the default model) forward and backward;
 //! this op makes two read passes forward and writes the gradient `(softmax − onehot)/N` once.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
@@ -85,7 +85,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
             targets.len()
         );
     }
-    if matches!(logits.device(), Device::Cpu) && logits.dtype() == DType::F32 {
+    if crate::device::fused_cpu(logits.device(), logits.dtype()) {
         let l = if logits.is_contiguous() {
             logits.clone()
         } else {
@@ -104,6 +104,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
     use candle_core::Var;
 
     #[test]

@@ -858,8 +858,8 @@ impl<'a> Grid<'a> {
             self.preset.model.clone(),
         ))?;
         let src = crate::weights::open_path(&mp)?;
-        let device = crate::train::trainer::device_for(&self.preset.device)?;
-        let dtype = crate::train::trainer::dtype_for(&self.preset.dtype);
+        let device = crate::device::device_for(&self.preset.device)?;
+        let dtype = crate::device::dtype_for(&self.preset.dtype)?;
         let model = Llama::from_source(src.as_ref(), &device, dtype)?;
         let (scores, results) = self.evaluate(&model)?;
         let text = crate::output::to_json(&results)? + "\n";

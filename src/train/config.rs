@@ -85,7 +85,7 @@ pub struct TrainConfig {
     pub eval_every: Option<usize>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// `f32` (CPU) or `bf16`/`f32` on CUDA.
+    /// Base weights' dtype: `f32`, `bf16` or `f16` (adapters and optimizer state stay f32).
     pub dtype: String,
 }
 
@@ -179,9 +179,8 @@ impl TrainConfig {
                 return bad(format!("unknown target module `{t}`"));
             }
         }
-        if !["f32", "bf16", "f16"].contains(&self.dtype.as_str()) {
-            return bad(format!("dtype `{}`: expected f32, bf16 or f16", self.dtype));
-        }
+        self.dtype.parse::<crate::device::WeightDtype>()?;
+        self.device.parse::<crate::device::DeviceSpec>()?;
         Ok(())
     }
 

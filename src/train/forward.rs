@@ -110,7 +110,7 @@ impl Trainer {
                         }
                     })
                     .collect::<candle_core::Result<Vec<_>>>()?;
-                Tensor::stack(&rows, 0)?
+                Tensor::stack(&rows, 0)?.to_device(self.model.device())?
             }
             _ => {
                 let h = self.model.embed(ids)?;
@@ -170,8 +170,8 @@ impl Trainer {
     }
 }
 
-/// Hidden states entering layer `from` for every example (`[T_i, H]` each), computed in
-/// length-sorted, right-padded chunks and cut back to each example's length.
+/// Hidden states entering layer `from` for every example (`[T_i, H]` each, on the host),
+/// computed in length-sorted, right-padded chunks and cut back to each example's length.
 fn cache_lower(
     model: &Llama,
     examples: &[Tokenized],
@@ -189,7 +189,9 @@ fn cache_lower(
         let h = model.hidden_range(&model.embed(&ids)?, 0, from, &ctx)?;
         for (j, &i) in chunk.iter().enumerate() {
             let n = examples[i].input_ids.len();
-            out[i] = Some(h.get(j)?.narrow(0, 0, n)?.contiguous()?);
+            // Kept on the host: a GPU holds only the batch in flight.
+            let row = h.get(j)?.narrow(0, 0, n)?.contiguous()?;
+            out[i] = Some(row.to_device(&candle_core::Device::Cpu)?);
         }
     }
     Ok(out

@@ -8,6 +8,7 @@ pub mod device;
 mod forward;
 pub mod optim;
 mod setup;
+pub mod switch;
 pub mod trainer;
 
 pub use crate::run::{RunRecord, StepLog};

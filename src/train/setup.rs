@@ -43,7 +43,7 @@ impl Trainer {
     /// Everything a run needs before its first step; writes nothing.
     pub(super) fn build(config: TrainConfig, run_dir: &Path) -> Result<Self> {
         let device = device_for(&config.device)?;
-        let dtype = dtype_for(&config.dtype);
+        let dtype = dtype_for(&config.dtype)?;
         let path = weights::resolve_path(&ModelSpec {
             spec: config.model.clone(),
             revision: config.revision.clone(),

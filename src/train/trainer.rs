@@ -8,11 +8,10 @@ use super::data::{Batcher, Tokenized};
 use super::optim::{grad_norm, linear_schedule, AdamW};
 use crate::error::{Error, Result};
 use crate::linalg::cache::SvdCache;
-use crate::linalg::{Matrix, Precision};
 use crate::model::{Llama, LlamaConfig};
 use crate::nn::ForwardCtx;
 use crate::run::layout;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -90,19 +89,19 @@ impl Trainer {
         let floor = crate::directions::SigmaFloor {
             relative: self.config.sigma_floor,
         };
-        let mut logs = Vec::new();
-        for lin in self.model.linears_mut() {
-            if lin.lora.is_none() {
-                continue;
+        let logs = super::switch::start_dash_all(
+            self.model.linears_mut().collect(),
+            self.config.dash_s,
+            floor,
+            &self.cache,
+            super::switch::DEFAULT_SVD_BUDGET,
+        )?;
+        crate::faults::pause("dash-switch");
+        for lin in self.model.linears() {
+            if let Some(d) = &lin.dash {
+                self.opt
+                    .add(format!("{}.delta_sigma", lin.module), d.delta_sigma.clone())?;
             }
-            let w = lin.weight().to_dtype(DType::F32)?;
-            let (r, c) = w.dims2()?;
-            let m = Matrix::new(r, c, w.flatten_all()?.to_vec1::<f32>()?)?;
-            let (svd, _) = self.cache.get_or_compute(&m, Precision::F32)?;
-            logs.push(lin.start_dash(self.config.dash_s, &svd, floor)?);
-            crate::faults::pause("dash-switch");
-            let ds = lin.dash.as_ref().expect("just started").delta_sigma.clone();
-            self.opt.add(format!("{}.delta_sigma", lin.module), ds)?;
         }
         self.dash_active = true;
         self.record.dash_switch = Some(SwitchLog {
