@@ -3,7 +3,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use tsd::eval::generate::GenConfig;
-use tsd::eval::{apply_adapter, eval_generate, eval_loglik, task, TaskResult};
+use tsd::eval::{apply_adapter, eval_generate_batched, eval_loglik, task, TaskResult};
 use tsd::model::Llama;
 use tsd::output::{to_json, Format};
 use tsd::weights::{open_path, resolve_path, ModelSpec};
@@ -34,6 +34,9 @@ pub struct EvalArgs {
     /// New-token budget for `generate`.
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
+    /// Examples per batched beam search for `generate` (predictions do not depend on it).
+    #[arg(long, default_value_t = tsd::eval::generate::DEFAULT_BATCH)]
+    batch_size: usize,
     /// Evaluate only the first N examples of each task.
     #[arg(long)]
     limit: Option<usize>,
@@ -121,7 +124,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 length_penalty: 1.0,
                 eos: eos.eos,
             };
-            eval_generate(&model, &tok, t, &ex, &cfg, &|| pb.inc(1))?
+            eval_generate_batched(&model, &tok, t, &ex, &cfg, a.batch_size, &|| pb.inc(1))?
         };
         pb.finish_and_clear();
         if let Some(dir) = &a.predictions {
