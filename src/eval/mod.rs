@@ -5,6 +5,7 @@
 
 pub mod generate;
 pub mod prepared;
+pub mod shortcut;
 
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
@@ -168,7 +169,7 @@ pub fn apply_adapter(model: &mut Llama, adapter: &Adapter) -> Result<()> {
     Ok(())
 }
 
-pub use prepared::eval_loglik;
+pub use prepared::{eval_loglik, eval_loglik_general};
 
 /// The loglik protocol computed the plain way, as a reference for [`eval_loglik`]: for each label
 /// `L`, the summed log-probability of the continuation `the correct answer is L` after the

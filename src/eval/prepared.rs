@@ -112,9 +112,44 @@ fn prepare_one(
     ))
 }
 
-/// The loglik protocol, one example at a time with nothing kept between examples: the prompt
-/// runs once and every label continuation attends to its keys and values (PAPER.md §4).
+/// The loglik protocol (PAPER.md §4). When the task's label continuations differ only in their
+/// last token, through the one-pass shortcut ([`super::shortcut`]), batched; otherwise
+/// [`eval_loglik_general`]. Both give the same scores up to float summation order (a test checks).
 pub fn eval_loglik(
+    model: &Llama,
+    tok: &Tokenizer,
+    task: &Task,
+    examples: &[Example],
+    progress: &dyn Fn(),
+) -> Result<TaskResult> {
+    if shortcut_applies(tok, task)? {
+        return super::shortcut::eval_loglik_shared_prefix(
+            model,
+            tok,
+            task,
+            examples,
+            super::shortcut::LOGLIK_BATCH,
+            progress,
+        );
+    }
+    eval_loglik_general(model, tok, task, examples, progress)
+}
+
+/// Whether `task`'s label continuations under `tok` share every token but the last.
+pub fn shortcut_applies(tok: &Tokenizer, task: &Task) -> Result<bool> {
+    let probe = Example {
+        instruction: String::new(),
+        input: String::new(),
+        output: String::new(),
+        answer: None,
+    };
+    let (_, conts, _) = loglik_inputs(usize::MAX, tok, task, &probe)?;
+    Ok(super::shortcut::shares_all_but_last(&conts))
+}
+
+/// The loglik protocol, one example at a time with nothing kept between examples: the prompt
+/// runs once and every label continuation attends to its keys and values through the KV cache.
+pub fn eval_loglik_general(
     model: &Llama,
     tok: &Tokenizer,
     task: &Task,
