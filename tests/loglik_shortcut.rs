@@ -79,3 +79,22 @@ fn shortcut_equals_the_general_path_on_the_default_model() {
     let general = eval_loglik_general(&model, &tok, &arc, &ex, &|| {}).unwrap();
     assert_same(&fast, &general, 1e-6);
 }
+
+/// The prepared scorer (reproduce's grid) takes the shortcut's single shared prefix for ARC-Easy
+/// and the per-label rows for BoolQ; both give the general path's scores.
+#[test]
+fn prepared_scorer_equals_the_general_path_with_and_without_the_shortcut() {
+    use tsd::eval::prepared::{eval_loglik_prepared, prepare_loglik};
+    let model = load(&fixture("tiny-llama"));
+    let tok = tsd::model::tokenizer::load_tokenizer(&fixture("tiny-llama")).unwrap();
+    for name in ["ARC-Easy", "boolq"] {
+        let t = task(name).unwrap();
+        let ex = examples(5, t.labels);
+        let general = eval_loglik_general(&model, &tok, &t, &ex, &|| {}).unwrap();
+        for from in [0, 1] {
+            let prep = prepare_loglik(&model, &tok, &t, &ex, from, &|| {}).unwrap();
+            let fast = eval_loglik_prepared(&model, &prep, &|| {}).unwrap();
+            assert_same(&fast, &general, 1e-6);
+        }
+    }
+}

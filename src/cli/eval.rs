@@ -3,7 +3,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use tsd::eval::generate::GenConfig;
-use tsd::eval::{apply_adapter, eval_generate_batched, eval_loglik, task, TaskResult};
+use tsd::eval::{
+    apply_adapter, eval_generate_batched, eval_loglik, eval_loglik_general, task, TaskResult,
+};
 use tsd::model::Llama;
 use tsd::output::{to_json, Format};
 use tsd::weights::{open_path, resolve_path, ModelSpec};
@@ -37,6 +39,11 @@ pub struct EvalArgs {
     /// Examples per batched beam search for `generate` (predictions do not depend on it).
     #[arg(long, default_value_t = tsd::eval::generate::DEFAULT_BATCH)]
     batch_size: usize,
+    /// Loglik scoring: `auto` (one batched pass per example group when the labels differ only in
+    /// their last token, else the KV-cache path) or `general` (always the KV-cache path; same
+    /// scores, for checking and benchmarks).
+    #[arg(long, default_value = "auto")]
+    loglik_path: String,
     /// Evaluate only the first N examples of each task.
     #[arg(long)]
     limit: Option<usize>,
@@ -55,6 +62,12 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> Result<()> {
     if a.protocol != "loglik" && a.protocol != "generate" {
         bail!("protocol `{}`: expected generate or loglik", a.protocol);
+    }
+    if a.loglik_path != "auto" && a.loglik_path != "general" {
+        bail!(
+            "--loglik-path `{}`: expected auto or general",
+            a.loglik_path
+        );
     }
     let data = match a
         .data
@@ -116,7 +129,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         let pb = progress_bar(ex.len() as u64, t.name, a.quiet);
         let r = if a.protocol == "loglik" {
-            eval_loglik(&model, &tok, t, &ex, &|| pb.inc(1))?
+            if a.loglik_path == "general" {
+                eval_loglik_general(&model, &tok, t, &ex, &|| pb.inc(1))?
+            } else {
+                eval_loglik(&model, &tok, t, &ex, &|| pb.inc(1))?
+            }
         } else {
             let cfg = GenConfig {
                 num_beams: a.beams,
