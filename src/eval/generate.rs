@@ -34,8 +34,9 @@ fn top(v: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// Examples per batch in [`beam_search_batch`] when the caller does not choose (`tsd eval
-/// --batch-size`, the reproduce evaluator): measured on the default model, 2 cores (README).
-pub const DEFAULT_BATCH: usize = 8;
+/// --batch-size`, the reproduce evaluator): the best of the sizes measured on the default model,
+/// 2 cores (1 and 4: `reproductions/bench/eval_generate.json`; larger batches not yet measured).
+pub const DEFAULT_BATCH: usize = 4;
 
 /// One example's beam search state, advanced one step at a time from its beams' log-probability
 /// rows; the rule is transformers' (see the module docs).

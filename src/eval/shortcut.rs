@@ -12,8 +12,8 @@ use crate::nn::ForwardCtx;
 use crate::train::data::Example;
 use candle_core::Tensor;
 
-/// Examples per forward pass in [`eval_loglik_shared_prefix`] (measured on the default model,
-/// 2 cores: README).
+/// Examples per forward pass in [`eval_loglik_shared_prefix`]: prompts of similar length are
+/// grouped, each padded to the longest of its group. Not tuned by measurement.
 pub const LOGLIK_BATCH: usize = 8;
 
 /// Whether the continuations `[n_labels][T_i]` have one length and differ only in the last token.
