@@ -141,3 +141,35 @@ fn batched_beam_search_equals_one_at_a_time_on_the_default_model() {
         one_at_a_time(&model, &prompts, &cfg)
     );
 }
+
+/// `--batch-size 0` and an unknown `--loglik-path` are refused with exit code 2 and the value named.
+#[test]
+fn eval_refuses_a_zero_batch_and_an_unknown_loglik_path() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("boolq")).unwrap();
+    std::fs::write(
+        d.path().join("boolq/test.json"),
+        r#"[{"instruction": "Is 2 even?", "input": "", "output": "", "answer": "true"}]"#,
+    )
+    .unwrap();
+    for (flag, value, says) in [
+        ("--batch-size", "0", "batch size 0"),
+        ("--loglik-path", "fast", "--loglik-path `fast`"),
+    ] {
+        let out = common::tsd(d.path())
+            .args(["eval", "--model", fixture("tiny-llama").to_str().unwrap()])
+            .args([
+                "--tasks",
+                "boolq",
+                "--data",
+                d.path().to_str().unwrap(),
+                "-q",
+            ])
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{flag}: {err}");
+    }
+}
