@@ -136,7 +136,7 @@ fn loglik_eval_scores_every_label_and_counts_accuracy() {
 fn prepared_loglik_equals_plain_loglik() {
     use candle_core::{DType, Device, Tensor};
     use tsd::eval::prepared::{eval_loglik_prepared, prepare_loglik};
-    use tsd::eval::{eval_loglik, eval_loglik_full_sequences, task};
+    use tsd::eval::{eval_loglik_full_sequences, eval_loglik_general, task};
     use tsd::model::Llama;
     use tsd::train::data::Example;
     let src = tsd::weights::open_path(&fixture("tiny-llama")).unwrap();
@@ -166,7 +166,7 @@ fn prepared_loglik_equals_plain_loglik() {
             let b = Tensor::randn(0f32, 0.5, (o, r), &Device::Cpu).unwrap();
             l.b.set(&b).unwrap();
         }
-        let plain = eval_loglik(&model, &tok, &prepared_task, &examples, &|| {}).unwrap();
+        let plain = eval_loglik_general(&model, &tok, &prepared_task, &examples, &|| {}).unwrap();
         let fast = eval_loglik_prepared(&model, &prep, &|| {}).unwrap();
         assert_eq!(plain.truncated, fast.truncated);
         for (p, f) in plain.predictions.iter().zip(&fast.predictions) {

@@ -4,7 +4,7 @@ use clap::Args;
 use std::path::PathBuf;
 use tsd::eval::generate::GenConfig;
 use tsd::eval::merge::adapted_model;
-use tsd::eval::{eval_generate, eval_loglik, task, TaskResult};
+use tsd::eval::{eval_generate_batched, eval_loglik, eval_loglik_general, task, TaskResult};
 use tsd::model::Llama;
 use tsd::output::{to_json, Format};
 use tsd::weights::{open_path, resolve_path, ModelSpec};
@@ -41,6 +41,14 @@ pub struct EvalArgs {
     /// New-token budget for `generate`.
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
+    /// Examples per batched beam search for `generate` (predictions do not depend on it).
+    #[arg(long, default_value_t = tsd::eval::generate::DEFAULT_BATCH)]
+    batch_size: usize,
+    /// Loglik scoring: `auto` (one batched pass per example group when the labels differ only in
+    /// their last token, else the KV-cache path) or `general` (always the KV-cache path; same
+    /// scores, for checking and benchmarks).
+    #[arg(long, default_value = "auto")]
+    loglik_path: String,
     /// Evaluate only the first N examples of each task [default: all]
     #[arg(long)]
     limit: Option<usize>,
@@ -64,6 +72,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         return Err(super::input_error(format!(
             "protocol `{}`: expected generate or loglik",
             a.protocol
+        )));
+    }
+    if a.loglik_path != "auto" && a.loglik_path != "general" {
+        return Err(super::input_error(format!(
+            "--loglik-path `{}`: expected auto or general",
+            a.loglik_path
         )));
     }
     let data = match tsd::assets::data_dir(a.data.as_deref()) {
@@ -124,7 +138,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         let pb = progress_bar(ex.len() as u64, t.name, a.quiet);
         let r = if a.protocol == "loglik" {
-            eval_loglik(&model, &tok, t, &ex, &|| pb.inc(1))?
+            if a.loglik_path == "general" {
+                eval_loglik_general(&model, &tok, t, &ex, &|| pb.inc(1))?
+            } else {
+                eval_loglik(&model, &tok, t, &ex, &|| pb.inc(1))?
+            }
         } else {
             let cfg = GenConfig {
                 num_beams: a.beams,
@@ -132,7 +150,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 length_penalty: 1.0,
                 eos: eos.eos,
             };
-            eval_generate(&model, &tok, t, &ex, &cfg, &|| pb.inc(1))?
+            eval_generate_batched(&model, &tok, t, &ex, &cfg, a.batch_size, &|| pb.inc(1))?
         };
         pb.finish_and_clear();
         if let Some(dir) = &a.predictions {

@@ -4,7 +4,7 @@
 //! an EOS candidate only counts when it ranks within the top `num_beams`, and search stops once
 //! `num_beams` hypotheses are finished and no running beam can beat the worst of them.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::llama::KvCache;
 use crate::model::Llama;
 use candle_core::{DType, IndexOp, Tensor};
@@ -33,26 +33,48 @@ fn top(v: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-/// Generated token ids (prompt excluded, EOS excluded) of the best hypothesis.
-pub fn beam_search(model: &Llama, prompt: &[u32], cfg: &GenConfig) -> Result<Vec<u32>> {
-    let nb = cfg.num_beams.max(1);
-    let dev = model.device().clone();
-    let p = prompt.len();
-    let mut cache = KvCache::new(model);
-    let logits = model.forward_cached(
-        &Tensor::from_vec(prompt.to_vec(), (1, p), &dev)?,
-        0,
-        &mut cache,
-    )?;
-    let mut rows = log_softmax_rows(&logits.i((.., p - 1, ..))?)?;
-    cache.select(&vec![0u32; nb])?;
-    // Running beams: (tokens, Σ log p). The first step expands one beam only.
-    let mut beams: Vec<(Vec<u32>, f64)> = vec![(Vec::new(), 0.0)];
-    let mut finished: Vec<(Vec<u32>, f64)> = Vec::new();
-    let norm = |len: usize, s: f64| s / (len.max(1) as f64).powf(cfg.length_penalty);
-    for step in 0..cfg.max_new_tokens {
+/// Examples per batch in [`beam_search_batch`] when the caller does not choose (`tsd eval
+/// --batch-size`, the reproduce evaluator): the best of the sizes measured on the default model,
+/// 2 cores (1 and 4: `reproductions/bench/eval_generate.json`; larger batches not yet measured).
+pub const DEFAULT_BATCH: usize = 4;
+
+/// One example's beam search state, advanced one step at a time from its beams' log-probability
+/// rows; the rule is transformers' (see the module docs).
+struct Search {
+    /// Running beams: (tokens, Σ log p). The first step expands one beam only.
+    beams: Vec<(Vec<u32>, f64)>,
+    finished: Vec<(Vec<u32>, f64)>,
+    /// Prompt length: the position of the first generated token.
+    prompt_len: usize,
+    done: bool,
+}
+
+/// What a step hands to the next forward pass: for each new beam, its parent's row and its token.
+type Expansion = Vec<(usize, u32)>;
+
+impl Search {
+    fn new(prompt_len: usize) -> Self {
+        Search {
+            beams: vec![(Vec::new(), 0.0)],
+            finished: Vec::new(),
+            prompt_len,
+            done: false,
+        }
+    }
+
+    /// Advances by one token from `rows[i]` = log p of beam `i`'s next token `[V]`; returns the
+    /// (parent beam, token) pairs to feed next, or marks the search done.
+    fn step(
+        &mut self,
+        rows: &[Vec<f32>],
+        step: usize,
+        cfg: &GenConfig,
+        max_positions: usize,
+    ) -> Expansion {
+        let nb = cfg.num_beams.max(1);
+        let norm = |len: usize, s: f64| s / (len.max(1) as f64).powf(cfg.length_penalty);
         let mut cands: Vec<(usize, u32, f64)> = Vec::new();
-        for (bi, (_, score)) in beams.iter().enumerate() {
+        for (bi, (_, score)) in self.beams.iter().enumerate() {
             for t in top(&rows[bi], 2 * nb) {
                 cands.push((bi, t as u32, score + rows[bi][t] as f64));
             }
@@ -62,7 +84,9 @@ pub fn beam_search(model: &Llama, prompt: &[u32], cfg: &GenConfig) -> Result<Vec
         for (rank, &(bi, t, s)) in cands.iter().enumerate() {
             if t == cfg.eos {
                 if rank < nb {
-                    finished.push((beams[bi].0.clone(), norm(beams[bi].0.len(), s)));
+                    let toks = self.beams[bi].0.clone();
+                    let len = toks.len();
+                    self.finished.push((toks, norm(len, s)));
                 }
             } else {
                 next.push((bi, t, s));
@@ -71,28 +95,71 @@ pub fn beam_search(model: &Llama, prompt: &[u32], cfg: &GenConfig) -> Result<Vec
                 break;
             }
         }
-        finished.sort_by(|a, b| b.1.total_cmp(&a.1));
-        finished.truncate(nb);
-        if finished.len() >= nb {
+        self.finished.sort_by(|a, b| b.1.total_cmp(&a.1));
+        self.finished.truncate(nb);
+        if self.finished.len() >= nb {
             let best_running = next
                 .first()
                 .map_or(f64::NEG_INFINITY, |c| norm(step + 1, c.2));
-            if finished.last().is_some_and(|w| w.1 >= best_running) {
-                break;
+            if self.finished.last().is_some_and(|w| w.1 >= best_running) {
+                self.done = true;
+                return Vec::new();
             }
         }
         if next.is_empty() {
-            break;
+            self.done = true;
+            return Vec::new();
         }
-        beams = next
+        self.beams = next
             .iter()
             .map(|&(bi, t, s)| {
-                let mut toks = beams[bi].0.clone();
+                let mut toks = self.beams[bi].0.clone();
                 toks.push(t);
                 (toks, s)
             })
             .collect();
-        if step + 1 == cfg.max_new_tokens || p + step + 1 >= model.max_positions() {
+        if step + 1 == cfg.max_new_tokens || self.prompt_len + step + 1 >= max_positions {
+            self.done = true;
+            return Vec::new();
+        }
+        next.iter().map(|c| (c.0, c.1)).collect()
+    }
+
+    /// The best hypothesis, running beams scored as if they ended here.
+    fn best(mut self, cfg: &GenConfig) -> Vec<u32> {
+        for (toks, s) in std::mem::take(&mut self.beams) {
+            let len = toks.len();
+            self.finished
+                .push((toks, s / (len.max(1) as f64).powf(cfg.length_penalty)));
+        }
+        self.finished.sort_by(|a, b| b.1.total_cmp(&a.1));
+        self.finished
+            .into_iter()
+            .next()
+            .map(|f| f.0)
+            .unwrap_or_default()
+    }
+}
+
+/// Generated token ids (prompt excluded, EOS excluded) of the best hypothesis, one prompt alone
+/// (the plain KV-cache path; [`beam_search_batch`] is checked against it).
+pub fn beam_search(model: &Llama, prompt: &[u32], cfg: &GenConfig) -> Result<Vec<u32>> {
+    let dev = model.device().clone();
+    let p = prompt.len();
+    let mut search = Search::new(p);
+    if cfg.max_new_tokens == 0 {
+        return Ok(Vec::new());
+    }
+    let mut cache = KvCache::new(model);
+    let logits = model.forward_cached(
+        &Tensor::from_vec(prompt.to_vec(), (1, p), &dev)?,
+        0,
+        &mut cache,
+    )?;
+    let mut rows = log_softmax_rows(&logits.i((.., p - 1, ..))?)?;
+    for step in 0..cfg.max_new_tokens {
+        let next = search.step(&rows, step, cfg, model.max_positions());
+        if search.done {
             break;
         }
         let src: Vec<u32> = next.iter().map(|c| c.0 as u32).collect();
@@ -103,12 +170,80 @@ pub fn beam_search(model: &Llama, prompt: &[u32], cfg: &GenConfig) -> Result<Vec
             model.forward_cached(&Tensor::from_vec(ids, (n, 1), &dev)?, p + step, &mut cache)?;
         rows = log_softmax_rows(&logits.i((.., 0, ..))?)?;
     }
-    for (toks, s) in beams {
-        let len = toks.len();
-        finished.push((toks, norm(len, s)));
+    Ok(search.best(cfg))
+}
+
+/// [`beam_search`] for several prompts at once: the prompts are left-padded into one batch
+/// (`[B, T_max]`, RoPE from 0 at each first real token, padded keys masked), and every step runs
+/// the beams of all unfinished examples as one `[Σ beams, 1]` forward pass. Each example follows
+/// its own search and leaves the batch when it is done; the results are those of running each
+/// prompt alone (a test checks token for token).
+pub fn beam_search_batch(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    cfg: &GenConfig,
+) -> Result<Vec<Vec<u32>>> {
+    let dev = model.device().clone();
+    let b = prompts.len();
+    if b == 0 || cfg.max_new_tokens == 0 {
+        return Ok(vec![Vec::new(); b]);
     }
-    finished.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok(finished.into_iter().next().map(|f| f.0).unwrap_or_default())
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(Error::InvalidArgument(format!(
+            "beam search: prompt {i} has no tokens"
+        )));
+    }
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pad_of: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+    let mut ids = Vec::with_capacity(b * width);
+    for p in prompts {
+        ids.extend(std::iter::repeat_n(0u32, width - p.len()));
+        ids.extend_from_slice(p);
+    }
+    let mut cache = KvCache::new(model);
+    let logits = model.forward_padded_last(
+        &Tensor::from_vec(ids, (b, width), &dev)?,
+        0,
+        &pad_of,
+        &mut cache,
+    )?;
+    let mut rows = log_softmax_rows(&logits)?;
+    let mut searches: Vec<Search> = prompts.iter().map(|p| Search::new(p.len())).collect();
+    // The cache's rows: example `e` owns `span[e]` (offset, count), in example order.
+    let mut span: Vec<(usize, usize)> = (0..b).map(|e| (e, 1)).collect();
+    for step in 0..cfg.max_new_tokens {
+        let mut src = Vec::new();
+        let mut toks = Vec::new();
+        let mut pads = Vec::new();
+        let mut next_span = vec![(0, 0); b];
+        for (e, s) in searches.iter_mut().enumerate() {
+            if s.done {
+                continue;
+            }
+            let (off, n) = span[e];
+            let next = s.step(&rows[off..off + n], step, cfg, model.max_positions());
+            next_span[e] = (src.len(), next.len());
+            for (parent, t) in next {
+                src.push((off + parent) as u32);
+                toks.push(t);
+                pads.push(pad_of[e]);
+            }
+        }
+        if src.is_empty() {
+            break;
+        }
+        cache.select(&src)?;
+        let n = toks.len();
+        let logits = model.forward_padded_last(
+            &Tensor::from_vec(toks, (n, 1), &dev)?,
+            width + step,
+            &pads,
+            &mut cache,
+        )?;
+        rows = log_softmax_rows(&logits)?;
+        span = next_span;
+    }
+    Ok(searches.into_iter().map(|s| s.best(cfg)).collect())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod generate;
 pub mod merge;
 pub mod prepared;
+pub mod shortcut;
 
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
@@ -169,7 +170,7 @@ pub fn apply_adapter(model: &mut Llama, adapter: &Adapter) -> Result<()> {
     Ok(())
 }
 
-pub use prepared::eval_loglik;
+pub use prepared::{eval_loglik, eval_loglik_general};
 
 /// The loglik protocol computed the plain way, as a reference for [`eval_loglik`]: for each label
 /// `L`, the summed log-probability of the continuation `the correct answer is L` after the
@@ -323,7 +324,8 @@ pub(crate) fn loglik_result(task: &Task, preds: Vec<Prediction>, truncated: usiz
 }
 
 /// The `generate` protocol (README, Definitions: commonsense protocol): beam search from the evaluation prompt, the text after
-/// `### Response:`, the first label it contains; no label = wrong and unparseable.
+/// `### Response:`, the first label it contains; no label = wrong and unparseable. Examples run
+/// [`generate::DEFAULT_BATCH`] at a time (see [`eval_generate_batched`]).
 pub fn eval_generate(
     model: &Llama,
     tok: &Tokenizer,
@@ -332,21 +334,65 @@ pub fn eval_generate(
     cfg: &generate::GenConfig,
     progress: &dyn Fn(),
 ) -> Result<TaskResult> {
-    let mut preds = Vec::new();
+    eval_generate_batched(
+        model,
+        tok,
+        task,
+        examples,
+        cfg,
+        generate::DEFAULT_BATCH,
+        progress,
+    )
+}
+
+/// [`eval_generate`] with `batch` examples per beam search ([`generate::beam_search_batch`]).
+/// Examples are grouped by prompt length (less padding); predictions keep the input order and do
+/// not depend on `batch`.
+pub fn eval_generate_batched(
+    model: &Llama,
+    tok: &Tokenizer,
+    task: &Task,
+    examples: &[Example],
+    cfg: &generate::GenConfig,
+    batch: usize,
+    progress: &dyn Fn(),
+) -> Result<TaskResult> {
+    if batch == 0 {
+        return Err(Error::InvalidArgument(
+            "batch size 0: at least one example per batch".into(),
+        ));
+    }
     let mut truncated = 0;
-    let mut unparseable = 0;
-    for (index, ex) in examples.iter().enumerate() {
+    let room = model
+        .max_positions()
+        .saturating_sub(cfg.max_new_tokens)
+        .max(1);
+    let mut prompts = Vec::with_capacity(examples.len());
+    for ex in examples {
         let mut prompt = encode(tok, &eval_prompt(&ex.instruction, Some(&ex.input)))?;
-        let room = model
-            .max_positions()
-            .saturating_sub(cfg.max_new_tokens)
-            .max(1);
         if prompt.len() > room {
             prompt.drain(..prompt.len() - room);
             truncated += 1;
         }
-        let out = generate::beam_search(model, &prompt, cfg)?;
-        let text = crate::model::tokenizer::decode(tok, &out, true)?;
+        prompts.push(prompt);
+    }
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| prompts[i].len());
+    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); examples.len()];
+    for chunk in order.chunks(batch) {
+        let group: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+        for (&i, out) in chunk
+            .iter()
+            .zip(generate::beam_search_batch(model, &group, cfg)?)
+        {
+            outputs[i] = out;
+            progress();
+        }
+    }
+    let mut preds = Vec::with_capacity(examples.len());
+    let mut unparseable = 0;
+    for (index, (ex, out)) in examples.iter().zip(&outputs).enumerate() {
+        let text = crate::model::tokenizer::decode(tok, out, true)?;
         let prediction = extract_answer(task, response_text(&text)).map(String::from);
         if prediction.is_none() {
             unparseable += 1;
@@ -360,7 +406,6 @@ pub fn eval_generate(
             labels: Vec::new(),
             output: Some(text),
         });
-        progress();
     }
     let correct = preds.iter().filter(|p| p.correct).count();
     Ok(TaskResult {

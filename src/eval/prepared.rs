@@ -2,8 +2,10 @@
 //! hidden states of every prompt and label continuation are computed once ([`prepare_loglik`]) and
 //! each adapter then pays for layers `from..` only ([`eval_loglik_prepared`]). The prompt runs
 //! once per example and the continuations attend to its keys and values, so an example costs
-//! `T_prompt + Σ T_label` tokens instead of `n_labels · (T_prompt + T_label)`. Exact up to float
-//! summation order: a test checks the scores against [`super::eval_loglik_full_sequences`].
+//! `T_prompt + Σ T_label` tokens instead of `n_labels · (T_prompt + T_label)`; when the labels differ
+//! only in their last token (see [`super::shortcut`]), `T_prompt + T_label − 1`. Exact up to float
+//! summation order: tests check the scores against [`super::eval_loglik_full_sequences`] and
+//! [`eval_loglik_general`].
 
 use super::{
     loglik_inputs, loglik_prediction, loglik_result, target_logprobs, Prediction, Task, TaskResult,
@@ -20,8 +22,12 @@ pub struct PreparedExample {
     example: Example,
     /// Hidden states entering layer `from` for the prompt, `[1, T_prompt, H]`.
     prompt: Tensor,
-    /// The same for each label continuation after the prompt, right-padded, `[n_labels, T_max, H]`.
-    options: Tensor,
+    /// The same for each label continuation after the prompt but its last token, right-padded,
+    /// `[n_labels, T_max - 1, H]`; with the shortcut (labels differing only in the last token) the
+    /// one shared prefix, `[1, T - 1, H]`. None when that is empty (single-token labels).
+    options: Option<Tensor>,
+    /// Whether `options` holds the shared prefix only.
+    shared: bool,
     conts: Vec<Vec<u32>>,
 }
 
@@ -63,7 +69,7 @@ pub fn prepare_loglik(
     let mut items = Vec::with_capacity(examples.len());
     let mut truncated = 0;
     for (index, ex) in examples.iter().enumerate() {
-        let (it, cut) = prepare_one(model, tok, task, index, ex, from)?;
+        let (it, cut) = prepare_one(model, tok, task, index, ex, from, true)?;
         truncated += cut as usize;
         items.push(it);
         progress();
@@ -84,37 +90,88 @@ fn prepare_one(
     index: usize,
     ex: &Example,
     from: usize,
+    allow_shortcut: bool,
 ) -> Result<(PreparedExample, bool)> {
     let dev = model.device();
     let (prompt, conts, cut) = loglik_inputs(model.max_positions(), tok, task, ex)?;
     let tp = prompt.len();
-    let n = conts.len();
-    let tmax = conts.iter().map(Vec::len).max().unwrap_or(0);
+    let shared = allow_shortcut && super::shortcut::shares_all_but_last(&conts);
+    // A continuation's last token is only ever a target: its state is not needed.
+    let rows: Vec<&[u32]> = if shared {
+        vec![&conts[0][..conts[0].len() - 1]]
+    } else {
+        conts
+            .iter()
+            .map(|c| &c[..c.len().saturating_sub(1)])
+            .collect()
+    };
+    let n = rows.len();
+    let tmax = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let mut ids = vec![0u32; n * tmax];
-    for (i, c) in conts.iter().enumerate() {
+    for (i, c) in rows.iter().enumerate() {
         ids[i * tmax..i * tmax + c.len()].copy_from_slice(c);
     }
     let mut cache = KvCache::new(model);
     let p = model.embed(&Tensor::from_vec(prompt, (1, tp), dev)?)?;
     let p = model.hidden_cached(&p, 0, from, 0, &mut cache)?;
-    cache.select(&vec![0u32; n])?;
-    let o = model.embed(&Tensor::from_vec(ids, (n, tmax), dev)?)?;
-    let o = model.hidden_cached(&o, 0, from, tp, &mut cache)?;
+    let options = if tmax == 0 {
+        None
+    } else {
+        cache.select(&vec![0u32; n])?;
+        let o = model.embed(&Tensor::from_vec(ids, (n, tmax), dev)?)?;
+        Some(model.hidden_cached(&o, 0, from, tp, &mut cache)?)
+    };
     Ok((
         PreparedExample {
             index,
             example: ex.clone(),
             prompt: p,
-            options: o,
+            options,
+            shared,
             conts,
         },
         cut,
     ))
 }
 
-/// The loglik protocol, one example at a time with nothing kept between examples: the prompt
-/// runs once and every label continuation attends to its keys and values (README, Definitions: commonsense protocol).
+/// The loglik protocol (README, Definitions: commonsense protocol). When the task's label continuations differ only in their
+/// last token, through the one-pass shortcut ([`super::shortcut`]), batched; otherwise
+/// [`eval_loglik_general`]. Both give the same scores up to float summation order (a test checks).
 pub fn eval_loglik(
+    model: &Llama,
+    tok: &Tokenizer,
+    task: &Task,
+    examples: &[Example],
+    progress: &dyn Fn(),
+) -> Result<TaskResult> {
+    if shortcut_applies(tok, task)? {
+        return super::shortcut::eval_loglik_shared_prefix(
+            model,
+            tok,
+            task,
+            examples,
+            super::shortcut::LOGLIK_BATCH,
+            progress,
+        );
+    }
+    eval_loglik_general(model, tok, task, examples, progress)
+}
+
+/// Whether `task`'s label continuations under `tok` share every token but the last.
+pub fn shortcut_applies(tok: &Tokenizer, task: &Task) -> Result<bool> {
+    let probe = Example {
+        instruction: String::new(),
+        input: String::new(),
+        output: String::new(),
+        answer: None,
+    };
+    let (_, conts, _) = loglik_inputs(usize::MAX, tok, task, &probe)?;
+    Ok(super::shortcut::shares_all_but_last(&conts))
+}
+
+/// The loglik protocol, one example at a time with nothing kept between examples: the prompt
+/// runs once and every label continuation attends to its keys and values through the KV cache.
+pub fn eval_loglik_general(
     model: &Llama,
     tok: &Tokenizer,
     task: &Task,
@@ -124,7 +181,7 @@ pub fn eval_loglik(
     let mut preds = Vec::with_capacity(examples.len());
     let mut truncated = 0;
     for (index, ex) in examples.iter().enumerate() {
-        let (it, cut) = prepare_one(model, tok, task, index, ex, 0)?;
+        let (it, cut) = prepare_one(model, tok, task, index, ex, 0, false)?;
         truncated += cut as usize;
         preds.push(score_one(model, task, 0, &it)?);
         progress();
@@ -151,28 +208,30 @@ pub fn eval_loglik_prepared(
 fn score_one(model: &Llama, task: &Task, from: usize, it: &PreparedExample) -> Result<Prediction> {
     let top = model.num_layers();
     let tp = it.prompt.dim(1)?;
-    let (n, tmax, hd) = it.options.dims3()?;
+    let hd = it.prompt.dim(2)?;
     let mut cache = KvCache::new(model);
     let p = model.hidden_cached(&it.prompt, from, top, 0, &mut cache)?;
-    cache.select(&vec![0u32; n])?;
-    let o = model.hidden_cached(&it.options, from, top, tp, &mut cache)?;
     // Row 0: the last prompt position (predicts every label's first token); then the
-    // continuation positions, label-major.
-    let rows_h = Tensor::cat(
-        &[
-            &p.narrow(1, tp - 1, 1)?.reshape((1, hd))?,
-            &o.reshape((n * tmax, hd))?,
-        ],
-        0,
-    )?;
+    // continuation positions, label-major (the shared prefix's only, with the shortcut).
+    let last = p.narrow(1, tp - 1, 1)?.reshape((1, hd))?;
+    let (rows_h, tmax) = match &it.options {
+        Some(opts) => {
+            let (n, tmax, _) = opts.dims3()?;
+            cache.select(&vec![0u32; n])?;
+            let o = model.hidden_cached(opts, from, top, tp, &mut cache)?;
+            (Tensor::cat(&[&last, &o.reshape((n * tmax, hd))?], 0)?, tmax)
+        }
+        None => (last, 0),
+    };
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     for (i, c) in it.conts.iter().enumerate() {
+        let row = if it.shared { 0 } else { i };
         for (j, &tok_id) in c.iter().enumerate() {
             rows.push(if j == 0 {
                 0
             } else {
-                (1 + i * tmax + (j - 1)) as u32
+                (1 + row * tmax + (j - 1)) as u32
             });
             targets.push(tok_id);
         }

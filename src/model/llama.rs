@@ -322,7 +322,7 @@ impl Llama {
         x: &Tensor,
         mask: &Tensor,
         ctx: &ForwardCtx,
-        pos: usize,
+        rope_at: (&Tensor, &Tensor),
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -334,15 +334,14 @@ impl Llama {
         let q = block.project(0, x, ctx)?;
         let k = block.project(1, x, ctx)?;
         let v = block.project(2, x, ctx)?;
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
+        let (cos, sin) = rope_at;
         let Some(c) = cache else {
             // The whole sequence at once (training, scoring): one fused op on the CPU.
-            let y = crate::nn::attention::causal_attention(&q, &k, &v, &cos, &sin, nh, nkv)?;
+            let y = crate::nn::attention::causal_attention(&q, &k, &v, cos, sin, nh, nkv)?;
             return block.project(3, &y, ctx);
         };
-        let q = rope(&split_heads(&q, nh)?, &cos, &sin)?;
-        let k = rope(&split_heads(&k, nkv)?, &cos, &sin)?;
+        let q = rope(&split_heads(&q, nh)?, cos, sin)?;
+        let k = rope(&split_heads(&k, nkv)?, cos, sin)?;
         let v = split_heads(&v, nkv)?;
         let k = match &c.k {
             Some(pk) => Tensor::cat(&[pk, &k], 2)?,
@@ -433,23 +432,45 @@ impl Llama {
         to: usize,
         ctx: &ForwardCtx,
         pos: usize,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let t = h.dim(1)?;
-        if pos + t > self.max_positions() {
+        self.check_length(pos + t)?;
+        let mask = self.mask(t, pos)?;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        self.layers_on(h, from, to, ctx, &mask, (&cos, &sin), cache)
+    }
+
+    /// Refuses a sequence of `len` positions the rotary tables or the attention do not cover.
+    fn check_length(&self, len: usize) -> Result<()> {
+        if len > self.max_positions() {
             return Err(Error::InvalidArgument(format!(
-                "sequence of {} tokens exceeds the model's {} positions",
-                pos + t,
+                "sequence of {len} tokens exceeds the model's {} positions",
                 self.max_positions()
             )));
         }
-        if let Some(w) = self.config.sliding_window.filter(|&w| pos + t > w) {
+        if let Some(w) = self.config.sliding_window.filter(|&w| len > w) {
             return Err(Error::InvalidArgument(format!(
-                "sequence of {} tokens exceeds the model's sliding_window of {w}: tsd does not implement the windowed attention that would start there",
-                pos + t
+                "sequence of {len} tokens exceeds the model's sliding_window of {w}: tsd does not implement the windowed attention that would start there"
             )));
         }
-        let mask = self.mask(t, pos)?;
+        Ok(())
+    }
+
+    /// Layers `from..to` with a given additive attention mask (broadcast to `[B, heads, T, Tk]`)
+    /// and rotary tables (`[T, d]`, or `[B, 1, T, d]` per row).
+    #[allow(clippy::too_many_arguments)]
+    fn layers_on(
+        &self,
+        h: &Tensor,
+        from: usize,
+        to: usize,
+        ctx: &ForwardCtx,
+        mask: &Tensor,
+        rope_at: (&Tensor, &Tensor),
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
         let mut h = h.clone();
         for (li, block) in self.layers[from..to].iter().enumerate() {
@@ -457,9 +478,9 @@ impl Llama {
             let a = self.attention(
                 block,
                 &rms_norm(&h, &block.input_norm, eps)?,
-                &mask,
+                mask,
                 ctx,
-                pos,
+                rope_at,
                 lc,
             )?;
             h = (h + a)?;
@@ -497,6 +518,61 @@ impl Llama {
             Some(cache),
         )?;
         self.logits(&rms_norm(&h, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// Last-column logits `[B, V]` of new tokens `ids: [B, T]` for rows that were left-padded:
+    /// row `r`'s first `pads[r]` columns (of every call, cached ones included) are padding. The new
+    /// tokens take columns `col..col + T` of the cache; row `r`'s token in column `c` sits at
+    /// position `c − pads[r]`, so RoPE starts at 0 on its first real token, and padded keys get −∞:
+    /// each row computes what it would alone (up to float summation order).
+    pub fn forward_padded_last(
+        &self,
+        ids: &Tensor,
+        col: usize,
+        pads: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if pads.len() != b || pads.iter().any(|&p| p > col + t) {
+            return Err(Error::InvalidArgument(format!(
+                "forward_padded_last: {} pad counts for {b} rows of {} columns",
+                pads.len(),
+                col + t
+            )));
+        }
+        self.check_length(col + t - pads.iter().min().copied().unwrap_or(0))?;
+        let tk = col + t;
+        let mut m = vec![0f32; b * t * tk];
+        let mut at = Vec::with_capacity(b * t);
+        for (r, &pad) in pads.iter().enumerate() {
+            for i in 0..t {
+                let q = col + i;
+                at.push(q.saturating_sub(pad) as u32);
+                for j in 0..tk {
+                    // A padding query sees only itself, so its (unused) state stays finite.
+                    let visible = if q < pad { j == q } else { j >= pad && j <= q };
+                    if !visible {
+                        m[(r * t + i) * tk + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (b, 1, t, tk), &self.device)?.to_dtype(self.dtype)?;
+        let at = Tensor::from_vec(at, b * t, &self.device)?;
+        let d = self.cos.dim(1)?;
+        let cos = self.cos.index_select(&at, 0)?.reshape((b, 1, t, d))?;
+        let sin = self.sin.index_select(&at, 0)?.reshape((b, 1, t, d))?;
+        let h = self.layers_on(
+            &self.embed(ids)?,
+            0,
+            self.layers.len(),
+            &ForwardCtx::eval(),
+            &mask,
+            (&cos, &sin),
+            Some(cache),
+        )?;
+        let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
+        self.logits(&rms_norm(&last, &self.norm, self.config.rms_norm_eps)?)
     }
 
     /// Logits `[B, T, V]` for `ids: [B, T]`.

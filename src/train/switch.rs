@@ -1,4 +1,4 @@
-//! LoRA-Dash's switch at scale (PAPER.md §2 step 2): every adapted module needs the SVD of its
+//! LoRA-Dash's switch at scale (README, Definitions: LoRA-Dash): every adapted module needs the SVD of its
 //! base weight before its TSDs can be picked. The SVDs run in parallel across modules on the
 //! thread pool, through the shared on-disk SVD cache, a bounded number at a time so that a
 //! LLaMA-7B (160 modules, up to 4096×11008) never holds more than a memory budget of host copies

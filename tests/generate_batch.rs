@@ -1,0 +1,175 @@
+//! Batched beam search (issue 11): several left-padded prompts in one search give, token for
+//! token, what each prompt gives alone through the plain KV-cache path.
+
+mod common;
+
+use candle_core::{DType, Device};
+use common::fixture;
+use std::path::PathBuf;
+use tsd::eval::generate::{beam_search, beam_search_batch, GenConfig};
+use tsd::model::Llama;
+use tsd::train::data::{eval_prompt, load_examples};
+
+fn load(path: &std::path::Path) -> Llama {
+    let src = tsd::weights::open_path(path).unwrap();
+    Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32).unwrap()
+}
+
+fn one_at_a_time(model: &Llama, prompts: &[Vec<u32>], cfg: &GenConfig) -> Vec<Vec<u32>> {
+    prompts
+        .iter()
+        .map(|p| beam_search(model, p, cfg).unwrap())
+        .collect()
+}
+
+#[test]
+fn batched_beam_search_equals_one_at_a_time_on_the_tiny_model() {
+    let model = load(&fixture("tiny-llama"));
+    let vocab = model.config.vocab_size as u32;
+    // Lengths 1..17, so rows carry from 0 to 16 padding columns.
+    let prompts: Vec<Vec<u32>> = [5usize, 17, 1, 9, 12, 3]
+        .iter()
+        .enumerate()
+        .map(|(e, &n)| {
+            (0..n)
+                .map(|i| ((e * 131 + i * 37 + 11) as u32) % vocab)
+                .collect()
+        })
+        .collect();
+    let base = GenConfig {
+        num_beams: 4,
+        max_new_tokens: 10,
+        length_penalty: 1.0,
+        eos: vocab, // never generated: every search runs to the budget
+    };
+    let alone = one_at_a_time(&model, &prompts, &base);
+    assert_eq!(beam_search_batch(&model, &prompts, &base).unwrap(), alone);
+    // EOS = a token the searches repeat (likely everywhere), so hypotheses finish early and examples leave the
+    // batch at different steps (the early-stop rule and the row bookkeeping are exercised).
+    let mut early = 0;
+    for eos in [alone[0][5], alone[2][5], alone[5][3]] {
+        let cfg = GenConfig {
+            eos,
+            ..base.clone()
+        };
+        let alone = one_at_a_time(&model, &prompts, &cfg);
+        early += alone
+            .iter()
+            .filter(|o| o.len() < cfg.max_new_tokens)
+            .count();
+        for batch in [2, 4, 6] {
+            let mut got = Vec::new();
+            for chunk in prompts.chunks(batch) {
+                got.extend(beam_search_batch(&model, chunk, &cfg).unwrap());
+            }
+            assert_eq!(got, alone, "eos {eos}, batch {batch}");
+        }
+    }
+    assert!(early > 0, "no search ended before its budget");
+    // Two beams and a length penalty other than 1 go through the same rule.
+    let cfg = GenConfig {
+        num_beams: 2,
+        length_penalty: 0.5,
+        eos: alone[2][1],
+        ..base
+    };
+    assert_eq!(
+        beam_search_batch(&model, &prompts, &cfg).unwrap(),
+        one_at_a_time(&model, &prompts, &cfg)
+    );
+}
+
+/// Commonsense prompts: the first examples of ARC-Easy and BoolQ from the data directory
+/// (`TSD_DATA`, else `../shared/data/commonsense`), else written here in the same format.
+fn commonsense_prompts() -> Vec<String> {
+    let dir = std::env::var_os("TSD_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/commonsense")
+        });
+    let mut out = Vec::new();
+    for (task, n) in [("ARC-Easy", 2), ("boolq", 1)] {
+        let f = dir.join(task).join("test.json");
+        if f.exists() {
+            for ex in load_examples(&f).unwrap().into_iter().take(n) {
+                out.push(eval_prompt(&ex.instruction, Some(&ex.input)));
+            }
+        }
+    }
+    if out.is_empty() {
+        eprintln!(
+            "{}: no commonsense test sets; using prompts written in the same format",
+            dir.display()
+        );
+        for q in [
+            "Please choose the correct answer to the question: Which tool measures mass?\n\nAnswer1: a ruler Answer2: a balance Answer3: a thermometer Answer4: a clock\n\nAnswer format: answer1/answer2/answer3/answer4",
+            "Please answer the following question with true or false, question: is water wet?\n\nAnswer format: true/false",
+            "Please choose the correct answer to fill in the blank to complete the given sentence: The cup fell off the table because _ was unsteady.\n\nOption1: the cup Option2: the table Answer format: option1/option2",
+        ] {
+            out.push(eval_prompt(q, None));
+        }
+    }
+    out
+}
+
+#[test]
+fn batched_beam_search_equals_one_at_a_time_on_the_default_model() {
+    let path =
+        tsd::assets::default_model(false).expect("default model provisioned (run `tsd fetch`)");
+    let model = load(&path);
+    let tok = tsd::model::tokenizer::load_tokenizer(&path).unwrap();
+    let eos = tsd::model::tokenizer::load_tokenizer_info(&path)
+        .unwrap()
+        .eos;
+    let prompts: Vec<Vec<u32>> = commonsense_prompts()
+        .iter()
+        .map(|p| tsd::model::tokenizer::encode(&tok, p).unwrap())
+        .collect();
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    assert!(
+        lens.iter().min() != lens.iter().max(),
+        "prompts of one length would not exercise padding: {lens:?}"
+    );
+    let cfg = GenConfig {
+        num_beams: 4,
+        max_new_tokens: 32,
+        length_penalty: 1.0,
+        eos,
+    };
+    assert_eq!(
+        beam_search_batch(&model, &prompts, &cfg).unwrap(),
+        one_at_a_time(&model, &prompts, &cfg)
+    );
+}
+
+/// `--batch-size 0` and an unknown `--loglik-path` are refused with exit code 2 and the value named.
+#[test]
+fn eval_refuses_a_zero_batch_and_an_unknown_loglik_path() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("boolq")).unwrap();
+    std::fs::write(
+        d.path().join("boolq/test.json"),
+        r#"[{"instruction": "Is 2 even?", "input": "", "output": "", "answer": "true"}]"#,
+    )
+    .unwrap();
+    for (flag, value, says) in [
+        ("--batch-size", "0", "batch size 0"),
+        ("--loglik-path", "fast", "--loglik-path `fast`"),
+    ] {
+        let out = common::tsd(d.path())
+            .args(["eval", "--model", fixture("tiny-llama").to_str().unwrap()])
+            .args([
+                "--tasks",
+                "boolq",
+                "--data",
+                d.path().to_str().unwrap(),
+                "-q",
+            ])
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{flag}: {err}");
+    }
+}
