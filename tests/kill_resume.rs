@@ -334,6 +334,11 @@ fn killed_anywhere_and_resumed_reaches_the_uninterrupted_bytes() {
         out.half_written_listed
     );
     assert!(
+        out.stale_temp_dirs_left_after_restart.is_empty(),
+        "temporary checkpoints of killed runs survived the next start: {:?}",
+        out.stale_temp_dirs_left_after_restart
+    );
+    assert!(
         out.final_bytes_identical,
         "the resumed run's final checkpoint differs"
     );

@@ -80,7 +80,7 @@ enum Which {
         /// Shape: a built-in config (llama-7b, llama2-7b, llama3-8b) or a config.json path.
         #[arg(long, default_value = "llama-7b")]
         config: String,
-        /// Override the config's layer count.
+        /// Override the config's layer count [default: the config's]
         #[arg(long)]
         layers: Option<usize>,
         #[command(flatten)]

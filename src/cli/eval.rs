@@ -19,8 +19,8 @@ pub struct EvalArgs {
     /// none, the base model alone]
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Which adapter of the --adapter directory: `default` (its root) or a PEFT subfolder name.
-    /// Default: the only one there is.
+    /// Which adapter of the --adapter directory: `default` (its root) or a PEFT subfolder name
+    /// [default: the only one there is]
     #[arg(long, requires = "adapter")]
     adapter_name: Option<String>,
     /// Tasks (comma-separated): boolq, piqa, social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa.

@@ -9,8 +9,8 @@ pub struct ExportArgs {
     input: PathBuf,
     /// Directory to write (adapter_config.json + adapter_model.safetensors).
     output: PathBuf,
-    /// Which adapter of the input directory: `default` (its root) or a PEFT subfolder name.
-    /// Default: the only one there is. It is written at OUTPUT's root.
+    /// Which adapter of the input directory: `default` (its root) or a PEFT subfolder name; it is
+    /// written at OUTPUT's root [default: the only one there is]
     #[arg(long)]
     adapter_name: Option<String>,
     /// Fold LoRA-Dash into a plain rank-(r+s) LoRA that reproduces ΔW exactly, loadable by PEFT.

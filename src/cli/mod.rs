@@ -66,13 +66,13 @@ pub struct ModelArgs {
 /// `bench`. Unknown values are refused (exit 2).
 #[derive(Args, Debug, Clone, Default)]
 pub struct DeviceArgs {
-    /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`) [default: cpu;
-    /// for train the --config file's, for reproduce the preset's].
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`); for train the
+    /// --config file's, for reproduce the preset's when not given [default: cpu]
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<DeviceSpec>,
     /// Dtype of the frozen base weights: f32, bf16 or f16; adapter parameters, their optimizer
-    /// state and the adapter's arithmetic stay f32 [default: f32; for train the --config file's,
-    /// for reproduce the preset's].
+    /// state and the adapter's arithmetic stay f32; for train the --config file's, for reproduce
+    /// the preset's when not given [default: f32]
     #[arg(long, value_name = "DTYPE")]
     pub dtype: Option<WeightDtype>,
 }

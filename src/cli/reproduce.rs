@@ -64,35 +64,35 @@ struct SlurmArgs {
     /// With --emit-jobs: only the pieces that have not finished (after failed or cancelled tasks).
     #[arg(long, requires = "emit_jobs")]
     only_missing: bool,
-    /// The tsd binary the jobs run (default: this binary, by its absolute path).
+    /// The tsd binary the jobs run [default: this binary, by its absolute path]
     #[arg(long, requires = "emit_jobs")]
     tsd: Option<PathBuf>,
     /// LOCAL=REMOTE: the cluster sees this machine's LOCAL directory as REMOTE (paths in the jobs
-    /// are rewritten; default: the paths as resolved here).
+    /// are rewritten) [default: the paths as resolved here]
     #[arg(long, requires = "emit_jobs")]
     remote_root: Option<String>,
-    /// Slurm partition (default: the cluster's default).
+    /// Slurm partition [default: the cluster's default]
     #[arg(long, requires = "emit_jobs")]
     partition: Option<String>,
-    /// Slurm account (default: the user's default).
+    /// Slurm account [default: the user's default]
     #[arg(long, requires = "emit_jobs")]
     account: Option<String>,
-    /// Time limit per job (default per preset: smoke 00:30:00, cpu 04:00:00, paper 2-00:00:00).
+    /// Time limit per job [default: per preset: smoke 00:30:00, cpu 04:00:00, paper 2-00:00:00]
     #[arg(long, requires = "emit_jobs")]
     time: Option<String>,
-    /// Memory per job (default per preset: smoke 4G, cpu 8G, paper 64G).
+    /// Memory per job [default: per preset: smoke 4G, cpu 8G, paper 64G]
     #[arg(long, requires = "emit_jobs")]
     mem: Option<String>,
-    /// CPUs per job, also tsd's thread count in the job (default per preset: 2 on CPU, 8 with a GPU).
+    /// CPUs per job, also tsd's thread count in the job [default: per preset: 2 on CPU, 8 with a GPU]
     #[arg(long, requires = "emit_jobs")]
     cpus: Option<usize>,
-    /// Generic resources per job (default: gpu:1 for CUDA presets, none otherwise).
+    /// Generic resources per job [default: gpu:1 for CUDA presets, none otherwise]
     #[arg(long, requires = "emit_jobs")]
     gres: Option<String>,
-    /// At most this many array tasks at once (--array=1-N%K; default: no cap).
+    /// At most this many array tasks at once (--array=1-N%K) [default: no cap]
     #[arg(long, requires = "emit_jobs")]
     max_parallel: Option<usize>,
-    /// Any other sbatch option for every job, e.g. --sbatch-arg=--qos=long (repeatable).
+    /// Any other sbatch option for every job, e.g. --sbatch-arg=--qos=long (repeatable) [default: none]
     #[arg(long, requires = "emit_jobs", allow_hyphen_values = true)]
     sbatch_arg: Vec<String>,
 }

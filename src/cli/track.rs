@@ -15,15 +15,15 @@ pub struct RunArgs {
     /// Run directory: `tsd train`'s, a Hugging Face Trainer output directory (checkpoint-N/), or a
     /// directory of adapter directories.
     pub run: PathBuf,
-    /// Base model (default: the run's declared base — tsd's --model, else the adapters'
-    /// base_model_name_or_path and revision — when it resolves locally).
+    /// Base model [default: the run's declared base — tsd's --model, else the adapters'
+    /// base_model_name_or_path and revision — when it resolves locally]
     #[arg(long)]
     pub base: Option<String>,
     /// Hugging Face revision of --base when it is a hub id [default: main]
     #[arg(long, requires = "base")]
     pub revision: Option<String>,
-    /// The adapter subfolder to read in each checkpoint (PEFT's folder for a named adapter;
-    /// default: the checkpoint's root, else its only adapter subfolder).
+    /// The adapter subfolder to read in each checkpoint (PEFT's folder for a named adapter)
+    /// [default: the checkpoint's root, else its only adapter subfolder]
     #[arg(long)]
     pub adapter_name: Option<String>,
     /// Reference for capture metrics: a run directory of any layout (its newest checkpoint; a tsd

@@ -39,6 +39,36 @@ pub fn temp_checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
         .join(format!(".step-{step:06}.tmp-{}", std::process::id()))
 }
 
+/// Removes the temporary checkpoint directories (`.step-N.tmp-PID`) that processes no longer alive
+/// left behind — a run killed inside a checkpoint write leaves a partial one, for `--method full`
+/// a partial copy of the weights. A directory whose PID is this process or still running is kept
+/// (another writer may own it). Returns the removed paths, for a warning.
+pub fn remove_stale_temp_dirs(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let dir = run_dir.join(CHECKPOINTS_DIR);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+        let e = e.map_err(|e| Error::io(&dir, e))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix(".step-")
+            .and_then(|r| r.split_once(".tmp-"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && e.path().is_dir() {
+            std::fs::remove_dir_all(e.path()).map_err(|err| Error::io(e.path(), err))?;
+            removed.push(e.path());
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 /// Complete checkpoints (those with `trainer_state.json`) ascending by step, and a warning for each
 /// directory under `checkpoints/` that is not one (a temporary or half-written directory).
 pub fn scan_checkpoints(run_dir: &Path) -> Result<(Vec<usize>, Vec<String>)> {
@@ -152,5 +182,25 @@ mod tests {
         assert_eq!(skipped.len(), 2);
         assert!(skipped.iter().any(|w| w.contains("step-000011")));
         assert!(skipped.iter().any(|w| w.contains(".step-000012.tmp-7")));
+    }
+
+    /// Temporary checkpoints of dead processes are removed; this process's and a live one's stay.
+    #[test]
+    fn stale_temp_dirs_of_dead_processes_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let ck = d.path().join("checkpoints");
+        let dead = ck.join(".step-000004.tmp-999999999");
+        let ours = temp_checkpoint_dir(d.path(), 6);
+        let live = ck.join(".step-000008.tmp-1");
+        for p in [&dead, &ours, &live] {
+            std::fs::create_dir_all(p).unwrap();
+            std::fs::write(p.join("optimizer.safetensors"), b"partial").unwrap();
+        }
+        assert_eq!(
+            remove_stale_temp_dirs(d.path()).unwrap(),
+            vec![dead.clone()]
+        );
+        assert!(!dead.exists() && ours.exists() && live.exists());
+        assert!(remove_stale_temp_dirs(d.path()).unwrap().is_empty());
     }
 }

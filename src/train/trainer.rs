@@ -54,22 +54,40 @@ impl Trainer {
                 run_dir.display()
             )));
         }
-        // Build first: a run that cannot start (bad data, bad model) leaves no run directory behind.
-        let t = Self::build(config, run_dir)?;
-        if t.config.method == Method::LoraDash && t.config.dash_t >= t.total_steps {
-            return Err(Error::InvalidArgument(format!(
-                "--dash-t {} is not below the run's {} optimizer steps: the run would train plain LoRA under a LoRA-Dash label (lower --dash-t, or use --method lora)",
-                t.config.dash_t, t.total_steps
-            )));
-        }
+        // The config is written first (atomically), so a run killed while it loads the model and
+        // tokenizes can be resumed; a run that cannot start (bad data, bad model, a switch past the
+        // last step) removes it again and leaves no run directory behind that it created.
+        let created = !run_dir.exists();
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        layout::write_config(run_dir, &t.config)?;
-        Ok(t)
+        layout::write_config(run_dir, &config)?;
+        let built = Self::build(config, run_dir).and_then(|t| {
+            if t.config.method == Method::LoraDash && t.config.dash_t >= t.total_steps {
+                return Err(Error::InvalidArgument(format!(
+                    "--dash-t {} is not below the run's {} optimizer steps: the run would train plain LoRA under a LoRA-Dash label (lower --dash-t, or use --method lora)",
+                    t.config.dash_t, t.total_steps
+                )));
+            }
+            layout::write_config(run_dir, &t.config)?;
+            Ok(t)
+        });
+        if built.is_err() {
+            let _ = std::fs::remove_file(run_dir.join(layout::CONFIG_FILE));
+            if created {
+                let _ = std::fs::remove_dir(run_dir);
+            }
+        }
+        built
     }
 
     /// Re-opens a run and restores its newest complete checkpoint.
     pub fn resume(run_dir: &Path) -> Result<Self> {
         let config = layout::read_config(run_dir)?;
+        for p in layout::remove_stale_temp_dirs(run_dir)? {
+            eprintln!(
+                "tsd: removed {}, a checkpoint an interrupted run did not finish writing",
+                p.display()
+            );
+        }
         let mut t = Self::build(config, run_dir)?;
         if let Some(step) = latest_checkpoint(run_dir)? {
             t.restore(step)?;
