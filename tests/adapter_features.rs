@@ -440,3 +440,26 @@ fn eval_prints_adapter_warnings_and_refuses_unknown_tensors() {
     );
     assert!(err.trim().lines().last().unwrap().contains(odd), "{err}");
 }
+
+/// Trained biases (`bias="all"`: whole `X.bias` tensors replacing the base's) and PEFT's
+/// `lora_only` biases on a base whose linears carry biases (tiny-llama-bias: attention_bias and
+/// mlp_bias): the merged model's logits equal PEFT's, and the adapter is not a no-op.
+#[test]
+fn biases_on_a_biased_base_merge_as_peft_computes() {
+    let f = features();
+    let src = open_path(&fixture("tiny-llama-bias")).unwrap();
+    let bare = tsd::model::Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32).unwrap();
+    for dir in ["peft-bias-all", "peft-bias-lora-only"] {
+        let fx = &f["fixtures"][dir];
+        assert_eq!(fx["base_dir"], "tiny-llama-bias");
+        let rec = &fx["adapters"]["default"];
+        let got = merged_logits(&fixture(dir), None, "tiny-llama-bias", &fx["input_ids"]);
+        let worst = worst_diff(&got, rec);
+        assert!(worst < 1e-4, "{dir}: max |Δlogit| vs PEFT = {worst}");
+        let off = worst_diff(&logits_of(&bare, &fx["input_ids"]), rec);
+        assert!(
+            off > 1e-3,
+            "{dir}: the adapter barely changes the logits ({off})"
+        );
+    }
+}
