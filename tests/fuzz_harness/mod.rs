@@ -390,6 +390,18 @@ fn run_train_config(dir: &Path, b: &[u8]) {
     let _ = tsd::train::config::TrainConfig::load(&p);
 }
 
+/// The real Trainer's `trainer_state.json` (`tests/fixtures/hf-trainer-run`), as `tsd track` and
+/// `tsd report` read it.
+fn setup_trainer_state(_: &Path) -> Vec<Vec<u8>> {
+    vec![read(&fixture("hf-trainer-run/checkpoint-6/trainer_state.json"))]
+}
+
+fn run_trainer_state(dir: &Path, b: &[u8]) {
+    let p = dir.join("trainer_state.json");
+    std::fs::write(&p, b).unwrap();
+    let _ = tsd::run::hf::read_curves(&p);
+}
+
 static CACHE_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// A valid SVD-cache entry for a 12×7 weight, written by the cache itself.
@@ -467,6 +479,12 @@ pub fn targets() -> Vec<Target> {
             name: "run-record",
             setup: setup_run_record,
             run: run_run_record,
+            kind: Kind::Json,
+        },
+        Target {
+            name: "trainer-state",
+            setup: setup_trainer_state,
+            run: run_trainer_state,
             kind: Kind::Json,
         },
         Target {
