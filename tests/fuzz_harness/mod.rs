@@ -393,7 +393,9 @@ fn run_train_config(dir: &Path, b: &[u8]) {
 /// The real Trainer's `trainer_state.json` (`tests/fixtures/hf-trainer-run`), as `tsd track` and
 /// `tsd report` read it.
 fn setup_trainer_state(_: &Path) -> Vec<Vec<u8>> {
-    vec![read(&fixture("hf-trainer-run/checkpoint-6/trainer_state.json"))]
+    vec![read(&fixture(
+        "hf-trainer-run/checkpoint-6/trainer_state.json",
+    ))]
 }
 
 fn run_trainer_state(dir: &Path, b: &[u8]) {
