@@ -162,7 +162,12 @@ impl Trainer {
             tsd_version: env!("CARGO_PKG_VERSION").into(),
             build: env!("TSD_BUILD_VERSIONS").into(),
             config: config.clone(),
-            base: src.describe(),
+            // The spec the user gave (with its revision), not the resolved cache path, which names
+            // this machine.
+            base: match &config.revision {
+                Some(r) => format!("{}@{r}", config.model),
+                None => config.model.clone(),
+            },
             base_params: src.total_params(),
             trainable_params: trainable,
             total_steps,
