@@ -55,7 +55,56 @@ fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
     );
     let r = results(&out);
     assert_eq!(r["runs"].as_array().unwrap().len(), 3);
-    assert_eq!(r["efficiency"][0]["dash_rank"], 1);
+    assert_eq!(r["summary"]["efficiency"][0]["dash_rank"], 1);
+    // Each comparison's point estimate is the difference of the two runs' headline averages (one
+    // seed), inside its interval; the interval and MDE come from the saved predictions.
+    let avg_of = |name: &str| {
+        r["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap()["scores"]["average"]
+            .as_f64()
+            .unwrap()
+    };
+    let comps = r["summary"]["comparisons"].as_array().unwrap();
+    assert_eq!(comps.len(), 2, "LoRA-Dash r=1 against LoRA r=1 and r=4");
+    for c in comps {
+        let b = format!("lora-r{}-s1", c["b_rank"]);
+        let want = avg_of("dash-r1-s1") - avg_of(&b);
+        let d = &c["diff"];
+        let est = d["estimate"].as_f64().unwrap();
+        assert!((est - want).abs() < 1e-9, "{c}");
+        assert!(d["lo"].as_f64().unwrap() <= est && est <= d["hi"].as_f64().unwrap());
+        assert!(c["mde"].as_f64().unwrap() >= 0.0 && c["examples"] == 12);
+    }
+    assert!(r["summary"]["verdict"]
+        .as_str()
+        .unwrap()
+        .contains("minimum detectable effect"));
+    // One count of what trains: Δσ included in both the count and its percentage.
+    for x in r["runs"].as_array().unwrap() {
+        let rec: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                out.join("runs")
+                    .join(x["name"].as_str().unwrap())
+                    .join("record.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(x["trainable_params"], rec["trainable_params"]);
+        let pct = 100.0 * rec["trainable_params"].as_f64().unwrap()
+            / rec["base_params"].as_f64().unwrap();
+        assert!((x["trainable_pct"].as_f64().unwrap() - pct).abs() < 1e-12);
+    }
+    let lora1 = r["runs"][0]["trainable_params"].as_u64().unwrap();
+    let dash1 = r["runs"][2]["trainable_params"].as_u64().unwrap();
+    assert!(
+        dash1 > lora1,
+        "LoRA-Dash r=1 counts its Δσ: {dash1} vs {lora1}"
+    );
     for run in r["runs"].as_array().unwrap() {
         let tasks = run["scores"]["tasks"].as_array().unwrap();
         assert_eq!(tasks.len(), 2, "boolq and ARC-Easy");
@@ -134,6 +183,9 @@ fn smoke_grid_on_the_tiny_model_resumes_without_redoing_runs() {
         assert_eq!(steps, vec![3, 6]);
         let a = c["points"][0]["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&a));
+        // The paper's module set beside all modules.
+        let q = c["points"][0]["accuracy_qkv"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&q));
     }
     // The base model's average is the mean of its per-task (loglik) accuracies.
     let base_tasks = r["base"]["tasks"].as_array().unwrap();

@@ -143,6 +143,13 @@ fn lora_dash_run_learns_switches_and_checkpoints_are_inspectable() {
             .any(|&x| x != 0.0)),
         "Δσ must train"
     );
+    // The record counts what trains after the switch, Δσ included (regression: it kept the count
+    // from before the switch).
+    assert_eq!(
+        rec["trainable_params"].as_u64().unwrap(),
+        ad.trainable_params(),
+        "record's trainable_params vs the saved adapter's"
+    );
     // The picks saved with the adapter are the ones recorded at the switch.
     let picks = &rec["dash_switch"]["modules"][0];
     let m0 = ad

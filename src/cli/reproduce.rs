@@ -277,49 +277,84 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or(String::new(), |x| format!("{x:.digits$}"))
 }
 
-fn write_outputs(r: &Reproduction, out: &std::path::Path) -> Result<()> {
-    let json = tsd::output::to_json(r)? + "\n";
-    tsd::fsutil::atomic_write(&out.join("results.json"), json.as_bytes())?;
+/// One row per run of `results.csv`, from the saved results.
+fn results_csv(r: &Reproduction) -> Result<Vec<u8>> {
     let tasks: Vec<String> = r
         .runs
         .first()
         .map(|x| x.scores.tasks.iter().map(|t| t.task.clone()).collect())
         .unwrap_or_default();
-    let mut csv = String::from("name,method,rank,seed,lr,trainable_params,trainable_pct");
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = [
+        "name",
+        "method",
+        "rank",
+        "seed",
+        "lr",
+        "trainable_params",
+        "trainable_pct",
+    ]
+    .map(String::from)
+    .to_vec();
     for t in &tasks {
-        csv += &format!(",{t}_loglik,{t}_generate");
+        header.push(format!("{t}_loglik"));
+        header.push(format!("{t}_generate"));
     }
-    csv += ",average,loglik_avg,generate_avg,unparseable_rate,final_loss,val_loss,wall_s,tokens_per_s,dash_mean_sigma_ratio,dash_max_delta_sigma\n";
+    header.extend(
+        [
+            "average",
+            "loglik_avg",
+            "generate_avg",
+            "unparseable_rate",
+            "final_loss",
+            "val_loss",
+            "wall_s",
+            "tokens_per_s",
+            "dash_mean_sigma_ratio",
+            "dash_max_delta_sigma",
+        ]
+        .map(String::from),
+    );
+    let io = |e: csv::Error| tsd::Error::Internal(format!("results.csv: {e}"));
+    w.write_record(&header).map_err(io)?;
     for x in &r.runs {
-        csv += &format!(
-            "{},{},{},{},{},{},{}",
-            x.name,
-            method_name(x.method),
-            x.rank,
-            x.seed,
-            x.lr,
-            x.trainable_params,
-            x.trainable_pct
-        );
-        for t in &x.scores.tasks {
-            csv += &format!(",{},{}", opt(t.loglik, 2), opt(t.generate, 2));
+        let mut row = vec![
+            x.name.clone(),
+            method_name(x.method).to_string(),
+            x.rank.to_string(),
+            x.seed.to_string(),
+            x.lr.to_string(),
+            x.trainable_params.to_string(),
+            x.trainable_pct.to_string(),
+        ];
+        for t in &tasks {
+            let s = x.scores.tasks.iter().find(|s| &s.task == t);
+            row.push(opt(s.and_then(|s| s.loglik), 2));
+            row.push(opt(s.and_then(|s| s.generate), 2));
         }
-        csv += &format!(
-            ",{:.3},{},{},{},{:.4},{},{:.1},{:.1},{},{}\n",
-            x.scores.average,
+        row.extend([
+            format!("{:.3}", x.scores.average),
             opt(x.scores.loglik_avg, 3),
             opt(x.scores.generate_avg, 3),
             opt(x.scores.unparseable_rate, 1),
-            x.final_loss,
+            format!("{:.4}", x.final_loss),
             opt(x.val_loss, 4),
-            x.wall_s,
-            x.tokens_per_s,
+            format!("{:.1}", x.wall_s),
+            format!("{:.1}", x.tokens_per_s),
             opt(x.dash_mean_sigma_ratio, 4),
             x.dash_max_delta_sigma
-                .map_or(String::new(), |v| format!("{v:.3e}"))
-        );
+                .map_or(String::new(), |v| format!("{v:.3e}")),
+        ]);
+        w.write_record(&row).map_err(io)?;
     }
-    tsd::fsutil::atomic_write(&out.join("results.csv"), csv.as_bytes())?;
+    Ok(w.into_inner()
+        .map_err(|e| tsd::Error::Internal(format!("results.csv: {e}")))?)
+}
+
+fn write_outputs(r: &Reproduction, out: &std::path::Path) -> Result<()> {
+    let json = tsd::output::to_json(r)? + "\n";
+    tsd::fsutil::atomic_write(&out.join("results.json"), json.as_bytes())?;
+    tsd::fsutil::atomic_write(&out.join("results.csv"), &results_csv(r)?)?;
     let html = tsd::report::pages::reproduce_html(r, &out.display().to_string())?;
     tsd::fsutil::atomic_write(&out.join("report.html"), html.as_bytes())?;
     Ok(())
@@ -393,33 +428,105 @@ fn print_summary(r: &Reproduction) {
             x.wall_s
         );
     }
-    for e in &r.efficiency {
+    let sm = &r.summary;
+    println!("{}", sm.bootstrap);
+    for c in &sm.comparisons {
         println!(
-            "parameter-efficiency, LoRA-Dash r={} ({:.2} ± {:.2} %): {} (paper: 8–16×)",
-            e.dash_rank,
-            e.dash_mean,
-            e.dash_spread,
-            e.ratio.map_or(
-                "no LoRA rank in the grid reaches it".to_string(),
-                |v| format!("{v:.1}× (LoRA r={})", e.lora_rank.unwrap_or(0))
-            )
+            "  {:<26} {:>24} points   MDE {:.1}   ({} examples × {} seeds)",
+            c.label(),
+            c.diff.describe(),
+            c.mde,
+            c.examples,
+            c.seeds
         );
     }
-    println!("paper (LLaMA-7B, generate): LoRA-Dash r=4 75.7 % vs LoRA r=32 74.7 %, r=64 65.8 %");
+    if let Some(e) = &sm.rank_effect {
+        println!(
+            "  {:<26} {:>24} points   MDE {:.1}   (does LoRA rank buy accuracy?)",
+            e.label(),
+            e.diff.describe(),
+            e.mde
+        );
+    }
+    for e in &sm.efficiency {
+        println!(
+            "parameter-efficiency, LoRA-Dash r={} ({:.2} %): {} (paper: 8–16×){}",
+            e.dash_rank,
+            e.dash_mean,
+            e.ratio.map_or(
+                "no LoRA rank in the grid reaches it".to_string(),
+                |v| format!("{v:.0}× (LoRA r={})", e.lora_rank.unwrap_or(0))
+            ),
+            if e.informative {
+                ""
+            } else {
+                " — not informative"
+            }
+        );
+    }
+    for e in &sm.efficiency_by_task {
+        println!(
+            "  on {:<14} LoRA-Dash r={}: {}{}",
+            e.task.as_deref().unwrap_or(""),
+            e.dash_rank,
+            e.ratio
+                .map_or("no LoRA rank reaches it".to_string(), |v| format!(
+                    "{v:.0}×"
+                )),
+            if e.informative {
+                ""
+            } else {
+                " (not informative)"
+            }
+        );
+    }
+    let chance: Vec<String> = sm
+        .chance
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}/{} runs above {:.0} %",
+                c.task, c.runs_above, c.runs, c.majority
+            )
+        })
+        .collect();
+    println!(
+        "above chance (Wilson 95 % lower bound > majority answer): {}",
+        chance.join(", ")
+    );
+    let paper = |m: &str, k: usize| {
+        sm.paper
+            .iter()
+            .find(|p| p.method == m && p.rank == Some(k))
+            .map_or("-".to_string(), |p| format!("{:.1} %", p.avg))
+    };
+    println!(
+        "paper (LLaMA-7B, generate): LoRA-Dash r=4 {} vs LoRA r=32 {}, r=64 {}",
+        paper("lora-dash", 4),
+        paper("lora", 32),
+        paper("lora", 64)
+    );
     if let Some(rf) = &r.reference {
         println!(
-            "TSD capture accuracy@(8,16) against {rf} (paper: ~0.75–0.82 throughout training):"
+            "TSD capture accuracy@(8,16) against {rf}, all adapted modules / q,k,v only (paper: ~0.75–0.82 on q,k,v):"
         );
         for s in &r.capture {
             let pts: Vec<String> = s
                 .points
                 .iter()
-                .map(|p| format!("{}: {}", p.step, opt(p.accuracy, 2)))
+                .map(|p| {
+                    format!(
+                        "{}: {}/{}",
+                        p.step,
+                        opt(p.accuracy, 2),
+                        opt(p.accuracy_qkv, 2)
+                    )
+                })
                 .collect();
             println!("  {:<14} {}", s.run, pts.join("  "));
         }
     }
-    println!("verdict: {}", r.verdict);
+    println!("verdict: {}", r.summary.verdict);
     for d in &r.deviations {
         println!("deviation: {d}");
     }

@@ -573,32 +573,15 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
                 .map_or("-".into(), |v| format!("{v:.2e}")),
         });
     }
+    let sm = &r.summary;
+    // Per method and rank, from the summary: (log2 mean trainable parameters, value).
     let by_rank = |m: Method,
-                   f: &dyn Fn(&crate::reproduce::RunResult) -> Option<f64>|
+                   f: &dyn Fn(&crate::reproduce::summary::ConfigStats) -> Option<f64>|
      -> Vec<(f64, f64)> {
-        let mut ranks: Vec<usize> = r
-            .runs
+        sm.configs
             .iter()
-            .filter(|x| x.method == m)
-            .map(|x| x.rank)
-            .collect();
-        ranks.sort();
-        ranks.dedup();
-        ranks
-            .iter()
-            .filter_map(|&k| {
-                let v: Vec<&crate::reproduce::RunResult> = r
-                    .runs
-                    .iter()
-                    .filter(|x| x.method == m && x.rank == k)
-                    .collect();
-                let ys: Vec<f64> = v.iter().filter_map(|x| f(x)).collect();
-                if ys.is_empty() {
-                    return None;
-                }
-                let p = v.iter().map(|x| x.trainable_params as f64).sum::<f64>() / v.len() as f64;
-                Some((p.max(1.0).log2(), crate::stats::mean(&ys)?))
-            })
+            .filter(|c| c.method == m)
+            .filter_map(|c| Some((c.trainable_params.max(1.0).log2(), f(c)?)))
             .collect()
     };
     let proto = match r.preset.protocol {
@@ -607,11 +590,8 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
     };
     let measured_svg = chart(charts::lines_with(
         &[
-            ("LoRA", by_rank(Method::Lora, &|x| Some(x.average()))),
-            (
-                "LoRA-Dash",
-                by_rank(Method::LoraDash, &|x| Some(x.average())),
-            ),
+            ("LoRA", by_rank(Method::Lora, &|c| Some(c.mean))),
+            ("LoRA-Dash", by_rank(Method::LoraDash, &|c| Some(c.mean))),
         ],
         "log2 trainable parameters",
         &format!("mean accuracy (%, {proto})"),
@@ -619,16 +599,13 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             ..Default::default()
         },
     ))?;
-    let generate_svg = if r.runs.iter().any(|x| x.scores.unparseable_rate.is_some()) {
+    let generate_svg = if sm.configs.iter().any(|c| c.unparseable_mean.is_some()) {
         Some(chart(charts::lines_with(
             &[
-                (
-                    "LoRA",
-                    by_rank(Method::Lora, &|x| x.scores.unparseable_rate),
-                ),
+                ("LoRA", by_rank(Method::Lora, &|c| c.unparseable_mean)),
                 (
                     "LoRA-Dash",
-                    by_rank(Method::LoraDash, &|x| x.scores.unparseable_rate),
+                    by_rank(Method::LoraDash, &|c| c.unparseable_mean),
                 ),
             ],
             "log2 trainable parameters",
@@ -641,45 +618,19 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
     } else {
         None
     };
-    // TSD capture along training: mean over seeds per method and rank.
+    // TSD capture along training on q, k, v (the paper's set): mean over seeds per method and rank.
     let mut capture_series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for m in [Method::Lora, Method::LoraDash] {
-        let mut ranks: Vec<usize> = r
-            .capture
-            .iter()
-            .filter(|s| s.method == m)
-            .map(|s| s.rank)
-            .collect();
-        ranks.sort();
-        ranks.dedup();
-        for k in ranks {
-            let ss: Vec<&crate::reproduce::CaptureSeries> = r
-                .capture
-                .iter()
-                .filter(|s| s.method == m && s.rank == k)
-                .collect();
-            let mut steps: Vec<usize> = ss
-                .iter()
-                .flat_map(|s| s.points.iter().map(|p| p.step))
-                .collect();
-            steps.sort();
-            steps.dedup();
-            let pts = steps
-                .iter()
-                .filter_map(|&st| {
-                    let v: Vec<f64> = ss
-                        .iter()
-                        .filter_map(|s| s.points.iter().find(|p| p.step == st)?.accuracy)
-                        .collect();
-                    crate::stats::mean(&v).map(|m| (st as f64, m))
-                })
-                .collect();
-            let label = if m == Method::Lora {
-                "LoRA"
-            } else {
-                "LoRA-Dash"
-            };
-            capture_series.push((format!("{label} r={k}"), pts));
+    for c in &sm.capture {
+        let label = format!(
+            "{} r={}",
+            crate::reproduce::summary::method_label(c.method),
+            c.rank
+        );
+        if capture_series.last().is_none_or(|s| s.0 != label) {
+            capture_series.push((label, Vec::new()));
+        }
+        if let (Some(v), Some(s)) = (c.qkv, capture_series.last_mut()) {
+            s.1.push((c.step as f64, v));
         }
     }
     let capture_svg = if capture_series.iter().any(|s| !s.1.is_empty()) {
@@ -694,7 +645,7 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
         Some(chart(charts::lines_with(
             &series,
             "training step",
-            "accuracy@(8,16)",
+            "accuracy@(8,16), q, k, v",
             &charts::LineOpts {
                 marker: (r.preset.dash_t > 0).then_some((r.preset.dash_t as f64, "Dash switch")),
                 y_range: Some((0.0, 1.0)),
@@ -715,69 +666,43 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             let mut row = vec![s.run.clone(), s.modules.to_string()];
             row.extend(s.points.iter().map(|p| {
                 format!(
-                    "{}: {} / {}",
+                    "{}: {} / {} ({})",
                     p.step,
                     opt_fmt(p.accuracy, 2),
+                    opt_fmt(p.accuracy_qkv, 2),
                     opt_fmt(p.recall, 2)
                 )
             }));
             row
         })
         .collect();
-    let mut lines = crate::reproduce::PAPER_TABLE.lines();
-    let header: Vec<String> = lines
-        .next()
-        .unwrap_or_default()
-        .split(',')
+    let mut header: Vec<String> = ["model", "method", "rank", "params_pct"]
         .map(String::from)
-        .collect();
-    let paper_rows: Vec<Vec<String>> = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| l.split(',').map(String::from).collect())
-        .collect();
-    // Params% recomputed by `tsd params` (LLaMA-7B, q,k,v,up,down, % of the nominal 6.74 B;
-    // LoRA-Dash adds s = 8 Δσ per matrix), beside the paper's column.
-    let avg_col = header
-        .iter()
-        .position(|h| h == "avg")
-        .unwrap_or(header.len() - 1);
-    let mut header = header;
+        .to_vec();
+    header.extend(sm.paper_tasks.iter().cloned());
+    header.push("avg".into());
     header.push("Params% (tsd params)".into());
-    let llama7b = crate::model::LlamaConfig::builtin("llama-7b");
-    let recomputed = |method: &str, rank: &str| -> Option<String> {
-        let cfg = llama7b.as_ref()?;
-        let rank: usize = rank.parse().ok()?;
-        let plan = crate::params::ParamPlan {
-            rank,
-            targets: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
-                .map(String::from)
-                .to_vec(),
-            dash_s: (method == "lora-dash").then_some(8),
-        };
-        let c = crate::params::count(cfg, &plan).ok()?;
-        Some(crate::params::pct2(c.pct_nominal, false))
-    };
-    let paper_rows: Vec<Vec<String>> = paper_rows
-        .into_iter()
-        .map(|mut row| {
-            let v = match (row.get(1), row.get(2)) {
-                (Some(m), Some(r)) => recomputed(m, r).unwrap_or_else(|| "-".into()),
-                _ => "-".into(),
-            };
-            row.push(v);
+    let paper_rows: Vec<Vec<String>> = sm
+        .paper
+        .iter()
+        .map(|p| {
+            let mut row = vec![
+                p.model.clone(),
+                p.method.clone(),
+                p.rank.map_or(String::new(), |k| k.to_string()),
+                p.params_pct.clone(),
+            ];
+            row.extend(p.tasks.iter().map(|t| opt_fmt(*t, 1)));
+            row.push(format!("{:.1}", p.avg));
+            row.push(p.params_pct_tsd.clone().unwrap_or_else(|| "-".into()));
             row
         })
         .collect();
     let paper_pts = |m: &str| -> Vec<(f64, f64)> {
-        paper_rows
+        sm.paper
             .iter()
-            .filter(|c| c.get(1).map(String::as_str) == Some(m))
-            .filter_map(|c| {
-                Some((
-                    (c.get(3)?.parse::<f64>().ok()? * 100.0).log2(),
-                    c.get(avg_col)?.parse::<f64>().ok()?,
-                ))
-            })
+            .filter(|p| p.method == m)
+            .filter_map(|p| Some(((p.params_pct.parse::<f64>().ok()? * 100.0).log2(), p.avg)))
             .collect()
     };
     let paper_svg = chart(charts::lines_with(
@@ -791,6 +716,28 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             ..Default::default()
         },
     ))?;
+    let comparison_rows: Vec<Vec<String>> = sm
+        .comparisons
+        .iter()
+        .chain(sm.rank_effect.iter())
+        .chain(sm.task_comparisons.iter())
+        .map(|c| {
+            vec![
+                c.label(),
+                c.task.clone().unwrap_or_else(|| "average".into()),
+                format!("{:+.2}", c.diff.estimate),
+                format!("{:+.2} … {:+.2}", c.diff.lo, c.diff.hi),
+                format!("{:.2}", c.diff.se),
+                format!("{:.1}", c.mde),
+                format!("{} × {}", c.examples, c.seeds),
+                if c.diff.excludes_zero() {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+            ]
+        })
+        .collect();
     let max_lora = r.preset.lora_ranks.iter().max().copied().unwrap_or(0);
     render(
         "reproduce.html",
@@ -810,6 +757,8 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             paper_svg => paper_svg,
             paper_header => header,
             paper_rows => paper_rows,
+            comparison_rows => comparison_rows,
+            sm => sm,
             max_lora => max_lora,
             total_s => r.invocations.iter().map(|t| t.total_s).sum::<f64>(),
         },

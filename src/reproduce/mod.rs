@@ -12,6 +12,7 @@
 pub mod jobs;
 pub mod lock;
 pub mod preset;
+pub mod summary;
 
 pub use preset::{Preset, Protocol, ReferenceKind};
 
@@ -121,9 +122,9 @@ pub struct RunResult {
     pub rank: usize,
     pub seed: u64,
     pub lr: f64,
-    /// Adapter parameters (LoRA A and B; plus Δσ for Dash).
+    /// Adapter parameters at the end of training (LoRA A and B; plus Δσ for Dash).
     pub trainable_params: u64,
-    /// `trainable_params` as % of the base model's parameters.
+    /// `trainable_params` (the same count, Δσ included) as % of the base model's parameters.
     pub trainable_pct: f64,
     pub scores: Scores,
     pub final_loss: f64,
@@ -171,6 +172,12 @@ pub struct CapturePoint {
     pub recall: Option<f64>,
     /// |TSD set ∩ the run's final TSD set| / 8.
     pub stability_final: f64,
+    /// accuracy@(8,16) and recall@(8,4) over the q, k, v modules only (the paper's set); `None`
+    /// in files written before they were measured (then measured again) or without such modules.
+    #[serde(default)]
+    pub accuracy_qkv: Option<f64>,
+    #[serde(default)]
+    pub recall_qkv: Option<f64>,
 }
 
 /// Capture along one run's checkpoints.
@@ -189,17 +196,6 @@ pub struct CaptureSeries {
     pub seed: u64,
     pub modules: usize,
     pub points: Vec<CapturePoint>,
-}
-
-/// The parameter-efficiency ratio for one Dash rank.
-#[derive(Clone, Debug, Serialize)]
-pub struct Efficiency {
-    pub dash_rank: usize,
-    pub dash_mean: f64,
-    pub dash_spread: f64,
-    /// Smallest LoRA rank whose mean average reaches `dash_mean − dash_spread`.
-    pub lora_rank: Option<usize>,
-    pub ratio: Option<f64>,
 }
 
 /// Where the time of one invocation went (s).
@@ -224,9 +220,9 @@ pub struct Reproduction {
     pub runs: Vec<RunResult>,
     pub reference: Option<String>,
     pub capture: Vec<CaptureSeries>,
-    pub efficiency: Vec<Efficiency>,
+    /// Means, intervals, comparisons, efficiency, chance, the paper's table and the verdict.
+    pub summary: summary::Summary,
     pub deviations: Vec<String>,
-    pub verdict: String,
     /// This invocation.
     pub timing: Timing,
     /// Every invocation on this output directory so far (`OUT/timing.json`), this one last: their
@@ -244,50 +240,6 @@ pub struct Options {
     pub collect: bool,
     /// With `collect`: gather what has finished and list the rest as deviations.
     pub allow_partial: bool,
-}
-
-fn mean_spread(xs: &[f64]) -> (f64, f64) {
-    let m = crate::stats::mean(xs).unwrap_or(0.0);
-    let spread = if xs.len() > 1 {
-        (xs.iter().cloned().fold(f64::MIN, f64::max) - xs.iter().cloned().fold(f64::MAX, f64::min))
-            / 2.0
-    } else {
-        0.0
-    };
-    (m, spread)
-}
-
-/// Mean and spread (half the range) over seeds of one method and rank's average accuracy;
-/// `None` when no run of it exists.
-fn rank_stats(runs: &[RunResult], m: Method, rank: usize) -> Option<(f64, f64)> {
-    let v: Vec<f64> = runs
-        .iter()
-        .filter(|x| x.method == m && x.rank == rank)
-        .map(|x| x.average())
-        .collect();
-    (!v.is_empty()).then(|| mean_spread(&v))
-}
-
-/// The efficiency ratios from run results (means over seeds; spread = half the range).
-pub fn efficiency(runs: &[RunResult], preset: &Preset) -> Vec<Efficiency> {
-    preset
-        .dash_ranks
-        .iter()
-        .map(|&r| {
-            let (dm, ds) = rank_stats(runs, Method::LoraDash, r).unwrap_or((0.0, 0.0));
-            let lora_rank =
-                preset.lora_ranks.iter().copied().find(|&lr| {
-                    rank_stats(runs, Method::Lora, lr).is_some_and(|(m, _)| m >= dm - ds)
-                });
-            Efficiency {
-                dash_rank: r,
-                dash_mean: dm,
-                dash_spread: ds,
-                lora_rank,
-                ratio: lora_rank.map(|l| l as f64 / r as f64),
-            }
-        })
-        .collect()
 }
 
 /// The evaluation side of a grid: test examples, prepared loglik states (computed once, lazily,
@@ -820,7 +772,7 @@ impl<'a> Grid<'a> {
             rank: cell.rank,
             seed: cell.seed,
             lr,
-            trainable_params: rec.trainable_params + dash.iter().map(|d| d.s() as u64).sum::<u64>(),
+            trainable_params: rec.trainable_params,
             trainable_pct: 100.0 * (rec.trainable_params as f64) / rec.base_params.max(1) as f64,
             scores,
             final_loss: rec.steps.last().map_or(f64::NAN, |s| s.loss),
@@ -962,7 +914,12 @@ impl<'a> Grid<'a> {
             }
             let path = dir.join("capture.json");
             if let Ok(s) = crate::fsutil::read_json::<CaptureSeries>(&path) {
-                if s.reference_key == key || legacy_ok(&s) {
+                // Series written before q, k, v capture was measured are measured again.
+                let has_qkv = s
+                    .points
+                    .iter()
+                    .all(|p| p.accuracy.is_none() || p.accuracy_qkv.is_some());
+                if (s.reference_key == key || legacy_ok(&s)) && has_qkv {
                     series.push(s);
                     continue;
                 }
@@ -1006,11 +963,17 @@ impl<'a> Grid<'a> {
                 points: tr
                     .points
                     .iter()
-                    .map(|p| CapturePoint {
-                        step: p.step,
-                        accuracy: p.mean_accuracy,
-                        recall: p.mean_recall,
-                        stability_final: p.stability_final,
+                    .zip(&tr.reports)
+                    .map(|(p, rep)| {
+                        let (accuracy_qkv, recall_qkv) = qkv_capture(rep);
+                        CapturePoint {
+                            step: p.step,
+                            accuracy: p.mean_accuracy,
+                            recall: p.mean_recall,
+                            stability_final: p.stability_final,
+                            accuracy_qkv,
+                            recall_qkv,
+                        }
                     })
                     .collect(),
             };
@@ -1026,6 +989,20 @@ impl<'a> Grid<'a> {
         };
         Ok((Some(desc), series))
     }
+}
+
+/// Mean accuracy@(8,16) and recall@(8,4) over one checkpoint's q, k and v modules (the paper's
+/// module set), `None` when it has none with a capture.
+fn qkv_capture(rep: &crate::inspect::InspectReport) -> (Option<f64>, Option<f64>) {
+    let caps: Vec<&crate::inspect::CaptureReport> = rep
+        .modules
+        .iter()
+        .filter(|m| matches!(m.module_type.as_str(), "q_proj" | "k_proj" | "v_proj"))
+        .filter_map(|m| m.capture.as_ref())
+        .collect();
+    let acc: Vec<f64> = caps.iter().map(|c| c.accuracy.value).collect();
+    let rec: Vec<f64> = caps.iter().map(|c| c.recall.value).collect();
+    (crate::stats::mean(&acc), crate::stats::mean(&rec))
 }
 
 /// Takes a piece's lock for this process, refusing when another process runs the piece.
@@ -1165,8 +1142,37 @@ pub fn reproduce(
         }
     }
     let (reference, capture) = grid.capture(&runs)?;
-    let eff = efficiency(&runs, preset);
-    let verdict = verdict(&runs, preset, base.as_ref());
+    let data: Vec<summary::RunData> = runs
+        .iter()
+        .map(|r| {
+            let cell = Cell {
+                method: r.method,
+                rank: r.rank,
+                seed: r.seed,
+            };
+            Ok(summary::RunData {
+                result: r,
+                outcomes: summary::read_outcomes(
+                    &grid.run_dir(&cell).join("predictions.json"),
+                    preset.protocol,
+                )?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let caps: Vec<_> = capture
+        .iter()
+        .map(|c| {
+            (
+                c.method,
+                c.rank,
+                c.points
+                    .iter()
+                    .map(|p| (p.step, p.accuracy, p.accuracy_qkv))
+                    .collect(),
+            )
+        })
+        .collect();
+    let summary = summary::summarize(preset, &data, base.as_ref(), &caps)?;
     let mut timing = grid.timing.clone();
     timing.total_s = t0.elapsed().as_secs_f64();
     let invocations = record_timing(out, &timing)?;
@@ -1187,9 +1193,8 @@ pub fn reproduce(
         runs,
         reference,
         capture,
-        efficiency: eff,
+        summary,
         deviations,
-        verdict,
         timing,
         invocations,
     }))
@@ -1210,43 +1215,6 @@ pub fn read_preset(out: &Path) -> Result<Option<Preset>> {
         return Ok(None);
     }
     crate::fsutil::read_json(&pj).map(Some)
-}
-
-/// A plain sentence on what the numbers can and cannot say.
-fn verdict(runs: &[RunResult], preset: &Preset, base: Option<&Scores>) -> String {
-    let cells = |m: Method| -> Vec<(f64, f64)> {
-        let ranks = if m == Method::Lora {
-            &preset.lora_ranks
-        } else {
-            &preset.dash_ranks
-        };
-        ranks
-            .iter()
-            .filter_map(|&k| rank_stats(runs, m, k))
-            .collect()
-    };
-    let best = |m: Method| cells(m).iter().map(|c| c.0).fold(f64::MIN, f64::max);
-    let (bl, bd) = (best(Method::Lora), best(Method::LoraDash));
-    let spreads: Vec<f64> = [Method::Lora, Method::LoraDash]
-        .into_iter()
-        .flat_map(|m| cells(m).into_iter().map(|c| c.1))
-        .collect();
-    let max_spread = spreads.iter().cloned().fold(0.0, f64::max);
-    let lo = runs.iter().map(|r| r.average()).fold(f64::MAX, f64::min);
-    let hi = runs.iter().map(|r| r.average()).fold(f64::MIN, f64::max);
-    let base_s = base.map_or(String::new(), |b| {
-        format!("; base model {:.1} %", b.average)
-    });
-    let p = format!("{:?}", preset.protocol).to_lowercase();
-    if preset.seeds.len() < 2 {
-        format!("one seed: no spread, so these numbers cannot separate the methods (best LoRA {bl:.1} %, best LoRA-Dash {bd:.1} %, {p}{base_s})")
-    } else if (bd - bl).abs() <= max_spread {
-        format!("LoRA-Dash and LoRA cannot be told apart at this scale: best mean LoRA-Dash {bd:.1} % vs best mean LoRA {bl:.1} % ({p}), a difference within the largest seed spread (±{max_spread:.1} points); every run lies in {lo:.1}–{hi:.1} %{base_s}")
-    } else if bd > bl {
-        format!("LoRA-Dash beats LoRA at this scale: best mean LoRA-Dash {bd:.1} % vs best mean LoRA {bl:.1} % ({p}), beyond the largest seed spread (±{max_spread:.1}){base_s}")
-    } else {
-        format!("LoRA-Dash does not beat LoRA at this scale: best mean LoRA-Dash {bd:.1} % vs best mean LoRA {bl:.1} % ({p}), beyond the largest seed spread (±{max_spread:.1}){base_s}")
-    }
 }
 
 /// Where results go by default.
@@ -1285,38 +1253,97 @@ mod tests {
         }
     }
 
-    #[test]
-    fn efficiency_ratio_is_the_smallest_lora_rank_reaching_dash_within_its_spread() {
+    /// Outcomes on 400 boolq examples: example `i` is right when `i % 10 < tenths`.
+    fn outcomes(tenths: usize) -> summary::Outcomes {
+        let mut o = summary::Outcomes::new();
+        o.insert(
+            "boolq".into(),
+            (0..400)
+                .map(|i| {
+                    (
+                        i,
+                        i % 10 < tenths,
+                        if i % 2 == 0 { "true" } else { "false" }.into(),
+                    )
+                })
+                .collect(),
+        );
+        o
+    }
+
+    fn summarize_grid(lora: &[(usize, usize)], dash: &[(usize, usize)]) -> summary::Summary {
         let mut p = Preset::named("cpu").unwrap();
-        p.lora_ranks = vec![1, 2, 4, 8, 16];
-        p.dash_ranks = vec![1, 2];
-        let mut runs = Vec::new();
-        // LoRA means: r1 50, r2 52, r4 54, r8 56, r16 58 (two seeds ±1).
-        for (i, &r) in p.lora_ranks.iter().enumerate() {
-            let m = 50.0 + 2.0 * i as f64;
-            runs.push(run(Method::Lora, r, 1, m - 1.0));
-            runs.push(run(Method::Lora, r, 2, m + 1.0));
+        p.lora_ranks = lora.iter().map(|x| x.0).collect();
+        p.dash_ranks = dash.iter().map(|x| x.0).collect();
+        let mut results = Vec::new();
+        let mut outs = Vec::new();
+        for seed in [1, 2] {
+            for (m, cells) in [(Method::Lora, lora), (Method::LoraDash, dash)] {
+                for &(rank, tenths) in cells {
+                    let mut r = run(m, rank, seed, 10.0 * tenths as f64);
+                    r.scores.tasks.push(TaskScore {
+                        task: "boolq".into(),
+                        loglik: Some(10.0 * tenths as f64),
+                        loglik_examples: 400,
+                        generate: None,
+                        generate_examples: 0,
+                        unparseable: None,
+                    });
+                    results.push(r);
+                    outs.push(outcomes(tenths));
+                }
+            }
         }
-        // Dash r1: 57 ± 1 → reaches from 56: LoRA r8 → 8×. Dash r2: 70 ± 0 → none.
-        runs.push(run(Method::LoraDash, 1, 1, 56.0));
-        runs.push(run(Method::LoraDash, 1, 2, 58.0));
-        runs.push(run(Method::LoraDash, 2, 1, 70.0));
-        runs.push(run(Method::LoraDash, 2, 2, 70.0));
-        let e = efficiency(&runs, &p);
-        assert_eq!(e[0].lora_rank, Some(8));
-        assert_eq!(e[0].ratio, Some(8.0));
-        assert!((e[0].dash_mean - 57.0).abs() < 1e-12 && (e[0].dash_spread - 1.0).abs() < 1e-12);
-        assert_eq!(e[1].lora_rank, None);
-        assert!(verdict(&runs, &p, None).starts_with("LoRA-Dash beats LoRA"));
-        // Dash r2 inside the spread of the best LoRA: cannot be told apart.
-        let mut close = runs.clone();
-        for r in close
-            .iter_mut()
-            .filter(|r| r.method == Method::LoraDash && r.rank == 2)
-        {
-            r.scores.average = 58.5;
-        }
-        assert!(verdict(&close, &p, None).contains("cannot be told apart"));
+        let data: Vec<summary::RunData> = results
+            .iter()
+            .zip(outs)
+            .map(|(result, outcomes)| summary::RunData { result, outcomes })
+            .collect();
+        summary::summarize(&p, &data, None, &[]).unwrap()
+    }
+
+    #[test]
+    fn efficiency_ratio_is_the_smallest_lora_rank_not_significantly_below_dash() {
+        // LoRA r1 50 %, r4 60 %, r16 70 %; LoRA-Dash r1 70 %: only LoRA r16 reaches it → 16×.
+        let s = summarize_grid(&[(1, 5), (4, 6), (16, 7)], &[(1, 7)]);
+        assert_eq!(s.comparisons.len(), 3);
+        let e = &s.efficiency[0];
+        assert_eq!(
+            (e.lora_rank, e.ratio, e.informative),
+            (Some(16), Some(16.0), true)
+        );
+        assert!(s.rank_effect.as_ref().unwrap().diff.lo > 0.0);
+        assert!(s.verdict.starts_with("2 of 3 comparisons"), "{}", s.verdict);
+        assert!(
+            s.verdict.contains("minimum detectable effect"),
+            "{}",
+            s.verdict
+        );
+        assert_eq!(s.efficiency_by_task.len(), 1);
+        assert!(!s.chance[0].at_chance);
+        // Dash above every LoRA rank: no rank reaches it, the ratio is only bounded.
+        let s = summarize_grid(&[(1, 5), (4, 6)], &[(1, 8)]);
+        assert_eq!(
+            (s.efficiency[0].lora_rank, s.efficiency[0].ratio),
+            (None, None)
+        );
+        assert!(
+            s.efficiency[0].note.contains("above 4/1"),
+            "{}",
+            s.efficiency[0].note
+        );
+    }
+
+    #[test]
+    fn a_flat_lora_curve_makes_the_ratio_uninformative_and_chance_tasks_are_named() {
+        // Every run at 50 % on a task whose majority answer is right 50 % of the time.
+        let s = summarize_grid(&[(1, 5), (16, 5)], &[(1, 5)]);
+        assert_eq!(s.efficiency[0].ratio, Some(1.0));
+        assert!(!s.efficiency[0].informative);
+        assert!(s.verdict.contains("cannot be told apart"), "{}", s.verdict);
+        assert!(s.verdict.contains("rank buys nothing"), "{}", s.verdict);
+        assert!(s.verdict.contains("At chance in every run") && s.verdict.contains("boolq"));
+        assert!(s.chance[0].at_chance && s.efficiency_by_task.is_empty());
     }
 
     #[test]
@@ -1333,7 +1360,16 @@ mod tests {
         assert_eq!(paper.lr_candidates, vec![2e-4]);
         assert_eq!((paper.batch_size, paper.epochs), (16, 3.0));
         assert_eq!(paper.protocol, Protocol::Generate);
-        assert!(paper.deviations(&[], 2e-4, &[]).is_empty());
+        // The paper preset's own departures: the capture reference and the single seed
+        // (regression: they were not listed).
+        let d = paper.deviations(&[], 2e-4, &[]);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d[0].contains("highest-rank LoRA run (r=64)") && d[1].contains("1 seed"));
+        // An lr check ending at the edge of its extended range is stated.
+        let cpu_d = cpu.deviations(&[], 8e-3, &[1e-3, 4e-3, 8e-3]);
+        assert!(cpu_d.iter().any(|x| x.contains("upper edge")), "{cpu_d:?}");
+        let inside = cpu.deviations(&[], 4e-3, &[1e-3, 4e-3, 8e-3]);
+        assert!(!inside.iter().any(|x| x.contains("edge of the range")));
         assert!(Preset::named("gpu").is_err());
         // The grid's extent does not count as a different setting; the lr rule does.
         let mut more = cpu.clone();

@@ -206,6 +206,19 @@ impl Preset {
         self.lr_candidates.len() > 1
     }
 
+    /// A deviation when the lr check's chosen rate is the lowest or highest it tried: the check
+    /// stopped at the edge of its (extended) range, so a better rate may lie beyond it.
+    fn lr_edge(&self, lr: f64, lr_tried: &[f64]) -> Option<String> {
+        let lo = lr_tried.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = lr_tried.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (self.needs_lr_check() && lr_tried.len() > 1 && (lr == lo || lr == hi)).then(|| {
+            format!(
+                "the lr check's optimum {lr:e} is at the {} edge of the range it tried ({lo:e}–{hi:e}, extensions included): a better rate may lie beyond it",
+                if lr == hi { "upper" } else { "lower" }
+            )
+        })
+    }
+
     /// Every way this setting departs from the paper's, for the output and the report.
     /// `lr_tried`: the learning rates the check ran (candidates plus extensions).
     pub fn deviations(&self, missing_eval: &[String], lr: f64, lr_tried: &[f64]) -> Vec<String> {
@@ -214,6 +227,20 @@ impl Preset {
             if self.model != "huggyllama/llama-7b" {
                 d.push(format!("model {} instead of LLaMA-7B", self.model));
             }
+            if self.reference == ReferenceKind::HighestRankLora {
+                d.push(format!(
+                    "TSD capture reference: the highest-rank LoRA run (r={}) instead of the paper's full fine-tune of LLaMA-7B (a full fine-tune of 6.7 B parameters does not fit the preset's GPU)",
+                    self.lora_ranks.iter().max().copied().unwrap_or(0)
+                ));
+            }
+            if self.seeds.len() < 2 {
+                d.push(format!(
+                    "{} seed ({:?}): no seed-to-seed variation is measured; the intervals resample test examples only",
+                    self.seeds.len(),
+                    self.seeds
+                ));
+            }
+            d.extend(self.lr_edge(lr, lr_tried));
             for t in missing_eval {
                 d.push(format!("{t}: test set not available, not evaluated"));
             }
@@ -246,6 +273,9 @@ impl Preset {
             } else {
                 format!("lr {lr:e}")
             },
+        ];
+        d.extend(self.lr_edge(lr, lr_tried));
+        d.extend([
             format!("LoRA-Dash switch after {} steps instead of 100 ({} steps in the dash phase)", self.dash_t, self.steps.unwrap_or(0).saturating_sub(self.dash_t)),
             format!("cutoff {} tokens", self.cutoff_len),
             format!(
@@ -255,7 +285,7 @@ impl Preset {
             ),
             format!("{} seed(s): {:?}", self.seeds.len(), self.seeds),
             format!("LoRA ranks {:?}, LoRA-Dash ranks {:?} (the paper: 4–64 for both)", self.lora_ranks, self.dash_ranks),
-        ];
+        ]);
         if !self.train_on_inputs {
             d.push("loss on the response only (the protocol trains on the whole sequence)".into());
         }

@@ -45,6 +45,8 @@ pub struct RunRecord {
     pub config: TrainConfig,
     pub base: String,
     pub base_params: u64,
+    /// Parameters the optimizer updates now: LoRA A and B (or the full weights), plus Δσ once the
+    /// LoRA-Dash switch has run (updated at the switch and on resume).
     pub trainable_params: u64,
     pub total_steps: usize,
     pub train_examples: usize,

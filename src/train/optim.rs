@@ -50,6 +50,11 @@ impl AdamW {
     }
 
     /// Adds a variable with zero moments.
+    /// Elements of every parameter this optimizer updates.
+    pub fn trainable_params(&self) -> u64 {
+        self.slots.iter().map(|s| s.var.elem_count() as u64).sum()
+    }
+
     pub fn add(&mut self, name: impl Into<String>, var: Var) -> Result<()> {
         let m = var.as_tensor().zeros_like()?;
         self.slots.push(Slot {

@@ -122,6 +122,7 @@ impl Trainer {
             }
         }
         self.dash_active = true;
+        self.record.trainable_params = self.opt.trainable_params();
         self.record.dash_switch = Some(SwitchLog {
             step: self.step,
             seconds: t0.elapsed().as_secs_f64(),
