@@ -525,13 +525,19 @@ pub fn paper_table(csv_text: &str) -> Result<(Vec<String>, Vec<PaperRow>)> {
     Ok((tasks, rows))
 }
 
+/// One checkpoint's capture: `(step, accuracy@(8,16) over all modules, over q, k, v)`.
+pub type CapturePointData = (usize, Option<f64>, Option<f64>);
+
+/// One run's capture series: its method, rank and points.
+pub type CaptureData = (Method, usize, Vec<CapturePointData>);
+
 /// Computes the summary. `capture` pairs each run's name with its capture points
 /// `(step, all modules, q/k/v only)`.
 pub fn summarize(
     preset: &Preset,
     runs: &[RunData],
     base: Option<&Scores>,
-    capture: &[(Method, usize, Vec<(usize, Option<f64>, Option<f64>)>)],
+    capture: &[CaptureData],
 ) -> Result<Summary> {
     let mut lora_ranks = preset.lora_ranks.clone();
     lora_ranks.sort();
@@ -674,7 +680,7 @@ pub fn summarize(
     let mut cap = Vec::new();
     for (m, ranks) in [(Method::Lora, &lora_ranks), (Method::LoraDash, &dash_ranks)] {
         for &k in ranks.iter() {
-            let series: Vec<&Vec<(usize, Option<f64>, Option<f64>)>> = capture
+            let series: Vec<&Vec<CapturePointData>> = capture
                 .iter()
                 .filter(|c| c.0 == m && c.1 == k)
                 .map(|c| &c.2)
@@ -683,7 +689,7 @@ pub fn summarize(
             steps.sort();
             steps.dedup();
             for st in steps {
-                let at = |f: &dyn Fn(&(usize, Option<f64>, Option<f64>)) -> Option<f64>| {
+                let at = |f: &dyn Fn(&CapturePointData) -> Option<f64>| {
                     crate::stats::mean(
                         &series
                             .iter()
