@@ -473,7 +473,8 @@ impl RandomLlama {
             return Some(vec![h]);
         }
         let module = crate::adapter::plan::LinearName::parse(name.strip_suffix(".weight")?)?;
-        c.linear_shape(module.kind.as_str()).map(|(o, i)| vec![o, i])
+        c.linear_shape(module.kind.as_str())
+            .map(|(o, i)| vec![o, i])
     }
 }
 

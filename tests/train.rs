@@ -599,12 +599,7 @@ fn record_names_the_base_by_sha256_and_top_layers_reach_the_peft_config() {
     let planted = "0".repeat(64);
     let run_once = |name: &str| {
         let run = d.path().join(name);
-        let mut args = common_args(
-            data.to_str().unwrap(),
-            run.to_str().unwrap(),
-            "lora",
-            "3",
-        );
+        let mut args = common_args(data.to_str().unwrap(), run.to_str().unwrap(), "lora", "3");
         args[1] = model.to_str().unwrap();
         args.extend(["--targets", "q_proj,v_proj", "--top-layers", "1"]);
         let out = train(d.path(), &args);
@@ -615,9 +610,7 @@ fn record_names_the_base_by_sha256_and_top_layers_reach_the_peft_config() {
         );
         (run.clone(), record(&run)["base_files"].clone())
     };
-    let files = |sha: &str| {
-        serde_json::json!([{"file": "model.safetensors", "bytes": bytes.len(), "sha256": sha}])
-    };
+    let files = |sha: &str| serde_json::json!([{"file": "model.safetensors", "bytes": bytes.len(), "sha256": sha}]);
 
     let (run, got) = run_once("run-a");
     assert_eq!(got, files(&want));
@@ -639,7 +632,10 @@ fn record_names_the_base_by_sha256_and_top_layers_reach_the_peft_config() {
     )
     .unwrap();
     assert_eq!(cfg["layers_to_transform"], serde_json::json!([1]));
-    assert_eq!(cfg["target_modules"], serde_json::json!(["q_proj", "v_proj"]));
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["q_proj", "v_proj"])
+    );
     let ad = tsd::adapter::load_adapter(&run.join("checkpoints/step-000003")).unwrap();
     let modules: Vec<&str> = ad.modules.iter().map(|m| m.module.as_str()).collect();
     assert_eq!(

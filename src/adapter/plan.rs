@@ -130,8 +130,7 @@ pub fn targets_selecting<'a>(
     paths: impl IntoIterator<Item = &'a str>,
 ) -> (TargetModules, Option<LayerIndexes>) {
     let paths: BTreeSet<&str> = paths.into_iter().collect();
-    let names: Option<BTreeSet<LinearName>> =
-        paths.iter().map(|p| LinearName::parse(p)).collect();
+    let names: Option<BTreeSet<LinearName>> = paths.iter().map(|p| LinearName::parse(p)).collect();
     if let Some(names) = names.filter(|n| !n.is_empty()) {
         let kinds: BTreeSet<LinearKind> = names.iter().map(|n| n.kind).collect();
         let layers: BTreeSet<usize> = names.iter().map(|n| n.layer).collect();
@@ -278,7 +277,10 @@ mod tests {
             }
         }
         let (t, l) = targets_selecting(grid.iter().copied());
-        assert_eq!(t, TargetModules::List(vec!["q_proj".into(), "v_proj".into()]));
+        assert_eq!(
+            t,
+            TargetModules::List(vec!["q_proj".into(), "v_proj".into()])
+        );
         assert_eq!(l, Some(LayerIndexes::List(vec![2, 3])));
     }
 }
