@@ -472,8 +472,9 @@ impl RandomLlama {
         if rest == "input_layernorm.weight" || rest == "post_attention_layernorm.weight" {
             return Some(vec![h]);
         }
-        let module = rest.strip_suffix(".weight")?.rsplit('.').next()?;
-        c.linear_shape(module).map(|(o, i)| vec![o, i])
+        let module = crate::adapter::plan::LinearName::parse(name.strip_suffix(".weight")?)?;
+        c.linear_shape(module.kind.as_str())
+            .map(|(o, i)| vec![o, i])
     }
 }
 

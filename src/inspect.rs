@@ -4,6 +4,7 @@
 //! TSDs, amplification, Dash coefficients, capture against the reference → [`InspectReport`].
 //! Nothing here prints or renders; the report is plain data (serde) for the table/JSON/CSV/HTML layers.
 
+use crate::adapter::plan::LinearName;
 use crate::adapter::{Adapter, DashNaming, ModuleAdapter};
 use crate::directions::{
     amplification, capture, change_rates, subspace_similarity, top_k, Amplification, Capture,
@@ -12,6 +13,7 @@ use crate::directions::{
 use crate::error::{Error, Result};
 use crate::linalg::cache::{CacheOutcome, SvdCache};
 use crate::linalg::{Matrix, Precision, Svd};
+use crate::model::llama::LinearKind;
 use crate::weights::WeightSource;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -344,8 +346,10 @@ fn analyse_module(
     let (out, inn) = m.shape();
     Ok(ModuleReport {
         module: m.module.clone(),
-        module_type: m.module.rsplit('.').next().unwrap_or(&m.module).to_string(),
-        layer: layer_of(&m.module),
+        module_type: crate::adapter::plan::module_type(&m.module),
+        layer: LinearName::parse(&m.module)
+            .map(|n| n.layer)
+            .or_else(|| layer_of(&m.module)),
         shape: [out, inn],
         r: m.r,
         alpha: m.alpha,
@@ -512,12 +516,7 @@ pub fn inspect(
         .collect();
     let mut modules: Vec<ModuleReport> = results.into_iter().collect::<Result<_>>()?;
     // Model order: by layer number, then the module's position in a LLaMA layer.
-    let rank = |t: &str| {
-        crate::model::llama::LINEARS
-            .iter()
-            .position(|x| *x == t)
-            .unwrap_or(usize::MAX)
-    };
+    let rank = |t: &str| t.parse::<LinearKind>().map_or(usize::MAX, |k| k as usize);
     modules.sort_by(|a, b| {
         (
             a.layer.unwrap_or(usize::MAX),

@@ -581,3 +581,75 @@ fn cached_lower_layers_give_the_same_training_as_recomputing_them() {
         assert!((a - b).abs() < 1e-5 * a.abs(), "{a} vs {b}");
     }
 }
+
+/// The record names the base by the sha256 of its weight file (computed here independently); the
+/// hash is remembered by (path, size, mtime) and recomputed once the file changes; and a top-layers
+/// run's checkpoints carry `layers_to_transform`, so PEFT adapts only the layers trained.
+#[test]
+fn record_names_the_base_by_sha256_and_top_layers_reach_the_peft_config() {
+    use sha2::{Digest, Sha256};
+    let d = tempfile::tempdir().unwrap();
+    let data = write_data(d.path());
+    let model = d.path().join("tiny-llama");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let weights = model.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    let want: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let cache = d.path().join("sha256-cache.json");
+    let planted = "0".repeat(64);
+    let run_once = |name: &str| {
+        let run = d.path().join(name);
+        let mut args = common_args(data.to_str().unwrap(), run.to_str().unwrap(), "lora", "3");
+        args[1] = model.to_str().unwrap();
+        args.extend(["--targets", "q_proj,v_proj", "--top-layers", "1"]);
+        let out = train(d.path(), &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (run.clone(), record(&run)["base_files"].clone())
+    };
+    let files = |sha: &str| serde_json::json!([{"file": "model.safetensors", "bytes": bytes.len(), "sha256": sha}]);
+
+    let (run, got) = run_once("run-a");
+    assert_eq!(got, files(&want));
+    // A planted cache entry for the same size and mtime is what the next run reports: the file is
+    // not hashed again.
+    let text = std::fs::read_to_string(&cache).unwrap();
+    assert!(text.contains(&want));
+    std::fs::write(&cache, text.replace(&want, &planted)).unwrap();
+    assert_eq!(run_once("run-b").1, files(&planted));
+    // A new mtime invalidates the entry.
+    let f = std::fs::File::options().write(true).open(&weights).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    assert_eq!(run_once("run-c").1, files(&want));
+
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/step-000003/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["layers_to_transform"], serde_json::json!([1]));
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["q_proj", "v_proj"])
+    );
+    let ad = tsd::adapter::load_adapter(&run.join("checkpoints/step-000003")).unwrap();
+    let modules: Vec<&str> = ad.modules.iter().map(|m| m.module.as_str()).collect();
+    assert_eq!(
+        modules,
+        [
+            "model.layers.1.self_attn.q_proj",
+            "model.layers.1.self_attn.v_proj"
+        ]
+    );
+}

@@ -317,14 +317,16 @@ impl AdapterConfig {
         }) {
             return false;
         }
-        let list = match &self.target_modules {
+        // PEFT expands `all-linear` to the list of every linear's path but the output layer's, so
+        // `layers_to_transform` restricts it as it restricts a list.
+        let listed = match &self.target_modules {
             None => return true,
             Some(TargetModules::List(l)) if l.is_empty() => return true,
-            Some(TargetModules::Regex(r)) if r == ALL_LINEAR => return module != "lm_head",
+            Some(TargetModules::Regex(r)) if r == ALL_LINEAR => module != "lm_head",
             Some(TargetModules::Regex(r)) => return full_match(r),
-            Some(TargetModules::List(l)) => l,
+            Some(TargetModules::List(l)) => by_names(l),
         };
-        if !by_names(list) {
+        if !listed {
             return false;
         }
         let wanted: Vec<usize> = match &self.layers_to_transform {
@@ -445,6 +447,9 @@ mod tests {
         assert!(c.targets(q0) && !c.targets(q1));
         let c = cfg(r#"{"target_modules": "all-linear"}"#);
         assert!(c.targets(d0) && !c.targets("lm_head"));
+        // Regression: `layers_to_transform` restricts `all-linear` too (PEFT expands it to a list).
+        let c = cfg(r#"{"target_modules": "all-linear", "layers_to_transform": [1]}"#);
+        assert!(!c.targets(d0) && c.targets(q1) && c.targets("model.layers.1.mlp.down_proj"));
         let c = cfg(r#"{"target_modules": ["q_proj", "lm_head"], "modules_to_save": ["lm_head"]}"#);
         assert!(c.targets(q0) && !c.targets("lm_head") && c.saves_module("lm_head"));
     }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod naming;
+pub mod plan;
 pub mod read;
 pub mod write;
 

@@ -40,7 +40,8 @@ fn module_pattern(module: &str) -> String {
 /// `rank_pattern`/`alpha_pattern` for the rest, `target_modules` from the module names.
 /// `target_modules` is kept as read (with `layers_to_transform`, `exclude_modules`,
 /// `modules_to_save`, `bias`, `lora_bias`): the modules are the same, and a reader checked that the
-/// config selects each of them. Only an adapter without one gets the module names.
+/// config selects each of them. Only an adapter without one gets targets that select exactly its
+/// modules ([`super::plan::targets_selecting`]).
 fn config_for(adapter: &Adapter) -> AdapterConfig {
     let mut cfg = adapter.config.clone();
     let emb = &adapter.extras.embeddings;
@@ -65,13 +66,9 @@ fn config_for(adapter: &Adapter) -> AdapterConfig {
         }
     }
     if cfg.target_modules.is_none() {
-        let mut targets: Vec<String> = per_module
-            .iter()
-            .map(|m| m.0.rsplit('.').next().unwrap_or(m.0).to_string())
-            .collect();
-        targets.sort();
-        targets.dedup();
-        cfg.target_modules = Some(super::config::TargetModules::List(targets));
+        let (targets, layers) = super::plan::targets_selecting(per_module.iter().map(|m| m.0));
+        cfg.target_modules = Some(targets);
+        cfg.layers_to_transform = layers;
     }
     cfg.lora_bias = !adapter.extras.lora_biases.is_empty();
     cfg.peft_type = Some("LORA".into());

@@ -17,32 +17,137 @@ use crate::nn::{AdaptedLinear, ForwardCtx, FrozenLinear};
 use crate::weights::WeightSource;
 use candle_core::{DType, Device, Module, Tensor};
 
-/// The linear modules of a LLaMA layer, in HF order.
+/// The linear modules of a LLaMA layer, in HF order (the names of [`LinearKind::ALL`]).
 pub const LINEARS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
+    LinearKind::Q.as_str(),
+    LinearKind::K.as_str(),
+    LinearKind::V.as_str(),
+    LinearKind::O.as_str(),
+    LinearKind::Gate.as_str(),
+    LinearKind::Up.as_str(),
+    LinearKind::Down.as_str(),
 ];
+
+/// Which of a LLaMA layer's seven linears: a typed name, so that no code reaches a linear by its
+/// position in the layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LinearKind {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LinearKind {
+    /// Every kind, in HF order (the order of a layer's state dict).
+    pub const ALL: [LinearKind; 7] = [
+        LinearKind::Q,
+        LinearKind::K,
+        LinearKind::V,
+        LinearKind::O,
+        LinearKind::Gate,
+        LinearKind::Up,
+        LinearKind::Down,
+    ];
+
+    /// The Hugging Face module name (`q_proj`, …, `down_proj`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LinearKind::Q => "q_proj",
+            LinearKind::K => "k_proj",
+            LinearKind::V => "v_proj",
+            LinearKind::O => "o_proj",
+            LinearKind::Gate => "gate_proj",
+            LinearKind::Up => "up_proj",
+            LinearKind::Down => "down_proj",
+        }
+    }
+
+    /// `self_attn` or `mlp`: where the linear sits in a layer.
+    pub const fn group(self) -> &'static str {
+        match self {
+            LinearKind::Q | LinearKind::K | LinearKind::V | LinearKind::O => "self_attn",
+            LinearKind::Gate | LinearKind::Up | LinearKind::Down => "mlp",
+        }
+    }
+
+    /// The HF module path in layer `layer`, e.g. `model.layers.3.self_attn.q_proj`.
+    pub fn path(self, layer: usize) -> String {
+        format!("model.layers.{layer}.{}.{}", self.group(), self.as_str())
+    }
+
+    /// Position in [`LinearKind::ALL`].
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for LinearKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LinearKind {
+    type Err = Error;
+
+    /// Parses an HF short name (`q_proj`, …); anything else is bad input naming the value.
+    fn from_str(s: &str) -> Result<Self> {
+        LinearKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "`{s}` is not a LLaMA linear module (one of {})",
+                    LINEARS.join(", ")
+                ))
+            })
+    }
+}
 
 /// One decoder layer.
 pub struct Block {
     input_norm: Tensor,
     post_norm: Tensor,
-    /// q, k, v, o, gate, up, down (see [`LINEARS`]).
-    pub linears: Vec<AdaptedLinear>,
-    /// The base layers' biases `[out]`, in [`LINEARS`] order (frozen, never merged).
+    /// One per kind, in [`LinearKind::ALL`] order.
+    linears: Vec<AdaptedLinear>,
+    /// The base layers' biases `[out]`, in [`LinearKind::ALL`] order (frozen, never merged).
     biases: Vec<Option<Tensor>>,
 }
 
 impl Block {
-    /// Linear `i` of [`LINEARS`] with its base bias: `[.., in]` → `[.., out]`.
-    fn project(&self, i: usize, x: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
-        let y = self.linears[i].forward(x, ctx)?;
-        match &self.biases[i] {
+    /// The linear of this kind.
+    pub fn linear(&self, kind: LinearKind) -> &AdaptedLinear {
+        &self.linears[kind.index()]
+    }
+
+    /// The linear of this kind, mutably (to attach an adapter).
+    pub fn linear_mut(&mut self, kind: LinearKind) -> &mut AdaptedLinear {
+        &mut self.linears[kind.index()]
+    }
+
+    /// Every linear with its kind, in HF order.
+    pub fn linears(&self) -> impl Iterator<Item = (LinearKind, &AdaptedLinear)> {
+        LinearKind::ALL.into_iter().zip(self.linears.iter())
+    }
+
+    /// Every linear with its kind, mutably, in HF order.
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = (LinearKind, &mut AdaptedLinear)> {
+        LinearKind::ALL.into_iter().zip(self.linears.iter_mut())
+    }
+
+    /// The linear of this kind with its base bias: `[.., in]` → `[.., out]`.
+    fn project(
+        &self,
+        kind: LinearKind,
+        x: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let y = self.linear(kind).forward(x, ctx)?;
+        match &self.biases[kind.index()] {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
@@ -135,10 +240,10 @@ fn check_unused(src: &dyn WeightSource, config: &LlamaConfig) -> Result<()> {
         let p = format!("model.layers.{l}");
         known.insert(format!("{p}.input_layernorm.weight"));
         known.insert(format!("{p}.post_attention_layernorm.weight"));
-        for name in LINEARS {
-            let module = format!("{p}.{}.{name}", group(name));
+        for kind in LinearKind::ALL {
+            let module = kind.path(l);
             known.insert(format!("{module}.weight"));
-            if config.has_bias(name) {
+            if config.has_bias(kind.as_str()) {
                 known.insert(format!("{module}.bias"));
             }
         }
@@ -181,15 +286,6 @@ fn check_unused(src: &dyn WeightSource, config: &LlamaConfig) -> Result<()> {
     })
 }
 
-/// `self_attn` or `mlp`: where a linear sits in a layer.
-fn group(name: &str) -> &'static str {
-    if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&name) {
-        "self_attn"
-    } else {
-        "mlp"
-    }
-}
-
 impl Llama {
     /// Loads every weight by its HF name; checks each shape against `config` and refuses tensors
     /// the config does not account for.
@@ -207,9 +303,10 @@ impl Llama {
             let p = format!("model.layers.{l}");
             let mut linears = Vec::with_capacity(7);
             let mut biases = Vec::with_capacity(7);
-            for name in LINEARS {
+            for kind in LinearKind::ALL {
+                let name = kind.as_str();
                 let (o, i) = config.linear_shape(name).expect("known module");
-                let module = format!("{p}.{}.{name}", group(name));
+                let module = kind.path(l);
                 let w = load_tensor(src, &format!("{module}.weight"), &[o, i], device, dtype)?;
                 biases.push(if config.has_bias(name) {
                     Some(load_tensor(
@@ -296,7 +393,7 @@ impl Llama {
         self.dtype
     }
 
-    /// All adapted linears, layer by layer in [`LINEARS`] order.
+    /// All adapted linears, layer by layer in [`LinearKind::ALL`] order.
     pub fn linears(&self) -> impl Iterator<Item = &AdaptedLinear> {
         self.layers.iter().flat_map(|b| b.linears.iter())
     }
@@ -331,14 +428,14 @@ impl Llama {
             self.config.kv_heads(),
             self.config.head_dim(),
         );
-        let q = block.project(0, x, ctx)?;
-        let k = block.project(1, x, ctx)?;
-        let v = block.project(2, x, ctx)?;
+        let q = block.project(LinearKind::Q, x, ctx)?;
+        let k = block.project(LinearKind::K, x, ctx)?;
+        let v = block.project(LinearKind::V, x, ctx)?;
         let (cos, sin) = rope_at;
         let Some(c) = cache else {
             // The whole sequence at once (training, scoring): one fused op on the CPU.
             let y = crate::nn::attention::causal_attention(&q, &k, &v, cos, sin, nh, nkv)?;
-            return block.project(3, &y, ctx);
+            return block.project(LinearKind::O, &y, ctx);
         };
         let q = rope(&split_heads(&q, nh)?, cos, sin)?;
         let k = rope(&split_heads(&k, nkv)?, cos, sin)?;
@@ -362,13 +459,13 @@ impl Llama {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, t, nh * hd))?;
-        block.project(3, &y, ctx)
+        block.project(LinearKind::O, &y, ctx)
     }
 
     fn mlp(&self, block: &Block, x: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
-        let g = block.project(4, x, ctx)?;
-        let u = block.project(5, x, ctx)?;
-        block.project(6, &crate::nn::fused::swiglu(&g, &u)?, ctx)
+        let g = block.project(LinearKind::Gate, x, ctx)?;
+        let u = block.project(LinearKind::Up, x, ctx)?;
+        block.project(LinearKind::Down, &crate::nn::fused::swiglu(&g, &u)?, ctx)
     }
 
     /// Runs layers `from..` on hidden states `h: [B, T, H]` and returns logits `[B, T, V]`.

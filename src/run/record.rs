@@ -2,10 +2,12 @@
 //! Their on-disk format is what every committed run under `reproductions/` holds: fields are only
 //! ever added, with `#[serde(default)]`.
 
+use crate::error::{Error, Result};
 use crate::nn::adapted::DashSwitch;
 use crate::train::config::TrainConfig;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 /// One optimizer step, as logged.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -44,6 +46,10 @@ pub struct RunRecord {
     pub build: String,
     pub config: TrainConfig,
     pub base: String,
+    /// The base model's content: every weight file it was loaded from, by sha256 (empty in
+    /// records written before tsd recorded it).
+    #[serde(default)]
+    pub base_files: Vec<WeightFile>,
     pub base_params: u64,
     /// Parameters the optimizer updates now: LoRA A and B (or the full weights), plus Δσ once the
     /// LoRA-Dash switch has run (updated at the switch and on resume).
@@ -72,4 +78,147 @@ pub struct TrainerState {
     pub dash_active: bool,
     pub optimizer_steps: HashMap<String, u64>,
     pub elapsed_s: f64,
+}
+
+/// One weight file of a base model, named by content rather than by where it lies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightFile {
+    /// Its name relative to the model directory (the file name for a single-file model).
+    pub file: String,
+    pub bytes: u64,
+    /// sha256 of its bytes, hex.
+    pub sha256: String,
+}
+
+/// The weight files a model path is loaded from, as [`crate::weights::open_path`] picks them: the
+/// file itself; a directory's safetensors (the index's shards, `model.safetensors`, or every
+/// `*.safetensors`); else every `*.gguf` in it (sorted).
+fn weight_files(path: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+    if path.is_file() {
+        return Ok((crate::fsutil::parent_dir(path), vec![path.to_path_buf()]));
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    let ext = |q: &Path, e: &str| q.extension().is_some_and(|x| x == e);
+    let files = if entries
+        .iter()
+        .any(|q| ext(q, "safetensors") || q.ends_with("model.safetensors.index.json"))
+    {
+        crate::weights::SafetensorsModel::shard_files(path)?
+    } else {
+        entries.into_iter().filter(|q| ext(q, "gguf")).collect()
+    };
+    Ok((path.to_path_buf(), files))
+}
+
+/// A hash remembered for a file of this size and modification time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct CachedHash {
+    bytes: u64,
+    mtime_ns: u128,
+    sha256: String,
+}
+
+/// Where remembered hashes live: `$TSD_HOME/sha256-cache.json`, keyed by canonical path.
+fn hash_cache_path() -> PathBuf {
+    crate::assets::tsd_home().join("sha256-cache.json")
+}
+
+/// sha256 of every weight file of the model at `path` (a file or directory). Each file is hashed
+/// once and remembered by (canonical path, size, mtime): a multi-GB base costs its read once, and
+/// a file rewritten since is hashed again. An unreadable cache is ignored and rewritten.
+pub fn base_files(path: &Path) -> Result<Vec<WeightFile>> {
+    let (root, files) = weight_files(path)?;
+    let cache_path = hash_cache_path();
+    let mut cache: BTreeMap<String, CachedHash> = std::fs::read(&cache_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut changed = false;
+    let mut out = Vec::with_capacity(files.len());
+    for f in &files {
+        let meta = std::fs::metadata(f).map_err(|e| Error::io(f, e))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let key = std::fs::canonicalize(f)
+            .map_err(|e| Error::io(f, e))?
+            .display()
+            .to_string();
+        let sha256 = match cache.get(&key) {
+            Some(c) if c.bytes == meta.len() && c.mtime_ns == mtime_ns && mtime_ns != 0 => {
+                c.sha256.clone()
+            }
+            _ => {
+                let h = crate::assets::sha256_file(f)?;
+                cache.insert(
+                    key,
+                    CachedHash {
+                        bytes: meta.len(),
+                        mtime_ns,
+                        sha256: h.clone(),
+                    },
+                );
+                changed = true;
+                h
+            }
+        };
+        let name = f.strip_prefix(&root).unwrap_or(f);
+        out.push(WeightFile {
+            file: name.display().to_string(),
+            bytes: meta.len(),
+            sha256,
+        });
+    }
+    if changed {
+        let bytes =
+            serde_json::to_vec_pretty(&cache).map_err(|e| Error::Internal(e.to_string()))?;
+        crate::fsutil::atomic_write(&cache_path, &bytes)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record written before `base_files` existed still loads.
+    #[test]
+    fn old_records_without_base_files_load() {
+        let mut v = serde_json::to_value(RunRecord {
+            tsd_version: "0".into(),
+            build: String::new(),
+            config: TrainConfig::default(),
+            base: "default".into(),
+            base_files: vec![WeightFile {
+                file: "m.gguf".into(),
+                bytes: 1,
+                sha256: "00".into(),
+            }],
+            base_params: 0,
+            trainable_params: 0,
+            total_steps: 0,
+            train_examples: 0,
+            val_examples: 0,
+            device: "cpu".into(),
+            threads: 1,
+            steps: Vec::new(),
+            val: Vec::new(),
+            dash_switch: None,
+            checkpoints: Vec::new(),
+            lower_cache_seconds: 0.0,
+            peak_rss_bytes: 0,
+            wall_s: 0.0,
+            finished: false,
+        })
+        .unwrap();
+        v.as_object_mut().unwrap().remove("base_files");
+        let r: RunRecord = serde_json::from_value(v).unwrap();
+        assert!(r.base_files.is_empty());
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::config::Method;
 use super::trainer::Trainer;
-use crate::adapter::{self, Adapter, AdapterConfig};
+use crate::adapter::{self, Adapter};
 use crate::error::{Error, Result};
 use crate::run::{layout, TrainerState};
 use crate::weights;
@@ -29,18 +29,7 @@ impl Trainer {
         }
         Ok(Adapter {
             path: self.run_dir.clone(),
-            config: AdapterConfig {
-                r: self.config.rank,
-                lora_alpha: self.config.alpha(),
-                use_rslora: self.config.use_rslora,
-                lora_dropout: self.config.dropout as f64,
-                base_model_name_or_path: Some(self.config.model.clone()),
-                revision: self.config.revision.clone(),
-                target_modules: Some(adapter::config::TargetModules::List(
-                    self.config.targets.clone(),
-                )),
-                ..Default::default()
-            },
+            config: super::setup::adapter_config(&self.config, self.model.layers.len()),
             modules,
             warnings: Vec::new(),
             unmatched: Vec::new(),

@@ -168,6 +168,9 @@ impl TrainConfig {
         if self.cutoff_len < 2 {
             return bad("cutoff_len must be at least 2".into());
         }
+        if self.top_layers == Some(0) {
+            return bad("top_layers must be positive".into());
+        }
         if self.save_every == 0 {
             return bad("save_every must be positive".into());
         }

@@ -6,6 +6,9 @@ use super::data::{self, Batcher, Tokenized};
 use super::device::{device_for, dtype_for};
 use super::optim::{AdamW, AdamWConfig};
 use super::trainer::Trainer;
+use crate::adapter::config::{LayerIndexes, TargetModules};
+use crate::adapter::plan::{AdapterMethod, AdapterPlan, LinearName};
+use crate::adapter::AdapterConfig;
 use crate::error::{Error, Result};
 use crate::linalg::cache::SvdCache;
 use crate::model::Llama;
@@ -18,6 +21,26 @@ fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
+}
+
+/// The PEFT config of a run on a model with `layers` layers: its targets in its top layers (all
+/// layers without `top_layers`), its rank and alpha. The adapter plan is made from it and every
+/// checkpoint is written with it, so that PEFT loads exactly the modules tsd trained.
+pub(super) fn adapter_config(config: &TrainConfig, layers: usize) -> AdapterConfig {
+    let from_layer = layers - config.top_layers.unwrap_or(layers).min(layers);
+    AdapterConfig {
+        r: config.rank,
+        lora_alpha: config.alpha(),
+        use_rslora: config.use_rslora,
+        lora_dropout: config.dropout as f64,
+        base_model_name_or_path: Some(config.model.clone()),
+        revision: config.revision.clone(),
+        target_modules: Some(TargetModules::List(config.targets.clone())),
+        layers_to_transform: config
+            .top_layers
+            .map(|_| LayerIndexes::List((from_layer..layers).collect())),
+        ..Default::default()
+    }
 }
 
 /// Data files of `--data` entries: a JSON file, or a task directory holding `train.json`.
@@ -119,34 +142,39 @@ impl Trainer {
             .max_steps
             .unwrap_or(((config.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
 
-        // Adapters on the target modules of the adapted layers.
+        // Adapters on the modules the plan names (the target modules of the adapted layers).
         let layers = model.layers.len();
         let from_layer = layers - config.top_layers.unwrap_or(layers).min(layers);
+        let plan = AdapterPlan::new(
+            adapter_config(&config, layers),
+            match config.method {
+                Method::Lora => AdapterMethod::Lora,
+                Method::LoraDash => AdapterMethod::LoraDash,
+                Method::Full => AdapterMethod::Full,
+            },
+            layers,
+        )?;
         let mut opt = AdamW::new(AdamWConfig {
             weight_decay: config.weight_decay,
             ..Default::default()
         });
-        for (li, block) in model.layers.iter_mut().enumerate() {
-            if li < from_layer {
-                continue;
-            }
-            for lin in block.linears.iter_mut() {
-                let short = lin.module.rsplit('.').next().unwrap_or("").to_string();
-                if !config.targets.contains(&short) {
+        for (layer, block) in model.layers.iter_mut().enumerate() {
+            for (kind, lin) in block.linears_mut() {
+                let Some(a) = plan.get(LinearName { layer, kind }) else {
                     continue;
-                }
-                match config.method {
-                    Method::Full => {
+                };
+                match a.method {
+                    AdapterMethod::Full => {
                         lin.make_full()?;
                         opt.add(
                             format!("{}.weight", lin.module),
                             lin.full.clone().expect("just made"),
                         )?;
                     }
-                    Method::Lora | Method::LoraDash => {
+                    AdapterMethod::Lora | AdapterMethod::LoraDash => {
                         lin.add_lora(
-                            config.rank,
-                            config.alpha(),
+                            a.r,
+                            a.alpha,
                             config.use_rslora,
                             config.seed ^ fnv(&lin.module),
                         )?;
@@ -168,6 +196,7 @@ impl Trainer {
                 Some(r) => format!("{}@{r}", config.model),
                 None => config.model.clone(),
             },
+            base_files: crate::run::record::base_files(&path)?,
             base_params: src.total_params(),
             trainable_params: trainable,
             total_steps,

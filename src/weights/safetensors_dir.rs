@@ -69,7 +69,7 @@ impl SafetensorsModel {
         })
     }
 
-    fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    pub(crate) fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let idx = dir.join("model.safetensors.index.json");
         if idx.exists() {
             let files = shard_names(&idx)?;
