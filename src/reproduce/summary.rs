@@ -763,10 +763,12 @@ fn verdict(s: &Summary, preset: &Preset, runs: &[RunData], base: Option<&Scores>
         .expect("non-empty");
     let mut out = if sig.is_empty() {
         format!(
-            "LoRA-Dash and LoRA cannot be told apart at this scale: each of the {} comparisons (every LoRA-Dash rank against every LoRA rank, {p}, {examples} test examples × {seeds} seed(s)) has a 95 % interval that includes 0; the largest difference is {} points ({})",
+            "LoRA-Dash and LoRA cannot be told apart at this scale: each of the {} comparisons (every LoRA-Dash rank against every LoRA rank, {p}, {examples} test examples × {seeds} seed(s)) has a 95 % interval that includes 0; the largest difference is {:+.1} points ({}, 95 % interval {:+.1} … {:+.1})",
             s.comparisons.len(),
+            largest.diff.estimate,
             largest.label(),
-            largest.diff.describe()
+            largest.diff.lo,
+            largest.diff.hi
         )
     } else {
         let parts: Vec<String> = sig
