@@ -659,6 +659,80 @@ pub fn inspect_within(
 mod tests {
     use super::*;
 
+    /// A budget smaller than any module runs them one at a time (`budget::batches` gives
+    /// singletons) and reports exactly what the unbounded parallel run reports; the cache's hits
+    /// (U and V read in place) report what the fresh SVDs did.
+    #[test]
+    fn a_small_memory_budget_serialises_modules_with_identical_results() {
+        use crate::adapter::AdapterConfig;
+        use crate::weights::memory::InMemoryModel;
+        let values = |n: usize, seed: u64| -> Vec<f32> {
+            (0..n)
+                .map(|k| ((k as f64 * 0.7548 + seed as f64 * 1.3).sin() * 43758.5453).fract() as f32)
+                .collect()
+        };
+        let mut base = InMemoryModel::default();
+        let mut modules = Vec::new();
+        for (i, (out, inp)) in [(24, 16), (16, 24), (20, 20), (24, 16), (300, 270)]
+            .into_iter()
+            .enumerate()
+        {
+            let module = format!("model.layers.{i}.self_attn.q_proj");
+            let w = Matrix::new(out, inp, values(out * inp, i as u64)).unwrap();
+            base.tensors.insert(format!("{module}.weight"), w);
+            modules.push(ModuleAdapter {
+                module,
+                r: 2,
+                alpha: 4.0,
+                scaling: 2.0,
+                a: Matrix::new(2, inp, values(2 * inp, 50 + i as u64)).unwrap(),
+                b: Matrix::new(out, 2, values(out * 2, 90 + i as u64)).unwrap(),
+                dora_magnitude: None,
+                dash: None,
+            });
+        }
+        let sizes: Vec<usize> = modules.iter().map(|m| working_bytes(m, false)).collect();
+        assert!(crate::budget::batches(&sizes, 1, 8).iter().all(|b| b.len() == 1));
+        let adapter = Adapter {
+            path: "generated".into(),
+            config: AdapterConfig {
+                r: 2,
+                lora_alpha: 4.0,
+                ..Default::default()
+            },
+            modules,
+            warnings: vec![],
+            unmatched: vec![],
+            metadata: Default::default(),
+            extras: Default::default(),
+        };
+        let opts = InspectOptions {
+            keep_spectrum: true,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = SvdCache::new(dir.path());
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let run = |budget: usize| {
+            let r = pool
+                .install(|| inspect_within(&adapter, &base, None, &opts, &cache, budget, &|_| {}))
+                .unwrap();
+            let mut v = serde_json::to_value(&r).unwrap();
+            for m in v["modules"].as_array_mut().unwrap() {
+                m.as_object_mut().unwrap().remove("svd_seconds");
+                m.as_object_mut().unwrap().remove("svd_cache");
+            }
+            for k in ["wall_seconds", "svd_seconds_total", "cache_hits"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            (v, r.cache_hits)
+        };
+        let (serial, hits0) = run(1);
+        let (parallel, hits1) = run(usize::MAX);
+        assert_eq!((hits0, hits1), (0, 5), "the second run reads every SVD from the cache");
+        assert_eq!(serial, parallel);
+    }
+
     #[test]
     fn layer_numbers_are_parsed() {
         assert_eq!(layer_of("model.layers.12.mlp.up_proj"), Some(12));
