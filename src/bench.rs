@@ -174,7 +174,15 @@ pub fn bench_inspect(
         precision,
         ..Default::default()
     };
-    let cold = inspect_within(&adapter, &base, None, &opts, &cache, memory_budget_bytes, &|_| {})?;
+    let cold = inspect_within(
+        &adapter,
+        &base,
+        None,
+        &opts,
+        &cache,
+        memory_budget_bytes,
+        &|_| {},
+    )?;
     let peak_rss_bytes_after_cold = crate::train::trainer::peak_rss_bytes();
     let svd_cache_bytes = std::fs::read_dir(dir.path())
         .map(|rd| {
@@ -185,7 +193,15 @@ pub fn bench_inspect(
         })
         .unwrap_or(0);
     let base_bytes = base.tensors.values().map(|m| 4 * m.data.len() as u64).sum();
-    let warm = inspect_within(&adapter, &base, None, &opts, &cache, memory_budget_bytes, &|_| {})?;
+    let warm = inspect_within(
+        &adapter,
+        &base,
+        None,
+        &opts,
+        &cache,
+        memory_budget_bytes,
+        &|_| {},
+    )?;
     let per = |x: f64| x / layers as f64;
     Ok(InspectBench {
         what: "tsd inspect on LLaMA-7B-shaped modules (q,k,v 4096x4096, up 11008x4096, down 4096x11008), random base and rank-r adapter",

@@ -668,7 +668,9 @@ mod tests {
         use crate::weights::memory::InMemoryModel;
         let values = |n: usize, seed: u64| -> Vec<f32> {
             (0..n)
-                .map(|k| ((k as f64 * 0.7548 + seed as f64 * 1.3).sin() * 43758.5453).fract() as f32)
+                .map(|k| {
+                    ((k as f64 * 0.7548 + seed as f64 * 1.3).sin() * 43758.5453).fract() as f32
+                })
                 .collect()
         };
         let mut base = InMemoryModel::default();
@@ -692,7 +694,9 @@ mod tests {
             });
         }
         let sizes: Vec<usize> = modules.iter().map(|m| working_bytes(m, false)).collect();
-        assert!(crate::budget::batches(&sizes, 1, 8).iter().all(|b| b.len() == 1));
+        assert!(crate::budget::batches(&sizes, 1, 8)
+            .iter()
+            .all(|b| b.len() == 1));
         let adapter = Adapter {
             path: "generated".into(),
             config: AdapterConfig {
@@ -712,7 +716,10 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let cache = SvdCache::new(dir.path());
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
         let run = |budget: usize| {
             let r = pool
                 .install(|| inspect_within(&adapter, &base, None, &opts, &cache, budget, &|_| {}))
@@ -729,7 +736,11 @@ mod tests {
         };
         let (serial, hits0) = run(1);
         let (parallel, hits1) = run(usize::MAX);
-        assert_eq!((hits0, hits1), (0, 5), "the second run reads every SVD from the cache");
+        assert_eq!(
+            (hits0, hits1),
+            (0, 5),
+            "the second run reads every SVD from the cache"
+        );
         assert_eq!(serial, parallel);
     }
 

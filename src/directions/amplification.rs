@@ -41,13 +41,17 @@ pub fn amplification(
     let r = r.min(d.s.len()).min(n.min(m)).max(1);
     let q1 = random_orthonormal(n, r, seed);
     let q2 = random_orthonormal(m, r, seed.wrapping_add(1));
-    let left = Mat::from_fn(n, 2 * r, |i, j| {
-        if j < r {
-            d.u[(i, j)]
-        } else {
-            q1[(i, j - r)]
-        }
-    });
+    let left = Mat::from_fn(
+        n,
+        2 * r,
+        |i, j| {
+            if j < r {
+                d.u[(i, j)]
+            } else {
+                q1[(i, j - r)]
+            }
+        },
+    );
     let wt = w.t_mul(left.as_ref()); // [m, 2r]
     let proj = |cols: usize, v: MatRef<'_, f64>| {
         let p = wt.subcols(cols, r).transpose() * v;
@@ -102,7 +106,10 @@ mod tests {
         let a = Mat::from_fn(2, m, |j, c| if j == 0 { v[(c, 15)] } else { v[(c, 17)] });
         let low = Update::low_rank(b.clone(), a.clone()).unwrap();
         let dense = Update::Dense(&b * &a);
-        let rows: Vec<f64> = (0..n).flat_map(|i| (0..m).map(move |j| (i, j))).map(|(i, j)| w[(i, j)]).collect();
+        let rows: Vec<f64> = (0..n)
+            .flat_map(|i| (0..m).map(move |j| (i, j)))
+            .map(|(i, j)| w[(i, j)])
+            .collect();
         let wr = RowsRef::f64(&rows, n, m).unwrap();
         let x = amplification(wr, &sigma, &low, 2, 9).unwrap();
         let y = amplification(wr, &sigma, &dense, 2, 9).unwrap();

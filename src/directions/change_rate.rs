@@ -31,11 +31,7 @@ pub fn change_rates(update: &Update, svd: &Svd, floor: SigmaFloor) -> (Vec<f64>,
 
 /// [`change_rates`] on a weight's [`SvdFactors`] (U and V read in place; see
 /// [`Update::coordinates_on`]).
-pub fn change_rates_on(
-    update: &Update,
-    f: &SvdFactors,
-    floor: SigmaFloor,
-) -> (Vec<f64>, Vec<f64>) {
+pub fn change_rates_on(update: &Update, f: &SvdFactors, floor: SigmaFloor) -> (Vec<f64>, Vec<f64>) {
     let coords = update.coordinates_on(f);
     let rates = rates_from_coordinates(&coords, &f.s, floor);
     (coords, rates)

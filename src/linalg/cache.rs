@@ -18,11 +18,11 @@ use super::{svd, Basis, Matrix, Precision, Svd, SvdFactors};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use faer::Mat;
-use std::ops::Range;
-use std::sync::Arc;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -139,11 +139,7 @@ impl SvdCache {
     /// The SVD of `w` as [`SvdFactors`]: a valid entry's U and V are read in place from the
     /// memory-mapped file (no f64 copy); a computed SVD is stored and handed out in its precision,
     /// so both give the same values.
-    pub fn factors(
-        &self,
-        w: &Matrix,
-        precision: Precision,
-    ) -> Result<(SvdFactors, CacheOutcome)> {
+    pub fn factors(&self, w: &Matrix, precision: Precision) -> Result<(SvdFactors, CacheOutcome)> {
         Ok(match self.lookup(w, precision)? {
             Found::Entry(f) => (f, CacheOutcome::Hit),
             Found::Computed(d, outcome) => (SvdFactors::from_svd(&d, precision), outcome),
@@ -395,7 +391,9 @@ fn check_entry(bytes: &[u8], key: &str, n: usize, m: usize) -> std::result::Resu
     if meta.get("payload_xxh3") != Some(&payload_hash(&raw)) {
         return Err("cache entry payload checksum mismatch".into());
     }
-    let tensors = tensors.try_into().map_err(|_| "three tensors".to_string())?;
+    let tensors = tensors
+        .try_into()
+        .map_err(|_| "three tensors".to_string())?;
     Ok(Layout { tensors })
 }
 

@@ -97,7 +97,13 @@ impl<'a> RowsRef<'a> {
 }
 
 /// Partial `Xᵀ·Y` over `rows`: `[q][k]` (j-major), `yb` the block's rows of Y, `[rows][q]`.
-fn block<T: Copy + Into<f64>>(x: &[T], k: usize, q: usize, yb: &[f64], rows: Range<usize>) -> Vec<f64> {
+fn block<T: Copy + Into<f64>>(
+    x: &[T],
+    k: usize,
+    q: usize,
+    yb: &[f64],
+    rows: Range<usize>,
+) -> Vec<f64> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
