@@ -4,7 +4,7 @@
 
 use crate::adapter::{Adapter, AdapterConfig, ModuleAdapter};
 use crate::error::Result;
-use crate::inspect::{inspect, InspectOptions};
+use crate::inspect::{inspect_within, InspectOptions};
 use crate::linalg::cache::SvdCache;
 use crate::linalg::{svd, Matrix, Precision};
 use crate::weights::memory::InMemoryModel;
@@ -70,8 +70,27 @@ pub struct InspectBench {
     pub warm_seconds_per_layer: f64,
     pub extrapolated_32_layers_cold_seconds: f64,
     pub extrapolated_32_layers_warm_seconds: f64,
+    /// The memory budget inspect ran its modules under (`TSD_MEMORY_BUDGET`, else
+    /// min(8 GiB, half of MemAvailable)).
+    pub memory_budget_bytes: usize,
+    /// `/proc/loadavg` (1, 5, 15 min) before the benchmark and after it: other work on the machine
+    /// slows every figure here.
+    pub loadavg_before: Vec<f64>,
+    pub loadavg_after: Vec<f64>,
     /// torch.linalg.svd seconds for the same shapes, when `reproductions/bench/torch_svd.json` exists.
     pub torch_svd: Option<serde_json::Value>,
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15-minute averages (empty if unreadable).
+fn loadavg() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| {
+            l.split_whitespace()
+                .take(3)
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The CPU model name from /proc/cpuinfo (empty if unknown).
@@ -94,6 +113,8 @@ pub fn bench_inspect(
     precision: Precision,
     torch: Option<serde_json::Value>,
 ) -> Result<InspectBench> {
+    let loadavg_before = loadavg();
+    let memory_budget_bytes = crate::budget::memory_budget()?;
     let mut base = InMemoryModel::default();
     let mut modules = Vec::new();
     for l in 0..layers {
@@ -153,7 +174,15 @@ pub fn bench_inspect(
         precision,
         ..Default::default()
     };
-    let cold = inspect(&adapter, &base, None, &opts, &cache, &|_| {})?;
+    let cold = inspect_within(
+        &adapter,
+        &base,
+        None,
+        &opts,
+        &cache,
+        memory_budget_bytes,
+        &|_| {},
+    )?;
     let peak_rss_bytes_after_cold = crate::train::trainer::peak_rss_bytes();
     let svd_cache_bytes = std::fs::read_dir(dir.path())
         .map(|rd| {
@@ -164,7 +193,15 @@ pub fn bench_inspect(
         })
         .unwrap_or(0);
     let base_bytes = base.tensors.values().map(|m| 4 * m.data.len() as u64).sum();
-    let warm = inspect(&adapter, &base, None, &opts, &cache, &|_| {})?;
+    let warm = inspect_within(
+        &adapter,
+        &base,
+        None,
+        &opts,
+        &cache,
+        memory_budget_bytes,
+        &|_| {},
+    )?;
     let per = |x: f64| x / layers as f64;
     Ok(InspectBench {
         what: "tsd inspect on LLaMA-7B-shaped modules (q,k,v 4096x4096, up 11008x4096, down 4096x11008), random base and rank-r adapter",
@@ -186,6 +223,9 @@ pub fn bench_inspect(
         warm_seconds_per_layer: per(warm.wall_seconds),
         extrapolated_32_layers_cold_seconds: 32.0 * per(cold.wall_seconds),
         extrapolated_32_layers_warm_seconds: 32.0 * per(warm.wall_seconds),
+        memory_budget_bytes,
+        loadavg_before,
+        loadavg_after: loadavg(),
         torch_svd: torch,
     })
 }

@@ -7,12 +7,12 @@
 use crate::adapter::plan::LinearName;
 use crate::adapter::{Adapter, DashNaming, ModuleAdapter};
 use crate::directions::{
-    amplification, capture, change_rates, subspace_similarity, top_k, Amplification, Capture,
+    amplification, capture, change_rates_on, subspace_similarity, top_k, Amplification, Capture,
     SigmaFloor, Tsd, Update,
 };
 use crate::error::{Error, Result};
 use crate::linalg::cache::{CacheOutcome, SvdCache};
-use crate::linalg::{Matrix, Precision, Svd};
+use crate::linalg::{Matrix, Precision, SvdFactors};
 use crate::model::llama::LinearKind;
 use crate::weights::WeightSource;
 use rayon::prelude::*;
@@ -266,9 +266,9 @@ fn base_weight(base: &dyn WeightSource, m: &ModuleAdapter, fan_in_fan_out: bool)
 }
 
 /// Recovers Dash indices by matching each column of Ū to W's left singular vectors (|cos| > 0.99).
-fn recover_indices(svd: &Svd, u_bar: &Matrix) -> Vec<Option<usize>> {
+fn recover_indices(svd: &SvdFactors, u_bar: &Matrix) -> Vec<Option<usize>> {
     let ub = u_bar.to_f64();
-    let g = svd.u.transpose() * &ub; // [k, s]
+    let g = svd.u.rows_ref().t_mul(ub.as_ref()); // [k, s]
     (0..ub.ncols())
         .map(|j| {
             let best =
@@ -291,21 +291,20 @@ fn analyse_module(
 ) -> Result<ModuleReport> {
     let m = inp.m;
     let t0 = Instant::now();
-    let (svd, outcome) = cache.get_or_compute(&inp.w, opts.precision)?;
+    let (svd, outcome) = cache.factors(&inp.w, opts.precision)?;
     let svd_seconds = t0.elapsed().as_secs_f64();
     let update = m.update();
-    let (coords, rates) = change_rates(&update, &svd, opts.floor);
+    let (coords, rates) = change_rates_on(&update, &svd, opts.floor);
     let tsd = Tsd::select(&coords, &rates, &svd.s, opts.top_s);
-    let w64 = inp.w.to_f64();
     let amp_r = opts.amp_rank.unwrap_or(m.r);
-    let amp = amplification(w64.as_ref(), &svd.s, &update, amp_r, opts.seed)?;
+    let amp = amplification(inp.w.rows_ref(), &svd.s, &update, amp_r, opts.seed)?;
 
     let dash = m.dash.as_ref().map(|d| {
         let (indices, recovered) = match &d.indices {
             Some(i) => (i.iter().map(|&x| Some(x)).collect::<Vec<_>>(), false),
             None => (recover_indices(&svd, &d.u), true),
         };
-        let (_, lora_rates) = change_rates(&m.lora_update(), &svd, opts.floor);
+        let (_, lora_rates) = change_rates_on(&m.lora_update(), &svd, opts.floor);
         let s1 = svd.s[0];
         DashReport {
             s: d.s(),
@@ -326,7 +325,7 @@ fn analyse_module(
     let capture_report = match &inp.reference {
         None => None,
         Some(r) => {
-            let (_, ref_rates) = change_rates(r, &svd, opts.floor);
+            let (_, ref_rates) = change_rates_on(r, &svd, opts.floor);
             let k = update.factor_rank().min(r.factor_rank()).min(amp_r.max(1));
             let (pred_svd, ref_svd) = (update.svd()?, r.svd()?);
             Some(CaptureReport {
@@ -463,13 +462,40 @@ fn summarise(
         .collect()
 }
 
-/// Inspects `adapter` against `base`. `progress` is called once per finished module.
+/// Host bytes one module's analysis holds at its peak, for an `[out, in]` weight with
+/// `k = min(out, in)`: a cold SVD's working set ([`crate::linalg::svd_working_bytes`]: the f32 W,
+/// faer's copy and workspace, f64 U and V) plus U and V stored again in f32 (`4·(out + in)·k`);
+/// with a reference model, its weight and the dense f64 ΔW* (`12·out·in`).
+pub fn working_bytes(m: &ModuleAdapter, with_reference: bool) -> usize {
+    let (out, inp) = m.shape();
+    let k = out.min(inp);
+    let reference = if with_reference { 12 * out * inp } else { 0 };
+    crate::linalg::svd_working_bytes(out, inp) + 4 * (out + inp) * k + reference
+}
+
+/// Inspects `adapter` against `base`. `progress` is called once per finished module. Modules run
+/// in parallel within the memory budget of [`crate::budget::memory_budget`] (`TSD_MEMORY_BUDGET`).
 pub fn inspect(
     adapter: &Adapter,
     base: &dyn WeightSource,
     reference: Option<(&Reference<'_>, String)>,
     opts: &InspectOptions,
     cache: &SvdCache,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<InspectReport> {
+    let budget = crate::budget::memory_budget()?;
+    inspect_within(adapter, base, reference, opts, cache, budget, progress)
+}
+
+/// [`inspect`] with an explicit memory budget in bytes for the modules in flight (at least one
+/// module runs at a time, whatever the budget).
+pub fn inspect_within(
+    adapter: &Adapter,
+    base: &dyn WeightSource,
+    reference: Option<(&Reference<'_>, String)>,
+    opts: &InspectOptions,
+    cache: &SvdCache,
+    budget: usize,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<InspectReport> {
     let t0 = Instant::now();
@@ -500,21 +526,31 @@ pub fn inspect(
             ));
         }
     }
-    let results: Vec<Result<ModuleReport>> = adapter
+    // Modules run in parallel in batches whose estimated working sets fit the memory budget.
+    let sizes: Vec<usize> = adapter
         .modules
-        .par_iter()
-        .map(|m| {
-            let w = base_weight(base, m, fan)?;
-            let r = match &reference {
-                Some((r, _)) => reference_update(r, m, &w, fan)?,
-                None => None,
-            };
-            let rep = analyse_module(ModuleInputs { m, w, reference: r }, opts, cache)?;
-            progress(&m.module);
-            Ok(rep)
-        })
+        .iter()
+        .map(|m| working_bytes(m, reference.is_some()))
         .collect();
-    let mut modules: Vec<ModuleReport> = results.into_iter().collect::<Result<_>>()?;
+    let mut modules: Vec<ModuleReport> = Vec::with_capacity(adapter.modules.len());
+    for batch in crate::budget::batches(&sizes, budget, rayon::current_num_threads()) {
+        let results: Vec<Result<ModuleReport>> = adapter.modules[batch]
+            .par_iter()
+            .map(|m| {
+                let w = base_weight(base, m, fan)?;
+                let r = match &reference {
+                    Some((r, _)) => reference_update(r, m, &w, fan)?,
+                    None => None,
+                };
+                let rep = analyse_module(ModuleInputs { m, w, reference: r }, opts, cache)?;
+                progress(&m.module);
+                Ok(rep)
+            })
+            .collect();
+        for r in results {
+            modules.push(r?);
+        }
+    }
     // Model order: by layer number, then the module's position in a LLaMA layer.
     let rank = |t: &str| t.parse::<LinearKind>().map_or(usize::MAX, |k| k as usize);
     modules.sort_by(|a, b| {
@@ -621,6 +657,91 @@ pub fn inspect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A budget smaller than any module runs them one at a time (`budget::batches` gives
+    /// singletons) and reports exactly what the unbounded parallel run reports; the cache's hits
+    /// (U and V read in place) report what the fresh SVDs did.
+    #[test]
+    fn a_small_memory_budget_serialises_modules_with_identical_results() {
+        use crate::adapter::AdapterConfig;
+        use crate::weights::memory::InMemoryModel;
+        let values = |n: usize, seed: u64| -> Vec<f32> {
+            (0..n)
+                .map(|k| {
+                    ((k as f64 * 0.7548 + seed as f64 * 1.3).sin() * 43758.5453).fract() as f32
+                })
+                .collect()
+        };
+        let mut base = InMemoryModel::default();
+        let mut modules = Vec::new();
+        for (i, (out, inp)) in [(24, 16), (16, 24), (20, 20), (24, 16), (300, 270)]
+            .into_iter()
+            .enumerate()
+        {
+            let module = format!("model.layers.{i}.self_attn.q_proj");
+            let w = Matrix::new(out, inp, values(out * inp, i as u64)).unwrap();
+            base.tensors.insert(format!("{module}.weight"), w);
+            modules.push(ModuleAdapter {
+                module,
+                r: 2,
+                alpha: 4.0,
+                scaling: 2.0,
+                a: Matrix::new(2, inp, values(2 * inp, 50 + i as u64)).unwrap(),
+                b: Matrix::new(out, 2, values(out * 2, 90 + i as u64)).unwrap(),
+                dora_magnitude: None,
+                dash: None,
+            });
+        }
+        let sizes: Vec<usize> = modules.iter().map(|m| working_bytes(m, false)).collect();
+        assert!(crate::budget::batches(&sizes, 1, 8)
+            .iter()
+            .all(|b| b.len() == 1));
+        let adapter = Adapter {
+            path: "generated".into(),
+            config: AdapterConfig {
+                r: 2,
+                lora_alpha: 4.0,
+                ..Default::default()
+            },
+            modules,
+            warnings: vec![],
+            unmatched: vec![],
+            metadata: Default::default(),
+            extras: Default::default(),
+        };
+        let opts = InspectOptions {
+            keep_spectrum: true,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = SvdCache::new(dir.path());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let run = |budget: usize| {
+            let r = pool
+                .install(|| inspect_within(&adapter, &base, None, &opts, &cache, budget, &|_| {}))
+                .unwrap();
+            let mut v = serde_json::to_value(&r).unwrap();
+            for m in v["modules"].as_array_mut().unwrap() {
+                m.as_object_mut().unwrap().remove("svd_seconds");
+                m.as_object_mut().unwrap().remove("svd_cache");
+            }
+            for k in ["wall_seconds", "svd_seconds_total", "cache_hits"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            (v, r.cache_hits)
+        };
+        let (serial, hits0) = run(1);
+        let (parallel, hits1) = run(usize::MAX);
+        assert_eq!(
+            (hits0, hits1),
+            (0, 5),
+            "the second run reads every SVD from the cache"
+        );
+        assert_eq!(serial, parallel);
+    }
 
     #[test]
     fn layer_numbers_are_parsed() {

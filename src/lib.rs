@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod assets;
 pub mod bench;
+pub mod budget;
 pub mod device;
 pub mod directions;
 pub mod error;

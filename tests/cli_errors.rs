@@ -367,3 +367,31 @@ fn cli_value_errors_exit_2() {
     let err = fails_with_2(&["eval", "--tasks", "nonsense", "--data", "."]);
     assert!(err.contains("unknown task `nonsense`"), "{err}");
 }
+
+/// An invalid `TSD_MEMORY_BUDGET` (inspect's budget for modules in flight) is refused, naming it.
+#[test]
+fn invalid_memory_budget_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let out = tsd(home.path())
+        .env("TSD_MEMORY_BUDGET", "lots")
+        .args(["inspect", &fixture("peft-lora").display().to_string()])
+        .args(["--base", &fixture("tiny-llama").display().to_string(), "-q"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(
+        err.contains("TSD_MEMORY_BUDGET") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    let ok = tsd(home.path())
+        .env("TSD_MEMORY_BUDGET", "1")
+        .args(["inspect", &fixture("peft-lora").display().to_string()])
+        .args(["--base", &fixture("tiny-llama").display().to_string(), "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "a 1-byte budget runs one module at a time: {ok:?}"
+    );
+}

@@ -2,7 +2,7 @@
 //! direction `u_i v_iᵀ` of the base weight `W = U Σ Vᵀ`.
 
 use super::Update;
-use crate::linalg::Svd;
+use crate::linalg::{Svd, SvdFactors};
 
 /// Picks whose `σ_i / σ_1` is below this are flagged as near-null directions (README, Definitions: near-null directions and scale).
 pub const NEAR_NULL_RATIO: f64 = 1e-3;
@@ -26,6 +26,14 @@ impl Default for SigmaFloor {
 pub fn change_rates(update: &Update, svd: &Svd, floor: SigmaFloor) -> (Vec<f64>, Vec<f64>) {
     let coords = update.coordinates(svd.u.as_ref(), svd.v.as_ref());
     let rates = rates_from_coordinates(&coords, &svd.s, floor);
+    (coords, rates)
+}
+
+/// [`change_rates`] on a weight's [`SvdFactors`] (U and V read in place; see
+/// [`Update::coordinates_on`]).
+pub fn change_rates_on(update: &Update, f: &SvdFactors, floor: SigmaFloor) -> (Vec<f64>, Vec<f64>) {
+    let coords = update.coordinates_on(f);
+    let rates = rates_from_coordinates(&coords, &f.s, floor);
     (coords, rates)
 }
 

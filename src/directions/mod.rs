@@ -15,6 +15,6 @@ pub mod update;
 
 pub use amplification::{amplification, Amplification};
 pub use capture::{capture, Capture};
-pub use change_rate::{change_rates, top_k, SigmaFloor, Tsd, NEAR_NULL_RATIO};
+pub use change_rate::{change_rates, change_rates_on, top_k, SigmaFloor, Tsd, NEAR_NULL_RATIO};
 pub use subspace::subspace_similarity;
 pub use update::Update;

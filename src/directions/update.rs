@@ -1,7 +1,7 @@
 //! A weight update ΔW of shape `[n, m]`, kept factored when it is low-rank.
 
 use crate::error::{Error, Result};
-use crate::linalg::{self, Svd};
+use crate::linalg::{self, Svd, SvdFactors};
 use faer::{Mat, MatRef};
 
 /// ΔW, `[n, m]` (out × in).
@@ -95,6 +95,27 @@ impl Update {
                 (0..k)
                     .map(|i| (0..d.ncols()).map(|c| utd[(i, c)] * v[(c, i)]).sum())
                     .collect()
+            }
+        }
+    }
+
+    /// [`Update::coordinates`] on a weight's [`SvdFactors`]: `p_i = u_iᵀ ΔW v_i` for `i < k`.
+    ///
+    /// Low-rank: `p = rowsum((UᵀB) ∘ (VᵀAᵀ))` with both products read straight from the stored
+    /// U `[n, k]` and V `[m, k]` (one pass each, f64 products and sums): O((n+m)·k·q), no f64 copy
+    /// of U or V and no `[k, k]` or `[n, m]` intermediate. Dense: U and V widened, then as above.
+    pub fn coordinates_on(&self, f: &SvdFactors) -> Vec<f64> {
+        match self {
+            Update::LowRank { b, a } => {
+                let utb = f.u.rows_ref().t_mul(b.as_ref()); // [k, q]
+                let vtat = f.v.rows_ref().t_mul(a.transpose()); // [k, q]
+                (0..utb.nrows())
+                    .map(|i| (0..b.ncols()).map(|j| utb[(i, j)] * vtat[(i, j)]).sum())
+                    .collect()
+            }
+            Update::Dense(_) => {
+                let (u, v) = (f.u.rows_ref().to_f64(), f.v.rows_ref().to_f64());
+                self.coordinates(u.as_ref(), v.as_ref())
             }
         }
     }

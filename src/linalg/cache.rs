@@ -14,13 +14,15 @@
 //! The cache is bounded (`TSD_SVD_CACHE_MAX`, default 32 GiB): a hit refreshes the entry's mtime,
 //! and after each write the entries with the oldest mtimes are removed until the total fits.
 
-use super::{svd, Matrix, Precision, Svd};
+use super::{svd, Basis, Matrix, Precision, Svd, SvdFactors};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use faer::Mat;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -99,11 +101,23 @@ impl SvdCache {
         h.update(precision.to_string().as_bytes());
         h.update(&(w.rows as u64).to_le_bytes());
         h.update(&(w.cols as u64).to_le_bytes());
-        let mut buf = Vec::with_capacity(1 << 18);
-        for chunk in w.data.chunks(1 << 16) {
-            buf.clear();
-            buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
-            h.update(&buf);
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: f32 has no padding and every byte pattern is a valid u8; on a little-endian
+            // host these are exactly the little-endian bytes, hashed in place without a copy.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(w.data.as_ptr().cast::<u8>(), 4 * w.data.len())
+            };
+            h.update(bytes);
+        }
+        #[cfg(not(target_endian = "little"))]
+        {
+            let mut buf = Vec::with_capacity(1 << 18);
+            for chunk in w.data.chunks(1 << 16) {
+                buf.clear();
+                buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+                h.update(&buf);
+            }
         }
         format!("{:032x}", h.digest128())
     }
@@ -116,8 +130,25 @@ impl SvdCache {
 
     /// The SVD of `w`, from the cache when a valid entry exists, else computed and stored.
     pub fn get_or_compute(&self, w: &Matrix, precision: Precision) -> Result<(Svd, CacheOutcome)> {
+        Ok(match self.lookup(w, precision)? {
+            Found::Entry(f) => (f.to_svd(), CacheOutcome::Hit),
+            Found::Computed(d, outcome) => (d, outcome),
+        })
+    }
+
+    /// The SVD of `w` as [`SvdFactors`]: a valid entry's U and V are read in place from the
+    /// memory-mapped file (no f64 copy); a computed SVD is stored and handed out in its precision,
+    /// so both give the same values.
+    pub fn factors(&self, w: &Matrix, precision: Precision) -> Result<(SvdFactors, CacheOutcome)> {
+        Ok(match self.lookup(w, precision)? {
+            Found::Entry(f) => (f, CacheOutcome::Hit),
+            Found::Computed(d, outcome) => (SvdFactors::from_svd(&d, precision), outcome),
+        })
+    }
+
+    fn lookup(&self, w: &Matrix, precision: Precision) -> Result<Found> {
         let Some(path) = self.path_for("") else {
-            return Ok((svd(w, precision)?, CacheOutcome::Disabled));
+            return Ok(Found::Computed(svd(w, precision)?, CacheOutcome::Disabled));
         };
         let max = self.max_bytes()?;
         let dir = fsutil::parent_dir(&path);
@@ -126,9 +157,9 @@ impl SvdCache {
         let mut outcome = CacheOutcome::Miss;
         if path.exists() {
             match load_entry(&path, &key, w.rows, w.cols) {
-                Ok(d) => {
+                Ok(f) => {
                     touch(&path);
-                    return Ok((d, CacheOutcome::Hit));
+                    return Ok(Found::Entry(f));
                 }
                 Err(_) => outcome = CacheOutcome::Corrupt,
             }
@@ -148,8 +179,14 @@ impl SvdCache {
                 path.display()
             );
         }
-        Ok((d, outcome))
+        Ok(Found::Computed(d, outcome))
     }
+}
+
+/// What a lookup found: a valid entry, or an SVD it computed (and how it came to compute it).
+enum Found {
+    Entry(SvdFactors),
+    Computed(Svd, CacheOutcome),
 }
 
 /// Parses `123`, `500M`, `32G`, `1.5T`, `64KiB` (binary multiples) into bytes.
@@ -293,27 +330,41 @@ fn entry_bytes(path: &Path, key: &str, d: &Svd, precision: Precision) -> Result<
     crate::weights::serialize::serialize_sorted(views, metadata).map_err(st_err)
 }
 
-/// Reads and validates an entry for an `n×m` weight. The file is memory-mapped: a warm run reads
-/// each payload once, to check it and convert it to f64.
-fn load_entry(path: &Path, key: &str, n: usize, m: usize) -> Result<Svd> {
-    let bad = |reason: &str| Error::Safetensors {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
+/// Reads and validates an entry for an `n×m` weight. The file is memory-mapped and U, V are read
+/// in place: a warm run passes over each payload once to check it, and once per product.
+fn load_entry(path: &Path, key: &str, n: usize, m: usize) -> Result<SvdFactors> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: entries are only ever replaced by rename, never modified in place, so the mapped
     // file does not change under us; a truncated or garbled file is caught by the checks below.
-    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    parse_entry(&bytes, key, n, m).map_err(|r| bad(&r))
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    factors_from_map(Arc::new(map), key, n, m).map_err(|r| Error::Safetensors {
+        path: path.to_path_buf(),
+        reason: r,
+    })
 }
 
-/// Validates an entry's bytes (any bytes: this is fuzzed) for an `n×m` weight.
+/// Validates an entry's bytes (any bytes: this is fuzzed) for an `n×m` weight; the factors are
+/// read from a copy of them.
 pub fn parse_entry(
     bytes: &[u8],
     key: &str,
     n: usize,
     m: usize,
-) -> std::result::Result<Svd, String> {
+) -> std::result::Result<SvdFactors, String> {
+    let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| e.to_string())?;
+    map[..bytes.len()].copy_from_slice(bytes);
+    let map = map.make_read_only().map_err(|e| e.to_string())?;
+    factors_from_map(Arc::new(map), key, n, m)
+}
+
+/// Byte ranges (within the file) and dtypes of an entry's tensors, after every check but
+/// finiteness.
+struct Layout {
+    /// `(range, is_f64)` of `s`, `u`, `v`.
+    tensors: [(Range<usize>, bool); 3],
+}
+
+fn check_entry(bytes: &[u8], key: &str, n: usize, m: usize) -> std::result::Result<Layout, String> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
     let meta = meta.metadata().clone().unwrap_or_default();
     if meta.get("tsd_svd").map(String::as_str) != Some(FORMAT)
@@ -324,7 +375,7 @@ pub fn parse_entry(
     let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let k = n.min(m);
     let mut raw: Vec<(&str, &[u8])> = Vec::new();
-    let mut views = Vec::new();
+    let mut tensors = Vec::new();
     for (name, shape) in [("s", vec![k]), ("u", vec![n, k]), ("v", vec![m, k])] {
         let t = st.tensor(name).map_err(|e| e.to_string())?;
         if t.shape() != shape.as_slice() {
@@ -333,31 +384,45 @@ pub fn parse_entry(
         if !matches!(t.dtype(), Dtype::F32 | Dtype::F64) {
             return Err("cache entry has an unexpected dtype".into());
         }
+        let start = t.data().as_ptr() as usize - bytes.as_ptr() as usize;
+        tensors.push((start..start + t.data().len(), t.dtype() == Dtype::F64));
         raw.push((name, t.data()));
-        views.push(t);
     }
     if meta.get("payload_xxh3") != Some(&payload_hash(&raw)) {
         return Err("cache entry payload checksum mismatch".into());
     }
-    // Straight from the mapped bytes into the f64 matrices: one pass, no intermediate vectors.
-    let value = |t: &safetensors::tensor::TensorView<'_>, i: usize| -> f64 {
-        let d = t.data();
-        match t.dtype() {
-            Dtype::F32 => {
-                f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]) as f64
-            }
-            _ => f64::from_le_bytes(d[8 * i..8 * i + 8].try_into().expect("8 bytes")),
-        }
+    let tensors = tensors
+        .try_into()
+        .map_err(|_| "three tensors".to_string())?;
+    Ok(Layout { tensors })
+}
+
+fn factors_from_map(
+    map: Arc<memmap2::Mmap>,
+    key: &str,
+    n: usize,
+    m: usize,
+) -> std::result::Result<SvdFactors, String> {
+    let layout = check_entry(&map, key, n, m)?;
+    let k = n.min(m);
+    let [(s_at, s64), (u_at, u64), (v_at, v64)] = layout.tensors;
+    let sb = &map[s_at];
+    let s: Vec<f64> = if s64 {
+        sb.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()
+    } else {
+        sb.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
+            .collect()
     };
-    let s: Vec<f64> = (0..k).map(|i| value(&views[0], i)).collect();
-    let u = Mat::from_fn(n, k, |i, j| value(&views[1], i * k + j));
-    let v = Mat::from_fn(m, k, |i, j| value(&views[2], i * k + j));
-    let finite =
-        |x: &Mat<f64>| (0..x.ncols()).all(|j| x.col_as_slice(j).iter().all(|y| y.is_finite()));
-    if !s.iter().all(|x| x.is_finite()) || !finite(&u) || !finite(&v) {
+    let wrong = || "cache entry tensor has the wrong size".to_string();
+    let u = Basis::mapped(&map, u_at, u64, n, k).ok_or_else(wrong)?;
+    let v = Basis::mapped(&map, v_at, v64, m, k).ok_or_else(wrong)?;
+    if !s.iter().all(|x| x.is_finite()) || !u.all_finite() || !v.all_finite() {
         return Err("cache entry holds non-finite values".into());
     }
-    Ok(Svd { u, s, v })
+    Ok(SvdFactors { s, u, v })
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@
 //! faer matrices are column-major; the conversions below index by (row, col) so the meaning is kept.
 
 pub mod cache;
+pub mod rows;
+
+pub use rows::{Basis, RowsRef, SvdFactors};
 
 use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
@@ -39,6 +42,11 @@ impl Matrix {
     #[inline]
     pub fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.cols + j]
+    }
+
+    /// The values as a row-major view (no copy).
+    pub fn rows_ref(&self) -> RowsRef<'_> {
+        RowsRef::f32(&self.data, self.rows, self.cols).expect("Matrix::new checked the length")
     }
 
     /// faer copy in f64: `[rows, cols]`, same (row, col) meaning.
@@ -145,6 +153,14 @@ impl Svd {
     pub fn rank_dim(&self) -> usize {
         self.s.len()
     }
+}
+
+/// Host bytes one SVD of an `[out, in]` weight holds at its peak, `k = min(out, in)`: the f32
+/// weight, faer's copy and workspace (≈ 2 × 8·out·in) and the f64 factors U `[out, k]`,
+/// V `[in, k]`.
+pub fn svd_working_bytes(out: usize, inp: usize) -> usize {
+    let k = out.min(inp);
+    4 * out * inp + 16 * out * inp + 8 * (out + inp) * k
 }
 
 /// Thin SVD of a dense matrix `w: [n, m]` in the given precision.

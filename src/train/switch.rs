@@ -8,27 +8,21 @@
 use crate::directions::SigmaFloor;
 use crate::error::Result;
 use crate::linalg::cache::SvdCache;
-use crate::linalg::{Matrix, Precision, Svd};
+use crate::linalg::{svd_working_bytes, Matrix, Precision, Svd};
 use crate::nn::adapted::DashSwitch;
 use crate::nn::AdaptedLinear;
 use candle_core::DType;
 use rayon::prelude::*;
 
-/// Host bytes one module's SVD holds at its peak, estimated for an `[out, in]` weight with
-/// `k = min(out, in)`: the f32 copy of W, faer's f64 copy and workspace (≈ 2 × 8·out·in) and the
-/// f64 factors U `[out, k]`, V `[in, k]`.
-pub fn svd_bytes(out: usize, inp: usize) -> usize {
-    let k = out.min(inp);
-    4 * out * inp + 16 * out * inp + 8 * (out + inp) * k
-}
-
-/// Default host-memory budget for the SVDs in flight: 8 GiB.
-pub const DEFAULT_SVD_BUDGET: usize = 8 << 30;
+/// Default host-memory budget for the SVDs in flight: 8 GiB (the switch's batches come from
+/// [`crate::budget::batches`], as inspect's modules do).
+pub const DEFAULT_SVD_BUDGET: usize = crate::budget::DEFAULT_BUDGET;
 
 /// How many SVDs of `[out, in]` run at once: as many as the pool has threads, as the budget
 /// allows, at least one.
 pub fn parallel_svds(out: usize, inp: usize, budget: usize) -> usize {
-    (budget / svd_bytes(out, inp).max(1)).clamp(1, rayon::current_num_threads().max(1))
+    let threads = rayon::current_num_threads().max(1);
+    crate::budget::batches(&vec![svd_working_bytes(out, inp); threads], budget, threads)[0].len()
 }
 
 /// Identifies the TSDs of every module in `linears` that carries LoRA and starts its Dash term
@@ -43,11 +37,12 @@ pub fn start_dash_all(
     let mut todo: Vec<&mut AdaptedLinear> =
         linears.into_iter().filter(|l| l.lora.is_some()).collect();
     let mut logs = Vec::with_capacity(todo.len());
-    let mut start = 0;
-    while start < todo.len() {
-        let (out, inp) = todo[start].shape()?;
-        let n = parallel_svds(out, inp, budget).min(todo.len() - start);
-        let chunk = &mut todo[start..start + n];
+    let sizes = todo
+        .iter()
+        .map(|l| Ok(l.shape().map(|(out, inp)| svd_working_bytes(out, inp))?))
+        .collect::<Result<Vec<_>>>()?;
+    for batch in crate::budget::batches(&sizes, budget, rayon::current_num_threads()) {
+        let chunk = &mut todo[batch];
         // Host copies (device reads stay on this thread), then the SVDs in parallel.
         let mats = chunk
             .iter()
@@ -61,7 +56,6 @@ pub fn start_dash_all(
         for (lin, svd) in chunk.iter_mut().zip(&svds) {
             logs.push(lin.start_dash(s, svd, floor)?);
         }
-        start += n;
     }
     Ok(logs)
 }
