@@ -8,7 +8,7 @@ use common::fixture;
 use std::path::PathBuf;
 use tsd::eval::generate::{beam_search, beam_search_batch, GenConfig};
 use tsd::model::Llama;
-use tsd::train::data::{eval_prompt, load_examples};
+use tsd::train::data::{eval_prompt, load_examples, Example};
 
 fn load(path: &std::path::Path) -> Llama {
     let src = tsd::weights::open_path(path).unwrap();
@@ -172,4 +172,113 @@ fn eval_refuses_a_zero_batch_and_an_unknown_loglik_path() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{flag}: {err}");
     }
+}
+
+/// Adds a LoRA with random B (so it changes the outputs) to every linear of layers `from..`.
+fn adapt_from(model: &mut Llama, from: usize) {
+    use candle_core::Tensor;
+    for (i, lin) in model.linears_mut().enumerate() {
+        let layer: usize = lin.module.split('.').nth(2).unwrap().parse().unwrap();
+        if layer < from {
+            continue;
+        }
+        lin.add_lora(2, 4.0, false, i as u64).unwrap();
+        let l = lin.lora.as_ref().unwrap();
+        let (o, r) = l.b.as_tensor().dims2().unwrap();
+        l.b.set(&Tensor::randn(0f32, 0.5, (o, r), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+}
+
+/// The prepared path (lower layers' prefill computed once on the bare model, an adapter on layers
+/// `from..` afterwards) against the plain batched evaluation of the adapted model: the same
+/// generated text for every example, at batch sizes that split the examples unevenly.
+fn prepared_equals_plain(
+    path: &std::path::Path,
+    examples: &[Example],
+    froms: &[usize],
+    cfg: &GenConfig,
+) {
+    use tsd::eval::prepared::{eval_generate_prepared, prepare_generate};
+    use tsd::eval::{eval_generate_batched, task};
+    let tok = tsd::model::tokenizer::load_tokenizer(path).unwrap();
+    let t = task("ARC-Easy").unwrap();
+    let bare = eval_generate_batched(&load(path), &tok, &t, examples, cfg, 2, &|| {}).unwrap();
+    for &from in froms {
+        for batch in [2, 3] {
+            let mut model = load(path);
+            let prep = prepare_generate(&model, &tok, &t, examples, cfg, batch, from).unwrap();
+            assert_eq!(prep.len(), examples.len());
+            adapt_from(&mut model, from);
+            let plain =
+                eval_generate_batched(&model, &tok, &t, examples, cfg, batch, &|| {}).unwrap();
+            let fast = eval_generate_prepared(&model, &tok, &prep, cfg, &|| {}).unwrap();
+            let text = |r: &tsd::eval::TaskResult| -> Vec<Option<String>> {
+                r.predictions.iter().map(|p| p.output.clone()).collect()
+            };
+            assert_eq!(text(&plain), text(&fast), "from {from}, batch {batch}");
+            assert_eq!(
+                (plain.correct, plain.unparseable),
+                (fast.correct, fast.unparseable)
+            );
+            // The adapter changes what is generated (otherwise the comparison proves little).
+            assert_ne!(
+                text(&plain),
+                text(&bare),
+                "from {from}: the adapter changed nothing"
+            );
+        }
+    }
+}
+
+fn examples_of(prompts: &[&str]) -> Vec<Example> {
+    prompts
+        .iter()
+        .map(|q| Example {
+            instruction: q.to_string(),
+            input: String::new(),
+            output: String::new(),
+            answer: Some("answer1".into()),
+        })
+        .collect()
+}
+
+#[test]
+fn prepared_generate_equals_batched_beam_search_on_the_tiny_model() {
+    let examples = examples_of(&[
+        "Q: which one?",
+        "Q: which one of these is the longest question here? xxxxxxxx",
+        "Q",
+        "Q: a middle one, xxxx",
+        "Q: yet another, yyyyyyyyyyyyyyyy",
+    ]);
+    let cfg = GenConfig {
+        num_beams: 4,
+        max_new_tokens: 12,
+        length_penalty: 1.0,
+        eos: 2,
+    };
+    prepared_equals_plain(&fixture("tiny-llama"), &examples, &[0, 1], &cfg);
+}
+
+#[test]
+fn prepared_generate_equals_batched_beam_search_on_the_default_model() {
+    let path =
+        tsd::assets::default_model(false).expect("default model provisioned (run `tsd fetch`)");
+    let eos = tsd::model::tokenizer::load_tokenizer_info(&path)
+        .unwrap()
+        .eos;
+    let examples = examples_of(&[
+        "Please choose the correct answer to the question: Which tool measures mass?\n\nAnswer1: a ruler Answer2: a balance Answer3: a thermometer Answer4: a clock\n\nAnswer format: answer1/answer2/answer3/answer4",
+        "Please answer the following question with true or false, question: is water wet?\n\nAnswer format: true/false",
+        "Please choose the correct answer to fill in the blank to complete the given sentence: The cup fell off the table because _ was unsteady.\n\nOption1: the cup Option2: the table Answer format: option1/option2",
+    ]);
+    let cfg = GenConfig {
+        num_beams: 4,
+        max_new_tokens: 16,
+        length_penalty: 1.0,
+        eos,
+    };
+    let layers = load(&path).num_layers();
+    prepared_equals_plain(&path, &examples, &[layers - 2], &cfg);
 }

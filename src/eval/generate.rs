@@ -193,13 +193,7 @@ pub fn beam_search_batch(
             "beam search: prompt {i} has no tokens"
         )));
     }
-    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let pad_of: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
-    let mut ids = Vec::with_capacity(b * width);
-    for p in prompts {
-        ids.extend(std::iter::repeat_n(0u32, width - p.len()));
-        ids.extend_from_slice(p);
-    }
+    let (ids, width, pad_of) = left_pad(prompts);
     let mut cache = KvCache::new(model);
     let logits = model.forward_padded_last(
         &Tensor::from_vec(ids, (b, width), &dev)?,
@@ -207,8 +201,40 @@ pub fn beam_search_batch(
         &pad_of,
         &mut cache,
     )?;
-    let mut rows = log_softmax_rows(&logits)?;
-    let mut searches: Vec<Search> = prompts.iter().map(|p| Search::new(p.len())).collect();
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    decode_batch(model, cache, &logits, &lens, &pad_of, cfg)
+}
+
+/// Left-pads `prompts` with token 0 into one row-major `[B, W]` batch; returns the ids, `W` and
+/// each row's pad count.
+pub(crate) fn left_pad(prompts: &[Vec<u32>]) -> (Vec<u32>, usize, Vec<usize>) {
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pad_of: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+    let mut ids = Vec::with_capacity(prompts.len() * width);
+    for p in prompts {
+        ids.extend(std::iter::repeat_n(0u32, width - p.len()));
+        ids.extend_from_slice(p);
+    }
+    (ids, width, pad_of)
+}
+
+/// The decode loop of [`beam_search_batch`] after its prefill: `cache` holds the left-padded
+/// prompts (`pad_of[e]` padding columns, `W = lens[e] + pad_of[e]` columns each) in every layer,
+/// `logits: [B, V]` the prompts' last-column logits. Shared with the prepared path
+/// ([`super::prepared::eval_generate_prepared`]), whose prefill runs the lower layers once per grid.
+pub(crate) fn decode_batch(
+    model: &Llama,
+    mut cache: KvCache,
+    logits: &Tensor,
+    lens: &[usize],
+    pad_of: &[usize],
+    cfg: &GenConfig,
+) -> Result<Vec<Vec<u32>>> {
+    let dev = model.device().clone();
+    let b = lens.len();
+    let width = lens.first().map_or(0, |l| l + pad_of[0]);
+    let mut rows = log_softmax_rows(logits)?;
+    let mut searches: Vec<Search> = lens.iter().map(|&l| Search::new(l)).collect();
     // The cache's rows: example `e` owns `span[e]` (offset, count), in example order.
     let mut span: Vec<(usize, usize)> = (0..b).map(|e| (e, 1)).collect();
     for step in 0..cfg.max_new_tokens {

@@ -126,6 +126,28 @@ impl KvCache {
         }
     }
 
+    /// Drops every layer's spare capacity (a cache kept for reuse, e.g. a grid's shared prefill).
+    pub fn compact(&mut self) -> Result<()> {
+        for l in &mut self.layers {
+            for t in [&mut l.k, &mut l.v] {
+                if let Some(x) = t.as_ref() {
+                    *t = Some(x.narrow(2, 0, l.len)?.contiguous()?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes held by the keys and values (spare capacity included).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.k, &l.v])
+            .flatten()
+            .map(|x| x.elem_count() * x.dtype().size_in_bytes())
+            .sum()
+    }
+
     /// Keeps batch rows `idx` (in that order), e.g. to follow the surviving beams: one copy of
     /// each layer's buffers (none when `idx` keeps every row in place).
     pub fn select(&mut self, idx: &[u32]) -> Result<()> {
@@ -554,7 +576,10 @@ impl Llama {
         let eps = self.config.rms_norm_eps;
         let tiled;
         let mask = if cache.is_some() {
-            tiled = tile_mask(mask, self.config.num_attention_heads / self.config.kv_heads())?;
+            tiled = tile_mask(
+                mask,
+                self.config.num_attention_heads / self.config.kv_heads(),
+            )?;
             &tiled
         } else {
             mask
