@@ -34,9 +34,10 @@ fn top(v: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// Examples per batch in [`beam_search_batch`] when the caller does not choose (`tsd eval
-/// --batch-size`, the reproduce evaluator): the best of the sizes measured on the default model,
-/// 2 cores (1 and 4: `reproductions/bench/eval_generate.json`; larger batches not yet measured).
-pub const DEFAULT_BATCH: usize = 4;
+/// --batch-size`, the reproduce evaluator): the best of 4, 8, 16 and 32 on the default model,
+/// 2 cores, 48 examples (`tsd bench eval-batch` → `reproductions/bench/eval_batch.json`: 4.16,
+/// 2.63, 1.87, 1.34 s/example; measured at load average 6–10 on a shared machine).
+pub const DEFAULT_BATCH: usize = 32;
 
 /// One example's beam search state, advanced one step at a time from its beams' log-probability
 /// rows; the rule is transformers' (see the module docs).
