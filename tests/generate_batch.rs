@@ -217,6 +217,13 @@ fn prepared_equals_plain(
                 r.predictions.iter().map(|p| p.output.clone()).collect()
             };
             assert_eq!(text(&plain), text(&fast), "from {from}, batch {batch}");
+            // A second adapter run from the same states: decoding never writes into them.
+            let again = eval_generate_prepared(&model, &tok, &prep, cfg, &|| {}).unwrap();
+            assert_eq!(
+                text(&again),
+                text(&fast),
+                "from {from}, batch {batch}: states changed"
+            );
             assert_eq!(
                 (plain.correct, plain.unparseable),
                 (fast.correct, fast.unparseable)
