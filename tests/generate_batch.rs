@@ -289,3 +289,72 @@ fn prepared_generate_equals_batched_beam_search_on_the_default_model() {
     let layers = load(&path).num_layers();
     prepared_equals_plain(&path, &examples, &[layers - 2], &cfg);
 }
+
+/// The KV cache against the full forward pass: rows reordered and repeated by `select`, a clone
+/// extended with other tokens than the original (the two share buffers until one writes), and
+/// several appends into the spare capacity.
+#[test]
+fn kv_cache_select_clone_and_append_match_the_full_forward() {
+    use candle_core::{IndexOp, Tensor};
+    use tsd::model::KvCache;
+    let model = load(&fixture("tiny-llama"));
+    let ctx = tsd::nn::ForwardCtx::eval();
+    let vocab = model.config.vocab_size as u32;
+    let seq = |r: u32, n: usize| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (r * 71 + i * 13 + 5) % vocab)
+            .collect()
+    };
+    let (a, b) = (seq(1, 9), seq(2, 9));
+    let full = |s: &[u32]| -> Tensor {
+        let ids = Tensor::from_vec(s.to_vec(), (1, s.len()), &Device::Cpu).unwrap();
+        model
+            .forward(&ids, &ctx)
+            .unwrap()
+            .i((0, s.len() - 1))
+            .unwrap()
+    };
+    let close = |x: &Tensor, y: &Tensor| {
+        let d = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "differs by {d}");
+    };
+    let prompt = Tensor::from_vec([&a[..6], &b[..6]].concat(), (2, 6), &Device::Cpu).unwrap();
+    let mut cache = KvCache::new(&model);
+    model.forward_cached(&prompt, 0, &mut cache).unwrap();
+    // Rows b, a, b, each continued by its own next tokens.
+    cache.select(&[1, 0, 1]).unwrap();
+    let mut other = cache.clone();
+    let rows = [&b, &a, &b];
+    for step in 6..9 {
+        let ids: Vec<u32> = rows.iter().map(|r| r[step]).collect();
+        let l = model
+            .forward_cached(
+                &Tensor::from_vec(ids, (3, 1), &Device::Cpu).unwrap(),
+                step,
+                &mut cache,
+            )
+            .unwrap();
+        for (i, r) in rows.iter().enumerate() {
+            close(&l.i((i, 0)).unwrap(), &full(&r[..=step]));
+        }
+    }
+    // The clone taken before those appends still holds the 6-token prefixes.
+    let alt = [seq(3, 1)[0], seq(4, 1)[0], seq(5, 1)[0]];
+    let l = model
+        .forward_cached(
+            &Tensor::from_vec(alt.to_vec(), (3, 1), &Device::Cpu).unwrap(),
+            6,
+            &mut other,
+        )
+        .unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        close(&l.i((i, 0)).unwrap(), &full(&[&r[..6], &[alt[i]]].concat()));
+    }
+}
