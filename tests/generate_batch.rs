@@ -305,7 +305,7 @@ fn kv_cache_select_clone_and_append_match_the_full_forward() {
             .map(|i| (r * 71 + i * 13 + 5) % vocab)
             .collect()
     };
-    let (a, b) = (seq(1, 9), seq(2, 9));
+    let (a, b) = (seq(1, 10), seq(2, 10));
     let full = |s: &[u32]| -> Tensor {
         let ids = Tensor::from_vec(s.to_vec(), (1, s.len()), &Device::Cpu).unwrap();
         model
@@ -356,5 +356,19 @@ fn kv_cache_select_clone_and_append_match_the_full_forward() {
         .unwrap();
     for (i, r) in rows.iter().enumerate() {
         close(&l.i((i, 0)).unwrap(), &full(&[&r[..6], &[alt[i]]].concat()));
+    }
+    // The original after the clone wrote: rows reordered without changing their number.
+    cache.select(&[2, 0, 1]).unwrap();
+    let rows = [&b, &b, &a];
+    let ids: Vec<u32> = rows.iter().map(|r| r[9]).collect();
+    let l = model
+        .forward_cached(
+            &Tensor::from_vec(ids, (3, 1), &Device::Cpu).unwrap(),
+            9,
+            &mut cache,
+        )
+        .unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        close(&l.i((i, 0)).unwrap(), &full(&r[..]));
     }
 }
