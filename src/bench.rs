@@ -967,3 +967,121 @@ mod tests {
         assert_eq!(c.tsd_lora_best_step_speedup_over_pytorch_peft, Some(2.5));
     }
 }
+
+/// One batch size of [`bench_eval_batch`].
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalBatchPoint {
+    pub batch: usize,
+    pub examples: usize,
+    pub seconds: f64,
+    pub seconds_per_example: f64,
+    /// CPU seconds (user + system) of this process for the batch size.
+    pub cpu_seconds: f64,
+    /// The 1-minute load averages (`/proc/loadavg`) before and after: the machine is shared.
+    pub load_average_before: f64,
+    pub load_average_after: f64,
+    /// Whether every generated text equals the first batch size's (batching must not change them).
+    pub same_outputs_as_first: bool,
+}
+
+/// `tsd bench eval-batch`: `generate` evaluation time per example at several batch sizes.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalBatchBench {
+    pub what: &'static str,
+    pub model: String,
+    pub tasks: Vec<String>,
+    pub limit: usize,
+    pub num_beams: usize,
+    pub max_new_tokens: usize,
+    pub threads: usize,
+    pub cpu: String,
+    pub points: Vec<EvalBatchPoint>,
+    /// The batch size with the fewest wall seconds per example.
+    pub best_batch: usize,
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Times the `generate` protocol (4 beams, ≤ 32 new tokens) on the first `limit` test examples of
+/// each of `tasks` from `data`, once per batch size in `batches`.
+pub fn bench_eval_batch(
+    model: &str,
+    data: &std::path::Path,
+    tasks: &[String],
+    limit: usize,
+    batches: &[usize],
+) -> Result<EvalBatchBench> {
+    use crate::eval::{eval_generate_batched, generate::GenConfig, task};
+    use crate::model::Llama;
+    use candle_core::{DType, Device};
+    if batches.is_empty() || batches.contains(&0) || limit == 0 {
+        return Err(crate::Error::InvalidArgument(
+            "bench eval-batch: batch sizes and --limit must be positive".into(),
+        ));
+    }
+    let path = crate::weights::resolve_path(&crate::weights::ModelSpec::new(model))?;
+    let src = crate::weights::open_path(&path)?;
+    let m = Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32)?;
+    let tok = crate::model::tokenizer::load_tokenizer(&path)?;
+    let info = crate::model::tokenizer::load_tokenizer_info(&path)?;
+    let cfg = GenConfig {
+        num_beams: 4,
+        max_new_tokens: 32,
+        length_penalty: 1.0,
+        eos: info.eos,
+    };
+    let mut sets = Vec::new();
+    for t in tasks {
+        let tk =
+            task(t).ok_or_else(|| crate::Error::InvalidArgument(format!("unknown task {t}")))?;
+        let mut ex = crate::train::data::load_examples(&data.join(t).join("test.json"))?;
+        ex.truncate(limit);
+        sets.push((tk, ex));
+    }
+    let mut points: Vec<EvalBatchPoint> = Vec::new();
+    let mut first: Option<Vec<Option<String>>> = None;
+    for &batch in batches {
+        let load_before = load_average();
+        let (t0, cpu0) = (Instant::now(), process_cpu_seconds());
+        let mut outputs = Vec::new();
+        for (tk, ex) in &sets {
+            let r = eval_generate_batched(&m, &tok, tk, ex, &cfg, batch, &|| {})?;
+            outputs.extend(r.predictions.into_iter().map(|p| p.output));
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let n = outputs.len();
+        let same = first.get_or_insert_with(|| outputs.clone()) == &outputs;
+        points.push(EvalBatchPoint {
+            batch,
+            examples: n,
+            seconds,
+            seconds_per_example: seconds / n.max(1) as f64,
+            cpu_seconds: process_cpu_seconds() - cpu0,
+            load_average_before: load_before,
+            load_average_after: load_average(),
+            same_outputs_as_first: same,
+        });
+    }
+    let best_batch = points
+        .iter()
+        .min_by(|a, b| a.seconds_per_example.total_cmp(&b.seconds_per_example))
+        .map_or(batches[0], |p| p.batch);
+    Ok(EvalBatchBench {
+        what:
+            "tsd eval --protocol generate (4 beams, at most 32 new tokens) per batch size, CPU f32",
+        model: model.to_string(),
+        tasks: tasks.to_vec(),
+        limit,
+        num_beams: cfg.num_beams,
+        max_new_tokens: cfg.max_new_tokens,
+        threads: rayon::current_num_threads(),
+        cpu: cpu_name(),
+        points,
+        best_batch,
+    })
+}

@@ -107,6 +107,27 @@ enum Which {
         #[arg(long, default_value = "reproductions/bench/scale.json")]
         out: PathBuf,
     },
+    /// `generate` evaluation seconds per example (4 beams, ≤ 32 new tokens) at several batch sizes.
+    EvalBatch {
+        /// Model: `default`, a path, or a Hugging Face id.
+        #[arg(long, default_value = "default")]
+        model: String,
+        /// Data directory in LLM-Adapters layout [default: $TSD_DATA, else ../shared/data/commonsense].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Tasks whose first --limit test examples are generated.
+        #[arg(long, value_delimiter = ',', default_value = "boolq,ARC-Easy,piqa")]
+        tasks: Vec<String>,
+        /// Examples per task.
+        #[arg(long, default_value_t = 16)]
+        limit: usize,
+        /// Batch sizes to time, in this order.
+        #[arg(long, value_delimiter = ',', default_value = "4,8,16,32")]
+        batches: Vec<usize>,
+        /// Where to write the record.
+        #[arg(long, default_value = "reproductions/bench/eval_batch.json")]
+        out: PathBuf,
+    },
     /// A model's logits on --device/--dtype against the CPU in f32.
     Logits {
         /// Model: `default`, a path, or a Hugging Face id.
@@ -197,6 +218,38 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "LoRA {:.0} tokens/s, LoRA-Dash {:.0} tokens/s, switch {:.1} s, load {:.1} s",
                 rec.lora_tokens_per_s, rec.dash_tokens_per_s, rec.switch_seconds, rec.load_seconds
             );
+            Ok(())
+        }
+        Which::EvalBatch {
+            model,
+            data,
+            tasks,
+            limit,
+            batches,
+            out,
+        } => {
+            let data = tsd::assets::data_dir(data.as_deref()).ok_or_else(|| {
+                tsd::Error::InvalidArgument(
+                    "bench eval-batch: no data directory (--data, TSD_DATA)".into(),
+                )
+            })?;
+            let rec = tsd::bench::bench_eval_batch(&model, &data, &tasks, limit, &batches)?;
+            emit(&rec, &out)?;
+            for p in &rec.points {
+                eprintln!(
+                    "batch {:>3}: {:.2} s/example ({:.0} CPU s, load {:.1} → {:.1}){}",
+                    p.batch,
+                    p.seconds_per_example,
+                    p.cpu_seconds,
+                    p.load_average_before,
+                    p.load_average_after,
+                    if p.same_outputs_as_first {
+                        ""
+                    } else {
+                        " OUTPUTS DIFFER"
+                    }
+                );
+            }
             Ok(())
         }
         Which::Logits { model, dev, out } => {

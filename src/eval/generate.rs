@@ -34,9 +34,10 @@ fn top(v: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// Examples per batch in [`beam_search_batch`] when the caller does not choose (`tsd eval
-/// --batch-size`, the reproduce evaluator): the best of the sizes measured on the default model,
-/// 2 cores (1 and 4: `reproductions/bench/eval_generate.json`; larger batches not yet measured).
-pub const DEFAULT_BATCH: usize = 4;
+/// --batch-size`, the reproduce evaluator): the best of 4, 8, 16 and 32 on the default model,
+/// 2 cores, 48 examples (`tsd bench eval-batch` → `reproductions/bench/eval_batch.json`: 4.16,
+/// 2.63, 1.87, 1.34 s/example; measured at load average 6–10 on a shared machine).
+pub const DEFAULT_BATCH: usize = 32;
 
 /// One example's beam search state, advanced one step at a time from its beams' log-probability
 /// rows; the rule is transformers' (see the module docs).
@@ -193,13 +194,7 @@ pub fn beam_search_batch(
             "beam search: prompt {i} has no tokens"
         )));
     }
-    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let pad_of: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
-    let mut ids = Vec::with_capacity(b * width);
-    for p in prompts {
-        ids.extend(std::iter::repeat_n(0u32, width - p.len()));
-        ids.extend_from_slice(p);
-    }
+    let (ids, width, pad_of) = left_pad(prompts);
     let mut cache = KvCache::new(model);
     let logits = model.forward_padded_last(
         &Tensor::from_vec(ids, (b, width), &dev)?,
@@ -207,8 +202,40 @@ pub fn beam_search_batch(
         &pad_of,
         &mut cache,
     )?;
-    let mut rows = log_softmax_rows(&logits)?;
-    let mut searches: Vec<Search> = prompts.iter().map(|p| Search::new(p.len())).collect();
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    decode_batch(model, cache, &logits, &lens, &pad_of, cfg)
+}
+
+/// Left-pads `prompts` with token 0 into one row-major `[B, W]` batch; returns the ids, `W` and
+/// each row's pad count.
+pub(crate) fn left_pad(prompts: &[Vec<u32>]) -> (Vec<u32>, usize, Vec<usize>) {
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pad_of: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+    let mut ids = Vec::with_capacity(prompts.len() * width);
+    for p in prompts {
+        ids.extend(std::iter::repeat_n(0u32, width - p.len()));
+        ids.extend_from_slice(p);
+    }
+    (ids, width, pad_of)
+}
+
+/// The decode loop of [`beam_search_batch`] after its prefill: `cache` holds the left-padded
+/// prompts (`pad_of[e]` padding columns, `W = lens[e] + pad_of[e]` columns each) in every layer,
+/// `logits: [B, V]` the prompts' last-column logits. Shared with the prepared path
+/// ([`super::prepared::eval_generate_prepared`]), whose prefill runs the lower layers once per grid.
+pub(crate) fn decode_batch(
+    model: &Llama,
+    mut cache: KvCache,
+    logits: &Tensor,
+    lens: &[usize],
+    pad_of: &[usize],
+    cfg: &GenConfig,
+) -> Result<Vec<Vec<u32>>> {
+    let dev = model.device().clone();
+    let b = lens.len();
+    let width = lens.first().map_or(0, |l| l + pad_of[0]);
+    let mut rows = log_softmax_rows(logits)?;
+    let mut searches: Vec<Search> = lens.iter().map(|&l| Search::new(l)).collect();
     // The cache's rows: example `e` owns `span[e]` (offset, count), in example order.
     let mut span: Vec<(usize, usize)> = (0..b).map(|e| (e, 1)).collect();
     for step in 0..cfg.max_new_tokens {

@@ -362,6 +362,29 @@ pub fn eval_generate_batched(
             "batch size 0: at least one example per batch".into(),
         ));
     }
+    let (prompts, truncated) = generate_prompts(model, tok, examples, cfg)?;
+    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); examples.len()];
+    for chunk in generate_batches(&prompts, batch) {
+        let group: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+        for (&i, out) in chunk
+            .iter()
+            .zip(generate::beam_search_batch(model, &group, cfg)?)
+        {
+            outputs[i] = out;
+            progress();
+        }
+    }
+    generate_result(tok, task, examples, &outputs, truncated)
+}
+
+/// The evaluation prompts' token ids (the oldest tokens cut where a prompt leaves no room for
+/// `cfg.max_new_tokens`) and how many were cut.
+pub(crate) fn generate_prompts(
+    model: &Llama,
+    tok: &Tokenizer,
+    examples: &[Example],
+    cfg: &generate::GenConfig,
+) -> Result<(Vec<Vec<u32>>, usize)> {
     let mut truncated = 0;
     let room = model
         .max_positions()
@@ -376,22 +399,27 @@ pub fn eval_generate_batched(
         }
         prompts.push(prompt);
     }
-    let mut order: Vec<usize> = (0..examples.len()).collect();
+    Ok((prompts, truncated))
+}
+
+/// The beam-search batches: example indices grouped by prompt length, `batch` at a time.
+pub(crate) fn generate_batches(prompts: &[Vec<u32>], batch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());
-    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); examples.len()];
-    for chunk in order.chunks(batch) {
-        let group: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-        for (&i, out) in chunk
-            .iter()
-            .zip(generate::beam_search_batch(model, &group, cfg)?)
-        {
-            outputs[i] = out;
-            progress();
-        }
-    }
+    order.chunks(batch.max(1)).map(<[usize]>::to_vec).collect()
+}
+
+/// Scores generated token ids `outputs[i]` of `examples[i]` under the `generate` protocol.
+pub(crate) fn generate_result(
+    tok: &Tokenizer,
+    task: &Task,
+    examples: &[Example],
+    outputs: &[Vec<u32>],
+    truncated: usize,
+) -> Result<TaskResult> {
     let mut preds = Vec::with_capacity(examples.len());
     let mut unparseable = 0;
-    for (index, (ex, out)) in examples.iter().zip(&outputs).enumerate() {
+    for (index, (ex, out)) in examples.iter().zip(outputs).enumerate() {
         let text = crate::model::tokenizer::decode(tok, out, true)?;
         let prediction = extract_answer(task, response_text(&text)).map(String::from);
         if prediction.is_none() {

@@ -6,9 +6,17 @@
 //! only in their last token (see [`super::shortcut`]), `T_prompt + T_label − 1`. Exact up to float
 //! summation order: tests check the scores against [`super::eval_loglik_full_sequences`] and
 //! [`eval_loglik_general`].
+//!
+//! The same for `generate` ([`prepare_generate`], [`eval_generate_prepared`]): each beam-search
+//! batch's left-padded prompts run layers `0..from` once (their keys and values kept in a KV cache,
+//! the hidden states entering `from` kept); each adapter runs the prefill's layers `from..` and then
+//! the usual decode loop. Token for token what [`super::generate::beam_search_batch`] gives (a test
+//! checks): the batches are the same and every layer computes the same ops on the same data.
 
+use super::generate::{decode_batch, left_pad, GenConfig};
 use super::{
-    loglik_inputs, loglik_prediction, loglik_result, target_logprobs, Prediction, Task, TaskResult,
+    generate_batches, generate_prompts, generate_result, loglik_inputs, loglik_prediction,
+    loglik_result, target_logprobs, Prediction, Task, TaskResult,
 };
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
@@ -246,4 +254,139 @@ fn score_one(model: &Llama, task: &Task, from: usize, it: &PreparedExample) -> R
         &it.conts,
         &picked,
     ))
+}
+
+/// One beam-search batch with its lower layers run.
+struct PreparedBatch {
+    /// The examples' indices, in batch row order.
+    examples: Vec<usize>,
+    lens: Vec<usize>,
+    pads: Vec<usize>,
+    /// Hidden states entering layer `from`, `[B, W, H]`.
+    hidden: Tensor,
+    /// Layers `0..from` hold the prompts' keys and values, `[B, kv_heads, W, d]` each.
+    cache: KvCache,
+}
+
+/// A task's `generate` examples ready for [`eval_generate_prepared`].
+pub struct PreparedGenerate {
+    pub task: Task,
+    /// The first layer that is recomputed per adapter.
+    pub from: usize,
+    pub truncated: usize,
+    examples: Vec<Example>,
+    batches: Vec<PreparedBatch>,
+}
+
+impl PreparedGenerate {
+    pub fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    /// Bytes the prepared states hold (keys and values of layers `0..from`, hidden states).
+    pub fn bytes(&self) -> usize {
+        self.batches
+            .iter()
+            .map(|b| b.cache.bytes() + b.hidden.elem_count() * b.hidden.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+/// Runs layers `0..from` of `model` (which must carry no adapter there) over the left-padded
+/// prompts of each beam-search batch of `batch` examples, grouped as [`super::eval_generate_batched`]
+/// groups them. `from = 0` stores embeddings only.
+pub fn prepare_generate(
+    model: &Llama,
+    tok: &Tokenizer,
+    task: &Task,
+    examples: &[Example],
+    cfg: &GenConfig,
+    batch: usize,
+    from: usize,
+) -> Result<PreparedGenerate> {
+    if from > model.num_layers() {
+        return Err(Error::InvalidArgument(format!(
+            "prepare_generate: layer {from} past the model's {}",
+            model.num_layers()
+        )));
+    }
+    if batch == 0 {
+        return Err(Error::InvalidArgument(
+            "batch size 0: at least one example per batch".into(),
+        ));
+    }
+    let (prompts, truncated) = generate_prompts(model, tok, examples, cfg)?;
+    let mut batches = Vec::new();
+    for chunk in generate_batches(&prompts, batch) {
+        let group: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+        if let Some(i) = group.iter().position(Vec::is_empty) {
+            return Err(Error::InvalidArgument(format!(
+                "beam search: prompt {} has no tokens",
+                chunk[i]
+            )));
+        }
+        let (ids, width, pads) = left_pad(&group);
+        let ids = Tensor::from_vec(ids, (group.len(), width), model.device())?;
+        let mut cache = KvCache::new(model);
+        let hidden = model.hidden_padded(&model.embed(&ids)?, 0, from, 0, &pads, &mut cache)?;
+        cache.compact()?;
+        batches.push(PreparedBatch {
+            lens: group.iter().map(Vec::len).collect(),
+            examples: chunk,
+            pads,
+            hidden,
+            cache,
+        });
+    }
+    Ok(PreparedGenerate {
+        task: *task,
+        from,
+        truncated,
+        examples: examples.to_vec(),
+        batches,
+    })
+}
+
+/// The `generate` protocol from prepared lower-layer states: per batch, the prefill's layers
+/// `prepared.from..` of `model` (with whatever adapter it now carries), then the decode loop of
+/// [`super::generate::beam_search_batch`] through every layer.
+pub fn eval_generate_prepared(
+    model: &Llama,
+    tok: &Tokenizer,
+    prepared: &PreparedGenerate,
+    cfg: &GenConfig,
+    progress: &dyn Fn(),
+) -> Result<TaskResult> {
+    let mut outputs = vec![Vec::new(); prepared.examples.len()];
+    for b in &prepared.batches {
+        let found = if cfg.max_new_tokens == 0 {
+            vec![Vec::new(); b.examples.len()]
+        } else {
+            let mut cache = b.cache.clone();
+            let h = model.hidden_padded(
+                &b.hidden,
+                prepared.from,
+                model.num_layers(),
+                0,
+                &b.pads,
+                &mut cache,
+            )?;
+            decode_batch(model, cache, &model.logits_last(&h)?, &b.lens, &b.pads, cfg)?
+        };
+        for (&i, out) in b.examples.iter().zip(found) {
+            outputs[i] = out;
+            progress();
+        }
+    }
+    generate_result(
+        tok,
+        &prepared.task,
+        &prepared.examples,
+        &outputs,
+        prepared.truncated,
+    )
 }

@@ -12,10 +12,10 @@
 
 use super::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::nn::attention::{repeat_kv, rope_composed as rope, rope_tables, split_heads};
+use crate::nn::attention::{rope_composed as rope, rope_tables, split_heads};
 use crate::nn::{AdaptedLinear, ForwardCtx, FrozenLinear};
 use crate::weights::WeightSource;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, D};
 
 /// The linear modules of a LLaMA layer, in HF order (the names of [`LinearKind::ALL`]).
 pub const LINEARS: [&str; 7] = [
@@ -154,11 +154,67 @@ impl Block {
     }
 }
 
-/// Keys and values of one layer, `[B, kv_heads, T_past, head_dim]`.
-#[derive(Clone, Default)]
+/// Keys and values of one layer: buffers `[B, kv_heads, capacity, head_dim]` whose first `len`
+/// positions are filled. Appending writes into the spare capacity in place (`slice_set`), so a
+/// decode step copies only its new token instead of the whole cache (`Tensor::cat`).
+#[derive(Default)]
 pub struct LayerCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
+    len: usize,
+    /// Whether this cache alone holds the buffers' storage: a clone shares it, so the clone's first
+    /// append (and the original's) copies into fresh buffers instead of writing in place.
+    owned: bool,
+}
+
+impl Clone for LayerCache {
+    fn clone(&self) -> Self {
+        LayerCache {
+            k: self.k.clone(),
+            v: self.v.clone(),
+            len: self.len,
+            owned: false,
+        }
+    }
+}
+
+/// Spare positions allocated beyond what an append needs (a beam search's 32 new tokens fit).
+const CACHE_SLACK: usize = 32;
+
+impl LayerCache {
+    /// Appends `k, v: [B, kv_heads, T, d]` and returns the filled views `[B, kv_heads, len, d]`
+    /// (strided into the buffers; matmul reads them as they are).
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (b, g, t, d) = k.dims4()?;
+        let need = self.len + t;
+        let fits = self.owned
+            && match &self.k {
+                Some(buf) => buf.dim(0)? == b && buf.dim(2)? >= need,
+                None => false,
+            };
+        if !fits {
+            let cap = need + CACHE_SLACK;
+            let fresh = |old: &Option<Tensor>| -> candle_core::Result<Tensor> {
+                let buf = Tensor::zeros((b, g, cap, d), k.dtype(), k.device())?;
+                if let Some(o) = old.as_ref().filter(|_| self.len > 0) {
+                    buf.slice_set(&o.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                }
+                Ok(buf)
+            };
+            let (nk, nv) = (fresh(&self.k)?, fresh(&self.v)?);
+            self.k = Some(nk);
+            self.v = Some(nv);
+            self.owned = true;
+        }
+        let (kb, vb) = match (&self.k, &self.v) {
+            (Some(kb), Some(vb)) => (kb, vb),
+            _ => candle_core::bail!("kv cache: buffers missing after allocation"),
+        };
+        kb.slice_set(&k.contiguous()?, 2, self.len)?;
+        vb.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = need;
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
+    }
 }
 
 /// A KV cache for generation, one entry per layer.
@@ -175,17 +231,68 @@ impl KvCache {
         }
     }
 
-    /// Keeps batch rows `idx` (in that order), e.g. to follow the surviving beams.
+    /// Drops every layer's spare capacity (a cache kept for reuse, e.g. a grid's shared prefill).
+    pub fn compact(&mut self) -> Result<()> {
+        for l in &mut self.layers {
+            for t in [&mut l.k, &mut l.v] {
+                if let Some(x) = t.as_ref() {
+                    *t = Some(x.narrow(2, 0, l.len)?.contiguous()?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes held by the keys and values (spare capacity included).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.k, &l.v])
+            .flatten()
+            .map(|x| x.elem_count() * x.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// Keeps batch rows `idx` (in that order), e.g. to follow the surviving beams: one copy of
+    /// each layer's buffers (none when `idx` keeps every row in place).
     pub fn select(&mut self, idx: &[u32]) -> Result<()> {
         for l in &mut self.layers {
+            let Some(rows) = l.k.as_ref().map(|k| k.dim(0)).transpose()? else {
+                continue;
+            };
+            if idx.len() == rows && idx.iter().enumerate().all(|(i, &j)| i as u32 == j) {
+                continue;
+            }
             for t in [&mut l.k, &mut l.v] {
                 if let Some(x) = t.as_ref() {
                     let i = Tensor::from_vec(idx.to_vec(), idx.len(), x.device())?;
                     *t = Some(x.index_select(&i, 0)?);
                 }
             }
+            l.owned = true;
         }
         Ok(())
+    }
+}
+
+/// The additive mask `[T, Tk]` or `[B, 1, T, Tk]` for query heads viewed as `[B, G, rep·T, d]`
+/// (see `Llama::attention`): row `r·T + i` is row `i`. `T = 1` broadcasts as it is.
+fn tile_mask(mask: &Tensor, rep: usize) -> candle_core::Result<Tensor> {
+    let (t, tk) = (mask.dim(D::Minus2)?, mask.dim(D::Minus1)?);
+    if t == 1 || rep == 1 {
+        return Ok(mask.clone());
+    }
+    match mask.rank() {
+        2 => mask
+            .unsqueeze(0)?
+            .broadcast_as((rep, t, tk))?
+            .reshape((rep * t, tk)),
+        _ => {
+            let b = mask.dim(0)?;
+            mask.unsqueeze(2)?
+                .broadcast_as((b, 1, rep, t, tk))?
+                .reshape((b, 1, rep * t, tk))
+        }
     }
 }
 
@@ -437,27 +544,22 @@ impl Llama {
             let y = crate::nn::attention::causal_attention(&q, &k, &v, cos, sin, nh, nkv)?;
             return block.project(LinearKind::O, &y, ctx);
         };
-        let q = rope(&split_heads(&q, nh)?, cos, sin)?;
+        // Grouped-query attention without repeating K/V: query heads `g·rep .. (g+1)·rep` read
+        // key/value head `g`, so `[B, H, T, d]` is viewed as `[B, G, rep·T, d]` (no copy) and
+        // multiplied by the cache's `[B, G, Tk, d]` as stored; `mask` is already tiled to `rep·T` rows.
+        let rep = nh / nkv;
+        let q = rope(&split_heads(&q, nh)?, cos, sin)?.reshape((b, nkv, rep * t, hd))?;
         let k = rope(&split_heads(&k, nkv)?, cos, sin)?;
         let v = split_heads(&v, nkv)?;
-        let k = match &c.k {
-            Some(pk) => Tensor::cat(&[pk, &k], 2)?,
-            None => k,
-        };
-        let v = match &c.v {
-            Some(pv) => Tensor::cat(&[pv, &v], 2)?,
-            None => v,
-        };
-        c.k = Some(k.clone());
-        c.v = Some(v.clone());
-        let (k, v) = (repeat_kv(&k, nh / nkv)?, repeat_kv(&v, nh / nkv)?);
-        let att = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
-        let att = att.broadcast_add(mask)?;
-        let att = crate::nn::fused::softmax_last(&att)?;
+        let (k, v) = c.append(&k, &v)?;
+        let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        // Inference only (this fused softmax has no backward pass), in f32 as the training path.
+        let att = att.broadcast_add(mask)?.to_dtype(DType::F32)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(q.dtype())?;
         let y = att
             .matmul(&v)?
+            .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
-            .contiguous()?
             .reshape((b, t, nh * hd))?;
         block.project(LinearKind::O, &y, ctx)
     }
@@ -569,6 +671,16 @@ impl Llama {
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
+        let tiled;
+        let mask = if cache.is_some() {
+            tiled = tile_mask(
+                mask,
+                self.config.num_attention_heads / self.config.kv_heads(),
+            )?;
+            &tiled
+        } else {
+            mask
+        };
         let mut h = h.clone();
         for (li, block) in self.layers[from..to].iter().enumerate() {
             let lc = cache.as_deref_mut().map(|c| &mut c.layers[from + li]);
@@ -629,12 +741,42 @@ impl Llama {
         pads: &[usize],
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        if pads.len() != b || pads.iter().any(|&p| p > col + t) {
+        let h = self.hidden_padded(&self.embed(ids)?, 0, self.layers.len(), col, pads, cache)?;
+        self.logits_last(&h)
+    }
+
+    /// Logits `[B, V]` of the last column of hidden states `h: [B, T, H]` leaving the top layer.
+    pub fn logits_last(&self, h: &Tensor) -> Result<Tensor> {
+        let t = h.dim(1)?;
+        let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
+        self.logits(&rms_norm(&last, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// Layers `from..to` of [`Self::forward_padded_last`] on hidden states `h: [B, T, H]` of
+    /// left-padded rows (same `col`, `pads`), extending `cache`'s layers `from..to`: with
+    /// `to < num_layers` the lower layers of a prefill shared by several adapters, with `from > 0`
+    /// the rest of it. Returns the hidden states `[B, T, H]` after layer `to`.
+    pub fn hidden_padded(
+        &self,
+        h: &Tensor,
+        from: usize,
+        to: usize,
+        col: usize,
+        pads: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, t, _) = h.dims3()?;
+        if pads.len() != b || pads.iter().any(|&p| p > col + t) || t == 0 {
             return Err(Error::InvalidArgument(format!(
                 "forward_padded_last: {} pad counts for {b} rows of {} columns",
                 pads.len(),
                 col + t
+            )));
+        }
+        if from > to || to > self.layers.len() {
+            return Err(Error::InvalidArgument(format!(
+                "layers {from}..{to} of a model with {}",
+                self.layers.len()
             )));
         }
         self.check_length(col + t - pads.iter().min().copied().unwrap_or(0))?;
@@ -659,17 +801,15 @@ impl Llama {
         let d = self.cos.dim(1)?;
         let cos = self.cos.index_select(&at, 0)?.reshape((b, 1, t, d))?;
         let sin = self.sin.index_select(&at, 0)?.reshape((b, 1, t, d))?;
-        let h = self.layers_on(
-            &self.embed(ids)?,
-            0,
-            self.layers.len(),
+        self.layers_on(
+            h,
+            from,
+            to,
             &ForwardCtx::eval(),
             &mask,
             (&cos, &sin),
             Some(cache),
-        )?;
-        let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
-        self.logits(&rms_norm(&last, &self.norm, self.config.rms_norm_eps)?)
+        )
     }
 
     /// Logits `[B, T, V]` for `ids: [B, T]`.

@@ -18,7 +18,10 @@ pub use preset::{Preset, Protocol, ReferenceKind};
 
 use crate::error::{Error, Result};
 use crate::eval::generate::GenConfig;
-use crate::eval::prepared::{eval_loglik_prepared, prepare_loglik, PreparedTask};
+use crate::eval::prepared::{
+    eval_generate_prepared, eval_loglik_prepared, prepare_generate, prepare_loglik,
+    PreparedGenerate, PreparedTask,
+};
 use crate::eval::{eval_generate, task, Task, TaskResult};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Llama;
@@ -248,6 +251,8 @@ struct Evaluator {
     tasks: Vec<(Task, Vec<Example>)>,
     top_layers: Option<usize>,
     prepared: Option<Vec<PreparedTask>>,
+    /// The same for `generate`: each task's beam-search batches with their lower layers run.
+    prepared_gen: Option<Vec<PreparedGenerate>>,
     tok: Tokenizer,
     gen: GenConfig,
     loglik_limit: Option<usize>,
@@ -275,6 +280,7 @@ impl Evaluator {
             tasks,
             top_layers: preset.top_layers,
             prepared: None,
+            prepared_gen: None,
             tok,
             gen: GenConfig {
                 num_beams: 4,
@@ -310,6 +316,25 @@ impl Evaluator {
             self.prepared = Some(v);
             prep_s = t0.elapsed().as_secs_f64();
         }
+        if self.prepared_gen.is_none() && self.generate_limit != Some(0) {
+            let t1 = Instant::now();
+            let layers = model.num_layers();
+            let from = layers - self.top_layers.unwrap_or(layers).min(layers);
+            let mut v = Vec::new();
+            for (tk, ex) in &self.tasks {
+                v.push(prepare_generate(
+                    model,
+                    &self.tok,
+                    tk,
+                    limit(ex, self.generate_limit),
+                    &self.gen,
+                    crate::eval::generate::DEFAULT_BATCH,
+                    from,
+                )?);
+            }
+            self.prepared_gen = Some(v);
+            prep_s += t1.elapsed().as_secs_f64();
+        }
         let mut results = Vec::new();
         let mut tasks = Vec::new();
         let (mut g_n, mut g_bad) = (0usize, 0usize);
@@ -335,7 +360,10 @@ impl Evaluator {
             }
             let gex = limit(ex, self.generate_limit);
             if !gex.is_empty() {
-                let g = eval_generate(model, &self.tok, tk, gex, &self.gen, &|| {})?;
+                let g = match self.prepared_gen.as_ref().map(|v| &v[i]) {
+                    Some(p) => eval_generate_prepared(model, &self.tok, p, &self.gen, &|| {})?,
+                    None => eval_generate(model, &self.tok, tk, gex, &self.gen, &|| {})?,
+                };
                 s.generate = Some(100.0 * g.accuracy);
                 s.generate_examples = g.examples;
                 s.unparseable = Some(100.0 * g.unparseable as f64 / g.examples.max(1) as f64);
