@@ -1377,7 +1377,9 @@ mod tests {
     #[test]
     fn presets_differ_only_where_documented() {
         let cpu = Preset::named("cpu").unwrap();
-        assert!(cpu.seeds.len() >= 2);
+        // A cpu verdict that can decide: ≥ 3 seeds, ≥ 200 loglik and ≥ 20 generate examples per task.
+        assert!(cpu.seeds.len() >= 3);
+        assert!(cpu.loglik_limit.unwrap() >= 200 && cpu.generate_limit.unwrap() >= 20);
         let span = *cpu.lora_ranks.iter().max().unwrap() / *cpu.lora_ranks.iter().min().unwrap();
         assert!(span >= 16, "LoRA ranks must span at least 16×");
         assert!(
