@@ -81,3 +81,31 @@ mod tests {
         assert_ne!(mode, 0o600, "tempfile's private mode leaked through");
     }
 }
+
+/// `text` with this machine's tsd cache and home directory written as `$TSD_HOME` and `~`, for
+/// records that are committed or shared (a base model named by where this machine keeps it means
+/// nothing elsewhere; error messages keep the full path).
+pub fn portable(text: &str) -> String {
+    let mut out = text.to_string();
+    let home = crate::assets::tsd_home();
+    if let Some(h) = home.to_str().filter(|h| h.len() > 1) {
+        out = out.replace(h, "$TSD_HOME");
+    }
+    if let Some(h) = std::env::var_os("HOME").and_then(|h| h.into_string().ok()) {
+        if h.len() > 1 {
+            out = out.replace(&h, "~");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod portable_tests {
+    #[test]
+    fn machine_paths_become_portable() {
+        let home = crate::assets::tsd_home();
+        let s = format!("GGUF model {}/models/m.gguf", home.display());
+        assert_eq!(super::portable(&s), "GGUF model $TSD_HOME/models/m.gguf");
+        assert_eq!(super::portable("tiny/model"), "tiny/model");
+    }
+}

@@ -190,6 +190,9 @@ pub fn track_run(
             cache,
             &|_| {},
         )?;
+        // A saved track is shared and committed: no machine paths in it.
+        let mut rep = rep;
+        rep.base = crate::fsutil::portable(&rep.base);
         reports.push((step, rep));
         progress(step);
     }
@@ -245,7 +248,7 @@ pub fn track_run(
     Ok(TrackReport {
         run: run.dir.display().to_string(),
         kind: Some(run.kind),
-        base: base.describe(),
+        base: crate::fsutil::portable(&base.describe()),
         reference: reference.map(|(_, n)| n.clone()),
         top_s: opts.top_s,
         points,

@@ -35,8 +35,8 @@ fn top(v: &[f32], k: usize) -> Vec<usize> {
 
 /// Examples per batch in [`beam_search_batch`] when the caller does not choose (`tsd eval
 /// --batch-size`, the reproduce evaluator): the best of 4, 8, 16 and 32 on the default model,
-/// 2 cores, 48 examples (`tsd bench eval-batch` → `reproductions/bench/eval_batch.json`: 4.16,
-/// 2.63, 1.87, 1.34 s/example; measured at load average 6–10 on a shared machine).
+/// 2 cores, 48 examples (`tsd bench eval-batch` → `reproductions/bench/eval_batch.json`: 1.72,
+/// 1.14, 0.98, 0.88 s/example on an idle machine, identical outputs at every size).
 pub const DEFAULT_BATCH: usize = 32;
 
 /// One example's beam search state, advanced one step at a time from its beams' log-probability

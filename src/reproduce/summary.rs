@@ -177,10 +177,11 @@ pub struct Efficiency {
 pub struct TaskChance {
     pub task: String,
     pub examples: usize,
-    /// 100 / number of labels.
+    /// 100 / the size of the task's label set (`answer1`–`answer5` for the multiple-choice tasks,
+    /// whose questions mostly have fewer options: a floor, not the chance level).
     pub uniform: f64,
     /// Accuracy of always answering the most frequent gold answer among these examples (%): the
-    /// level a run must beat (it is ≥ `uniform`).
+    /// level a run must beat.
     pub majority: f64,
     pub runs: usize,
     /// Runs whose Wilson 95 % lower bound on accuracy lies above `majority`.
