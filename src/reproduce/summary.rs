@@ -614,12 +614,14 @@ pub fn summarize(
             });
         }
     }
-    let rank_effect = match (lora_ranks.first(), lora_ranks.last()) {
+    // LoRA's highest rank against its lowest, overall or on one task: does rank buy accuracy?
+    let rank_effect_on = |task: Option<&str>| match (lora_ranks.first(), lora_ranks.last()) {
         (Some(&lo), Some(&hi)) if hi > lo => {
-            compare(runs, (Method::Lora, hi), (Method::Lora, lo), None)
+            compare(runs, (Method::Lora, hi), (Method::Lora, lo), task)
         }
         _ => None,
     };
+    let rank_effect = rank_effect_on(None);
     let mut comparisons = Vec::new();
     let mut efficiency = Vec::new();
     for &d in &dash_ranks {
@@ -644,12 +646,7 @@ pub fn summarize(
     let mut efficiency_by_task = Vec::new();
     for c in chance.iter().filter(|c| !c.at_chance) {
         let t = c.task.as_str();
-        let effect = match (lora_ranks.first(), lora_ranks.last()) {
-            (Some(&lo), Some(&hi)) if hi > lo => {
-                compare(runs, (Method::Lora, hi), (Method::Lora, lo), Some(t))
-            }
-            _ => None,
-        };
+        let effect = rank_effect_on(Some(t));
         for &d in &dash_ranks {
             let mine: Vec<Comparison> = lora_ranks
                 .iter()

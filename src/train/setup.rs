@@ -185,7 +185,7 @@ impl Trainer {
                 }
             }
         }
-        let trainable: u64 = opt.slots.iter().map(|s| s.var.elem_count() as u64).sum();
+        let trainable = opt.trainable_params();
         let record = RunRecord {
             tsd_version: env!("CARGO_PKG_VERSION").into(),
             build: env!("TSD_BUILD_VERSIONS").into(),

@@ -122,7 +122,6 @@ impl Trainer {
             }
         }
         self.dash_active = true;
-        self.record.trainable_params = self.opt.trainable_params();
         self.record.dash_switch = Some(SwitchLog {
             step: self.step,
             seconds: t0.elapsed().as_secs_f64(),
@@ -249,6 +248,8 @@ impl Trainer {
     }
 
     pub(super) fn write_record(&mut self) -> Result<()> {
+        // What trains now: Δσ joins at the LoRA-Dash switch.
+        self.record.trainable_params = self.opt.trainable_params();
         self.record.peak_rss_bytes = self.record.peak_rss_bytes.max(peak_rss_bytes());
         layout::write_record(&self.run_dir, &self.record)
     }
