@@ -2,6 +2,8 @@
 # The test command: provisions what the tests need, then runs `cargo test --release --locked`.
 #
 # usage: scripts/test.sh [CARGO TEST ARGS...]      e.g. scripts/test.sh --test cli_errors
+#        scripts/test.sh --provision-only            provision, start and stop Slurm, run no test
+#                                                    (scripts/fresh-machine-check.sh uses it)
 #
 # Needs the Rust toolchain, Python 3 with pip (the default model comes from a PyPI wheel) and a
 # headless Chromium (the report tests load every chart in it) and a one-node Slurm (tests/slurm.rs
@@ -11,6 +13,12 @@
 # The default model is provisioned into $TSD_HOME (default ~/.cache/tsd), the same cache the tests read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+provision_only=0
+if [ "${1:-}" = --provision-only ]; then
+  provision_only=1
+  shift
+fi
 
 echo "== headless Chromium (report tests)"
 browser=""
@@ -50,9 +58,31 @@ else
       exit 1
     fi
   fi
-  sbatch --version
+  # Debian ships no slurm.conf, and without one every Slurm client (even `sbatch --version`)
+  # exits 1: start the cluster (which writes the config) before calling any of them.
   trap 'scripts/slurm-local.sh stop || true' EXIT
   scripts/slurm-local.sh start
+  sbatch --version
+fi
+
+if [ "$provision_only" = 1 ]; then
+  if [ "${TSD_SKIP_SLURM:-}" != 1 ]; then
+    # Prove the cluster takes work, not only that its daemons started.
+    out=$(mktemp -d)
+    chmod 0777 "$out"
+    id=$(sbatch --parsable --chdir="$out" --output="$out/job.out" --wrap 'echo job-ran')
+    for _ in $(seq 120); do
+      grep -qx job-ran "$out/job.out" 2>/dev/null && break
+      sleep 0.5
+    done
+    grep -qx job-ran "$out/job.out" || {
+      echo "error: Slurm job $id did not run within 60 s" >&2
+      exit 1
+    }
+    echo "Slurm job $id ran"
+  fi
+  echo "== provisioned (--provision-only: no tests run)"
+  exit 0
 fi
 
 echo "== tests"
