@@ -170,8 +170,13 @@ pub fn bench_inspect(
     drop(big);
     let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
     let cache = SvdCache::new(dir.path());
+    // The base-SVD path alone: the null model's draws are timed by its own tests.
     let opts = InspectOptions {
         precision,
+        null: crate::inspect::NullOptions {
+            enabled: false,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let cold = inspect_within(

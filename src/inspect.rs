@@ -6,9 +6,13 @@
 
 use crate::adapter::plan::LinearName;
 use crate::adapter::{Adapter, DashNaming, ModuleAdapter};
+use crate::directions::null::{
+    capture_test, enrichment_null, CaptureStatistic, EnrichmentNull, NullDraws, NullTest,
+    RotationNull, Verdict,
+};
 use crate::directions::{
     amplification, capture, change_rates_on, subspace_similarity, top_k, Amplification, Capture,
-    SigmaFloor, Tsd, Update,
+    Ranking, SigmaFloor, Tsd, Update,
 };
 use crate::error::{Error, Result};
 use crate::linalg::cache::{CacheOutcome, SvdCache};
@@ -37,6 +41,50 @@ pub struct InspectOptions {
     pub accuracy_k: (usize, usize),
     /// Keep σ and δ for every direction (needed for spectrum plots; large for big models).
     pub keep_spectrum: bool,
+    /// How TSDs are picked and captures counted (default: the paper's change rate).
+    #[serde(default)]
+    pub tsd_by: Ranking,
+    /// The null model's settings.
+    pub null: NullOptions,
+}
+
+/// Settings of the rotation null (README, Definitions: the null of direction metrics).
+#[derive(Clone, Debug, Serialize)]
+pub struct NullOptions {
+    /// Off: no null is drawn (every figure then stands without its control).
+    pub enabled: bool,
+    /// Level of the capture tests (false-discovery rate across modules) and of the enrichment
+    /// threshold (family-wise within a module).
+    pub alpha: f64,
+    /// Most draws of a capture p-value; none: `⌈20·M/α⌉` for M modules with a reference, clamped
+    /// to [1000, 20000] (the report records the number used).
+    pub capture_draws: Option<usize>,
+    /// Draws of each module's enrichment threshold.
+    pub enrichment_draws: usize,
+}
+
+impl Default for NullOptions {
+    fn default() -> Self {
+        NullOptions {
+            enabled: true,
+            alpha: 0.05,
+            capture_draws: None,
+            enrichment_draws: 1000,
+        }
+    }
+}
+
+impl NullOptions {
+    /// The capture test's draws for `tests` modules.
+    pub fn draws(&self, tests: usize, seed: u64) -> NullDraws {
+        let mut d = NullDraws::for_tests(tests, self.alpha, seed);
+        d.max = match self.capture_draws {
+            Some(n) => n.max(1),
+            None => d.max.clamp(1000, 20_000),
+        };
+        d.min = d.min.min(d.max);
+        d
+    }
 }
 
 impl Default for InspectOptions {
@@ -50,6 +98,8 @@ impl Default for InspectOptions {
             recall_k: (8, 4),
             accuracy_k: (8, 16),
             keep_spectrum: false,
+            tsd_by: Ranking::default(),
+            null: NullOptions::default(),
         }
     }
 }
@@ -80,15 +130,74 @@ pub struct DashReport {
     pub total_rate: Vec<Option<f64>>,
 }
 
+/// One capture statistic and, where it can be tested, its null.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaptureStat {
+    #[serde(flatten)]
+    pub capture: Capture,
+    /// The statistic against the rotation null of the tested update (absent where the test
+    /// would be circular: a LoRA-Dash module's whole update).
+    #[serde(flatten)]
+    pub null: Option<NullTest>,
+}
+
+impl std::ops::Deref for CaptureStat {
+    type Target = Capture;
+    fn deref(&self) -> &Capture {
+        &self.capture
+    }
+}
+
+/// The LoRA part `B·A` of a LoRA-Dash module, tested against its null (the Dash term lies on W's
+/// core directions by construction, so the whole update is not its own evidence).
+#[derive(Clone, Debug, Serialize)]
+pub struct CapturePart {
+    pub recall: CaptureStat,
+    pub accuracy: CaptureStat,
+}
+
 /// Capture of the reference's TSDs by this module's update.
 #[derive(Clone, Debug, Serialize)]
 pub struct CaptureReport {
-    pub recall: Capture,
-    pub accuracy: Capture,
+    pub recall: CaptureStat,
+    pub accuracy: CaptureStat,
     /// Top-`top_s` indices of the reference's change rates.
     pub reference_top: Vec<usize>,
     /// φ between the right singular subspaces of the two updates, `i = j = min(rank, amp r)`.
     pub subspace_similarity: f64,
+    /// LoRA-Dash modules: the LoRA part's capture with its null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_part: Option<CapturePart>,
+}
+
+impl CaptureReport {
+    /// The test behind the module's verdict: accuracy, of the LoRA part for LoRA-Dash.
+    pub fn primary(&self) -> &CaptureStat {
+        self.lora_part
+            .as_ref()
+            .map_or(&self.accuracy, |p| &p.accuracy)
+    }
+
+    fn primary_mut(&mut self) -> &mut CaptureStat {
+        match &mut self.lora_part {
+            Some(p) => &mut p.accuracy,
+            None => &mut self.accuracy,
+        }
+    }
+}
+
+/// One module's enrichment: its coordinates in units of their null standard deviation.
+#[derive(Clone, Debug, Serialize)]
+pub struct EnrichmentReport {
+    /// `update` or, for LoRA-Dash, `lora_part`.
+    pub tested: &'static str,
+    pub null: EnrichmentNull,
+    /// Directions with `|z| > threshold`, largest |z| first (at most 32 listed).
+    pub enriched: Vec<usize>,
+    /// How many directions are above the threshold.
+    pub enriched_count: usize,
+    /// The largest |z| of the module.
+    pub max_abs_z: f64,
 }
 
 /// Everything measured for one adapted module.
@@ -111,6 +220,9 @@ pub struct ModuleReport {
     pub amplification: Amplification,
     pub dash: Option<DashReport>,
     pub capture: Option<CaptureReport>,
+    /// Enrichment against the rotation null (absent with the null off or a zero update).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrichment: Option<EnrichmentReport>,
     pub svd_cache: CacheOutcome,
     pub svd_seconds: f64,
     pub trainable_params: u64,
@@ -134,6 +246,52 @@ pub struct GroupSummary {
     pub mean_delta_fro: f64,
     pub near_null_picks: usize,
     pub mean_accuracy: Option<f64>,
+}
+
+/// Capture verdicts of a group of modules (a module type, or `all`).
+#[derive(Clone, Debug, Serialize)]
+pub struct CaptureVerdicts {
+    pub group: String,
+    /// Modules with a reference counterpart.
+    pub modules: usize,
+    pub above_null: usize,
+    pub not_above_null: usize,
+    pub untestable: usize,
+    /// Mean observed accuracy and its null mean (the tested update's).
+    pub mean_accuracy: f64,
+    pub mean_null_accuracy: f64,
+    /// Mean κ over the modules where it is defined.
+    pub mean_kappa: Option<f64>,
+    /// One test for the whole group: the summed hits against the summed null hits, draw by draw.
+    pub aggregate_p: Option<f64>,
+}
+
+/// Enrichment of a group of modules.
+#[derive(Clone, Debug, Serialize)]
+pub struct EnrichmentGroup {
+    pub group: String,
+    pub modules: usize,
+    /// Modules with at least one enriched direction.
+    pub enriched_modules: usize,
+    pub enriched_directions: usize,
+    /// Expected enriched directions under the null, summed over the group's modules.
+    pub expected_false: f64,
+}
+
+/// The null model's conclusions for one inspection.
+#[derive(Clone, Debug, Serialize)]
+pub struct NullModelReport {
+    pub alpha: f64,
+    pub ranking: Ranking,
+    /// How the module verdicts control false discoveries.
+    pub procedure: String,
+    /// Most draws per capture p-value, and draws per enrichment threshold.
+    pub capture_draws: usize,
+    pub enrichment_draws: usize,
+    /// By module type, then `all` (empty without a reference).
+    pub capture: Vec<CaptureVerdicts>,
+    /// By module type, then `all`.
+    pub enrichment: Vec<EnrichmentGroup>,
 }
 
 /// Parameter counts of an adapter against its base.
@@ -213,6 +371,8 @@ pub struct InspectReport {
     pub modules: Vec<ModuleReport>,
     pub by_type: Vec<GroupSummary>,
     pub by_layer: Vec<GroupSummary>,
+    /// Every direction metric against its null (absent with the null off).
+    pub null_model: Option<NullModelReport>,
     pub params: AdapterParams,
     /// The adapter's name in its directory (`default` = the root).
     pub adapter_name: Option<String>,
@@ -287,6 +447,7 @@ struct ModuleInputs<'a> {
 fn analyse_module(
     inp: ModuleInputs<'_>,
     opts: &InspectOptions,
+    draws: NullDraws,
     cache: &SvdCache,
 ) -> Result<ModuleReport> {
     let m = inp.m;
@@ -295,16 +456,46 @@ fn analyse_module(
     let svd_seconds = t0.elapsed().as_secs_f64();
     let update = m.update();
     let (coords, rates) = change_rates_on(&update, &svd, opts.floor);
-    let tsd = Tsd::select(&coords, &rates, &svd.s, opts.top_s);
+    let scores = opts.tsd_by.scores(&coords, &svd.s, opts.floor);
+    let mut tsd = Tsd::select_by(&coords, &rates, &scores, &svd.s, opts.top_s);
     let amp_r = opts.amp_rank.unwrap_or(m.r);
     let amp = amplification(inp.w.rows_ref(), &svd.s, &update, amp_r, opts.seed)?;
+    // The update the null tests: for LoRA-Dash the LoRA part (the Dash term is circular).
+    let lora = m.dash.is_some().then(|| m.lora_update());
+    let (lora_coords, lora_rates) = match &lora {
+        Some(l) => {
+            let (c, r) = change_rates_on(l, &svd, opts.floor);
+            (Some(c), Some(r))
+        }
+        None => (None, None),
+    };
+    let tested = lora.as_ref().unwrap_or(&update);
+    let tested_coords = lora_coords.as_deref().unwrap_or(&coords);
+    let (n, mm) = m.shape();
+    let seed = opts.seed ^ xxhash_rust::xxh3::xxh3_64(m.module.as_bytes());
+    let null = if opts.null.enabled {
+        Some(RotationNull::new(n, mm, &tested.svd()?.s))
+    } else {
+        None
+    };
+    let enrichment = null.as_ref().and_then(|null| {
+        let e = enrichment_null(null, opts.null.enrichment_draws, seed ^ 0x5eed)?;
+        Some(enrichment_report(e, tested_coords, lora.is_some()))
+    });
+    if let Some(e) = &enrichment {
+        for t in &mut tsd {
+            let z = tested_coords[t.index] / e.null.coordinate_sd;
+            t.z = Some(z);
+            t.enriched = Some(z.abs() > e.null.threshold);
+        }
+    }
 
     let dash = m.dash.as_ref().map(|d| {
         let (indices, recovered) = match &d.indices {
             Some(i) => (i.iter().map(|&x| Some(x)).collect::<Vec<_>>(), false),
             None => (recover_indices(&svd, &d.u), true),
         };
-        let (_, lora_rates) = change_rates_on(&m.lora_update(), &svd, opts.floor);
+        let lora_rates = lora_rates.as_deref().unwrap_or(&rates);
         let s1 = svd.s[0];
         DashReport {
             s: d.s(),
@@ -325,31 +516,54 @@ fn analyse_module(
     let capture_report = match &inp.reference {
         None => None,
         Some(r) => {
-            let (_, ref_rates) = change_rates_on(r, &svd, opts.floor);
+            let (ref_coords, ref_rates) = change_rates_on(r, &svd, opts.floor);
+            let ref_scores = opts.tsd_by.scores(&ref_coords, &svd.s, opts.floor);
             let k = update.factor_rank().min(r.factor_rank()).min(amp_r.max(1));
             let (pred_svd, ref_svd) = (update.svd()?, r.svd()?);
+            let weights = opts.tsd_by.weights(&svd.s, opts.floor);
+            let tested_scores = opts.tsd_by.scores(tested_coords, &svd.s, opts.floor);
+            let test = CaptureInputs {
+                null: null.as_ref(),
+                weights: &weights,
+                reference: &ref_scores,
+                opts,
+                draws: NullDraws { seed, ..draws },
+            };
+            let (recall, accuracy) = if lora.is_some() {
+                (
+                    test.untested(&scores, opts.recall_k),
+                    test.untested(&scores, opts.accuracy_k),
+                )
+            } else {
+                test.pair(&tested_scores)
+            };
+            let lora_part = lora.is_some().then(|| {
+                let (recall, accuracy) = test.pair(&tested_scores);
+                CapturePart { recall, accuracy }
+            });
+            let _ = ref_rates;
             Some(CaptureReport {
-                recall: capture(&rates, &ref_rates, opts.recall_k.0, opts.recall_k.1),
-                accuracy: capture(&rates, &ref_rates, opts.accuracy_k.0, opts.accuracy_k.1),
-                reference_top: top_k(&ref_rates, opts.top_s),
+                recall,
+                accuracy,
+                reference_top: top_k(&ref_scores, opts.top_s),
                 subspace_similarity: subspace_similarity(
                     pred_svd.v.as_ref(),
                     ref_svd.v.as_ref(),
                     k,
                     k,
                 ),
+                lora_part,
             })
         }
     };
 
-    let (out, inn) = m.shape();
     Ok(ModuleReport {
         module: m.module.clone(),
         module_type: crate::adapter::plan::module_type(&m.module),
         layer: LinearName::parse(&m.module)
             .map(|n| n.layer)
             .or_else(|| layer_of(&m.module)),
-        shape: [out, inn],
+        shape: [n, mm],
         r: m.r,
         alpha: m.alpha,
         scaling: m.scaling,
@@ -361,6 +575,7 @@ fn analyse_module(
         amplification: amp,
         dash,
         capture: capture_report,
+        enrichment,
         svd_cache: outcome,
         svd_seconds,
         trainable_params: m.trainable_params(),
@@ -368,6 +583,86 @@ fn analyse_module(
         sigma: opts.keep_spectrum.then(|| svd.s.clone()),
         delta: opts.keep_spectrum.then_some(rates),
     })
+}
+
+/// What one module's capture tests share.
+struct CaptureInputs<'a> {
+    null: Option<&'a RotationNull>,
+    /// Ranking weights of the directions (`1/σ_i` for change rates).
+    weights: &'a [f64],
+    /// The reference's scores under the same ranking.
+    reference: &'a [f64],
+    opts: &'a InspectOptions,
+    draws: NullDraws,
+}
+
+impl CaptureInputs<'_> {
+    /// Capture by `scores` at `(k_pred, k_ref)`, with no null.
+    fn untested(&self, scores: &[f64], k: (usize, usize)) -> CaptureStat {
+        CaptureStat {
+            capture: capture(scores, self.reference, k.0, k.1),
+            null: None,
+        }
+    }
+
+    /// Recall and accuracy of `scores`, each against the null (accuracy is the primary test).
+    fn pair(&self, scores: &[f64]) -> (CaptureStat, CaptureStat) {
+        let (o, refs) = (self.opts, self.reference);
+        let acc = capture(scores, refs, o.accuracy_k.0, o.accuracy_k.1);
+        let rec = capture(scores, refs, o.recall_k.0, o.recall_k.1);
+        let (acc_top, rec_top) = (top_k(refs, o.accuracy_k.1), top_k(refs, o.recall_k.1));
+        let stats = [
+            CaptureStatistic {
+                reference_top: &acc_top,
+                k_pred: o.accuracy_k.0,
+                observed_hits: acc.hits,
+            },
+            CaptureStatistic {
+                reference_top: &rec_top,
+                k_pred: o.recall_k.0,
+                observed_hits: rec.hits,
+            },
+        ];
+        let tests = self
+            .null
+            .and_then(|null| capture_test(null, self.weights, &stats, self.draws, o.null.alpha));
+        let (acc_null, rec_null) = match tests {
+            Some(mut t) if t.len() == 2 => {
+                let r = t.pop();
+                (t.pop(), r)
+            }
+            _ => (None, None),
+        };
+        (
+            CaptureStat {
+                capture: rec,
+                null: rec_null,
+            },
+            CaptureStat {
+                capture: acc,
+                null: acc_null,
+            },
+        )
+    }
+}
+
+/// The module's enrichment from its null and the tested update's coordinates.
+fn enrichment_report(null: EnrichmentNull, coords: &[f64], lora_part: bool) -> EnrichmentReport {
+    let z: Vec<f64> = coords
+        .iter()
+        .map(|c| c.abs() / null.coordinate_sd)
+        .collect();
+    let above: Vec<usize> = top_k(&z, z.len())
+        .into_iter()
+        .take_while(|&i| z[i] > null.threshold)
+        .collect();
+    EnrichmentReport {
+        tested: if lora_part { "lora_part" } else { "update" },
+        max_abs_z: z.iter().cloned().fold(0.0, f64::max),
+        enriched_count: above.len(),
+        enriched: above.into_iter().take(32).collect(),
+        null,
+    }
 }
 
 fn reference_update(
@@ -462,6 +757,124 @@ fn summarise(
         .collect()
 }
 
+/// Benjamini–Hochberg across the testable modules' primary capture tests (and, apart, their
+/// recall tests): q-values and verdicts at level `alpha`. Untestable modules are left out of M
+/// (their exclusion depends on the null alone, not on the data).
+fn apply_fdr(modules: &mut [ModuleReport], alpha: f64) {
+    type Pick = fn(&mut CaptureReport) -> &mut CaptureStat;
+    let picks: [Pick; 2] = [CaptureReport::primary_mut, |c| match &mut c.lora_part {
+        Some(p) => &mut p.recall,
+        None => &mut c.recall,
+    }];
+    for pick in picks {
+        let mut tests: Vec<&mut NullTest> = modules
+            .iter_mut()
+            .filter_map(|m| m.capture.as_mut())
+            .filter_map(|c| pick(c).null.as_mut())
+            .filter(|t| t.testable)
+            .collect();
+        let p: Vec<f64> = tests.iter().map(|t| t.p_value).collect();
+        for (t, q) in tests.iter_mut().zip(crate::stats::bh_qvalues(&p)) {
+            t.q_value = Some(q);
+            t.verdict = if q <= alpha {
+                Verdict::AboveNull
+            } else {
+                Verdict::NotAboveNull
+            };
+        }
+    }
+}
+
+/// Verdict counts, means and aggregate tests by module type and overall.
+fn null_model_report(
+    modules: &[ModuleReport],
+    opts: &InspectOptions,
+    draws: usize,
+) -> NullModelReport {
+    let mut types: Vec<String> = Vec::new();
+    for m in modules {
+        if !types.contains(&m.module_type) {
+            types.push(m.module_type.clone());
+        }
+    }
+    let groups: Vec<(String, Vec<&ModuleReport>)> = types
+        .iter()
+        .map(|t| {
+            (
+                t.clone(),
+                modules.iter().filter(|m| &m.module_type == t).collect(),
+            )
+        })
+        .chain(std::iter::once((
+            "all".to_string(),
+            modules.iter().collect(),
+        )))
+        .collect();
+    let capture = if modules.iter().any(|m| m.capture.is_some()) {
+        groups
+            .iter()
+            .map(|(g, ms)| capture_verdicts(g, ms))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let enrichment = groups
+        .iter()
+        .map(|(g, ms)| {
+            let es: Vec<&EnrichmentReport> =
+                ms.iter().filter_map(|m| m.enrichment.as_ref()).collect();
+            EnrichmentGroup {
+                group: g.clone(),
+                modules: es.len(),
+                enriched_modules: es.iter().filter(|e| e.enriched_count > 0).count(),
+                enriched_directions: es.iter().map(|e| e.enriched_count).sum(),
+                expected_false: es.iter().map(|e| e.null.expected_false).sum(),
+            }
+        })
+        .collect();
+    NullModelReport {
+        alpha: opts.null.alpha,
+        ranking: opts.tsd_by,
+        procedure: format!(
+            "per module: accuracy@({},{}) against the rotation null of the tested update (LoRA-Dash: its LoRA part), Monte-Carlo p-value; across modules: Benjamini–Hochberg at {} over the testable ones",
+            opts.accuracy_k.0, opts.accuracy_k.1, opts.null.alpha
+        ),
+        capture_draws: draws,
+        enrichment_draws: opts.null.enrichment_draws,
+        capture,
+        enrichment,
+    }
+}
+
+fn capture_verdicts(group: &str, ms: &[&ModuleReport]) -> CaptureVerdicts {
+    let stats: Vec<&CaptureStat> = ms
+        .iter()
+        .filter_map(|m| m.capture.as_ref().map(CaptureReport::primary))
+        .collect();
+    let tests: Vec<&NullTest> = stats.iter().filter_map(|s| s.null.as_ref()).collect();
+    let count = |v: Verdict| tests.iter().filter(|t| t.verdict == v).count();
+    let values: Vec<f64> = stats.iter().map(|s| s.value).collect();
+    let nulls: Vec<f64> = tests.iter().map(|t| t.null_mean).collect();
+    let kappas: Vec<f64> = tests.iter().filter_map(|t| t.kappa).collect();
+    let observed: Vec<usize> = stats
+        .iter()
+        .filter(|s| s.null.is_some())
+        .map(|s| s.hits)
+        .collect();
+    let samples: Vec<&[u8]> = tests.iter().map(|t| t.null_hits.as_slice()).collect();
+    CaptureVerdicts {
+        group: group.to_string(),
+        modules: stats.len(),
+        above_null: count(Verdict::AboveNull),
+        not_above_null: count(Verdict::NotAboveNull),
+        untestable: count(Verdict::Untestable),
+        mean_accuracy: crate::stats::mean(&values).unwrap_or(0.0),
+        mean_null_accuracy: crate::stats::mean(&nulls).unwrap_or(0.0),
+        mean_kappa: crate::stats::mean(&kappas),
+        aggregate_p: crate::directions::null::aggregate_p(&observed, &samples),
+    }
+}
+
 /// Host bytes one module's analysis holds at its peak, for an `[out, in]` weight with
 /// `k = min(out, in)`: a cold SVD's working set ([`crate::linalg::svd_working_bytes`]: the f32 W,
 /// faer's copy and workspace, f64 U and V) plus U and V stored again in f32 (`4·(out + in)·k`);
@@ -532,6 +945,17 @@ pub fn inspect_within(
         .iter()
         .map(|m| working_bytes(m, reference.is_some()))
         .collect();
+    let draws = opts.null.draws(
+        if reference.is_some() {
+            adapter.modules.len()
+        } else {
+            0
+        },
+        opts.seed,
+    );
+    let mut opts = opts.clone();
+    opts.null.capture_draws = Some(draws.max);
+    let opts = &opts;
     let mut modules: Vec<ModuleReport> = Vec::with_capacity(adapter.modules.len());
     for batch in crate::budget::batches(&sizes, budget, rayon::current_num_threads()) {
         let results: Vec<Result<ModuleReport>> = adapter.modules[batch]
@@ -542,7 +966,7 @@ pub fn inspect_within(
                     Some((r, _)) => reference_update(r, m, &w, fan)?,
                     None => None,
                 };
-                let rep = analyse_module(ModuleInputs { m, w, reference: r }, opts, cache)?;
+                let rep = analyse_module(ModuleInputs { m, w, reference: r }, opts, draws, cache)?;
                 progress(&m.module);
                 Ok(rep)
             })
@@ -614,6 +1038,10 @@ pub fn inspect_within(
             ));
         }
     }
+    let null_model = opts.null.enabled.then(|| {
+        apply_fdr(&mut modules, opts.null.alpha);
+        null_model_report(&modules, opts, draws.max)
+    });
     let by_type = summarise(&modules, |m| Some(m.module_type.clone()));
     let by_layer = summarise(&modules, |m| m.layer.map(|l| format!("{l:03}")));
     let base_params = base.total_params();
@@ -636,6 +1064,7 @@ pub fn inspect_within(
         modules,
         by_type,
         by_layer,
+        null_model,
         params: AdapterParams {
             trainable,
             frozen_stored: frozen,

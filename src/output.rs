@@ -147,6 +147,7 @@ pub fn inspect_table(r: &InspectReport) -> String {
     if let Some(rf) = &r.reference {
         out += &format!("reference: {rf}\n");
     }
+    out += &inspect_findings(r);
     out += &format!("{t}\n");
     out += "(module: layer.name; top i:δ: the 2 largest change rates δ = |uᵀΔWv|/σ; σ/σ₁ of the\n first, ! = near-null; amp = ‖ΔW‖F / ‖UᵣᵀWVᵣ‖F";
     if with_ref {
@@ -212,6 +213,92 @@ pub fn inspect_table(r: &InspectReport) -> String {
         out += &format!("warning: {w}\n");
     }
     out
+}
+
+/// The findings that lead the inspect table: capture against its null, enrichment and
+/// near-null picks by module type.
+fn inspect_findings(r: &InspectReport) -> String {
+    let mut out = String::from("\nfindings\n");
+    if let Some(n) = &r.null_model {
+        if !n.capture.is_empty() {
+            out += &format!(
+                "TSD capture against its rotation null (accuracy@({},{}); LoRA-Dash: the LoRA part; Benjamini–Hochberg at {} over testable modules; ≤ {} draws each):\n",
+                r.options.accuracy_k.0, r.options.accuracy_k.1, n.alpha, n.capture_draws
+            );
+            let mut t = table(&[
+                "type",
+                "modules",
+                "above null",
+                "not above",
+                "untestable",
+                "mean acc",
+                "null mean",
+                "mean κ",
+                "type p",
+            ]);
+            for g in &n.capture {
+                t.add_row(vec![
+                    g.group.clone(),
+                    g.modules.to_string(),
+                    g.above_null.to_string(),
+                    g.not_above_null.to_string(),
+                    g.untestable.to_string(),
+                    format!("{:.3}", g.mean_accuracy),
+                    format!("{:.3}", g.mean_null_accuracy),
+                    g.mean_kappa.map_or("-".into(), |k| format!("{k:.2}")),
+                    g.aggregate_p.map_or("-".into(), number),
+                ]);
+            }
+            right_align(&mut t, 1);
+            out += &format!("{t}\n");
+            out += "(untestable: even a perfect overlap is reached by the null too often; κ = (acc − null)/(1 − null); type p: the type's summed hits against its null)\n";
+        }
+        out += &format!(
+            "enrichment |z| = |uᵀΔWv| / its null sd, above the null's max-|z| {:.0} % quantile (per module):\n",
+            100.0 * (1.0 - n.alpha)
+        );
+        let mut t = table(&[
+            "type",
+            "modules",
+            "with enriched",
+            "enriched dirs",
+            "expected false",
+        ]);
+        for g in &n.enrichment {
+            t.add_row(vec![
+                g.group.clone(),
+                g.modules.to_string(),
+                g.enriched_modules.to_string(),
+                g.enriched_directions.to_string(),
+                format!("{:.1}", g.expected_false),
+            ]);
+        }
+        right_align(&mut t, 1);
+        out += &format!("{t}\n");
+    } else {
+        out += "null model off (--no-null): no figure below stands beside its null\n";
+    }
+    let near: Vec<String> = r
+        .by_type
+        .iter()
+        .filter(|g| g.near_null_picks > 0)
+        .map(|g| {
+            format!(
+                "{} {} of {}",
+                g.group,
+                g.near_null_picks,
+                g.modules * r.options.top_s
+            )
+        })
+        .collect();
+    if !near.is_empty() {
+        out += &format!(
+            "near-null picks (σ/σ₁ < {:.0e}, δ dominated by the division): {}\n",
+            crate::directions::NEAR_NULL_RATIO,
+            near.join(", ")
+        );
+    }
+    out + "\n"
 }
 
 /// What the base SVDs cost: how many were computed and how many came from the cache, each with

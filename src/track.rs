@@ -34,6 +34,43 @@ pub struct TrackPoint {
     pub mean_accuracy: Option<f64>,
     pub near_null_picks: usize,
     pub mean_dash_delta_sigma: Option<f64>,
+    /// Capture against its null at this checkpoint (absent in tracks saved before the null
+    /// model, and without a reference or with the null off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null: Option<TrackNull>,
+}
+
+/// One checkpoint's capture beside its null: the tested statistic (accuracy; a LoRA-Dash
+/// module's LoRA part) and the module verdicts of that checkpoint's own false-discovery procedure.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrackNull {
+    /// Mean over modules of the tested accuracy, of its null mean and of its null 95th percentile.
+    pub mean_accuracy: f64,
+    pub mean_null: f64,
+    pub mean_null_p95: f64,
+    pub mean_kappa: Option<f64>,
+    pub above_null: usize,
+    pub not_above_null: usize,
+    pub untestable: usize,
+}
+
+/// The null summary of one checkpoint's inspection.
+fn track_null(rep: &InspectReport) -> Option<TrackNull> {
+    let all = rep.null_model.as_ref()?.capture.last()?;
+    let tests: Vec<&crate::directions::null::NullTest> = rep
+        .modules
+        .iter()
+        .filter_map(|m| m.capture.as_ref()?.primary().null.as_ref())
+        .collect();
+    Some(TrackNull {
+        mean_accuracy: all.mean_accuracy,
+        mean_null: all.mean_null_accuracy,
+        mean_null_p95: mean(&tests.iter().map(|t| t.null_p95).collect::<Vec<_>>()).unwrap_or(0.0),
+        mean_kappa: all.mean_kappa,
+        above_null: all.above_null,
+        not_above_null: all.not_above_null,
+        untestable: all.untestable,
+    })
 }
 
 /// The whole track: summaries and the full per-checkpoint reports. Read back (`tsd report
@@ -243,6 +280,7 @@ pub fn track_run(
             mean_accuracy: mean(&col(&|m| m.capture.as_ref().map(|c| c.accuracy.value))),
             near_null_picks: rep.modules.iter().map(|m| m.near_null_picks).sum(),
             mean_dash_delta_sigma: mean(&col(&|m| m.dash.as_ref().map(|d| d.delta_sigma_max_abs))),
+            null: track_null(rep),
         });
     }
     Ok(TrackReport {

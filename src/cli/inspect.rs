@@ -1,4 +1,4 @@
-use super::{parse_pair, progress_bar, ModelArgs, OutputArgs};
+use super::{parse_pair, progress_bar, ModelArgs, NullArgs, OutputArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ pub struct InspectArgs {
     /// Capture metrics against another adapter (same base) or a fine-tuned model (ΔW* = W* − W) [default: none]
     #[arg(long)]
     reference: Option<String>,
-    /// TSDs per module (the top-s change rates).
+    /// TSDs per module (the top-s by --tsd-by).
     #[arg(long, default_value_t = 8)]
     top_s: usize,
     /// Relative floor f on σ in δ = |uᵀΔWv| / max(σ, f·σ₁) (0 = the official code's choice).
@@ -61,6 +61,8 @@ pub struct InspectArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    null: NullArgs,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -106,6 +108,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.sigma_floor) {
         return Err(super::input_error("--sigma-floor must be in [0, 1)"));
     }
+    let (tsd_by, null) = a.null.plan()?;
     let adapter = read_adapter(&a.adapter, a.adapter_name.as_deref())?;
     let base = resolve_base(
         &a,
@@ -143,6 +146,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
         recall_k: a.recall_k,
         accuracy_k: a.accuracy_k,
         keep_spectrum: a.spectrum || a.html.is_some(),
+        tsd_by,
+        null,
     };
     let cache = if a.no_cache {
         SvdCache::disabled()

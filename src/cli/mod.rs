@@ -88,6 +88,63 @@ impl DeviceArgs {
     }
 }
 
+/// The null model's flags, shared by `inspect` and `track` (README, Definitions: the null of
+/// direction metrics).
+#[derive(Args, Debug, Clone)]
+pub struct NullArgs {
+    /// How TSDs are picked and captures counted: the paper's change rate |uᵀΔWv|/σ, or
+    /// enrichment |uᵀΔWv| against its null (spectrum-free)
+    #[arg(long, value_enum, default_value = "change-rate")]
+    pub tsd_by: TsdBy,
+    /// Level of the capture tests (false-discovery rate across modules) and of the enrichment
+    /// threshold (family-wise within a module)
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
+    /// Most Monte-Carlo draws per capture p-value [default: ⌈20·modules/alpha⌉ within 1000–20000]
+    #[arg(long)]
+    pub null_draws: Option<usize>,
+    /// Draws per module for the enrichment threshold
+    #[arg(long, default_value_t = 1000)]
+    pub enrichment_draws: usize,
+    /// Skip the null model (faster; no figure then stands beside its null)
+    #[arg(long)]
+    pub no_null: bool,
+}
+
+/// `--tsd-by`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum TsdBy {
+    ChangeRate,
+    Enrichment,
+}
+
+impl NullArgs {
+    /// Validated settings: the ranking and the null's options.
+    pub fn plan(&self) -> Result<(tsd::directions::Ranking, tsd::inspect::NullOptions)> {
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(input_error("--alpha must be in (0, 1)"));
+        }
+        if self.null_draws == Some(0) || self.enrichment_draws == 0 {
+            return Err(input_error(
+                "--null-draws and --enrichment-draws must be positive",
+            ));
+        }
+        let ranking = match self.tsd_by {
+            TsdBy::ChangeRate => tsd::directions::Ranking::ChangeRate,
+            TsdBy::Enrichment => tsd::directions::Ranking::Enrichment,
+        };
+        Ok((
+            ranking,
+            tsd::inspect::NullOptions {
+                enabled: !self.no_null,
+                alpha: self.alpha,
+                capture_draws: self.null_draws,
+                enrichment_draws: self.enrichment_draws,
+            },
+        ))
+    }
+}
+
 /// Output selection shared by commands that print results.
 #[derive(Args, Debug, Clone)]
 pub struct OutputArgs {

@@ -9,6 +9,8 @@ use tsd::track::TrackReport;
 pub struct ReportArgs {
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    null: super::NullArgs,
     /// Render this saved track record (`tsd track RUN --json -o FILE`) instead of tracking the
     /// run's checkpoints [default: track them and save the record as track.json beside the report]
     #[arg(long, value_name = "FILE", conflicts_with = "no_track")]
@@ -40,9 +42,12 @@ pub fn run(a: ReportArgs) -> Result<()> {
     } else if a.no_track || run.checkpoints.is_empty() || run.is_full_fine_tune() {
         None
     } else {
-        let t = a
-            .run
-            .track(&run, tsd::inspect::InspectOptions::default().top_s, a.quiet)?;
+        let t = a.run.track(
+            &run,
+            tsd::inspect::InspectOptions::default().top_s,
+            &a.null,
+            a.quiet,
+        )?;
         let saved = tsd::fsutil::parent_dir(&out).join("track.json");
         tsd::fsutil::atomic_write(&saved, (tsd::output::to_json(&t)? + "\n").as_bytes())?;
         eprintln!("wrote {}", saved.display());

@@ -1,4 +1,4 @@
-use super::{progress_bar, OutputArgs};
+use super::{progress_bar, NullArgs, OutputArgs};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -43,7 +43,14 @@ impl RunArgs {
     }
 
     /// Tracks an opened run's checkpoints with TSD sets of `top_s` (progress bar unless `quiet`).
-    pub fn track(&self, run: &Run, top_s: usize, quiet: bool) -> Result<tsd::track::TrackReport> {
+    pub fn track(
+        &self,
+        run: &Run,
+        top_s: usize,
+        null: &NullArgs,
+        quiet: bool,
+    ) -> Result<tsd::track::TrackReport> {
+        let (tsd_by, null) = null.plan()?;
         run.require_checkpoints()?;
         let spec = self.base.as_ref().map(|b| ModelSpec {
             spec: b.clone(),
@@ -55,6 +62,8 @@ impl RunArgs {
         let pb = progress_bar(run.checkpoints.len() as u64, "track", quiet);
         let opts = InspectOptions {
             top_s,
+            tsd_by,
+            null,
             ..Default::default()
         };
         let rep = track_run(
@@ -77,9 +86,11 @@ impl RunArgs {
 pub struct TrackArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// Size s of the TSD sets (top-s change rates per module).
+    /// Size s of the TSD sets (top-s per module by --tsd-by).
     #[arg(long, default_value_t = 8)]
     top_s: usize,
+    #[command(flatten)]
+    null: NullArgs,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -92,7 +103,7 @@ pub fn run(a: TrackArgs) -> Result<()> {
         anyhow::bail!("--top-s must be positive");
     }
     let run = a.run.open()?;
-    let rep = a.run.track(&run, a.top_s, a.quiet)?;
+    let rep = a.run.track(&run, a.top_s, &a.null, a.quiet)?;
     let text = match a.out.format() {
         Format::Json => to_json(&rep)? + "\n",
         Format::Csv => track_csv(&rep)?,

@@ -54,6 +54,44 @@ pub fn rates_from_coordinates(coords: &[f64], sigma: &[f64], floor: SigmaFloor) 
         .collect()
 }
 
+/// How core directions are ranked when TSDs are picked and captures counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ranking {
+    /// The paper's change rate `δ_i = |c_i| / σ_i` (README, Definitions: change rates and TSDs).
+    #[default]
+    ChangeRate,
+    /// Enrichment `|z_i| ∝ |c_i|`: the coordinate against its null, spectrum-free (README,
+    /// Definitions: the null of direction metrics).
+    Enrichment,
+}
+
+impl Ranking {
+    /// Per-direction weights `w_i` with score `|c_i|·w_i`: `1/denom_i` of [`rates_from_coordinates`]
+    /// for change rates, 1 for enrichment.
+    pub fn weights(self, sigma: &[f64], floor: SigmaFloor) -> Vec<f64> {
+        match self {
+            Ranking::ChangeRate => rates_from_coordinates(&vec![1.0; sigma.len()], sigma, floor),
+            Ranking::Enrichment => vec![1.0; sigma.len()],
+        }
+    }
+
+    /// Scores `|c_i|·w_i` of coordinates `c`.
+    pub fn scores(self, coords: &[f64], sigma: &[f64], floor: SigmaFloor) -> Vec<f64> {
+        match self {
+            Ranking::ChangeRate => rates_from_coordinates(coords, sigma, floor),
+            Ranking::Enrichment => coords.iter().map(|c| c.abs()).collect(),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Ranking::ChangeRate => "change rate",
+            Ranking::Enrichment => "enrichment",
+        }
+    }
+}
+
 /// Indices of the `k` largest values, largest first; ties broken by the smaller index.
 /// Non-finite values sort last.
 pub fn top_k(values: &[f64], k: usize) -> Vec<usize> {
@@ -84,13 +122,30 @@ pub struct Tsd {
     pub delta: f64,
     /// `σ_i / σ_1 < NEAR_NULL_RATIO`: δ is then dominated by the division (README, Definitions: near-null directions and scale).
     pub near_null: bool,
+    /// Enrichment `z_i = c_i / √E₀ c_i²`: the coordinate in units of its null standard deviation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub z: Option<f64>,
+    /// `|z_i|` above the module's null max-|z| 95 % threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enriched: Option<bool>,
 }
 
 impl Tsd {
-    /// The top-`s` TSDs from coordinates, rates and σ.
+    /// The top-`s` TSDs from coordinates, rates and σ, ranked by the change rate.
     pub fn select(coords: &[f64], rates: &[f64], sigma: &[f64], s: usize) -> Vec<Tsd> {
+        Self::select_by(coords, rates, rates, sigma, s)
+    }
+
+    /// The top-`s` directions by `scores` (change rates or enrichment), each with its change rate.
+    pub fn select_by(
+        coords: &[f64],
+        rates: &[f64],
+        scores: &[f64],
+        sigma: &[f64],
+        s: usize,
+    ) -> Vec<Tsd> {
         let s1 = sigma.first().copied().unwrap_or(0.0);
-        top_k(rates, s)
+        top_k(scores, s)
             .into_iter()
             .map(|i| {
                 let ratio = if s1 > 0.0 { sigma[i] / s1 } else { 0.0 };
@@ -101,6 +156,8 @@ impl Tsd {
                     coordinate: coords[i],
                     delta: rates[i],
                     near_null: ratio < NEAR_NULL_RATIO,
+                    z: None,
+                    enriched: None,
                 }
             })
             .collect()
