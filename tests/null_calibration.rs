@@ -11,9 +11,6 @@
 
 mod common;
 
-use rand::rngs::StdRng;
-use rand::SeedableRng;
-use rand_distr::{Distribution, StandardNormal};
 use std::path::Path;
 use tsd::adapter::{load_adapter, Adapter, ModuleAdapter};
 use tsd::directions::null::Verdict;
@@ -24,25 +21,8 @@ use tsd::weights::WeightSource;
 
 const ALPHA: f64 = 0.05;
 
-/// `m` with the same shape and Frobenius norm, Gaussian entries.
-fn noise_like(m: &Matrix, rng: &mut StdRng) -> Matrix {
-    let fro = |d: &[f32]| d.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let g: Vec<f32> = (0..m.rows * m.cols)
-        .map(|_| StandardNormal.sample(rng))
-        .collect();
-    let scale = fro(&m.data) / fro(&g).max(1e-30);
-    Matrix::new(m.rows, m.cols, g.iter().map(|x| x * scale as f32).collect()).unwrap()
-}
-
-/// Every module's A and B replaced by noise of the same norms.
 fn randomised(ad: &Adapter, seed: u64) -> Adapter {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut out = ad.clone();
-    for m in &mut out.modules {
-        m.a = noise_like(&m.a, &mut rng);
-        m.b = noise_like(&m.b, &mut rng);
-    }
-    out
+    tsd::adapter::control::randomised(ad, seed)
 }
 
 /// `ΔW + N` with `‖N‖² = share·‖ΔW‖²` per module, as a LoRA of rank 2r (factors stacked).

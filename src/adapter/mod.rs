@@ -4,6 +4,7 @@
 //! Layouts (PyTorch/PEFT): A `[r, in]`, B `[out, r]`, so `ΔW = scaling·B·A` is `[out, in]`.
 
 pub mod config;
+pub mod control;
 pub mod naming;
 pub mod plan;
 pub mod read;

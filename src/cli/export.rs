@@ -16,6 +16,11 @@ pub struct ExportArgs {
     /// Fold LoRA-Dash into a plain rank-(r+s) LoRA that reproduces ΔW exactly, loadable by PEFT.
     #[arg(long)]
     fold_dash: bool,
+    /// Write a random control instead: every module's A and B replaced by seeded Gaussian
+    /// matrices of the same shapes and norms (LoRA-Dash, biases and other tensors dropped), to
+    /// answer "what would random give?" for any metric [default: off]
+    #[arg(long, value_name = "SEED", conflicts_with = "fold_dash")]
+    randomize: Option<u64>,
     /// Replace files in a non-empty output directory.
     #[arg(long)]
     force: bool,
@@ -32,10 +37,12 @@ pub fn run(a: ExportArgs) -> Result<()> {
             a.output.display()
         )));
     }
-    if adapter.has_dash() && !a.fold_dash {
+    if adapter.has_dash() && !a.fold_dash && a.randomize.is_none() {
         eprintln!("note: the adapter has LoRA-Dash tensors; they are kept under tsd's names (PEFT ignores them). Use --fold-dash for a plain PEFT LoRA.");
     }
-    let out = if a.fold_dash {
+    let out = if let Some(seed) = a.randomize {
+        tsd::adapter::control::randomised(&adapter, seed)
+    } else if a.fold_dash {
         fold_dash(&adapter)
     } else {
         adapter

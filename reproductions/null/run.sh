@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# What random gives: two unrelated random LoRA updates on the default model, inspected one against
+# the other, and the same pair with the change rate replaced by enrichment. Writes the records in
+# this folder (the adapters themselves are made in a temporary directory and not kept).
+#
+# usage: reproductions/null/run.sh            (after `cargo build --release`; TSD=path overrides)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here/../.."
+tsd=$(realpath "${TSD:-target/release/tsd}")
+src=$(realpath data/adapters/smollm2-arc-lora)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+# Same modules, shapes and per-tensor norms as the real PEFT LoRA; directions at random.
+"$tsd" export "$src" rand1 --randomize 1
+"$tsd" export "$src" rand2 --randomize 2
+home=$("$tsd" fetch | sed 's|/models/.*||')
+portable() { sed "s|$home|\$TSD_HOME|g"; }
+for by in change-rate enrichment; do
+  "$tsd" inspect rand1 --base default --reference rand2 --tsd-by "$by" -q | portable >"$here/unrelated-$by.txt"
+  "$tsd" inspect rand1 --base default --reference rand2 --tsd-by "$by" -q --json | portable >"$here/unrelated-$by.json"
+done
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "tsd: $("$tsd" --version) (commit $(git -C "$here" rev-parse --short HEAD))"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores"
+} >"$here/provenance.txt"
+echo "wrote $here/unrelated-{change-rate,enrichment}.{txt,json} and provenance.txt"
