@@ -54,23 +54,43 @@ pub struct TrackNull {
     pub untestable: usize,
 }
 
+impl TrackNull {
+    /// The tested capture of `modules` beside its null (each module's primary test; verdicts as
+    /// the whole inspection's false-discovery procedure gave them). None when none was tested.
+    pub fn over<'a>(
+        modules: impl IntoIterator<Item = &'a crate::inspect::ModuleReport>,
+    ) -> Option<Self> {
+        let stats: Vec<&crate::inspect::CaptureStat> = modules
+            .into_iter()
+            .filter_map(|m| m.capture.as_ref().map(|c| c.primary()))
+            .filter(|s| s.null.is_some())
+            .collect();
+        if stats.is_empty() {
+            return None;
+        }
+        let tests: Vec<&crate::directions::null::NullTest> =
+            stats.iter().filter_map(|s| s.null.as_ref()).collect();
+        let of = |f: &dyn Fn(&crate::directions::null::NullTest) -> f64| {
+            mean(&tests.iter().map(|t| f(t)).collect::<Vec<_>>()).unwrap_or(0.0)
+        };
+        let count =
+            |v: crate::directions::null::Verdict| tests.iter().filter(|t| t.verdict == v).count();
+        use crate::directions::null::Verdict;
+        Some(TrackNull {
+            mean_accuracy: mean(&stats.iter().map(|s| s.value).collect::<Vec<_>>()).unwrap_or(0.0),
+            mean_null: of(&|t| t.null_mean),
+            mean_null_p95: of(&|t| t.null_p95),
+            mean_kappa: mean(&tests.iter().filter_map(|t| t.kappa).collect::<Vec<_>>()),
+            above_null: count(Verdict::AboveNull),
+            not_above_null: count(Verdict::NotAboveNull),
+            untestable: count(Verdict::Untestable),
+        })
+    }
+}
+
 /// The null summary of one checkpoint's inspection.
 fn track_null(rep: &InspectReport) -> Option<TrackNull> {
-    let all = rep.null_model.as_ref()?.capture.last()?;
-    let tests: Vec<&crate::directions::null::NullTest> = rep
-        .modules
-        .iter()
-        .filter_map(|m| m.capture.as_ref()?.primary().null.as_ref())
-        .collect();
-    Some(TrackNull {
-        mean_accuracy: all.mean_accuracy,
-        mean_null: all.mean_null_accuracy,
-        mean_null_p95: mean(&tests.iter().map(|t| t.null_p95).collect::<Vec<_>>()).unwrap_or(0.0),
-        mean_kappa: all.mean_kappa,
-        above_null: all.above_null,
-        not_above_null: all.not_above_null,
-        untestable: all.untestable,
-    })
+    TrackNull::over(&rep.modules)
 }
 
 /// The whole track: summaries and the full per-checkpoint reports. Read back (`tsd report

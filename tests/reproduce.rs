@@ -465,3 +465,49 @@ fn the_preset_comes_from_the_output_directory() {
         "{err}"
     );
 }
+
+/// Regression: a reference whose record was kept without its weights (a committed reproduction:
+/// `checkpoints/` is not committed) counted as finished, so `--only full-ref-s1` did nothing and
+/// capture could not be measured again. It is trained again, checked against the kept record's
+/// losses, and capture is then measured beside its null.
+#[test]
+fn a_reference_kept_without_its_weights_is_trained_again() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_data(d.path());
+    let out = d.path().join("out");
+    let first = smoke(d.path(), &data, &out, &[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let ref_dir = out.join("runs/full-ref-s1");
+    std::fs::remove_dir_all(ref_dir.join("checkpoints")).unwrap();
+    let again = smoke(d.path(), &data, &out, &["--only", "full-ref-s1"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(err.contains("training it again"), "{err}");
+    assert!(
+        err.contains("every step's loss equals the kept record's"),
+        "{err}"
+    );
+    assert!(ref_dir
+        .join("checkpoints")
+        .read_dir()
+        .unwrap()
+        .next()
+        .is_some());
+    let c = smoke(d.path(), &data, &out, &["--collect"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let cap: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("runs/lora-r1-s1/capture.json")).unwrap(),
+    )
+    .unwrap();
+    let last = cap["points"].as_array().unwrap().last().unwrap().clone();
+    let null = &last["null"];
+    assert!(null["mean_null"].as_f64().is_some(), "{last}");
+    let counted = null["above_null"].as_u64().unwrap()
+        + null["not_above_null"].as_u64().unwrap()
+        + null["untestable"].as_u64().unwrap();
+    assert_eq!(counted, cap["modules"].as_u64().unwrap(), "{last}");
+}

@@ -515,8 +515,14 @@ fn print_summary(r: &Reproduction) {
                 .points
                 .iter()
                 .map(|p| {
+                    let null = p.null_qkv.as_ref().map_or(String::new(), |n| {
+                        format!(
+                            " (q,k,v tested {:.2} vs null {:.2})",
+                            n.mean_accuracy, n.mean_null
+                        )
+                    });
                     format!(
-                        "{}: {}/{}",
+                        "{}: {}/{}{null}",
                         p.step,
                         opt(p.accuracy, 2),
                         opt(p.accuracy_qkv, 2)

@@ -144,7 +144,18 @@ pub fn status(p: &Preset, out: &Path) -> Result<Vec<PieceStatus>> {
 /// Whether the reference update (a full fine-tune, or the grid's highest-rank LoRA) finished
 /// training; capture is never measured against an unfinished one.
 pub fn reference_finished(dir: &Path) -> bool {
-    crate::fsutil::read_json::<RunRecord>(&dir.join("record.json")).is_ok_and(|r| r.finished)
+    crate::fsutil::read_json::<RunRecord>(&dir.join("record.json"))
+        .is_ok_and(|r| r.finished && final_checkpoint_present(dir, &r))
+}
+
+/// The run's last recorded checkpoint is on disk: a reference whose record was kept but whose
+/// weights were not (a committed reproduction) is not finished.
+pub fn final_checkpoint_present(dir: &Path, r: &RunRecord) -> bool {
+    match r.checkpoints.last() {
+        None => false,
+        Some(&step) => crate::run::Run::open(dir, None)
+            .is_ok_and(|run| run.checkpoints.iter().any(|c| c.step == step)),
+    }
 }
 
 /// Slurm resources of each job. The defaults per preset are [`Resources::for_preset`]; every

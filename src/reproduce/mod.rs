@@ -181,6 +181,12 @@ pub struct CapturePoint {
     pub accuracy_qkv: Option<f64>,
     #[serde(default)]
     pub recall_qkv: Option<f64>,
+    /// The tested capture beside its rotation null, over all modules and over q, k, v (absent in
+    /// files written before the null model: then measured again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null: Option<crate::track::TrackNull>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_qkv: Option<crate::track::TrackNull>,
 }
 
 /// Capture along one run's checkpoints.
@@ -856,16 +862,48 @@ impl<'a> Grid<'a> {
     fn reference_run(&mut self, lr: f64) -> Result<()> {
         if let Some(cell) = reference_cell(self.preset) {
             let dir = self.run_dir(&cell);
-            let finished = crate::fsutil::read_json::<crate::train::trainer::RunRecord>(
+            let record = crate::fsutil::read_json::<crate::train::trainer::RunRecord>(
                 &dir.join("record.json"),
             )
-            .is_ok_and(|r| r.finished);
-            if finished {
+            .ok()
+            .filter(|r| r.finished);
+            if jobs::reference_finished(&dir) {
                 return Ok(());
             }
-            (self.log)(&format!("reference {}: training", cell.name()));
             let cfg = self.train_config(&cell, lr * self.preset.full_lr_scale, None);
-            self.train(cfg, &dir)?;
+            let Some(kept) = record else {
+                (self.log)(&format!("reference {}: training", cell.name()));
+                self.train(cfg, &dir)?;
+                return Ok(());
+            };
+            // The record was kept without the weights (they are not committed): train again from
+            // the start, deterministic on the same host and threads, and say whether it matched.
+            (self.log)(&format!(
+                "reference {}: its record is here but not its final checkpoint: training it again",
+                cell.name()
+            ));
+            let stale = dir.with_extension(format!("record-only-{}", std::process::id()));
+            std::fs::rename(&dir, &stale).map_err(|e| Error::io(&dir, e))?;
+            let again = self.train(cfg, &dir)?;
+            let same = again.record.steps.len() == kept.steps.len()
+                && again
+                    .record
+                    .steps
+                    .iter()
+                    .zip(&kept.steps)
+                    .all(|(a, b)| a.loss == b.loss);
+            (self.log)(&if same {
+                format!(
+                    "reference {}: every step's loss equals the kept record's",
+                    cell.name()
+                )
+            } else {
+                format!(
+                    "warning: reference {}: the losses differ from the kept record's (another host, thread count or code): capture is measured against the new weights",
+                    cell.name()
+                )
+            });
+            std::fs::remove_dir_all(&stale).map_err(|e| Error::io(&stale, e))?;
         }
         Ok(())
     }
@@ -943,10 +981,10 @@ impl<'a> Grid<'a> {
             let path = dir.join("capture.json");
             if let Ok(s) = crate::fsutil::read_json::<CaptureSeries>(&path) {
                 // Series written before q, k, v capture was measured are measured again.
-                let has_qkv = s
-                    .points
-                    .iter()
-                    .all(|p| p.accuracy.is_none() || p.accuracy_qkv.is_some());
+                // Series written before the null model are measured again too.
+                let has_qkv = s.points.iter().all(|p| {
+                    p.accuracy.is_none() || (p.accuracy_qkv.is_some() && p.null.is_some())
+                });
                 if (s.reference_key == key || legacy_ok(&s)) && has_qkv {
                     series.push(s);
                     continue;
@@ -1001,6 +1039,10 @@ impl<'a> Grid<'a> {
                             stability_final: p.stability_final,
                             accuracy_qkv,
                             recall_qkv,
+                            null: p.null.clone(),
+                            null_qkv: crate::track::TrackNull::over(
+                                rep.modules.iter().filter(|m| is_qkv(&m.module_type)),
+                            ),
                         }
                     })
                     .collect(),
@@ -1025,12 +1067,17 @@ fn qkv_capture(rep: &crate::inspect::InspectReport) -> (Option<f64>, Option<f64>
     let caps: Vec<&crate::inspect::CaptureReport> = rep
         .modules
         .iter()
-        .filter(|m| matches!(m.module_type.as_str(), "q_proj" | "k_proj" | "v_proj"))
+        .filter(|m| is_qkv(&m.module_type))
         .filter_map(|m| m.capture.as_ref())
         .collect();
     let acc: Vec<f64> = caps.iter().map(|c| c.accuracy.value).collect();
     let rec: Vec<f64> = caps.iter().map(|c| c.recall.value).collect();
     (crate::stats::mean(&acc), crate::stats::mean(&rec))
+}
+
+/// q, k or v: the paper's module set for capture.
+fn is_qkv(module_type: &str) -> bool {
+    matches!(module_type, "q_proj" | "k_proj" | "v_proj")
 }
 
 /// Takes a piece's lock for this process, refusing when another process runs the piece.
@@ -1189,16 +1236,7 @@ pub fn reproduce(
         .collect::<Result<_>>()?;
     let caps: Vec<_> = capture
         .iter()
-        .map(|c| {
-            (
-                c.method,
-                c.rank,
-                c.points
-                    .iter()
-                    .map(|p| (p.step, p.accuracy, p.accuracy_qkv))
-                    .collect(),
-            )
-        })
+        .map(|c| (c.method, c.rank, c.points.clone()))
         .collect();
     let summary = summary::summarize(preset, &data, base.as_ref(), &caps)?;
     let mut timing = grid.timing.clone();

@@ -200,6 +200,50 @@ pub struct CaptureStats {
     pub all: Option<f64>,
     /// Over q, k, v only: the paper's module set.
     pub qkv: Option<f64>,
+    /// The tested capture (a LoRA-Dash run's LoRA part) beside its rotation null, over all
+    /// modules and over q, k, v; mean over seeds (absent in results from before the null model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_all: Option<CaptureNull>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_qkv: Option<CaptureNull>,
+}
+
+/// Capture beside its null at one step, mean over seeds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaptureNull {
+    /// Mean tested accuracy, its null mean and the null's 95th percentile.
+    pub accuracy: f64,
+    pub null_mean: f64,
+    pub null_p95: f64,
+    pub kappa: Option<f64>,
+    /// Module verdicts summed over seeds.
+    pub above_null: usize,
+    pub not_above_null: usize,
+    pub untestable: usize,
+    pub seeds: usize,
+}
+
+impl CaptureNull {
+    fn mean_of(points: &[&crate::track::TrackNull]) -> Self {
+        let m = |f: &dyn Fn(&crate::track::TrackNull) -> f64| {
+            crate::stats::mean(&points.iter().map(|p| f(p)).collect::<Vec<_>>()).unwrap_or(0.0)
+        };
+        CaptureNull {
+            accuracy: m(&|p| p.mean_accuracy),
+            null_mean: m(&|p| p.mean_null),
+            null_p95: m(&|p| p.mean_null_p95),
+            kappa: crate::stats::mean(
+                &points
+                    .iter()
+                    .filter_map(|p| p.mean_kappa)
+                    .collect::<Vec<_>>(),
+            ),
+            above_null: points.iter().map(|p| p.above_null).sum(),
+            not_above_null: points.iter().map(|p| p.not_above_null).sum(),
+            untestable: points.iter().map(|p| p.untestable).sum(),
+            seeds: points.len(),
+        }
+    }
 }
 
 /// One row of the paper's LLaMA-7B table, with Params% recomputed by `tsd params`.
@@ -526,8 +570,9 @@ pub fn paper_table(csv_text: &str) -> Result<(Vec<String>, Vec<PaperRow>)> {
     Ok((tasks, rows))
 }
 
-/// One checkpoint's capture: `(step, accuracy@(8,16) over all modules, over q, k, v)`.
-pub type CapturePointData = (usize, Option<f64>, Option<f64>);
+/// One checkpoint's capture: accuracy@(8,16) over all modules and over q, k, v, each beside its
+/// null where it was measured.
+pub type CapturePointData = super::CapturePoint;
 
 /// One run's capture series: its method, rank and points.
 pub type CaptureData = (Method, usize, Vec<CapturePointData>);
@@ -683,7 +728,10 @@ pub fn summarize(
                 .filter(|c| c.0 == m && c.1 == k)
                 .map(|c| &c.2)
                 .collect();
-            let mut steps: Vec<usize> = series.iter().flat_map(|s| s.iter().map(|p| p.0)).collect();
+            let mut steps: Vec<usize> = series
+                .iter()
+                .flat_map(|s| s.iter().map(|p| p.step))
+                .collect();
             steps.sort();
             steps.dedup();
             for st in steps {
@@ -691,16 +739,25 @@ pub fn summarize(
                     crate::stats::mean(
                         &series
                             .iter()
-                            .filter_map(|s| s.iter().find(|p| p.0 == st).and_then(f))
+                            .filter_map(|s| s.iter().find(|p| p.step == st).and_then(f))
                             .collect::<Vec<_>>(),
                     )
+                };
+                let null = |pick: fn(&CapturePointData) -> Option<&crate::track::TrackNull>| {
+                    let with: Vec<&crate::track::TrackNull> = series
+                        .iter()
+                        .filter_map(|s| s.iter().find(|p| p.step == st).and_then(pick))
+                        .collect();
+                    (!with.is_empty()).then(|| CaptureNull::mean_of(&with))
                 };
                 cap.push(CaptureStats {
                     method: m,
                     rank: k,
                     step: st,
-                    all: at(&|p| p.1),
-                    qkv: at(&|p| p.2),
+                    all: at(&|p| p.accuracy),
+                    qkv: at(&|p| p.accuracy_qkv),
+                    null_all: null(|p| p.null.as_ref()),
+                    null_qkv: null(|p| p.null_qkv.as_ref()),
                 });
             }
         }
@@ -809,7 +866,48 @@ fn verdict(s: &Summary, preset: &Preset, runs: &[RunData], base: Option<&Scores>
     if let Some(b) = base {
         out += &format!("; base model {:.1} %", b.average);
     }
+    if let Some(c) = capture_sentence(&s.capture) {
+        out += &format!(". {c}");
+    }
     out
+}
+
+/// What TSD capture at each configuration's last step says against its rotation null (q, k, v).
+fn capture_sentence(capture: &[CaptureStats]) -> Option<String> {
+    let mut last: Vec<&CaptureStats> = Vec::new();
+    for c in capture {
+        match last
+            .iter_mut()
+            .find(|l| l.method == c.method && l.rank == c.rank)
+        {
+            Some(l) if l.step < c.step => *l = c,
+            Some(_) => {}
+            None => last.push(c),
+        }
+    }
+    let parts: Vec<String> = last
+        .iter()
+        .filter_map(|c| {
+            let n = c.null_qkv.as_ref()?;
+            Some(format!(
+                "{} r = {} {:.2} against a null of {:.2} (κ {}; {} of {} module tests above null, {} untestable)",
+                method_label(c.method),
+                c.rank,
+                n.accuracy,
+                n.null_mean,
+                n.kappa.map_or("-".into(), |k| format!("{k:+.2}")),
+                n.above_null,
+                n.above_null + n.not_above_null + n.untestable,
+                n.untestable
+            ))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| {
+        format!(
+            "TSD capture accuracy@(8,16) on q, k, v at the last step, beside the rotation null of each run's own update (LoRA-Dash: its LoRA part), mean over seeds: {}",
+            parts.join("; ")
+        )
+    })
 }
 
 #[cfg(test)]
