@@ -137,6 +137,33 @@ pub fn data_dir(explicit: Option<&Path>) -> Option<PathBuf> {
         .or_else(|| Some(PathBuf::from("../shared/data/commonsense")).filter(|d| d.exists()))
 }
 
+/// Where the LLM-Adapters test sets come from, for messages.
+pub const LLM_ADAPTERS_DATA: &str = "the LLM-Adapters repository's `dataset/` folder holds them as `<task>/test.json` (github.com/AGI-Edgerunners/LLM-Adapters)";
+
+/// `tsd eval` without a data directory: tsd can provision Social IQa alone, so any other task
+/// asked for that `data_home()` lacks is refused (exit 2) before anything is downloaded.
+/// Returns whether Social IQa must be provisioned.
+pub fn check_provisionable(tasks: &[&str]) -> Result<bool> {
+    let home = data_home();
+    let missing: Vec<&str> = tasks
+        .iter()
+        .copied()
+        .filter(|t| !home.join(t).join("test.json").exists())
+        .collect();
+    let others: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|t| *t != "social_i_qa")
+        .collect();
+    if !others.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "no test data for {}: pass --data DIR (or set TSD_DATA) with the LLM-Adapters layout `<task>/test.json`; {LLM_ADAPTERS_DATA}. Without a data directory tsd provisions social_i_qa only",
+            others.join(", ")
+        )));
+    }
+    Ok(!missing.is_empty())
+}
+
 /// The provisioned data directory (LLM-Adapters layout): `$TSD_HOME/data/commonsense`.
 pub fn data_home() -> PathBuf {
     tsd_home().join("data").join("commonsense")

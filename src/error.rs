@@ -59,6 +59,10 @@ pub enum Error {
     /// Work a command needs has not finished (pieces of a reproduction, named in the message).
     #[error("{0}")]
     Unfinished(String),
+    /// A command stopped by a signal before it finished, its state saved: exits with `code`
+    /// (128 + the signal's number), not 1 or 2.
+    #[error("{message}")]
+    Stopped { message: String, code: i32 },
     #[error("numerical failure in {context}: {reason}")]
     Numerical { context: String, reason: String },
     /// A failure of tsd itself (serialising a record, drawing a chart, a template): exit 1.
@@ -100,6 +104,9 @@ pub fn exit_code(err: &(dyn std::error::Error + 'static)) -> i32 {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if let Some(e) = e.downcast_ref::<Error>() {
+            if let Error::Stopped { code, .. } = e {
+                return *code;
+            }
             return if e.is_user_input() { 2 } else { 1 };
         }
         cur = e.source();
@@ -147,5 +154,10 @@ mod tests {
         assert_eq!(exit_code(&Error::Internal("chart".into())), 1);
         let io = std::io::Error::other("disk");
         assert_eq!(exit_code(&io), 1);
+        let stopped = Error::Stopped {
+            message: "stopped".into(),
+            code: 143,
+        };
+        assert_eq!(exit_code(&stopped), 143);
     }
 }

@@ -997,7 +997,7 @@ pub fn inspect_within(
             .map(|t| format!("{} ({}, {:?})", t.tensor, t.kind, t.shape))
             .collect();
         warnings.push(format!(
-            "not analysed for TSDs (counted in the parameters, applied by tsd eval): {}",
+            "not analysed for TSDs (counted in the parameters; tsd eval applies them where the base has the tensor they change, and refuses a LoRA or trained bias on a linear without a bias, as PEFT refuses to merge it): {}",
             list.join(", ")
         ));
     }

@@ -26,6 +26,7 @@ pub mod params;
 pub mod report;
 pub mod reproduce;
 pub mod run;
+pub mod signals;
 pub mod stats;
 pub mod threads;
 pub mod track;

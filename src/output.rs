@@ -22,26 +22,61 @@ pub fn to_json<T: Serialize>(value: &T) -> Result<String> {
         .map_err(|e| Error::Internal(format!("serialising JSON: {e}")))
 }
 
-/// Terminal tables fit the terminal when stdout is one, else 100 columns (cells wrap if needed).
+/// Terminal tables fit `COLUMNS` when it is set (a positive number), else the terminal when stdout
+/// is one; text cells wrap to fit, numeric columns ([`right_align`]) never do. Piped without
+/// `COLUMNS`, nothing wraps: every row is one line.
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
-    let width = t.width().unwrap_or(TABLE_WIDTH);
-    t.set_width(width)
-        .set_content_arrangement(ContentArrangement::Dynamic);
+    let columns = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u16>().ok())
+        .filter(|&w| w > 0);
+    match columns.or_else(|| t.width()) {
+        Some(width) => {
+            t.set_width(width)
+                .set_content_arrangement(ContentArrangement::Dynamic);
+        }
+        None => {
+            t.set_content_arrangement(ContentArrangement::Disabled);
+        }
+    }
 
     t.set_header(header.to_vec());
     t
 }
 
-/// Table width when the terminal's is not known.
-pub const TABLE_WIDTH: u16 = 100;
-
+/// Right-aligns the columns from `from` on: numbers, which never wrap (each such column is at
+/// least as wide as its widest cell; headers may wrap at spaces). Columns before `from` (text)
+/// keep at least 14 characters, or their widest cell when narrower. Call after adding the rows.
 fn right_align(t: &mut Table, from: usize) {
+    use comfy_table::{ColumnConstraint, Width};
     let n = t.column_count();
-    for i in from..n {
+    let mut widest = vec![0u16; n];
+    for row in t.row_iter() {
+        for (i, cell) in row.cell_iter().enumerate().take(n) {
+            let w = cell
+                .content()
+                .lines()
+                .map(|l| l.chars().count())
+                .max()
+                .unwrap_or(0);
+            widest[i] = widest[i].max(w.min(u16::MAX as usize) as u16);
+        }
+    }
+    for (i, &w) in widest.iter().enumerate() {
         if let Some(c) = t.column_mut(i) {
-            c.set_cell_alignment(CellAlignment::Right);
+            let min = if i >= from {
+                c.set_cell_alignment(CellAlignment::Right);
+                w
+            } else {
+                w.min(14)
+            };
+            // comfy-table's boundaries include the cell padding.
+            let pad = c.padding_width();
+            c.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(
+                min.max(1) + pad,
+            )));
         }
     }
 }
@@ -60,6 +95,19 @@ pub fn number(x: f64) -> String {
     } else {
         format!("{x:.3e}")
     }
+}
+
+/// A count with thousands separators: `1660080` → `1,660,080`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `model.layers.3.self_attn.q_proj` → `3.q_proj` (the table's module column); other names as they are.

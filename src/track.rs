@@ -204,7 +204,7 @@ pub fn track(
     let base: &dyn WeightSource = match base {
         Some(b) => b,
         None => {
-            owned = run.open_base(None)?;
+            owned = run.open_base(None, false)?.source;
             owned.as_ref()
         }
     };

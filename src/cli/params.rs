@@ -59,6 +59,7 @@ fn load_config(spec: &str, src: &ModelArgs) -> Result<LlamaConfig> {
         spec: spec.to_string(),
         revision: src.revision.clone(),
         offline: src.offline,
+        local_only: false,
     })?;
     let v = m
         .config_json()

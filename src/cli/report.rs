@@ -12,7 +12,8 @@ pub struct ReportArgs {
     #[command(flatten)]
     null: super::NullArgs,
     /// Render this saved track record (`tsd track RUN --json -o FILE`) instead of tracking the
-    /// run's checkpoints [default: track them and save the record as track.json beside the report]
+    /// run's checkpoints [default: track them and save the record beside the report as
+    /// FILE.track.json, named after the report (report.track.json for report.html)]
     #[arg(long, value_name = "FILE", conflicts_with = "no_track")]
     track: Option<PathBuf>,
     /// Skip the per-checkpoint direction analysis (curves only).
@@ -48,7 +49,7 @@ pub fn run(a: ReportArgs) -> Result<()> {
             &a.null,
             a.quiet,
         )?;
-        let saved = tsd::fsutil::parent_dir(&out).join("track.json");
+        let saved = tsd::report::track_path_for(&out);
         tsd::fsutil::atomic_write(&saved, (tsd::output::to_json(&t)? + "\n").as_bytes())?;
         eprintln!("wrote {}", saved.display());
         Some(t)

@@ -22,6 +22,10 @@ pub struct RunArgs {
     /// Hugging Face revision of --base when it is a hub id [default: main]
     #[arg(long, requires = "base")]
     pub revision: Option<String>,
+    /// Refuse (exit 2) a --base that cannot be shown to be the run's declared base (by the run
+    /// record's sha256, else by name or path) instead of warning
+    #[arg(long, requires = "base")]
+    pub strict_base: bool,
     /// The adapter subfolder to read in each checkpoint (PEFT's folder for a named adapter)
     /// [default: the checkpoint's root, else its only adapter subfolder]
     #[arg(long)]
@@ -56,8 +60,13 @@ impl RunArgs {
             spec: b.clone(),
             revision: self.revision.clone(),
             offline: false,
+            local_only: false,
         });
-        let base = run.open_base(spec.as_ref())?;
+        let opened = run.open_base(spec.as_ref(), self.strict_base)?;
+        if let Some(w) = &opened.warning {
+            eprintln!("warning: {w}");
+        }
+        let base = opened.source;
         let reference = self.reference.as_deref().map(open_reference).transpose()?;
         let pb = progress_bar(run.checkpoints.len() as u64, "track", quiet);
         let opts = InspectOptions {

@@ -2,8 +2,6 @@ use super::{progress_bar, DeviceArgs};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use tsd::train::{Method, TrainConfig, Trainer};
 
 /// Flags left out take their value from `--config` (when given), else from tsd's defaults, shown
@@ -82,7 +80,7 @@ pub struct TrainArgs {
     /// Loss on the whole sequence (true, the protocol's choice) or the response only [default: true]
     #[arg(long)]
     train_on_inputs: Option<bool>,
-    /// Examples held out for validation loss [default: 120]
+    /// Examples held out for validation loss; must leave a training example [default: 10 % of the examples, at most 120]
     #[arg(long)]
     val_size: Option<usize>,
     /// Use only the first N examples of each data file [default: all]
@@ -133,7 +131,6 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
         micro_batch_size,
         cutoff_len,
         train_on_inputs,
-        val_size,
         seed,
         save_every
     );
@@ -155,6 +152,9 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if a.max_steps.is_some() {
         c.max_steps = a.max_steps;
+    }
+    if a.val_size.is_some() {
+        c.val_size = a.val_size;
     }
     if a.max_examples.is_some() {
         c.max_examples = a.max_examples;
@@ -194,29 +194,36 @@ pub fn run(a: TrainArgs) -> Result<()> {
             a.out.as_ref().expect("clap requires --out"),
         )?,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second Ctrl-C while saving falls through to the default handler only after the save.
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("\ntsd: already stopping; the checkpoint is being written");
-            } else {
-                eprintln!("\ntsd: stopping after this step and saving a checkpoint…");
-            }
-        });
-    }
+    // SIGINT (Ctrl-C) and SIGTERM stop the run after the current step with a checkpoint saved.
+    tsd::signals::install()?;
     eprintln!(
-        "tsd train: {} on {} ({} train / {} val examples), {} steps from step {}, trainable {} parameters, run dir {}",
+        "tsd train: {} on {} ({} train / {} val examples{}), {} steps from step {}, trainable {} parameters{}, run dir {}",
         serde_json::to_string(&trainer.config.method)?.trim_matches('"'),
         trainer.record.base,
         trainer.record.train_examples,
         trainer.record.val_examples,
+        if trainer.config.val_size.is_none() {
+            "; validation split 10 % of the examples, at most 120, without --val-size"
+        } else {
+            ""
+        },
         trainer.total_steps,
         trainer.step,
-        trainer.record.trainable_params,
+        tsd::output::thousands(trainer.record.trainable_params),
+        if trainer.config.method == Method::LoraDash {
+            format!(
+                " (LoRA A and B, and {} Δσ per adapted matrix, which train from step {})",
+                trainer.config.dash_s,
+                trainer.config.dash_t + 1
+            )
+        } else {
+            String::new()
+        },
         trainer.run_dir.display()
     );
+    if let Some(w) = trainer.warmup_warning() {
+        eprintln!("warning: {w}");
+    }
     let pb = progress_bar(trainer.total_steps as u64, "train", a.quiet);
     pb.set_position(trainer.step as u64);
     let abort = a.abort_after_step;
@@ -250,7 +257,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 std::process::abort();
             }
         },
-        &stop,
+        tsd::signals::stop_flag(),
     )?;
     pb.finish_and_clear();
     let rec = &trainer.record;
@@ -266,6 +273,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
         rec.peak_rss_bytes as f64 / (1 << 20) as f64,
         rec.checkpoints
     );
+    if !rec.finished {
+        if let Some(sig) = tsd::signals::received() {
+            return Err(tsd::Error::Stopped {
+                message: format!(
+                    "stopped by {} at step {} of {}, checkpoint saved; continue with `tsd train --resume {}`",
+                    sig.name(),
+                    trainer.step,
+                    trainer.total_steps,
+                    trainer.run_dir.display()
+                ),
+                code: sig.exit_code(),
+            }
+            .into());
+        }
+    }
     Ok(())
 }
 

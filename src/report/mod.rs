@@ -19,6 +19,15 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Where `tsd report -o FILE` saves the track record it computed: beside FILE, named after it
+/// (`DIR/run-a.html` → `DIR/run-a.track.json`), so reports sharing a directory keep their own.
+pub fn track_path_for(report: &std::path::Path) -> std::path::PathBuf {
+    let stem = report
+        .file_stem()
+        .map_or_else(|| "report".into(), |s| s.to_string_lossy().into_owned());
+    crate::fsutil::parent_dir(report).join(format!("{stem}.track.json"))
+}
+
 /// The minijinja environment with every template loaded (HTML auto-escaping on).
 pub fn environment() -> Result<Environment<'static>> {
     let mut env = Environment::new();

@@ -525,7 +525,7 @@ impl<'a> Grid<'a> {
             cutoff_len: p.cutoff_len,
             train_on_inputs: p.train_on_inputs,
             max_examples: p.max_examples_per_task,
-            val_size: p.val_size,
+            val_size: Some(p.val_size),
             seed: cell.seed,
             split_seed: Some(0),
             save_every: steps.map_or(p.save_every, |s| p.save_every.min(s)),

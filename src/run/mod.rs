@@ -3,6 +3,7 @@
 //! and any directory of adapter directories. `tsd train` writes through [`layout`]; `track`,
 //! `report` and `--reference` read every layout through [`Run`].
 
+pub mod base;
 pub mod curves;
 pub mod hf;
 pub mod layout;
@@ -13,7 +14,7 @@ pub use record::{EvalLog, RunRecord, StepLog, SwitchLog, TrainerState};
 
 use crate::error::{Error, Result};
 use crate::train::config::TrainConfig;
-use crate::weights::{self, ModelSpec, WeightSource};
+use crate::weights::ModelSpec;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -323,11 +324,20 @@ impl Run {
         }
     }
 
-    /// The base the run declares: tsd's `--model` (and `--revision`), else the first checkpoint's
-    /// `base_model_name_or_path` (and `revision`).
-    pub fn declared_base(&self) -> Result<Option<(String, Option<String>)>> {
+    /// The base the run declares: tsd's `--model` (and `--revision`, with the record's weight
+    /// hashes), else the first checkpoint's `base_model_name_or_path` (and `revision`), relative
+    /// paths tried against the adapter's directory, the checkpoint's and the run's.
+    pub fn declared_base(&self) -> Result<Option<base::DeclaredBase>> {
+        let source = format!("{} {}", self.kind.describe(), self.dir.display());
         if let Some(c) = &self.config {
-            return Ok(Some((c.model.clone(), c.revision.clone())));
+            return Ok(Some(base::DeclaredBase {
+                source,
+                spec: c.model.clone(),
+                revision: c.revision.clone(),
+                // tsd's `--model` was relative to the working directory.
+                roots: Vec::new(),
+                files: self.record()?.map(|r| r.base_files).unwrap_or_default(),
+            }));
         }
         let Some(first) = self.checkpoints.first() else {
             return Ok(None);
@@ -338,48 +348,27 @@ impl Run {
         Ok(cfg
             .base_model_name_or_path
             .filter(|b| !b.is_empty())
-            .map(|b| (b, cfg.revision)))
+            .map(|spec| base::DeclaredBase {
+                source,
+                spec,
+                revision: cfg.revision,
+                roots: vec![first.adapter.clone(), first.dir.clone(), self.dir.clone()],
+                files: Vec::new(),
+            }))
     }
 
-    /// The base model: `base` when given, else the declared one if it resolves locally — a
-    /// relative path against the adapter's directory, the checkpoint's, the run's (not for tsd
-    /// runs), then the working directory; an id through the Hugging Face cache, never the network (tsd's pinned `default`
-    /// is provisioned). Otherwise an error that says to pass `--base`.
-    pub fn open_base(&self, base: Option<&ModelSpec>) -> Result<Box<dyn WeightSource>> {
-        if let Some(b) = base {
-            return weights::open_model(b);
-        }
-        let Some((declared, revision)) = self.declared_base()? else {
-            return Err(Error::InvalidArgument(format!(
-                "{}: no --base given and the run declares no base model (base_model_name_or_path); pass --base",
-                self.dir.display()
-            )));
-        };
-        // tsd's `--model` was relative to the working directory; a PEFT config's to wherever it was
-        // saved from, so the run's own directories are tried first.
-        if self.kind != RunKind::Tsd && Path::new(&declared).is_relative() && declared != "default"
-        {
-            let mut roots = Vec::new();
-            if let Some(c) = self.checkpoints.first() {
-                roots.extend([c.adapter.clone(), c.dir.clone()]);
-            }
-            roots.push(self.dir.clone());
-            if let Some(p) = roots.iter().map(|r| r.join(&declared)).find(|p| p.exists()) {
-                return weights::open_path(&p);
-            }
-        }
-        let spec = ModelSpec {
-            spec: declared.clone(),
-            revision,
-            offline: declared != "default",
-        };
-        weights::open_model(&spec).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "{}: no --base given and base_model_name_or_path `{declared}` does not resolve locally ({}); pass --base",
-                self.dir.display(),
-                e.to_string().lines().next().unwrap_or_default()
-            ))
-        })
+    /// The base model: `base` when given (checked against the declared one: a warning, or with
+    /// `strict` an error, when it cannot be shown to be it), else the declared one if it resolves
+    /// locally ([`base::open_base`]).
+    pub fn open_base(&self, given: Option<&ModelSpec>, strict: bool) -> Result<base::OpenedBase> {
+        base::open_base(
+            given,
+            "--base",
+            &self.dir.display().to_string(),
+            self.declared_base()?.as_ref(),
+            strict,
+            false,
+        )
     }
 }
 

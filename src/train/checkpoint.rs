@@ -138,7 +138,7 @@ impl Trainer {
         self.opt.load_state(&moments, &state.optimizer_steps)?;
         self.step = state.step;
         self.dash_active = state.dash_active;
-        self.record.trainable_params = self.opt.trainable_params();
+        self.record.trainable_params = super::trainer::trainable_params(&self.model, &self.config);
         self.elapsed_before = state.elapsed_s;
         // Steps after the checkpoint will be redone: drop them from the record.
         if let Ok(rec) = layout::read_record(&self.run_dir) {

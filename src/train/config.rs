@@ -73,7 +73,8 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     pub cutoff_len: usize,
     pub train_on_inputs: bool,
-    pub val_size: usize,
+    /// Examples held out for validation loss; `None`: [`TrainConfig::auto_val_size`] of the data.
+    pub val_size: Option<usize>,
     /// Use only the first N examples of each data file.
     pub max_examples: Option<usize>,
     pub seed: u64,
@@ -118,7 +119,7 @@ impl Default for TrainConfig {
             max_grad_norm: 1.0,
             cutoff_len: 256,
             train_on_inputs: true,
-            val_size: 120,
+            val_size: None,
             max_examples: None,
             seed: 42,
             split_seed: None,
@@ -134,6 +135,26 @@ impl TrainConfig {
     /// LoRA α.
     pub fn alpha(&self) -> f64 {
         self.alpha.unwrap_or(2.0 * self.rank as f64)
+    }
+
+    /// The validation split when `val_size` is not given: 10 % of the examples, at most 120 (the
+    /// protocol's 120 on a full data set; a 64-example run holds out 6).
+    pub fn auto_val_size(n_examples: usize) -> usize {
+        (n_examples / 10).min(120)
+    }
+
+    /// The validation split of `n_examples`: `val_size`, else [`Self::auto_val_size`]. Refuses a
+    /// split that leaves no training example.
+    pub fn val_size_for(&self, n_examples: usize) -> Result<usize> {
+        match self.val_size {
+            None => Ok(Self::auto_val_size(n_examples)),
+            Some(v) if v >= n_examples => Err(Error::InvalidArgument(format!(
+                "--val-size {v} leaves no training example: the data has {n_examples} example(s){}; lower --val-size (left out, it is 10 % of the examples, at most 120)",
+                self.max_examples
+                    .map_or(String::new(), |m| format!(" (--max-examples {m} per data file)"))
+            ))),
+            Some(v) => Ok(v),
+        }
     }
 
     /// Gradient accumulation steps.
@@ -170,6 +191,9 @@ impl TrainConfig {
         }
         if self.top_layers == Some(0) {
             return bad("top_layers must be positive".into());
+        }
+        if self.max_steps == Some(0) {
+            return bad("max_steps must be positive".into());
         }
         if self.save_every == 0 {
             return bad("save_every must be positive".into());
@@ -208,5 +232,19 @@ mod tests {
         let mut d = c.clone();
         d.micro_batch_size = 3;
         assert!(d.validate().is_err());
+    }
+
+    #[test]
+    fn the_validation_split_follows_the_data_unless_given() {
+        let c = TrainConfig::default();
+        assert_eq!(c.val_size_for(64).unwrap(), 6);
+        assert_eq!(c.val_size_for(5).unwrap(), 0);
+        assert_eq!(c.val_size_for(100_000).unwrap(), 120);
+        let given = TrainConfig {
+            val_size: Some(120),
+            ..TrainConfig::default()
+        };
+        assert!(given.val_size_for(64).is_err());
+        assert_eq!(given.val_size_for(121).unwrap(), 120);
     }
 }

@@ -71,6 +71,7 @@ impl Trainer {
             spec: config.model.clone(),
             revision: config.revision.clone(),
             offline: false,
+            local_only: false,
         })?;
         let src = weights::open_path(&path)?;
         let mut model = Llama::from_source(src.as_ref(), &device, dtype)?;
@@ -104,16 +105,10 @@ impl Trainer {
             }
             examples.extend(ex);
         }
-        if examples.len() <= config.val_size {
-            return Err(Error::InvalidArgument(format!(
-                "{} example(s) cannot leave a training set after a validation split of {}",
-                examples.len(),
-                config.val_size
-            )));
-        }
+        let val_size = config.val_size_for(examples.len())?;
         let (tr_idx, val_idx) = data::split_validation(
             examples.len(),
-            config.val_size,
+            val_size,
             config.split_seed.unwrap_or(config.seed),
         )?;
         let tokenize = |idx: &[usize]| -> Result<Vec<Tokenized>> {
@@ -185,7 +180,7 @@ impl Trainer {
                 }
             }
         }
-        let trainable = opt.trainable_params();
+        let trainable = super::trainer::trainable_params(&model, &config);
         let record = RunRecord {
             tsd_version: env!("CARGO_PKG_VERSION").into(),
             build: env!("TSD_BUILD_VERSIONS").into(),
@@ -225,6 +220,7 @@ impl Trainer {
             opt,
             step: 0,
             total_steps,
+            steps_per_epoch,
             from_layer,
             record,
             cache: SvdCache::default_location(),

@@ -21,6 +21,28 @@ pub use super::forward::LowerCacheKey;
 pub use crate::run::layout::{checkpoint_dir, latest_checkpoint, list_checkpoints};
 pub use crate::run::record::{EvalLog, RunRecord, StepLog, SwitchLog};
 
+/// A run's trainable parameters, the one count `tsd train` prints and its record, report and
+/// reproduction carry: every parameter that trains at some point — LoRA's A and B (a full
+/// fine-tune's target matrices) and, for LoRA-Dash, the `dash_s` Δσ of every adapted matrix,
+/// counted from the start although they train only after the switch (as `tsd params --dash-s`
+/// and `tsd inspect` count them). Ū and V̄ are frozen and not counted.
+pub fn trainable_params(model: &Llama, config: &TrainConfig) -> u64 {
+    model
+        .linears()
+        .map(|l| {
+            let lora = l.lora.as_ref().map_or(0, |x| {
+                (x.a.elem_count() + x.b.elem_count()) as u64
+                    + if config.method == Method::LoraDash {
+                        config.dash_s as u64
+                    } else {
+                        0
+                    }
+            });
+            lora + l.full.as_ref().map_or(0, |w| w.elem_count() as u64)
+        })
+        .sum()
+}
+
 /// A training run in progress.
 pub struct Trainer {
     pub config: TrainConfig,
@@ -34,6 +56,8 @@ pub struct Trainer {
     /// Optimizer steps done.
     pub step: usize,
     pub total_steps: usize,
+    /// Optimizer steps per pass over the training examples.
+    pub steps_per_epoch: usize,
     /// First adapted layer (layers below run without a graph).
     pub(super) from_layer: usize,
     /// Hidden states entering `from_layer`, one `[T_i, H]` per training example, when cached.
@@ -63,8 +87,9 @@ impl Trainer {
         let built = Self::build(config, run_dir).and_then(|t| {
             if t.config.method == Method::LoraDash && t.config.dash_t >= t.total_steps {
                 return Err(Error::InvalidArgument(format!(
-                    "--dash-t {} is not below the run's {} optimizer steps: the run would train plain LoRA under a LoRA-Dash label (lower --dash-t, or use --method lora)",
-                    t.config.dash_t, t.total_steps
+                    "--dash-t {} is not below the run's {}: the run would train plain LoRA under a LoRA-Dash label (lower --dash-t, or use --method lora)",
+                    t.config.dash_t,
+                    t.steps_explained()
                 )));
             }
             layout::write_config(run_dir, &t.config)?;
@@ -93,6 +118,42 @@ impl Trainer {
             t.restore(step)?;
         }
         Ok(t)
+    }
+
+    /// The run's length and where it comes from: `12 optimizer steps (--max-steps)`, or
+    /// `9 optimizer steps (3 epochs × 3 steps of 16 examples over 58 training examples)`.
+    pub fn steps_explained(&self) -> String {
+        let c = &self.config;
+        if c.max_steps.is_some() {
+            return format!("{} optimizer steps (--max-steps)", self.total_steps);
+        }
+        format!(
+            "{} optimizer steps ({} epochs × {} steps of {} examples over {} training examples)",
+            self.total_steps,
+            c.epochs,
+            self.steps_per_epoch,
+            c.batch_size,
+            self.train.len()
+        )
+    }
+
+    /// A warning when the linear warm-up is as long as the run or longer: the learning rate then
+    /// never reaches `--lr` (HF's schedule: step 1 at 0, `lr·k/warmup` at step k+1, so the last
+    /// step runs at `lr·(total−1)/warmup`).
+    pub fn warmup_warning(&self) -> Option<String> {
+        let c = &self.config;
+        if c.warmup_steps < self.total_steps {
+            return None;
+        }
+        let last = self.total_steps.saturating_sub(1);
+        let peak = linear_schedule(c.lr, last, c.warmup_steps, self.total_steps);
+        Some(format!(
+            "--warmup-steps {} is not shorter than the run's {}: the learning rate rises linearly from 0 and peaks at {peak:.3e} ({} of --lr {:e}) at the last step; lower --warmup-steps for a run that reaches --lr",
+            c.warmup_steps,
+            self.steps_explained(),
+            format_args!("{last}/{}", c.warmup_steps),
+            c.lr
+        ))
     }
 
     /// Uses another SVD cache (tests).
@@ -222,7 +283,8 @@ impl Trainer {
             if self.step % self.config.save_every == 0 || self.step == self.total_steps {
                 self.save_checkpoint(started)?;
             }
-            if stop.load(Ordering::SeqCst) {
+            // A stop during the last step lets the run finish (nothing is left to resume).
+            if stop.load(Ordering::SeqCst) && self.step < self.total_steps {
                 if self.record.checkpoints.last() != Some(&self.step) {
                     self.save_checkpoint(started)?;
                 }
@@ -248,8 +310,7 @@ impl Trainer {
     }
 
     pub(super) fn write_record(&mut self) -> Result<()> {
-        // What trains now: Δσ joins at the LoRA-Dash switch.
-        self.record.trainable_params = self.opt.trainable_params();
+        self.record.trainable_params = trainable_params(&self.model, &self.config);
         self.record.peak_rss_bytes = self.record.peak_rss_bytes.max(peak_rss_bytes());
         layout::write_record(&self.run_dir, &self.record)
     }

@@ -52,6 +52,27 @@ fn is_true(v: &str) -> bool {
 
 /// Whether the environment asks for offline mode: `HF_HUB_OFFLINE`, or `TRANSFORMERS_OFFLINE`
 /// when the former is unset or empty (huggingface_hub reads `HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE`).
+/// Why the network is not used for a lookup, when it is not: the variable that is set, `--offline`,
+/// or `local_only` (a base an adapter or run declares is looked up in the cache only, never
+/// downloaded). `None`: downloads are allowed.
+pub fn offline_reason(offline_flag: bool, local_only: bool) -> Option<String> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(v) = get("HF_HUB_OFFLINE") {
+        if is_true(&v) {
+            return Some(format!("offline mode is on (HF_HUB_OFFLINE={v})"));
+        }
+    } else if let Some(v) = get("TRANSFORMERS_OFFLINE").filter(|v| is_true(v)) {
+        return Some(format!("offline mode is on (TRANSFORMERS_OFFLINE={v})"));
+    }
+    if offline_flag {
+        Some("offline mode is on (--offline)".into())
+    } else if local_only {
+        Some("a declared base is looked up in the cache only, never downloaded".into())
+    } else {
+        None
+    }
+}
+
 pub fn env_offline() -> bool {
     let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     get("HF_HUB_OFFLINE")
@@ -571,25 +592,21 @@ fn hub_error(id: &str, endpoint: &str, what: &str, e: ApiError) -> Error {
 fn resolve_with<T>(
     id: &str,
     revision: Option<&str>,
-    offline: bool,
+    offline: Option<String>,
     local: impl Fn(&HubCache, &str) -> Result<T, Miss>,
     online: impl Fn(&Remote) -> Result<T>,
 ) -> Result<T> {
     let revision = revision.unwrap_or("main");
     check_revision(revision)?;
     let cache = HubCache::from_env()?;
-    let offline = offline || env_offline();
     let miss = match local(&cache, revision) {
         Ok(v) => return Ok(v),
         Err(m) => m,
     };
-    if offline {
+    if let Some(reason) = offline {
         return Err(match miss {
             Miss::Final(e) => e,
-            Miss::NotCached(why) => not_found(
-                id,
-                format!("{why}, and offline mode is on (--offline or HF_HUB_OFFLINE)"),
-            ),
+            Miss::NotCached(why) => not_found(id, format!("{why}, and {reason}")),
         });
     }
     online(&Remote::open(&cache, id, revision)?)
@@ -600,7 +617,7 @@ pub fn fetch_file(id: &str, revision: Option<&str>, offline: bool, file: &str) -
     resolve_with(
         id,
         revision,
-        offline,
+        offline_reason(offline, false),
         |cache, rev| {
             let dir = from_cache(cache, id, rev, &[file], false, &[])?;
             Ok(dir.join(file))
@@ -616,12 +633,20 @@ pub fn fetch_file(id: &str, revision: Option<&str>, offline: bool, file: &str) -
 /// The snapshot directory of a model id holding its `config.json`, its safetensors weights (one
 /// file or the index and every shard it names) and, when the repo has them, its tokenizer files;
 /// from the cache, downloading what it lacks unless offline. Pickle-only repos are refused.
-pub fn resolve(id: &str, revision: Option<&str>, offline: bool) -> Result<PathBuf> {
-    let offline = offline || env_offline();
+///
+/// `local_only`: never download (a declared base), said so in the error when the cache lacks it.
+pub fn resolve(
+    id: &str,
+    revision: Option<&str>,
+    offline: bool,
+    local_only: bool,
+) -> Result<PathBuf> {
+    let reason = offline_reason(offline, local_only);
+    let offline = reason.is_some();
     resolve_with(
         id,
         revision,
-        offline,
+        reason,
         |cache, rev| {
             // Offline, missing tokenizer files are left to the commands that need them.
             let optional = if offline { &[][..] } else { OPTIONAL_FILES };

@@ -45,6 +45,9 @@ pub struct ModelSpec {
     pub revision: Option<String>,
     /// Never touch the network (also set by `HF_HUB_OFFLINE=1`).
     pub offline: bool,
+    /// A base an adapter or run declares: looked up locally only (never downloaded), and an
+    /// error says so rather than blaming `--offline`.
+    pub local_only: bool,
 }
 
 impl ModelSpec {
@@ -71,7 +74,12 @@ pub fn resolve_path(spec: &ModelSpec) -> Result<std::path::PathBuf> {
         return Ok(p.to_path_buf());
     }
     if hub::looks_like_repo_id(&spec.spec) {
-        return hub::resolve(&spec.spec, spec.revision.as_deref(), spec.offline);
+        return hub::resolve(
+            &spec.spec,
+            spec.revision.as_deref(),
+            spec.offline,
+            spec.local_only,
+        );
     }
     Err(Error::ModelNotFound {
         spec: spec.spec.clone(),
