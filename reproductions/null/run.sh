@@ -21,9 +21,29 @@ for by in change-rate enrichment; do
   "$tsd" inspect rand1 --base default --reference rand2 --tsd-by "$by" -q | portable >"$here/unrelated-$by.txt"
   "$tsd" inspect rand1 --base default --reference rand2 --tsd-by "$by" -q --json | portable >"$here/unrelated-$by.json"
 done
+# Empirical controls on the committed cpu reproduction (README, Reproduction status): two seeds
+# of the same setting against each other (a ceiling for "task-specific"), and a random control of
+# a run against the full fine-tune reference (needs the reference's weights, which are not
+# committed: `tsd reproduce commonsense --preset cpu --only full-ref-s1` re-makes them).
+cpu="$here/../commonsense/cpu/runs"
+step=checkpoints/step-000200
+for r in lora-r1 lora-r16; do
+  "$tsd" inspect "$cpu/$r-s1/$step" --base default --reference "$cpu/$r-s2/$step" -q | portable |
+    sed "s|$cpu|runs|g" >"$here/seed-$r.txt"
+done
+ref="$cpu/full-ref-s1/$step"
+if [ -f "$ref/model.safetensors" ]; then
+  "$tsd" export "$cpu/lora-r16-s1/$step" rand-r16 --randomize 1
+  "$tsd" inspect rand-r16 --base default --reference "$ref" -q | portable |
+    sed "s|$cpu|runs|g" >"$here/random-vs-full-ref.txt"
+  "$tsd" inspect "$cpu/lora-r16-s1/$step" --base default --reference "$ref" -q | portable |
+    sed "s|$cpu|runs|g" >"$here/lora-r16-vs-full-ref.txt"
+else
+  echo "no reference weights at $ref: skipping the random-vs-reference control" >&2
+fi
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "tsd: $("$tsd" --version) (commit $(git -C "$here" rev-parse --short HEAD))"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores"
 } >"$here/provenance.txt"
-echo "wrote $here/unrelated-{change-rate,enrichment}.{txt,json} and provenance.txt"
+echo "wrote the records and provenance.txt in $here"

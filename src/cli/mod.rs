@@ -118,6 +118,15 @@ pub enum TsdBy {
     Enrichment,
 }
 
+impl TsdBy {
+    pub fn ranking(self) -> tsd::directions::Ranking {
+        match self {
+            TsdBy::ChangeRate => tsd::directions::Ranking::ChangeRate,
+            TsdBy::Enrichment => tsd::directions::Ranking::Enrichment,
+        }
+    }
+}
+
 impl NullArgs {
     /// Validated settings: the ranking and the null's options.
     pub fn plan(&self) -> Result<(tsd::directions::Ranking, tsd::inspect::NullOptions)> {
@@ -129,10 +138,7 @@ impl NullArgs {
                 "--null-draws and --enrichment-draws must be positive",
             ));
         }
-        let ranking = match self.tsd_by {
-            TsdBy::ChangeRate => tsd::directions::Ranking::ChangeRate,
-            TsdBy::Enrichment => tsd::directions::Ranking::Enrichment,
-        };
+        let ranking = self.tsd_by.ranking();
         Ok((
             ranking,
             tsd::inspect::NullOptions {

@@ -53,6 +53,10 @@ pub struct TrainArgs {
     /// LoRA-Dash: optimizer steps of plain LoRA before the switch; must be below the run's steps [default: 100]
     #[arg(long)]
     dash_t: Option<usize>,
+    /// LoRA-Dash: how the switch ranks directions — the paper's change rate |uᵀΔWv|/σ, or
+    /// enrichment |uᵀΔWv| (spectrum-free; an ablation) [default: change-rate]
+    #[arg(long, value_enum)]
+    dash_pick: Option<super::TsdBy>,
     /// Peak learning rate (AdamW) [default: 0.0002]
     #[arg(long)]
     lr: Option<f64>,
@@ -115,6 +119,9 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
     };
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
+    }
+    if let Some(by) = a.dash_pick {
+        c.dash_pick = by.ranking();
     }
     set!(
         model,

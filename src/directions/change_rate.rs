@@ -92,6 +92,23 @@ impl Ranking {
     }
 }
 
+/// How LoRA-Dash picks its directions at the switch: the σ floor of δ and the ranking (the
+/// paper's change rate by default; enrichment as an ablation, `tsd train --dash-pick`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DashPick {
+    pub floor: SigmaFloor,
+    pub by: Ranking,
+}
+
+impl From<SigmaFloor> for DashPick {
+    fn from(floor: SigmaFloor) -> Self {
+        DashPick {
+            floor,
+            by: Ranking::ChangeRate,
+        }
+    }
+}
+
 /// Indices of the `k` largest values, largest first; ties broken by the smaller index.
 /// Non-finite values sort last.
 pub fn top_k(values: &[f64], k: usize) -> Vec<usize> {

@@ -9,7 +9,7 @@
 //! 2e-4 step (half of bf16's spacing there is 2.4e-4); in f32 it can.
 
 use crate::adapter::{DashNaming, DashState, ModuleAdapter};
-use crate::directions::{change_rates, SigmaFloor, Tsd, Update};
+use crate::directions::{change_rates, Tsd, Update};
 use crate::linalg::{Matrix, Svd};
 use crate::nn::frozen::matmul_2d;
 use crate::nn::FrozenLinear;
@@ -250,12 +250,18 @@ impl AdaptedLinear {
     /// LoRA-Dash identification (README, Definitions: LoRA-Dash, the switch): δ̂ from the current `s·B·A` against W's SVD,
     /// top-`s` directions frozen as Ū, V̄ᵀ, and `s` new Δσ initialised to zero, so the output is
     /// unchanged at the switch.
-    pub fn start_dash(&mut self, s: usize, svd: &Svd, floor: SigmaFloor) -> Result<DashSwitch> {
+    pub fn start_dash(
+        &mut self,
+        s: usize,
+        svd: &Svd,
+        pick: crate::directions::DashPick,
+    ) -> Result<DashSwitch> {
         let update = self.lora_update()?.ok_or_else(|| {
             candle_core::Error::Msg(format!("{}: LoRA-Dash needs a LoRA adapter", self.module))
         })?;
-        let (coords, rates) = change_rates(&update, svd, floor);
-        let tsd = Tsd::select(&coords, &rates, &svd.s, s);
+        let (coords, rates) = change_rates(&update, svd, pick.floor);
+        let scores = pick.by.scores(&coords, &svd.s, pick.floor);
+        let tsd = Tsd::select_by(&coords, &rates, &scores, &svd.s, s);
         let (out, inp) = self.shape()?;
         let idx: Vec<usize> = tsd.iter().map(|t| t.index).collect();
         let k = idx.len();
@@ -467,7 +473,7 @@ mod tests {
     fn gradients_match_finite_differences_in_f64() -> Result<()> {
         let mut l = layer(DType::F64)?;
         let svd = w_svd(&l);
-        l.start_dash(3, &svd, SigmaFloor::default())?;
+        l.start_dash(3, &svd, crate::directions::DashPick::default())?;
         l.dash
             .as_ref()
             .unwrap()
@@ -513,6 +519,37 @@ mod tests {
         Ok(())
     }
 
+    /// `--dash-pick enrichment` picks the largest |uᵀΔWv|, the change rate the largest
+    /// |uᵀΔWv|/σ; each matches a direct ranking of the same coordinates.
+    #[test]
+    fn dash_pick_ranks_by_change_rate_or_enrichment() -> Result<()> {
+        use crate::directions::{DashPick, Ranking};
+        let mut l = layer(DType::F32)?;
+        let svd = w_svd(&l);
+        let update = l.lora_update()?.unwrap();
+        let (coords, rates) = change_rates(&update, &svd, Default::default());
+        let top = |v: &[f64]| crate::directions::top_k(v, 3);
+        let abs: Vec<f64> = coords.iter().map(|c| c.abs()).collect();
+        for (by, want) in [
+            (Ranking::ChangeRate, top(&rates)),
+            (Ranking::Enrichment, top(&abs)),
+        ] {
+            l.dash = None;
+            let pick = DashPick {
+                by,
+                ..Default::default()
+            };
+            let got: Vec<usize> = l
+                .start_dash(3, &svd, pick)?
+                .tsd
+                .iter()
+                .map(|t| t.index)
+                .collect();
+            assert_eq!(got, want, "{by:?}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn dash_switch_is_continuous_and_merge_round_trips() -> Result<()> {
         let mut l = layer(DType::F32)?;
@@ -521,7 +558,7 @@ mod tests {
         let ctx = ForwardCtx::eval();
         let before = l.forward(&x, &ctx)?;
         let svd = w_svd(&l);
-        let sw = l.start_dash(3, &svd, SigmaFloor::default())?;
+        let sw = l.start_dash(3, &svd, crate::directions::DashPick::default())?;
         assert_eq!(sw.tsd.len(), 3);
         let after = l.forward(&x, &ctx)?;
         assert_eq!(
@@ -575,7 +612,7 @@ mod tests {
         let b = Tensor::randn(0f32, 0.5, (16, 2), &dev)?;
         l.lora.as_ref().unwrap().b.set(&b)?;
         let svd = w_svd(&l);
-        l.start_dash(3, &svd, SigmaFloor::default())?;
+        l.start_dash(3, &svd, crate::directions::DashPick::default())?;
         let (lora, d) = (l.lora.as_ref().unwrap(), l.dash.as_ref().unwrap());
         for v in [&lora.a, &lora.b, &d.delta_sigma] {
             assert_eq!(v.dtype(), DType::F32, "adapter parameters are f32");

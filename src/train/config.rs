@@ -60,6 +60,9 @@ pub struct TrainConfig {
     pub dash_t: usize,
     /// Relative σ floor in δ̂ at the switch (0 = official).
     pub sigma_floor: f64,
+    /// How the switch ranks directions: the paper's change rate, or enrichment (an ablation;
+    /// README, Definitions: the null of direction metrics).
+    pub dash_pick: crate::directions::Ranking,
     pub lr: f64,
     pub weight_decay: f64,
     pub warmup_steps: usize,
@@ -109,6 +112,7 @@ impl Default for TrainConfig {
             dash_s: 8,
             dash_t: 100,
             sigma_floor: 0.0,
+            dash_pick: Default::default(),
             lr: 2e-4,
             weight_decay: 0.0,
             warmup_steps: 100,

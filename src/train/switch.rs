@@ -5,7 +5,6 @@
 //! and factors; Ū, V̄ and Δσ are then created on the model's device one module at a time (device
 //! work stays on the calling thread).
 
-use crate::directions::SigmaFloor;
 use crate::error::Result;
 use crate::linalg::cache::SvdCache;
 use crate::linalg::{svd_working_bytes, Matrix, Precision, Svd};
@@ -30,7 +29,7 @@ pub fn parallel_svds(out: usize, inp: usize, budget: usize) -> usize {
 pub fn start_dash_all(
     linears: Vec<&mut AdaptedLinear>,
     s: usize,
-    floor: SigmaFloor,
+    pick: crate::directions::DashPick,
     cache: &SvdCache,
     budget: usize,
 ) -> Result<Vec<DashSwitch>> {
@@ -54,7 +53,7 @@ pub fn start_dash_all(
             .collect::<Result<_>>()?;
         drop(mats);
         for (lin, svd) in chunk.iter_mut().zip(&svds) {
-            logs.push(lin.start_dash(s, svd, floor)?);
+            logs.push(lin.start_dash(s, svd, pick)?);
         }
     }
     Ok(logs)
@@ -106,14 +105,14 @@ mod tests {
         let mut seq = make();
         for l in seq.iter_mut().filter(|l| l.lora.is_some()) {
             let svd = cache.get_or_compute(&host_matrix(l)?, Precision::F32)?.0;
-            want.push(l.start_dash(3, &svd, SigmaFloor::default())?);
+            want.push(l.start_dash(3, &svd, crate::directions::DashPick::default())?);
         }
         for budget in [1, usize::MAX] {
             let mut par = make();
             let got = start_dash_all(
                 par.iter_mut().collect(),
                 3,
-                SigmaFloor::default(),
+                crate::directions::DashPick::default(),
                 &cache,
                 budget,
             )?;

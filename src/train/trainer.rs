@@ -165,13 +165,16 @@ impl Trainer {
     /// LoRA-Dash's switch: TSD identification on every adapted module, Δσ added to the optimizer.
     fn switch_to_dash(&mut self) -> Result<()> {
         let t0 = Instant::now();
-        let floor = crate::directions::SigmaFloor {
-            relative: self.config.sigma_floor,
+        let pick = crate::directions::DashPick {
+            floor: crate::directions::SigmaFloor {
+                relative: self.config.sigma_floor,
+            },
+            by: self.config.dash_pick,
         };
         let logs = super::switch::start_dash_all(
             self.model.linears_mut().collect(),
             self.config.dash_s,
-            floor,
+            pick,
             &self.cache,
             super::switch::DEFAULT_SVD_BUDGET,
         )?;
