@@ -511,3 +511,70 @@ fn a_reference_kept_without_its_weights_is_trained_again() {
         + null["untestable"].as_u64().unwrap();
     assert_eq!(counted, cap["modules"].as_u64().unwrap(), "{last}");
 }
+
+/// The empirical controls (README, Definitions: the null of direction metrics): a cross-task and a
+/// shuffled-answer full fine-tune are trained as pieces, every run's final checkpoint is measured
+/// against them beside its null, and a second invocation trains and measures nothing again.
+#[test]
+fn controls_are_trained_and_measured_beside_the_null() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_data(d.path());
+    // boolq is evaluated, not trained on: its test examples after the 6 scored ones feed the
+    // cross-task control.
+    write_task(&data, "boolq", "test.json", 40, &["true", "false"]);
+    let out = d.path().join("out");
+    let first = smoke(d.path(), &data, &out, &["--controls", "true"]);
+    let err = String::from_utf8_lossy(&first.stderr).into_owned();
+    assert!(first.status.success(), "{err}");
+    assert!(err.contains("control control-cross-s1: training"), "{err}");
+    assert!(
+        err.contains("control control-shuffled-s1: training"),
+        "{err}"
+    );
+    // The shuffled control's answers are the runs' answers, permuted.
+    let shuffled: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(out.join("controls/control-shuffled-s1/train-0.json")).unwrap(),
+    )
+    .unwrap();
+    let original: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(data.join("ARC-Easy/train.json")).unwrap())
+            .unwrap();
+    let outputs = |v: &[serde_json::Value]| {
+        let mut o: Vec<String> = v.iter().map(|e| e["output"].to_string()).collect();
+        o.sort();
+        o
+    };
+    assert_eq!(outputs(&shuffled), outputs(&original[..shuffled.len()]));
+    assert!(shuffled
+        .iter()
+        .zip(&original)
+        .any(|(a, b)| a["output"] != b["output"]));
+    let r = results(&out);
+    let controls = r["summary"]["controls"].as_array().unwrap();
+    for (method, rank) in [("lora", 1), ("lora", 4), ("lora-dash", 1)] {
+        for control in ["cross-task", "shuffled answers"] {
+            let c = controls
+                .iter()
+                .find(|c| c["method"] == method && c["rank"] == rank && c["control"] == control)
+                .unwrap_or_else(|| panic!("{method} r{rank} {control}: {controls:?}"));
+            let all = &c["all"];
+            assert!(all["null_mean"].as_f64().unwrap() > 0.0, "{c}");
+            assert_eq!(all["seeds"], 1);
+        }
+    }
+    assert!(r["summary"]["verdict"]
+        .as_str()
+        .unwrap()
+        .contains("Empirical controls"));
+    let again = smoke(d.path(), &data, &out, &["--controls", "true"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(
+        !err.contains("training") && !err.contains("control: "),
+        "{err}"
+    );
+    assert_eq!(
+        results(&out)["summary"]["controls"],
+        r["summary"]["controls"]
+    );
+}

@@ -41,6 +41,11 @@ struct CommonsenseArgs {
     /// Override the preset's loss placement: whole sequence (true) or response only (false) [default: the preset's]
     #[arg(long)]
     train_on_inputs: Option<bool>,
+    /// Also train the empirical controls of TSD capture (a cross-task and a shuffled-answer full
+    /// fine-tune) and measure every run against them and against another seed [default: the
+    /// preset's: cpu true, smoke and paper false]
+    #[arg(long)]
+    controls: Option<bool>,
     /// Write one command per grid piece plus Slurm scripts under OUT/jobs/ and stop.
     #[arg(long, conflicts_with_all = ["only", "collect"])]
     emit_jobs: bool,
@@ -123,6 +128,9 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     }
     if let Some(t) = a.train_on_inputs {
         p.train_on_inputs = t;
+    }
+    if let Some(c) = a.controls {
+        p.controls = c;
     }
     let out = a.out.clone().unwrap_or_else(|| default_out(&p.name));
     let data = tsd::assets::data_dir(a.data.as_deref()).ok_or_else(|| super::input_error("no data directory: pass --data DIR (LLM-Adapters layout with <task>/train.json and <task>/test.json) or set TSD_DATA"))?;
@@ -210,6 +218,9 @@ fn emit(
     }
     if let Some(t) = a.train_on_inputs {
         args.extend(["--train-on-inputs".into(), t.to_string()]);
+    }
+    if let Some(c) = a.controls {
+        args.extend(["--controls".into(), c.to_string()]);
     }
     let s = &a.slurm;
     let mut res = Resources::for_preset(p);
@@ -530,6 +541,20 @@ fn print_summary(r: &Reproduction) {
                 })
                 .collect();
             println!("  {:<14} {}", s.run, pts.join("  "));
+        }
+    }
+    if !r.summary.controls.is_empty() {
+        println!("TSD capture at the final checkpoint against the empirical controls, all modules, mean over seeds (tested accuracy / null / κ):");
+        for c in &r.summary.controls {
+            println!(
+                "  {:<10} r={:<3} {:<17} {:.2} / {:.2} / {}",
+                tsd::reproduce::summary::method_label(c.method),
+                c.rank,
+                c.control,
+                c.all.accuracy,
+                c.all.null_mean,
+                c.all.kappa.map_or("-".into(), |k| format!("{k:+.2}"))
+            );
         }
     }
     println!("verdict: {}", r.summary.verdict);

@@ -33,6 +33,7 @@ pub fn pieces(p: &Preset) -> (Option<String>, Vec<String>) {
     if let Some(c) = reference_cell(p) {
         v.push(c.name());
     }
+    v.extend(super::controls::pieces(p));
     (p.needs_lr_check().then(|| "lr-check".to_string()), v)
 }
 
@@ -114,7 +115,12 @@ fn piece_unfinished(p: &Preset, out: &Path, piece: &str) -> Option<String> {
         return (!parses(&out.join("base").join("eval.json"))).then(|| "not evaluated".into());
     }
     let dir = out.join("runs").join(piece);
-    if reference_cell(p).is_some_and(|c| c.name() == piece) {
+    if super::controls::Trained::from_piece(piece).is_some() && parses(&dir.join("skipped.json")) {
+        return None;
+    }
+    if reference_cell(p).is_some_and(|c| c.name() == piece)
+        || super::controls::Trained::from_piece(piece).is_some()
+    {
         return training_state(&dir);
     }
     if parses(&dir.join("eval.json")) {
@@ -144,8 +150,7 @@ pub fn status(p: &Preset, out: &Path) -> Result<Vec<PieceStatus>> {
 /// Whether the reference update (a full fine-tune, or the grid's highest-rank LoRA) finished
 /// training; capture is never measured against an unfinished one.
 pub fn reference_finished(dir: &Path) -> bool {
-    crate::fsutil::read_json::<RunRecord>(&dir.join("record.json"))
-        .is_ok_and(|r| r.finished && final_checkpoint_present(dir, &r))
+    crate::fsutil::read_json::<RunRecord>(&dir.join("record.json")).is_ok_and(|r| r.finished)
 }
 
 /// The run's last recorded checkpoint is on disk: a reference whose record was kept but whose

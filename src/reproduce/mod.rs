@@ -9,6 +9,7 @@
 //! not redone, an interrupted run resumes from its checkpoint, the lr check keeps finished trials.
 //! Every number in the results traces to one of these files.
 
+pub mod controls;
 pub mod jobs;
 pub mod lock;
 pub mod preset;
@@ -859,53 +860,83 @@ impl<'a> Grid<'a> {
     }
 
     /// Trains the full fine-tune reference (no evaluation: it is a reference update).
-    fn reference_run(&mut self, lr: f64) -> Result<()> {
+    /// Trains the full fine-tune reference. A finished record is enough unless `need_weights`
+    /// (`--only full-ref-sN`): then a record kept without its final checkpoint is trained again.
+    fn reference_run(&mut self, lr: f64, need_weights: bool) -> Result<()> {
         if let Some(cell) = reference_cell(self.preset) {
-            let dir = self.run_dir(&cell);
-            let record = crate::fsutil::read_json::<crate::train::trainer::RunRecord>(
-                &dir.join("record.json"),
-            )
-            .ok()
-            .filter(|r| r.finished);
-            if jobs::reference_finished(&dir) {
-                return Ok(());
-            }
             let cfg = self.train_config(&cell, lr * self.preset.full_lr_scale, None);
-            let Some(kept) = record else {
-                (self.log)(&format!("reference {}: training", cell.name()));
-                self.train(cfg, &dir)?;
-                return Ok(());
-            };
-            // The record was kept without the weights (they are not committed): train again from
-            // the start, deterministic on the same host and threads, and say whether it matched.
-            (self.log)(&format!(
-                "reference {}: its record is here but not its final checkpoint: training it again",
-                cell.name()
-            ));
-            let stale = dir.with_extension(format!("record-only-{}", std::process::id()));
-            std::fs::rename(&dir, &stale).map_err(|e| Error::io(&dir, e))?;
-            let again = self.train(cfg, &dir)?;
-            let same = again.record.steps.len() == kept.steps.len()
-                && again
-                    .record
-                    .steps
-                    .iter()
-                    .zip(&kept.steps)
-                    .all(|(a, b)| a.loss == b.loss);
-            (self.log)(&if same {
-                format!(
-                    "reference {}: every step's loss equals the kept record's",
-                    cell.name()
-                )
-            } else {
-                format!(
-                    "warning: reference {}: the losses differ from the kept record's (another host, thread count or code): capture is measured against the new weights",
-                    cell.name()
-                )
-            });
-            std::fs::remove_dir_all(&stale).map_err(|e| Error::io(&stale, e))?;
+            self.full_ft("reference", &cell.name(), cfg, need_weights)?;
         }
         Ok(())
+    }
+
+    /// Trains a control reference (README, Definitions: the null of direction metrics): a full
+    /// fine-tune like the reference, on the control's data.
+    fn control_run(&mut self, t: controls::Trained, lr: f64, need_weights: bool) -> Result<()> {
+        let Some(cell) = reference_cell(self.preset) else {
+            return Ok(());
+        };
+        let files =
+            controls::training_files(t, self.preset, &self.data, self.out, &self.train_files)?;
+        if files.is_empty() {
+            let why = "no data for it: no evaluation-only task has enough test examples beyond the scored ones";
+            (self.log)(&format!("control {}: {why}", t.piece()));
+            let dir = self.out.join("runs").join(t.piece());
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let text = crate::output::to_json(&serde_json::json!({ "skipped": why }))? + "\n";
+            crate::fsutil::atomic_write(&dir.join("skipped.json"), text.as_bytes())?;
+            return Ok(());
+        }
+        let mut cfg = self.train_config(&cell, lr * self.preset.full_lr_scale, None);
+        cfg.data = files;
+        self.full_ft("control", t.piece(), cfg, need_weights)
+    }
+
+    /// Trains (or resumes, or keeps) the full fine-tune `OUT/runs/<name>`. A finished record
+    /// kept without its final checkpoint (a committed reproduction keeps no weights) is trained
+    /// again from the start when `need_weights`, and the log says whether every step's loss
+    /// equals the kept record's (deterministic on the same host and threads).
+    fn full_ft(
+        &mut self,
+        what: &str,
+        name: &str,
+        cfg: TrainConfig,
+        need_weights: bool,
+    ) -> Result<()> {
+        let dir = self.out.join("runs").join(name);
+        let record =
+            crate::fsutil::read_json::<crate::train::trainer::RunRecord>(&dir.join("record.json"))
+                .ok()
+                .filter(|r| r.finished);
+        let Some(kept) = record else {
+            (self.log)(&format!("{what} {name}: training"));
+            self.train(cfg, &dir)?;
+            return Ok(());
+        };
+        if !need_weights || jobs::final_checkpoint_present(&dir, &kept) {
+            return Ok(());
+        }
+        (self.log)(&format!(
+            "{what} {name}: its record is here but not its final checkpoint: training it again"
+        ));
+        let stale = dir.with_extension(format!("record-only-{}", std::process::id()));
+        std::fs::rename(&dir, &stale).map_err(|e| Error::io(&dir, e))?;
+        let again = self.train(cfg, &dir)?;
+        let same = again.record.steps.len() == kept.steps.len()
+            && again
+                .record
+                .steps
+                .iter()
+                .zip(&kept.steps)
+                .all(|(a, b)| a.loss == b.loss);
+        (self.log)(&if same {
+            format!("{what} {name}: every step's loss equals the kept record's")
+        } else {
+            format!(
+                "warning: {what} {name}: the losses differ from the kept record's (another host, thread count or code): capture is measured against the new weights"
+            )
+        });
+        std::fs::remove_dir_all(&stale).map_err(|e| Error::io(&stale, e))
     }
 
     /// The reference update's run directory and description, if it exists.
@@ -1061,6 +1092,141 @@ impl<'a> Grid<'a> {
     }
 }
 
+impl Grid<'_> {
+    /// Every run's final capture against the empirical controls (`OUT/controls.json`, cached
+    /// per run, control and control key): each trained control that has finished and the same
+    /// configuration's next seed. Controls whose weights are absent keep their cached entries.
+    fn controls(&mut self, runs: &[RunResult]) -> Result<Vec<controls::ControlCapture>> {
+        if controls::pieces(self.preset).is_empty() {
+            return Ok(Vec::new());
+        }
+        let cached = controls::Controls::read(self.out);
+        let cache = crate::linalg::cache::SvdCache::default_location();
+        let mut base: Option<Box<dyn WeightSource>> = None;
+        let mut out = Vec::new();
+        for r in runs {
+            let cell = Cell {
+                method: r.method,
+                rank: r.rank,
+                seed: r.seed,
+            };
+            for (control, dir, key) in self.control_targets(&cell, runs)? {
+                if let Some(c) = cached.cached(&cell.name(), &control, &key) {
+                    out.push(c.clone());
+                    continue;
+                }
+                let t0 = Instant::now();
+                (self.log)(&format!("control: {} against {control}", cell.name()));
+                if base.is_none() {
+                    base = Some(crate::weights::open_model(
+                        &crate::weights::ModelSpec::new(self.preset.model.clone()),
+                    )?);
+                }
+                let c = measure_control(
+                    &self.run_dir(&cell),
+                    &cell,
+                    (&control, &dir, &key),
+                    base.as_deref().expect("just opened"),
+                    &cache,
+                )?;
+                out.push(c);
+                self.timing.capture_s += t0.elapsed().as_secs_f64();
+            }
+        }
+        let text = crate::output::to_json(&controls::Controls {
+            captures: out.clone(),
+        })? + "\n";
+        crate::fsutil::atomic_write(&controls::Controls::path(self.out), text.as_bytes())?;
+        Ok(out)
+    }
+
+    /// `(control, directory, key)` for a run: the finished trained controls, then the same
+    /// configuration's next seed (cyclically) when it ran.
+    fn control_targets(
+        &self,
+        cell: &Cell,
+        runs: &[RunResult],
+    ) -> Result<Vec<(String, PathBuf, String)>> {
+        let mut v = Vec::new();
+        for t in controls::Trained::ALL {
+            let dir = self.out.join("runs").join(t.piece());
+            if jobs::reference_finished(&dir) {
+                v.push((
+                    t.label().to_string(),
+                    dir.clone(),
+                    Self::reference_key(&dir)?.0,
+                ));
+            }
+        }
+        let mut seeds: Vec<u64> = runs
+            .iter()
+            .filter(|r| r.method == cell.method && r.rank == cell.rank)
+            .map(|r| r.seed)
+            .collect();
+        seeds.sort();
+        if let Some(i) = seeds
+            .iter()
+            .position(|&s| s == cell.seed)
+            .filter(|_| seeds.len() > 1)
+        {
+            let other = Cell {
+                seed: seeds[(i + 1) % seeds.len()],
+                ..*cell
+            };
+            v.push(("seed".to_string(), self.run_dir(&other), other.name()));
+        }
+        Ok(v)
+    }
+}
+
+/// One run's final checkpoint against one control (a full fine-tune or another run).
+fn measure_control(
+    run_dir: &Path,
+    cell: &Cell,
+    (control, dir, key): (&str, &Path, &str),
+    base: &dyn WeightSource,
+    cache: &crate::linalg::cache::SvdCache,
+) -> Result<controls::ControlCapture> {
+    let run = crate::run::Run::open(run_dir, None)?;
+    let last = run
+        .require_checkpoints()?
+        .last()
+        .expect("non-empty")
+        .clone();
+    let adapter = crate::adapter::load_adapter(&last.adapter)?;
+    let (src, against) = crate::track::open_reference(&dir.display().to_string())?;
+    let reference = match &src {
+        crate::track::RefSource::Adapter(a) => crate::inspect::Reference::Adapter(a),
+        crate::track::RefSource::Model(m) => crate::inspect::Reference::Model(m.as_ref()),
+    };
+    let rep = crate::inspect::inspect(
+        &adapter,
+        base,
+        Some((&reference, against.clone())),
+        &crate::inspect::InspectOptions::default(),
+        cache,
+        &|_| {},
+    )?;
+    let all = crate::track::TrackNull::over(&rep.modules).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "control {control}: no module of {} has a counterpart in {against}",
+            cell.name()
+        ))
+    })?;
+    Ok(controls::ControlCapture {
+        run: cell.name(),
+        method: cell.method,
+        rank: cell.rank,
+        seed: cell.seed,
+        control: control.to_string(),
+        against: crate::fsutil::portable(&against),
+        key: key.to_string(),
+        step: last.step,
+        all,
+        qkv: crate::track::TrackNull::over(rep.modules.iter().filter(|m| is_qkv(&m.module_type))),
+    })
+}
+
 /// Mean accuracy@(8,16) and recall@(8,4) over one checkpoint's q, k and v modules (the paper's
 /// module set), `None` when it has none with a capture.
 fn qkv_capture(rep: &crate::inspect::InspectReport) -> (Option<f64>, Option<f64>) {
@@ -1144,7 +1310,10 @@ pub fn reproduce(
             grid.base()?;
         } else if reference_cell(preset).is_some_and(|c| c.name() == *only) {
             let (lr, _) = grid.lr(false)?;
-            grid.reference_run(lr)?;
+            grid.reference_run(lr, true)?;
+        } else if let Some(t) = controls::Trained::from_piece(only) {
+            let (lr, _) = grid.lr(false)?;
+            grid.control_run(t, lr, true)?;
         } else {
             let c = all
                 .iter()
@@ -1213,10 +1382,17 @@ pub fn reproduce(
     if !opts.collect {
         if let Some(c) = reference_cell(preset) {
             let _guard = hold(out, &c.name())?;
-            grid.reference_run(lr)?;
+            grid.reference_run(lr, false)?;
+        }
+        for t in controls::Trained::ALL {
+            if controls::pieces(preset).iter().any(|p| p == t.piece()) {
+                let _guard = hold(out, t.piece())?;
+                grid.control_run(t, lr, false)?;
+            }
         }
     }
     let (reference, capture) = grid.capture(&runs)?;
+    let control_captures = grid.controls(&runs)?;
     let data: Vec<summary::RunData> = runs
         .iter()
         .map(|r| {
@@ -1238,7 +1414,7 @@ pub fn reproduce(
         .iter()
         .map(|c| (c.method, c.rank, c.points.clone()))
         .collect();
-    let summary = summary::summarize(preset, &data, base.as_ref(), &caps)?;
+    let summary = summary::summarize(preset, &data, base.as_ref(), &caps, &control_captures)?;
     let mut timing = grid.timing.clone();
     timing.total_s = t0.elapsed().as_secs_f64();
     let invocations = record_timing(out, &timing)?;
@@ -1250,6 +1426,9 @@ pub fn reproduce(
     deviations.extend(partial);
     if reference.is_none() && preset.reference != ReferenceKind::None {
         deviations.push("no TSD capture: the reference update has not finished".into());
+    }
+    if !control_captures.is_empty() {
+        deviations.push("not in the paper: empirical controls of TSD capture — full fine-tunes like the reference on other tasks (evaluation-only tasks' test examples beyond every scored one, never scored) and on the runs' training inputs with answers permuted within each task, and each run against the same setting's next seed".into());
     }
     Ok(Some(Reproduction {
         preset: preset.clone(),
@@ -1365,7 +1544,7 @@ mod tests {
             .zip(outs)
             .map(|(result, outcomes)| summary::RunData { result, outcomes })
             .collect();
-        summary::summarize(&p, &data, None, &[]).unwrap()
+        summary::summarize(&p, &data, None, &[], &[]).unwrap()
     }
 
     #[test]

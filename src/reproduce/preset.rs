@@ -68,6 +68,11 @@ pub struct Preset {
     pub reference: ReferenceKind,
     pub device: String,
     pub dtype: String,
+    /// Train the empirical controls of TSD capture (a cross-task and a shuffled-answer full
+    /// fine-tune) and measure every run against them and against another seed (README,
+    /// Definitions: the null of direction metrics). Adds pieces without changing any run.
+    #[serde(default)]
+    pub controls: bool,
 }
 
 fn names(v: &[&str]) -> Vec<String> {
@@ -122,6 +127,7 @@ impl Preset {
                 reference: ReferenceKind::FullFineTune,
                 device: "cpu".into(),
                 dtype: "f32".into(),
+                controls: false,
             }),
             "cpu" => Ok(Preset {
                 name: name.into(),
@@ -152,6 +158,7 @@ impl Preset {
                 reference: ReferenceKind::FullFineTune,
                 device: "cpu".into(),
                 dtype: "f32".into(),
+                controls: true,
             }),
             "paper" => Ok(Preset {
                 name: name.into(),
@@ -182,6 +189,7 @@ impl Preset {
                 reference: ReferenceKind::HighestRankLora,
                 device: "cuda".into(),
                 dtype: "bf16".into(),
+                controls: false,
             }),
             o => Err(Error::InvalidArgument(format!(
                 "preset `{o}`: expected smoke, cpu or paper"
@@ -194,7 +202,13 @@ impl Preset {
     pub fn run_settings(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("preset serialises");
         if let Some(o) = v.as_object_mut() {
-            for k in ["seeds", "lora_ranks", "dash_ranks", "eval_tasks"] {
+            for k in [
+                "seeds",
+                "lora_ranks",
+                "dash_ranks",
+                "eval_tasks",
+                "controls",
+            ] {
                 o.remove(k);
             }
         }

@@ -208,6 +208,45 @@ pub struct CaptureStats {
     pub null_qkv: Option<CaptureNull>,
 }
 
+/// One configuration's final capture against one control, mean over seeds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControlStats {
+    pub method: Method,
+    pub rank: usize,
+    /// `seed`, `cross-task` or `shuffled answers`.
+    pub control: String,
+    pub all: CaptureNull,
+    pub qkv: Option<CaptureNull>,
+}
+
+fn control_stats(controls: &[super::controls::ControlCapture]) -> Vec<ControlStats> {
+    let mut keys: Vec<(Method, usize, String)> = Vec::new();
+    for c in controls {
+        let k = (c.method, c.rank, c.control.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter()
+        .map(|(method, rank, control)| {
+            let of: Vec<&super::controls::ControlCapture> = controls
+                .iter()
+                .filter(|c| c.method == method && c.rank == rank && c.control == control)
+                .collect();
+            let all: Vec<&crate::track::TrackNull> = of.iter().map(|c| &c.all).collect();
+            let qkv: Vec<&crate::track::TrackNull> =
+                of.iter().filter_map(|c| c.qkv.as_ref()).collect();
+            ControlStats {
+                method,
+                rank,
+                control,
+                all: CaptureNull::mean_of(&all),
+                qkv: (!qkv.is_empty()).then(|| CaptureNull::mean_of(&qkv)),
+            }
+        })
+        .collect()
+}
+
 /// Capture beside its null at one step, mean over seeds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CaptureNull {
@@ -277,6 +316,10 @@ pub struct Summary {
     pub task_comparisons: Vec<Comparison>,
     pub chance: Vec<TaskChance>,
     pub capture: Vec<CaptureStats>,
+    /// Every configuration's final capture against the empirical controls, mean over seeds
+    /// (empty without controls or in results from before them).
+    #[serde(default)]
+    pub controls: Vec<ControlStats>,
     pub paper_tasks: Vec<String>,
     pub paper: Vec<PaperRow>,
     pub verdict: String,
@@ -584,6 +627,7 @@ pub fn summarize(
     runs: &[RunData],
     base: Option<&Scores>,
     capture: &[CaptureData],
+    controls: &[super::controls::ControlCapture],
 ) -> Result<Summary> {
     let mut lora_ranks = preset.lora_ranks.clone();
     lora_ranks.sort();
@@ -778,6 +822,7 @@ pub fn summarize(
         task_comparisons,
         chance,
         capture: cap,
+        controls: control_stats(controls),
         paper_tasks,
         paper,
         verdict: String::new(),
@@ -869,7 +914,45 @@ fn verdict(s: &Summary, preset: &Preset, runs: &[RunData], base: Option<&Scores>
     if let Some(c) = capture_sentence(&s.capture) {
         out += &format!(". {c}");
     }
+    if let Some(c) = controls_sentence(&s.controls) {
+        out += &format!(". {c}");
+    }
     out
+}
+
+/// κ against each empirical control, all modules, per configuration.
+fn controls_sentence(controls: &[ControlStats]) -> Option<String> {
+    let mut configs: Vec<(Method, usize)> = Vec::new();
+    for c in controls {
+        if !configs.contains(&(c.method, c.rank)) {
+            configs.push((c.method, c.rank));
+        }
+    }
+    let parts: Vec<String> = configs
+        .iter()
+        .map(|&(m, r)| {
+            let each: Vec<String> = controls
+                .iter()
+                .filter(|c| c.method == m && c.rank == r)
+                .map(|c| {
+                    format!(
+                        "{} {:.2} vs null {:.2} (κ {})",
+                        c.control,
+                        c.all.accuracy,
+                        c.all.null_mean,
+                        c.all.kappa.map_or("-".into(), |k| format!("{k:+.2}"))
+                    )
+                })
+                .collect();
+            format!("{} r = {}: {}", method_label(m), r, each.join(", "))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| {
+        format!(
+            "Empirical controls, final checkpoint, all modules, mean over seeds: {}",
+            parts.join("; ")
+        )
+    })
 }
 
 /// What TSD capture at each configuration's last step says against its rotation null (q, k, v).
