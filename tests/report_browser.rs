@@ -80,11 +80,14 @@ fn load(browser: &Path, html: &Path, shot: &Path) -> (String, String) {
 const WINDOW_W: f64 = 1400.0;
 const MIN_TEXT_PX: f64 = 11.0;
 
-/// Measures a page's rendered geometry in headless Chromium at a 1400 px window: the script is
+/// Measures a page's rendered geometry in headless Chromium at a 1400 px window, every
+/// `<details>` opened: the script is
 /// injected into a copy of the page (the page itself has none), writes its measurements as JSON
 /// into the DOM, and `--dump-dom` returns them.
 const MEASURE: &str = r#"<script>
 (function () {
+  // Collapsed tables are measured open: the page must fit either way.
+  document.querySelectorAll('details').forEach(function (d) { d.open = true; });
   var de = document.documentElement;
   var out = { scroll_width: de.scrollWidth, client_width: de.clientWidth, texts: 0, small: [],
               charts: [] };
