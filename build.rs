@@ -1,6 +1,6 @@
 //! Records the versions of the dependencies that shape numerical results (from Cargo.lock) and of
 //! rustc, so that run records and reports can name them; and the git commit the binary was built
-//! from (`-dirty` with uncommitted changes to tracked files; `unknown` outside a git checkout), which
+//! from (`-dirty` with uncommitted changes to its sources; `unknown` outside a git checkout), which
 //! report headers print.
 
 fn main() {
@@ -47,7 +47,9 @@ fn git(args: &[&str]) -> Option<String> {
 
 /// The commit, re-read whenever HEAD, the branch it names or a tracked source changes.
 fn commit() -> String {
-    for p in ["src", "templates", "Cargo.toml", "build.rs"] {
+    // What the binary is built from: "-dirty" means these differ from the commit.
+    const SOURCES: [&str; 5] = ["src", "templates", "Cargo.toml", "Cargo.lock", "build.rs"];
+    for p in SOURCES {
         println!("cargo:rerun-if-changed={p}");
     }
     let Some(sha) = git(&["rev-parse", "--short=12", "HEAD"]) else {
@@ -67,7 +69,8 @@ fn commit() -> String {
             }
         }
     }
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let mut status = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+    status.extend(SOURCES);
+    let dirty = git(&status).is_some_and(|s| !s.is_empty());
     format!("{sha}{}", if dirty { "-dirty" } else { "" })
 }
