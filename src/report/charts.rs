@@ -180,7 +180,7 @@ pub struct LineOpts<'a> {
     pub log_y: bool,
     /// A vertical marker (e.g. the Dash switch step), drawn in black.
     pub marker: Option<(f64, &'a str)>,
-    /// Fixed y range (linear axes only), e.g. `(0, 1)` for a fraction.
+    /// Fixed y range (linear axes only), e.g. `(0, 1)` for a fraction; drawn 3 % wider.
     pub y_range: Option<(f64, f64)>,
     /// Fixed x range (default: the data's).
     pub x_range: Option<(f64, f64)>,
@@ -877,7 +877,8 @@ pub fn lines_with(
             let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
             let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let (lo, hi) = if let Some(r) = opts.y_range {
-                r
+                // A point at the range's end (accuracy 1, 100 %) stays off the frame.
+                padded(r.0, r.1, 0.03)
             } else if lo.is_finite() && hi > lo {
                 (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
             } else {
