@@ -1,6 +1,10 @@
 //! HTML reports checked in a real browser (headless Chromium, installed by `scripts/test.sh`): every chart
 //! rendered (SVG with drawn paths and text), no console errors, screenshots saved under
-//! `target/report-screenshots/`; user strings come out escaped.
+//! `target/report-screenshots/`; user strings come out escaped. The rendered geometry is measured
+//! at a 1400 px window by a script injected into a copy of each page (the reports carry none):
+//! no horizontal scrolling, no chart text under 11 px on screen, a `<title>` hover value on every
+//! chart point. The committed reports that re-render from committed records are re-rendered and
+//! measured too.
 
 mod common;
 
@@ -72,7 +76,144 @@ fn load(browser: &Path, html: &Path, shot: &Path) -> (String, String) {
     )
 }
 
+/// The window the reports are designed for, and the smallest on-screen chart text.
+const WINDOW_W: f64 = 1400.0;
+const MIN_TEXT_PX: f64 = 11.0;
+
+/// Measures a page's rendered geometry in headless Chromium at a 1400 px window, every
+/// `<details>` opened: the script is
+/// injected into a copy of the page (the page itself has none), writes its measurements as JSON
+/// into the DOM, and `--dump-dom` returns them.
+const MEASURE: &str = r#"<script>
+(function () {
+  // Collapsed tables are measured open: the page must fit either way.
+  document.querySelectorAll('details').forEach(function (d) { d.open = true; });
+  var de = document.documentElement;
+  var out = { scroll_width: de.scrollWidth, client_width: de.clientWidth, texts: 0, small: [],
+              charts: [] };
+  document.querySelectorAll('svg text').forEach(function (t) {
+    var s = t.textContent.trim();
+    if (!s) return;
+    out.texts++;
+    var r = t.getBoundingClientRect();
+    var rot = (t.getAttribute('transform') || '').indexOf('rotate') >= 0;
+    var m = t.getScreenCTM();
+    var scale = m ? Math.hypot(m.a, m.b) : 1;
+    var fs = parseFloat(getComputedStyle(t).fontSize) * scale;
+    var h = rot ? r.width : r.height;
+    if (h < 11 || fs < 11) out.small.push([s, Math.round(h * 10) / 10, Math.round(fs * 10) / 10]);
+  });
+  document.querySelectorAll('svg').forEach(function (svg) {
+    var w = parseFloat(svg.getAttribute('width')) || 0;
+    var targets = [];
+    svg.querySelectorAll('title').forEach(function (t) {
+      var p = t.parentElement;
+      if (p.tagName === 'circle') targets.push([+p.getAttribute('cx'), +p.getAttribute('cy')]);
+    });
+    var points = 0, bare = [];
+    svg.querySelectorAll('circle').forEach(function (c) {
+      if (c.getAttribute('fill-opacity') === '0' || c.getAttribute('fill') === 'none') return;
+      if (c.getAttribute('fill') === '#FFFFFF') return;
+      var x = +c.getAttribute('cx'), y = +c.getAttribute('cy');
+      if (x > w - 200) return; // the legend column
+      points++;
+      if (!targets.some(function (q) { return Math.abs(q[0] - x) <= 1.5 && Math.abs(q[1] - y) <= 1.5; }))
+        bare.push([x, y]);
+    });
+    out.charts.push({ titles: svg.querySelectorAll('title').length, points: points,
+                      bare: bare.slice(0, 5), bare_count: bare.length,
+                      rendered_width: svg.getBoundingClientRect().width, width: w });
+  });
+  var pre = document.createElement('pre');
+  pre.id = 'tsd-measure';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+</script>"#;
+
+/// What [`MEASURE`] found on one page.
+fn measure(browser: &Path, html: &Path) -> serde_json::Value {
+    let d = tempfile::tempdir().unwrap();
+    let copy = d.path().join("measured.html");
+    let page = std::fs::read_to_string(html).unwrap();
+    let i = page.rfind("</body>").expect("a </body>");
+    std::fs::write(&copy, format!("{}{MEASURE}{}", &page[..i], &page[i..])).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--window-size={WINDOW_W},1000"))
+        .args(["--dump-dom", &format!("file://{}", copy.display())])
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let json = dom
+        .split("<pre id=\"tsd-measure\">")
+        .nth(1)
+        .and_then(|r| r.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no measurement in the DOM of {}", html.display()));
+    let json = json
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    serde_json::from_str(&json).unwrap()
+}
+
+/// The page fits a 1400 px window, its chart text is ≥ 11 px on screen, and every chart has hover
+/// values, on every drawn point.
+fn check_geometry(browser: &Path, html: &Path, name: &str) {
+    let m = measure(browser, html);
+    eprintln!(
+        "{name}: scroll width {} px, {} chart texts, {} charts",
+        m["scroll_width"],
+        m["texts"],
+        m["charts"].as_array().map_or(0, |c| c.len())
+    );
+    let sw = m["scroll_width"].as_f64().unwrap();
+    assert!(
+        sw <= WINDOW_W,
+        "{name}: the page scrolls sideways at a {WINDOW_W} px window (scroll width {sw} px)"
+    );
+    assert!(m["texts"].as_u64().unwrap() > 0, "{name}: no chart text");
+    let small = m["small"].as_array().unwrap();
+    assert!(
+        small.is_empty(),
+        "{name}: {} chart text(s) under {MIN_TEXT_PX} px on screen ([text, box px, font px]): {:?}",
+        small.len(),
+        &small[..small.len().min(8)]
+    );
+    for (i, c) in m["charts"].as_array().unwrap().iter().enumerate() {
+        assert!(
+            c["titles"].as_u64().unwrap() > 0,
+            "{name}: chart {i} has no <title> hover values"
+        );
+        assert_eq!(
+            c["bare_count"].as_u64().unwrap(),
+            0,
+            "{name}: chart {i} has {} drawn point(s) without a hover value, e.g. {}",
+            c["bare_count"],
+            c["bare"]
+        );
+        assert!(
+            c["rendered_width"].as_f64().unwrap() >= c["width"].as_f64().unwrap() - 0.5,
+            "{name}: chart {i} is shrunk on screen ({} of {} px)",
+            c["rendered_width"],
+            c["width"]
+        );
+    }
+}
+
 fn check_page(browser: &Path, html: &Path, name: &str, min_charts: usize) {
+    check_geometry(browser, html, name);
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/report-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let (dom, log) = load(browser, html, &shots.join(format!("{name}.png")));
@@ -199,7 +340,17 @@ fn inspect_and_run_reports_render_in_chromium() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    check_page(&browser, &html, "inspect", 3 + 10);
+    // heat maps, amplification bars, one spectrum per module type
+    check_page(&browser, &html, "inspect", 3 + 1);
+    let page = std::fs::read_to_string(&html).unwrap();
+    for expected in [
+        "Findings",
+        "above null",
+        "mean accuracy / null mean",
+        "null δ band",
+    ] {
+        assert!(page.contains(expected), "inspect page lacks {expected:?}");
+    }
     // run report from a short LoRA-Dash run on the tiny model, tracked against itself
     let data = d.path().join("train.json");
     let ex: Vec<serde_json::Value> = (0..24)
@@ -271,6 +422,14 @@ fn inspect_and_run_reports_render_in_chromium() {
         String::from_utf8_lossy(&out.stderr)
     );
     check_page(&browser, &run.join("report.html"), "run", 6);
+    let page = std::fs::read_to_string(run.join("report.html")).unwrap();
+    for expected in [
+        "Capture against its null, per checkpoint",
+        "null: mean to p95",
+        "κ (tested)",
+    ] {
+        assert!(page.contains(expected), "run page lacks {expected:?}");
+    }
     // reproduction report from the smoke grid on the tiny model (lr check, capture, generate)
     let data = d.path().join("data");
     for (task, file, n, labels) in [
@@ -313,4 +472,70 @@ fn inspect_and_run_reports_render_in_chromium() {
     );
     // measured, paper, unparseable rate, TSD capture
     check_page(&browser, &repro.join("report.html"), "reproduce", 4);
+}
+
+/// The committed reports that re-render from committed records (README, "Reports to open without
+/// running anything"), re-rendered by today's tsd and measured: the run report from its saved
+/// track (which predates the null model and must say so) and the inspect report of the committed
+/// SmolLM2 LoRA on the default model. The reproduction report renders only from a reproduction's
+/// in-memory results and the demo run's track predates the track record, so neither is here.
+#[test]
+fn committed_reports_re_render_and_fit() {
+    let browser = browser();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = tempfile::tempdir().unwrap();
+    let run = root.join("reproductions/commonsense/cpu/runs/dash-r1-s1");
+    let html = d.path().join("run.html");
+    let out = tsd(d.path())
+        .args(["report", run.to_str().unwrap(), "--track"])
+        .arg(run.join("track.json"))
+        .arg("-o")
+        .arg(&html)
+        .arg("-q")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("No null in this record"),
+        "a track saved before the null model must say it has none"
+    );
+    check_page(&browser, &html, "committed-dash-r1-s1-run", 6);
+    let html = d.path().join("inspect.html");
+    let out = common::tsd_with_default_model(d.path())
+        .args([
+            "inspect",
+            root.join("data/adapters/smollm2-arc-lora")
+                .to_str()
+                .unwrap(),
+            "--base",
+            "default",
+            "--html",
+            html.to_str().unwrap(),
+            "-o",
+            d.path().join("inspect.txt").to_str().unwrap(),
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    for expected in [
+        "Findings",
+        "null δ band",
+        "the null expects",
+        "Near-null picks",
+    ] {
+        assert!(page.contains(expected), "inspect page lacks {expected:?}");
+    }
+    // heat maps (2), amplification bars, one spectrum per module type (5)
+    check_page(&browser, &html, "committed-smollm2-inspect", 3 + 5);
 }

@@ -10,6 +10,60 @@ fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("chart: {e:?}")
 }
 
+/// plotters' font size of every chart text. Its SVG backend writes `font-size = size / 1.24`, so
+/// 14 renders at 11.3 px: no label under 11 px in a page shown at its natural size.
+pub const TEXT: u32 = 14;
+
+fn font() -> FontDesc<'static> {
+    ("sans-serif", TEXT).into_font()
+}
+
+/// Escapes text for an SVG `<title>`.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Transparent hover targets drawn over a finished chart: each carries a `<title>` with the
+/// values of the point or cell under it (browsers show it as a tooltip; no script needed).
+#[derive(Default)]
+struct Hover(Vec<String>);
+
+impl Hover {
+    fn point(&mut self, (x, y): (i32, i32), r: u32, text: &str) {
+        self.0.push(format!(
+            r##"<circle cx="{x}" cy="{y}" r="{r}" fill="#000000" fill-opacity="0"><title>{}</title></circle>"##,
+            esc(text)
+        ));
+    }
+
+    fn rect(&mut self, (x0, y0): (i32, i32), (x1, y1): (i32, i32), text: &str) {
+        let (x, y) = (x0.min(x1), y0.min(y1));
+        let (w, h) = ((x1 - x0).abs().max(1), (y1 - y0).abs().max(1));
+        self.0.push(format!(
+            r##"<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="#000000" fill-opacity="0"><title>{}</title></rect>"##,
+            esc(text)
+        ));
+    }
+
+    /// Inserts the targets before the SVG's closing tag (on top of everything drawn).
+    fn apply(self, svg: String) -> String {
+        if self.0.is_empty() {
+            return svg;
+        }
+        match svg.rfind("</svg>") {
+            Some(i) => format!("{}{}\n{}", &svg[..i], self.0.join("\n"), &svg[i..]),
+            None => svg,
+        }
+    }
+}
+
+/// A number for a tooltip: the report's one number format.
+fn num(v: f64) -> String {
+    crate::output::number(v)
+}
+
 /// A qualitative palette (Okabe–Ito, colour-blind friendly, yellow replaced by grey and purple).
 pub const PALETTE: [RGBColor; 8] = [
     RGBColor(0, 114, 178),
@@ -23,7 +77,7 @@ pub const PALETTE: [RGBColor; 8] = [
 ];
 
 /// Width of the legend column to the right of every plotting area: legends never cover data.
-const LEGEND_W: u32 = 170;
+const LEGEND_W: u32 = 200;
 
 /// How a legend entry shows its series.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +86,8 @@ enum Mark {
     Dashed(RGBColor),
     Bar(RGBColor),
     Dot(RGBColor),
+    /// A dot with a black ring (a flagged point, e.g. a near-null pick).
+    Ring(RGBColor),
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
@@ -46,7 +102,7 @@ fn draw_legend(area: &Area<'_>, top: i32, entries: &[(String, Mark)]) -> Result<
     if entries.is_empty() {
         return Ok(());
     }
-    let row = 18;
+    let row = 20;
     let (x0, y0) = (6, top);
     let x1 = LEGEND_W as i32 - 6;
     let y1 = y0 + 8 + row * entries.len() as i32;
@@ -77,14 +133,13 @@ fn draw_legend(area: &Area<'_>, top: i32, entries: &[(String, Mark)]) -> Result<
                 c.filled(),
             )),
             Mark::Dot(c) => area.draw(&Circle::new((a + 9, y), 4, c.filled())),
+            Mark::Ring(c) => area
+                .draw(&Circle::new((a + 9, y), 4, c.filled()))
+                .and_then(|_| area.draw(&Circle::new((a + 9, y), 7, BLACK.stroke_width(2)))),
         }
         .map_err(err)?;
-        area.draw(&Text::new(
-            label.clone(),
-            (b + 6, y - 6),
-            ("sans-serif", 12).into_font(),
-        ))
-        .map_err(err)?;
+        area.draw(&Text::new(label.clone(), (b + 6, y - 7), font()))
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -116,13 +171,16 @@ fn padded(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
     (lo - frac * span, hi + frac * span)
 }
 
+/// One x of a shaded band: `(x, low, high)`.
+pub type BandPoint = (f64, f64, f64);
+
 /// Options of [`lines_with`].
 #[derive(Clone, Debug, Default)]
 pub struct LineOpts<'a> {
     pub log_y: bool,
     /// A vertical marker (e.g. the Dash switch step), drawn in black.
     pub marker: Option<(f64, &'a str)>,
-    /// Fixed y range (linear axes only), e.g. `(0, 1)` for a fraction.
+    /// Fixed y range (linear axes only), e.g. `(0, 1)` for a fraction; drawn 3 % wider.
     pub y_range: Option<(f64, f64)>,
     /// Fixed x range (default: the data's).
     pub x_range: Option<(f64, f64)>,
@@ -134,6 +192,12 @@ pub struct LineOpts<'a> {
     /// Size in pixels of the plot without the legend column (default 640 × 280).
     pub width: Option<u32>,
     pub height: Option<u32>,
+    /// A shaded band `(x, low, high)` behind the series (e.g. a null's mean to its 95th
+    /// percentile), with its legend label.
+    pub band: Option<(&'a str, Vec<BandPoint>)>,
+    /// Extra tooltip text per x (e.g. the verdict counts of a checkpoint), added to every
+    /// point's title at that x.
+    pub notes: Vec<(f64, String)>,
 }
 
 /// Viridis-like colour for `t` in [0, 1] (linear interpolation between five anchors).
@@ -181,28 +245,79 @@ fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (10f64.powf(l), 10f64.powf(h))
 }
 
-/// δ against singular-value index (log y), the picked TSDs marked, σ on a second log axis.
-pub fn spectrum(sigma: &[f64], delta: &[f64], picks: &[usize]) -> ChartResult {
+/// One picked TSD of a spectrum.
+#[derive(Clone, Debug)]
+pub struct SpectrumPick {
+    pub index: usize,
+    pub near_null: bool,
+    /// Enrichment z of the pick and whether |z| is above the module's null threshold.
+    pub z: Option<f64>,
+    pub enriched: Option<bool>,
+}
+
+/// The rotation null of a spectrum's update: δ_i under the null has `E c_i² = sd²`, so its typical
+/// change rate is `sd / σ_i` and a direction is enriched above `threshold · sd / σ_i`.
+#[derive(Clone, Copy, Debug)]
+pub struct SpectrumNull {
+    pub coordinate_sd: f64,
+    pub threshold: f64,
+}
+
+/// The light fill of a null band.
+pub const BAND: RGBColor = RGBColor(214, 214, 214);
+
+/// δ against singular-value index (log y), the picked TSDs marked (a ring on near-null ones),
+/// σ on a second log axis and, with a null, the band of δ the null produces: from its rms change
+/// rate `sd/σ_i` up to the enrichment threshold `threshold·sd/σ_i`.
+pub fn spectrum(
+    sigma: &[f64],
+    delta: &[f64],
+    picks: &[SpectrumPick],
+    null: Option<SpectrumNull>,
+) -> ChartResult {
     let k = delta.len().max(1) as f64;
-    let (dlo, dhi) = log_range(delta.iter().cloned());
+    let band: Vec<(f64, f64, f64)> = null
+        .filter(|n| n.coordinate_sd > 0.0)
+        .map(|n| {
+            sigma
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s > 0.0)
+                .map(|(i, s)| {
+                    let lo = n.coordinate_sd / s;
+                    (i as f64, lo, lo * n.threshold.max(1.0))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let (dlo, dhi) = log_range(
+        delta
+            .iter()
+            .cloned()
+            .chain(band.iter().flat_map(|b| [b.1, b.2])),
+    );
     let (slo, shi) = log_range(sigma.iter().cloned());
-    let (xlo, xhi) = padded(0.0, k - 1.0, 0.02);
-    let w = 640 + LEGEND_W;
+    let (xlo, xhi) = padded(0.0, k - 1.0, 0.04);
+    // Narrow enough that two spectra sit side by side in a 1400 px window.
+    let w = 460 + LEGEND_W;
     let mut buf = String::new();
+    let mut hover = Hover::default();
     {
         let root = SVGBackend::with_string(&mut buf, (w, 300)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let (plot, side) = split_legend(&root, w);
         let mut chart = ChartBuilder::on(&plot)
             .margin(8)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
-            .right_y_label_area_size(64)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .right_y_label_area_size(70)
             .build_cartesian_2d(xlo..xhi, (dlo..dhi).log_scale())
             .map_err(err)?
             .set_secondary_coord(xlo..xhi, (slo..shi).log_scale());
         chart
             .configure_mesh()
+            .label_style(font())
+            .axis_desc_style(font())
             .x_desc("singular-value index i (descending σ)")
             .y_desc("change rate δ_i")
             .x_label_formatter(&|v| integer_label(*v))
@@ -214,10 +329,18 @@ pub fn spectrum(sigma: &[f64], delta: &[f64], picks: &[usize]) -> ChartResult {
             .configure_secondary_axes()
             .y_desc("σ_i")
             .y_labels(6)
-            .label_style(("sans-serif", 12).into_font().color(&PALETTE[1]))
+            .label_style(font().color(&PALETTE[1]))
+            .axis_desc_style(font())
             .y_label_formatter(&|v| format!("{v:.0e}"))
             .draw()
             .map_err(err)?;
+        if !band.is_empty() {
+            let mut poly: Vec<(f64, f64)> = band.iter().map(|b| (b.0, b.2.min(dhi))).collect();
+            poly.extend(band.iter().rev().map(|b| (b.0, b.1.max(dlo))));
+            chart
+                .draw_series(std::iter::once(Polygon::new(poly, BAND.filled())))
+                .map_err(err)?;
+        }
         let pts = delta
             .iter()
             .enumerate()
@@ -234,26 +357,86 @@ pub fn spectrum(sigma: &[f64], delta: &[f64], picks: &[usize]) -> ChartResult {
         chart
             .draw_secondary_series(LineSeries::new(spts, PALETTE[1].stroke_width(1)))
             .map_err(err)?;
+        let shown: Vec<&SpectrumPick> = picks
+            .iter()
+            .filter(|p| p.index < delta.len() && delta[p.index] > 0.0)
+            .collect();
         chart
             .draw_series(
-                picks
-                    .iter()
-                    .filter(|&&i| i < delta.len() && delta[i] > 0.0)
-                    .map(|&i| Circle::new((i as f64, delta[i]), 4, PALETTE[3].filled())),
+                shown.iter().filter(|p| p.near_null).map(|p| {
+                    Circle::new((p.index as f64, delta[p.index]), 7, BLACK.stroke_width(2))
+                }),
             )
             .map_err(err)?;
-        draw_legend(
-            &side,
-            8,
-            &[
-                ("δ (left axis)".into(), Mark::Line(PALETTE[0], 1)),
-                ("σ (right axis)".into(), Mark::Line(PALETTE[1], 1)),
-                ("picked TSDs".into(), Mark::Dot(PALETTE[3])),
-            ],
-        )?;
+        chart
+            .draw_series(
+                shown
+                    .iter()
+                    .map(|p| Circle::new((p.index as f64, delta[p.index]), 4, PALETTE[3].filled())),
+            )
+            .map_err(err)?;
+        let s1 = sigma.first().copied().unwrap_or(0.0);
+        for (rank, p) in shown.iter().enumerate() {
+            let (i, d) = (p.index, delta[p.index]);
+            let s = sigma.get(i).copied().unwrap_or(0.0);
+            let mut t = format!(
+                "TSD {}: i = {i}, δ = {}, σ = {}, σ/σ₁ = {}",
+                rank + 1,
+                num(d),
+                num(s),
+                num(if s1 > 0.0 { s / s1 } else { 0.0 })
+            );
+            if p.near_null {
+                t.push_str(" (near-null)");
+            }
+            if let Some(z) = p.z {
+                t.push_str(&format!(", z = {}", num(z)));
+            }
+            if let Some(e) = p.enriched {
+                t.push_str(if e { ", enriched" } else { ", not enriched" });
+            }
+            if let Some(b) = band.iter().find(|b| b.0 as usize == i) {
+                t.push_str(&format!(
+                    "; null δ: rms {}, threshold {}",
+                    num(b.1),
+                    num(b.2)
+                ));
+            }
+            hover.point(chart.backend_coord(&(i as f64, d)), 7, &t);
+        }
+        // Sparse hover targets along the δ line (every direction of a short spectrum).
+        let step = (delta.len() / 64).max(1);
+        for (i, d) in delta.iter().enumerate().step_by(step) {
+            if *d > 0.0 && !shown.iter().any(|p| p.index == i) {
+                let mut t = format!("i = {i}: δ = {}", num(*d));
+                if let Some(s) = sigma.get(i) {
+                    t.push_str(&format!(", σ = {}", num(*s)));
+                }
+                if let Some(b) = band.iter().find(|b| b.0 as usize == i) {
+                    t.push_str(&format!(
+                        "; null δ: rms {}, threshold {}",
+                        num(b.1),
+                        num(b.2)
+                    ));
+                }
+                hover.point(chart.backend_coord(&(i as f64, *d)), 3, &t);
+            }
+        }
+        let mut entries = vec![
+            ("δ (left axis)".to_string(), Mark::Line(PALETTE[0], 1)),
+            ("σ (right axis)".to_string(), Mark::Line(PALETTE[1], 1)),
+            ("picked TSD".to_string(), Mark::Dot(PALETTE[3])),
+        ];
+        if shown.iter().any(|p| p.near_null) {
+            entries.push(("near-null pick".to_string(), Mark::Ring(PALETTE[3])));
+        }
+        if !band.is_empty() {
+            entries.push(("null δ band".to_string(), Mark::Bar(BAND)));
+        }
+        draw_legend(&side, 8, &entries)?;
         root.present().map_err(err)?;
     }
-    Ok(buf)
+    Ok(hover.apply(buf))
 }
 
 /// Grouped bars on a log y axis: `categories` on x, one bar per series (non-positive values skipped).
@@ -266,6 +449,7 @@ pub fn grouped_log_bars(
     let (lo, hi) = log_range(series.iter().flat_map(|s| s.1.iter().cloned()));
     let w = 640 + LEGEND_W;
     let mut buf = String::new();
+    let mut hover = Hover::default();
     {
         let root = SVGBackend::with_string(&mut buf, (w, 300)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
@@ -280,6 +464,8 @@ pub fn grouped_log_bars(
             .map_err(err)?;
         chart
             .configure_mesh()
+            .label_style(font())
+            .axis_desc_style(font())
             .disable_x_mesh()
             .x_labels(2 * n + 1)
             .x_label_formatter(&|x| centre_label(&cats, *x))
@@ -302,12 +488,24 @@ pub fn grouped_log_bars(
                         }),
                 )
                 .map_err(err)?;
+            for (i, v) in vals.iter().enumerate().filter(|(_, v)| **v > 0.0) {
+                let x0 = i as f64 + width * (si as f64 + 0.5);
+                hover.rect(
+                    chart.backend_coord(&(x0, *v)),
+                    chart.backend_coord(&(x0 + width, lo)),
+                    &format!(
+                        "{}, {name}: {}",
+                        categories.get(i).map_or("", |c| c.as_str()),
+                        num(*v)
+                    ),
+                );
+            }
             entries.push((name.to_string(), Mark::Bar(c)));
         }
         draw_legend(&side, 8, &entries)?;
         root.present().map_err(err)?;
     }
-    Ok(buf)
+    Ok(hover.apply(buf))
 }
 
 /// Whether a heat map of these values has grey (missing or non-plottable) cells.
@@ -345,9 +543,10 @@ pub fn heatmap(
     let span = if hi > lo { hi - lo } else { 1.0 };
     let (nr, nc) = (rows.len().max(1), cols.len().max(1));
     let height = (60 + 16 * nr).clamp(200, 900) as u32;
-    let bar_w = 110;
+    let bar_w = 150;
     let w = 640 + bar_w;
     let mut buf = String::new();
+    let mut hover = Hover::default();
     {
         let root = SVGBackend::with_string(&mut buf, (w, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
@@ -357,11 +556,13 @@ pub fn heatmap(
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(50)
-            .caption(legend, ("sans-serif", 14))
+            .caption(legend, ("sans-serif", 18))
             .build_cartesian_2d(0f64..nc as f64, 0f64..nr as f64)
             .map_err(err)?;
         chart
             .configure_mesh()
+            .label_style(font())
+            .axis_desc_style(font())
             .disable_mesh()
             .x_labels(2 * nc + 1)
             .y_labels(2 * nr + 1)
@@ -380,6 +581,19 @@ pub fn heatmap(
                     }
                     _ => GREY_CELL,
                 };
+                hover.rect(
+                    chart.backend_coord(&(c as f64, r as f64 + 1.0)),
+                    chart.backend_coord(&(c as f64 + 1.0, r as f64)),
+                    &format!(
+                        "layer {}, {}: {legend} = {}",
+                        rows.get(r).map_or("-", |s| s.as_str()),
+                        cols.get(c).map_or("-", |s| s.as_str()),
+                        match v {
+                            Some(v) => num(*v),
+                            None => "not adapted".into(),
+                        }
+                    ),
+                );
                 cells.push(Rectangle::new(
                     [(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)],
                     colour.filled(),
@@ -393,13 +607,13 @@ pub fn heatmap(
             .margin_bottom(38)
             .margin_left(8)
             .margin_right(8)
-            .y_label_area_size(60)
+            .y_label_area_size(70)
             .build_cartesian_2d(0f64..1.0, lo..lo + span)
             .map_err(err)?;
         bar.configure_mesh()
             .disable_mesh()
             .disable_x_axis()
-            .label_style(("sans-serif", 12))
+            .label_style(font())
             .y_labels(5)
             .y_label_formatter(&|v| {
                 if log {
@@ -420,9 +634,16 @@ pub fn heatmap(
             )
         }))
         .map_err(err)?;
+        // The colour bar's title: what the colours measure, and the scale.
+        side.draw(&Text::new(
+            format!("{legend}{}", if log { " (log)" } else { "" }),
+            (4, 8),
+            font(),
+        ))
+        .map_err(err)?;
         root.present().map_err(err)?;
     }
-    Ok(buf)
+    Ok(hover.apply(buf))
 }
 
 /// The colour of heat-map cells without a value (a module type not adapted in that layer).
@@ -474,7 +695,11 @@ pub fn lines_with(
     } else {
         (0.0, 1.0)
     };
-    let ys = series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
+    let band: &[(f64, f64, f64)] = opts.band.as_ref().map_or(&[], |b| b.1.as_slice());
+    let ys = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .chain(band.iter().flat_map(|b| [b.1, b.2]));
     let mut entries: Vec<(String, Mark)> = Vec::new();
     for (si, (name, _)) in series.iter().enumerate() {
         let c = PALETTE[si % PALETTE.len()];
@@ -487,6 +712,9 @@ pub fn lines_with(
             },
         ));
     }
+    if let Some((label, _)) = &opts.band {
+        entries.push((label.to_string(), Mark::Bar(BAND)));
+    }
     let grey = RGBColor(120, 120, 120);
     for &(_, label) in &opts.hlines {
         if !label.is_empty() {
@@ -498,6 +726,20 @@ pub fn lines_with(
     }
     let w = opts.width.unwrap_or(640) + LEGEND_W;
     let mut buf = String::new();
+    let mut hover = Hover::default();
+    let note_at = |x: f64| {
+        opts.notes
+            .iter()
+            .find(|n| (n.0 - x).abs() < 1e-9)
+            .map_or(String::new(), |n| format!("; {}", n.1))
+    };
+    let xfmt = |x: f64| {
+        if integer_x {
+            format!("{x:.0}")
+        } else {
+            num(x)
+        }
+    };
     {
         let root =
             SVGBackend::with_string(&mut buf, (w, opts.height.unwrap_or(280))).into_drawing_area();
@@ -506,13 +748,17 @@ pub fn lines_with(
         let mut cb = ChartBuilder::on(&plot);
         cb.margin(8)
             .margin_right(12)
-            .x_label_area_size(36)
-            .y_label_area_size(64);
+            .x_label_area_size(40)
+            .y_label_area_size(76);
         macro_rules! body {
             ($chart:expr, $ylo:expr, $yhi:expr) => {{
                 let mut chart = $chart;
                 let mut mesh = chart.configure_mesh();
-                mesh.x_desc(x_desc).y_desc(y_desc).y_labels(6);
+                mesh.label_style(font())
+                    .axis_desc_style(font())
+                    .x_desc(x_desc)
+                    .y_desc(y_desc)
+                    .y_labels(6);
                 if integer_x {
                     mesh.x_label_formatter(&|v| integer_label(*v));
                 }
@@ -526,6 +772,34 @@ pub fn lines_with(
                             .collect()
                     })
                     .collect();
+                if !band.is_empty() {
+                    let mut poly: Vec<(f64, f64)> = band.iter().map(|b| (b.0, b.2)).collect();
+                    poly.extend(band.iter().rev().map(|b| (b.0, b.1)));
+                    if band.len() == 1 {
+                        // One checkpoint: a short bar around it.
+                        let (x, lo, hi) = band[0];
+                        let d = 0.02 * (xhi - xlo);
+                        poly = vec![(x - d, hi), (x + d, hi), (x + d, lo), (x - d, lo)];
+                    }
+                    chart
+                        .draw_series(std::iter::once(Polygon::new(poly, BAND.filled())))
+                        .map_err(err)?;
+                    let name = opts.band.as_ref().map_or("", |b| b.0);
+                    for &(x, lo, hi) in band {
+                        for (y, what) in [(lo, "low"), (hi, "high")] {
+                            hover.point(
+                                chart.backend_coord(&(x, y)),
+                                4,
+                                &format!(
+                                    "{name} ({what} edge), {x_desc} {}: {}{}",
+                                    xfmt(x),
+                                    num(y),
+                                    note_at(x)
+                                ),
+                            );
+                        }
+                    }
+                }
                 for (si, pts) in kept.iter().enumerate() {
                     let c = PALETTE[si % PALETTE.len()];
                     if opts.points_only.contains(&si) {
@@ -569,6 +843,22 @@ pub fn lines_with(
                             .map_err(err)?;
                     }
                 }
+                for (si, pts) in kept.iter().enumerate() {
+                    let step = (pts.len() / 400).max(1);
+                    for p in pts.iter().step_by(step) {
+                        hover.point(
+                            chart.backend_coord(p),
+                            5,
+                            &format!(
+                                "{}, {x_desc} {}: {}{}",
+                                series[si].0,
+                                xfmt(p.0),
+                                num(p.1),
+                                note_at(p.0)
+                            ),
+                        );
+                    }
+                }
             }};
         }
         if log_y {
@@ -587,7 +877,8 @@ pub fn lines_with(
             let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
             let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let (lo, hi) = if let Some(r) = opts.y_range {
-                r
+                // A point at the range's end (accuracy 1, 100 %) stays off the frame.
+                padded(r.0, r.1, 0.03)
             } else if lo.is_finite() && hi > lo {
                 (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
             } else {
@@ -602,7 +893,7 @@ pub fn lines_with(
         draw_legend(&side, 8, &entries)?;
         root.present().map_err(err)?;
     }
-    Ok(buf)
+    Ok(hover.apply(buf))
 }
 
 #[cfg(test)]
@@ -672,7 +963,21 @@ mod tests {
         let delta: Vec<f64> = (0..64).map(|i| 1e-4 * (1.0 + i as f64)).collect();
         assert_legend_outside(
             "spectrum",
-            &spectrum(&sigma, &delta, &[63, 62, 61]).unwrap(),
+            &spectrum(
+                &sigma,
+                &delta,
+                &[63, 62, 61].map(|index| SpectrumPick {
+                    index,
+                    near_null: index == 63,
+                    z: Some(1.0),
+                    enriched: Some(false),
+                }),
+                Some(SpectrumNull {
+                    coordinate_sd: 1e-3,
+                    threshold: 4.0,
+                }),
+            )
+            .unwrap(),
         );
         let cats = vec!["q_proj".to_string(), "v_proj".to_string()];
         let bars = grouped_log_bars(

@@ -1,6 +1,7 @@
 //! Report pages: turn records into template contexts (numbers formatted, charts drawn) and render.
 
 use super::{charts, render};
+use crate::directions::null::Verdict;
 use crate::error::{Error, Result};
 use crate::inspect::InspectReport;
 use crate::output::number;
@@ -16,7 +17,11 @@ fn chart(r: std::result::Result<String, String>) -> Result<String> {
 #[derive(Serialize)]
 struct Spectrum {
     module: String,
+    group: String,
     picks: String,
+    near_null: usize,
+    enriched: Option<usize>,
+    threshold: Option<String>,
     svg: String,
 }
 
@@ -34,6 +39,50 @@ struct Row {
     recall: String,
     accuracy: String,
     phi: String,
+    /// z of the first TSD, enriched directions / null threshold, and the capture test.
+    z: String,
+    enriched: String,
+    null_acc: String,
+    p: String,
+    kappa: String,
+    verdict: String,
+}
+
+/// One module type's findings: capture against its null, enrichment, near-null picks.
+#[derive(Serialize)]
+struct Finding {
+    group: String,
+    modules: usize,
+    /// Capture (with a reference and the null on).
+    capture: Option<FindingCapture>,
+    enriched_directions: Option<usize>,
+    enriched_modules: Option<usize>,
+    expected_false: Option<String>,
+    near_null_picks: usize,
+    picks: usize,
+    /// Modules whose strongest TSD is a near-null direction.
+    near_null_first: usize,
+}
+
+#[derive(Serialize)]
+struct FindingCapture {
+    above: usize,
+    not_above: usize,
+    untestable: usize,
+    mean_accuracy: String,
+    mean_null: String,
+    kappa: String,
+    p: String,
+}
+
+/// The module table of one module type (collapsed in `<details>`).
+#[derive(Serialize)]
+struct RowGroup {
+    group: String,
+    rows: Vec<Row>,
+    above: usize,
+    enriched: usize,
+    near_null_first: usize,
 }
 
 /// Layer × module-type grid of one quantity.
@@ -153,66 +202,250 @@ pub fn inspect_html(r: &InspectReport) -> Result<String> {
         ],
         "‖UᵀWV‖F",
     ))?;
-    let mut order: Vec<&crate::inspect::ModuleReport> = r.modules.iter().collect();
-    order.sort_by(|a, b| {
-        b.tsd
-            .first()
-            .map_or(0.0, |t| t.delta)
-            .total_cmp(&a.tsd.first().map_or(0.0, |t| t.delta))
-    });
+    // One spectrum per module type: its module with the strongest top change rate.
+    let top_delta = |m: &crate::inspect::ModuleReport| m.tsd.first().map_or(0.0, |t| t.delta);
     let mut spectra = Vec::new();
-    for m in order.iter().take(12) {
-        if let (Some(s), Some(d)) = (&m.sigma, &m.delta) {
-            let picks: Vec<usize> = m.tsd.iter().map(|t| t.index).collect();
-            spectra.push(Spectrum {
-                module: m.module.clone(),
-                picks: format!("{picks:?}"),
-                svg: chart(charts::spectrum(s, d, &picks))?,
-            });
-        }
+    for t in &types {
+        let best = r
+            .modules
+            .iter()
+            .filter(|m| &m.module_type == t && m.sigma.is_some() && m.delta.is_some())
+            .max_by(|a, b| top_delta(a).total_cmp(&top_delta(b)));
+        let Some(m) = best else { continue };
+        let (s, d) = (
+            m.sigma.as_ref().expect("filtered"),
+            m.delta.as_ref().expect("filtered"),
+        );
+        let picks: Vec<charts::SpectrumPick> = m
+            .tsd
+            .iter()
+            .map(|t| charts::SpectrumPick {
+                index: t.index,
+                near_null: t.near_null,
+                z: t.z,
+                enriched: t.enriched,
+            })
+            .collect();
+        let null = m.enrichment.as_ref().map(|e| charts::SpectrumNull {
+            coordinate_sd: e.null.coordinate_sd,
+            threshold: e.null.threshold,
+        });
+        let idx: Vec<usize> = m.tsd.iter().map(|t| t.index).collect();
+        spectra.push(Spectrum {
+            module: m.module.clone(),
+            group: t.clone(),
+            picks: format!("{idx:?}"),
+            near_null: m.near_null_picks,
+            enriched: m.enrichment.as_ref().map(|e| e.enriched_count),
+            threshold: m.enrichment.as_ref().map(|e| number(e.null.threshold)),
+            svg: chart(charts::spectrum(s, d, &picks, null))?,
+        });
     }
+    let verdict_of = |m: &crate::inspect::ModuleReport| {
+        m.capture
+            .as_ref()
+            .and_then(|c| c.primary().null.as_ref())
+            .map(|n| n.verdict)
+    };
     let rows: Vec<Row> = r
         .modules
         .iter()
-        .map(|m| Row {
-            module: m.module.clone(),
-            shape: format!("{}×{}", m.shape[0], m.shape[1]),
-            r: m.r,
-            scaling: number(m.scaling),
-            fro: number(m.delta_fro),
-            top: m
-                .tsd
-                .iter()
-                .take(4)
-                .map(|t| format!("{}: {}", t.index, number(t.delta)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            ratio: m.tsd.first().map_or("-".into(), |t| {
-                format!(
-                    "{}{}",
-                    number(t.sigma_ratio),
-                    if t.near_null { " !" } else { "" }
-                )
-            }),
-            amp: number(m.amplification.factor),
-            dash: m
-                .dash
-                .as_ref()
-                .map_or("-".into(), |d| number(d.delta_sigma_max_abs)),
-            recall: m
-                .capture
-                .as_ref()
-                .map_or("-".into(), |c| format!("{:.2}", c.recall.value)),
-            accuracy: m
-                .capture
-                .as_ref()
-                .map_or("-".into(), |c| format!("{:.2}", c.accuracy.value)),
-            phi: m
-                .capture
-                .as_ref()
-                .map_or("-".into(), |c| format!("{:.2}", c.subspace_similarity)),
+        .map(|m| {
+            let test = m.capture.as_ref().and_then(|c| c.primary().null.as_ref());
+            Row {
+                module: m.module.clone(),
+                shape: format!("{}×{}", m.shape[0], m.shape[1]),
+                r: m.r,
+                scaling: number(m.scaling),
+                fro: number(m.delta_fro),
+                top: m
+                    .tsd
+                    .iter()
+                    .take(4)
+                    .map(|t| {
+                        format!(
+                            "{}: {}{}",
+                            t.index,
+                            number(t.delta),
+                            if t.enriched == Some(true) { " *" } else { "" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                ratio: m.tsd.first().map_or("-".into(), |t| {
+                    format!(
+                        "{}{}",
+                        number(t.sigma_ratio),
+                        if t.near_null { " !" } else { "" }
+                    )
+                }),
+                amp: number(m.amplification.factor),
+                dash: m
+                    .dash
+                    .as_ref()
+                    .map_or("-".into(), |d| number(d.delta_sigma_max_abs)),
+                recall: m
+                    .capture
+                    .as_ref()
+                    .map_or("-".into(), |c| format!("{:.2}", c.recall.value)),
+                accuracy: m.capture.as_ref().map_or("-".into(), |c| {
+                    let p = c.primary();
+                    if c.lora_part.is_some() {
+                        format!("{:.2} (LoRA part {:.2})", c.accuracy.value, p.value)
+                    } else {
+                        format!("{:.2}", p.value)
+                    }
+                }),
+                phi: m
+                    .capture
+                    .as_ref()
+                    .map_or("-".into(), |c| format!("{:.2}", c.subspace_similarity)),
+                z: m.tsd
+                    .first()
+                    .and_then(|t| t.z)
+                    .map_or("-".into(), |z| format!("{z:.2}")),
+                enriched: m.enrichment.as_ref().map_or("-".into(), |e| {
+                    format!(
+                        "{} (max |z| {:.1} / {:.1})",
+                        e.enriched_count, e.max_abs_z, e.null.threshold
+                    )
+                }),
+                null_acc: test.map_or("-".into(), |n| {
+                    format!("{:.2} / {:.2}", n.null_mean, n.null_p95)
+                }),
+                p: test.map_or("-".into(), |n| {
+                    format!(
+                        "{}{}",
+                        number(n.p_value),
+                        n.q_value
+                            .map_or(String::new(), |q| format!(" (q {})", number(q)))
+                    )
+                }),
+                kappa: test
+                    .and_then(|n| n.kappa)
+                    .map_or("-".into(), |k| format!("{k:.2}")),
+                verdict: test.map_or("-".into(), |n| n.verdict.label().to_string()),
+            }
         })
         .collect();
+    let near_null_first =
+        |m: &crate::inspect::ModuleReport| m.tsd.first().is_some_and(|t| t.near_null);
+    let mut row_groups: Vec<RowGroup> = Vec::new();
+    for (m, row) in r.modules.iter().zip(rows) {
+        let i = match row_groups.iter().position(|g| g.group == m.module_type) {
+            Some(i) => i,
+            None => {
+                row_groups.push(RowGroup {
+                    group: m.module_type.clone(),
+                    rows: Vec::new(),
+                    above: 0,
+                    enriched: 0,
+                    near_null_first: 0,
+                });
+                row_groups.len() - 1
+            }
+        };
+        let g = &mut row_groups[i];
+        g.rows.push(row);
+        g.above += usize::from(verdict_of(m) == Some(Verdict::AboveNull));
+        g.enriched += usize::from(m.enrichment.as_ref().is_some_and(|e| e.enriched_count > 0));
+        g.near_null_first += usize::from(near_null_first(m));
+    }
+    row_groups.sort_by_key(|g| types.iter().position(|t| *t == g.group));
+    // Findings by module type, then all modules: the record's null-model summaries.
+    let nm = r.null_model.as_ref();
+    let mut groups: Vec<String> = types.clone();
+    groups.push("all".into());
+    let findings: Vec<Finding> = groups
+        .iter()
+        .map(|g| {
+            let mods: Vec<&crate::inspect::ModuleReport> = r
+                .modules
+                .iter()
+                .filter(|m| g == "all" || &m.module_type == g)
+                .collect();
+            let cap = nm.and_then(|n| n.capture.iter().find(|c| &c.group == g));
+            let enr = nm.and_then(|n| n.enrichment.iter().find(|c| &c.group == g));
+            Finding {
+                group: g.clone(),
+                modules: mods.len(),
+                capture: cap.map(|c| FindingCapture {
+                    above: c.above_null,
+                    not_above: c.not_above_null,
+                    untestable: c.untestable,
+                    mean_accuracy: format!("{:.3}", c.mean_accuracy),
+                    mean_null: format!("{:.3}", c.mean_null_accuracy),
+                    kappa: c.mean_kappa.map_or("-".into(), |k| format!("{k:.2}")),
+                    p: c.aggregate_p.map_or("-".into(), number),
+                }),
+                enriched_directions: enr.map(|e| e.enriched_directions),
+                enriched_modules: enr.map(|e| e.enriched_modules),
+                expected_false: enr.map(|e| format!("{:.1}", e.expected_false)),
+                near_null_picks: mods.iter().map(|m| m.near_null_picks).sum(),
+                picks: mods.iter().map(|m| m.tsd.len()).sum(),
+                near_null_first: mods.iter().filter(|m| near_null_first(m)).count(),
+            }
+        })
+        .collect();
+    // The headline sentences, from the `all` row.
+    let mut headline: Vec<String> = Vec::new();
+    let all = findings.last().expect("the all row");
+    match (&r.reference, nm) {
+        (_, None) => headline.push(
+            "The null model is off in this record (--no-null): no figure below stands beside its null."
+                .into(),
+        ),
+        (Some(_), Some(n)) => {
+            if let Some(c) = &all.capture {
+                headline.push(format!(
+                    "Capture against the reference: {} of {} modules above the rotation null, {} not above, {} untestable ({}); mean accuracy@({},{}) {} against the null's {}, mean κ {}, one test over all modules p = {}.",
+                    c.above,
+                    all.modules,
+                    c.not_above,
+                    c.untestable,
+                    n.procedure,
+                    o.accuracy_k.0,
+                    o.accuracy_k.1,
+                    c.mean_accuracy,
+                    c.mean_null,
+                    c.kappa,
+                    c.p
+                ));
+            }
+        }
+        (None, Some(_)) => headline.push(
+            "No reference was given: capture is not measured, so no capture verdict (pass --reference)."
+                .into(),
+        ),
+    }
+    if let (Some(d), Some(m), Some(e)) = (
+        all.enriched_directions,
+        all.enriched_modules,
+        &all.expected_false,
+    ) {
+        headline.push(format!(
+            "Enrichment: {d} direction(s) in {m} of {} modules have |z| above their module's null threshold; the null expects {e} such false directions.",
+            all.modules
+        ));
+    }
+    if all.picks > 0 {
+        let by: Vec<String> = findings
+            .iter()
+            .filter(|f| f.group != "all" && f.near_null_picks > 0)
+            .map(|f| format!("{} {} of {}", f.group, f.near_null_picks, f.picks))
+            .collect();
+        headline.push(format!(
+            "Near-null picks (σ/σ₁ < 10⁻³, δ decided by the division): {} of {} TSDs{}; in {} module(s) the strongest TSD is one.",
+            all.near_null_picks,
+            all.picks,
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by.join(", "))
+            },
+            all.near_null_first
+        ));
+    }
     render(
         "inspect.html",
         minijinja::context! {
@@ -231,7 +464,10 @@ pub fn inspect_html(r: &InspectReport) -> Result<String> {
             amp_bars => amp_bars,
             amp_r_note => o.amp_rank.map_or("each module's LoRA rank".to_string(), |x| x.to_string()),
             spectra => spectra,
-            rows => rows,
+            row_groups => row_groups,
+            findings => findings,
+            headline => headline,
+            nm => nm,
         },
     )
 }
@@ -392,16 +628,91 @@ pub fn run_html(page: &RunPage) -> Result<String> {
         };
         let rec_pts = xs(&|p| p.mean_recall);
         let acc_pts = xs(&|p| p.mean_accuracy);
+        let nulls: Vec<(&crate::track::TrackPoint, &crate::track::TrackNull)> = pts
+            .iter()
+            .filter_map(|p| p.null.as_ref().map(|n| (p, n)))
+            .collect();
         if !acc_pts.is_empty() {
-            let svg = chart(charts::lines(
-                &[("recall@(8,4)", rec_pts), ("accuracy@(8,16)", acc_pts)],
+            let mut series = vec![("recall@(8,4)", rec_pts), ("accuracy@(8,16)", acc_pts)];
+            let mut band = None;
+            let mut notes = Vec::new();
+            if !nulls.is_empty() {
+                // The tested statistic (a LoRA-Dash module's LoRA part) when it is not the
+                // whole update's accuracy.
+                let tested: Vec<(f64, f64)> = nulls
+                    .iter()
+                    .map(|(p, n)| (p.step as f64, n.mean_accuracy))
+                    .collect();
+                if nulls.iter().any(|(p, n)| {
+                    p.mean_accuracy
+                        .is_none_or(|a| (a - n.mean_accuracy).abs() > 1e-9)
+                }) {
+                    series.push(("tested accuracy", tested));
+                }
+                series.push((
+                    "κ (tested)",
+                    nulls
+                        .iter()
+                        .filter_map(|(p, n)| n.mean_kappa.map(|k| (p.step as f64, k)))
+                        .collect(),
+                ));
+                band = Some((
+                    "null: mean to p95",
+                    nulls
+                        .iter()
+                        .map(|(p, n)| (p.step as f64, n.mean_null, n.mean_null_p95))
+                        .collect(),
+                ));
+                notes = nulls
+                    .iter()
+                    .map(|(p, n)| {
+                        (
+                            p.step as f64,
+                            format!(
+                                "modules above null {}, not above {}, untestable {}",
+                                n.above_null, n.not_above_null, n.untestable
+                            ),
+                        )
+                    })
+                    .collect();
+            }
+            let svg = chart(charts::lines_with(
+                &series,
                 "checkpoint step",
                 "capture",
-                false,
-                marker,
+                &charts::LineOpts {
+                    marker,
+                    band,
+                    notes,
+                    ..Default::default()
+                },
             ))?;
             ctx.insert("capture_svg", svg.into());
         }
+        let null_rows: Vec<Vec<String>> = nulls
+            .iter()
+            .map(|(p, n)| {
+                vec![
+                    match t.kind {
+                        Some(RunKind::Adapters) => p.checkpoint.clone(),
+                        _ => format!("step {}", p.step),
+                    },
+                    opt_fmt(p.mean_accuracy, 3),
+                    format!("{:.3}", n.mean_accuracy),
+                    format!("{:.3}", n.mean_null),
+                    format!("{:.3}", n.mean_null_p95),
+                    opt_fmt(n.mean_kappa, 2),
+                    n.above_null.to_string(),
+                    n.not_above_null.to_string(),
+                    n.untestable.to_string(),
+                ]
+            })
+            .collect();
+        ctx.insert("null_rows", minijinja::Value::from_serialize(&null_rows));
+        ctx.insert(
+            "null_missing",
+            (t.reference.is_some() && nulls.is_empty()).into(),
+        );
         let stab = chart(charts::lines(
             &[
                 ("∩ previous", xs(&|p| p.stability_prev)),
