@@ -206,6 +206,7 @@ pub fn inspect_table(r: &InspectReport) -> String {
         );
     }
     out += ";\n every TSD, the projections, full module names: --json or --csv)\n\n";
+    out += "(by module type, by layer: means over the group's modules of the top δ, amp, ‖ΔW‖F and acc;\n max δ: the largest top δ; near-null: picks with σ/σ₁ < 1e-3, summed)\n";
     for (title, groups) in [("by module type", &r.by_type), ("by layer", &r.by_layer)] {
         if groups.is_empty() {
             continue;
@@ -213,14 +214,14 @@ pub fn inspect_table(r: &InspectReport) -> String {
         let mut h = vec![
             title,
             "modules",
-            "mean top δ",
-            "max top δ",
-            "mean amp",
-            "mean ‖ΔW‖F",
-            "near-null picks",
+            "top δ",
+            "max δ",
+            "amp",
+            "‖ΔW‖F",
+            "near-null",
         ];
         if with_ref {
-            h.push("mean acc");
+            h.push("acc");
         }
         let mut g = table(&h);
         for s in groups.iter() {
@@ -270,7 +271,7 @@ fn inspect_findings(r: &InspectReport) -> String {
     if let Some(n) = &r.null_model {
         if !n.capture.is_empty() {
             out += &format!(
-                "TSD capture against its rotation null (accuracy@({},{}); LoRA-Dash: the LoRA part; Benjamini–Hochberg at {} over testable modules; ≤ {} draws each):\n",
+                "TSD capture against its rotation null (accuracy@({},{}); LoRA-Dash: the LoRA part;\nBenjamini–Hochberg at {} over the testable modules; at most {} draws each):\n",
                 r.options.accuracy_k.0, r.options.accuracy_k.1, n.alpha, n.capture_draws
             );
             let mut t = table(&[
@@ -279,9 +280,9 @@ fn inspect_findings(r: &InspectReport) -> String {
                 "above null",
                 "not above",
                 "untestable",
-                "mean acc",
-                "null mean",
-                "mean κ",
+                "acc",
+                "null",
+                "κ",
                 "type p",
             ]);
             for g in &n.capture {
@@ -299,7 +300,7 @@ fn inspect_findings(r: &InspectReport) -> String {
             }
             right_align(&mut t, 1);
             out += &format!("{t}\n");
-            out += "(untestable: even a perfect overlap is reached by the null too often; κ = (acc − null)/(1 − null); type p: the type's summed hits against its null)\n";
+            out += "(acc, null: mean accuracy and its null mean; untestable: even a perfect overlap is reached\n by the null too often; κ = (acc − null)/(1 − null), mean over modules; type p: the type's\n summed hits against its null)\n";
         }
         out += &format!(
             "enrichment |z| = |uᵀΔWv| / its null sd, above the null's max-|z| {:.0} % quantile (per module):\n",
