@@ -257,7 +257,7 @@ fn committed_dash_checkpoint_logits_equal_peft() {
 
 /// Checkpoints written before this layout (Dash tensors inside adapter_model.safetensors under
 /// tsd's names, rank-r config) still read as the same Dash adapter; `tsd export` rewrites one in
-/// the new layout.
+/// the new layout and `--base-name` sets the declared base.
 #[test]
 fn old_layout_reads_and_exports_to_the_new_one() {
     let ck = fixture("tsd-written/dash-checkpoint");
@@ -281,7 +281,13 @@ fn old_layout_reads_and_exports_to_the_new_one() {
     }
     let out = d.path().join("exported");
     let o = tsd(d.path())
-        .args(["export", old.to_str().unwrap(), out.to_str().unwrap()])
+        .args([
+            "export",
+            old.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--base-name",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -295,6 +301,12 @@ fn old_layout_reads_and_exports_to_the_new_one() {
     for (x, y) in exported.modules.iter().zip(&new.modules) {
         assert_eq!(x.dash, y.dash);
     }
+    let cfg = json(&out.join("adapter_config.json"));
+    assert_eq!(
+        cfg["base_model_name_or_path"],
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    );
+    assert!(cfg["revision"].is_null());
     // --fold-dash writes the fold alone; exporting a plain LoRA over it removes the Dash file.
     let folded = d.path().join("folded");
     let o = tsd(d.path())
