@@ -34,6 +34,11 @@ pub fn tsd_home() -> PathBuf {
     home.join(".cache").join("tsd")
 }
 
+/// sha256 of bytes, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;

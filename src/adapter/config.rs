@@ -205,7 +205,8 @@ impl AdapterConfig {
         Ok(cfg)
     }
 
-    fn validate(&self, path: &Path) -> Result<()> {
+    /// Checks a parsed config (`path` names where it came from in errors).
+    pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |reason: String| Error::Config {
             path: path.to_path_buf(),
             reason,

@@ -4,8 +4,9 @@
 //! older or multi-adapter files may insert the adapter name (`.lora_A.default.weight`) or omit the
 //! `base_model.model.` prefix: both are accepted. DoRA adds `.lora_magnitude_vector` (`[out]`).
 //!
-//! LoRA-Dash, tsd's names (all under the same prefix, PEFT-style `lora_` so PEFT treats them as
-//! adapter tensors):
+//! LoRA-Dash, tsd's names (all under the same prefix), as `tsd_dash.safetensors` holds them beside
+//! the folded PEFT file (and as checkpoints before that layout held them inside
+//! `adapter_model.safetensors`, which PEFT loaded without them):
 //!
 //! | key suffix | shape | meaning |
 //! |---|---|---|

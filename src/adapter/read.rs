@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 /// File names of a PEFT adapter directory.
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// tsd's file beside a LoRA-Dash adapter's PEFT files: the Dash parametrisation (README, Adapter
+/// formats); `adapter_model.safetensors` beside it is its fold.
+pub const DASH_FILE: &str = "tsd_dash.safetensors";
 
 /// Resolves an adapter argument (a directory, or its `adapter_model.safetensors`) to its directory.
 pub fn adapter_dir(path: &Path) -> PathBuf {
@@ -147,10 +150,68 @@ pub fn read_adapter(path: &Path, name: Option<&str>) -> Result<Adapter> {
                 .into(),
         });
     }
+    let dash_path = dir.join(DASH_FILE);
+    if dash_path.exists() {
+        return read_dash_file(dir, &adapter_name, &dash_path, &weights);
+    }
     let config = AdapterConfig::load(&cfg_path)?;
     let bytes = crate::fsutil::read(&weights)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| st_error(&weights, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| st_error(&weights, e))?;
+    parse_adapter(dir, &adapter_name, &weights, &cfg_path, config, &bytes)
+}
+
+/// A LoRA-Dash adapter as tsd writes it: the Dash parametrisation from `tsd_dash.safetensors`
+/// (tensors under the same keys as an adapter file, the unfolded config in its metadata), after
+/// checking that `adapter_model.safetensors` beside it is the file written with it (its sha256).
+fn read_dash_file(
+    dir: PathBuf,
+    adapter_name: &str,
+    dash_path: &Path,
+    weights: &Path,
+) -> Result<Adapter> {
+    use super::write::{DASH_CONFIG_KEY, DASH_PEFT_SHA256_KEY};
+    let bytes = crate::fsutil::read(dash_path)?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| st_error(dash_path, e))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let bad = |reason: String| Error::Config {
+        path: dash_path.to_path_buf(),
+        reason,
+    };
+    let (Some(cfg_text), Some(want)) = (meta.get(DASH_CONFIG_KEY), meta.get(DASH_PEFT_SHA256_KEY))
+    else {
+        return Err(bad(format!(
+            "metadata lacks `{DASH_CONFIG_KEY}` or `{DASH_PEFT_SHA256_KEY}` (not written by tsd)"
+        )));
+    };
+    let got = crate::assets::sha256_file(weights)?;
+    if &got != want {
+        return Err(bad(format!(
+            "{} beside it is not the file written with it (sha256 {got}, recorded {want}): it was replaced or changed, so the two no longer describe one adapter. Remove {DASH_FILE} to read the PEFT adapter alone",
+            weights.display()
+        )));
+    }
+    let config: AdapterConfig =
+        serde_json::from_str(cfg_text).map_err(|e| bad(format!("`{DASH_CONFIG_KEY}`: {e}")))?;
+    config.validate(dash_path)?;
+    let mut ad = parse_adapter(dir, adapter_name, dash_path, dash_path, config, &bytes)?;
+    ad.metadata.remove(DASH_CONFIG_KEY);
+    ad.metadata.remove(DASH_PEFT_SHA256_KEY);
+    Ok(ad)
+}
+
+/// An adapter from its config and the bytes of its tensor file (`weights`, named in errors).
+fn parse_adapter(
+    dir: PathBuf,
+    adapter_name: &str,
+    weights: &Path,
+    cfg_path: &Path,
+    config: AdapterConfig,
+    bytes: &[u8],
+) -> Result<Adapter> {
+    let adapter_name = adapter_name.to_string();
+    let weights = weights.to_path_buf();
+    let cfg_path = cfg_path.to_path_buf();
+    let st = SafeTensors::deserialize(bytes).map_err(|e| st_error(&weights, e))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| st_error(&weights, e))?;
     let metadata: BTreeMap<String, String> = meta
         .metadata()
         .clone()

@@ -1,7 +1,7 @@
 //! Writing PEFT adapters strictly and atomically, and folding LoRA-Dash into plain LoRA.
 
 use super::naming::{key, TensorKind};
-use super::read::{CONFIG_FILE, WEIGHTS_FILE};
+use super::read::{CONFIG_FILE, DASH_FILE, WEIGHTS_FILE};
 use super::{Adapter, AdapterConfig, ModuleAdapter};
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -75,9 +75,81 @@ fn config_for(adapter: &Adapter) -> AdapterConfig {
     cfg
 }
 
-/// Writes `adapter_model.safetensors` (metadata `{"format":"pt"}` plus the adapter's `tsd_*` keys)
-/// and `adapter_config.json` into `dir`, each atomically. Dash modules are written with tsd's names.
+/// Metadata key of `tsd_dash.safetensors` holding the unfolded adapter's config (PEFT JSON).
+pub const DASH_CONFIG_KEY: &str = "tsd_adapter_config";
+/// Metadata key of `tsd_dash.safetensors` holding the sha256 of the `adapter_model.safetensors`
+/// written beside it (the fold of the same adapter).
+pub const DASH_PEFT_SHA256_KEY: &str = "tsd_peft_weights_sha256";
+/// Metadata key of a folded `adapter_model.safetensors` naming the file that holds its Dash form.
+pub const FOLDED_FROM_KEY: &str = "tsd_folded_dash";
+
+/// Writes an adapter into `dir`, each file atomically.
+///
+/// Without LoRA-Dash: `adapter_model.safetensors` (metadata `{"format":"pt"}` plus the adapter's
+/// `tsd_*` keys) and `adapter_config.json`, exactly what PEFT loads; a `tsd_dash.safetensors`
+/// left in `dir` by an earlier write is removed.
+///
+/// With LoRA-Dash (README, Adapter formats): `adapter_model.safetensors` + `adapter_config.json`
+/// are the fold ([`fold_dash`]: a plain rank-(r+s) LoRA with the same ΔW, what PEFT sees), and
+/// `tsd_dash.safetensors` beside them holds the Dash parametrisation under tsd's names (A, B, Ū,
+/// V̄ᵀ, Δσ, indices, σ and δ̂ at the switch), with the unfolded config (r, α, patterns, rsLoRA) and
+/// the sha256 of the folded weights in its metadata. tsd reads the Dash file when it is there
+/// ([`super::read::read_adapter`]).
 pub fn write_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
+    let weights = dir.join(WEIGHTS_FILE);
+    let dash_path = dir.join(DASH_FILE);
+    if !adapter.has_dash() {
+        let bytes = adapter_bytes(&weights, adapter, BTreeMap::new())?;
+        fsutil::atomic_write(&weights, &bytes)?;
+        write_config(dir, adapter)?;
+        if dash_path.exists() {
+            std::fs::remove_file(&dash_path).map_err(|e| Error::io(&dash_path, e))?;
+        }
+        return Ok(());
+    }
+    let mut folded = fold_dash(adapter);
+    folded.metadata = adapter.metadata.clone();
+    let peft = adapter_bytes(
+        &weights,
+        &folded,
+        BTreeMap::from([(FOLDED_FROM_KEY.to_string(), DASH_FILE.to_string())]),
+    )?;
+    let cfg = config_for(adapter).to_peft_json().to_string();
+    let dash = adapter_bytes(
+        &dash_path,
+        adapter,
+        BTreeMap::from([
+            (DASH_CONFIG_KEY.to_string(), cfg),
+            (
+                DASH_PEFT_SHA256_KEY.to_string(),
+                crate::assets::sha256_hex(&peft),
+            ),
+        ]),
+    )?;
+    // Dash file first: an interrupted write leaves a PEFT file whose sha256 the Dash file does
+    // not name, which the reader refuses, never a silent mix of two adapters.
+    fsutil::atomic_write(&dash_path, &dash)?;
+    fsutil::atomic_write(&weights, &peft)?;
+    write_config(dir, &folded)
+}
+
+fn write_config(dir: &Path, adapter: &Adapter) -> Result<()> {
+    let cfg = config_for(adapter).to_peft_json();
+    let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Json {
+        path: dir.join(CONFIG_FILE),
+        reason: e.to_string(),
+    })?;
+    fsutil::atomic_write(&dir.join(CONFIG_FILE), text.as_bytes())
+}
+
+/// The safetensors bytes of an adapter's tensors (Dash modules under tsd's names), metadata
+/// `{"format":"pt"}`, the adapter's `tsd_*` keys (less the ones [`write_adapter`] computes) and
+/// `extra`.
+fn adapter_bytes(
+    weights: &Path,
+    adapter: &Adapter,
+    extra: BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for m in &adapter.modules {
         check_module(m)?;
@@ -141,31 +213,27 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
             f32_bytes(&t.data),
         ));
     }
-    let weights = dir.join(WEIGHTS_FILE);
     let views = tensors
         .iter()
         .map(|(name, dtype, shape, bytes)| {
             TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
-                .map_err(|e| crate::weights::tensor::st_error(&weights, e))
+                .map_err(|e| crate::weights::tensor::st_error(weights, e))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut metadata: BTreeMap<String, String> = adapter
         .metadata
         .iter()
-        .filter(|(k, _)| k.starts_with("tsd_"))
+        .filter(|(k, _)| {
+            k.starts_with("tsd_")
+                && ![DASH_CONFIG_KEY, DASH_PEFT_SHA256_KEY, FOLDED_FROM_KEY].contains(&k.as_str())
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    metadata.extend(extra);
     metadata.insert("format".into(), "pt".into());
-    let bytes = crate::weights::serialize::serialize_sorted(views, metadata)
-        .map_err(|e| crate::weights::tensor::st_error(&weights, e))?;
-    fsutil::atomic_write(&weights, &bytes)?;
-    let cfg = config_for(adapter).to_peft_json();
-    let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Json {
-        path: dir.join(CONFIG_FILE),
-        reason: e.to_string(),
-    })?;
-    fsutil::atomic_write(&dir.join(CONFIG_FILE), text.as_bytes())
+    crate::weights::serialize::serialize_sorted(views, metadata)
+        .map_err(|e| crate::weights::tensor::st_error(weights, e))
 }
 
 fn check_module(m: &ModuleAdapter) -> Result<()> {

@@ -13,9 +13,16 @@ pub struct ExportArgs {
     /// written at OUTPUT's root [default: the only one there is]
     #[arg(long)]
     adapter_name: Option<String>,
-    /// Fold LoRA-Dash into a plain rank-(r+s) LoRA that reproduces ΔW exactly, loadable by PEFT.
+    /// Write LoRA-Dash as the plain rank-(r+s) LoRA alone (the same ΔW), without
+    /// tsd_dash.safetensors: tsd then reads it as plain LoRA too. Without it a Dash adapter is
+    /// written as that LoRA plus tsd_dash.safetensors beside it (README, Adapter formats)
     #[arg(long)]
     fold_dash: bool,
+    /// What the written adapter_config.json declares as its base (`base_model_name_or_path`; the
+    /// revision is cleared): a Hugging Face id or a path, e.g. the directory `tsd fetch --hf-dir`
+    /// wrote, so that PEFT's `AutoPeftModelForCausalLM` finds it [default: as read]
+    #[arg(long, value_name = "NAME_OR_PATH")]
+    base_name: Option<String>,
     /// Write a random control instead: every module's A and B replaced by seeded Gaussian
     /// matrices of the same shapes and norms (LoRA-Dash, biases and other tensors dropped), to
     /// answer "what would random give?" for any metric [default: off]
@@ -38,20 +45,34 @@ pub fn run(a: ExportArgs) -> Result<()> {
         )));
     }
     if adapter.has_dash() && !a.fold_dash && a.randomize.is_none() {
-        eprintln!("note: the adapter has LoRA-Dash tensors; they are kept under tsd's names (PEFT ignores them). Use --fold-dash for a plain PEFT LoRA.");
+        eprintln!("note: LoRA-Dash: adapter_model.safetensors is its fold, the rank-(r+s) LoRA with the same ΔW that PEFT loads; the Dash parametrisation is kept beside it in {} for tsd (--fold-dash leaves it out)", tsd::adapter::read::DASH_FILE);
     }
-    let out = if let Some(seed) = a.randomize {
+    let mut out = if let Some(seed) = a.randomize {
         tsd::adapter::control::randomised(&adapter, seed)
     } else if a.fold_dash {
         fold_dash(&adapter)
     } else {
         adapter
     };
+    if let Some(name) = a.base_name {
+        if name.is_empty() {
+            return Err(super::input_error(
+                "--base-name must not be empty".to_string(),
+            ));
+        }
+        out.config.base_model_name_or_path = Some(name);
+        out.config.revision = None;
+    }
     write_adapter(&a.output, &out)?;
-    let r: Vec<usize> = out.modules.iter().map(|m| m.r).collect();
+    // The rank PEFT sees: r + s for a Dash module (its fold).
+    let r: Vec<usize> = out
+        .modules
+        .iter()
+        .map(|m| m.r + m.dash.as_ref().map_or(0, |d| d.s()))
+        .collect();
     let ex = &out.extras;
     eprintln!(
-        "wrote {} module(s), rank {}..{}, {} LoRA bias(es), {} embedding LoRA(s), {} whole tensor(s), to {}",
+        "wrote {} module(s), PEFT rank {}..{}, {} LoRA bias(es), {} embedding LoRA(s), {} whole tensor(s), to {}",
         out.modules.len(),
         r.iter().min().unwrap_or(&0),
         r.iter().max().unwrap_or(&0),

@@ -2,7 +2,9 @@
 //! ```text
 //! RUN/config.json                 TrainConfig
 //! RUN/record.json                 RunRecord (per-step loss, lr, tokens/s, memory, Dash switch, …)
-//! RUN/checkpoints/step-000100/    adapter_config.json + adapter_model.safetensors (PEFT, Dash extras)
+//! RUN/checkpoints/step-000100/    adapter_config.json + adapter_model.safetensors (PEFT; after a
+//!                                 Dash switch the folded rank-(r+s) LoRA) and, after the switch,
+//!                                 tsd_dash.safetensors (the Dash parametrisation tsd resumes from)
 //!                                 or model.safetensors + config.json (method full)
 //!                                 optimizer.safetensors, trainer_state.json (written last)
 //! ```

@@ -1,5 +1,5 @@
-//! Checkpoints of a tsd run (layout in [`crate::run::layout`]): the PEFT adapter with the Dash
-//! extras (or the full weights), the optimizer moments and the trainer state, written into a
+//! Checkpoints of a tsd run (layout in [`crate::run::layout`]): the PEFT adapter (for LoRA-Dash
+//! its fold, with the Dash parametrisation beside it: [`adapter::write_adapter`]) or the full weights, the optimizer moments and the trainer state, written into a
 //! temporary directory and renamed; and restoring one exactly for `--resume`.
 
 use super::config::Method;
@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Instant;
 
 impl Trainer {
-    /// The adapter as it stands (PEFT format with Dash extras).
+    /// The adapter as it stands (LoRA, with Dash's Ū, V̄ᵀ, Δσ after the switch).
     pub fn adapter(&self) -> Result<Adapter> {
         let mut modules = Vec::new();
         for lin in self.model.linears() {
