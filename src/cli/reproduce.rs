@@ -129,6 +129,10 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     if a.emit_jobs {
         return emit(&a, &p, from_dir, &out, &data);
     }
+    // SIGINT / SIGTERM (Slurm's warning and time limit): training stops after its current step
+    // with a checkpoint saved; anywhere else (evaluation, capture) tsd exits at once. Either way
+    // the exit code is 130 / 143 and re-running the same command continues.
+    tsd::signals::install_exiting()?;
     let opts = Options {
         only: a.only.clone(),
         collect: a.collect,
