@@ -665,3 +665,62 @@ fn sigterm_stops_a_piece_with_a_checkpoint_and_a_rerun_finishes_it_identically()
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stopped.join("base/eval.json").exists());
 }
+
+/// The emitted array script (run by bash as Slurm would, without Slurm) forwards the SIGTERM that
+/// `--signal=B:TERM@N` sends the batch shell to tsd, waits for it to save, and logs `== exit 143`;
+/// running the task again finishes the piece with `== exit 0`.
+#[test]
+fn the_array_script_forwards_sigterm_to_tsd_and_logs_its_exit() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_data(d.path());
+    let out = d.path().join("out");
+    let o = smoke(d.path(), &data, &out, &["--only", "lr-check"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = smoke(
+        d.path(),
+        &data,
+        &out,
+        &["--emit-jobs", "--signal-grace", "300"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let script = out.join("jobs/array.sbatch");
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("#SBATCH --signal=B:TERM@300\n"), "{text}");
+    let task = |pause: &str| {
+        Command::new("bash")
+            .arg(&script)
+            .env("SLURM_ARRAY_TASK_ID", "1")
+            .env("TSD_HOME", d.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("HF_HOME")
+            .env("TSD_TEST_PAUSE", pause)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let log = out.join("jobs/logs/lora-r1-s1.log");
+    let mut child = task("checkpoint-write:1000");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("tsd-test-pause")) {
+        assert!(Instant::now() < deadline, "no checkpoint write in 60 s");
+        assert!(child.try_wait().unwrap().is_none(), "the task ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill("TERM", child.id());
+    let st = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(st.code(), Some(143), "{text}");
+    assert!(
+        text.contains("piece lora-r1-s1 stopped by SIGTERM at step 3 of 6")
+            && text.trim_end().ends_with("== exit 143"),
+        "{text}"
+    );
+    let st = task("").wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        st.success() && text.trim_end().ends_with("== exit 0"),
+        "{text}"
+    );
+    assert!(out.join("runs/lora-r1-s1/eval.json").exists());
+}
