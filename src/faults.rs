@@ -3,7 +3,7 @@
 //! many milliseconds at each point after printing `tsd-test-pause: POINT` to stderr. Unset (the
 //! normal case) it does nothing. Points: `checkpoint-write` (adapter and optimizer state written
 //! to the temporary directory, trainer state not yet), `dash-switch` (after the first module's
-//! TSDs are picked, before the others).
+//! TSDs are picked, before the others), `evaluate` (`tsd reproduce`, before a model is evaluated).
 
 /// Sleeps at `point` if `TSD_TEST_PAUSE` names it.
 pub fn pause(point: &str) {

@@ -4,7 +4,11 @@
 mod common;
 
 use common::{fixture, tsd, write_task};
+use std::io::BufRead;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 fn tiny_data(root: &Path) -> std::path::PathBuf {
     let data = root.join("data");
@@ -577,4 +581,211 @@ fn controls_are_trained_and_measured_beside_the_null() {
         results(&out)["summary"]["controls"],
         r["summary"]["controls"]
     );
+/// `tsd reproduce` on the tiny model as a child process (stderr piped), with extra arguments and
+/// `TSD_TEST_PAUSE` set to `pause`.
+fn spawn_smoke(root: &Path, data: &Path, out: &Path, extra: &[&str], pause: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tsd"))
+        .env("TSD_HOME", root)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HOME")
+        .env("TSD_TEST_PAUSE", pause)
+        .args(["reproduce", "commonsense", "--preset", "smoke", "--model"])
+        .arg(fixture("tiny-llama"))
+        .args(["--train-on-inputs", "true", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends the child's stderr lines to a channel.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    rx
+}
+
+/// Waits (at most 60 s) for the line `tsd-test-pause: POINT`, the child still running.
+fn wait_for_pause(child: &mut Child, lines: &mpsc::Receiver<String>, point: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no `{point}` pause in 60 s");
+        if let Ok(l) = lines.recv_timeout(Duration::from_millis(50)) {
+            if l.trim() == format!("tsd-test-pause: {point}") {
+                return;
+            }
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited before the `{point}` pause"
+        );
+    }
+}
+
+fn kill(sig: &str, pid: u32) {
+    let st = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// The final checkpoint's tensors and the record's losses of a run directory.
+fn trained(run: &Path) -> (Vec<Vec<u8>>, serde_json::Value) {
+    let ck = tsd::train::trainer::checkpoint_dir(run, 6);
+    let files = ["adapter_model.safetensors", "optimizer.safetensors"]
+        .iter()
+        .map(|f| std::fs::read(ck.join(f)).unwrap())
+        .collect();
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("record.json")).unwrap()).unwrap();
+    let losses = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["loss"].clone())
+        .collect();
+    assert_eq!(rec["finished"], true);
+    (files, losses)
+}
+
+/// Slurm's SIGTERM (its `--signal` warning, or the time limit) on a training piece stops it after
+/// the current step with a checkpoint saved and exit 143, naming the piece; the same command then
+/// finishes it with the uninterrupted run's tensors and losses. Outside training (the base
+/// model's evaluation) SIGINT / SIGTERM end the command at once with 130 / 143, and a re-run
+/// redoes the piece. Regression: reproduce did not listen (the process died by the signal, with
+/// the steps since the last checkpoint lost to the SIGKILL that follows).
+#[test]
+fn sigterm_stops_a_piece_with_a_checkpoint_and_a_rerun_finishes_it_identically() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_data(d.path());
+    let (whole, stopped) = (d.path().join("whole"), d.path().join("stopped"));
+    let o = smoke(d.path(), &data, &whole, &["--only", "lr-check"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::create_dir_all(&stopped).unwrap();
+    std::fs::copy(whole.join("lr-check.json"), stopped.join("lr-check.json")).unwrap();
+    let o = smoke(d.path(), &data, &whole, &["--only", "lora-r1-s1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // SIGTERM inside the first checkpoint write (step 3 of 6).
+    let only = ["--only", "lora-r1-s1"];
+    let mut child = spawn_smoke(d.path(), &data, &stopped, &only, "checkpoint-write:400");
+    let lines = stderr_lines(&mut child);
+    wait_for_pause(&mut child, &lines, "checkpoint-write");
+    kill("TERM", child.id());
+    let st = child.wait().unwrap();
+    let err = lines.iter().collect::<Vec<_>>().join("\n");
+    assert_eq!(st.code(), Some(143), "{st}; stderr:\n{err}");
+    assert!(
+        err.contains("SIGTERM received")
+            && err.contains("piece lora-r1-s1 stopped by SIGTERM at step 3 of 6")
+            && err.contains("re-running the same command"),
+        "{err}"
+    );
+    let run = stopped.join("runs/lora-r1-s1");
+    assert_eq!(
+        tsd::train::trainer::latest_checkpoint(&run).unwrap(),
+        Some(3)
+    );
+    assert!(!run.join("eval.json").exists());
+    let o = smoke(d.path(), &data, &stopped, &only);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(run.join("eval.json").exists());
+    assert!(
+        trained(&whole.join("runs/lora-r1-s1")) == trained(&run),
+        "the resumed piece's tensors or losses differ from the uninterrupted run's"
+    );
+    // Outside training: the base model's evaluation ends at once, nothing written, then redone.
+    for (sig, code) in [("INT", 130), ("TERM", 143)] {
+        let mut child = spawn_smoke(
+            d.path(),
+            &data,
+            &stopped,
+            &["--only", "base"],
+            "evaluate:20000",
+        );
+        let lines = stderr_lines(&mut child);
+        wait_for_pause(&mut child, &lines, "evaluate");
+        let t0 = Instant::now();
+        kill(sig, child.id());
+        let st = child.wait().unwrap();
+        let err = lines.iter().collect::<Vec<_>>().join("\n");
+        assert_eq!(st.code(), Some(code), "SIG{sig}: {st}; stderr:\n{err}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "SIG{sig}: not at once"
+        );
+        assert!(err.contains("exiting now") && err.contains("a re-run redoes"));
+        assert!(!stopped.join("base/eval.json").exists());
+    }
+    let o = smoke(d.path(), &data, &stopped, &["--only", "base"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stopped.join("base/eval.json").exists());
+}
+
+/// The emitted array script (run by bash as Slurm would, without Slurm) forwards the SIGTERM that
+/// `--signal=B:TERM@N` sends the batch shell to tsd, waits for it to save, and logs `== exit 143`;
+/// running the task again finishes the piece with `== exit 0`.
+#[test]
+fn the_array_script_forwards_sigterm_to_tsd_and_logs_its_exit() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_data(d.path());
+    let out = d.path().join("out");
+    let o = smoke(d.path(), &data, &out, &["--only", "lr-check"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = smoke(
+        d.path(),
+        &data,
+        &out,
+        &["--emit-jobs", "--signal-grace", "300"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let script = out.join("jobs/array.sbatch");
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("#SBATCH --signal=B:TERM@300\n"), "{text}");
+    let task = |pause: &str| {
+        Command::new("bash")
+            .arg(&script)
+            .env("SLURM_ARRAY_TASK_ID", "1")
+            .env("TSD_HOME", d.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("HF_HOME")
+            .env("TSD_TEST_PAUSE", pause)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let log = out.join("jobs/logs/lora-r1-s1.log");
+    let mut child = task("checkpoint-write:1000");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("tsd-test-pause")) {
+        assert!(Instant::now() < deadline, "no checkpoint write in 60 s");
+        assert!(child.try_wait().unwrap().is_none(), "the task ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill("TERM", child.id());
+    let st = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(st.code(), Some(143), "{text}");
+    assert!(
+        text.contains("piece lora-r1-s1 stopped by SIGTERM at step 3 of 6")
+            && text.trim_end().ends_with("== exit 143"),
+        "{text}"
+    );
+    let st = task("").wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        st.success() && text.trim_end().ends_with("== exit 0"),
+        "{text}"
+    );
+    assert!(out.join("runs/lora-r1-s1/eval.json").exists());
 }

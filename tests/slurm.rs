@@ -514,3 +514,111 @@ fn a_cancelled_task_is_named_and_rerun_alone() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("every piece"));
 }
+
+/// Slurm's warning signal (`--signal=B:TERM@N`, here sent at once with `scancel --batch
+/// --signal=TERM`) reaches the batch shell, which forwards it to tsd: the training piece saves a
+/// checkpoint, its log ends with `== exit 143`, and resubmitting the missing piece continues it
+/// to the end. Tiny model: seconds.
+#[test]
+fn slurm_sigterm_to_the_batch_shell_saves_and_resumes() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !slurm_or_skip() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    write_task(&data, "ARC-Easy", "train.json", 30, &["answer1", "answer2"]);
+    write_task(&data, "ARC-Easy", "test.json", 6, &["answer1", "answer2"]);
+    write_task(&data, "boolq", "test.json", 6, &["true", "false"]);
+    let out = d.path().join("out");
+    let grid = |extra: &[&str]| {
+        tsd(d.path())
+            .args(["reproduce", "commonsense", "--preset", "smoke", "--model"])
+            .arg(fixture("tiny-llama"))
+            .args(["--train-on-inputs", "true", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = grid(&["--emit-jobs", "--cpus", "1", "--mem", "1G"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let array = std::fs::read_to_string(out.join("jobs/array.sbatch")).unwrap();
+    assert!(array.contains("#SBATCH --signal=B:TERM@120\n"), "{array}");
+    let started = Instant::now();
+    // Every checkpoint write pauses 5 s (the environment goes with the jobs): time to signal.
+    let mut c = Command::new(out.join("jobs/submit.sh"));
+    let text = run(c
+        .env("TSD_HOME", d.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TSD_TEST_PAUSE", "checkpoint-write:5000"));
+    let ids: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_once(" job ").map(|(_, id)| id.trim().to_string()))
+        .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(ids.len(), 3, "{text}");
+    // Task 1 is lora-r1-s1: signal its batch shell inside its first checkpoint write (step 3).
+    let log = out.join("jobs/logs/lora-r1-s1.log");
+    assert!(
+        wait_for_text(
+            &log,
+            "tsd-test-pause: checkpoint-write",
+            started + timeout()
+        ),
+        "lora-r1-s1 never wrote a checkpoint:\n{}",
+        logs(&out)
+    );
+    // A task that has just started is "in a transitional state" for a moment: scancel may then
+    // report an error although the signal reaches the batch shell. The log says what happened.
+    std::thread::sleep(Duration::from_secs(1));
+    let o = Command::new("scancel")
+        .args(["--batch", "--signal=TERM", &format!("{}_1", ids[1])])
+        .output()
+        .unwrap();
+    eprintln!(
+        "scancel: {} {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    wait_done(&ids, &out, started);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("piece lora-r1-s1 stopped by SIGTERM at step 3 of 6")
+            && text.trim_end().ends_with("== exit 143"),
+        "{text}"
+    );
+    let run_dir = out.join("runs/lora-r1-s1");
+    assert_eq!(
+        tsd::train::trainer::latest_checkpoint(&run_dir).unwrap(),
+        Some(3)
+    );
+    assert!(!run_dir.join("eval.json").exists());
+    // Resubmit the missing piece: it continues from step 3.
+    let o = grid(&[
+        "--emit-jobs",
+        "--only-missing",
+        "--cpus",
+        "1",
+        "--mem",
+        "1G",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let jobs = std::fs::read_to_string(out.join("jobs/jobs.txt")).unwrap();
+    assert!(
+        jobs.lines().count() == 1 && jobs.trim_end().ends_with("--only lora-r1-s1"),
+        "{jobs}"
+    );
+    let again = submit(&out, &[("TSD_HOME", Some(d.path()))]);
+    wait_done(&again, &out, started);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.trim_end().ends_with("== exit 0"), "{text}");
+    let rec = json(&run_dir.join("record.json"));
+    assert_eq!(rec["finished"], true);
+    assert_eq!(rec["steps"].as_array().unwrap().len(), 6);
+    assert!(run_dir.join("eval.json").exists());
+    let c = grid(&["--collect"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+}

@@ -97,6 +97,11 @@ struct SlurmArgs {
     /// At most this many array tasks at once (--array=1-N%K) [default: no cap]
     #[arg(long, requires = "emit_jobs")]
     max_parallel: Option<usize>,
+    /// Seconds before the time limit at which Slurm sends SIGTERM to each job (--signal=B:TERM@N),
+    /// which tsd answers by saving a checkpoint and exiting 143; 0: none (Slurm's own SIGTERM at
+    /// the limit, SIGKILL after KillWait, often 30 s) [default: 120]
+    #[arg(long, requires = "emit_jobs", value_name = "SECONDS")]
+    signal_grace: Option<u32>,
     /// Any other sbatch option for every job, e.g. --sbatch-arg=--qos=long (repeatable) [default: none]
     #[arg(long, requires = "emit_jobs", allow_hyphen_values = true)]
     sbatch_arg: Vec<String>,
@@ -137,6 +142,10 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     if a.emit_jobs {
         return emit(&a, &p, from_dir, &out, &data);
     }
+    // SIGINT / SIGTERM (Slurm's warning and time limit): training stops after its current step
+    // with a checkpoint saved; anywhere else (evaluation, capture) tsd exits at once. Either way
+    // the exit code is 130 / 143 and re-running the same command continues.
+    tsd::signals::install_exiting()?;
     let opts = Options {
         only: a.only.clone(),
         collect: a.collect,
@@ -240,6 +249,9 @@ fn emit(
     res.account = s.account.clone();
     res.max_parallel = s.max_parallel;
     res.extra = s.sbatch_arg.clone();
+    if let Some(v) = s.signal_grace {
+        res.signal_grace = v;
+    }
     let spec = JobSpec {
         tsd: job_path(&exe, r)?,
         args,

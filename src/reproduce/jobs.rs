@@ -14,6 +14,16 @@ use crate::error::{Error, Result};
 use crate::train::trainer::RunRecord;
 use std::path::{Path, PathBuf};
 
+/// Before tsd starts: SIGTERM / SIGINT to the batch shell go to tsd (or, arriving before it has
+/// started, right after it starts).
+const FORWARD: &str = "pid=\npending=\nforward() {\n  if [ -n \"$pid\" ]; then kill -s \"$1\" \"$pid\" 2>/dev/null || true; else pending=$1; fi\n}\ntrap 'forward TERM' TERM\ntrap 'forward INT' INT\n";
+
+/// After tsd starts in the background: its exit status in `rc`, however many signals arrive.
+/// `wait` returns early (128 + N) when a trapped signal arrives while tsd is still saving: wait
+/// again while it lives, then once more for the status of a tsd that ended between the two (bash
+/// keeps it; an older bash that already reported it says 127, and `rc` is kept).
+const WAIT: &str = "pid=$!\nif [ -n \"$pending\" ]; then kill -s \"$pending\" \"$pid\" 2>/dev/null || true; fi\nrc=0\nwait \"$pid\" || rc=$?\nwhile kill -0 \"$pid\" 2>/dev/null; do\n  rc=0\n  wait \"$pid\" || rc=$?\ndone\nr=0\nwait \"$pid\" 2>/dev/null || r=$?\nif [ \"$r\" -ne 127 ]; then rc=$r; fi\n";
+
 /// Single-quotes `s` for a POSIX shell.
 fn sh(s: &str) -> String {
     if !s.is_empty()
@@ -181,7 +191,15 @@ pub struct Resources {
     pub max_parallel: Option<usize>,
     /// Further `#SBATCH` options, written as given (`--qos=long`).
     pub extra: Vec<String>,
+    /// Seconds before the time limit at which Slurm sends SIGTERM to the batch script
+    /// (`--signal=B:TERM@N`), which forwards it to tsd: training saves a checkpoint and the task
+    /// exits 143. 0: no early signal (only Slurm's own SIGTERM at the limit, then SIGKILL after
+    /// KillWait).
+    pub signal_grace: u32,
 }
+
+/// The default of [`Resources::signal_grace`]: two minutes for a step and a save.
+pub const DEFAULT_SIGNAL_GRACE: u32 = 120;
 
 impl Resources {
     /// What one piece of the preset needs: `smoke` (default model, 6 steps) fits in 2 CPUs, 6 GB
@@ -205,6 +223,7 @@ impl Resources {
             account: None,
             max_parallel: None,
             extra: Vec::new(),
+            signal_grace: DEFAULT_SIGNAL_GRACE,
         }
     }
 
@@ -230,6 +249,12 @@ impl Resources {
                 return bad("--sbatch-arg", e);
             }
         }
+        if self.signal_grace > 65535 {
+            return Err(Error::InvalidArgument(format!(
+                "--signal-grace {}: Slurm takes at most 65535 seconds",
+                self.signal_grace
+            )));
+        }
         if self.cpus == 0 || self.max_parallel == Some(0) {
             return Err(Error::InvalidArgument(
                 "--cpus and --max-parallel must be at least 1".into(),
@@ -252,6 +277,9 @@ impl Resources {
             if let Some(v) = v {
                 s += &format!("#SBATCH --{k}={v}\n");
             }
+        }
+        if self.signal_grace > 0 {
+            s += &format!("#SBATCH --signal=B:TERM@{}\n", self.signal_grace);
         }
         for e in &self.extra {
             s += &format!("#SBATCH {e}\n");
@@ -406,10 +434,12 @@ pub fn emit_jobs(p: &Preset, spec: &JobSpec, out: &Path) -> Result<Emitted> {
         )
     };
     // The body after the directives: one piece, its output appended to its log with a header
-    // line and the exit status, tsd's threads matched to the CPUs Slurm granted.
+    // line and the exit status, tsd's threads matched to the CPUs Slurm granted. tsd runs in the
+    // background so that the shell can forward SIGTERM / SIGINT to it (Slurm's `--signal=B:`
+    // warning reaches only the batch shell) and then wait for its own exit status ([`WAIT`]).
     let body = |prelude: &str, piece_expr: &str, what: &str| {
         format!(
-            "set -euo pipefail\n{prelude}piece={piece_expr}\nlog={}/\"$piece\".log\nexport RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\necho \"== $(date -u +%FT%TZ) Slurm job ${{SLURM_JOB_ID:-?}} on $(hostname): $piece\" >>\"$log\"\nrc=0\n{command} {what} >>\"$log\" 2>&1 || rc=$?\necho \"== exit $rc\" >>\"$log\"\nexit \"$rc\"\n",
+            "set -euo pipefail\n{prelude}piece={piece_expr}\nlog={}/\"$piece\".log\nexport RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\necho \"== $(date -u +%FT%TZ) Slurm job ${{SLURM_JOB_ID:-?}} on $(hostname): $piece\" >>\"$log\"\n{FORWARD}{command} {what} >>\"$log\" 2>&1 &\n{WAIT}echo \"== exit $rc\" >>\"$log\"\nexit \"$rc\"\n",
             sh(&logs),
             r.cpus
         )
@@ -559,6 +589,26 @@ mod tests {
             assert!(directives.contains(&want), "{want} missing:\n{array}");
         }
         assert!(array.contains("/opt/tsd/bin/tsd reproduce"), "{array}");
+        // Slurm's warning before the time limit reaches the batch shell, which forwards it to tsd
+        // (running in the background) and waits for tsd's own exit status.
+        for script in ["array.sbatch", "collect.sbatch"] {
+            let text = std::fs::read_to_string(d.path().join("jobs").join(script)).unwrap();
+            let at = |needle: &str| {
+                text.find(needle)
+                    .unwrap_or_else(|| panic!("{script}: no `{needle}`:\n{text}"))
+            };
+            assert!(at("#SBATCH --signal=B:TERM@120\n") < at("set -euo pipefail"));
+            assert!(at("trap 'forward TERM' TERM") < at(" 2>&1 &\n"));
+            assert!(at("trap 'forward INT' INT") < at(" 2>&1 &\n"));
+            assert!(at(" 2>&1 &\n") < at("wait \"$pid\""));
+            assert!(at("wait \"$pid\"") < at("echo \"== exit $rc\""));
+        }
+        s.resources.signal_grace = 0;
+        emit_jobs(&p, &s, d.path()).unwrap();
+        let array = std::fs::read_to_string(d.path().join("jobs/array.sbatch")).unwrap();
+        assert!(!array.contains("--signal"), "{array}");
+        s.resources.signal_grace = 70000;
+        assert!(emit_jobs(&p, &s, d.path()).is_err());
         assert!(array.contains("RAYON_NUM_THREADS=\"${SLURM_CPUS_PER_TASK:-8}\""));
         // %a only where there is an array: the other jobs' logs are named by job id.
         let collect = std::fs::read_to_string(d.path().join("jobs/collect.sbatch")).unwrap();

@@ -33,7 +33,6 @@ use crate::weights::WeightSource;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 /// How often the lr check may extend its range past an edge optimum.
@@ -537,7 +536,10 @@ impl<'a> Grid<'a> {
     }
 
     /// Trains (or resumes, or skips when finished) the run in `dir`, sharing the lower cache.
-    fn train(&mut self, cfg: TrainConfig, dir: &Path) -> Result<Trainer> {
+    /// SIGINT / SIGTERM (after [`crate::signals::install_exiting`]) stop it after the current
+    /// step with a checkpoint saved: [`Error::Stopped`] names `piece` and says that re-running
+    /// continues it.
+    fn train(&mut self, cfg: TrainConfig, dir: &Path, piece: &str) -> Result<Trainer> {
         let mut trainer = if dir.join("config.json").exists() {
             Trainer::resume(dir)?
         } else {
@@ -556,7 +558,10 @@ impl<'a> Grid<'a> {
             // this run computed the cache.
             let had_cache = trainer.lower_cache().is_some();
             let t0 = Instant::now();
-            trainer.run(&mut |_| {}, &AtomicBool::new(false))?;
+            {
+                let _deferred = crate::signals::defer();
+                trainer.run(&mut |_| {}, crate::signals::stop_flag())?;
+            }
             let cache_s = if !had_cache && trainer.lower_cache().is_some() {
                 trainer.record.lower_cache_seconds
             } else {
@@ -568,6 +573,25 @@ impl<'a> Grid<'a> {
                 self.shared = trainer
                     .lower_cache()
                     .map(|c| (trainer.lower_cache_key(), c));
+            }
+            if let Some(sig) = crate::signals::received() {
+                let at = if trainer.record.finished {
+                    format!("as its training finished (step {})", trainer.step)
+                } else {
+                    format!(
+                        "at step {} of {}, checkpoint saved in {}",
+                        trainer.step,
+                        trainer.total_steps,
+                        dir.display()
+                    )
+                };
+                return Err(Error::Stopped {
+                    message: format!(
+                        "piece {piece} stopped by {} {at}; re-running the same command (or its Slurm task) continues it",
+                        sig.name()
+                    ),
+                    code: sig.exit_code(),
+                });
             }
         }
         Ok(trainer)
@@ -642,6 +666,7 @@ impl<'a> Grid<'a> {
 
     /// Evaluates `model` and accounts the time.
     fn evaluate(&mut self, model: &Llama) -> Result<(Scores, Vec<TaskResult>)> {
+        crate::faults::pause("evaluate");
         let (scores, results, prep_s) = self.evaluator()?.evaluate(model)?;
         self.timing.eval_prepare_s += prep_s;
         self.timing.eval_s += scores.eval_s;
@@ -737,7 +762,7 @@ impl<'a> Grid<'a> {
         let cfg = self.train_config(&cell, lr, Some(p.lr_check_steps));
         let dir = self.out.join("lr-check").join(&name);
         let run = format!("lr-check/{name}");
-        let trainer = match self.train(cfg, &dir) {
+        let trainer = match self.train(cfg, &dir, "lr-check") {
             Ok(t) => t,
             Err(Error::Numerical { reason, .. }) => {
                 (self.log)(&format!("lr check: lr {lr:e} diverged ({reason})"));
@@ -781,7 +806,7 @@ impl<'a> Grid<'a> {
         }
         (self.log)(&format!("{who}: training"));
         let cfg = self.train_config(cell, lr, None);
-        let trainer = self.train(cfg, &dir)?;
+        let trainer = self.train(cfg, &dir, &name)?;
         (self.log)(&format!("{who}: evaluating"));
         let rec = trainer.record.clone();
         let adapter = trainer.adapter()?;
@@ -910,7 +935,7 @@ impl<'a> Grid<'a> {
                 .filter(|r| r.finished);
         let Some(kept) = record else {
             (self.log)(&format!("{what} {name}: training"));
-            self.train(cfg, &dir)?;
+            self.train(cfg, &dir, name)?;
             return Ok(());
         };
         if !need_weights || jobs::final_checkpoint_present(&dir, &kept) {
@@ -921,7 +946,7 @@ impl<'a> Grid<'a> {
         ));
         let stale = dir.with_extension(format!("record-only-{}", std::process::id()));
         std::fs::rename(&dir, &stale).map_err(|e| Error::io(&dir, e))?;
-        let again = self.train(cfg, &dir)?;
+        let again = self.train(cfg, &dir, name)?;
         let same = again.record.steps.len() == kept.steps.len()
             && again
                 .record
@@ -1304,24 +1329,30 @@ pub fn reproduce(
             )));
         }
         let _guard = hold(out, only)?;
-        if only == "lr-check" {
-            grid.lr(true)?;
+        let done = if only == "lr-check" {
+            grid.lr(true).map(drop)
         } else if only == "base" {
-            grid.base()?;
+            grid.base().map(drop)
         } else if reference_cell(preset).is_some_and(|c| c.name() == *only) {
-            let (lr, _) = grid.lr(false)?;
-            grid.reference_run(lr, true)?;
+            grid.lr(false).and_then(|(lr, _)| grid.reference_run(lr, true))
         } else if let Some(t) = controls::Trained::from_piece(only) {
-            let (lr, _) = grid.lr(false)?;
-            grid.control_run(t, lr, true)?;
+            grid.lr(false).and_then(|(lr, _)| grid.control_run(t, lr, true))
         } else {
             let c = all
                 .iter()
                 .find(|c| c.name() == *only)
                 .expect("a piece name");
-            let (lr, _) = grid.lr(false)?;
-            grid.cell(c, lr, "")?;
+            grid.lr(false)
+                .and_then(|(lr, _)| grid.cell(c, lr, "").map(drop))
+        };
+        // A piece stopped by a signal still counts the time it spent.
+        if let Err(e @ Error::Stopped { .. }) = done {
+            let mut timing = grid.timing.clone();
+            timing.total_s = t0.elapsed().as_secs_f64();
+            record_timing(out, &timing)?;
+            return Err(e);
         }
+        done?;
         let mut timing = grid.timing.clone();
         timing.total_s = t0.elapsed().as_secs_f64();
         record_timing(out, &timing)?;
