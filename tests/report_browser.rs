@@ -86,11 +86,21 @@ const MIN_TEXT_PX: f64 = 11.0;
 /// into the DOM, and `--dump-dom` returns them.
 const MEASURE: &str = r#"<script>
 (function () {
+  // The first screen as it opens (details closed): the text within the top 900 px.
+  var first = [];
+  var walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  var node;
+  while ((node = walk.nextNode())) {
+    var rg = document.createRange();
+    rg.selectNodeContents(node);
+    var b = rg.getBoundingClientRect();
+    if (b.height > 0 && b.bottom <= 900) first.push(node.textContent);
+  }
   // Collapsed tables are measured open: the page must fit either way.
   document.querySelectorAll('details').forEach(function (d) { d.open = true; });
   var de = document.documentElement;
   var out = { scroll_width: de.scrollWidth, client_width: de.clientWidth, texts: 0, small: [],
-              charts: [] };
+              charts: [], first_screen: first.join(' ') };
   document.querySelectorAll('svg text').forEach(function (t) {
     var s = t.textContent.trim();
     if (!s) return;
@@ -210,6 +220,52 @@ fn check_geometry(browser: &Path, html: &Path, name: &str) {
             c["width"]
         );
     }
+}
+
+/// The reproduction page's first screen (the top 900 px of a 1400 px window) shows every
+/// configuration's mean accuracy with its 95 % interval, as the record (`results.json`) has them.
+fn check_first_screen(browser: &Path, html: &Path, results: &Path, name: &str) {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results).unwrap()).unwrap();
+    let first = measure(browser, html)["first_screen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let configs = r["summary"]["configs"].as_array().unwrap();
+    assert!(
+        !configs.is_empty(),
+        "{name}: no configuration in the record"
+    );
+    for c in configs {
+        let mean = format!("{:.2}", c["mean"].as_f64().unwrap());
+        assert!(
+            first.contains(&mean),
+            "{name}: the first screen lacks {} r={}'s mean {mean}: {first}",
+            c["method"],
+            c["rank"]
+        );
+        if let Some(ci) = c["ci"].as_object() {
+            let iv = format!(
+                "{:.2} … {:.2}",
+                ci["lo"].as_f64().unwrap(),
+                ci["hi"].as_f64().unwrap()
+            );
+            assert!(
+                first.contains(&iv),
+                "{name}: the first screen lacks {} r={}'s interval {iv}: {first}",
+                c["method"],
+                c["rank"]
+            );
+        }
+    }
+}
+
+/// The page without its header line (the command and date that rendered it).
+fn without_header(page: &str) -> String {
+    page.lines()
+        .filter(|l| !l.contains("class=\"meta prov\""))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn check_page(browser: &Path, html: &Path, name: &str, min_charts: usize) {
@@ -470,20 +526,98 @@ fn inspect_and_run_reports_render_in_chromium() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // measured, paper, unparseable rate, TSD capture
+    // measured, paper, a panel per task, loss curves, TSD capture per configuration
     check_page(&browser, &repro.join("report.html"), "reproduce", 4);
+    check_first_screen(
+        &browser,
+        &repro.join("report.html"),
+        &repro.join("results.json"),
+        "reproduce",
+    );
+    let page = std::fs::read_to_string(repro.join("report.html")).unwrap();
+    for expected in ["Accuracy against Params%", "Loss curves", "majority answer"] {
+        assert!(
+            page.contains(expected),
+            "reproduction page lacks {expected:?}"
+        );
+    }
+    // Re-rendered from the saved record alone (no data, no model): the same page.
+    std::fs::remove_file(repro.join("report.html")).unwrap();
+    let out = tsd(d.path())
+        .args(["reproduce", "commonsense", "--out"])
+        .arg(&repro)
+        .args(["--render-only", "--data", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = std::fs::read_to_string(repro.join("report.html")).unwrap();
+    assert_eq!(
+        without_header(&again),
+        without_header(&page),
+        "the page re-rendered from results.json differs from the grid's"
+    );
 }
 
 /// The committed reports that re-render from committed records (README, "Reports to open without
 /// running anything"), re-rendered by today's tsd and measured: the run report from its saved
 /// track (which predates the null model and must say so) and the inspect report of the committed
-/// SmolLM2 LoRA on the default model. The reproduction report renders only from a reproduction's
-/// in-memory results and the demo run's track predates the track record, so neither is here.
+/// SmolLM2 LoRA on the default model, and the cpu reproduction's page from its committed record
+/// (`results.json` and the runs' `record.json`, copied: the committed page is not touched). The
+/// demo run's track predates the track record, so it is not here.
 #[test]
 fn committed_reports_re_render_and_fit() {
     let browser = browser();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let d = tempfile::tempdir().unwrap();
+    let cpu = root.join("reproductions/commonsense/cpu");
+    let repro = d.path().join("cpu");
+    std::fs::create_dir_all(&repro).unwrap();
+    std::fs::copy(cpu.join("results.json"), repro.join("results.json")).unwrap();
+    for e in std::fs::read_dir(cpu.join("runs")).unwrap() {
+        let e = e.unwrap();
+        let rec = e.path().join("record.json");
+        if rec.exists() {
+            let to = repro.join("runs").join(e.file_name());
+            std::fs::create_dir_all(&to).unwrap();
+            std::fs::copy(&rec, to.join("record.json")).unwrap();
+        }
+    }
+    let out = tsd(d.path())
+        .args(["reproduce", "commonsense", "--out"])
+        .arg(&repro)
+        .arg("--render-only")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = repro.join("report.html");
+    let page = std::fs::read_to_string(&html).unwrap();
+    for expected in [
+        "Accuracy against Params%",
+        "null (q, k, v): mean to p95",
+        "shuffled answers",
+        "does not keep Δσ per direction",
+    ] {
+        assert!(
+            page.contains(expected),
+            "reproduction page lacks {expected:?}"
+        );
+    }
+    // accuracy, paper, 7 tasks, loss curves, 3 capture panels
+    check_page(&browser, &html, "committed-cpu-reproduction", 2 + 7 + 1 + 3);
+    check_first_screen(
+        &browser,
+        &html,
+        &repro.join("results.json"),
+        "committed-cpu-reproduction",
+    );
     let run = root.join("reproductions/commonsense/cpu/runs/dash-r1-s1");
     let html = d.path().join("run.html");
     let out = tsd(d.path())

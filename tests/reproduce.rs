@@ -789,3 +789,38 @@ fn the_array_script_forwards_sigterm_to_tsd_and_logs_its_exit() {
     );
     assert!(out.join("runs/lora-r1-s1/eval.json").exists());
 }
+
+/// The committed cpu reproduction's record reads back (`Reproduction::read`), writes back
+/// unchanged, and renders its page from the record alone: without the runs' records beside it the
+/// page says the loss curves are missing rather than computing anything.
+#[test]
+fn the_committed_record_reads_back_and_renders_alone() {
+    let cpu = Path::new(env!("CARGO_MANIFEST_DIR")).join("reproductions/commonsense/cpu");
+    let r = tsd::reproduce::Reproduction::read(&cpu).unwrap();
+    assert!(!r.summary.configs.is_empty() && !r.runs.is_empty());
+    let d = tempfile::tempdir().unwrap();
+    let json = tsd::output::to_json(&r).unwrap() + "\n";
+    std::fs::write(d.path().join("results.json"), &json).unwrap();
+    let again = tsd::reproduce::Reproduction::read(d.path()).unwrap();
+    assert_eq!(tsd::output::to_json(&again).unwrap() + "\n", json);
+    // A record from before the controls and the null still reads (the new fields are optional).
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    old["summary"].as_object_mut().unwrap().remove("controls");
+    for c in old["summary"]["capture"].as_array_mut().unwrap() {
+        c.as_object_mut().unwrap().remove("null_qkv");
+        c.as_object_mut().unwrap().remove("null_all");
+    }
+    std::fs::write(
+        d.path().join("results.json"),
+        serde_json::to_string(&old).unwrap(),
+    )
+    .unwrap();
+    let (older, page) = tsd::reproduce::render_saved(d.path()).unwrap();
+    assert!(older.summary.controls.is_empty());
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(html.contains("are not beside this record"), "loss curves");
+    assert!(html.contains("No empirical controls in this record"));
+    for c in &older.summary.configs {
+        assert!(html.contains(&format!("{:.2}", c.mean)));
+    }
+}

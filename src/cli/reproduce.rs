@@ -59,6 +59,10 @@ struct CommonsenseArgs {
     /// With --collect: gather what has finished and list the rest as deviations.
     #[arg(long, requires = "collect")]
     allow_partial: bool,
+    /// Touch nothing of the grid: re-render OUT/report.html from the saved record
+    /// OUT/results.json (no data, model or training needed).
+    #[arg(long, conflicts_with_all = ["emit_jobs", "only", "collect"])]
+    render_only: bool,
     #[command(flatten)]
     slurm: SlurmArgs,
 }
@@ -109,6 +113,20 @@ struct SlurmArgs {
 
 pub fn run(a: ReproduceArgs) -> Result<()> {
     let Which::Commonsense(a) = a.which;
+    if a.render_only {
+        let out = match (&a.out, &a.preset) {
+            (Some(o), _) => o.clone(),
+            (None, p) => default_out(p.as_deref().unwrap_or("cpu")),
+        };
+        let (r, page) = tsd::reproduce::render_saved(&out)?;
+        print_summary(&r);
+        eprintln!(
+            "wrote {} from {}",
+            page.display(),
+            out.join(tsd::reproduce::RESULTS_FILE).display()
+        );
+        return Ok(());
+    }
     let saved = match (&a.preset, &a.out) {
         (None, Some(out)) => tsd::reproduce::read_preset(out)?,
         _ => None,
@@ -378,8 +396,7 @@ fn write_outputs(r: &Reproduction, out: &std::path::Path) -> Result<()> {
     let json = tsd::output::to_json(r)? + "\n";
     tsd::fsutil::atomic_write(&out.join("results.json"), json.as_bytes())?;
     tsd::fsutil::atomic_write(&out.join("results.csv"), &results_csv(r)?)?;
-    let html = tsd::report::pages::reproduce_html(r, &out.display().to_string())?;
-    tsd::fsutil::atomic_write(&out.join("report.html"), html.as_bytes())?;
+    tsd::reproduce::write_report(r, out)?;
     Ok(())
 }
 

@@ -783,10 +783,12 @@ pub fn run_html(page: &RunPage) -> Result<String> {
     render("run.html", ctx)
 }
 
+/// One run of the reproduction page's tables.
 #[derive(Serialize)]
 struct ReproRow {
     name: String,
     method: String,
+    colour: String,
     rank: String,
     seed: String,
     trainable: u64,
@@ -802,6 +804,41 @@ struct ReproRow {
     ratio: String,
     near_null: String,
     ds: String,
+}
+
+/// One configuration of the page's first table (from the record's `ConfigStats`).
+#[derive(Serialize)]
+struct ConfigRow {
+    method: String,
+    colour: String,
+    rank: usize,
+    pct: String,
+    params: String,
+    seeds: String,
+    mean: String,
+    ci: String,
+    spread: String,
+    generate: String,
+    unparse: String,
+}
+
+/// One configuration's capture along training beside its null, and its controls.
+#[derive(Serialize)]
+struct CapturePanel {
+    label: String,
+    colour: String,
+    svg: String,
+    /// The last step's tested capture and null (q, k, v), as the verdict states it.
+    last: String,
+    controls: Vec<Vec<String>>,
+}
+
+/// One task's small multiple.
+#[derive(Serialize)]
+struct TaskPanel {
+    task: String,
+    svg: String,
+    at_chance: bool,
 }
 
 fn opt_fmt(v: Option<f64>, digits: usize) -> String {
@@ -821,10 +858,45 @@ fn task_cells(s: &crate::reproduce::Scores) -> Vec<String> {
         .collect()
 }
 
-/// The `tsd reproduce commonsense` page.
-pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<String> {
+/// A task's headline accuracy in one set of scores.
+fn task_score(
+    s: &crate::reproduce::Scores,
+    task: &str,
+    p: crate::reproduce::Protocol,
+) -> Option<f64> {
+    let t = s.tasks.iter().find(|t| t.task == task)?;
+    match p {
+        crate::reproduce::Protocol::Loglik => t.loglik,
+        crate::reproduce::Protocol::Generate => t.generate,
+    }
+}
+
+fn null_cells(n: &crate::reproduce::summary::CaptureNull) -> [String; 5] {
+    [
+        format!("{:.2}", n.accuracy),
+        format!("{:.2}", n.null_mean),
+        format!("{:.2}", n.null_p95),
+        opt_fmt(n.kappa, 2),
+        format!(
+            "{} / {}",
+            n.above_null,
+            n.above_null + n.not_above_null + n.untestable
+        ),
+    ]
+}
+
+/// The `tsd reproduce commonsense` page, rendered from the reproduction's record (`results.json`)
+/// and its runs' saved training curves; it computes nothing but display averages of recorded
+/// numbers (the chance levels over tasks), which it names.
+pub fn reproduce_html(
+    r: &crate::reproduce::Reproduction,
+    out: &str,
+    curves: &[crate::reproduce::RunCurves],
+) -> Result<String> {
+    use crate::reproduce::summary::method_label;
     use crate::reproduce::Protocol;
     use crate::train::Method;
+    let colour = |m: Method| charts::css(charts::method_colour(m));
     let tasks: Vec<String> = r
         .runs
         .first()
@@ -840,6 +912,7 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
         rows.push(ReproRow {
             name: "base model".into(),
             method: "none".into(),
+            colour: colour(Method::Full),
             rank: "-".into(),
             seed: "-".into(),
             trainable: 0,
@@ -860,11 +933,8 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
     for x in &r.runs {
         rows.push(ReproRow {
             name: x.name.clone(),
-            method: if x.method == Method::Lora {
-                "LoRA".into()
-            } else {
-                "LoRA-Dash".into()
-            },
+            method: method_label(x.method).into(),
+            colour: colour(x.method),
             rank: x.rank.to_string(),
             seed: x.seed.to_string(),
             trainable: x.trainable_params,
@@ -885,91 +955,473 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
         });
     }
     let sm = &r.summary;
-    // Per method and rank, from the summary: (log2 mean trainable parameters, value).
-    let by_rank = |m: Method,
-                   f: &dyn Fn(&crate::reproduce::summary::ConfigStats) -> Option<f64>|
-     -> Vec<(f64, f64)> {
-        sm.configs
-            .iter()
-            .filter(|c| c.method == m)
-            .filter_map(|c| Some((c.trainable_params.max(1.0).log2(), f(c)?)))
-            .collect()
-    };
     let proto = match r.preset.protocol {
         Protocol::Loglik => "loglik",
         Protocol::Generate => "generate",
     };
-    let measured_svg = chart(charts::lines_with(
-        &[
-            ("LoRA", by_rank(Method::Lora, &|c| Some(c.mean))),
-            ("LoRA-Dash", by_rank(Method::LoraDash, &|c| Some(c.mean))),
-        ],
-        "log2 trainable parameters",
-        &format!("mean accuracy (%, {proto})"),
-        &charts::LineOpts {
+    let config_rows: Vec<ConfigRow> = sm
+        .configs
+        .iter()
+        .map(|c| ConfigRow {
+            method: method_label(c.method).into(),
+            colour: colour(c.method),
+            rank: c.rank,
+            pct: format!("{:.4}", c.trainable_pct),
+            params: format!("{:.0}", c.trainable_params),
+            seeds: c
+                .seeds
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            mean: format!("{:.2}", c.mean),
+            ci: c
+                .ci
+                .as_ref()
+                .map_or("-".into(), |i| format!("{:.2} … {:.2}", i.lo, i.hi)),
+            spread: format!("±{:.2}", c.spread),
+            generate: opt_fmt(c.generate_mean, 1),
+            unparse: opt_fmt(c.unparseable_mean, 0),
+        })
+        .collect();
+    // The headline is a mean over tasks, so its chance levels are the means over tasks of each
+    // task's recorded levels (display averages of recorded numbers, named as such on the page).
+    let mean_of = |v: Vec<f64>| crate::stats::mean(&v);
+    let majority = mean_of(sm.chance.iter().map(|c| c.majority).collect());
+    let uniform = mean_of(
+        sm.chance
+            .iter()
+            .filter(|c| c.uniform > 0.0)
+            .map(|c| c.uniform)
+            .collect(),
+    );
+    let grey = charts::method_colour(Method::Full);
+    let levels_of = |base: Option<f64>, maj: Option<f64>, uni: Option<f64>| {
+        let mut v = Vec::new();
+        if let Some(y) = base {
+            v.push(charts::Level {
+                y,
+                label: "base model".into(),
+                colour: grey,
+                dash: None,
+            });
+        }
+        if let Some(y) = maj {
+            v.push(charts::Level {
+                y,
+                label: "majority answer".into(),
+                colour: plotters::style::RGBColor(0, 0, 0),
+                dash: Some((8, 5)),
+            });
+        }
+        if let Some(y) = uni {
+            v.push(charts::Level {
+                y,
+                label: "uniform chance".into(),
+                colour: plotters::style::RGBColor(150, 150, 150),
+                dash: Some((2, 4)),
+            });
+        }
+        v
+    };
+    // One Params % axis for the measured grid and the paper's table.
+    let paper_pct = |p: &crate::reproduce::summary::PaperRow| p.params_pct.parse::<f64>().ok();
+    let all_x: Vec<f64> = sm
+        .configs
+        .iter()
+        .map(|c| c.trainable_pct)
+        .chain(r.runs.iter().map(|x| x.trainable_pct))
+        .chain(
+            sm.paper
+                .iter()
+                .filter(|p| p.method != "full")
+                .filter_map(paper_pct),
+        )
+        .filter(|x| *x > 0.0 && x.is_finite())
+        .collect();
+    let x_range = (!all_x.is_empty()).then(|| {
+        let lo = all_x.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = all_x.iter().cloned().fold(0.0, f64::max);
+        (lo / 10f64.powf(0.35), hi * 10f64.powf(0.25))
+    });
+    let side = |m: Method| if m == Method::Lora { -1.0 } else { 1.0 };
+    let measured_marks = |value: &dyn Fn(&crate::reproduce::RunResult) -> Option<f64>,
+                          with_mean: bool|
+     -> Vec<charts::MethodMarks> {
+        [Method::Lora, Method::LoraDash]
+            .into_iter()
+            .map(|m| charts::MethodMarks {
+                name: method_label(m).into(),
+                colour: charts::method_colour(m),
+                side: side(m),
+                configs: sm
+                    .configs
+                    .iter()
+                    .filter(|c| c.method == m)
+                    .map(|c| charts::ConfigMarks {
+                        label: format!("{} r={}", method_label(m), c.rank),
+                        // Small multiples: no tags (Params% places each rank as above).
+                        tag: if with_mean {
+                            format!("r={}", c.rank)
+                        } else {
+                            String::new()
+                        },
+                        x: c.trainable_pct,
+                        mean: with_mean.then_some(c.mean),
+                        ci: if with_mean {
+                            c.ci.as_ref().map(|i| (i.lo, i.hi))
+                        } else {
+                            None
+                        },
+                        seeds: r
+                            .runs
+                            .iter()
+                            .filter(|x| x.method == m && x.rank == c.rank)
+                            .filter_map(|x| Some((x.name.clone(), x.trainable_pct, value(x)?)))
+                            .collect(),
+                        note: format!(
+                            "{} r={}: mean {:.2} % over seeds {:?}{}, Params % {}",
+                            method_label(m),
+                            c.rank,
+                            c.mean,
+                            c.seeds,
+                            c.ci.as_ref().map_or(String::new(), |i| format!(
+                                " (95 % interval {:.2} … {:.2})",
+                                i.lo, i.hi
+                            )),
+                            number(c.trainable_pct)
+                        ),
+                    })
+                    .collect(),
+            })
+            .filter(|m| !m.configs.is_empty())
+            .collect()
+    };
+    let accuracy_svg = chart(charts::params_accuracy(
+        &measured_marks(&|x| Some(x.average()), true),
+        &levels_of(r.base.as_ref().map(|b| b.average), majority, uniform),
+        &charts::ParamsOpts {
+            x_range,
+            y_desc: format!("mean accuracy over tasks (%, {proto})"),
+            width: Some(560),
+            height: Some(360),
             ..Default::default()
         },
     ))?;
-    let generate_svg = if sm.configs.iter().any(|c| c.unparseable_mean.is_some()) {
-        Some(chart(charts::lines_with(
-            &[
-                ("LoRA", by_rank(Method::Lora, &|c| c.unparseable_mean)),
-                (
-                    "LoRA-Dash",
-                    by_rank(Method::LoraDash, &|c| c.unparseable_mean),
-                ),
-            ],
-            "log2 trainable parameters",
-            "unparseable answers (%, generate)",
-            &charts::LineOpts {
-                y_range: Some((0.0, 100.0)),
+    let paper_marks: Vec<charts::MethodMarks> =
+        [("lora", Method::Lora), ("lora-dash", Method::LoraDash)]
+            .into_iter()
+            .map(|(key, m)| charts::MethodMarks {
+                name: format!("{} (paper)", method_label(m)),
+                colour: charts::method_colour(m),
+                side: side(m),
+                configs: sm
+                    .paper
+                    .iter()
+                    .filter(|p| p.method == key)
+                    .filter_map(|p| {
+                        Some(charts::ConfigMarks {
+                            label: format!("{} r={} (paper)", method_label(m), p.rank?),
+                            tag: format!("r={}", p.rank?),
+                            x: paper_pct(p)?,
+                            mean: Some(p.avg),
+                            ci: None,
+                            seeds: Vec::new(),
+                            note: format!(
+                                "{} {} r={} (paper): {:.1} %, Params % {}",
+                                p.model,
+                                method_label(m),
+                                p.rank?,
+                                p.avg,
+                                p.params_pct
+                            ),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+    let full_avg = sm.paper.iter().find(|p| p.method == "full").map(|p| p.avg);
+    let paper_svg = chart(charts::params_accuracy(
+        &paper_marks,
+        &full_avg
+            .map(|y| {
+                vec![charts::Level {
+                    y,
+                    label: "full fine-tune".into(),
+                    colour: grey,
+                    dash: None,
+                }]
+            })
+            .unwrap_or_default(),
+        &charts::ParamsOpts {
+            x_range,
+            y_desc: "paper: average accuracy (%)".into(),
+            width: Some(440),
+            height: Some(360),
+            no_legend: true,
+            ..Default::default()
+        },
+    ))?;
+    // Per task: every seed's accuracy against the task's chance levels and the base model.
+    let mut task_panels = Vec::new();
+    for t in &tasks {
+        let ch = sm.chance.iter().find(|c| &c.task == t);
+        let marks = measured_marks(&|x| task_score(&x.scores, t, r.preset.protocol), false);
+        if marks
+            .iter()
+            .all(|m| m.configs.iter().all(|c| c.seeds.is_empty()))
+        {
+            continue;
+        }
+        let svg = chart(charts::params_accuracy(
+            &marks,
+            &levels_of(
+                r.base
+                    .as_ref()
+                    .and_then(|b| task_score(b, t, r.preset.protocol)),
+                ch.map(|c| c.majority),
+                ch.map(|c| c.uniform).filter(|u| *u > 0.0),
+            ),
+            &charts::ParamsOpts {
+                y_desc: format!("accuracy (%, {proto})"),
+                caption: Some(t.clone()),
+                width: Some(312),
+                height: Some(250),
+                no_legend: true,
                 ..Default::default()
             },
-        ))?)
-    } else {
-        None
-    };
-    // TSD capture along training on q, k, v (the paper's set): mean over seeds per method and rank.
-    let mut capture_series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for c in &sm.capture {
-        let label = format!(
-            "{} r={}",
-            crate::reproduce::summary::method_label(c.method),
-            c.rank
-        );
-        if capture_series.last().is_none_or(|s| s.0 != label) {
-            capture_series.push((label, Vec::new()));
-        }
-        if let (Some(v), Some(s)) = (c.qkv, capture_series.last_mut()) {
-            s.1.push((c.step as f64, v));
-        }
+        ))?;
+        task_panels.push(TaskPanel {
+            task: t.clone(),
+            svg,
+            at_chance: ch.is_some_and(|c| c.at_chance),
+        });
     }
-    let capture_svg = if capture_series.iter().any(|s| !s.1.is_empty()) {
-        let max_step = capture_series
+    // The grid's loss curves as the runs saved them (log y), one colour per method, one dash
+    // per rank, the held-out loss as dots.
+    let ranks_of = |m: Method| -> Vec<usize> {
+        let mut v: Vec<usize> = curves
             .iter()
-            .flat_map(|s| s.1.iter().map(|p| p.0))
-            .fold(0.0, f64::max);
-        let series: Vec<(&str, Vec<(f64, f64)>)> = capture_series
+            .filter(|c| c.method == m)
+            .map(|c| c.rank)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let loss_svg = if curves.is_empty() {
+        None
+    } else {
+        let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        let mut styles = Vec::new();
+        let mut points_only = Vec::new();
+        let mut listed: Vec<(Method, usize)> = Vec::new();
+        for c in curves {
+            let ri = ranks_of(c.method)
+                .iter()
+                .position(|k| *k == c.rank)
+                .unwrap_or(0);
+            let first = !listed.contains(&(c.method, c.rank));
+            listed.push((c.method, c.rank));
+            series.push((format!("{} training loss", c.run), c.train.clone()));
+            styles.push(charts::Style {
+                colour: charts::method_colour(c.method),
+                dash: charts::rank_dash(ri),
+                legend: first.then(|| format!("{} r={}", method_label(c.method), c.rank)),
+            });
+        }
+        for c in curves.iter().filter(|c| !c.val.is_empty()) {
+            points_only.push(series.len());
+            series.push((format!("{} held-out loss", c.run), c.val.clone()));
+            styles.push(charts::Style {
+                colour: charts::method_colour(c.method),
+                dash: None,
+                legend: (points_only.len() == 1).then(|| "held-out loss (dots)".to_string()),
+            });
+        }
+        let refs: Vec<(&str, Vec<(f64, f64)>)> = series
             .iter()
             .map(|(n, p)| (n.as_str(), p.clone()))
             .collect();
         Some(chart(charts::lines_with(
-            &series,
-            "training step",
-            "accuracy@(8,16), q, k, v",
+            &refs,
+            "optimizer step",
+            "loss (nats/token, log)",
             &charts::LineOpts {
+                log_y: true,
                 marker: (r.preset.dash_t > 0).then_some((r.preset.dash_t as f64, "Dash switch")),
-                y_range: Some((0.0, 1.0)),
-                x_range: Some((0.0, max_step)),
-                hlines: vec![(0.75, "paper: 0.75–0.82"), (0.82, "")],
-                width: Some(960),
-                height: Some(380),
+                points_only,
+                styles,
+                width: Some(900),
+                height: Some(340),
                 ..Default::default()
             },
         ))?)
-    } else {
-        None
     };
+    let loss_missing: Vec<&str> = r
+        .runs
+        .iter()
+        .filter(|x| !curves.iter().any(|c| c.run == x.name))
+        .map(|x| x.name.as_str())
+        .collect();
+    // TSD capture along training per configuration, beside its null and the empirical controls.
+    let mut keys: Vec<(Method, usize)> = Vec::new();
+    for c in &sm.capture {
+        if !keys.contains(&(c.method, c.rank)) {
+            keys.push((c.method, c.rank));
+        }
+    }
+    let mut capture_panels = Vec::new();
+    for &(m, k) in &keys {
+        let pts: Vec<&crate::reproduce::summary::CaptureStats> = sm
+            .capture
+            .iter()
+            .filter(|c| c.method == m && c.rank == k)
+            .collect();
+        let xy = |f: &dyn Fn(&crate::reproduce::summary::CaptureStats) -> Option<f64>| {
+            pts.iter()
+                .filter_map(|c| Some((c.step as f64, f(c)?)))
+                .collect::<Vec<_>>()
+        };
+        let mc = charts::method_colour(m);
+        let mut series: Vec<(&str, Vec<(f64, f64)>)> = vec![
+            ("accuracy@(8,16), q, k, v", xy(&|c| c.qkv)),
+            ("accuracy@(8,16), all modules", xy(&|c| c.all)),
+        ];
+        let mut styles = vec![
+            charts::Style {
+                colour: mc,
+                dash: None,
+                legend: Some("q, k, v".into()),
+            },
+            charts::Style {
+                colour: mc,
+                dash: Some((8, 5)),
+                legend: Some("all modules".into()),
+            },
+        ];
+        let tested = xy(&|c| c.null_qkv.as_ref().map(|n| n.accuracy));
+        let differs = pts.iter().any(|c| {
+            c.null_qkv
+                .as_ref()
+                .is_some_and(|n| c.qkv.is_none_or(|q| (q - n.accuracy).abs() > 1e-9))
+        });
+        if differs {
+            series.push(("tested (LoRA part), q, k, v", tested));
+            styles.push(charts::Style {
+                colour: mc,
+                dash: Some((2, 4)),
+                legend: Some("tested (LoRA part)".into()),
+            });
+        }
+        let kappa = xy(&|c| c.null_qkv.as_ref().and_then(|n| n.kappa));
+        let has_kappa = !kappa.is_empty();
+        if has_kappa {
+            series.push(("κ, q, k, v", kappa));
+            styles.push(charts::Style {
+                colour: charts::PALETTE[2],
+                dash: None,
+                legend: Some("κ (q, k, v)".into()),
+            });
+        }
+        let band: Vec<charts::BandPoint> = pts
+            .iter()
+            .filter_map(|c| {
+                let n = c.null_qkv.as_ref()?;
+                Some((c.step as f64, n.null_mean, n.null_p95))
+            })
+            .collect();
+        let notes: Vec<(f64, String)> = pts
+            .iter()
+            .filter_map(|c| {
+                let n = c.null_qkv.as_ref()?;
+                Some((
+                    c.step as f64,
+                    format!(
+                        "q, k, v modules above null {}, not above {}, untestable {} (summed over {} seed(s))",
+                        n.above_null, n.not_above_null, n.untestable, n.seeds
+                    ),
+                ))
+            })
+            .collect();
+        let ymin = series
+            .iter()
+            .flat_map(|s| s.1.iter().map(|p| p.1))
+            .fold(0.0, f64::min);
+        let max_step = pts.iter().map(|c| c.step).max().unwrap_or(0) as f64;
+        let svg = chart(charts::lines_with(
+            &series,
+            "training step",
+            "capture (fraction)",
+            &charts::LineOpts {
+                marker: (m == Method::LoraDash && r.preset.dash_t > 0)
+                    .then_some((r.preset.dash_t as f64, "Dash switch")),
+                y_range: Some((ymin.min(0.0), 1.0)),
+                x_range: Some((0.0, max_step)),
+                hlines: vec![(0.75, "paper: 0.75–0.82"), (0.82, "")],
+                band: (!band.is_empty()).then_some(("null (q, k, v): mean to p95", band)),
+                notes,
+                styles,
+                width: Some(520),
+                height: Some(300),
+                ..Default::default()
+            },
+        ))?;
+        let last = pts
+            .iter()
+            .max_by_key(|c| c.step)
+            .and_then(|c| {
+                let n = c.null_qkv.as_ref()?;
+                Some(format!(
+                    "step {}: tested {:.2} against a null of {:.2} (p95 {:.2}), κ {}",
+                    c.step,
+                    n.accuracy,
+                    n.null_mean,
+                    n.null_p95,
+                    opt_fmt(n.kappa, 2)
+                ))
+            })
+            .unwrap_or_else(|| "no null in this record".into());
+        // The task's own reference first (the last step's capture), then the controls.
+        let mut controls: Vec<Vec<String>> = Vec::new();
+        if let Some(c) = pts.iter().max_by_key(|c| c.step) {
+            for (n, modules) in [(&c.null_all, "all"), (&c.null_qkv, "q, k, v")] {
+                if let Some(n) = n {
+                    let mut row = vec!["task reference".to_string(), modules.to_string()];
+                    row.extend(null_cells(n));
+                    controls.push(row);
+                }
+            }
+        }
+        let has_reference_rows = !controls.is_empty();
+        controls.extend(
+            sm.controls
+                .iter()
+                .filter(|c| c.method == m && c.rank == k)
+                .flat_map(|c| {
+                    let mut v = Vec::new();
+                    let mut row = vec![c.control.clone(), "all".into()];
+                    row.extend(null_cells(&c.all));
+                    v.push(row);
+                    if let Some(q) = &c.qkv {
+                        let mut row = vec![c.control.clone(), "q, k, v".into()];
+                        row.extend(null_cells(q));
+                        v.push(row);
+                    }
+                    v
+                }),
+        );
+        if !sm.controls.iter().any(|c| c.method == m && c.rank == k) && has_reference_rows {
+            controls.clear();
+        }
+        capture_panels.push(CapturePanel {
+            label: format!("{} r={}", method_label(m), k),
+            colour: colour(m),
+            svg,
+            last,
+            controls,
+        });
+    }
     let capture_rows: Vec<Vec<String>> = r
         .capture
         .iter()
@@ -1009,24 +1461,6 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             row
         })
         .collect();
-    let paper_pts = |m: &str| -> Vec<(f64, f64)> {
-        sm.paper
-            .iter()
-            .filter(|p| p.method == m)
-            .filter_map(|p| Some(((p.params_pct.parse::<f64>().ok()? * 100.0).log2(), p.avg)))
-            .collect()
-    };
-    let paper_svg = chart(charts::lines_with(
-        &[
-            ("LoRA (paper)", paper_pts("lora")),
-            ("LoRA-Dash (paper)", paper_pts("lora-dash")),
-        ],
-        "log2 (Params% x 100)",
-        "average accuracy (%)",
-        &charts::LineOpts {
-            ..Default::default()
-        },
-    ))?;
     let comparison_rows: Vec<Vec<String>> = sm
         .comparisons
         .iter()
@@ -1049,6 +1483,7 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             ]
         })
         .collect();
+    let dash_rows: Vec<&ReproRow> = rows.iter().filter(|x| x.method == "LoRA-Dash").collect();
     let max_lora = r.preset.lora_ranks.iter().max().copied().unwrap_or(0);
     render(
         "reproduce.html",
@@ -1060,12 +1495,25 @@ pub fn reproduce_html(r: &crate::reproduce::Reproduction, out: &str) -> Result<S
             out => out,
             tasks => tasks,
             rows => rows,
-            measured_svg => measured_svg,
-            generate_svg => generate_svg,
-            capture_svg => capture_svg,
-            capture_rows => capture_rows,
-            proto => proto,
+            config_rows => config_rows,
+            colours => minijinja::context! {
+                lora => colour(Method::Lora),
+                dash => colour(Method::LoraDash),
+                full => colour(Method::Full),
+            },
+            base_avg => r.base.as_ref().map(|b| format!("{:.2}", b.average)),
+            base_gen => r.base.as_ref().map(|b| opt_fmt(b.generate_avg, 1)),
+            majority => majority.map(|v| format!("{v:.2}")),
+            uniform => uniform.map(|v| format!("{v:.1}")),
+            accuracy_svg => accuracy_svg,
             paper_svg => paper_svg,
+            task_panels => task_panels,
+            loss_svg => loss_svg,
+            loss_missing => loss_missing,
+            capture_panels => capture_panels,
+            capture_rows => capture_rows,
+            dash_rows => dash_rows,
+            proto => proto,
             paper_header => header,
             paper_rows => paper_rows,
             comparison_rows => comparison_rows,

@@ -219,24 +219,98 @@ pub struct Timing {
     pub total_s: f64,
 }
 
-/// Everything a reproduction measured.
-#[derive(Clone, Debug, Serialize)]
+/// Everything a reproduction measured: `OUT/results.json`, the record its page renders (read
+/// back by [`Reproduction::read`]; fields added later are optional, so older results still read).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Reproduction {
     pub preset: Preset,
     pub lr: f64,
+    #[serde(default)]
     pub lr_check: Option<LrCheck>,
+    #[serde(default)]
     pub base: Option<Scores>,
     pub runs: Vec<RunResult>,
+    #[serde(default)]
     pub reference: Option<String>,
+    #[serde(default)]
     pub capture: Vec<CaptureSeries>,
     /// Means, intervals, comparisons, efficiency, chance, the paper's table and the verdict.
     pub summary: summary::Summary,
+    #[serde(default)]
     pub deviations: Vec<String>,
     /// This invocation.
+    #[serde(default)]
     pub timing: Timing,
     /// Every invocation on this output directory so far (`OUT/timing.json`), this one last: their
     /// sum is what the whole reproduction cost.
+    #[serde(default)]
     pub invocations: Vec<Timing>,
+}
+
+/// The record's file in an output directory.
+pub const RESULTS_FILE: &str = "results.json";
+/// The page's file in an output directory.
+pub const REPORT_FILE: &str = "report.html";
+
+impl Reproduction {
+    /// Reads `OUT/results.json`: a reproduction's saved record, as the grid wrote it.
+    pub fn read(out: &Path) -> Result<Reproduction> {
+        crate::fsutil::read_json(&out.join(RESULTS_FILE))
+    }
+}
+
+/// One grid run's training curves as its run directory saved them (`OUT/runs/<name>/record.json`:
+/// the loss of every step and on the held-out examples), read for the page, not recomputed.
+#[derive(Clone, Debug)]
+pub struct RunCurves {
+    pub run: String,
+    pub method: Method,
+    pub rank: usize,
+    pub seed: u64,
+    /// `(step, training loss)`.
+    pub train: Vec<(f64, f64)>,
+    /// `(step, held-out loss)`.
+    pub val: Vec<(f64, f64)>,
+}
+
+/// The saved training curves of every run in `r` whose `OUT/runs/<name>/record.json` is there
+/// (a committed reproduction keeps them; a moved record may not): runs without one are left out.
+pub fn saved_curves(out: &Path, r: &Reproduction) -> Vec<RunCurves> {
+    r.runs
+        .iter()
+        .filter_map(|x| {
+            let path = out.join("runs").join(&x.name).join("record.json");
+            let rec: crate::train::trainer::RunRecord = crate::fsutil::read_json(&path).ok()?;
+            Some(RunCurves {
+                run: x.name.clone(),
+                method: x.method,
+                rank: x.rank,
+                seed: x.seed,
+                train: rec.steps.iter().map(|s| (s.step as f64, s.loss)).collect(),
+                val: rec.val.iter().map(|v| (v.step as f64, v.loss)).collect(),
+            })
+        })
+        .filter(|c| !c.train.is_empty())
+        .collect()
+}
+
+/// Renders the page of a reproduction's record into `OUT/report.html` (with the runs' saved
+/// training curves from `OUT/runs/`): what the grid does at its end and what re-rendering a
+/// saved record does. Returns the page's path.
+pub fn write_report(r: &Reproduction, out: &Path) -> Result<PathBuf> {
+    let curves = saved_curves(out, r);
+    let html = crate::report::pages::reproduce_html(r, &out.display().to_string(), &curves)?;
+    let path = out.join(REPORT_FILE);
+    crate::fsutil::atomic_write(&path, html.as_bytes())?;
+    Ok(path)
+}
+
+/// Re-renders `OUT/report.html` from `OUT/results.json` without touching the grid: no data,
+/// model or training needed. Returns the record and the page's path.
+pub fn render_saved(out: &Path) -> Result<(Reproduction, PathBuf)> {
+    let r = Reproduction::read(out)?;
+    let path = write_report(&r, out)?;
+    Ok((r, path))
 }
 
 /// What one invocation does.
