@@ -581,6 +581,8 @@ fn controls_are_trained_and_measured_beside_the_null() {
         results(&out)["summary"]["controls"],
         r["summary"]["controls"]
     );
+}
+
 /// `tsd reproduce` on the tiny model as a child process (stderr piped), with extra arguments and
 /// `TSD_TEST_PAUSE` set to `pause`.
 fn spawn_smoke(root: &Path, data: &Path, out: &Path, extra: &[&str], pause: &str) -> Child {

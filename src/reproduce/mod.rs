@@ -1408,9 +1408,11 @@ pub fn reproduce(
         } else if only == "base" {
             grid.base().map(drop)
         } else if reference_cell(preset).is_some_and(|c| c.name() == *only) {
-            grid.lr(false).and_then(|(lr, _)| grid.reference_run(lr, true))
+            grid.lr(false)
+                .and_then(|(lr, _)| grid.reference_run(lr, true))
         } else if let Some(t) = controls::Trained::from_piece(only) {
-            grid.lr(false).and_then(|(lr, _)| grid.control_run(t, lr, true))
+            grid.lr(false)
+                .and_then(|(lr, _)| grid.control_run(t, lr, true))
         } else {
             let c = all
                 .iter()
