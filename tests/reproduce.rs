@@ -581,6 +581,21 @@ fn controls_are_trained_and_measured_beside_the_null() {
         results(&out)["summary"]["controls"],
         r["summary"]["controls"]
     );
+    // Another ranking re-measures capture and controls (and trains nothing).
+    let by = smoke(
+        d.path(),
+        &data,
+        &out,
+        &["--controls", "true", "--tsd-by", "enrichment"],
+    );
+    let err = String::from_utf8_lossy(&by.stderr);
+    assert!(by.status.success(), "{err}");
+    assert!(
+        err.contains("measuring again") && err.contains("control: "),
+        "{err}"
+    );
+    assert!(!err.contains("training"), "{err}");
+    assert_eq!(results(&out)["preset"]["tsd_by"], "enrichment");
 }
 
 /// `tsd reproduce` on the tiny model as a child process (stderr piped), with extra arguments and

@@ -46,6 +46,10 @@ struct CommonsenseArgs {
     /// preset's: cpu true, smoke and paper false]
     #[arg(long)]
     controls: Option<bool>,
+    /// How TSD capture ranks directions: the paper's change rate, or enrichment (README,
+    /// Definitions: the null of direction metrics) [default: the preset's, change-rate]
+    #[arg(long, value_enum)]
+    tsd_by: Option<super::TsdBy>,
     /// Write one command per grid piece plus Slurm scripts under OUT/jobs/ and stop.
     #[arg(long, conflicts_with_all = ["only", "collect"])]
     emit_jobs: bool,
@@ -155,6 +159,9 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     if let Some(c) = a.controls {
         p.controls = c;
     }
+    if let Some(by) = a.tsd_by {
+        p.tsd_by = by.ranking();
+    }
     let out = a.out.clone().unwrap_or_else(|| default_out(&p.name));
     let data = tsd::assets::data_dir(a.data.as_deref()).ok_or_else(|| super::input_error("no data directory: pass --data DIR (LLM-Adapters layout with <task>/train.json and <task>/test.json) or set TSD_DATA"))?;
     if a.emit_jobs {
@@ -248,6 +255,10 @@ fn emit(
     }
     if let Some(c) = a.controls {
         args.extend(["--controls".into(), c.to_string()]);
+    }
+    if let Some(by) = a.tsd_by {
+        let v = clap::ValueEnum::to_possible_value(&by).expect("no skipped variants");
+        args.extend(["--tsd-by".into(), v.get_name().to_string()]);
     }
     let s = &a.slurm;
     let mut res = Resources::for_preset(p);

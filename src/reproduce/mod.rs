@@ -1090,6 +1090,7 @@ impl<'a> Grid<'a> {
         let cache = crate::linalg::cache::SvdCache::default_location();
         let mut series: Vec<CaptureSeries> = Vec::new();
         let (key, ref_step) = Self::reference_key(&ref_dir)?;
+        let key = ranked_key(key, self.preset.tsd_by);
         // Written before reference keys existed: valid only if measured at the reference's
         // final step (a reference since resumed or retrained is measured again).
         let legacy_ok = |s: &CaptureSeries| {
@@ -1144,7 +1145,10 @@ impl<'a> Grid<'a> {
                 &dir,
                 Some(base.as_ref()),
                 Some(reference),
-                &crate::inspect::InspectOptions::default(),
+                &crate::inspect::InspectOptions {
+                    tsd_by: self.preset.tsd_by,
+                    ..Default::default()
+                },
                 &cache,
                 &|_| {},
             )?;
@@ -1227,6 +1231,7 @@ impl Grid<'_> {
                     (&control, &dir, &key),
                     base.as_deref().expect("just opened"),
                     &cache,
+                    self.preset.tsd_by,
                 )?;
                 out.push(c);
                 self.timing.capture_s += t0.elapsed().as_secs_f64();
@@ -1253,7 +1258,7 @@ impl Grid<'_> {
                 v.push((
                     t.label().to_string(),
                     dir.clone(),
-                    Self::reference_key(&dir)?.0,
+                    ranked_key(Self::reference_key(&dir)?.0, self.preset.tsd_by),
                 ));
             }
         }
@@ -1272,9 +1277,22 @@ impl Grid<'_> {
                 seed: seeds[(i + 1) % seeds.len()],
                 ..*cell
             };
-            v.push(("seed".to_string(), self.run_dir(&other), other.name()));
+            v.push((
+                "seed".to_string(),
+                self.run_dir(&other),
+                ranked_key(other.name(), self.preset.tsd_by),
+            ));
         }
         Ok(v)
+    }
+}
+
+/// A capture cache key with the ranking it was measured under (none for the paper's change
+/// rate, so keys written before the ranking existed stay valid).
+fn ranked_key(key: String, by: crate::directions::Ranking) -> String {
+    match by {
+        crate::directions::Ranking::ChangeRate => key,
+        other => format!("{key} by {}", other.label()),
     }
 }
 
@@ -1285,6 +1303,7 @@ fn measure_control(
     (control, dir, key): (&str, &Path, &str),
     base: &dyn WeightSource,
     cache: &crate::linalg::cache::SvdCache,
+    tsd_by: crate::directions::Ranking,
 ) -> Result<controls::ControlCapture> {
     let run = crate::run::Run::open(run_dir, None)?;
     let last = run
@@ -1302,7 +1321,10 @@ fn measure_control(
         &adapter,
         base,
         Some((&reference, against.clone())),
-        &crate::inspect::InspectOptions::default(),
+        &crate::inspect::InspectOptions {
+            tsd_by,
+            ..Default::default()
+        },
         cache,
         &|_| {},
     )?;

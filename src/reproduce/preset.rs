@@ -73,6 +73,11 @@ pub struct Preset {
     /// Definitions: the null of direction metrics). Adds pieces without changing any run.
     #[serde(default)]
     pub controls: bool,
+    /// How capture ranks directions (README, Definitions: the null of direction metrics): the
+    /// paper's change rate, or enrichment. Changes no run; capture is measured again when it
+    /// changes.
+    #[serde(default)]
+    pub tsd_by: crate::directions::Ranking,
 }
 
 fn names(v: &[&str]) -> Vec<String> {
@@ -128,6 +133,7 @@ impl Preset {
                 device: "cpu".into(),
                 dtype: "f32".into(),
                 controls: false,
+                tsd_by: Default::default(),
             }),
             "cpu" => Ok(Preset {
                 name: name.into(),
@@ -159,6 +165,7 @@ impl Preset {
                 device: "cpu".into(),
                 dtype: "f32".into(),
                 controls: true,
+                tsd_by: Default::default(),
             }),
             "paper" => Ok(Preset {
                 name: name.into(),
@@ -190,6 +197,7 @@ impl Preset {
                 device: "cuda".into(),
                 dtype: "bf16".into(),
                 controls: false,
+                tsd_by: Default::default(),
             }),
             o => Err(Error::InvalidArgument(format!(
                 "preset `{o}`: expected smoke, cpu or paper"
@@ -208,6 +216,7 @@ impl Preset {
                 "dash_ranks",
                 "eval_tasks",
                 "controls",
+                "tsd_by",
             ] {
                 o.remove(k);
             }
