@@ -203,6 +203,11 @@ fn inspect_table_fits_100_columns_and_says_what_the_cache_gave() {
         .filter(|l| l.starts_with(['│', '┌', '└', '╞']))
         .collect();
     assert!(table.len() > 5, "{first}");
+    // Regression (issue 20, point 7): the findings lead, the 10 module rows follow.
+    let findings = first.find("\nfindings\n").expect("a findings section");
+    let against_null = first.find("TSD capture against its rotation null").unwrap();
+    let modules = first.find("│ module ").expect("the module table");
+    assert!(findings < against_null && against_null < modules, "{first}");
     for l in &table {
         assert!(
             l.chars().count() <= 100,
