@@ -564,10 +564,10 @@ fn inspect_and_run_reports_render_in_chromium() {
 
 /// The committed reports that re-render from committed records (README, "Reports to open without
 /// running anything"), re-rendered by today's tsd and measured: the run report from its saved
-/// track (which predates the null model and must say so) and the inspect report of the committed
+/// track (capture beside its null) and the inspect report of the committed
 /// SmolLM2 LoRA on the default model, and the cpu reproduction's page from its committed record
-/// (`results.json` and the runs' `record.json`, copied: the committed page is not touched). The
-/// demo run's track predates the track record, so it is not here.
+/// (`results.json` and the runs' `record.json`, copied: the committed page is not touched), and
+/// the demo run from its committed checkpoints and track.
 #[test]
 fn committed_reports_re_render_and_fit() {
     let browser = browser();
@@ -635,10 +635,27 @@ fn committed_reports_re_render_and_fit() {
     );
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(
-        page.contains("No null in this record"),
-        "a track saved before the null model must say it has none"
+        !page.contains("No null in this record") && page.contains("above null"),
+        "the committed track carries capture beside its null"
     );
     check_page(&browser, &html, "committed-dash-r1-s1-run", 6);
+    // The demo run, committed with its checkpoints and its report's track record.
+    let demo = root.join("reproductions/demo/run");
+    let html = d.path().join("demo.html");
+    let out = tsd(d.path())
+        .args(["report", demo.to_str().unwrap(), "--track"])
+        .arg(root.join("reports/demo-run-report.track.json"))
+        .arg("-o")
+        .arg(&html)
+        .arg("-q")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_page(&browser, &html, "committed-demo-run", 4);
     let html = d.path().join("inspect.html");
     let out = common::tsd_with_default_model(d.path())
         .args([
