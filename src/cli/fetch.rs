@@ -8,6 +8,7 @@ pub struct FetchArgs {
     /// (`AutoModelForCausalLM.from_pretrained(DIR)`): config.json, model.safetensors (f32, the
     /// values tsd computes with, dequantized from the pinned GGUF), the tokenizer with its chat
     /// template. Pass it to `tsd export --base-name` so an exported adapter declares it
+    /// [default: none: only the tsd cache]
     #[arg(long, value_name = "DIR")]
     hf_dir: Option<PathBuf>,
 }
