@@ -19,8 +19,50 @@ pub fn bh_qvalues(p: &[f64]) -> Vec<f64> {
     q
 }
 
+/// Spearman's rank correlation of paired values (average ranks for ties); none for fewer than 3
+/// pairs or a constant side.
+pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
+    if x.len() != y.len() || x.len() < 3 {
+        return None;
+    }
+    let ranks = |v: &[f64]| {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+        let mut r = vec![0.0; v.len()];
+        let mut i = 0;
+        while i < idx.len() {
+            let mut j = i;
+            while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+                j += 1;
+            }
+            for k in i..=j {
+                r[idx[k]] = (i + j) as f64 / 2.0;
+            }
+            i = j + 1;
+        }
+        r
+    };
+    let (rx, ry) = (ranks(x), ranks(y));
+    let (mx, my) = (mean(&rx)?, mean(&ry)?);
+    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = rx.iter().map(|a| (a - mx).powi(2)).sum();
+    let vy: f64 = ry.iter().map(|b| (b - my).powi(2)).sum();
+    (vx > 0.0 && vy > 0.0).then(|| cov / (vx * vy).sqrt())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn spearman_of_monotone_reversed_and_tied_pairs() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(super::spearman(&x, &[10.0, 20.0, 25.0, 100.0]), Some(1.0));
+        assert_eq!(super::spearman(&x, &[4.0, 3.0, 2.0, 1.0]), Some(-1.0));
+        // Ties get average ranks: ranks (0.5, 0.5, 2, 3) against (0, 1, 2, 3).
+        let r = super::spearman(&x, &[1.0, 1.0, 2.0, 3.0]).unwrap();
+        assert!((r - 0.9486832980505138).abs() < 1e-12, "{r}");
+        assert_eq!(super::spearman(&x, &[1.0; 4]), None);
+    }
+
     #[test]
     fn bh_qvalues_step_up() {
         // p sorted: 0.01, 0.02, 0.03, 0.5 → raw 0.04, 0.04, 0.04, 0.5 → monotone.

@@ -570,6 +570,27 @@ fn controls_are_trained_and_measured_beside_the_null() {
         .as_str()
         .unwrap()
         .contains("Empirical controls"));
+    // LoRA-Dash r = 1's picks against LoRA r = 1 of the same seed: 10 modules × s picks.
+    let picks = &r["summary"]["dash_picks"][0];
+    assert_eq!(picks["rank"], 1, "{picks}");
+    let cj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("controls.json")).unwrap()).unwrap();
+    let pair = &cj["dash_pairs"][0];
+    assert_eq!(
+        (pair["dash_run"].as_str(), pair["lora_run"].as_str()),
+        (Some("dash-r1-s1"), Some("lora-r1-s1"))
+    );
+    let n = pair["picks"].as_array().unwrap().len();
+    assert!(n > 0 && picks["picks"] == n, "{picks}");
+    for p in pair["picks"].as_array().unwrap() {
+        assert!(
+            p["z_lora"].as_f64().unwrap().is_finite()
+                && p["threshold_lora"].as_f64().unwrap() > 0.0,
+            "{p}"
+        );
+    }
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(page.contains("enriched in the paired LoRA"));
     let again = smoke(d.path(), &data, &out, &["--controls", "true"]);
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{err}");

@@ -151,6 +151,9 @@ pub struct ControlCapture {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Controls {
     pub captures: Vec<ControlCapture>,
+    /// Every LoRA-Dash run's picks against its paired LoRA run (absent in older files).
+    #[serde(default)]
+    pub dash_pairs: Vec<DashPair>,
 }
 
 impl Controls {
@@ -167,4 +170,73 @@ impl Controls {
             .iter()
             .find(|c| c.run == run && c.control == control && c.key == key)
     }
+}
+
+/// One LoRA-Dash pick beside the paired LoRA run's coordinate on the same core direction: is
+/// what Dash amplifies something the plain LoRA of the same seed also moved? (README,
+/// Definitions: the null of direction metrics; LoRA-Dash is not its own evidence.)
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PickPair {
+    pub module: String,
+    pub index: usize,
+    pub sigma_ratio: f64,
+    /// Δσ at the Dash run's final checkpoint.
+    pub delta_sigma: f64,
+    /// |z| of the Dash run's own LoRA part on this direction, and that module's threshold.
+    pub z_dash_lora: f64,
+    pub threshold_dash: f64,
+    /// |z| of the paired LoRA run's update on this direction, and that module's threshold.
+    pub z_lora: f64,
+    pub threshold_lora: f64,
+}
+
+/// A LoRA-Dash run's picks against the LoRA run of the same rank and seed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DashPair {
+    pub dash_run: String,
+    pub lora_run: String,
+    pub rank: usize,
+    pub seed: u64,
+    /// Both runs' final steps; a cached pair with other steps is measured again.
+    pub key: String,
+    pub picks: Vec<PickPair>,
+}
+
+/// The picks of `dash` (an inspection of the Dash run's final checkpoint) against `lora` (of the
+/// paired LoRA run's, with `keep_spectrum`). Modules without Dash indices or enrichment are
+/// skipped.
+pub fn pick_pairs(
+    dash: &crate::inspect::InspectReport,
+    lora: &crate::inspect::InspectReport,
+) -> Vec<PickPair> {
+    let mut out = Vec::new();
+    for m in &dash.modules {
+        let (Some(d), Some(e)) = (&m.dash, &m.enrichment) else {
+            continue;
+        };
+        let Some(l) = lora.modules.iter().find(|x| x.module == m.module) else {
+            continue;
+        };
+        let (Some(le), Some(rates), Some(sigma)) = (&l.enrichment, &l.delta, &l.sigma) else {
+            continue;
+        };
+        for (j, idx) in d.indices.iter().enumerate() {
+            let (Some(i), Some(lr), Some(ratio)) = (*idx, d.lora_rate[j], d.sigma_ratio[j]) else {
+                continue;
+            };
+            // |c_i| = δ_i · σ_i (no σ floor in the reproduction's analysis).
+            let s = ratio * m.sigma_max;
+            out.push(PickPair {
+                module: m.module.clone(),
+                index: i,
+                sigma_ratio: ratio,
+                delta_sigma: d.delta_sigma[j] as f64,
+                z_dash_lora: lr * s / e.null.coordinate_sd,
+                threshold_dash: e.null.threshold,
+                z_lora: rates[i] * sigma[i] / le.null.coordinate_sd,
+                threshold_lora: le.null.threshold,
+            });
+        }
+    }
+    out
 }

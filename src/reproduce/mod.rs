@@ -1199,9 +1199,12 @@ impl Grid<'_> {
     /// Every run's final capture against the empirical controls (`OUT/controls.json`, cached
     /// per run, control and control key): each trained control that has finished and the same
     /// configuration's next seed. Controls whose weights are absent keep their cached entries.
-    fn controls(&mut self, runs: &[RunResult]) -> Result<Vec<controls::ControlCapture>> {
+    fn controls(
+        &mut self,
+        runs: &[RunResult],
+    ) -> Result<(Vec<controls::ControlCapture>, Vec<controls::DashPair>)> {
         if controls::pieces(self.preset).is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let cached = controls::Controls::read(self.out);
         let cache = crate::linalg::cache::SvdCache::default_location();
@@ -1237,11 +1240,100 @@ impl Grid<'_> {
                 self.timing.capture_s += t0.elapsed().as_secs_f64();
             }
         }
+        let pairs = self.dash_pairs(runs, &cached, &cache, &mut base)?;
         let text = crate::output::to_json(&controls::Controls {
             captures: out.clone(),
+            dash_pairs: pairs.clone(),
         })? + "\n";
         crate::fsutil::atomic_write(&controls::Controls::path(self.out), text.as_bytes())?;
-        Ok(out)
+        Ok((out, pairs))
+    }
+
+    /// Every LoRA-Dash run's picks at its final checkpoint against the LoRA run of the same rank
+    /// and seed (cached in `controls.json` by both runs' final steps).
+    fn dash_pairs(
+        &mut self,
+        runs: &[RunResult],
+        cached: &controls::Controls,
+        cache: &crate::linalg::cache::SvdCache,
+        base: &mut Option<Box<dyn WeightSource>>,
+    ) -> Result<Vec<controls::DashPair>> {
+        let mut pairs = Vec::new();
+        for r in runs.iter().filter(|r| r.method == Method::LoraDash) {
+            let paired = runs
+                .iter()
+                .any(|x| x.method == Method::Lora && x.rank == r.rank && x.seed == r.seed);
+            if !paired {
+                continue;
+            }
+            let cell = |method| Cell {
+                method,
+                rank: r.rank,
+                seed: r.seed,
+            };
+            let (dash, lora) = (cell(Method::LoraDash), cell(Method::Lora));
+            let last = |c: &Cell| -> Result<crate::run::Checkpoint> {
+                let run = crate::run::Run::open(&self.run_dir(c), None)?;
+                Ok(run
+                    .require_checkpoints()?
+                    .last()
+                    .expect("non-empty")
+                    .clone())
+            };
+            let (dl, ll) = (last(&dash)?, last(&lora)?);
+            let key = format!(
+                "{} step {} / {} step {}",
+                dash.name(),
+                dl.step,
+                lora.name(),
+                ll.step
+            );
+            if let Some(p) = cached
+                .dash_pairs
+                .iter()
+                .find(|p| p.dash_run == dash.name() && p.key == key)
+            {
+                pairs.push(p.clone());
+                continue;
+            }
+            let t0 = Instant::now();
+            (self.log)(&format!(
+                "control: {} picks against {}",
+                dash.name(),
+                lora.name()
+            ));
+            if base.is_none() {
+                *base = Some(crate::weights::open_model(
+                    &crate::weights::ModelSpec::new(self.preset.model.clone()),
+                )?);
+            }
+            let b = base.as_deref().expect("just opened");
+            let opts = crate::inspect::InspectOptions {
+                keep_spectrum: true,
+                ..Default::default()
+            };
+            let look = |ck: &crate::run::Checkpoint| {
+                crate::inspect::inspect(
+                    &crate::adapter::load_adapter(&ck.adapter)?,
+                    b,
+                    None,
+                    &opts,
+                    cache,
+                    &|_| {},
+                )
+            };
+            let picks = controls::pick_pairs(&look(&dl)?, &look(&ll)?);
+            pairs.push(controls::DashPair {
+                dash_run: dash.name(),
+                lora_run: lora.name(),
+                rank: r.rank,
+                seed: r.seed,
+                key,
+                picks,
+            });
+            self.timing.capture_s += t0.elapsed().as_secs_f64();
+        }
+        Ok(pairs)
     }
 
     /// `(control, directory, key)` for a run: the finished trained controls, then the same
@@ -1521,7 +1613,7 @@ pub fn reproduce(
         }
     }
     let (reference, capture) = grid.capture(&runs)?;
-    let control_captures = grid.controls(&runs)?;
+    let (control_captures, dash_pairs) = grid.controls(&runs)?;
     let data: Vec<summary::RunData> = runs
         .iter()
         .map(|r| {
@@ -1543,7 +1635,14 @@ pub fn reproduce(
         .iter()
         .map(|c| (c.method, c.rank, c.points.clone()))
         .collect();
-    let summary = summary::summarize(preset, &data, base.as_ref(), &caps, &control_captures)?;
+    let summary = summary::summarize(
+        preset,
+        &data,
+        base.as_ref(),
+        &caps,
+        &control_captures,
+        &dash_pairs,
+    )?;
     let mut timing = grid.timing.clone();
     timing.total_s = t0.elapsed().as_secs_f64();
     let invocations = record_timing(out, &timing)?;
@@ -1673,7 +1772,7 @@ mod tests {
             .zip(outs)
             .map(|(result, outcomes)| summary::RunData { result, outcomes })
             .collect();
-        summary::summarize(&p, &data, None, &[], &[]).unwrap()
+        summary::summarize(&p, &data, None, &[], &[], &[]).unwrap()
     }
 
     #[test]

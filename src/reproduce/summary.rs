@@ -247,6 +247,64 @@ fn control_stats(controls: &[super::controls::ControlCapture]) -> Vec<ControlSta
         .collect()
 }
 
+/// LoRA-Dash's picks at one rank against the LoRA runs of the same rank and seeds: how many of
+/// the directions Dash amplifies are enriched (|z| above the module's null max-|z| threshold) in
+/// Dash's own LoRA part and in the plain LoRA of the same seed, and whether larger |Δσ| goes with
+/// larger |z| in that LoRA.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DashPickStats {
+    pub rank: usize,
+    pub seeds: usize,
+    pub picks: usize,
+    pub near_null: usize,
+    pub enriched_in_dash_lora: usize,
+    pub enriched_in_lora: usize,
+    pub mean_abs_z_dash_lora: f64,
+    pub mean_abs_z_lora: f64,
+    /// Spearman's rank correlation of |Δσ| with the paired LoRA's |z| over the picks.
+    pub spearman_delta_sigma_z_lora: Option<f64>,
+}
+
+fn dash_pick_stats(pairs: &[super::controls::DashPair]) -> Vec<DashPickStats> {
+    let mut ranks: Vec<usize> = pairs.iter().map(|p| p.rank).collect();
+    ranks.sort();
+    ranks.dedup();
+    ranks
+        .into_iter()
+        .map(|rank| {
+            let of: Vec<&super::controls::DashPair> =
+                pairs.iter().filter(|p| p.rank == rank).collect();
+            let picks: Vec<&super::controls::PickPair> =
+                of.iter().flat_map(|p| p.picks.iter()).collect();
+            let m = |f: &dyn Fn(&super::controls::PickPair) -> f64| {
+                crate::stats::mean(&picks.iter().map(|p| f(p)).collect::<Vec<_>>()).unwrap_or(0.0)
+            };
+            let ds: Vec<f64> = picks.iter().map(|p| p.delta_sigma.abs()).collect();
+            let zl: Vec<f64> = picks.iter().map(|p| p.z_lora.abs()).collect();
+            DashPickStats {
+                rank,
+                seeds: of.len(),
+                picks: picks.len(),
+                near_null: picks
+                    .iter()
+                    .filter(|p| p.sigma_ratio < crate::directions::NEAR_NULL_RATIO)
+                    .count(),
+                enriched_in_dash_lora: picks
+                    .iter()
+                    .filter(|p| p.z_dash_lora.abs() > p.threshold_dash)
+                    .count(),
+                enriched_in_lora: picks
+                    .iter()
+                    .filter(|p| p.z_lora.abs() > p.threshold_lora)
+                    .count(),
+                mean_abs_z_dash_lora: m(&|p| p.z_dash_lora.abs()),
+                mean_abs_z_lora: m(&|p| p.z_lora.abs()),
+                spearman_delta_sigma_z_lora: crate::stats::spearman(&ds, &zl),
+            }
+        })
+        .collect()
+}
+
 /// Capture beside its null at one step, mean over seeds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CaptureNull {
@@ -320,6 +378,9 @@ pub struct Summary {
     /// (empty without controls or in results from before them).
     #[serde(default)]
     pub controls: Vec<ControlStats>,
+    /// LoRA-Dash's picks against the paired LoRA runs, per rank (empty without controls).
+    #[serde(default)]
+    pub dash_picks: Vec<DashPickStats>,
     pub paper_tasks: Vec<String>,
     pub paper: Vec<PaperRow>,
     pub verdict: String,
@@ -628,6 +689,7 @@ pub fn summarize(
     base: Option<&Scores>,
     capture: &[CaptureData],
     controls: &[super::controls::ControlCapture],
+    dash_pairs: &[super::controls::DashPair],
 ) -> Result<Summary> {
     let mut lora_ranks = preset.lora_ranks.clone();
     lora_ranks.sort();
@@ -823,6 +885,7 @@ pub fn summarize(
         chance,
         capture: cap,
         controls: control_stats(controls),
+        dash_picks: dash_pick_stats(dash_pairs),
         paper_tasks,
         paper,
         verdict: String::new(),
@@ -916,6 +979,21 @@ fn verdict(s: &Summary, preset: &Preset, runs: &[RunData], base: Option<&Scores>
     }
     if let Some(c) = controls_sentence(&s.controls) {
         out += &format!(". {c}");
+    }
+    for d in &s.dash_picks {
+        out += &format!(
+            ". LoRA-Dash r = {}'s {} picks ({} near-null, {} seed(s)): {} enriched in its own LoRA part and {} in the plain LoRA of the same seed (mean |z| {:.2} and {:.2}); Spearman of |Δσ| with that LoRA's |z|: {}",
+            d.rank,
+            d.picks,
+            d.near_null,
+            d.seeds,
+            d.enriched_in_dash_lora,
+            d.enriched_in_lora,
+            d.mean_abs_z_dash_lora,
+            d.mean_abs_z_lora,
+            d.spearman_delta_sigma_z_lora
+                .map_or("-".into(), |r| format!("{r:+.2}"))
+        );
     }
     out
 }
