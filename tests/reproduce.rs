@@ -591,6 +591,31 @@ fn controls_are_trained_and_measured_beside_the_null() {
     }
     let page = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(page.contains("enriched in the paired LoRA"));
+    // Capture per module type beside its null, and every Dash pick's Δσ over checkpoints.
+    let cap: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("runs/dash-r1-s1/capture.json")).unwrap(),
+    )
+    .unwrap();
+    let last = cap["points"].as_array().unwrap().last().unwrap();
+    let types: Vec<&str> = last["by_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["module_type"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains(&"q_proj") && types.contains(&"down_proj"),
+        "{types:?}"
+    );
+    assert!(
+        !last["delta_sigma"].as_array().unwrap().is_empty(),
+        "{last}"
+    );
+    let stats = r["summary"]["capture"].as_array().unwrap();
+    assert!(stats
+        .iter()
+        .any(|c| !c["by_type"].as_array().unwrap().is_empty()));
+    assert!(page.contains("|Δσ| of every pick"));
     let again = smoke(d.path(), &data, &out, &["--controls", "true"]);
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{err}");

@@ -831,6 +831,76 @@ struct CapturePanel {
     /// The last step's tested capture and null (q, k, v), as the verdict states it.
     last: String,
     controls: Vec<Vec<String>>,
+    /// LoRA-Dash: |Δσ| of every pick over the saved checkpoints, one line per pick.
+    delta_sigma_svg: Option<String>,
+}
+
+/// |Δσ| of every pick of the LoRA-Dash runs of rank `k` at each saved checkpoint (from the
+/// capture series in the record), one line per (seed, module, direction); none when the record
+/// keeps no Δσ per pick.
+fn delta_sigma_chart(
+    r: &crate::reproduce::Reproduction,
+    k: usize,
+    dash_t: usize,
+) -> Result<Option<String>> {
+    use std::collections::BTreeMap;
+    let mut lines: BTreeMap<(u64, String, usize), Vec<(f64, f64)>> = BTreeMap::new();
+    for s in r
+        .capture
+        .iter()
+        .filter(|s| s.method == crate::train::Method::LoraDash && s.rank == k)
+    {
+        for p in &s.points {
+            for d in &p.delta_sigma {
+                lines
+                    .entry((s.seed, d.module.clone(), d.index))
+                    .or_default()
+                    .push((p.step as f64, d.delta_sigma.abs()));
+            }
+        }
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let seeds: Vec<u64> = {
+        let mut v: Vec<u64> = lines.keys().map(|k| k.0).collect();
+        v.dedup();
+        v
+    };
+    let names: Vec<String> = lines
+        .keys()
+        .map(|(seed, module, i)| format!("seed {seed} {module} direction {i}"))
+        .collect();
+    let series: Vec<(&str, Vec<(f64, f64)>)> = names
+        .iter()
+        .zip(lines.values())
+        .map(|(n, v)| (n.as_str(), v.clone()))
+        .collect();
+    let mut listed = std::collections::HashSet::new();
+    let styles = lines
+        .keys()
+        .map(|(seed, _, _)| {
+            let i = seeds.iter().position(|s| s == seed).unwrap_or(0);
+            charts::Style {
+                colour: charts::PALETTE[(i + 1) % charts::PALETTE.len()],
+                dash: None,
+                legend: listed.insert(*seed).then(|| format!("seed {seed}")),
+            }
+        })
+        .collect();
+    let svg = chart(charts::lines_with(
+        &series,
+        "training step",
+        "|Δσ| of a pick",
+        &charts::LineOpts {
+            marker: (dash_t > 0).then_some((dash_t as f64, "Dash switch")),
+            styles,
+            width: Some(520),
+            height: Some(300),
+            ..Default::default()
+        },
+    ))?;
+    Ok(Some(svg))
 }
 
 /// One task's small multiple.
@@ -1392,6 +1462,11 @@ pub fn reproduce_html(
                     controls.push(row);
                 }
             }
+            for t in &c.by_type {
+                let mut row = vec!["task reference".to_string(), t.module_type.clone()];
+                row.extend(null_cells(&t.null));
+                controls.push(row);
+            }
         }
         let has_reference_rows = !controls.is_empty();
         controls.extend(
@@ -1414,12 +1489,18 @@ pub fn reproduce_html(
         if !sm.controls.iter().any(|c| c.method == m && c.rank == k) && has_reference_rows {
             controls.clear();
         }
+        let delta_sigma_svg = if m == Method::LoraDash {
+            delta_sigma_chart(r, k, r.preset.dash_t)?
+        } else {
+            None
+        };
         capture_panels.push(CapturePanel {
             label: format!("{} r={}", method_label(m), k),
             colour: colour(m),
             svg,
             last,
             controls,
+            delta_sigma_svg,
         });
     }
     let capture_rows: Vec<Vec<String>> = r

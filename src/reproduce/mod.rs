@@ -187,6 +187,69 @@ pub struct CapturePoint {
     pub null: Option<crate::track::TrackNull>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub null_qkv: Option<crate::track::TrackNull>,
+    /// The same per module type, in the model's module order (empty in files written before it:
+    /// then measured again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_type: Vec<TypeNull>,
+    /// LoRA-Dash runs: every pick's Δσ at this checkpoint (absent before the switch).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delta_sigma: Vec<PickDeltaSigma>,
+}
+
+/// One module type's capture beside its null at one checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TypeNull {
+    pub module_type: String,
+    pub null: crate::track::TrackNull,
+}
+
+/// One LoRA-Dash pick's Δσ at one checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PickDeltaSigma {
+    pub module: String,
+    pub index: usize,
+    pub delta_sigma: f64,
+}
+
+/// Per module type (in order of first appearance) and every Dash pick's Δσ of one checkpoint.
+fn type_nulls_and_picks(
+    rep: &crate::inspect::InspectReport,
+) -> (Vec<TypeNull>, Vec<PickDeltaSigma>) {
+    let mut types: Vec<String> = Vec::new();
+    for m in &rep.modules {
+        if !types.contains(&m.module_type) {
+            types.push(m.module_type.clone());
+        }
+    }
+    let by_type = types
+        .into_iter()
+        .filter_map(|t| {
+            let null =
+                crate::track::TrackNull::over(rep.modules.iter().filter(|m| m.module_type == t))?;
+            Some(TypeNull {
+                module_type: t,
+                null,
+            })
+        })
+        .collect();
+    let picks = rep
+        .modules
+        .iter()
+        .filter_map(|m| m.dash.as_ref().map(|d| (m, d)))
+        .flat_map(|(m, d)| {
+            d.indices
+                .iter()
+                .zip(&d.delta_sigma)
+                .filter_map(move |(i, ds)| {
+                    i.map(|index| PickDeltaSigma {
+                        module: m.module.clone(),
+                        index,
+                        delta_sigma: *ds as f64,
+                    })
+                })
+        })
+        .collect();
+    (by_type, picks)
 }
 
 /// Capture along one run's checkpoints.
@@ -1114,21 +1177,29 @@ impl<'a> Grid<'a> {
                 // Series written before q, k, v capture was measured are measured again.
                 // Series written before the null model are measured again too.
                 let has_qkv = s.points.iter().all(|p| {
-                    p.accuracy.is_none() || (p.accuracy_qkv.is_some() && p.null.is_some())
+                    p.accuracy.is_none()
+                        || (p.accuracy_qkv.is_some() && p.null.is_some() && !p.by_type.is_empty())
                 });
                 if (s.reference_key == key || legacy_ok(&s)) && has_qkv {
                     series.push(s);
                     continue;
                 }
-                (self.log)(&format!(
-                    "capture: {} was measured against another reference ({}): measuring again",
-                    r.name,
-                    if s.reference_key.is_empty() {
-                        &s.reference
-                    } else {
-                        &s.reference_key
-                    }
-                ));
+                (self.log)(&if s.reference_key == key || legacy_ok(&s) {
+                    format!(
+                        "capture: {} was measured by an older tsd (without the null, q, k, v or per-type figures): measuring again",
+                        r.name
+                    )
+                } else {
+                    format!(
+                        "capture: {} was measured against another reference ({}): measuring again",
+                        r.name,
+                        if s.reference_key.is_empty() {
+                            &s.reference
+                        } else {
+                            &s.reference_key
+                        }
+                    )
+                });
             }
             (self.log)(&format!("capture: {}", r.name));
             let t0 = Instant::now();
@@ -1166,7 +1237,10 @@ impl<'a> Grid<'a> {
                     .zip(&tr.reports)
                     .map(|(p, rep)| {
                         let (accuracy_qkv, recall_qkv) = qkv_capture(rep);
+                        let (by_type, delta_sigma) = type_nulls_and_picks(rep);
                         CapturePoint {
+                            by_type,
+                            delta_sigma,
                             step: p.step,
                             accuracy: p.mean_accuracy,
                             recall: p.mean_recall,

@@ -206,6 +206,16 @@ pub struct CaptureStats {
     pub null_all: Option<CaptureNull>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub null_qkv: Option<CaptureNull>,
+    /// The same per module type (empty in results from before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_type: Vec<TypeCapture>,
+}
+
+/// One module type's capture beside its null at one step, mean over seeds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TypeCapture {
+    pub module_type: String,
+    pub null: CaptureNull,
 }
 
 /// One configuration's final capture against one control, mean over seeds.
@@ -856,6 +866,32 @@ pub fn summarize(
                         .collect();
                     (!with.is_empty()).then(|| CaptureNull::mean_of(&with))
                 };
+                let mut types: Vec<&str> = Vec::new();
+                for p in series
+                    .iter()
+                    .filter_map(|s| s.iter().find(|p| p.step == st))
+                {
+                    for t in &p.by_type {
+                        if !types.contains(&t.module_type.as_str()) {
+                            types.push(&t.module_type);
+                        }
+                    }
+                }
+                let by_type = types
+                    .iter()
+                    .map(|t| {
+                        let with: Vec<&crate::track::TrackNull> = series
+                            .iter()
+                            .filter_map(|s| s.iter().find(|p| p.step == st))
+                            .flat_map(|p| p.by_type.iter().filter(|x| x.module_type == *t))
+                            .map(|x| &x.null)
+                            .collect();
+                        TypeCapture {
+                            module_type: t.to_string(),
+                            null: CaptureNull::mean_of(&with),
+                        }
+                    })
+                    .collect();
                 cap.push(CaptureStats {
                     method: m,
                     rank: k,
@@ -864,6 +900,7 @@ pub fn summarize(
                     qkv: at(&|p| p.accuracy_qkv),
                     null_all: null(|p| p.null.as_ref()),
                     null_qkv: null(|p| p.null_qkv.as_ref()),
+                    by_type,
                 });
             }
         }
