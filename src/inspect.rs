@@ -781,6 +781,7 @@ fn apply_fdr(modules: &mut [ModuleReport], alpha: f64) {
             } else {
                 Verdict::NotAboveNull
             };
+            t.above_null = t.verdict == Verdict::AboveNull;
         }
     }
 }

@@ -151,6 +151,7 @@ fn calibration(ad: &Adapter, base: &dyn WeightSource, pairs: u64, power_pairs: u
             );
             testable += usize::from(t.testable);
             above += usize::from(t.verdict == Verdict::AboveNull);
+            assert_eq!(t.above_null, t.verdict == Verdict::AboveNull);
         }
     }
     eprintln!("related: {above} of {testable} testable modules above null (BH at {ALPHA})");

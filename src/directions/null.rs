@@ -222,6 +222,9 @@ pub struct NullTest {
     /// The verdict after the false-discovery procedure: `above_null`, `not_above_null`, `untestable`.
     #[serde(default)]
     pub verdict: Verdict,
+    /// `verdict == above_null`, for readers that want a flag.
+    #[serde(default)]
+    pub above_null: bool,
     /// Null hit counts of the first `min` draws (aggregate tests add them across modules).
     #[serde(skip)]
     pub null_hits: Vec<u8>,
@@ -383,6 +386,7 @@ fn summarise(
         } else {
             Verdict::Untestable
         },
+        above_null: false,
         null_hits,
     }
 }
