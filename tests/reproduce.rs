@@ -878,7 +878,7 @@ fn the_committed_record_reads_back_and_renders_alone() {
         serde_json::to_string(&old).unwrap(),
     )
     .unwrap();
-    let (older, page) = tsd::reproduce::render_saved(d.path()).unwrap();
+    let (older, page) = tsd::report::render_saved_reproduction(d.path()).unwrap();
     assert!(older.summary.controls.is_empty());
     let html = std::fs::read_to_string(page).unwrap();
     assert!(html.contains("are not beside this record"), "loss curves");

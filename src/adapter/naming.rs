@@ -27,6 +27,18 @@
 //! trained biases (`bias="all"|"lora_only"`: `<module>.bias` or `<module>.base_layer.bias`), and
 //! embedding layers saved beside an embedding LoRA (`<module>.base_layer.weight`).
 
+/// File names of a PEFT adapter directory.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// tsd's file beside a LoRA-Dash adapter's PEFT files: the Dash parametrisation (README, Adapter
+/// formats); `adapter_model.safetensors` beside it is its fold.
+pub const DASH_FILE: &str = "tsd_dash.safetensors";
+/// Metadata key of `tsd_dash.safetensors` holding the unfolded adapter's config (PEFT JSON).
+pub const DASH_CONFIG_KEY: &str = "tsd_adapter_config";
+/// Metadata key of `tsd_dash.safetensors` holding the sha256 of the `adapter_model.safetensors`
+/// written beside it (the fold of the same adapter).
+pub const DASH_PEFT_SHA256_KEY: &str = "tsd_peft_weights_sha256";
+
 /// What a tensor in an adapter file is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TensorKind {

@@ -12,12 +12,7 @@ use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-/// File names of a PEFT adapter directory.
-pub const CONFIG_FILE: &str = "adapter_config.json";
-pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
-/// tsd's file beside a LoRA-Dash adapter's PEFT files: the Dash parametrisation (README, Adapter
-/// formats); `adapter_model.safetensors` beside it is its fold.
-pub const DASH_FILE: &str = "tsd_dash.safetensors";
+pub use super::naming::{CONFIG_FILE, DASH_FILE, WEIGHTS_FILE};
 
 /// Resolves an adapter argument (a directory, or its `adapter_model.safetensors`) to its directory.
 pub fn adapter_dir(path: &Path) -> PathBuf {
@@ -168,7 +163,7 @@ fn read_dash_file(
     dash_path: &Path,
     weights: &Path,
 ) -> Result<Adapter> {
-    use super::write::{DASH_CONFIG_KEY, DASH_PEFT_SHA256_KEY};
+    use super::naming::{DASH_CONFIG_KEY, DASH_PEFT_SHA256_KEY};
     let bytes = crate::fsutil::read(dash_path)?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| st_error(dash_path, e))?;
     let meta = meta.metadata().clone().unwrap_or_default();

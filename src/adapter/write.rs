@@ -1,7 +1,7 @@
 //! Writing PEFT adapters strictly and atomically, and folding LoRA-Dash into plain LoRA.
 
 use super::naming::{key, TensorKind};
-use super::read::{CONFIG_FILE, DASH_FILE, WEIGHTS_FILE};
+use super::naming::{CONFIG_FILE, DASH_CONFIG_KEY, DASH_FILE, DASH_PEFT_SHA256_KEY, WEIGHTS_FILE};
 use super::{Adapter, AdapterConfig, ModuleAdapter};
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -75,11 +75,6 @@ fn config_for(adapter: &Adapter) -> AdapterConfig {
     cfg
 }
 
-/// Metadata key of `tsd_dash.safetensors` holding the unfolded adapter's config (PEFT JSON).
-pub const DASH_CONFIG_KEY: &str = "tsd_adapter_config";
-/// Metadata key of `tsd_dash.safetensors` holding the sha256 of the `adapter_model.safetensors`
-/// written beside it (the fold of the same adapter).
-pub const DASH_PEFT_SHA256_KEY: &str = "tsd_peft_weights_sha256";
 /// Metadata key of a folded `adapter_model.safetensors` naming the file that holds its Dash form.
 pub const FOLDED_FROM_KEY: &str = "tsd_folded_dash";
 

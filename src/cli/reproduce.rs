@@ -122,7 +122,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             (Some(o), _) => o.clone(),
             (None, p) => default_out(p.as_deref().unwrap_or("cpu")),
         };
-        let (r, page) = tsd::reproduce::render_saved(&out)?;
+        let (r, page) = tsd::report::render_saved_reproduction(&out)?;
         print_summary(&r);
         eprintln!(
             "wrote {} from {}",
@@ -407,7 +407,7 @@ fn write_outputs(r: &Reproduction, out: &std::path::Path) -> Result<()> {
     let json = tsd::output::to_json(r)? + "\n";
     tsd::fsutil::atomic_write(&out.join("results.json"), json.as_bytes())?;
     tsd::fsutil::atomic_write(&out.join("results.csv"), &results_csv(r)?)?;
-    tsd::reproduce::write_report(r, out)?;
+    tsd::report::write_reproduction(r, out)?;
     Ok(())
 }
 

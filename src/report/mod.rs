@@ -6,7 +6,9 @@ pub mod charts;
 pub mod pages;
 
 use crate::error::{Error, Result};
+use crate::reproduce::Reproduction;
 use minijinja::Environment;
+use std::path::{Path, PathBuf};
 
 /// The template set, embedded so an installed binary needs no template directory.
 const TEMPLATES: &[(&str, &str)] = &[
@@ -123,6 +125,25 @@ pub fn render<S: serde::Serialize>(template: &str, ctx: S) -> Result<String> {
     };
     t.render(ctx)
         .map_err(|e| Error::Internal(format!("rendering {template}: {e:#}")))
+}
+
+/// Renders the page of a reproduction's record into `OUT/report.html` (with the runs' saved
+/// training curves from `OUT/runs/`): what the grid does at its end and what re-rendering a
+/// saved record does. Returns the page's path.
+pub fn write_reproduction(r: &Reproduction, out: &Path) -> Result<PathBuf> {
+    let curves = crate::reproduce::saved_curves(out, r);
+    let html = pages::reproduce_html(r, &out.display().to_string(), &curves)?;
+    let path = out.join(crate::reproduce::REPORT_FILE);
+    crate::fsutil::atomic_write(&path, html.as_bytes())?;
+    Ok(path)
+}
+
+/// Re-renders `OUT/report.html` from `OUT/results.json` without touching the grid: no data,
+/// model or training needed. Returns the record and the page's path.
+pub fn render_saved_reproduction(out: &Path) -> Result<(Reproduction, PathBuf)> {
+    let r = Reproduction::read(out)?;
+    let path = write_reproduction(&r, out)?;
+    Ok((r, path))
 }
 
 #[cfg(test)]

@@ -357,25 +357,6 @@ pub fn saved_curves(out: &Path, r: &Reproduction) -> Vec<RunCurves> {
         .collect()
 }
 
-/// Renders the page of a reproduction's record into `OUT/report.html` (with the runs' saved
-/// training curves from `OUT/runs/`): what the grid does at its end and what re-rendering a
-/// saved record does. Returns the page's path.
-pub fn write_report(r: &Reproduction, out: &Path) -> Result<PathBuf> {
-    let curves = saved_curves(out, r);
-    let html = crate::report::pages::reproduce_html(r, &out.display().to_string(), &curves)?;
-    let path = out.join(REPORT_FILE);
-    crate::fsutil::atomic_write(&path, html.as_bytes())?;
-    Ok(path)
-}
-
-/// Re-renders `OUT/report.html` from `OUT/results.json` without touching the grid: no data,
-/// model or training needed. Returns the record and the page's path.
-pub fn render_saved(out: &Path) -> Result<(Reproduction, PathBuf)> {
-    let r = Reproduction::read(out)?;
-    let path = write_report(&r, out)?;
-    Ok((r, path))
-}
-
 /// What one invocation does.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
