@@ -516,7 +516,7 @@ fn analyse_module(
     let capture_report = match &inp.reference {
         None => None,
         Some(r) => {
-            let (ref_coords, ref_rates) = change_rates_on(r, &svd, opts.floor);
+            let (ref_coords, _) = change_rates_on(r, &svd, opts.floor);
             let ref_scores = opts.tsd_by.scores(&ref_coords, &svd.s, opts.floor);
             let k = update.factor_rank().min(r.factor_rank()).min(amp_r.max(1));
             let (pred_svd, ref_svd) = (update.svd()?, r.svd()?);
@@ -541,7 +541,6 @@ fn analyse_module(
                 let (recall, accuracy) = test.pair(&tested_scores);
                 CapturePart { recall, accuracy }
             });
-            let _ = ref_rates;
             Some(CaptureReport {
                 recall,
                 accuracy,
