@@ -5,7 +5,7 @@ use tsd::model::Llama;
 use tsd::nn::ForwardCtx;
 
 fn main() -> anyhow::Result<()> {
-    let path = tsd::assets::default_model(false)?;
+    let path = tsd::provision::default_model(false)?;
     let src = tsd::weights::GgufModel::open(&path)?;
     let t = Instant::now();
     let mut model = Llama::from_source(&src, &Device::Cpu, DType::F32)?;

@@ -413,7 +413,7 @@ pub fn bench_train_step(
     use candle_core::Tensor;
     let dev = crate::device::device_for(device)?;
     let dt = crate::device::dtype_for(dtype)?;
-    let path = crate::assets::default_model(false)?;
+    let path = crate::provision::default_model(false)?;
     let src = crate::weights::GgufModel::open(&path)?;
     let mut model = Llama::from_source(&src, &dev, dt)?;
     let targets = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"];
@@ -876,7 +876,7 @@ pub fn bench_logits(model: &str, device: &str, dtype: &str) -> Result<LogitsChec
     use crate::model::Llama;
     use crate::nn::ForwardCtx;
     use candle_core::{DType, Device, Tensor};
-    let path = crate::weights::resolve_path(&crate::weights::ModelSpec::new(model))?;
+    let path = crate::provision::resolve_path(&crate::weights::ModelSpec::new(model))?;
     let src = crate::weights::open_path(&path)?;
     let src = src.as_ref();
     let dev = crate::device::device_for(device)?;
@@ -1029,7 +1029,7 @@ pub fn bench_eval_batch(
             "bench eval-batch: batch sizes and --limit must be positive".into(),
         ));
     }
-    let path = crate::weights::resolve_path(&crate::weights::ModelSpec::new(model))?;
+    let path = crate::provision::resolve_path(&crate::weights::ModelSpec::new(model))?;
     let src = crate::weights::open_path(&path)?;
     let m = Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32)?;
     let tok = crate::model::tokenizer::load_tokenizer(&path)?;

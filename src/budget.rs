@@ -34,15 +34,11 @@ pub fn batches(sizes: &[usize], budget: usize, threads: usize) -> Vec<Range<usiz
 /// The budget for `tsd inspect`'s modules in flight: `TSD_MEMORY_BUDGET` (bytes, or a number with
 /// K, M, G or T, binary) when set, else min(8 GiB, half of the kernel's MemAvailable).
 pub fn memory_budget() -> Result<usize> {
-    match std::env::var("TSD_MEMORY_BUDGET") {
-        Ok(v) => crate::linalg::cache::parse_size(&v)
+    match crate::env::memory_budget() {
+        Some(b) => b
             .map(|b| usize::try_from(b).unwrap_or(usize::MAX))
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "TSD_MEMORY_BUDGET={v:?} is not a size (bytes, or a number with K, M, G or T, binary)"
-                ))
-            }),
-        Err(_) => Ok(default_budget(mem_available())),
+            .map_err(Error::InvalidArgument),
+        None => Ok(default_budget(mem_available())),
     }
 }
 

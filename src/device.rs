@@ -109,8 +109,7 @@ pub fn dtype_for(spec: &str) -> Result<DType> {
     Ok(spec.parse::<WeightDtype>()?.dtype())
 }
 
-/// Name of the environment variable that selects the composed ops on the CPU.
-pub const COMPOSED_ENV: &str = "TSD_COMPOSED";
+use crate::env::COMPOSED_ENV;
 
 thread_local! {
     static COMPOSED_HERE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
@@ -123,7 +122,7 @@ thread_local! {
 pub fn composed() -> bool {
     static COMPOSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     COMPOSED_HERE.with(|c| c.get()).unwrap_or_else(|| {
-        *COMPOSED.get_or_init(|| std::env::var(COMPOSED_ENV).is_ok_and(|v| v == "1"))
+        *COMPOSED.get_or_init(|| crate::env::composed().is_some_and(|v| v == "1"))
     })
 }
 
@@ -142,10 +141,10 @@ pub fn with_composed<R>(on: bool, f: impl FnOnce() -> R) -> R {
 
 /// Refuses a `TSD_COMPOSED` value other than unset, `0` or `1`.
 pub fn check_composed_env() -> Result<()> {
-    match std::env::var(COMPOSED_ENV) {
-        Err(_) => Ok(()),
-        Ok(v) if v == "0" || v == "1" || v.is_empty() => Ok(()),
-        Ok(v) => Err(Error::InvalidArgument(format!(
+    match crate::env::composed() {
+        None => Ok(()),
+        Some(v) if v == "0" || v == "1" || v.is_empty() => Ok(()),
+        Some(v) => Err(Error::InvalidArgument(format!(
             "{COMPOSED_ENV}=`{v}`: expected 0 or 1"
         ))),
     }

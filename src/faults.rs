@@ -7,7 +7,7 @@
 
 /// Sleeps at `point` if `TSD_TEST_PAUSE` names it.
 pub fn pause(point: &str) {
-    let Ok(spec) = std::env::var("TSD_TEST_PAUSE") else {
+    let Some(spec) = crate::env::test_pause() else {
         return;
     };
     let ms = spec

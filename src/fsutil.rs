@@ -1,7 +1,9 @@
-//! Atomic file writes: a reader never sees a half-written checkpoint, cache entry or report.
+//! Files: atomic writes (a reader never sees a half-written checkpoint, cache entry or report),
+//! JSON read and write, sha256 digests, and paths written portably for shared records.
 
 use crate::error::{Error, Result};
-use std::io::Write;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
@@ -47,6 +49,31 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of bytes, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,11 +114,11 @@ mod tests {
 /// nothing elsewhere; error messages keep the full path).
 pub fn portable(text: &str) -> String {
     let mut out = text.to_string();
-    let home = crate::assets::tsd_home();
+    let home = crate::env::tsd_home();
     if let Some(h) = home.to_str().filter(|h| h.len() > 1) {
         out = out.replace(h, "$TSD_HOME");
     }
-    if let Some(h) = std::env::var_os("HOME").and_then(|h| h.into_string().ok()) {
+    if let Some(h) = crate::env::home() {
         if h.len() > 1 {
             out = out.replace(&h, "~");
         }
@@ -103,7 +130,7 @@ pub fn portable(text: &str) -> String {
 mod portable_tests {
     #[test]
     fn machine_paths_become_portable() {
-        let home = crate::assets::tsd_home();
+        let home = crate::env::tsd_home();
         let s = format!("GGUF model {}/models/m.gguf", home.display());
         assert_eq!(super::portable(&s), "GGUF model $TSD_HOME/models/m.gguf");
         assert_eq!(super::portable("tiny/model"), "tiny/model");

@@ -5,15 +5,16 @@
 //! and calls into this library.
 
 pub mod adapter;
-pub mod assets;
 pub mod bench;
 pub mod budget;
 pub mod device;
 pub mod directions;
+pub mod env;
 pub mod error;
 pub mod faults;
 pub mod fsutil;
 pub mod linalg;
+pub mod provision;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -41,7 +41,7 @@ mod tests {
     #[test]
     fn the_option_index_names_the_purge_delay() {
         assert!(
-            std::env::var_os("MIMALLOC_PURGE_DELAY").is_none(),
+            !tsd::env::mimalloc_purge_delay_set(),
             "MIMALLOC_PURGE_DELAY is set: it changes the default this test identifies the option by"
         );
         // SAFETY: reads an integer option.

@@ -28,10 +28,7 @@ pub fn to_json<T: Serialize>(value: &T) -> Result<String> {
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
-    let columns = std::env::var("COLUMNS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u16>().ok())
-        .filter(|&w| w > 0);
+    let columns = crate::env::columns();
     match columns.or_else(|| t.width()) {
         Some(width) => {
             t.set_width(width)

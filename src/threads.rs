@@ -25,16 +25,10 @@ pub fn configure() {
         ("CANDLE_NUM_THREADS", "1".to_string()),
         ("RAYON_NUM_THREADS", cores.to_string()),
     ] {
-        if std::env::var_os(name).is_none() {
-            // Sound only while the process has one thread: see the doc comment.
-            std::env::set_var(name, value);
-        }
+        // Sound only while the process has one thread: see the doc comment.
+        crate::env::set_default(name, &value);
     }
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(cores);
+    let threads = crate::env::rayon_threads().unwrap_or(cores);
     // Fails only if a pool already exists, which then is the pool to use.
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

@@ -7,7 +7,7 @@ use tsd::weights::{GgufModel, WeightSource};
 
 fn model() -> GgufModel {
     let path =
-        tsd::assets::default_model(false).expect("default model provisioned (run `tsd fetch`)");
+        tsd::provision::default_model(false).expect("default model provisioned (run `tsd fetch`)");
     GgufModel::open(&path).unwrap()
 }
 

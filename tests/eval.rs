@@ -195,7 +195,7 @@ fn prepared_loglik_equals_plain_loglik() {
 #[test]
 fn bigbench_social_iqa_converts_to_llm_adapters_layout() {
     let raw = std::fs::read(fixture("bigbench/social_iqa_task_head.json")).unwrap();
-    let got = tsd::assets::bigbench_to_llm_adapters(&raw).unwrap();
+    let got = tsd::provision::bigbench_to_llm_adapters(&raw).unwrap();
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].answer.as_deref(), Some("answer3"));
     assert_eq!(got[1].answer.as_deref(), Some("answer1"));
@@ -211,8 +211,8 @@ fn bigbench_social_iqa_converts_to_llm_adapters_layout() {
         assert_eq!(a.instruction.to_lowercase(), b.instruction.to_lowercase());
     }
     // Malformed input is an error, not a panic.
-    assert!(tsd::assets::bigbench_to_llm_adapters(b"{\"examples\": 3}").is_err());
-    assert!(tsd::assets::bigbench_to_llm_adapters(
+    assert!(tsd::provision::bigbench_to_llm_adapters(b"{\"examples\": 3}").is_err());
+    assert!(tsd::provision::bigbench_to_llm_adapters(
         br#"{"examples": [{"input": "q", "target_scores": {"a": 0, "b": 0}}]}"#
     )
     .is_err());

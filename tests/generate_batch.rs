@@ -115,7 +115,7 @@ fn commonsense_prompts() -> Vec<String> {
 #[test]
 fn batched_beam_search_equals_one_at_a_time_on_the_default_model() {
     let path =
-        tsd::assets::default_model(false).expect("default model provisioned (run `tsd fetch`)");
+        tsd::provision::default_model(false).expect("default model provisioned (run `tsd fetch`)");
     let model = load(&path);
     let tok = tsd::model::tokenizer::load_tokenizer(&path).unwrap();
     let eos = tsd::model::tokenizer::load_tokenizer_info(&path)
@@ -271,7 +271,7 @@ fn prepared_generate_equals_batched_beam_search_on_the_tiny_model() {
 #[test]
 fn prepared_generate_equals_batched_beam_search_on_the_default_model() {
     let path =
-        tsd::assets::default_model(false).expect("default model provisioned (run `tsd fetch`)");
+        tsd::provision::default_model(false).expect("default model provisioned (run `tsd fetch`)");
     let eos = tsd::model::tokenizer::load_tokenizer_info(&path)
         .unwrap()
         .eos;

@@ -77,7 +77,7 @@ fn compare(got: &[Vec<f32>], probe: &[u32], rec: &Value) -> f64 {
 #[test]
 fn transformers_and_peft_on_the_fetched_base_compute_what_tsd_does() {
     let rec = record();
-    let gguf = GgufModel::open(&tsd::assets::default_model(false).unwrap()).unwrap();
+    let gguf = GgufModel::open(&tsd::provision::default_model(false).unwrap()).unwrap();
     let probe = ids(&rec["probe_ids"]);
     let text_ids = ids(&rec["tokenizer"]["ids"]);
     let tok = tsd::model::tokenizer::tokenizer_from_gguf(gguf.content(), gguf.path()).unwrap();
@@ -140,7 +140,7 @@ fn fetch_hf_dir_writes_the_weights_tsd_computes_with() {
     ] {
         assert!(dir.join(f).is_file(), "{f}");
     }
-    let gguf = GgufModel::open(&tsd::assets::default_model(false).unwrap()).unwrap();
+    let gguf = GgufModel::open(&tsd::provision::default_model(false).unwrap()).unwrap();
     let hf = open_path(&dir).unwrap();
     assert_eq!(hf.names(), gguf.names());
     for name in gguf.names() {

@@ -69,7 +69,7 @@ fn shortcut_equals_the_general_path_on_the_tiny_model() {
 #[test]
 fn shortcut_equals_the_general_path_on_the_default_model() {
     let path =
-        tsd::assets::default_model(false).expect("default model provisioned (run `tsd fetch`)");
+        tsd::provision::default_model(false).expect("default model provisioned (run `tsd fetch`)");
     let model = load(&path);
     let tok = tsd::model::tokenizer::load_tokenizer(&path).unwrap();
     let arc = task("ARC-Easy").unwrap();

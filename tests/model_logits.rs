@@ -60,7 +60,7 @@ fn default_gguf_model_logits_match_transformers_gguf_loader() {
 
 fn default_gguf_logits_match() {
     let exp = read("smollm2-logits.json");
-    let path = tsd::assets::default_model(false).unwrap();
+    let path = tsd::provision::default_model(false).unwrap();
     let src = GgufModel::open(&path).unwrap();
     let model = Llama::from_source(&src, &Device::Cpu, DType::F32).unwrap();
     let ids: Vec<u32> = serde_json::from_value(exp["input_ids"].clone()).unwrap();

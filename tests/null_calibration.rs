@@ -168,9 +168,9 @@ fn unrelated_updates_are_calibrated_and_related_ones_detected_on_the_tiny_model(
 
 #[test]
 fn unrelated_updates_are_calibrated_and_related_ones_detected_on_the_default_model() {
-    let model = tsd::assets::tsd_home()
+    let model = tsd::env::tsd_home()
         .join("models")
-        .join(tsd::assets::DEFAULT_MODEL_FILE);
+        .join(tsd::provision::DEFAULT_MODEL_FILE);
     assert!(
         model.exists(),
         "the default model is not provisioned at {}: run scripts/test.sh (or `tsd fetch`) first",

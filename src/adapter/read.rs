@@ -177,7 +177,7 @@ fn read_dash_file(
             "metadata lacks `{DASH_CONFIG_KEY}` or `{DASH_PEFT_SHA256_KEY}` (not written by tsd)"
         )));
     };
-    let got = crate::assets::sha256_file(weights)?;
+    let got = crate::fsutil::sha256_file(weights)?;
     if &got != want {
         return Err(bad(format!(
             "{} beside it is not the file written with it (sha256 {got}, recorded {want}): it was replaced or changed, so the two no longer describe one adapter. Remove {DASH_FILE} to read the PEFT adapter alone",

@@ -117,7 +117,7 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
             (DASH_CONFIG_KEY.to_string(), cfg),
             (
                 DASH_PEFT_SHA256_KEY.to_string(),
-                crate::assets::sha256_hex(&peft),
+                crate::fsutil::sha256_hex(&peft),
             ),
         ]),
     )?;

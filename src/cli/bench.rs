@@ -228,7 +228,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             batches,
             out,
         } => {
-            let data = tsd::assets::data_dir(data.as_deref()).ok_or_else(|| {
+            let data = tsd::env::data_dir(data.as_deref()).ok_or_else(|| {
                 tsd::Error::InvalidArgument(
                     "bench eval-batch: no data directory (--data, TSD_DATA)".into(),
                 )

@@ -7,7 +7,8 @@ use tsd::eval::merge::adapted_model;
 use tsd::eval::{eval_generate_batched, eval_loglik, eval_loglik_general, task, TaskResult};
 use tsd::model::Llama;
 use tsd::output::{to_json, Format};
-use tsd::weights::{open_path, resolve_path, ModelSpec};
+use tsd::provision::resolve_path;
+use tsd::weights::{open_path, ModelSpec};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -91,16 +92,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .iter()
         .map(|t| task(t).ok_or_else(|| super::input_error(format!("unknown task `{t}`"))))
         .collect::<Result<Vec<_>>>()?;
-    let data = match tsd::assets::data_dir(a.data.as_deref()) {
+    let data = match tsd::env::data_dir(a.data.as_deref()) {
         Some(d) => d,
         None => {
             let names: Vec<&str> = tasks.iter().map(|t| t.name).collect();
-            if tsd::assets::check_provisionable(&names)? {
+            if tsd::provision::check_provisionable(&names)? {
                 eprintln!(
                     "tsd eval: no data directory (--data, TSD_DATA); provisioning Social IQa, the one commonsense test set a package registry ships"
                 );
             }
-            tsd::assets::provision_social_iqa(a.src.offline)?
+            tsd::provision::provision_social_iqa(a.src.offline)?
         }
     };
     let path = resolve_path(&ModelSpec {
@@ -161,7 +162,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 } else {
                     present.join(", ")
                 },
-                tsd::assets::LLM_ADAPTERS_DATA
+                tsd::provision::LLM_ADAPTERS_DATA
             )));
         }
         let mut ex = tsd::train::data::load_examples(&file)?;

@@ -14,7 +14,7 @@ pub struct FetchArgs {
 }
 
 pub fn run(a: FetchArgs) -> Result<()> {
-    let p = tsd::assets::default_model(false)?;
+    let p = tsd::provision::default_model(false)?;
     if let Some(dir) = &a.hf_dir {
         let m = tsd::weights::GgufModel::open(&p)?;
         tsd::weights::hf_dir::write_hf_dir(&m, dir)?;

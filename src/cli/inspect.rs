@@ -8,7 +8,8 @@ use tsd::inspect::{inspect, InspectOptions, Reference};
 use tsd::linalg::cache::SvdCache;
 use tsd::linalg::Precision;
 use tsd::output::{inspect_csv, inspect_table, to_json, Format};
-use tsd::weights::{open_model, ModelSpec};
+use tsd::provision::open_model;
+use tsd::weights::ModelSpec;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {

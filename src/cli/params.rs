@@ -55,7 +55,7 @@ fn load_config(spec: &str, src: &ModelArgs) -> Result<LlamaConfig> {
         let v: serde_json::Value = tsd::fsutil::read_json(&f)?;
         return Ok(LlamaConfig::from_json(v, &f)?);
     }
-    let m = tsd::weights::open_model(&tsd::weights::ModelSpec {
+    let m = tsd::provision::open_model(&tsd::weights::ModelSpec {
         spec: spec.to_string(),
         revision: src.revision.clone(),
         offline: src.offline,

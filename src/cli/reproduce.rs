@@ -163,7 +163,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         p.tsd_by = by.ranking();
     }
     let out = a.out.clone().unwrap_or_else(|| default_out(&p.name));
-    let data = tsd::assets::data_dir(a.data.as_deref()).ok_or_else(|| super::input_error("no data directory: pass --data DIR (LLM-Adapters layout with <task>/train.json and <task>/test.json) or set TSD_DATA"))?;
+    let data = tsd::env::data_dir(a.data.as_deref()).ok_or_else(|| super::input_error("no data directory: pass --data DIR (LLM-Adapters layout with <task>/train.json and <task>/test.json) or set TSD_DATA"))?;
     if a.emit_jobs {
         return emit(&a, &p, from_dir, &out, &data);
     }

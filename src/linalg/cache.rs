@@ -76,14 +76,9 @@ impl SvdCache {
 
     /// The cache under the tsd home directory (`$TSD_HOME/svd`), limited by `TSD_SVD_CACHE_MAX`.
     pub fn default_location() -> Self {
-        let max_bytes = match std::env::var("TSD_SVD_CACHE_MAX") {
-            Ok(v) => parse_size(&v).ok_or_else(|| {
-                format!("TSD_SVD_CACHE_MAX={v:?} is not a size (bytes, or a number with K, M, G or T, binary)")
-            }),
-            Err(_) => Ok(DEFAULT_MAX_BYTES),
-        };
+        let max_bytes = crate::env::svd_cache_max().unwrap_or(Ok(DEFAULT_MAX_BYTES));
         SvdCache {
-            dir: Some(crate::assets::tsd_home().join("svd")),
+            dir: Some(crate::env::tsd_home().join("svd")),
             max_bytes,
         }
     }
@@ -187,25 +182,6 @@ impl SvdCache {
 enum Found {
     Entry(SvdFactors),
     Computed(Svd, CacheOutcome),
-}
-
-/// Parses `123`, `500M`, `32G`, `1.5T`, `64KiB` (binary multiples) into bytes.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (num, mult) = match t.chars().last()? {
-        'K' | 'k' => (&t[..t.len() - 1], 1u64 << 10),
-        'M' | 'm' => (&t[..t.len() - 1], 1 << 20),
-        'G' | 'g' => (&t[..t.len() - 1], 1 << 30),
-        'T' | 't' => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let x: f64 = num.trim().parse().ok()?;
-    let bytes = x * mult as f64;
-    (x.is_finite() && x >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// Marks an entry as recently used (its mtime drives eviction). A read-only cache keeps working.
@@ -550,13 +526,13 @@ mod tests {
 
     #[test]
     fn sizes_parse_with_binary_suffixes_and_garbage_is_refused() {
-        assert_eq!(parse_size("123"), Some(123));
-        assert_eq!(parse_size("32G"), Some(32 << 30));
-        assert_eq!(parse_size("500MiB"), Some(500 << 20));
-        assert_eq!(parse_size("1.5K"), Some(1536));
-        assert_eq!(parse_size("2TB"), Some(2 << 40));
+        assert_eq!(crate::env::parse_size("123"), Some(123));
+        assert_eq!(crate::env::parse_size("32G"), Some(32 << 30));
+        assert_eq!(crate::env::parse_size("500MiB"), Some(500 << 20));
+        assert_eq!(crate::env::parse_size("1.5K"), Some(1536));
+        assert_eq!(crate::env::parse_size("2TB"), Some(2 << 40));
         for bad in ["", "G", "-1G", "lots", "1e400", "NaN"] {
-            assert_eq!(parse_size(bad), None, "{bad:?}");
+            assert_eq!(crate::env::parse_size(bad), None, "{bad:?}");
         }
         let c = SvdCache {
             dir: Some("x".into()),

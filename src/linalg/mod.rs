@@ -95,13 +95,8 @@ impl Matrix {
             let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
             h.update(&bytes);
         }
-        hex(&h.finalize())
+        crate::fsutil::hex(&h.finalize())
     }
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Floating-point precision an SVD is computed in. Results are always handed out as f64.

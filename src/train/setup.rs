@@ -67,7 +67,7 @@ impl Trainer {
     pub(super) fn build(config: TrainConfig, run_dir: &Path) -> Result<Self> {
         let device = device_for(&config.device)?;
         let dtype = dtype_for(&config.dtype)?;
-        let path = weights::resolve_path(&ModelSpec {
+        let path = crate::provision::resolve_path(&ModelSpec {
             spec: config.model.clone(),
             revision: config.revision.clone(),
             offline: false,

@@ -45,142 +45,11 @@ pub fn looks_like_repo_id(s: &str) -> bool {
         })
 }
 
-/// huggingface_hub's `_is_true`: 1, ON, YES, TRUE in any case; anything else is false.
-fn is_true(v: &str) -> bool {
-    matches!(v.to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE")
-}
-
-/// Whether the environment asks for offline mode: `HF_HUB_OFFLINE`, or `TRANSFORMERS_OFFLINE`
-/// when the former is unset or empty (huggingface_hub reads `HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE`).
-/// Why the network is not used for a lookup, when it is not: the variable that is set, `--offline`,
-/// or `local_only` (a base an adapter or run declares is looked up in the cache only, never
-/// downloaded). `None`: downloads are allowed.
-pub fn offline_reason(offline_flag: bool, local_only: bool) -> Option<String> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    if let Some(v) = get("HF_HUB_OFFLINE") {
-        if is_true(&v) {
-            return Some(format!("offline mode is on (HF_HUB_OFFLINE={v})"));
-        }
-    } else if let Some(v) = get("TRANSFORMERS_OFFLINE").filter(|v| is_true(v)) {
-        return Some(format!("offline mode is on (TRANSFORMERS_OFFLINE={v})"));
-    }
-    if offline_flag {
-        Some("offline mode is on (--offline)".into())
-    } else if local_only {
-        Some("a declared base is looked up in the cache only, never downloaded".into())
-    } else {
-        None
-    }
-}
-
-pub fn env_offline() -> bool {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    get("HF_HUB_OFFLINE")
-        .or_else(|| get("TRANSFORMERS_OFFLINE"))
-        .is_some_and(|v| is_true(&v))
-}
-
 /// A 40-hex lowercase commit sha (huggingface_hub's `REGEX_COMMIT_HASH`).
 pub fn is_commit_sha(s: &str) -> bool {
     s.len() == 40
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// `$VAR` / `${VAR}` expanded from the environment, unknown ones left as written (Python's
-/// `os.path.expandvars`), after a leading `~` or `~/` became `$HOME` (`expanduser`).
-fn expand(var: &str, value: &str) -> Result<PathBuf> {
-    let home = || {
-        std::env::var("HOME").map_err(|_| {
-            Error::InvalidArgument(format!("{var}={value}: `~` needs HOME, which is not set"))
-        })
-    };
-    let value = if value == "~" {
-        home()?
-    } else if let Some(rest) = value.strip_prefix("~/") {
-        format!("{}/{rest}", home()?)
-    } else if value.starts_with('~') {
-        return Err(Error::InvalidArgument(format!(
-            "{var}={value}: `~user` paths are not expanded; give the path itself"
-        )));
-    } else {
-        value.to_string()
-    };
-    let mut out = String::new();
-    let mut rest = value.as_str();
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let (name, len) = if let Some(braced) = after.strip_prefix('{') {
-            match braced.find('}') {
-                Some(j) => (&braced[..j], j + 2),
-                None => ("", 0),
-            }
-        } else {
-            let n = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            (&after[..n], n)
-        };
-        match std::env::var(name) {
-            Ok(v) if !name.is_empty() => out.push_str(&v),
-            _ => out.push_str(&rest[i..i + 1 + len]),
-        }
-        rest = &after[len..];
-    }
-    out.push_str(rest);
-    Ok(PathBuf::from(out))
-}
-
-/// A set, non-empty environment variable as an expanded path.
-fn env_path(var: &str) -> Result<Option<PathBuf>> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Ok(Some(expand(var, &v)?)),
-        _ => Ok(None),
-    }
-}
-
-/// `HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
-fn hf_home() -> Result<PathBuf> {
-    if let Some(p) = env_path("HF_HOME")? {
-        return Ok(p);
-    }
-    let cache = match env_path("XDG_CACHE_HOME")? {
-        Some(p) => p,
-        None => expand("HOME", "~/.cache")?,
-    };
-    Ok(cache.join("huggingface"))
-}
-
-/// The cache root huggingface_hub uses in this environment (see the module doc).
-pub fn cache_root() -> Result<PathBuf> {
-    if let Some(p) = env_path("HF_HUB_CACHE")? {
-        return Ok(p);
-    }
-    if let Some(p) = env_path("HUGGINGFACE_HUB_CACHE")? {
-        return Ok(p);
-    }
-    Ok(hf_home()?.join("hub"))
-}
-
-/// The token huggingface_hub would send: `HF_TOKEN` (or the legacy `HUGGING_FACE_HUB_TOKEN`),
-/// else the file at `HF_TOKEN_PATH` (default `$HF_HOME/token`).
-fn token() -> Result<Option<String>> {
-    for k in ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"] {
-        if let Ok(t) = std::env::var(k) {
-            if !t.trim().is_empty() {
-                return Ok(Some(t.trim().to_string()));
-            }
-        }
-    }
-    let path = match env_path("HF_TOKEN_PATH")? {
-        Some(p) => p,
-        None => hf_home()?.join("token"),
-    };
-    Ok(std::fs::read_to_string(path)
-        .ok()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty()))
 }
 
 /// Whether a name stays inside the directory it is joined to (`a/b` yes; `/a`, `../a`, `a//b` no).
@@ -238,9 +107,9 @@ impl HubCache {
         HubCache { root: root.into() }
     }
 
-    /// The root of this environment ([`cache_root`]).
+    /// The root of this environment ([`crate::env::hf_cache_root`]).
     pub fn from_env() -> Result<Self> {
-        Ok(Self::new(cache_root()?))
+        Ok(Self::new(crate::env::hf_cache_root()?))
     }
 
     pub fn root(&self) -> &Path {
@@ -439,14 +308,10 @@ struct Remote<'a> {
 
 impl<'a> Remote<'a> {
     fn open(cache: &'a HubCache, id: &'a str, revision: &'a str) -> Result<Self> {
-        let endpoint = std::env::var("HF_ENDPOINT")
-            .ok()
-            .filter(|e| !e.is_empty())
-            .map(|e| e.trim_end_matches('/').to_string())
-            .unwrap_or_else(|| "https://huggingface.co".into());
+        let endpoint = crate::env::hf_endpoint();
         let api = ApiBuilder::from_cache(hf_hub::Cache::new(cache.root().to_path_buf()))
             .with_endpoint(endpoint.clone())
-            .with_token(token()?)
+            .with_token(crate::env::hf_token()?)
             .with_progress(true)
             .build()
             .map_err(|e| hub_error(id, &endpoint, "connecting", e))?;
@@ -617,7 +482,7 @@ pub fn fetch_file(id: &str, revision: Option<&str>, offline: bool, file: &str) -
     resolve_with(
         id,
         revision,
-        offline_reason(offline, false),
+        crate::env::offline_reason(offline, false),
         |cache, rev| {
             let dir = from_cache(cache, id, rev, &[file], false, &[])?;
             Ok(dir.join(file))
@@ -641,7 +506,7 @@ pub fn resolve(
     offline: bool,
     local_only: bool,
 ) -> Result<PathBuf> {
-    let reason = offline_reason(offline, local_only);
+    let reason = crate::env::offline_reason(offline, local_only);
     let offline = reason.is_some();
     resolve_with(
         id,
@@ -699,12 +564,6 @@ mod tests {
         for bad in ["", "../x", "/etc", "a//b", "a/./b", "a\\b"] {
             assert!(check_revision(bad).is_err(), "{bad}");
         }
-        for (v, t) in [("1", true), ("on", true), ("Yes", true), ("TRUE", true)] {
-            assert_eq!(is_true(v), t);
-        }
-        for v in ["0", "false", "2", ""] {
-            assert!(!is_true(v), "{v}");
-        }
     }
 
     #[test]
@@ -722,28 +581,5 @@ mod tests {
             let e = shards("o/n", &index).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
-    }
-
-    #[test]
-    fn paths_expand_like_python() {
-        let home = std::env::var("HOME").unwrap();
-        assert_eq!(
-            expand("X", "~/a").unwrap(),
-            PathBuf::from(format!("{home}/a"))
-        );
-        assert_eq!(
-            expand("X", "$HOME/b").unwrap(),
-            PathBuf::from(format!("{home}/b"))
-        );
-        assert_eq!(
-            expand("X", "${HOME}c").unwrap(),
-            PathBuf::from(format!("{home}c"))
-        );
-        // Unknown variables stay as written, as os.path.expandvars leaves them.
-        assert_eq!(
-            expand("X", "/x/$TSD_SURELY_UNSET_VAR/y").unwrap(),
-            PathBuf::from("/x/$TSD_SURELY_UNSET_VAR/y")
-        );
-        assert!(expand("X", "~root/x").is_err());
     }
 }

@@ -60,34 +60,6 @@ impl ModelSpec {
     }
 }
 
-/// Opens a base model from a spec (see [`ModelSpec`]).
-pub fn open_model(spec: &ModelSpec) -> Result<Box<dyn WeightSource>> {
-    open_path(&resolve_path(spec)?)
-}
-
-/// The local file or directory a spec names, provisioning or fetching it as the spec allows.
-pub fn resolve_path(spec: &ModelSpec) -> Result<std::path::PathBuf> {
-    if spec.spec == "default" {
-        return crate::assets::default_model(spec.offline);
-    }
-    let p = Path::new(&spec.spec);
-    if p.exists() {
-        return Ok(p.to_path_buf());
-    }
-    if hub::looks_like_repo_id(&spec.spec) {
-        return hub::resolve(
-            &spec.spec,
-            spec.revision.as_deref(),
-            spec.offline,
-            spec.local_only,
-        );
-    }
-    Err(Error::ModelNotFound {
-        spec: spec.spec.clone(),
-        reason: "no such file or directory, and not a Hugging Face model id (`owner/name`)".into(),
-    })
-}
-
 /// Opens a local path: a `.gguf` or `.safetensors` file, or a directory holding either.
 pub fn open_path(p: &Path) -> Result<Box<dyn WeightSource>> {
     let ext = |q: &Path, e: &str| q.extension().is_some_and(|x| x == e);

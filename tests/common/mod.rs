@@ -29,15 +29,15 @@ pub fn tsd(home: &Path) -> assert_cmd::Command {
 /// model: `home/models/<file>` links to it in `$TSD_HOME` (default `~/.cache/tsd`), so the SVD cache
 /// stays isolated while the model is the one `scripts/test.sh` (or `tsd fetch`) provisioned.
 pub fn tsd_with_default_model(home: &Path) -> assert_cmd::Command {
-    let theirs = tsd::assets::tsd_home()
+    let theirs = tsd::env::tsd_home()
         .join("models")
-        .join(tsd::assets::DEFAULT_MODEL_FILE);
+        .join(tsd::provision::DEFAULT_MODEL_FILE);
     assert!(
         theirs.exists(),
         "the default model is not provisioned at {}: run scripts/test.sh (or `tsd fetch`) first",
         theirs.display()
     );
-    let ours = home.join("models").join(tsd::assets::DEFAULT_MODEL_FILE);
+    let ours = home.join("models").join(tsd::provision::DEFAULT_MODEL_FILE);
     if !ours.exists() {
         std::fs::create_dir_all(home.join("models")).unwrap();
         std::os::unix::fs::symlink(&theirs, &ours).unwrap();

