@@ -5,8 +5,8 @@
 use crate::adapter::{Adapter, AdapterConfig, ModuleAdapter};
 use crate::error::Result;
 use crate::inspect::{inspect_within, InspectOptions};
-use crate::linalg::cache::SvdCache;
 use crate::linalg::{svd, Matrix, Precision};
+use crate::svd_cache::SvdCache;
 use crate::weights::memory::InMemoryModel;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};

@@ -315,13 +315,4 @@ mod tests {
             assert!(!is_true(v), "{v}");
         }
     }
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("123"), Some(123));
-        assert_eq!(parse_size("32G"), Some(32 << 30));
-        assert_eq!(parse_size("500MiB"), Some(500 << 20));
-        assert_eq!(parse_size("1.5K"), Some(1536));
-        assert_eq!(parse_size("2TB"), Some(2 << 40));
-    }
 }

@@ -15,9 +15,9 @@ use crate::directions::{
     Ranking, SigmaFloor, Tsd, Update,
 };
 use crate::error::{Error, Result};
-use crate::linalg::cache::{CacheOutcome, SvdCache};
 use crate::linalg::{Matrix, Precision, SvdFactors};
 use crate::model::llama::LinearKind;
+use crate::svd_cache::{CacheOutcome, SvdCache};
 use crate::weights::WeightSource;
 use rayon::prelude::*;
 use serde::Serialize;

@@ -29,6 +29,7 @@ pub mod reproduce;
 pub mod run;
 pub mod signals;
 pub mod stats;
+pub mod svd_cache;
 pub mod threads;
 pub mod track;
 pub mod train;

@@ -2,8 +2,8 @@
 
 use crate::error::{Error, Result};
 use crate::inspect::InspectReport;
-use crate::linalg::cache::CacheOutcome;
 use crate::params::{pct2, ParamCounts};
+use crate::svd_cache::CacheOutcome;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
 

@@ -7,9 +7,9 @@
 use crate::adapter::load_adapter;
 use crate::error::{Error, Result};
 use crate::inspect::{inspect, InspectOptions, InspectReport, Reference};
-use crate::linalg::cache::SvdCache;
 use crate::provision::open_model;
 use crate::run::{Run, RunKind};
+use crate::svd_cache::SvdCache;
 use crate::weights::{open_path, ModelSpec, WeightSource};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

@@ -223,7 +223,7 @@ fn start_dash(model: &mut Llama) {
         model.linears_mut().collect(),
         3,
         Default::default(),
-        &tsd::linalg::cache::SvdCache::disabled(),
+        &tsd::svd_cache::SvdCache::disabled(),
         usize::MAX,
     )
     .unwrap();
@@ -325,7 +325,7 @@ fn dash_switch_is_continuous_on_both_paths() {
                 model.linears_mut().collect(),
                 3,
                 Default::default(),
-                &tsd::linalg::cache::SvdCache::disabled(),
+                &tsd::svd_cache::SvdCache::disabled(),
                 usize::MAX,
             )
             .unwrap();

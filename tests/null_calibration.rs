@@ -15,8 +15,8 @@ use std::path::Path;
 use tsd::adapter::{load_adapter, Adapter, ModuleAdapter};
 use tsd::directions::null::Verdict;
 use tsd::inspect::{inspect, InspectOptions, InspectReport, NullOptions, Reference};
-use tsd::linalg::cache::SvdCache;
 use tsd::linalg::Matrix;
+use tsd::svd_cache::SvdCache;
 use tsd::weights::WeightSource;
 
 const ALPHA: f64 = 0.05;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tsd::adapter::{Adapter, AdapterConfig, ModuleAdapter};
 use tsd::inspect::{inspect, InspectOptions};
-use tsd::linalg::cache::SvdCache;
 use tsd::linalg::Matrix;
+use tsd::svd_cache::SvdCache;
 use tsd::weights::memory::InMemoryModel;
 
 fn chromium() -> Option<PathBuf> {

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use tsd::adapter::{load_adapter, read::is_adapter, read_adapter};
 use tsd::directions::SigmaFloor;
 use tsd::inspect::{inspect, InspectOptions, Reference};
-use tsd::linalg::cache::SvdCache;
 use tsd::linalg::Precision;
 use tsd::output::{inspect_csv, inspect_table, to_json, Format};
 use tsd::provision::open_model;
+use tsd::svd_cache::SvdCache;
 use tsd::weights::ModelSpec;
 
 #[derive(Args, Debug)]

@@ -3,9 +3,9 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use tsd::inspect::InspectOptions;
-use tsd::linalg::cache::SvdCache;
 use tsd::output::{to_json, track_csv, track_table, Format};
 use tsd::run::Run;
+use tsd::svd_cache::SvdCache;
 use tsd::track::{open_reference, track_run};
 use tsd::weights::ModelSpec;
 

@@ -5,7 +5,6 @@
 //! 2-D tensor, so a linear weight is `[out, in]`, LoRA A is `[r, in]`, LoRA B is `[out, r]`.
 //! faer matrices are column-major; the conversions below index by (row, col) so the meaning is kept.
 
-pub mod cache;
 pub mod rows;
 
 pub use rows::{Basis, RowsRef, SvdFactors};

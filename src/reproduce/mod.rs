@@ -1131,7 +1131,7 @@ impl<'a> Grid<'a> {
         // The reference and the base are opened only if a run still needs its capture: a finished
         // reproduction re-renders without them (the reference weights are not kept in git).
         let mut opened: Option<((crate::track::RefSource, String), Box<dyn WeightSource>)> = None;
-        let cache = crate::linalg::cache::SvdCache::default_location();
+        let cache = crate::svd_cache::SvdCache::default_location();
         let mut series: Vec<CaptureSeries> = Vec::new();
         let (key, ref_step) = Self::reference_key(&ref_dir)?;
         let key = ranked_key(key, self.preset.tsd_by);
@@ -1262,7 +1262,7 @@ impl Grid<'_> {
             return Ok((Vec::new(), Vec::new()));
         }
         let cached = controls::Controls::read(self.out);
-        let cache = crate::linalg::cache::SvdCache::default_location();
+        let cache = crate::svd_cache::SvdCache::default_location();
         let mut base: Option<Box<dyn WeightSource>> = None;
         let mut out = Vec::new();
         for r in runs {
@@ -1310,7 +1310,7 @@ impl Grid<'_> {
         &mut self,
         runs: &[RunResult],
         cached: &controls::Controls,
-        cache: &crate::linalg::cache::SvdCache,
+        cache: &crate::svd_cache::SvdCache,
         base: &mut Option<Box<dyn WeightSource>>,
     ) -> Result<Vec<controls::DashPair>> {
         let mut pairs = Vec::new();
@@ -1449,7 +1449,7 @@ fn measure_control(
     cell: &Cell,
     (control, dir, key): (&str, &Path, &str),
     base: &dyn WeightSource,
-    cache: &crate::linalg::cache::SvdCache,
+    cache: &crate::svd_cache::SvdCache,
     tsd_by: crate::directions::Ranking,
 ) -> Result<controls::ControlCapture> {
     let run = crate::run::Run::open(run_dir, None)?;

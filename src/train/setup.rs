@@ -10,9 +10,9 @@ use crate::adapter::config::{LayerIndexes, TargetModules};
 use crate::adapter::plan::{AdapterMethod, AdapterPlan, LinearName};
 use crate::adapter::AdapterConfig;
 use crate::error::{Error, Result};
-use crate::linalg::cache::SvdCache;
 use crate::model::Llama;
 use crate::run::RunRecord;
+use crate::svd_cache::SvdCache;
 use crate::weights::{self, ModelSpec};
 use std::path::{Path, PathBuf};
 

@@ -6,10 +6,10 @@
 //! work stays on the calling thread).
 
 use crate::error::Result;
-use crate::linalg::cache::SvdCache;
 use crate::linalg::{svd_working_bytes, Matrix, Precision, Svd};
 use crate::nn::adapted::DashSwitch;
 use crate::nn::AdaptedLinear;
+use crate::svd_cache::SvdCache;
 use candle_core::DType;
 use rayon::prelude::*;
 

@@ -415,10 +415,10 @@ fn setup_svd_entry(dir: &Path) -> Vec<Vec<u8>> {
     let cache_dir = dir.join("svd");
     let mut seeds = Vec::new();
     for p in [tsd::linalg::Precision::F32, tsd::linalg::Precision::F64] {
-        tsd::linalg::cache::SvdCache::new(&cache_dir)
+        tsd::svd_cache::SvdCache::new(&cache_dir)
             .get_or_compute(&w, p)
             .unwrap();
-        let key = tsd::linalg::cache::SvdCache::key(&w, p);
+        let key = tsd::svd_cache::SvdCache::key(&w, p);
         seeds.push(read(&cache_dir.join(format!("{key}.safetensors"))));
         if p == tsd::linalg::Precision::F32 {
             let _ = CACHE_KEY.set(key);
@@ -429,7 +429,7 @@ fn setup_svd_entry(dir: &Path) -> Vec<Vec<u8>> {
 
 fn run_svd_entry(_: &Path, b: &[u8]) {
     let key = CACHE_KEY.get().map(String::as_str).unwrap_or_default();
-    let _ = tsd::linalg::cache::parse_entry(b, key, 12, 7);
+    let _ = tsd::svd_cache::parse_entry(b, key, 12, 7);
 }
 
 /// Every target.

@@ -14,9 +14,9 @@
 //! The cache is bounded (`TSD_SVD_CACHE_MAX`, default 32 GiB): a hit refreshes the entry's mtime,
 //! and after each write the entries with the oldest mtimes are removed until the total fits.
 
-use super::{svd, Basis, Matrix, Precision, Svd, SvdFactors};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::linalg::{svd, Basis, Matrix, Precision, Svd, SvdFactors};
 use faer::Mat;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
