@@ -49,6 +49,27 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
+/// Writes `value` as pretty JSON (serde_json's two-space layout) and a trailing newline,
+/// atomically ([`atomic_write`]): every JSON record, result and report tsd saves.
+pub fn write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    write_pretty(path, value, "\n")
+}
+
+/// [`write_json`] without the trailing newline, for the files tsd has always written that way
+/// (run and checkpoint configs, records, trainer state, PEFT configs, caches, provisioned data):
+/// their bytes stay what they were.
+pub fn write_json_unterminated<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    write_pretty(path, value, "")
+}
+
+fn write_pretty<T: serde::Serialize + ?Sized>(path: &Path, value: &T, end: &str) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    atomic_write(path, (text + end).as_bytes())
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

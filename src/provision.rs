@@ -191,8 +191,7 @@ pub fn provision_social_iqa(offline: bool) -> Result<PathBuf> {
         )));
     }
     let examples = bigbench_to_llm_adapters(&bytes)?;
-    let text = serde_json::to_string_pretty(&examples).expect("examples serialise");
-    crate::fsutil::atomic_write(&dest, text.as_bytes())?;
+    crate::fsutil::write_json_unterminated(&dest, &examples)?;
     eprintln!(
         "tsd: Social IQa test set ({} examples, sha256 verified) at {}",
         examples.len(),

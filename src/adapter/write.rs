@@ -130,11 +130,7 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
 
 fn write_config(dir: &Path, adapter: &Adapter) -> Result<()> {
     let cfg = config_for(adapter).to_peft_json();
-    let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Json {
-        path: dir.join(CONFIG_FILE),
-        reason: e.to_string(),
-    })?;
-    fsutil::atomic_write(&dir.join(CONFIG_FILE), text.as_bytes())
+    fsutil::write_json_unterminated(&dir.join(CONFIG_FILE), &cfg)
 }
 
 /// The safetensors bytes of an adapter's tensors (Dash modules under tsd's names), metadata

@@ -120,8 +120,7 @@ pub fn read_config(run_dir: &Path) -> Result<TrainConfig> {
 
 /// Writes `RUN/config.json` atomically.
 pub fn write_config(run_dir: &Path, config: &TrainConfig) -> Result<()> {
-    let text = serde_json::to_string_pretty(config).expect("config serialises");
-    crate::fsutil::atomic_write(&run_dir.join(CONFIG_FILE), text.as_bytes())
+    crate::fsutil::write_json_unterminated(&run_dir.join(CONFIG_FILE), config)
 }
 
 /// Reads `RUN/record.json`.
@@ -131,8 +130,7 @@ pub fn read_record(run_dir: &Path) -> Result<RunRecord> {
 
 /// Writes `RUN/record.json` atomically.
 pub fn write_record(run_dir: &Path, record: &RunRecord) -> Result<()> {
-    let text = serde_json::to_string_pretty(record).expect("record serialises");
-    crate::fsutil::atomic_write(&run_dir.join(RECORD_FILE), text.as_bytes())
+    crate::fsutil::write_json_unterminated(&run_dir.join(RECORD_FILE), record)
 }
 
 /// Reads a checkpoint's trainer state.
@@ -142,8 +140,7 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainerState> {
 
 /// Writes a checkpoint's trainer state (last: its presence marks the checkpoint complete).
 pub fn write_state(checkpoint: &Path, state: &TrainerState) -> Result<()> {
-    let text = serde_json::to_string_pretty(state).expect("state serialises");
-    crate::fsutil::atomic_write(&checkpoint.join(STATE_FILE), text.as_bytes())
+    crate::fsutil::write_json_unterminated(&checkpoint.join(STATE_FILE), state)
 }
 
 /// A fresh temporary directory for the checkpoint of `step`.

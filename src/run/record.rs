@@ -176,9 +176,7 @@ pub fn base_files(path: &Path) -> Result<Vec<WeightFile>> {
         });
     }
     if changed {
-        let bytes =
-            serde_json::to_vec_pretty(&cache).map_err(|e| Error::Internal(e.to_string()))?;
-        crate::fsutil::atomic_write(&cache_path, &bytes)?;
+        crate::fsutil::write_json_unterminated(&cache_path, &cache)?;
     }
     Ok(out)
 }

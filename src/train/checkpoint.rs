@@ -80,8 +80,7 @@ impl Trainer {
             }
         }
         candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
-        let cfg = serde_json::to_string_pretty(&self.model.config).expect("config serialises");
-        crate::fsutil::atomic_write(&dir.join("config.json"), cfg.as_bytes())
+        crate::fsutil::write_json_unterminated(&dir.join("config.json"), &self.model.config)
     }
 
     pub(super) fn restore(&mut self, step: usize) -> Result<()> {

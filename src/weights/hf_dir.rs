@@ -111,17 +111,13 @@ pub fn write_hf_dir(m: &GgufModel, dir: &Path) -> Result<()> {
         "eos_token_id": cfg["eos_token_id"],
         "pad_token_id": cfg["pad_token_id"],
     });
-    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON") + "\n";
     fsutil::atomic_write(&weights, &bytes)?;
     fsutil::atomic_write(&dir.join("tokenizer.json"), tok_json.as_bytes())?;
-    fsutil::atomic_write(
+    fsutil::write_json(
         &dir.join("tokenizer_config.json"),
-        pretty(&tokenizer_config(m, &tok)).as_bytes(),
+        &tokenizer_config(m, &tok),
     )?;
-    fsutil::atomic_write(
-        &dir.join("generation_config.json"),
-        pretty(&generation).as_bytes(),
-    )?;
+    fsutil::write_json(&dir.join("generation_config.json"), &generation)?;
     // config.json last: a directory with it is complete.
-    fsutil::atomic_write(&dir.join("config.json"), pretty(&cfg).as_bytes())
+    fsutil::write_json(&dir.join("config.json"), &cfg)
 }
