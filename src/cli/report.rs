@@ -50,7 +50,7 @@ pub fn run(a: ReportArgs) -> Result<()> {
             a.quiet,
         )?;
         let saved = tsd::report::track_path_for(&out);
-        tsd::fsutil::atomic_write(&saved, (tsd::output::to_json(&t)? + "\n").as_bytes())?;
+        tsd::fsutil::write_json(&saved, &t)?;
         eprintln!("wrote {}", saved.display());
         Some(t)
     };

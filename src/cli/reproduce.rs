@@ -404,8 +404,7 @@ fn results_csv(r: &Reproduction) -> Result<Vec<u8>> {
 }
 
 fn write_outputs(r: &Reproduction, out: &std::path::Path) -> Result<()> {
-    let json = tsd::output::to_json(r)? + "\n";
-    tsd::fsutil::atomic_write(&out.join("results.json"), json.as_bytes())?;
+    tsd::fsutil::write_json(&out.join("results.json"), r)?;
     tsd::fsutil::atomic_write(&out.join("results.csv"), &results_csv(r)?)?;
     tsd::report::write_reproduction(r, out)?;
     Ok(())

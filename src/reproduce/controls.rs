@@ -73,8 +73,7 @@ fn cross_tasks(p: &Preset, data: &Path) -> Vec<String> {
 
 /// Writes `examples` as an LLM-Adapters JSON file.
 fn write_examples(path: &Path, examples: &[Example]) -> Result<String> {
-    let text = crate::output::to_json(&examples)? + "\n";
-    crate::fsutil::atomic_write(path, text.as_bytes())?;
+    crate::fsutil::write_json(path, &examples)?;
     Ok(path.display().to_string())
 }
 

@@ -603,8 +603,7 @@ impl<'a> Grid<'a> {
                 )));
             }
         }
-        let text = crate::output::to_json(preset)? + "\n";
-        crate::fsutil::atomic_write(&pj, text.as_bytes())?;
+        crate::fsutil::write_json(&pj, preset)?;
         Ok(Grid {
             preset,
             out,
@@ -856,8 +855,7 @@ impl<'a> Grid<'a> {
             trials,
             chosen,
         };
-        let text = crate::output::to_json(&check)? + "\n";
-        crate::fsutil::atomic_write(&path, text.as_bytes())?;
+        crate::fsutil::write_json(&path, &check)?;
         // The trials' training time is the check's, not the grid's (the lower cache stays apart).
         self.timing.lr_check_s += self.timing.train_s - train_before;
         self.timing.train_s = train_before;
@@ -933,8 +931,7 @@ impl<'a> Grid<'a> {
             lin.merge()?;
         }
         let (scores, results) = self.evaluate(&model)?;
-        let text = crate::output::to_json(&results)? + "\n";
-        crate::fsutil::atomic_write(&dir.join("predictions.json"), text.as_bytes())?;
+        crate::fsutil::write_json(&dir.join("predictions.json"), &results)?;
         let dash: Vec<&crate::adapter::DashState> = adapter
             .modules
             .iter()
@@ -968,8 +965,7 @@ impl<'a> Grid<'a> {
                     .fold(0f64, |a, &x| a.max(x.abs() as f64))
             }),
         };
-        let text = crate::output::to_json(&r)? + "\n";
-        crate::fsutil::atomic_write(&res_path, text.as_bytes())?;
+        crate::fsutil::write_json(&res_path, &r)?;
         (self.log)(&format!(
             "{who}: trained {:.0} s, evaluated {:.0} s: average {:.2} %, final loss {:.3}",
             r.wall_s, r.scores.eval_s, r.scores.average, r.final_loss
@@ -992,13 +988,8 @@ impl<'a> Grid<'a> {
         let dtype = crate::device::dtype_for(&self.preset.dtype)?;
         let model = Llama::from_source(src.as_ref(), &device, dtype)?;
         let (scores, results) = self.evaluate(&model)?;
-        let text = crate::output::to_json(&results)? + "\n";
-        crate::fsutil::atomic_write(
-            &self.out.join("base").join("predictions.json"),
-            text.as_bytes(),
-        )?;
-        let text = crate::output::to_json(&scores)? + "\n";
-        crate::fsutil::atomic_write(&path, text.as_bytes())?;
+        crate::fsutil::write_json(&self.out.join("base").join("predictions.json"), &results)?;
+        crate::fsutil::write_json(&path, &scores)?;
         Ok(scores)
     }
 
@@ -1026,8 +1017,10 @@ impl<'a> Grid<'a> {
             (self.log)(&format!("control {}: {why}", t.piece()));
             let dir = self.out.join("runs").join(t.piece());
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            let text = crate::output::to_json(&serde_json::json!({ "skipped": why }))? + "\n";
-            crate::fsutil::atomic_write(&dir.join("skipped.json"), text.as_bytes())?;
+            crate::fsutil::write_json(
+                &dir.join("skipped.json"),
+                &serde_json::json!({ "skipped": why }),
+            )?;
             return Ok(());
         }
         let mut cfg = self.train_config(&cell, lr * self.preset.full_lr_scale, None);
@@ -1236,8 +1229,7 @@ impl<'a> Grid<'a> {
                     })
                     .collect(),
             };
-            let text = crate::output::to_json(&s)? + "\n";
-            crate::fsutil::atomic_write(&path, text.as_bytes())?;
+            crate::fsutil::write_json(&path, &s)?;
             series.push(s);
             self.timing.capture_s += t0.elapsed().as_secs_f64();
         }
@@ -1540,8 +1532,7 @@ fn record_timing(out: &Path, timing: &Timing) -> Result<Vec<Timing>> {
     if worked {
         // Only invocations that computed something: a re-render costs nothing worth summing.
         invocations.push(timing.clone());
-        let text = crate::output::to_json(&invocations)? + "\n";
-        crate::fsutil::atomic_write(&tpath, text.as_bytes())?;
+        crate::fsutil::write_json(&tpath, &invocations)?;
     }
     Ok(invocations)
 }
