@@ -517,7 +517,7 @@ impl RandomLlama {
         if rest == "input_layernorm.weight" || rest == "post_attention_layernorm.weight" {
             return Some(vec![h]);
         }
-        let module = crate::adapter::plan::LinearName::parse(name.strip_suffix(".weight")?)?;
+        let module = crate::names::LinearName::parse(name.strip_suffix(".weight")?)?;
         c.linear_shape(module.kind.as_str())
             .map(|(o, i)| vec![o, i])
     }

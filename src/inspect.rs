@@ -4,7 +4,6 @@
 //! TSDs, amplification, Dash coefficients, capture against the reference → [`InspectReport`].
 //! Nothing here prints or renders; the report is plain data (serde) for the table/JSON/CSV/HTML layers.
 
-use crate::adapter::plan::LinearName;
 use crate::adapter::{Adapter, DashNaming, ModuleAdapter};
 use crate::directions::null::{
     capture_test, enrichment_null, CaptureStatistic, EnrichmentNull, NullDraws, NullTest,
@@ -16,7 +15,8 @@ use crate::directions::{
 };
 use crate::error::{Error, Result};
 use crate::linalg::{Matrix, Precision, SvdFactors};
-use crate::model::llama::LinearKind;
+use crate::names::LinearKind;
+use crate::names::LinearName;
 use crate::svd_cache::{CacheOutcome, SvdCache};
 use crate::weights::WeightSource;
 use rayon::prelude::*;
@@ -384,17 +384,6 @@ pub struct InspectReport {
     pub cache_hits: usize,
 }
 
-/// The layer number in a module path (`model.layers.12.mlp.up_proj` → 12).
-pub fn layer_of(module: &str) -> Option<usize> {
-    let mut parts = module.split('.');
-    while let Some(p) = parts.next() {
-        if p == "layers" || p == "h" || p == "layer" || p == "blocks" {
-            return parts.next().and_then(|n| n.parse().ok());
-        }
-    }
-    None
-}
-
 /// Loads the base weight of a module as `[out, in]` and checks it against the adapter's shapes.
 fn base_weight(base: &dyn WeightSource, m: &ModuleAdapter, fan_in_fan_out: bool) -> Result<Matrix> {
     let name = format!("{}.weight", m.module);
@@ -558,10 +547,10 @@ fn analyse_module(
 
     Ok(ModuleReport {
         module: m.module.clone(),
-        module_type: crate::adapter::plan::module_type(&m.module),
+        module_type: crate::names::module_type(&m.module),
         layer: LinearName::parse(&m.module)
             .map(|n| n.layer)
-            .or_else(|| layer_of(&m.module)),
+            .or_else(|| crate::names::layer_of(&m.module)),
         shape: [n, mm],
         r: m.r,
         alpha: m.alpha,
@@ -1170,12 +1159,5 @@ mod tests {
             "the second run reads every SVD from the cache"
         );
         assert_eq!(serial, parallel);
-    }
-
-    #[test]
-    fn layer_numbers_are_parsed() {
-        assert_eq!(layer_of("model.layers.12.mlp.up_proj"), Some(12));
-        assert_eq!(layer_of("transformer.h.3.attn.c_attn"), Some(3));
-        assert_eq!(layer_of("lm_head"), None);
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod faults;
 pub mod fsutil;
 pub mod linalg;
+pub mod names;
 pub mod provision;
 pub mod weights;
 

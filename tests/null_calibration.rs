@@ -184,6 +184,6 @@ fn unrelated_updates_are_calibrated_and_related_ones_detected_on_the_default_mod
     .unwrap();
     // The top 10 of 30 layers: 50 modules a pair.
     ad.modules
-        .retain(|m| tsd::inspect::layer_of(&m.module).is_some_and(|l| l >= 20));
+        .retain(|m| tsd::names::layer_of(&m.module).is_some_and(|l| l >= 20));
     calibration(&ad, base.as_ref(), 6, 1);
 }

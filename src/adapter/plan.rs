@@ -7,63 +7,13 @@
 use super::config::{LayerIndexes, TargetModules};
 use super::AdapterConfig;
 use crate::error::{Error, Result};
-use crate::model::llama::LinearKind;
+use crate::names::{LinearKind, LinearName, Method};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// A linear of a LLaMA-family layer by its parts: `model.layers.{layer}.{group}.{kind}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LinearName {
-    pub layer: usize,
-    pub kind: LinearKind,
-}
-
-impl LinearName {
-    /// Parses an HF module path; `None` for anything that is not exactly a LLaMA layer's linear
-    /// (another architecture's module, `lm_head`, a wrong group such as `mlp.q_proj`).
-    pub fn parse(path: &str) -> Option<Self> {
-        let rest = path.strip_prefix("model.layers.")?;
-        let (layer, rest) = rest.split_once('.')?;
-        if layer.is_empty() || !layer.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let (group, short) = rest.split_once('.')?;
-        let kind: LinearKind = short.parse().ok()?;
-        (kind.group() == group).then_some(LinearName {
-            layer: layer.parse().ok()?,
-            kind,
-        })
-    }
-
-    /// The HF module path.
-    pub fn path(&self) -> String {
-        self.kind.path(self.layer)
-    }
-}
-
-/// The module type a report shows: the linear's kind for a LLaMA layer's linear, else the last
-/// segment of the path (modules of other architectures, e.g. GPT-2's `c_attn`).
-pub fn module_type(path: &str) -> String {
-    match LinearName::parse(path) {
-        Some(n) => n.kind.as_str().to_string(),
-        None => path.rsplit('.').next().unwrap_or(path).to_string(),
-    }
-}
-
-/// What a planned module is trained as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AdapterMethod {
-    /// LoRA `B·A`.
-    Lora,
-    /// LoRA first, with a Dash term from the switch on (the plan attaches the LoRA part).
-    LoraDash,
-    /// The whole weight.
-    Full,
-}
 
 /// The adapter one module gets.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PlannedAdapter {
-    pub method: AdapterMethod,
+    pub method: Method,
     pub r: usize,
     pub alpha: f64,
     /// PEFT's scaling, `α/r` or `α/√r` with rsLoRA.
@@ -82,7 +32,7 @@ impl AdapterPlan {
     /// The plan for a model with `num_layers` layers: a linear is adapted when `config` selects
     /// it as PEFT's `check_target_module_exists` does, with its `rank_pattern` / `alpha_pattern`
     /// rank and alpha. A config that selects no module is bad input.
-    pub fn new(config: AdapterConfig, method: AdapterMethod, num_layers: usize) -> Result<Self> {
+    pub fn new(config: AdapterConfig, method: Method, num_layers: usize) -> Result<Self> {
         let mut modules = BTreeMap::new();
         for layer in 0..num_layers {
             for kind in LinearKind::ALL {
@@ -159,32 +109,13 @@ mod tests {
         plan.modules().map(|(n, _)| n.path()).collect()
     }
 
-    #[test]
-    fn names_parse_and_round_trip() {
-        let n = LinearName::parse("model.layers.12.mlp.up_proj").unwrap();
-        assert_eq!((n.layer, n.kind), (12, LinearKind::Up));
-        assert_eq!(n.path(), "model.layers.12.mlp.up_proj");
-        for bad in [
-            "model.layers.1.mlp.q_proj",
-            "model.layers.x.self_attn.q_proj",
-            "model.layers..self_attn.q_proj",
-            "transformer.h.3.attn.c_attn",
-            "lm_head",
-            "model.layers.1.self_attn.q_proj.extra",
-        ] {
-            assert_eq!(LinearName::parse(bad), None, "{bad}");
-        }
-        assert_eq!(module_type("model.layers.0.self_attn.v_proj"), "v_proj");
-        assert_eq!(module_type("transformer.h.3.attn.c_attn"), "c_attn");
-    }
-
     /// q and v in the top 2 of 4 layers, as `tsd train --targets q_proj,v_proj --top-layers 2`.
     #[test]
     fn names_and_top_layers() {
         let c = cfg(
             r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "layers_to_transform": [2, 3]}"#,
         );
-        let plan = AdapterPlan::new(c, AdapterMethod::Lora, 4).unwrap();
+        let plan = AdapterPlan::new(c, Method::Lora, 4).unwrap();
         assert_eq!(
             paths(&plan),
             [
@@ -215,7 +146,7 @@ mod tests {
             r#"{"r": 8, "lora_alpha": 16, "target_modules": ".*\\.layers\\.[01]\\.mlp\\.(up|down)_proj",
                 "rank_pattern": {"down_proj": 2}, "alpha_pattern": {"layers.1.mlp.up_proj": 4}}"#,
         );
-        let plan = AdapterPlan::new(c, AdapterMethod::Full, 3).unwrap();
+        let plan = AdapterPlan::new(c, Method::Full, 3).unwrap();
         assert_eq!(
             paths(&plan),
             [
@@ -229,7 +160,7 @@ mod tests {
         assert_eq!(get(0, LinearKind::Down).r, 2);
         assert_eq!(get(0, LinearKind::Up).r, 8);
         assert_eq!(get(1, LinearKind::Up).alpha, 4.0);
-        assert_eq!(get(0, LinearKind::Up).method, AdapterMethod::Full);
+        assert_eq!(get(0, LinearKind::Up).method, Method::Full);
     }
 
     #[test]
@@ -237,16 +168,16 @@ mod tests {
         let c = cfg(
             r#"{"target_modules": "all-linear", "layers_to_transform": 1, "exclude_modules": ["o_proj"]}"#,
         );
-        let plan = AdapterPlan::new(c, AdapterMethod::Lora, 2).unwrap();
+        let plan = AdapterPlan::new(c, Method::Lora, 2).unwrap();
         assert_eq!(plan.modules().count(), 6);
         assert!(plan
             .modules()
             .all(|(n, _)| n.kind != LinearKind::O && n.layer == 1));
         let c = cfg(r#"{"target_modules": ["down_proj"], "layers_to_transform": [1]}"#);
-        let plan = AdapterPlan::new(c, AdapterMethod::Lora, 2).unwrap();
+        let plan = AdapterPlan::new(c, Method::Lora, 2).unwrap();
         assert_eq!(paths(&plan), ["model.layers.1.mlp.down_proj"]);
         let c = cfg(r#"{"target_modules": ["q_proj"], "layers_to_transform": [5]}"#);
-        assert!(AdapterPlan::new(c, AdapterMethod::Lora, 2).is_err());
+        assert!(AdapterPlan::new(c, Method::Lora, 2).is_err());
     }
 
     #[test]

@@ -3,7 +3,6 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use tsd::reproduce::{default_out, reproduce, Options, Preset, Reproduction};
-use tsd::train::Method;
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -317,14 +316,6 @@ fn emit(
     Ok(())
 }
 
-fn method_name(m: Method) -> &'static str {
-    match m {
-        Method::Lora => "lora",
-        Method::LoraDash => "lora-dash",
-        Method::Full => "full",
-    }
-}
-
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or(String::new(), |x| format!("{x:.digits$}"))
 }
@@ -372,7 +363,7 @@ fn results_csv(r: &Reproduction) -> Result<Vec<u8>> {
     for x in &r.runs {
         let mut row = vec![
             x.name.clone(),
-            method_name(x.method).to_string(),
+            x.method.as_str().to_string(),
             x.rank.to_string(),
             x.seed.to_string(),
             x.lr.to_string(),
@@ -587,7 +578,7 @@ fn print_summary(r: &Reproduction) {
         for c in &r.summary.controls {
             println!(
                 "  {:<10} r={:<3} {:<17} {:.2} / {:.2} / {}",
-                tsd::reproduce::summary::method_label(c.method),
+                c.method.label(),
                 c.rank,
                 c.control,
                 c.all.accuracy,

@@ -2,7 +2,8 @@ use super::{progress_bar, DeviceArgs};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
-use tsd::train::{Method, TrainConfig, Trainer};
+use tsd::names::Method;
+use tsd::train::{TrainConfig, Trainer};
 
 /// Flags left out take their value from `--config` (when given), else from tsd's defaults, shown
 /// as `[default: …]` (a test checks them against `TrainConfig::default()`).

@@ -458,7 +458,7 @@ impl LlamaConfig {
     /// RMSNorms, the final norm, and the LM head unless tied — transformers' `num_parameters()`.
     pub fn total_params(&self) -> u64 {
         let h = self.hidden_size as u64;
-        let per_layer: u64 = crate::model::llama::LINEARS
+        let per_layer: u64 = crate::names::LINEARS
             .iter()
             .map(|m| {
                 let (o, i) = self.linear_shape(m).expect("known module");

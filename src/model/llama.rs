@@ -12,101 +12,11 @@
 
 use super::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::names::LinearKind;
 use crate::nn::attention::{rope_composed as rope, rope_tables, split_heads};
 use crate::nn::{AdaptedLinear, ForwardCtx, FrozenLinear};
 use crate::weights::WeightSource;
 use candle_core::{DType, Device, Module, Tensor, D};
-
-/// The linear modules of a LLaMA layer, in HF order (the names of [`LinearKind::ALL`]).
-pub const LINEARS: [&str; 7] = [
-    LinearKind::Q.as_str(),
-    LinearKind::K.as_str(),
-    LinearKind::V.as_str(),
-    LinearKind::O.as_str(),
-    LinearKind::Gate.as_str(),
-    LinearKind::Up.as_str(),
-    LinearKind::Down.as_str(),
-];
-
-/// Which of a LLaMA layer's seven linears: a typed name, so that no code reaches a linear by its
-/// position in the layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LinearKind {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl LinearKind {
-    /// Every kind, in HF order (the order of a layer's state dict).
-    pub const ALL: [LinearKind; 7] = [
-        LinearKind::Q,
-        LinearKind::K,
-        LinearKind::V,
-        LinearKind::O,
-        LinearKind::Gate,
-        LinearKind::Up,
-        LinearKind::Down,
-    ];
-
-    /// The Hugging Face module name (`q_proj`, …, `down_proj`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            LinearKind::Q => "q_proj",
-            LinearKind::K => "k_proj",
-            LinearKind::V => "v_proj",
-            LinearKind::O => "o_proj",
-            LinearKind::Gate => "gate_proj",
-            LinearKind::Up => "up_proj",
-            LinearKind::Down => "down_proj",
-        }
-    }
-
-    /// `self_attn` or `mlp`: where the linear sits in a layer.
-    pub const fn group(self) -> &'static str {
-        match self {
-            LinearKind::Q | LinearKind::K | LinearKind::V | LinearKind::O => "self_attn",
-            LinearKind::Gate | LinearKind::Up | LinearKind::Down => "mlp",
-        }
-    }
-
-    /// The HF module path in layer `layer`, e.g. `model.layers.3.self_attn.q_proj`.
-    pub fn path(self, layer: usize) -> String {
-        format!("model.layers.{layer}.{}.{}", self.group(), self.as_str())
-    }
-
-    /// Position in [`LinearKind::ALL`].
-    const fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl std::fmt::Display for LinearKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for LinearKind {
-    type Err = Error;
-
-    /// Parses an HF short name (`q_proj`, …); anything else is bad input naming the value.
-    fn from_str(s: &str) -> Result<Self> {
-        LinearKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "`{s}` is not a LLaMA linear module (one of {})",
-                    LINEARS.join(", ")
-                ))
-            })
-    }
-}
 
 /// One decoder layer.
 pub struct Block {
@@ -344,7 +254,7 @@ fn check_unused(src: &dyn WeightSource, config: &LlamaConfig) -> Result<()> {
     .map(|s| s.to_string())
     .collect();
     for l in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{l}");
+        let p = crate::names::layer_prefix(l);
         known.insert(format!("{p}.input_layernorm.weight"));
         known.insert(format!("{p}.post_attention_layernorm.weight"));
         for kind in LinearKind::ALL {
@@ -407,7 +317,7 @@ impl Llama {
         let embed = load_tensor(src, "model.embed_tokens.weight", &[v, h], device, dtype)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
-            let p = format!("model.layers.{l}");
+            let p = crate::names::layer_prefix(l);
             let mut linears = Vec::with_capacity(7);
             let mut biases = Vec::with_capacity(7);
             for kind in LinearKind::ALL {

@@ -216,11 +216,11 @@ pub struct Style {
 
 /// The colour of a method on every page: LoRA blue, LoRA-Dash vermillion, the full fine-tune
 /// and the base model grey.
-pub fn method_colour(m: crate::train::Method) -> RGBColor {
+pub fn method_colour(m: crate::names::Method) -> RGBColor {
     match m {
-        crate::train::Method::Lora => PALETTE[0],
-        crate::train::Method::LoraDash => PALETTE[1],
-        crate::train::Method::Full => PALETTE[7],
+        crate::names::Method::Lora => PALETTE[0],
+        crate::names::Method::LoraDash => PALETTE[1],
+        crate::names::Method::Full => PALETTE[7],
     }
 }
 

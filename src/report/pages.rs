@@ -848,7 +848,7 @@ fn delta_sigma_chart(
     for s in r
         .capture
         .iter()
-        .filter(|s| s.method == crate::train::Method::LoraDash && s.rank == k)
+        .filter(|s| s.method == crate::names::Method::LoraDash && s.rank == k)
     {
         for p in &s.points {
             for d in &p.delta_sigma {
@@ -963,9 +963,8 @@ pub fn reproduce_html(
     out: &str,
     curves: &[crate::reproduce::RunCurves],
 ) -> Result<String> {
-    use crate::reproduce::summary::method_label;
+    use crate::names::Method;
     use crate::reproduce::Protocol;
-    use crate::train::Method;
     let colour = |m: Method| charts::css(charts::method_colour(m));
     let tasks: Vec<String> = r
         .runs
@@ -1003,7 +1002,7 @@ pub fn reproduce_html(
     for x in &r.runs {
         rows.push(ReproRow {
             name: x.name.clone(),
-            method: method_label(x.method).into(),
+            method: x.method.label().into(),
             colour: colour(x.method),
             rank: x.rank.to_string(),
             seed: x.seed.to_string(),
@@ -1033,7 +1032,7 @@ pub fn reproduce_html(
         .configs
         .iter()
         .map(|c| ConfigRow {
-            method: method_label(c.method).into(),
+            method: c.method.label().into(),
             colour: colour(c.method),
             rank: c.rank,
             pct: format!("{:.4}", c.trainable_pct),
@@ -1121,7 +1120,7 @@ pub fn reproduce_html(
         [Method::Lora, Method::LoraDash]
             .into_iter()
             .map(|m| charts::MethodMarks {
-                name: method_label(m).into(),
+                name: m.label().into(),
                 colour: charts::method_colour(m),
                 side: side(m),
                 configs: sm
@@ -1129,7 +1128,7 @@ pub fn reproduce_html(
                     .iter()
                     .filter(|c| c.method == m)
                     .map(|c| charts::ConfigMarks {
-                        label: format!("{} r={}", method_label(m), c.rank),
+                        label: format!("{} r={}", m.label(), c.rank),
                         // Small multiples: no tags (Params% places each rank as above).
                         tag: if with_mean {
                             format!("r={}", c.rank)
@@ -1151,7 +1150,7 @@ pub fn reproduce_html(
                             .collect(),
                         note: format!(
                             "{} r={}: mean {:.2} % over seeds {:?}{}, Params % {}",
-                            method_label(m),
+                            m.label(),
                             c.rank,
                             c.mean,
                             c.seeds,
@@ -1182,7 +1181,7 @@ pub fn reproduce_html(
         [("lora", Method::Lora), ("lora-dash", Method::LoraDash)]
             .into_iter()
             .map(|(key, m)| charts::MethodMarks {
-                name: format!("{} (paper)", method_label(m)),
+                name: format!("{} (paper)", m.label()),
                 colour: charts::method_colour(m),
                 side: side(m),
                 configs: sm
@@ -1191,7 +1190,7 @@ pub fn reproduce_html(
                     .filter(|p| p.method == key)
                     .filter_map(|p| {
                         Some(charts::ConfigMarks {
-                            label: format!("{} r={} (paper)", method_label(m), p.rank?),
+                            label: format!("{} r={} (paper)", m.label(), p.rank?),
                             tag: format!("r={}", p.rank?),
                             x: paper_pct(p)?,
                             mean: Some(p.avg),
@@ -1200,7 +1199,7 @@ pub fn reproduce_html(
                             note: format!(
                                 "{} {} r={} (paper): {:.1} %, Params % {}",
                                 p.model,
-                                method_label(m),
+                                m.label(),
                                 p.rank?,
                                 p.avg,
                                 p.params_pct
@@ -1297,7 +1296,7 @@ pub fn reproduce_html(
             styles.push(charts::Style {
                 colour: charts::method_colour(c.method),
                 dash: charts::rank_dash(ri),
-                legend: first.then(|| format!("{} r={}", method_label(c.method), c.rank)),
+                legend: first.then(|| format!("{} r={}", c.method.label(), c.rank)),
             });
         }
         for c in curves.iter().filter(|c| !c.val.is_empty()) {
@@ -1495,7 +1494,7 @@ pub fn reproduce_html(
             None
         };
         capture_panels.push(CapturePanel {
-            label: format!("{} r={}", method_label(m), k),
+            label: format!("{} r={}", m.label(), k),
             colour: colour(m),
             svg,
             last,

@@ -12,8 +12,8 @@
 
 use super::Preset;
 use crate::error::Result;
+use crate::names::Method;
 use crate::track::TrackNull;
-use crate::train::config::Method;
 use crate::train::data::{load_examples, Example};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

@@ -26,9 +26,10 @@ use crate::eval::prepared::{
 use crate::eval::{eval_generate, task, Task, TaskResult};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Llama;
+use crate::names::Method;
 use crate::train::data::Example;
 use crate::train::trainer::LowerCacheKey;
-use crate::train::{Method, TrainConfig, Trainer};
+use crate::train::{TrainConfig, Trainer};
 use crate::weights::WeightSource;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

@@ -137,20 +137,11 @@ impl Comparison {
     pub fn label(&self) -> String {
         format!(
             "{} r={} − {} r={}",
-            method_label(self.a_method),
+            self.a_method.label(),
             self.a_rank,
-            method_label(self.b_method),
+            self.b_method.label(),
             self.b_rank
         )
-    }
-}
-
-/// The paper's name of a method.
-pub fn method_label(m: Method) -> &'static str {
-    match m {
-        Method::Lora => "LoRA",
-        Method::LoraDash => "LoRA-Dash",
-        Method::Full => "full",
     }
 }
 
@@ -1059,7 +1050,7 @@ fn controls_sentence(controls: &[ControlStats]) -> Option<String> {
                     )
                 })
                 .collect();
-            format!("{} r = {}: {}", method_label(m), r, each.join(", "))
+            format!("{} r = {}: {}", m.label(), r, each.join(", "))
         })
         .collect();
     (!parts.is_empty()).then(|| {
@@ -1089,7 +1080,7 @@ fn capture_sentence(capture: &[CaptureStats]) -> Option<String> {
             let n = c.null_qkv.as_ref()?;
             Some(format!(
                 "{} r = {} {:.2} against a null of {:.2} (κ {}; {} of {} module tests above null, {} untestable)",
-                method_label(c.method),
+                c.method.label(),
                 c.rank,
                 n.accuracy,
                 n.null_mean,

@@ -292,7 +292,7 @@ impl Run {
     pub fn is_full_fine_tune(&self) -> bool {
         self.config
             .as_ref()
-            .is_some_and(|c| c.method == crate::train::Method::Full)
+            .is_some_and(|c| c.method == crate::names::Method::Full)
     }
 
     /// The tsd run record, for a tsd run that has written one.

@@ -2,10 +2,10 @@
 //! its fold, with the Dash parametrisation beside it: [`adapter::write_adapter`]) or the full weights, the optimizer moments and the trainer state, written into a
 //! temporary directory and renamed; and restoring one exactly for `--resume`.
 
-use super::config::Method;
 use super::trainer::Trainer;
 use crate::adapter::{self, Adapter};
 use crate::error::{Error, Result};
+use crate::names::Method;
 use crate::run::{layout, TrainerState};
 use crate::weights;
 use candle_core::{DType, Tensor};

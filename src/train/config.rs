@@ -2,35 +2,9 @@
 //! strict about unknown fields, saved as `config.json` in the run directory.
 
 use crate::error::{Error, Result};
+use crate::names::Method;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-/// What is trained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// Plain LoRA.
-    Lora,
-    /// LoRA for `dash_t` steps, then LoRA + Dash (README, Definitions: LoRA-Dash).
-    #[default]
-    LoraDash,
-    /// Full fine-tuning of the target modules (a reference ΔW* for TSD capture).
-    Full,
-}
-
-impl std::str::FromStr for Method {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "lora" => Ok(Method::Lora),
-            "lora-dash" | "dash" => Ok(Method::LoraDash),
-            "full" => Ok(Method::Full),
-            o => Err(Error::InvalidArgument(format!(
-                "method `{o}`: expected lora, lora-dash or full"
-            ))),
-        }
-    }
-}
 
 /// Everything that defines a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -206,7 +180,7 @@ impl TrainConfig {
             return bad("dash_s must be positive".into());
         }
         for t in &self.targets {
-            if !crate::model::llama::LINEARS.contains(&t.as_str()) {
+            if !crate::names::LINEARS.contains(&t.as_str()) {
                 return bad(format!("unknown target module `{t}`"));
             }
         }

@@ -12,5 +12,5 @@ pub mod switch;
 pub mod trainer;
 
 pub use crate::run::{RunRecord, StepLog};
-pub use config::{Method, TrainConfig};
+pub use config::TrainConfig;
 pub use trainer::Trainer;

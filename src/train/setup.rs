@@ -1,16 +1,18 @@
 //! Setting a run up: the model with its adapters on the target modules, the data tokenized and
 //! split, the schedule's length and the empty record. Fails before anything is written.
 
-use super::config::{Method, TrainConfig};
+use super::config::TrainConfig;
 use super::data::{self, Batcher, Tokenized};
 use super::device::{device_for, dtype_for};
 use super::optim::{AdamW, AdamWConfig};
 use super::trainer::Trainer;
 use crate::adapter::config::{LayerIndexes, TargetModules};
-use crate::adapter::plan::{AdapterMethod, AdapterPlan, LinearName};
+use crate::adapter::plan::AdapterPlan;
 use crate::adapter::AdapterConfig;
 use crate::error::{Error, Result};
 use crate::model::Llama;
+use crate::names::LinearName;
+use crate::names::Method;
 use crate::run::RunRecord;
 use crate::svd_cache::SvdCache;
 use crate::weights::{self, ModelSpec};
@@ -140,15 +142,7 @@ impl Trainer {
         // Adapters on the modules the plan names (the target modules of the adapted layers).
         let layers = model.layers.len();
         let from_layer = layers - config.top_layers.unwrap_or(layers).min(layers);
-        let plan = AdapterPlan::new(
-            adapter_config(&config, layers),
-            match config.method {
-                Method::Lora => AdapterMethod::Lora,
-                Method::LoraDash => AdapterMethod::LoraDash,
-                Method::Full => AdapterMethod::Full,
-            },
-            layers,
-        )?;
+        let plan = AdapterPlan::new(adapter_config(&config, layers), config.method, layers)?;
         let mut opt = AdamW::new(AdamWConfig {
             weight_decay: config.weight_decay,
             ..Default::default()
@@ -159,14 +153,14 @@ impl Trainer {
                     continue;
                 };
                 match a.method {
-                    AdapterMethod::Full => {
+                    Method::Full => {
                         lin.make_full()?;
                         opt.add(
                             format!("{}.weight", lin.module),
                             lin.full.clone().expect("just made"),
                         )?;
                     }
-                    AdapterMethod::Lora | AdapterMethod::LoraDash => {
+                    Method::Lora | Method::LoraDash => {
                         lin.add_lora(
                             a.r,
                             a.alpha,

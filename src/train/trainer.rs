@@ -3,11 +3,12 @@
 //! passes in [`super::forward`], checkpoint I/O in [`super::checkpoint`], the run directory's
 //! layout in [`crate::run::layout`].
 
-use super::config::{Method, TrainConfig};
+use super::config::TrainConfig;
 use super::data::{Batcher, Tokenized};
 use super::optim::{grad_norm, linear_schedule, AdamW};
 use crate::error::{Error, Result};
 use crate::model::{Llama, LlamaConfig};
+use crate::names::Method;
 use crate::nn::ForwardCtx;
 use crate::run::layout;
 use crate::svd_cache::SvdCache;

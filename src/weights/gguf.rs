@@ -54,7 +54,7 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         "ffn_down.weight" => "mlp.down_proj.weight",
         _ => return None,
     };
-    Some(format!("model.layers.{layer}.{module}"))
+    Some(format!("{}.{module}", crate::names::layer_prefix(layer)))
 }
 
 /// Every tensor's element count must not overflow and its bytes must lie inside the file: candle

@@ -345,7 +345,7 @@ fn run_model_config(dir: &Path, b: &[u8]) {
             let _ = c.total_params();
             let _ = c.head_dim();
             let _ = c.kv_heads();
-            for m in tsd::model::llama::LINEARS {
+            for m in tsd::names::LINEARS {
                 let _ = c.linear_shape(m);
             }
         }
