@@ -3,7 +3,8 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use tsd::names::Method;
-use tsd::train::{TrainConfig, Trainer};
+use tsd::run::TrainConfig;
+use tsd::train::Trainer;
 
 /// Flags left out take their value from `--config` (when given), else from tsd's defaults, shown
 /// as `[default: …]` (a test checks them against `TrainConfig::default()`).

@@ -11,9 +11,9 @@
 //! A checkpoint is written into `checkpoints/.step-000100.tmp-PID/` and renamed into place, so a
 //! killed run leaves a temporary directory (never listed) rather than a half-written checkpoint.
 
+use super::config::TrainConfig;
 use super::record::{RunRecord, TrainerState};
 use crate::error::{Error, Result};
-use crate::train::config::TrainConfig;
 use std::path::{Path, PathBuf};
 
 pub const CONFIG_FILE: &str = "config.json";

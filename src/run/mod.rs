@@ -4,16 +4,17 @@
 //! `report` and `--reference` read every layout through [`Run`].
 
 pub mod base;
+pub mod config;
 pub mod curves;
 pub mod hf;
 pub mod layout;
 pub mod record;
 
+pub use config::TrainConfig;
 pub use curves::Curves;
 pub use record::{EvalLog, RunRecord, StepLog, SwitchLog, TrainerState};
 
 use crate::error::{Error, Result};
-use crate::train::config::TrainConfig;
 use crate::weights::ModelSpec;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -2,9 +2,9 @@
 //! Their on-disk format is what every committed run under `reproductions/` holds: fields are only
 //! ever added, with `#[serde(default)]`.
 
+use super::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::nn::adapted::DashSwitch;
-use crate::train::config::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -1,8 +1,8 @@
 //! Training: data and prompt template, optimizer and schedule, set-up, the loop, forward passes
-//! and checkpoints. The run directory and its record are [`crate::run`]'s.
+//! and checkpoints. The run directory, its record and the
+//! training configuration ([`crate::run::TrainConfig`]) are [`crate::run`]'s.
 
 mod checkpoint;
-pub mod config;
 pub mod data;
 pub mod device;
 mod forward;
@@ -12,5 +12,5 @@ pub mod switch;
 pub mod trainer;
 
 pub use crate::run::{RunRecord, StepLog};
-pub use config::TrainConfig;
+
 pub use trainer::Trainer;

@@ -1,7 +1,6 @@
 //! Setting a run up: the model with its adapters on the target modules, the data tokenized and
 //! split, the schedule's length and the empty record. Fails before anything is written.
 
-use super::config::TrainConfig;
 use super::data::{self, Batcher, Tokenized};
 use super::device::{device_for, dtype_for};
 use super::optim::{AdamW, AdamWConfig};
@@ -14,6 +13,7 @@ use crate::model::Llama;
 use crate::names::LinearName;
 use crate::names::Method;
 use crate::run::RunRecord;
+use crate::run::TrainConfig;
 use crate::svd_cache::SvdCache;
 use crate::weights::{self, ModelSpec};
 use std::path::{Path, PathBuf};

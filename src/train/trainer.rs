@@ -3,7 +3,6 @@
 //! passes in [`super::forward`], checkpoint I/O in [`super::checkpoint`], the run directory's
 //! layout in [`crate::run::layout`].
 
-use super::config::TrainConfig;
 use super::data::{Batcher, Tokenized};
 use super::optim::{grad_norm, linear_schedule, AdamW};
 use crate::error::{Error, Result};
@@ -11,6 +10,7 @@ use crate::model::{Llama, LlamaConfig};
 use crate::names::Method;
 use crate::nn::ForwardCtx;
 use crate::run::layout;
+use crate::run::TrainConfig;
 use crate::svd_cache::SvdCache;
 use candle_core::Tensor;
 use std::path::{Path, PathBuf};

@@ -387,7 +387,7 @@ fn setup_train_config(_: &Path) -> Vec<Vec<u8>> {
 fn run_train_config(dir: &Path, b: &[u8]) {
     let p = dir.join("config.json");
     std::fs::write(&p, b).unwrap();
-    let _ = tsd::train::config::TrainConfig::load(&p);
+    let _ = tsd::run::config::TrainConfig::load(&p);
 }
 
 /// The real Trainer's `trainer_state.json` (`tests/fixtures/hf-trainer-run`), as `tsd track` and

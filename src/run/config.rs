@@ -1,4 +1,4 @@
-//! `tsd train`'s configuration: a serde struct with defaults (README's Definitions: commonsense protocol, recipe where it applies),
+//! `tsd train`'s configuration (here, below `train`, because runs and training both read it): a serde struct with defaults (README's Definitions: commonsense protocol, recipe where it applies),
 //! strict about unknown fields, saved as `config.json` in the run directory.
 
 use crate::error::{Error, Result};
