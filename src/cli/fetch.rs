@@ -17,7 +17,7 @@ pub fn run(a: FetchArgs) -> Result<()> {
     let p = tsd::provision::default_model(false)?;
     if let Some(dir) = &a.hf_dir {
         let m = tsd::weights::GgufModel::open(&p)?;
-        tsd::weights::hf_dir::write_hf_dir(&m, dir)?;
+        tsd::provision::hf_dir::write_hf_dir(&m, dir)?;
         eprintln!(
             "wrote the default model as a transformers directory to {}",
             dir.display()

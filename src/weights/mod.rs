@@ -3,7 +3,6 @@
 //! id resolved through the Hugging Face cache, or a GGUF file (the default model).
 
 pub mod gguf;
-pub mod hf_dir;
 pub mod hub;
 pub mod memory;
 pub mod safetensors_dir;

@@ -1,14 +1,14 @@
 //! A GGUF model written out as a Hugging Face model directory that transformers loads
 //! (`tsd fetch --hf-dir DIR`): `config.json`, `model.safetensors` with every tensor in Hugging Face
 //! names and layout, f32, exactly the values tsd computes with (dequantized, Q/K rows un-permuted:
-//! [`super::gguf`]), `generation_config.json`, and the tokenizer tsd rebuilds from the GGUF metadata
+//! [`crate::weights::gguf`]), `generation_config.json`, and the tokenizer tsd rebuilds from the GGUF metadata
 //! (`tokenizer.json`, `tokenizer_config.json` with the GGUF's chat template and special tokens).
 //! No machine path is written into any of them.
 
-use super::gguf::GgufModel;
-use super::WeightSource;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::weights::gguf::GgufModel;
+use crate::weights::WeightSource;
 use candle_core::quantized::gguf_file::Value;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -93,12 +93,12 @@ pub fn write_hf_dir(m: &GgufModel, dir: &Path) -> Result<()> {
         .map(|(n, shape, b)| {
             TensorView::new(Dtype::F32, shape.clone(), b)
                 .map(|v| (n.clone(), v))
-                .map_err(|e| super::tensor::st_error(&weights, e))
+                .map_err(|e| crate::weights::tensor::st_error(&weights, e))
         })
         .collect::<Result<Vec<_>>>()?;
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = super::serialize::serialize_sorted(views, meta)
-        .map_err(|e| super::tensor::st_error(&weights, e))?;
+    let bytes = crate::weights::serialize::serialize_sorted(views, meta)
+        .map_err(|e| crate::weights::tensor::st_error(&weights, e))?;
     drop(tensors);
     let tok = crate::model::tokenizer::tokenizer_from_gguf(m.content(), m.path())?;
     let tok_json = tok.to_string(true).map_err(|e| Error::Json {

@@ -11,6 +11,8 @@ use crate::env::{data_home, tsd_home};
 use crate::error::{Error, Result};
 use crate::fsutil::{hex, sha256_file};
 use crate::weights::{hub, open_path, ModelSpec, WeightSource};
+
+pub mod hf_dir;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
