@@ -1,8 +1,10 @@
 //! tsd: task-specific directions (TSD) for LoRA and LoRA-Dash.
 //!
-//! Data flows one way: sources (`weights`, `adapter`) → pure math (`linalg`, `directions`) →
-//! analyses (`inspect`, `params`) → rendering (`output`). The `tsd` binary only parses arguments
-//! and calls into this library.
+//! Data flows one way, bottom-up through the layers README's Architecture table declares (and
+//! `tests/layering.rs` enforces): base (`error`, `env`, `fsutil`, `names`, …) → math (`linalg`,
+//! `directions`) → sources (`weights`, `adapter`, `model`, `provision`) → compute (`run`, `train`,
+//! `eval`, `svd_cache`) → analyses (`inspect`, `track`, `reproduce`) → rendering. The `tsd`
+//! binary only parses arguments and calls into this library.
 
 pub mod adapter;
 pub mod bench;

@@ -1290,11 +1290,13 @@ impl Grid<'_> {
             }
         }
         let pairs = self.dash_pairs(runs, &cached, &cache, &mut base)?;
-        let text = crate::output::to_json(&controls::Controls {
-            captures: out.clone(),
-            dash_pairs: pairs.clone(),
-        })? + "\n";
-        crate::fsutil::atomic_write(&controls::Controls::path(self.out), text.as_bytes())?;
+        crate::fsutil::write_json(
+            &controls::Controls::path(self.out),
+            &controls::Controls {
+                captures: out.clone(),
+                dash_pairs: pairs.clone(),
+            },
+        )?;
         Ok((out, pairs))
     }
 
