@@ -1,7 +1,7 @@
 //! tsd: task-specific directions (TSD) for LoRA and LoRA-Dash.
 //!
 //! Data flows one way: sources (`weights`, `adapter`) → pure math (`linalg`, `directions`) →
-//! analyses (`inspect`, `params`) → rendering (`output`). The `tsd` binary only parses arguments
+//! analyses (`inspect`, `params`) → rendering (`render`). The `tsd` binary only parses arguments
 //! and calls into this library.
 
 pub mod adapter;
@@ -21,9 +21,8 @@ pub mod eval;
 pub mod inspect;
 pub mod model;
 pub mod nn;
-pub mod output;
 pub mod params;
-pub mod report;
+pub mod render;
 pub mod reproduce;
 pub mod run;
 pub mod signals;

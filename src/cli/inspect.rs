@@ -7,7 +7,8 @@ use tsd::directions::SigmaFloor;
 use tsd::inspect::{inspect, InspectOptions, Reference};
 use tsd::linalg::cache::SvdCache;
 use tsd::linalg::Precision;
-use tsd::output::{inspect_csv, inspect_table, to_json, Format};
+use tsd::render::inspect::{inspect_csv, inspect_html, inspect_table};
+use tsd::render::{to_json, Format};
 use tsd::weights::{open_model, ModelSpec};
 
 #[derive(Args, Debug)]
@@ -159,7 +160,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         Format::Table => inspect_table(&report),
     };
     if let Some(h) = &a.html {
-        tsd::fsutil::atomic_write(h, tsd::report::pages::inspect_html(&report)?.as_bytes())?;
+        tsd::fsutil::atomic_write(h, inspect_html(&report)?.as_bytes())?;
         eprintln!("wrote {}", h.display());
     }
     if a.out.format() != Format::Table {

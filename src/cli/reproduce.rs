@@ -3,7 +3,6 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use tsd::reproduce::{default_out, reproduce, Options, Preset, Reproduction};
-use tsd::train::Method;
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -122,8 +121,8 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             (Some(o), _) => o.clone(),
             (None, p) => default_out(p.as_deref().unwrap_or("cpu")),
         };
-        let (r, page) = tsd::report::render_saved_reproduction(&out)?;
-        print_summary(&r);
+        let (r, page) = tsd::render::reproduction::render_saved_reproduction(&out)?;
+        print!("{}", tsd::render::reproduction::summary(&r));
         eprintln!(
             "wrote {} from {}",
             page.display(),
@@ -185,7 +184,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         return Ok(());
     };
     write_outputs(&r, &out)?;
-    print_summary(&r);
+    print!("{}", tsd::render::reproduction::summary(&r));
     eprintln!(
         "wrote {}/results.json, results.csv, report.html",
         out.display()
@@ -317,301 +316,13 @@ fn emit(
     Ok(())
 }
 
-fn method_name(m: Method) -> &'static str {
-    match m {
-        Method::Lora => "lora",
-        Method::LoraDash => "lora-dash",
-        Method::Full => "full",
-    }
-}
-
-fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or(String::new(), |x| format!("{x:.digits$}"))
-}
-
-/// One row per run of `results.csv`, from the saved results.
-fn results_csv(r: &Reproduction) -> Result<Vec<u8>> {
-    let tasks: Vec<String> = r
-        .runs
-        .first()
-        .map(|x| x.scores.tasks.iter().map(|t| t.task.clone()).collect())
-        .unwrap_or_default();
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header: Vec<String> = [
-        "name",
-        "method",
-        "rank",
-        "seed",
-        "lr",
-        "trainable_params",
-        "trainable_pct",
-    ]
-    .map(String::from)
-    .to_vec();
-    for t in &tasks {
-        header.push(format!("{t}_loglik"));
-        header.push(format!("{t}_generate"));
-    }
-    header.extend(
-        [
-            "average",
-            "loglik_avg",
-            "generate_avg",
-            "unparseable_rate",
-            "final_loss",
-            "val_loss",
-            "wall_s",
-            "tokens_per_s",
-            "dash_mean_sigma_ratio",
-            "dash_max_delta_sigma",
-        ]
-        .map(String::from),
-    );
-    let io = |e: csv::Error| tsd::Error::Internal(format!("results.csv: {e}"));
-    w.write_record(&header).map_err(io)?;
-    for x in &r.runs {
-        let mut row = vec![
-            x.name.clone(),
-            method_name(x.method).to_string(),
-            x.rank.to_string(),
-            x.seed.to_string(),
-            x.lr.to_string(),
-            x.trainable_params.to_string(),
-            x.trainable_pct.to_string(),
-        ];
-        for t in &tasks {
-            let s = x.scores.tasks.iter().find(|s| &s.task == t);
-            row.push(opt(s.and_then(|s| s.loglik), 2));
-            row.push(opt(s.and_then(|s| s.generate), 2));
-        }
-        row.extend([
-            format!("{:.3}", x.scores.average),
-            opt(x.scores.loglik_avg, 3),
-            opt(x.scores.generate_avg, 3),
-            opt(x.scores.unparseable_rate, 1),
-            format!("{:.4}", x.final_loss),
-            opt(x.val_loss, 4),
-            format!("{:.1}", x.wall_s),
-            format!("{:.1}", x.tokens_per_s),
-            opt(x.dash_mean_sigma_ratio, 4),
-            x.dash_max_delta_sigma
-                .map_or(String::new(), |v| format!("{v:.3e}")),
-        ]);
-        w.write_record(&row).map_err(io)?;
-    }
-    Ok(w.into_inner()
-        .map_err(|e| tsd::Error::Internal(format!("results.csv: {e}")))?)
-}
-
 fn write_outputs(r: &Reproduction, out: &std::path::Path) -> Result<()> {
-    let json = tsd::output::to_json(r)? + "\n";
+    let json = tsd::render::to_json(r)? + "\n";
     tsd::fsutil::atomic_write(&out.join("results.json"), json.as_bytes())?;
-    tsd::fsutil::atomic_write(&out.join("results.csv"), &results_csv(r)?)?;
-    tsd::report::write_reproduction(r, out)?;
+    tsd::fsutil::atomic_write(
+        &out.join("results.csv"),
+        &tsd::render::reproduction::results_csv(r)?,
+    )?;
+    tsd::render::reproduction::write_reproduction(r, out)?;
     Ok(())
-}
-
-fn print_summary(r: &Reproduction) {
-    let p = &r.preset;
-    let proto = format!("{:?}", p.protocol).to_lowercase();
-    println!(
-        "preset {} · model {} · {} runs · lr {:e}{} · headline accuracy: {proto}",
-        p.name,
-        p.model,
-        r.runs.len(),
-        r.lr,
-        if r.lr_check.is_some() {
-            " (from the lr check)"
-        } else {
-            ""
-        }
-    );
-    if let Some(c) = &r.lr_check {
-        for t in &c.trials {
-            println!(
-                "  lr check {:>8.1e}: validation loss {}{}",
-                t.lr,
-                t.val_loss.map_or("diverged".into(), |v| format!("{v:.4}")),
-                if t.lr == c.chosen { "  ← chosen" } else { "" }
-            );
-        }
-    }
-    println!(
-        "{:<14} {:>5} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
-        "run",
-        "rank",
-        "seed",
-        "trainable",
-        "avg %",
-        "loglik",
-        "generate",
-        "unparse %",
-        "val loss",
-        "wall s"
-    );
-    if let Some(b) = &r.base {
-        println!(
-            "{:<14} {:>5} {:>5} {:>10} {:>8.2} {:>8} {:>8} {:>9} {:>8} {:>8}",
-            "base model",
-            "-",
-            "-",
-            0,
-            b.average,
-            opt(b.loglik_avg, 2),
-            opt(b.generate_avg, 1),
-            opt(b.unparseable_rate, 0),
-            "",
-            ""
-        );
-    }
-    for x in &r.runs {
-        println!(
-            "{:<14} {:>5} {:>5} {:>10} {:>8.2} {:>8} {:>8} {:>9} {:>8} {:>8.0}",
-            x.name,
-            x.rank,
-            x.seed,
-            x.trainable_params,
-            x.scores.average,
-            opt(x.scores.loglik_avg, 2),
-            opt(x.scores.generate_avg, 1),
-            opt(x.scores.unparseable_rate, 0),
-            opt(x.val_loss, 3),
-            x.wall_s
-        );
-    }
-    let sm = &r.summary;
-    println!("{}", sm.bootstrap);
-    for c in &sm.comparisons {
-        println!(
-            "  {:<26} {:>24} points   MDE {:.1}   ({} examples × {} seeds)",
-            c.label(),
-            c.diff.describe(),
-            c.mde,
-            c.examples,
-            c.seeds
-        );
-    }
-    if let Some(e) = &sm.rank_effect {
-        println!(
-            "  {:<26} {:>24} points   MDE {:.1}   (does LoRA rank buy accuracy?)",
-            e.label(),
-            e.diff.describe(),
-            e.mde
-        );
-    }
-    for e in &sm.efficiency {
-        println!(
-            "parameter-efficiency, LoRA-Dash r={} ({:.2} %): {} (paper: 8–16×){}",
-            e.dash_rank,
-            e.dash_mean,
-            e.ratio.map_or(
-                "no LoRA rank in the grid reaches it".to_string(),
-                |v| format!("{v:.0}× (LoRA r={})", e.lora_rank.unwrap_or(0))
-            ),
-            if e.informative {
-                ""
-            } else {
-                " — not informative"
-            }
-        );
-    }
-    for e in &sm.efficiency_by_task {
-        println!(
-            "  on {:<14} LoRA-Dash r={}: {}{}",
-            e.task.as_deref().unwrap_or(""),
-            e.dash_rank,
-            e.ratio
-                .map_or("no LoRA rank reaches it".to_string(), |v| format!(
-                    "{v:.0}×"
-                )),
-            if e.informative {
-                ""
-            } else {
-                " (not informative)"
-            }
-        );
-    }
-    let chance: Vec<String> = sm
-        .chance
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {}/{} runs above {:.0} %",
-                c.task, c.runs_above, c.runs, c.majority
-            )
-        })
-        .collect();
-    println!(
-        "above chance (Wilson 95 % lower bound > majority answer): {}",
-        chance.join(", ")
-    );
-    let paper = |m: &str, k: usize| {
-        sm.paper
-            .iter()
-            .find(|p| p.method == m && p.rank == Some(k))
-            .map_or("-".to_string(), |p| format!("{:.1} %", p.avg))
-    };
-    println!(
-        "paper (LLaMA-7B, generate): LoRA-Dash r=4 {} vs LoRA r=32 {}, r=64 {}",
-        paper("lora-dash", 4),
-        paper("lora", 32),
-        paper("lora", 64)
-    );
-    if let Some(rf) = &r.reference {
-        println!(
-            "TSD capture accuracy@(8,16) against {rf}, all adapted modules / q,k,v only (paper: ~0.75–0.82 on q,k,v):"
-        );
-        for s in &r.capture {
-            let pts: Vec<String> = s
-                .points
-                .iter()
-                .map(|p| {
-                    let null = p.null_qkv.as_ref().map_or(String::new(), |n| {
-                        format!(
-                            " (q,k,v tested {:.2} vs null {:.2})",
-                            n.mean_accuracy, n.mean_null
-                        )
-                    });
-                    format!(
-                        "{}: {}/{}{null}",
-                        p.step,
-                        opt(p.accuracy, 2),
-                        opt(p.accuracy_qkv, 2)
-                    )
-                })
-                .collect();
-            println!("  {:<14} {}", s.run, pts.join("  "));
-        }
-    }
-    if !r.summary.controls.is_empty() {
-        println!("TSD capture at the final checkpoint against the empirical controls, all modules, mean over seeds (tested accuracy / null / κ):");
-        for c in &r.summary.controls {
-            println!(
-                "  {:<10} r={:<3} {:<17} {:.2} / {:.2} / {}",
-                tsd::reproduce::summary::method_label(c.method),
-                c.rank,
-                c.control,
-                c.all.accuracy,
-                c.all.null_mean,
-                c.all.kappa.map_or("-".into(), |k| format!("{k:+.2}"))
-            );
-        }
-    }
-    println!("verdict: {}", r.summary.verdict);
-    for d in &r.deviations {
-        println!("deviation: {d}");
-    }
-    let t = &r.timing;
-    println!(
-        "time: {:.0} s (lower-layer cache {:.0}, eval preparation {:.0}, lr check {:.0}, training {:.0}, evaluation {:.0}, capture {:.0}); {:.0} s over {} invocation(s) on this directory",
-        t.total_s,
-        t.lower_cache_s,
-        t.eval_prepare_s,
-        t.lr_check_s,
-        t.train_s,
-        t.eval_s,
-        t.capture_s,
-        r.invocations.iter().map(|t| t.total_s).sum::<f64>(),
-        r.invocations.len()
-    );
 }

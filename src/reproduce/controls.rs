@@ -73,7 +73,7 @@ fn cross_tasks(p: &Preset, data: &Path) -> Vec<String> {
 
 /// Writes `examples` as an LLM-Adapters JSON file.
 fn write_examples(path: &Path, examples: &[Example]) -> Result<String> {
-    let text = crate::output::to_json(&examples)? + "\n";
+    let text = crate::render::to_json(&examples)? + "\n";
     crate::fsutil::atomic_write(path, text.as_bytes())?;
     Ok(path.display().to_string())
 }

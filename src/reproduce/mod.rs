@@ -603,7 +603,7 @@ impl<'a> Grid<'a> {
                 )));
             }
         }
-        let text = crate::output::to_json(preset)? + "\n";
+        let text = crate::render::to_json(preset)? + "\n";
         crate::fsutil::atomic_write(&pj, text.as_bytes())?;
         Ok(Grid {
             preset,
@@ -856,7 +856,7 @@ impl<'a> Grid<'a> {
             trials,
             chosen,
         };
-        let text = crate::output::to_json(&check)? + "\n";
+        let text = crate::render::to_json(&check)? + "\n";
         crate::fsutil::atomic_write(&path, text.as_bytes())?;
         // The trials' training time is the check's, not the grid's (the lower cache stays apart).
         self.timing.lr_check_s += self.timing.train_s - train_before;
@@ -933,7 +933,7 @@ impl<'a> Grid<'a> {
             lin.merge()?;
         }
         let (scores, results) = self.evaluate(&model)?;
-        let text = crate::output::to_json(&results)? + "\n";
+        let text = crate::render::to_json(&results)? + "\n";
         crate::fsutil::atomic_write(&dir.join("predictions.json"), text.as_bytes())?;
         let dash: Vec<&crate::adapter::DashState> = adapter
             .modules
@@ -968,7 +968,7 @@ impl<'a> Grid<'a> {
                     .fold(0f64, |a, &x| a.max(x.abs() as f64))
             }),
         };
-        let text = crate::output::to_json(&r)? + "\n";
+        let text = crate::render::to_json(&r)? + "\n";
         crate::fsutil::atomic_write(&res_path, text.as_bytes())?;
         (self.log)(&format!(
             "{who}: trained {:.0} s, evaluated {:.0} s: average {:.2} %, final loss {:.3}",
@@ -992,12 +992,12 @@ impl<'a> Grid<'a> {
         let dtype = crate::device::dtype_for(&self.preset.dtype)?;
         let model = Llama::from_source(src.as_ref(), &device, dtype)?;
         let (scores, results) = self.evaluate(&model)?;
-        let text = crate::output::to_json(&results)? + "\n";
+        let text = crate::render::to_json(&results)? + "\n";
         crate::fsutil::atomic_write(
             &self.out.join("base").join("predictions.json"),
             text.as_bytes(),
         )?;
-        let text = crate::output::to_json(&scores)? + "\n";
+        let text = crate::render::to_json(&scores)? + "\n";
         crate::fsutil::atomic_write(&path, text.as_bytes())?;
         Ok(scores)
     }
@@ -1026,7 +1026,7 @@ impl<'a> Grid<'a> {
             (self.log)(&format!("control {}: {why}", t.piece()));
             let dir = self.out.join("runs").join(t.piece());
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            let text = crate::output::to_json(&serde_json::json!({ "skipped": why }))? + "\n";
+            let text = crate::render::to_json(&serde_json::json!({ "skipped": why }))? + "\n";
             crate::fsutil::atomic_write(&dir.join("skipped.json"), text.as_bytes())?;
             return Ok(());
         }
@@ -1236,7 +1236,7 @@ impl<'a> Grid<'a> {
                     })
                     .collect(),
             };
-            let text = crate::output::to_json(&s)? + "\n";
+            let text = crate::render::to_json(&s)? + "\n";
             crate::fsutil::atomic_write(&path, text.as_bytes())?;
             series.push(s);
             self.timing.capture_s += t0.elapsed().as_secs_f64();
@@ -1296,7 +1296,7 @@ impl Grid<'_> {
             }
         }
         let pairs = self.dash_pairs(runs, &cached, &cache, &mut base)?;
-        let text = crate::output::to_json(&controls::Controls {
+        let text = crate::render::to_json(&controls::Controls {
             captures: out.clone(),
             dash_pairs: pairs.clone(),
         })? + "\n";
@@ -1540,7 +1540,7 @@ fn record_timing(out: &Path, timing: &Timing) -> Result<Vec<Timing>> {
     if worked {
         // Only invocations that computed something: a re-render costs nothing worth summing.
         invocations.push(timing.clone());
-        let text = crate::output::to_json(&invocations)? + "\n";
+        let text = crate::render::to_json(&invocations)? + "\n";
         crate::fsutil::atomic_write(&tpath, text.as_bytes())?;
     }
     Ok(invocations)

@@ -1,789 +1,23 @@
-//! Report pages: turn records into template contexts (numbers formatted, charts drawn) and render.
+//! The reproduction record (`tsd reproduce commonsense`): its HTML page, terminal summary and
+//! `results.csv`.
 
-use super::{charts, render};
-use crate::directions::null::Verdict;
-use crate::error::{Error, Result};
-use crate::inspect::InspectReport;
-use crate::output::number;
-use crate::run::{Curves, RunKind, RunRecord};
-use crate::track::TrackReport;
+/// Appends one formatted line to a `String`.
+macro_rules! say {
+    ($o:expr, $($t:tt)*) => {{
+        $o.push_str(&format!($($t)*));
+        $o.push('\n');
+    }};
+}
+
+use super::charts;
+use super::page::{chart, opt_fmt, render};
+use super::table::number;
+use crate::error::Result;
+use crate::reproduce::Reproduction;
+use crate::train::Method;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
-fn chart(r: std::result::Result<String, String>) -> Result<String> {
-    r.map_err(Error::Internal)
-}
-
-#[derive(Serialize)]
-struct Spectrum {
-    module: String,
-    group: String,
-    picks: String,
-    near_null: usize,
-    enriched: Option<usize>,
-    threshold: Option<String>,
-    svg: String,
-}
-
-#[derive(Serialize)]
-struct Row {
-    module: String,
-    shape: String,
-    r: usize,
-    scaling: String,
-    fro: String,
-    top: String,
-    ratio: String,
-    amp: String,
-    dash: String,
-    recall: String,
-    accuracy: String,
-    phi: String,
-    /// z of the first TSD, enriched directions / null threshold, and the capture test.
-    z: String,
-    enriched: String,
-    null_acc: String,
-    p: String,
-    kappa: String,
-    verdict: String,
-}
-
-/// One module type's findings: capture against its null, enrichment, near-null picks.
-#[derive(Serialize)]
-struct Finding {
-    group: String,
-    modules: usize,
-    /// Capture (with a reference and the null on).
-    capture: Option<FindingCapture>,
-    enriched_directions: Option<usize>,
-    enriched_modules: Option<usize>,
-    expected_false: Option<String>,
-    near_null_picks: usize,
-    picks: usize,
-    /// Modules whose strongest TSD is a near-null direction.
-    near_null_first: usize,
-}
-
-#[derive(Serialize)]
-struct FindingCapture {
-    above: usize,
-    not_above: usize,
-    untestable: usize,
-    mean_accuracy: String,
-    mean_null: String,
-    kappa: String,
-    p: String,
-}
-
-/// The module table of one module type (collapsed in `<details>`).
-#[derive(Serialize)]
-struct RowGroup {
-    group: String,
-    rows: Vec<Row>,
-    above: usize,
-    enriched: usize,
-    near_null_first: usize,
-}
-
-/// Layer × module-type grid of one quantity.
-fn grid(
-    r: &InspectReport,
-    f: impl Fn(&crate::inspect::ModuleReport) -> f64,
-) -> (Vec<String>, Vec<String>, Vec<Vec<Option<f64>>>) {
-    let types: Vec<String> = r
-        .modules
-        .iter()
-        .map(|m| m.module_type.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let layers: Vec<usize> = r
-        .modules
-        .iter()
-        .filter_map(|m| m.layer)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut vals = vec![vec![None; types.len()]; layers.len().max(1)];
-    for m in &r.modules {
-        let li = m
-            .layer
-            .and_then(|l| layers.iter().position(|x| *x == l))
-            .unwrap_or(0);
-        let ti = types
-            .iter()
-            .position(|t| *t == m.module_type)
-            .expect("collected above");
-        vals[li][ti] = Some(f(m));
-    }
-    let rows = if layers.is_empty() {
-        vec!["-".to_string()]
-    } else {
-        layers.iter().map(|l| l.to_string()).collect()
-    };
-    (rows, types, vals)
-}
-
-fn range_note(vals: &[Vec<Option<f64>>]) -> String {
-    let v: Vec<f64> = vals
-        .iter()
-        .flatten()
-        .flatten()
-        .cloned()
-        .filter(|x| x.is_finite() && *x > 0.0)
-        .collect();
-    if v.is_empty() {
-        return "no data".into();
-    }
-    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().cloned().fold(0.0, f64::max);
-    format!("dark = {} … bright = {}", number(lo), number(hi))
-}
-
-/// The `tsd inspect --html` page. The report must carry spectra (`keep_spectrum`).
-pub fn inspect_html(r: &InspectReport) -> Result<String> {
-    let o = &r.options;
-    let protocol_short = format!("SVD {}, σ floor {}", o.precision, o.floor.relative);
-    let protocol = format!(
-        "change rates δ_i = |u_iᵀ ΔW v_i| / σ_i over W's SVD ({}), σ floor {} · top-{} TSDs · amplification with r = {} · capture recall@({},{}) / accuracy@({},{})",
-        o.precision,
-        o.floor.relative,
-        o.top_s,
-        o.amp_rank.map_or("each module's LoRA rank".to_string(), |x| x.to_string()),
-        o.recall_k.0,
-        o.recall_k.1,
-        o.accuracy_k.0,
-        o.accuracy_k.1
-    );
-    let (rows_l, cols, dvals) = grid(r, |m| m.tsd.first().map_or(0.0, |t| t.delta));
-    let heat_delta = chart(charts::heatmap(&rows_l, &cols, &dvals, true, "max δ"))?;
-    let (_, _, avals) = grid(r, |m| m.amplification.factor);
-    let heat_amp = chart(charts::heatmap(
-        &rows_l,
-        &cols,
-        &avals,
-        true,
-        "amplification",
-    ))?;
-    let types: Vec<String> = r.by_type.iter().map(|t| t.group.clone()).collect();
-    let mean_of = |t: &str, f: &dyn Fn(&crate::directions::Amplification) -> f64| {
-        let v: Vec<f64> = r
-            .modules
-            .iter()
-            .filter(|m| m.module_type == t)
-            .map(|m| f(&m.amplification))
-            .collect();
-        crate::stats::mean(&v).unwrap_or(0.0)
-    };
-    let amp_bars = chart(charts::grouped_log_bars(
-        &types,
-        &[
-            (
-                "ΔW basis",
-                types
-                    .iter()
-                    .map(|t| mean_of(t, &|a| a.proj_delta_basis))
-                    .collect(),
-            ),
-            (
-                "W basis",
-                types
-                    .iter()
-                    .map(|t| mean_of(t, &|a| a.proj_w_basis))
-                    .collect(),
-            ),
-            (
-                "random",
-                types
-                    .iter()
-                    .map(|t| mean_of(t, &|a| a.proj_random))
-                    .collect(),
-            ),
-        ],
-        "‖UᵀWV‖F",
-    ))?;
-    // One spectrum per module type: its module with the strongest top change rate.
-    let top_delta = |m: &crate::inspect::ModuleReport| m.tsd.first().map_or(0.0, |t| t.delta);
-    let mut spectra = Vec::new();
-    for t in &types {
-        let best = r
-            .modules
-            .iter()
-            .filter(|m| &m.module_type == t && m.sigma.is_some() && m.delta.is_some())
-            .max_by(|a, b| top_delta(a).total_cmp(&top_delta(b)));
-        let Some(m) = best else { continue };
-        let (s, d) = (
-            m.sigma.as_ref().expect("filtered"),
-            m.delta.as_ref().expect("filtered"),
-        );
-        let picks: Vec<charts::SpectrumPick> = m
-            .tsd
-            .iter()
-            .map(|t| charts::SpectrumPick {
-                index: t.index,
-                near_null: t.near_null,
-                z: t.z,
-                enriched: t.enriched,
-            })
-            .collect();
-        let null = m.enrichment.as_ref().map(|e| charts::SpectrumNull {
-            coordinate_sd: e.null.coordinate_sd,
-            threshold: e.null.threshold,
-        });
-        let idx: Vec<usize> = m.tsd.iter().map(|t| t.index).collect();
-        spectra.push(Spectrum {
-            module: m.module.clone(),
-            group: t.clone(),
-            picks: format!("{idx:?}"),
-            near_null: m.near_null_picks,
-            enriched: m.enrichment.as_ref().map(|e| e.enriched_count),
-            threshold: m.enrichment.as_ref().map(|e| number(e.null.threshold)),
-            svg: chart(charts::spectrum(s, d, &picks, null))?,
-        });
-    }
-    let verdict_of = |m: &crate::inspect::ModuleReport| {
-        m.capture
-            .as_ref()
-            .and_then(|c| c.primary().null.as_ref())
-            .map(|n| n.verdict)
-    };
-    let rows: Vec<Row> = r
-        .modules
-        .iter()
-        .map(|m| {
-            let test = m.capture.as_ref().and_then(|c| c.primary().null.as_ref());
-            Row {
-                module: m.module.clone(),
-                shape: format!("{}×{}", m.shape[0], m.shape[1]),
-                r: m.r,
-                scaling: number(m.scaling),
-                fro: number(m.delta_fro),
-                top: m
-                    .tsd
-                    .iter()
-                    .take(4)
-                    .map(|t| {
-                        format!(
-                            "{}: {}{}",
-                            t.index,
-                            number(t.delta),
-                            if t.enriched == Some(true) { " *" } else { "" }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                ratio: m.tsd.first().map_or("-".into(), |t| {
-                    format!(
-                        "{}{}",
-                        number(t.sigma_ratio),
-                        if t.near_null { " !" } else { "" }
-                    )
-                }),
-                amp: number(m.amplification.factor),
-                dash: m
-                    .dash
-                    .as_ref()
-                    .map_or("-".into(), |d| number(d.delta_sigma_max_abs)),
-                recall: m
-                    .capture
-                    .as_ref()
-                    .map_or("-".into(), |c| format!("{:.2}", c.recall.value)),
-                accuracy: m.capture.as_ref().map_or("-".into(), |c| {
-                    let p = c.primary();
-                    if c.lora_part.is_some() {
-                        format!("{:.2} (LoRA part {:.2})", c.accuracy.value, p.value)
-                    } else {
-                        format!("{:.2}", p.value)
-                    }
-                }),
-                phi: m
-                    .capture
-                    .as_ref()
-                    .map_or("-".into(), |c| format!("{:.2}", c.subspace_similarity)),
-                z: m.tsd
-                    .first()
-                    .and_then(|t| t.z)
-                    .map_or("-".into(), |z| format!("{z:.2}")),
-                enriched: m.enrichment.as_ref().map_or("-".into(), |e| {
-                    format!(
-                        "{} (max |z| {:.1} / {:.1})",
-                        e.enriched_count, e.max_abs_z, e.null.threshold
-                    )
-                }),
-                null_acc: test.map_or("-".into(), |n| {
-                    format!("{:.2} / {:.2}", n.null_mean, n.null_p95)
-                }),
-                p: test.map_or("-".into(), |n| {
-                    format!(
-                        "{}{}",
-                        number(n.p_value),
-                        n.q_value
-                            .map_or(String::new(), |q| format!(" (q {})", number(q)))
-                    )
-                }),
-                kappa: test
-                    .and_then(|n| n.kappa)
-                    .map_or("-".into(), |k| format!("{k:.2}")),
-                verdict: test.map_or("-".into(), |n| n.verdict.label().to_string()),
-            }
-        })
-        .collect();
-    let near_null_first =
-        |m: &crate::inspect::ModuleReport| m.tsd.first().is_some_and(|t| t.near_null);
-    let mut row_groups: Vec<RowGroup> = Vec::new();
-    for (m, row) in r.modules.iter().zip(rows) {
-        let i = match row_groups.iter().position(|g| g.group == m.module_type) {
-            Some(i) => i,
-            None => {
-                row_groups.push(RowGroup {
-                    group: m.module_type.clone(),
-                    rows: Vec::new(),
-                    above: 0,
-                    enriched: 0,
-                    near_null_first: 0,
-                });
-                row_groups.len() - 1
-            }
-        };
-        let g = &mut row_groups[i];
-        g.rows.push(row);
-        g.above += usize::from(verdict_of(m) == Some(Verdict::AboveNull));
-        g.enriched += usize::from(m.enrichment.as_ref().is_some_and(|e| e.enriched_count > 0));
-        g.near_null_first += usize::from(near_null_first(m));
-    }
-    row_groups.sort_by_key(|g| types.iter().position(|t| *t == g.group));
-    // Findings by module type, then all modules: the record's null-model summaries.
-    let nm = r.null_model.as_ref();
-    let mut groups: Vec<String> = types.clone();
-    groups.push("all".into());
-    let findings: Vec<Finding> = groups
-        .iter()
-        .map(|g| {
-            let mods: Vec<&crate::inspect::ModuleReport> = r
-                .modules
-                .iter()
-                .filter(|m| g == "all" || &m.module_type == g)
-                .collect();
-            let cap = nm.and_then(|n| n.capture.iter().find(|c| &c.group == g));
-            let enr = nm.and_then(|n| n.enrichment.iter().find(|c| &c.group == g));
-            Finding {
-                group: g.clone(),
-                modules: mods.len(),
-                capture: cap.map(|c| FindingCapture {
-                    above: c.above_null,
-                    not_above: c.not_above_null,
-                    untestable: c.untestable,
-                    mean_accuracy: format!("{:.3}", c.mean_accuracy),
-                    mean_null: format!("{:.3}", c.mean_null_accuracy),
-                    kappa: c.mean_kappa.map_or("-".into(), |k| format!("{k:.2}")),
-                    p: c.aggregate_p.map_or("-".into(), number),
-                }),
-                enriched_directions: enr.map(|e| e.enriched_directions),
-                enriched_modules: enr.map(|e| e.enriched_modules),
-                expected_false: enr.map(|e| format!("{:.1}", e.expected_false)),
-                near_null_picks: mods.iter().map(|m| m.near_null_picks).sum(),
-                picks: mods.iter().map(|m| m.tsd.len()).sum(),
-                near_null_first: mods.iter().filter(|m| near_null_first(m)).count(),
-            }
-        })
-        .collect();
-    // The headline sentences, from the `all` row.
-    let mut headline: Vec<String> = Vec::new();
-    let all = findings.last().expect("the all row");
-    match (&r.reference, nm) {
-        (_, None) => headline.push(
-            "The null model is off in this record (--no-null): no figure below stands beside its null."
-                .into(),
-        ),
-        (Some(_), Some(n)) => {
-            if let Some(c) = &all.capture {
-                headline.push(format!(
-                    "Capture against the reference: {} of {} modules above the rotation null, {} not above, {} untestable ({}); mean accuracy@({},{}) {} against the null's {}, mean κ {}, one test over all modules p = {}.",
-                    c.above,
-                    all.modules,
-                    c.not_above,
-                    c.untestable,
-                    n.procedure,
-                    o.accuracy_k.0,
-                    o.accuracy_k.1,
-                    c.mean_accuracy,
-                    c.mean_null,
-                    c.kappa,
-                    c.p
-                ));
-            }
-        }
-        (None, Some(_)) => headline.push(
-            "No reference was given: capture is not measured, so no capture verdict (pass --reference)."
-                .into(),
-        ),
-    }
-    if let (Some(d), Some(m), Some(e)) = (
-        all.enriched_directions,
-        all.enriched_modules,
-        &all.expected_false,
-    ) {
-        headline.push(format!(
-            "Enrichment: {d} direction(s) in {m} of {} modules have |z| above their module's null threshold; the null expects {e} such false directions.",
-            all.modules
-        ));
-    }
-    if all.picks > 0 {
-        let by: Vec<String> = findings
-            .iter()
-            .filter(|f| f.group != "all" && f.near_null_picks > 0)
-            .map(|f| format!("{} {} of {}", f.group, f.near_null_picks, f.picks))
-            .collect();
-        headline.push(format!(
-            "Near-null picks (σ/σ₁ < 10⁻³, δ decided by the division): {} of {} TSDs{}; in {} module(s) the strongest TSD is one.",
-            all.near_null_picks,
-            all.picks,
-            if by.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", by.join(", "))
-            },
-            all.near_null_first
-        ));
-    }
-    render(
-        "inspect.html",
-        minijinja::context! {
-            title => "tsd inspect",
-            tsd_version => env!("CARGO_PKG_VERSION"),
-            build => env!("TSD_BUILD_VERSIONS"),
-            r => r,
-            protocol => protocol,
-            protocol_short => protocol_short,
-            heat_delta => heat_delta,
-            heat_delta_range => range_note(&dvals),
-            heat_delta_grey => charts::heatmap_has_grey(&dvals, true),
-            heat_amp => heat_amp,
-            heat_amp_range => range_note(&avals),
-            heat_amp_grey => charts::heatmap_has_grey(&avals, true),
-            amp_bars => amp_bars,
-            amp_r_note => o.amp_rank.map_or("each module's LoRA rank".to_string(), |x| x.to_string()),
-            spectra => spectra,
-            row_groups => row_groups,
-            findings => findings,
-            headline => headline,
-            nm => nm,
-        },
-    )
-}
-
-#[derive(Serialize)]
-struct TsdRow {
-    module: String,
-    cells: Vec<String>,
-}
-
-/// What the `tsd report RUN` page renders: records only.
-pub struct RunPage<'a> {
-    /// The run directory, as given.
-    pub run: &'a str,
-    pub kind: RunKind,
-    /// Names of the complete checkpoints, in step order.
-    pub checkpoints: Vec<String>,
-    /// Directories skipped as half-written or temporary.
-    pub skipped: &'a [String],
-    /// tsd's run record (a tsd run that has written one).
-    pub record: Option<&'a RunRecord>,
-    /// Training curves (tsd's record or the Trainer's `log_history`).
-    pub curves: Option<&'a Curves>,
-    pub track: Option<&'a TrackReport>,
-}
-
-fn first_last(xs: &[(f64, f64)]) -> String {
-    match (xs.first(), xs.last()) {
-        (Some(a), Some(b)) => format!("{:.4} → {:.4}", a.1, b.1),
-        _ => "-".into(),
-    }
-}
-
-/// The `tsd report RUN` page: the run's curves, its record's facts, and the track over checkpoints.
-pub fn run_html(page: &RunPage) -> Result<String> {
-    let run_dir = page.run;
-    let curves = page.curves;
-    let marker = curves
-        .and_then(|c| c.marker.as_ref())
-        .map(|m| (m.step as f64, m.label.as_str()));
-    let dash_step = page
-        .record
-        .and_then(|r| r.dash_switch.as_ref())
-        .map(|d| d.step);
-    let run_name = std::path::Path::new(run_dir)
-        .file_name()
-        .map_or(run_dir.to_string(), |n| n.to_string_lossy().to_string());
-    let mut ctx = BTreeMap::<&str, minijinja::Value>::new();
-    ctx.insert("title", "tsd run report".into());
-    ctx.insert("tsd_version", env!("CARGO_PKG_VERSION").into());
-    ctx.insert("build", env!("TSD_BUILD_VERSIONS").into());
-    ctx.insert("run", run_dir.into());
-    ctx.insert("run_name", run_name.into());
-    ctx.insert("kind", page.kind.describe().into());
-    ctx.insert(
-        "checkpoints",
-        minijinja::Value::from_serialize(&page.checkpoints),
-    );
-    ctx.insert("skipped", minijinja::Value::from_serialize(page.skipped));
-    ctx.insert("dash_step", minijinja::Value::from_serialize(dash_step));
-    if let Some(c) = curves {
-        let loss = c.series(|p| p.loss);
-        let eval: Vec<(f64, f64)> = c.eval.iter().map(|e| (e.step as f64, e.loss)).collect();
-        let mut loss_series = vec![("training loss", loss.clone())];
-        if !eval.is_empty() {
-            loss_series.push(("evaluation loss", eval.clone()));
-        }
-        let chart_of = |name: &str, pts: Vec<(f64, f64)>, y: &str| -> Result<Option<String>> {
-            if pts.is_empty() {
-                return Ok(None);
-            }
-            chart(charts::lines(
-                &[(name, pts)],
-                "optimizer step",
-                y,
-                false,
-                marker,
-            ))
-            .map(Some)
-        };
-        ctx.insert(
-            "loss_svg",
-            chart(charts::lines_with(
-                &loss_series,
-                "optimizer step",
-                "loss (nats/token)",
-                &charts::LineOpts {
-                    marker,
-                    points_only: vec![1],
-                    ..Default::default()
-                },
-            ))?
-            .into(),
-        );
-        let lr = chart_of(
-            "learning rate",
-            c.series(|p| p.learning_rate),
-            "learning rate",
-        )?;
-        let gn = chart_of(
-            "gradient norm",
-            c.series(|p| p.grad_norm),
-            "‖g‖ before clipping",
-        )?;
-        let tps_pts = c.series(|p| p.tokens_per_s);
-        let mut tv: Vec<f64> = tps_pts.iter().map(|p| p.1).collect();
-        tv.sort_by(f64::total_cmp);
-        let tps = chart_of("tokens/s", tps_pts, "tokens / s")?;
-        ctx.insert("lr_svg", minijinja::Value::from_serialize(lr));
-        ctx.insert("grad_svg", minijinja::Value::from_serialize(gn));
-        ctx.insert("tps_svg", minijinja::Value::from_serialize(tps));
-        ctx.insert("curves_source", c.source.clone().into());
-        ctx.insert("logged_steps", c.train.len().into());
-        ctx.insert("evals", c.eval.len().into());
-        ctx.insert("loss_first_last", first_last(&loss).into());
-        ctx.insert("eval_first_last", first_last(&eval).into());
-        ctx.insert(
-            "last_epoch",
-            c.train
-                .iter()
-                .rev()
-                .find_map(|p| p.epoch)
-                .map_or("-".into(), |e| format!("{e:.3}"))
-                .into(),
-        );
-        ctx.insert(
-            "tps",
-            tv.get(tv.len() / 2)
-                .map_or("-".into(), |m| format!("{m:.0}"))
-                .into(),
-        );
-        ctx.insert("curves", true.into());
-    }
-    if let Some(rec) = page.record {
-        ctx.insert("rec", minijinja::Value::from_serialize(rec));
-        ctx.insert(
-            "method",
-            serde_json::to_value(rec.config.method)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default()
-                .into(),
-        );
-        ctx.insert("alpha", rec.config.alpha().into());
-        ctx.insert("steps_done", rec.steps.last().map_or(0, |s| s.step).into());
-        ctx.insert(
-            "rss_mib",
-            format!("{:.0}", rec.peak_rss_bytes as f64 / (1 << 20) as f64).into(),
-        );
-        ctx.insert("wall", format!("{:.1}", rec.wall_s).into());
-    }
-    if let Some(t) = page.track {
-        let pts = &t.points;
-        let xs = |f: &dyn Fn(&crate::track::TrackPoint) -> Option<f64>| -> Vec<(f64, f64)> {
-            pts.iter()
-                .filter_map(|p| f(p).map(|v| (p.step as f64, v)))
-                .collect()
-        };
-        let rec_pts = xs(&|p| p.mean_recall);
-        let acc_pts = xs(&|p| p.mean_accuracy);
-        let nulls: Vec<(&crate::track::TrackPoint, &crate::track::TrackNull)> = pts
-            .iter()
-            .filter_map(|p| p.null.as_ref().map(|n| (p, n)))
-            .collect();
-        if !acc_pts.is_empty() {
-            let mut series = vec![("recall@(8,4)", rec_pts), ("accuracy@(8,16)", acc_pts)];
-            let mut band = None;
-            let mut notes = Vec::new();
-            if !nulls.is_empty() {
-                // The tested statistic (a LoRA-Dash module's LoRA part) when it is not the
-                // whole update's accuracy.
-                let tested: Vec<(f64, f64)> = nulls
-                    .iter()
-                    .map(|(p, n)| (p.step as f64, n.mean_accuracy))
-                    .collect();
-                if nulls.iter().any(|(p, n)| {
-                    p.mean_accuracy
-                        .is_none_or(|a| (a - n.mean_accuracy).abs() > 1e-9)
-                }) {
-                    series.push(("tested accuracy", tested));
-                }
-                series.push((
-                    "κ (tested)",
-                    nulls
-                        .iter()
-                        .filter_map(|(p, n)| n.mean_kappa.map(|k| (p.step as f64, k)))
-                        .collect(),
-                ));
-                band = Some((
-                    "null: mean to p95",
-                    nulls
-                        .iter()
-                        .map(|(p, n)| (p.step as f64, n.mean_null, n.mean_null_p95))
-                        .collect(),
-                ));
-                notes = nulls
-                    .iter()
-                    .map(|(p, n)| {
-                        (
-                            p.step as f64,
-                            format!(
-                                "modules above null {}, not above {}, untestable {}",
-                                n.above_null, n.not_above_null, n.untestable
-                            ),
-                        )
-                    })
-                    .collect();
-            }
-            let svg = chart(charts::lines_with(
-                &series,
-                "checkpoint step",
-                "capture",
-                &charts::LineOpts {
-                    marker,
-                    band,
-                    notes,
-                    ..Default::default()
-                },
-            ))?;
-            ctx.insert("capture_svg", svg.into());
-        }
-        let null_rows: Vec<Vec<String>> = nulls
-            .iter()
-            .map(|(p, n)| {
-                vec![
-                    match t.kind {
-                        Some(RunKind::Adapters) => p.checkpoint.clone(),
-                        _ => format!("step {}", p.step),
-                    },
-                    opt_fmt(p.mean_accuracy, 3),
-                    format!("{:.3}", n.mean_accuracy),
-                    format!("{:.3}", n.mean_null),
-                    format!("{:.3}", n.mean_null_p95),
-                    opt_fmt(n.mean_kappa, 2),
-                    n.above_null.to_string(),
-                    n.not_above_null.to_string(),
-                    n.untestable.to_string(),
-                ]
-            })
-            .collect();
-        ctx.insert("null_rows", minijinja::Value::from_serialize(&null_rows));
-        ctx.insert(
-            "null_missing",
-            (t.reference.is_some() && nulls.is_empty()).into(),
-        );
-        let stab = chart(charts::lines(
-            &[
-                ("∩ previous", xs(&|p| p.stability_prev)),
-                ("∩ final", xs(&|p| Some(p.stability_final))),
-            ],
-            "checkpoint step",
-            "overlap of TSD sets",
-            false,
-            marker,
-        ))?;
-        let amp = chart(charts::lines(
-            &[
-                ("mean amplification", xs(&|p| Some(p.mean_amplification))),
-                ("mean top δ", xs(&|p| Some(p.mean_top_delta))),
-            ],
-            "checkpoint step",
-            "unitless (log)",
-            true,
-            marker,
-        ))?;
-        let track_steps: Vec<usize> = pts.iter().map(|p| p.step).collect();
-        let tsd_rows: Vec<TsdRow> = t
-            .tsd_sets
-            .iter()
-            .take(10)
-            .map(|(m, v)| TsdRow {
-                module: m.clone(),
-                cells: track_steps
-                    .iter()
-                    .map(|s| {
-                        v.iter()
-                            .find(|(st, _)| st == s)
-                            .map_or("-".into(), |(_, i)| format!("{i:?}"))
-                    })
-                    .collect(),
-            })
-            .collect();
-        ctx.insert("track", true.into());
-        ctx.insert(
-            "reference",
-            t.reference.clone().unwrap_or_else(|| "none".into()).into(),
-        );
-        ctx.insert(
-            "track_note",
-            format!(
-                "{} checkpoint(s) analysed with tsd track{}; {} module(s); the table shows the first {} modules.",
-                pts.len(),
-                t.reference.as_ref().map_or(" (no reference: capture not measured)".to_string(), |r| format!(" against {r}")),
-                t.tsd_sets.len(),
-                tsd_rows.len()
-            )
-            .into(),
-        );
-        ctx.insert("stability_svg", stab.into());
-        ctx.insert("amp_svg", amp.into());
-        ctx.insert("top_s", t.top_s.into());
-        let labels: Vec<String> = pts
-            .iter()
-            .map(|p| match t.kind {
-                Some(RunKind::Adapters) => p.checkpoint.clone(),
-                _ => format!("step {}", p.step),
-            })
-            .collect();
-        ctx.insert("track_labels", minijinja::Value::from_serialize(&labels));
-        ctx.insert("track_base", t.base.clone().into());
-        ctx.insert("tsd_rows", minijinja::Value::from_serialize(&tsd_rows));
-    }
-    render("run.html", ctx)
-}
-
-/// One run of the reproduction page's tables.
 #[derive(Serialize)]
 struct ReproRow {
     name: String,
@@ -909,10 +143,6 @@ struct TaskPanel {
     task: String,
     svg: String,
     at_chance: bool,
-}
-
-fn opt_fmt(v: Option<f64>, digits: usize) -> String {
-    v.map_or("-".into(), |x| format!("{x:.digits$}"))
 }
 
 /// Per task: "loglik (generate)" in %.
@@ -1603,4 +833,331 @@ pub fn reproduce_html(
             total_s => r.invocations.iter().map(|t| t.total_s).sum::<f64>(),
         },
     )
+}
+
+/// Renders the page of a reproduction's record into `OUT/report.html` (with the runs' saved
+/// training curves from `OUT/runs/`): what the grid does at its end and what re-rendering a
+/// saved record does. Returns the page's path.
+pub fn write_reproduction(r: &Reproduction, out: &Path) -> Result<PathBuf> {
+    let curves = crate::reproduce::saved_curves(out, r);
+    let html = reproduce_html(r, &out.display().to_string(), &curves)?;
+    let path = out.join(crate::reproduce::REPORT_FILE);
+    crate::fsutil::atomic_write(&path, html.as_bytes())?;
+    Ok(path)
+}
+
+/// Re-renders `OUT/report.html` from `OUT/results.json` without touching the grid: no data,
+/// model or training needed. Returns the record and the page's path.
+pub fn render_saved_reproduction(out: &Path) -> Result<(Reproduction, PathBuf)> {
+    let r = Reproduction::read(out)?;
+    let path = write_reproduction(&r, out)?;
+    Ok((r, path))
+}
+
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Lora => "lora",
+        Method::LoraDash => "lora-dash",
+        Method::Full => "full",
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or(String::new(), |x| format!("{x:.digits$}"))
+}
+
+/// One row per run of `results.csv`, from the saved results.
+pub fn results_csv(r: &Reproduction) -> Result<Vec<u8>> {
+    let tasks: Vec<String> = r
+        .runs
+        .first()
+        .map(|x| x.scores.tasks.iter().map(|t| t.task.clone()).collect())
+        .unwrap_or_default();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = [
+        "name",
+        "method",
+        "rank",
+        "seed",
+        "lr",
+        "trainable_params",
+        "trainable_pct",
+    ]
+    .map(String::from)
+    .to_vec();
+    for t in &tasks {
+        header.push(format!("{t}_loglik"));
+        header.push(format!("{t}_generate"));
+    }
+    header.extend(
+        [
+            "average",
+            "loglik_avg",
+            "generate_avg",
+            "unparseable_rate",
+            "final_loss",
+            "val_loss",
+            "wall_s",
+            "tokens_per_s",
+            "dash_mean_sigma_ratio",
+            "dash_max_delta_sigma",
+        ]
+        .map(String::from),
+    );
+    let io = |e: csv::Error| crate::Error::Internal(format!("results.csv: {e}"));
+    w.write_record(&header).map_err(io)?;
+    for x in &r.runs {
+        let mut row = vec![
+            x.name.clone(),
+            method_name(x.method).to_string(),
+            x.rank.to_string(),
+            x.seed.to_string(),
+            x.lr.to_string(),
+            x.trainable_params.to_string(),
+            x.trainable_pct.to_string(),
+        ];
+        for t in &tasks {
+            let s = x.scores.tasks.iter().find(|s| &s.task == t);
+            row.push(opt(s.and_then(|s| s.loglik), 2));
+            row.push(opt(s.and_then(|s| s.generate), 2));
+        }
+        row.extend([
+            format!("{:.3}", x.scores.average),
+            opt(x.scores.loglik_avg, 3),
+            opt(x.scores.generate_avg, 3),
+            opt(x.scores.unparseable_rate, 1),
+            format!("{:.4}", x.final_loss),
+            opt(x.val_loss, 4),
+            format!("{:.1}", x.wall_s),
+            format!("{:.1}", x.tokens_per_s),
+            opt(x.dash_mean_sigma_ratio, 4),
+            x.dash_max_delta_sigma
+                .map_or(String::new(), |v| format!("{v:.3e}")),
+        ]);
+        w.write_record(&row).map_err(io)?;
+    }
+    Ok(w.into_inner()
+        .map_err(|e| crate::Error::Internal(format!("results.csv: {e}")))?)
+}
+
+/// The terminal summary of a reproduction (`tsd reproduce commonsense` prints it).
+pub fn summary(r: &Reproduction) -> String {
+    let mut out = String::new();
+    let p = &r.preset;
+    let proto = format!("{:?}", p.protocol).to_lowercase();
+    say!(
+        out,
+        "preset {} · model {} · {} runs · lr {:e}{} · headline accuracy: {proto}",
+        p.name,
+        p.model,
+        r.runs.len(),
+        r.lr,
+        if r.lr_check.is_some() {
+            " (from the lr check)"
+        } else {
+            ""
+        }
+    );
+    if let Some(c) = &r.lr_check {
+        for t in &c.trials {
+            say!(
+                out,
+                "  lr check {:>8.1e}: validation loss {}{}",
+                t.lr,
+                t.val_loss.map_or("diverged".into(), |v| format!("{v:.4}")),
+                if t.lr == c.chosen { "  ← chosen" } else { "" }
+            );
+        }
+    }
+    say!(
+        out,
+        "{:<14} {:>5} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
+        "run",
+        "rank",
+        "seed",
+        "trainable",
+        "avg %",
+        "loglik",
+        "generate",
+        "unparse %",
+        "val loss",
+        "wall s"
+    );
+    if let Some(b) = &r.base {
+        say!(
+            out,
+            "{:<14} {:>5} {:>5} {:>10} {:>8.2} {:>8} {:>8} {:>9} {:>8} {:>8}",
+            "base model",
+            "-",
+            "-",
+            0,
+            b.average,
+            opt(b.loglik_avg, 2),
+            opt(b.generate_avg, 1),
+            opt(b.unparseable_rate, 0),
+            "",
+            ""
+        );
+    }
+    for x in &r.runs {
+        say!(
+            out,
+            "{:<14} {:>5} {:>5} {:>10} {:>8.2} {:>8} {:>8} {:>9} {:>8} {:>8.0}",
+            x.name,
+            x.rank,
+            x.seed,
+            x.trainable_params,
+            x.scores.average,
+            opt(x.scores.loglik_avg, 2),
+            opt(x.scores.generate_avg, 1),
+            opt(x.scores.unparseable_rate, 0),
+            opt(x.val_loss, 3),
+            x.wall_s
+        );
+    }
+    let sm = &r.summary;
+    say!(out, "{}", sm.bootstrap);
+    for c in &sm.comparisons {
+        say!(
+            out,
+            "  {:<26} {:>24} points   MDE {:.1}   ({} examples × {} seeds)",
+            c.label(),
+            c.diff.describe(),
+            c.mde,
+            c.examples,
+            c.seeds
+        );
+    }
+    if let Some(e) = &sm.rank_effect {
+        say!(
+            out,
+            "  {:<26} {:>24} points   MDE {:.1}   (does LoRA rank buy accuracy?)",
+            e.label(),
+            e.diff.describe(),
+            e.mde
+        );
+    }
+    for e in &sm.efficiency {
+        say!(
+            out,
+            "parameter-efficiency, LoRA-Dash r={} ({:.2} %): {} (paper: 8–16×){}",
+            e.dash_rank,
+            e.dash_mean,
+            e.ratio.map_or(
+                "no LoRA rank in the grid reaches it".to_string(),
+                |v| format!("{v:.0}× (LoRA r={})", e.lora_rank.unwrap_or(0))
+            ),
+            if e.informative {
+                ""
+            } else {
+                " — not informative"
+            }
+        );
+    }
+    for e in &sm.efficiency_by_task {
+        say!(
+            out,
+            "  on {:<14} LoRA-Dash r={}: {}{}",
+            e.task.as_deref().unwrap_or(""),
+            e.dash_rank,
+            e.ratio
+                .map_or("no LoRA rank reaches it".to_string(), |v| format!(
+                    "{v:.0}×"
+                )),
+            if e.informative {
+                ""
+            } else {
+                " (not informative)"
+            }
+        );
+    }
+    let chance: Vec<String> = sm
+        .chance
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}/{} runs above {:.0} %",
+                c.task, c.runs_above, c.runs, c.majority
+            )
+        })
+        .collect();
+    say!(
+        out,
+        "above chance (Wilson 95 % lower bound > majority answer): {}",
+        chance.join(", ")
+    );
+    let paper = |m: &str, k: usize| {
+        sm.paper
+            .iter()
+            .find(|p| p.method == m && p.rank == Some(k))
+            .map_or("-".to_string(), |p| format!("{:.1} %", p.avg))
+    };
+    say!(
+        out,
+        "paper (LLaMA-7B, generate): LoRA-Dash r=4 {} vs LoRA r=32 {}, r=64 {}",
+        paper("lora-dash", 4),
+        paper("lora", 32),
+        paper("lora", 64)
+    );
+    if let Some(rf) = &r.reference {
+        say!(
+        out,
+            "TSD capture accuracy@(8,16) against {rf}, all adapted modules / q,k,v only (paper: ~0.75–0.82 on q,k,v):"
+        );
+        for s in &r.capture {
+            let pts: Vec<String> = s
+                .points
+                .iter()
+                .map(|p| {
+                    let null = p.null_qkv.as_ref().map_or(String::new(), |n| {
+                        format!(
+                            " (q,k,v tested {:.2} vs null {:.2})",
+                            n.mean_accuracy, n.mean_null
+                        )
+                    });
+                    format!(
+                        "{}: {}/{}{null}",
+                        p.step,
+                        opt(p.accuracy, 2),
+                        opt(p.accuracy_qkv, 2)
+                    )
+                })
+                .collect();
+            say!(out, "  {:<14} {}", s.run, pts.join("  "));
+        }
+    }
+    if !r.summary.controls.is_empty() {
+        say!(out, "TSD capture at the final checkpoint against the empirical controls, all modules, mean over seeds (tested accuracy / null / κ):");
+        for c in &r.summary.controls {
+            say!(
+                out,
+                "  {:<10} r={:<3} {:<17} {:.2} / {:.2} / {}",
+                crate::reproduce::summary::method_label(c.method),
+                c.rank,
+                c.control,
+                c.all.accuracy,
+                c.all.null_mean,
+                c.all.kappa.map_or("-".into(), |k| format!("{k:+.2}"))
+            );
+        }
+    }
+    say!(out, "verdict: {}", r.summary.verdict);
+    for d in &r.deviations {
+        say!(out, "deviation: {d}");
+    }
+    let t = &r.timing;
+    say!(
+        out,
+        "time: {:.0} s (lower-layer cache {:.0}, eval preparation {:.0}, lr check {:.0}, training {:.0}, evaluation {:.0}, capture {:.0}); {:.0} s over {} invocation(s) on this directory",
+        t.total_s,
+        t.lower_cache_s,
+        t.eval_prepare_s,
+        t.lr_check_s,
+        t.train_s,
+        t.eval_s,
+        t.capture_s,
+        r.invocations.iter().map(|t| t.total_s).sum::<f64>(),
+        r.invocations.len()
+    );
+    out
 }

@@ -62,7 +62,7 @@ impl Hover {
 
 /// A number for a tooltip: the report's one number format.
 fn num(v: f64) -> String {
-    crate::output::number(v)
+    crate::render::number(v)
 }
 
 /// A qualitative palette (Okabe–Ito, colour-blind friendly, yellow replaced by grey and purple).
@@ -658,9 +658,9 @@ pub fn heatmap(
             .y_labels(5)
             .y_label_formatter(&|v| {
                 if log {
-                    crate::output::number(10f64.powf(*v))
+                    crate::render::number(10f64.powf(*v))
                 } else {
-                    crate::output::number(*v)
+                    crate::render::number(*v)
                 }
             })
             .draw()
