@@ -21,6 +21,7 @@ pub mod eval;
 pub mod inspect;
 pub mod model;
 pub mod nn;
+pub mod paper;
 pub mod params;
 pub mod render;
 pub mod reproduce;
