@@ -26,6 +26,9 @@ pub(super) struct CapturePanel {
     delta_sigma_svg: Option<String>,
 }
 
+/// A named line of a chart.
+type Series = (&'static str, Vec<(f64, f64)>);
+
 /// One task's small multiple.
 #[derive(Serialize)]
 pub(super) struct TaskPanel {
@@ -482,10 +485,7 @@ fn capture_panel(r: &Reproduction, m: Method, k: usize) -> Result<CapturePanel> 
 
 /// The series of one configuration's capture chart with their styles: accuracy on q, k, v and
 /// on all modules, the tested statistic where it differs, κ.
-fn capture_series(
-    m: Method,
-    pts: &[&CaptureStats],
-) -> (Vec<(&'static str, Vec<(f64, f64)>)>, Vec<charts::Style>) {
+fn capture_series(m: Method, pts: &[&CaptureStats]) -> (Vec<Series>, Vec<charts::Style>) {
     let xy = |f: &dyn Fn(&CaptureStats) -> Option<f64>| {
         pts.iter()
             .filter_map(|c| Some((c.step as f64, f(c)?)))

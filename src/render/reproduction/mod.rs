@@ -116,8 +116,8 @@ pub fn results_csv(r: &Reproduction) -> Result<Vec<u8>> {
         ]);
         w.write_record(&row).map_err(io)?;
     }
-    Ok(w.into_inner()
-        .map_err(|e| crate::Error::Internal(format!("results.csv: {e}")))?)
+    w.into_inner()
+        .map_err(|e| crate::Error::Internal(format!("results.csv: {e}")))
 }
 
 /// The paper's averages behind its efficiency claim (LoRA-Dash at its rank, LoRA at its two),
