@@ -113,13 +113,15 @@ fn csv_err(e: impl std::fmt::Display) -> Error {
 }
 
 /// CSV text of a header and rows, through the `csv` crate (fields quoted where they need it).
-pub(crate) fn csv_text<R, I>(header: &[&str], rows: R) -> Result<String>
+pub(crate) fn csv_text<H, R, I>(header: &[H], rows: R) -> Result<String>
 where
+    H: AsRef<str>,
     R: IntoIterator<Item = I>,
     I: IntoIterator<Item = String>,
 {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(header).map_err(csv_err)?;
+    w.write_record(header.iter().map(|h| h.as_ref()))
+        .map_err(csv_err)?;
     for row in rows {
         w.write_record(row).map_err(csv_err)?;
     }

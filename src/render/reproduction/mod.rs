@@ -7,6 +7,7 @@ pub mod terminal;
 
 use crate::error::Result;
 use crate::paper;
+use crate::render::table::csv_text;
 use crate::reproduce::summary::Summary;
 use crate::reproduce::Reproduction;
 use crate::train::Method;
@@ -53,7 +54,6 @@ pub fn results_csv(r: &Reproduction) -> Result<Vec<u8>> {
         .first()
         .map(|x| x.scores.tasks.iter().map(|t| t.task.clone()).collect())
         .unwrap_or_default();
-    let mut w = csv::Writer::from_writer(Vec::new());
     let mut header: Vec<String> = [
         "name",
         "method",
@@ -84,8 +84,7 @@ pub fn results_csv(r: &Reproduction) -> Result<Vec<u8>> {
         ]
         .map(String::from),
     );
-    let io = |e: csv::Error| crate::Error::Internal(format!("results.csv: {e}"));
-    w.write_record(&header).map_err(io)?;
+    let mut rows = Vec::new();
     for x in &r.runs {
         let mut row = vec![
             x.name.clone(),
@@ -114,10 +113,9 @@ pub fn results_csv(r: &Reproduction) -> Result<Vec<u8>> {
             x.dash_max_delta_sigma
                 .map_or(String::new(), |v| format!("{v:.3e}")),
         ]);
-        w.write_record(&row).map_err(io)?;
+        rows.push(row);
     }
-    w.into_inner()
-        .map_err(|e| crate::Error::Internal(format!("results.csv: {e}")))
+    Ok(csv_text(&header, rows)?.into_bytes())
 }
 
 /// The paper's averages behind its efficiency claim (LoRA-Dash at its rank, LoRA at its two),
