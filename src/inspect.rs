@@ -243,6 +243,10 @@ pub struct GroupSummary {
     pub mean_top_delta: f64,
     pub max_top_delta: f64,
     pub mean_amplification: f64,
+    /// Means of the amplification's projections ‖UᵀWV‖F over the group (ΔW's basis, W's, random).
+    pub mean_proj_delta_basis: f64,
+    pub mean_proj_w_basis: f64,
+    pub mean_proj_random: f64,
     pub mean_delta_fro: f64,
     pub near_null_picks: usize,
     pub mean_accuracy: Option<f64>,
@@ -727,6 +731,9 @@ fn summarise(
                 .filter(|x| x.is_finite())
                 .collect();
             let fro: Vec<f64> = ms.iter().map(|m| m.delta_fro).collect();
+            let mean_of = |f: &dyn Fn(&crate::directions::Amplification) -> f64| {
+                mean(&ms.iter().map(|m| f(&m.amplification)).collect::<Vec<_>>())
+            };
             let acc: Vec<f64> = ms
                 .iter()
                 .filter_map(|m| m.capture.as_ref().map(|c| c.accuracy.value))
@@ -737,6 +744,9 @@ fn summarise(
                 mean_top_delta: mean(&top),
                 max_top_delta: top.iter().cloned().fold(0.0, f64::max),
                 mean_amplification: mean(&amps),
+                mean_proj_delta_basis: mean_of(&|a| a.proj_delta_basis),
+                mean_proj_w_basis: mean_of(&|a| a.proj_w_basis),
+                mean_proj_random: mean_of(&|a| a.proj_random),
                 mean_delta_fro: mean(&fro),
                 near_null_picks: ms.iter().map(|m| m.near_null_picks).sum(),
                 mean_accuracy: (!acc.is_empty()).then(|| mean(&acc)),

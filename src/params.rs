@@ -45,6 +45,14 @@ pub struct ParamCounts {
     pub pct_peft: f64,
 }
 
+/// One row of `tsd params` output.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParamsRow {
+    pub model: String,
+    #[serde(flatten)]
+    pub counts: ParamCounts,
+}
+
 /// Rounds to `sig` significant figures.
 pub fn round_sig(x: u64, sig: u32) -> u64 {
     if x == 0 {

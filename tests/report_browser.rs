@@ -354,7 +354,7 @@ fn user_strings_are_escaped_in_reports() {
         ..Default::default()
     };
     let rep = inspect(&ad, &base, None, &opts, &SvdCache::disabled(), &|_| {}).unwrap();
-    let html = tsd::report::pages::inspect_html(&rep).unwrap();
+    let html = tsd::render::inspect::inspect_html(&rep).unwrap();
     assert!(
         !html.contains("<script>alert"),
         "module name must be escaped"

@@ -862,10 +862,10 @@ fn the_committed_record_reads_back_and_renders_alone() {
     let r = tsd::reproduce::Reproduction::read(&cpu).unwrap();
     assert!(!r.summary.configs.is_empty() && !r.runs.is_empty());
     let d = tempfile::tempdir().unwrap();
-    let json = tsd::output::to_json(&r).unwrap() + "\n";
+    let json = tsd::render::to_json(&r).unwrap() + "\n";
     std::fs::write(d.path().join("results.json"), &json).unwrap();
     let again = tsd::reproduce::Reproduction::read(d.path()).unwrap();
-    assert_eq!(tsd::output::to_json(&again).unwrap() + "\n", json);
+    assert_eq!(tsd::render::to_json(&again).unwrap() + "\n", json);
     // A record from before the controls and the null still reads (the new fields are optional).
     let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
     old["summary"].as_object_mut().unwrap().remove("controls");
@@ -878,7 +878,7 @@ fn the_committed_record_reads_back_and_renders_alone() {
         serde_json::to_string(&old).unwrap(),
     )
     .unwrap();
-    let (older, page) = tsd::report::render_saved_reproduction(d.path()).unwrap();
+    let (older, page) = tsd::render::reproduction::render_saved_reproduction(d.path()).unwrap();
     assert!(older.summary.controls.is_empty());
     let html = std::fs::read_to_string(page).unwrap();
     assert!(html.contains("are not beside this record"), "loss curves");

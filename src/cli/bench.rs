@@ -143,7 +143,7 @@ enum Which {
 
 /// Writes a benchmark record as JSON (atomically) and prints it.
 fn emit<T: serde::Serialize>(rec: &T, out: &std::path::Path) -> Result<()> {
-    let text = tsd::output::to_json(rec)? + "\n";
+    let text = tsd::render::to_json(rec)? + "\n";
     tsd::fsutil::atomic_write(out, text.as_bytes())?;
     print!("{text}");
     eprintln!("wrote {}", out.display());
@@ -281,7 +281,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 .transpose()?;
             eprintln!("bench: generating {layers} LLaMA-7B-shaped layer(s) and running inspect cold and warm…");
             let rec = tsd::bench::bench_inspect(layers, rank, svd_precision, torch)?;
-            let text = tsd::output::to_json(&rec)? + "\n";
+            let text = tsd::render::to_json(&rec)? + "\n";
             tsd::fsutil::atomic_write(&out, text.as_bytes())?;
             print!("{text}");
             eprintln!("wrote {}", out.display());
@@ -361,7 +361,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 .then(|| tsd::fsutil::read_json::<serde_json::Value>(&torch_path))
                 .transpose()?;
             let rec = tsd::bench::TrainComparison::new(runs, torch);
-            let text = tsd::output::to_json(&rec)? + "\n";
+            let text = tsd::render::to_json(&rec)? + "\n";
             tsd::fsutil::atomic_write(&out, text.as_bytes())?;
             print!("{text}");
             let gb = |b: u64| b as f64 / 1e9;

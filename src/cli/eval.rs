@@ -6,8 +6,8 @@ use tsd::eval::generate::GenConfig;
 use tsd::eval::merge::adapted_model;
 use tsd::eval::{eval_generate_batched, eval_loglik, eval_loglik_general, task, TaskResult};
 use tsd::model::Llama;
-use tsd::output::{to_json, Format};
 use tsd::provision::resolve_path;
+use tsd::render::{to_json, Format};
 use tsd::weights::{open_path, ModelSpec};
 
 #[derive(Args, Debug)]

@@ -6,8 +6,9 @@ use tsd::adapter::{load_adapter, read::is_adapter, read_adapter};
 use tsd::directions::SigmaFloor;
 use tsd::inspect::{inspect, InspectOptions, Reference};
 use tsd::linalg::Precision;
-use tsd::output::{inspect_csv, inspect_table, to_json, Format};
 use tsd::provision::open_model;
+use tsd::render::inspect::{inspect_csv, inspect_html, inspect_table};
+use tsd::render::{to_json, Format};
 use tsd::svd_cache::SvdCache;
 use tsd::weights::ModelSpec;
 
@@ -160,7 +161,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         Format::Table => inspect_table(&report),
     };
     if let Some(h) = &a.html {
-        tsd::fsutil::atomic_write(h, tsd::report::pages::inspect_html(&report)?.as_bytes())?;
+        tsd::fsutil::atomic_write(h, inspect_html(&report)?.as_bytes())?;
         eprintln!("wrote {}", h.display());
     }
     if a.out.format() != Format::Table {

@@ -15,7 +15,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use tsd::device::{DeviceSpec, WeightDtype};
-use tsd::output::Format;
+use tsd::render::Format;
 
 /// Task-specific directions (TSD) for LoRA and LoRA-Dash fine-tuning.
 #[derive(Parser, Debug)]

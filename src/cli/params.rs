@@ -3,8 +3,10 @@ use anyhow::Result;
 use clap::Args;
 use std::path::Path;
 use tsd::model::LlamaConfig;
-use tsd::output::{params_csv, params_table, to_json, Format, ParamsRow};
+use tsd::params::ParamsRow;
 use tsd::params::{count, ParamPlan};
+use tsd::render::params::{params_csv, params_table};
+use tsd::render::{to_json, Format};
 
 #[derive(Args, Debug)]
 pub struct ParamsArgs {

@@ -2,7 +2,7 @@ use super::track::RunArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use tsd::report::pages::{run_html, RunPage};
+use tsd::render::run::{run_html, RunPage};
 use tsd::track::TrackReport;
 
 #[derive(Args, Debug)]
@@ -49,7 +49,7 @@ pub fn run(a: ReportArgs) -> Result<()> {
             &a.null,
             a.quiet,
         )?;
-        let saved = tsd::report::track_path_for(&out);
+        let saved = tsd::render::run::track_path_for(&out);
         tsd::fsutil::write_json(&saved, &t)?;
         eprintln!("wrote {}", saved.display());
         Some(t)

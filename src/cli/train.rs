@@ -218,7 +218,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         },
         trainer.total_steps,
         trainer.step,
-        tsd::output::thousands(trainer.record.trainable_params),
+        tsd::render::thousands(trainer.record.trainable_params),
         if trainer.config.method == Method::LoraDash {
             format!(
                 " (LoRA A and B, and {} Δσ per adapted matrix, which train from step {})",

@@ -41,7 +41,7 @@ use std::time::Instant;
 const LR_EXTENSIONS: usize = 3;
 
 /// The paper's LLaMA-7B commonsense table (Si et al. 2025; Params% as in README, Definitions).
-pub const PAPER_TABLE: &str = include_str!("../../reproductions/paper/commonsense_llama7b.csv");
+pub use crate::paper::TABLE_CSV as PAPER_TABLE;
 
 /// One grid cell (or the full fine-tune reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,14 +1,9 @@
-//! Self-contained HTML reports: minijinja templates (`templates/`, compiled into the binary) and
-//! inline plotters SVG charts. Reports render records (inspect reports, run records, track reports);
-//! they never recompute. User strings are escaped by the templates (auto-escape on `.html`).
-
-pub mod charts;
-pub mod pages;
+//! The page environment: minijinja templates (`templates/`, compiled into the binary), every
+//! page's header ([`Provenance`]) and the chart-error bridge. User strings are escaped by the
+//! templates (auto-escape on `.html`).
 
 use crate::error::{Error, Result};
-use crate::reproduce::Reproduction;
 use minijinja::Environment;
-use std::path::{Path, PathBuf};
 
 /// The template set, embedded so an installed binary needs no template directory.
 const TEMPLATES: &[(&str, &str)] = &[
@@ -20,15 +15,6 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/reproduce.html"),
     ),
 ];
-
-/// Where `tsd report -o FILE` saves the track record it computed: beside FILE, named after it
-/// (`DIR/run-a.html` → `DIR/run-a.track.json`), so reports sharing a directory keep their own.
-pub fn track_path_for(report: &std::path::Path) -> std::path::PathBuf {
-    let stem = report
-        .file_stem()
-        .map_or_else(|| "report".into(), |s| s.to_string_lossy().into_owned());
-    crate::fsutil::parent_dir(report).join(format!("{stem}.track.json"))
-}
 
 /// The minijinja environment with every template loaded (HTML auto-escaping on).
 pub fn environment() -> Result<Environment<'static>> {
@@ -127,23 +113,14 @@ pub fn render<S: serde::Serialize>(template: &str, ctx: S) -> Result<String> {
         .map_err(|e| Error::Internal(format!("rendering {template}: {e:#}")))
 }
 
-/// Renders the page of a reproduction's record into `OUT/report.html` (with the runs' saved
-/// training curves from `OUT/runs/`): what the grid does at its end and what re-rendering a
-/// saved record does. Returns the page's path.
-pub fn write_reproduction(r: &Reproduction, out: &Path) -> Result<PathBuf> {
-    let curves = crate::reproduce::saved_curves(out, r);
-    let html = pages::reproduce_html(r, &out.display().to_string(), &curves)?;
-    let path = out.join(crate::reproduce::REPORT_FILE);
-    crate::fsutil::atomic_write(&path, html.as_bytes())?;
-    Ok(path)
+/// A chart's error as the crate's.
+pub(crate) fn chart(r: std::result::Result<String, String>) -> Result<String> {
+    r.map_err(Error::Internal)
 }
 
-/// Re-renders `OUT/report.html` from `OUT/results.json` without touching the grid: no data,
-/// model or training needed. Returns the record and the page's path.
-pub fn render_saved_reproduction(out: &Path) -> Result<(Reproduction, PathBuf)> {
-    let r = Reproduction::read(out)?;
-    let path = write_reproduction(&r, out)?;
-    Ok((r, path))
+/// An optional number with `digits` decimals, `-` when absent.
+pub(crate) fn opt_fmt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.digits$}"))
 }
 
 #[cfg(test)]
