@@ -97,7 +97,21 @@ def test_dash_trains_saves_in_tsd_layout_and_folds(tmp_path):
     params = dict(model.named_parameters())
     assert all(params[n].requires_grad == n.endswith("delta_sigma") for n in names)
     assert all(params[n].dtype == torch.float32 for n in names)
-    _trainer(model, tmp_path / "run", dash, steps=8, save_steps=2).train()
+    from transformers import TrainerCallback
+
+    grads = {}
+
+    class Spy(TrainerCallback):
+        """Whether Δσ has a gradient when the optimizer steps (global_step + 1 is the step)."""
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            g = [p.grad for n, p in model.named_parameters() if n.endswith("tsd_dash.delta_sigma")]
+            grads[state.global_step + 1] = all(x is not None for x in g)
+
+    tr = _trainer(model, tmp_path / "run", dash, steps=8, save_steps=2)
+    tr.add_callback(Spy())
+    tr.train()
+    assert grads == {k: k > 3 for k in range(1, 9)}, grads
 
     assert dash.switch_step == 3 and dash.active
     moved = max(float(v.abs().max()) for v in dash.delta_sigma().values())
