@@ -23,6 +23,12 @@ What it does (README, Definitions: LoRA-Dash; ``tsd train`` does the same):
   state from ``tsd_dash.safetensors``.
 * ``dash.save_folded(dir)`` writes the plain rank-(r+s) PEFT LoRA alone.
 
+Under DDP every rank runs the switch (the picks are deterministic, so every rank gets the same) and
+only the main process rewrites checkpoints; Δσ has no gradient before the switch, so DDP needs
+``ddp_find_unused_parameters=True`` until then. A checkpoint saved at step t itself already holds the
+picks (with Δσ = 0): the switch runs at the end of step t, before that save (``tsd train`` saves step
+t's checkpoint before its switch).
+
 The adapter is the model's active adapter (``adapter_name`` to choose another). Only
 ``nn.Linear`` LoRA layers are supported (LLaMA-style models); DoRA and other LoRA variants are
 refused.
@@ -236,6 +242,12 @@ class LoraDash(TrainerCallback):
         return mod.r[n], float(mod.lora_alpha[n]), float(mod.scaling[n])
 
     # ---- the switch ------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # t = 0: the switch comes before the first step (as tsd train --dash-t 0).
+        if self.t == 0 and self.switch_step is None and not self.active:
+            self.switch(state.global_step)
+        return control
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.switch_step is None and not self.active and state.global_step >= self.t:
