@@ -175,3 +175,23 @@ def test_trajectory_matches_tsd_train(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     r = json.loads(out.read_text())
     assert r["pass"] and r["steps"] >= 20 and r["steps_after_switch"] >= 10
+
+
+def test_named_adapter(tmp_path):
+    """A non-default adapter: PEFT saves it in ``checkpoint-N/NAME/``, rewritten there."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from tsd.dash import LoraDash
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM.from_pretrained(BASE, dtype=torch.float32)
+    model = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS), adapter_name="task")
+    dash = LoraDash(model, s=2, t=2, base=str(BASE))
+    assert dash.adapter_name == "task"
+    _trainer(model, tmp_path / "run", dash, steps=4, save_steps=4).train()
+    ck = tmp_path / "run" / "checkpoint-4"
+    assert (ck / "task" / "tsd_dash.safetensors").exists()
+    p = subprocess.run([TSD, "inspect", str(ck), "--adapter-name", "task", "--base", str(BASE), "--json",
+                        "--no-null", "--quiet", "--top-s", "2"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
