@@ -166,16 +166,17 @@ def run_peft(base: Path, data: list[list[int]], order: list[list[int]], a, work:
     Recording(model=model, args=args, train_dataset=Seq(), data_collator=collate,
               callbacks=[dash]).train()
     secs = time.time() - t0
-    dw = {}
+    dw, parts = {}, {}
     for module, mod in dash.layers.items():
         n = dash.adapter_name
-        w = (mod.lora_B[n].weight @ mod.lora_A[n].weight) * mod.scaling[n]
-        w = w + mod.tsd_dash.delta_weight()
-        dw[module] = w.detach().double()
+        lora = ((mod.lora_B[n].weight @ mod.lora_A[n].weight) * mod.scaling[n]).detach().double()
+        dash_w = mod.tsd_dash.delta_weight().detach().double()
+        dw[module] = lora + dash_w
+        parts[module] = (lora, dash_w)
     picks = {m: mod.tsd_dash.index.tolist() for m, mod in dash.layers.items()}
     ds = {m: mod.tsd_dash.delta_sigma.detach().tolist() for m, mod in dash.layers.items()}
     ckpt = work / "hf-run" / f"checkpoint-{a.steps}"
-    return {"losses": losses, "dw": dw, "picks": picks, "delta_sigma": ds, "init": init,
+    return {"losses": losses, "dw": dw, "parts": parts, "picks": picks, "delta_sigma": ds, "init": init,
             "seconds": secs, "checkpoint": ckpt, "dash": dash, "model": model}
 
 
@@ -200,7 +201,7 @@ def run_tsd(tsd_bin: str, base: Path, data_file: Path, order_file: Path, init: P
     ck = sorted((out / "checkpoints").glob("step-*"))[-1]
     t = load_file(str(ck / "tsd_dash.safetensors"))
     scaling = a.alpha / a.rank
-    dw, picks, ds = {}, {}, {}
+    dw, parts, picks, ds = {}, {}, {}, {}
     for k in t:
         if not k.endswith(".lora_A.weight"):
             continue
@@ -209,10 +210,11 @@ def run_tsd(tsd_bin: str, base: Path, data_file: Path, order_file: Path, init: P
         w = scaling * t[p_ + "lora_B.weight"].double() @ t[p_ + "lora_A.weight"].double()
         u, vt, s = t[p_ + "lora_dash_u"].double(), t[p_ + "lora_dash_vt"].double(), t[p_ + "lora_dash_delta_sigma"].double()
         dw[m] = w + (u * s) @ vt
+        parts[m] = (w, (u * s) @ vt)
         picks[m] = t[p_ + "lora_dash_index"].tolist()
         ds[m] = t[p_ + "lora_dash_delta_sigma"].tolist()
     return {"losses": [s["loss"] for s in rec["steps"]], "lr": [s["lr"] for s in rec["steps"]],
-            "dw": dw, "picks": picks, "delta_sigma": ds, "seconds": secs,
+            "dw": dw, "parts": parts, "picks": picks, "delta_sigma": ds, "seconds": secs,
             "switch_step": (rec.get("dash_switch") or {}).get("step")}
 
 
@@ -286,6 +288,11 @@ def main() -> None:
         for m, w in ts["dw"].items():
             h = hf["dw"][m]
             rel_dw[m] = float((h - w).norm() / w.norm().clamp_min(1e-30))
+        rel_parts = {}
+        for m, (wl, wd) in ts["parts"].items():
+            hl, hd = hf["parts"][m]
+            rel_parts[m] = {"lora": float((hl - wl).norm() / wl.norm().clamp_min(1e-30)),
+                            "dash": float((hd - wd).norm() / wd.norm().clamp_min(1e-30))}
         same_picks = all(sorted(hf["picks"][m]) == sorted(ts["picks"][m]) for m in ts["picks"])
         ds_moved = max(abs(x) for v in hf["delta_sigma"].values() for x in v)
         after = sum(1 for k in range(len(ts["losses"])) if k + 1 > a.dash_t)
@@ -306,6 +313,9 @@ def main() -> None:
             "max_loss_rel_diff": max(rel_loss),
             "delta_w_rel_diff": rel_dw,
             "max_delta_w_rel_diff": max(rel_dw.values()),
+            "delta_w_parts_rel_diff": rel_parts,
+            "max_lora_part_rel_diff": max(v["lora"] for v in rel_parts.values()),
+            "max_dash_part_rel_diff": max(v["dash"] for v in rel_parts.values()),
             "same_picks": same_picks,
             "picks_peft": hf["picks"],
             "picks_tsd": ts["picks"],
@@ -317,12 +327,14 @@ def main() -> None:
         result["pass"] = bool(
             len(hf["losses"]) == len(ts["losses"]) >= 20 and after >= 10 and same_picks and inspect_ok
             and result["max_loss_rel_diff"] < a.tolerance and result["max_delta_w_rel_diff"] < a.tolerance
+            and result["max_lora_part_rel_diff"] < a.tolerance and result["max_dash_part_rel_diff"] < a.tolerance
         )
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"steps {result['steps']} ({after} after the switch at {ts['switch_step']}); "
               f"max loss rel diff {result['max_loss_rel_diff']:.2e}; max ΔW rel diff "
-              f"{result['max_delta_w_rel_diff']:.2e}; same picks {same_picks}; max |Δσ| {ds_moved:.2e}; "
+              f"{result['max_delta_w_rel_diff']:.2e} (LoRA part {result['max_lora_part_rel_diff']:.2e}, Dash part "
+              f"{result['max_dash_part_rel_diff']:.2e}); same picks {same_picks}; max |Δσ| {ds_moved:.2e}; "
               f"pass {result['pass']}; wrote {a.out}")
         if not result["pass"]:
             raise SystemExit(1)

@@ -15,21 +15,41 @@ fn committed_trajectory_comparison_passes() {
     assert_eq!(r["schema_version"], 1);
     let steps = r["steps"].as_u64().unwrap();
     let after = r["steps_after_switch"].as_u64().unwrap();
-    assert!(steps >= 20 && after >= 10, "{steps} steps, {after} after the switch");
-    let (peft, tsd) = (r["peft_loss"].as_array().unwrap(), r["tsd_loss"].as_array().unwrap());
+    assert!(
+        steps >= 20 && after >= 10,
+        "{steps} steps, {after} after the switch"
+    );
+    let (peft, tsd) = (
+        r["peft_loss"].as_array().unwrap(),
+        r["tsd_loss"].as_array().unwrap(),
+    );
     assert_eq!(peft.len() as u64, steps);
     assert_eq!(tsd.len() as u64, steps);
     for (k, (p, t)) in peft.iter().zip(tsd).enumerate() {
         let (p, t) = (p.as_f64().unwrap(), t.as_f64().unwrap());
-        assert!((p - t).abs() / t.abs() < 1e-4, "step {}: PEFT {p}, tsd {t}", k + 1);
+        assert!(
+            (p - t).abs() / t.abs() < 1e-4,
+            "step {}: PEFT {p}, tsd {t}",
+            k + 1
+        );
     }
     let dw = r["delta_w_rel_diff"].as_object().unwrap();
     assert!(!dw.is_empty());
     for (m, d) in dw {
-        assert!(d.as_f64().unwrap() < 1e-4, "{m}: ΔW relative difference {d}");
+        assert!(
+            d.as_f64().unwrap() < 1e-4,
+            "{m}: ΔW relative difference {d}"
+        );
+    }
+    for part in ["max_lora_part_rel_diff", "max_dash_part_rel_diff"] {
+        let d = r[part].as_f64().unwrap();
+        assert!(d < 1e-4, "{part}: {d}");
     }
     assert_eq!(r["same_picks"], true);
     assert_eq!(r["tsd_inspect_reads_trainer_checkpoint"], true);
-    assert!(r["max_abs_delta_sigma"].as_f64().unwrap() > 0.0, "Δσ never moved");
+    assert!(
+        r["max_abs_delta_sigma"].as_f64().unwrap() > 0.0,
+        "Δσ never moved"
+    );
     assert_eq!(r["pass"], true);
 }
