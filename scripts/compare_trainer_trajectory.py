@@ -36,6 +36,8 @@ every module (LoRA + Dash) compared by relative Frobenius norm.
 
     TSD_BIN=target/release/tsd python scripts/compare_trainer_trajectory.py \\
         --out reproductions/trajectory/compare.json
+    TSD_BIN=target/release/tsd python scripts/compare_trainer_trajectory.py --max-grad-norm 0.05 \\
+        --out reproductions/trajectory/compare-clipped.json   # clipping at (almost) every step
 """
 
 from __future__ import annotations
@@ -214,6 +216,7 @@ def run_tsd(tsd_bin: str, base: Path, data_file: Path, order_file: Path, init: P
         picks[m] = t[p_ + "lora_dash_index"].tolist()
         ds[m] = t[p_ + "lora_dash_delta_sigma"].tolist()
     return {"losses": [s["loss"] for s in rec["steps"]], "lr": [s["lr"] for s in rec["steps"]],
+            "grad_norm": [s["grad_norm"] for s in rec["steps"]],
             "dw": dw, "parts": parts, "picks": picks, "delta_sigma": ds, "seconds": secs,
             "switch_step": (rec.get("dash_switch") or {}).get("step")}
 
@@ -310,6 +313,8 @@ def main() -> None:
             "peft_loss": hf["losses"],
             "tsd_loss": ts["losses"],
             "loss_rel_diff": rel_loss,
+            "tsd_grad_norm": ts["grad_norm"],
+            "clipped_steps": sum(1 for g in ts["grad_norm"] if g > a.max_grad_norm),
             "max_loss_rel_diff": max(rel_loss),
             "delta_w_rel_diff": rel_dw,
             "max_delta_w_rel_diff": max(rel_dw.values()),
@@ -334,7 +339,7 @@ def main() -> None:
         print(f"steps {result['steps']} ({after} after the switch at {ts['switch_step']}); "
               f"max loss rel diff {result['max_loss_rel_diff']:.2e}; max ΔW rel diff "
               f"{result['max_delta_w_rel_diff']:.2e} (LoRA part {result['max_lora_part_rel_diff']:.2e}, Dash part "
-              f"{result['max_dash_part_rel_diff']:.2e}); same picks {same_picks}; max |Δσ| {ds_moved:.2e}; "
+              f"{result['max_dash_part_rel_diff']:.2e}); clipped steps {result['clipped_steps']}; same picks {same_picks}; max |Δσ| {ds_moved:.2e}; "
               f"pass {result['pass']}; wrote {a.out}")
         if not result["pass"]:
             raise SystemExit(1)

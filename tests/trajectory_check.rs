@@ -9,8 +9,22 @@ use std::path::Path;
 
 #[test]
 fn committed_trajectory_comparison_passes() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("reproductions/trajectory/compare.json");
-    let text = std::fs::read_to_string(&path).expect("reproductions/trajectory/compare.json");
+    check("compare.json");
+}
+
+/// The same with `max_grad_norm` 0.05: clipping at every step (torch scales by max/(norm + 1e-6),
+/// tsd by max/norm).
+#[test]
+fn committed_clipped_trajectory_comparison_passes() {
+    let r = check("compare-clipped.json");
+    assert_eq!(r["clipped_steps"], r["steps"]);
+}
+
+fn check(name: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("reproductions/trajectory")
+        .join(name);
+    let text = std::fs::read_to_string(&path).expect(name);
     let r: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(r["schema_version"], 1);
     let steps = r["steps"].as_u64().unwrap();
@@ -52,4 +66,5 @@ fn committed_trajectory_comparison_passes() {
         "Δσ never moved"
     );
     assert_eq!(r["pass"], true);
+    r
 }
