@@ -1,6 +1,7 @@
 //! clap definitions, one file per subcommand.
 
 mod bench;
+mod dash_pick;
 mod eval;
 mod export;
 mod fetch;
@@ -43,6 +44,9 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Reproduce the paper: a LoRA / LoRA-Dash grid, evaluated, with the efficiency ratio.
     Reproduce(reproduce::ReproduceArgs),
+    /// LoRA-Dash's switch on a saved PEFT LoRA adapter (for trainers outside tsd): writes the picked
+    /// Ū, V̄ᵀ, indices with Δσ = 0 as a LoRA-Dash adapter in tsd's layout.
+    DashPick(dash_pick::DashPickArgs),
     /// Provision the default model (SmolLM2-135M-Instruct GGUF) into the tsd cache.
     Fetch(fetch::FetchArgs),
     /// Benchmarks; results are written under reproductions/bench/.
@@ -236,6 +240,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(*a),
         Command::Reproduce(a) => reproduce::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::DashPick(a) => dash_pick::run(a),
     }
 }
 

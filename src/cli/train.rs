@@ -101,6 +101,15 @@ pub struct TrainArgs {
     /// Validation loss every N optimizer steps [default: at the end only]
     #[arg(long)]
     eval_every: Option<usize>,
+    /// Start A and B from this PEFT LoRA adapter directory (same modules, ranks and α) instead of
+    /// tsd's seeded initialisation, e.g. one PEFT initialised [default: tsd's initialisation]
+    #[arg(long, value_name = "DIR")]
+    init_adapter: Option<String>,
+    /// JSON file fixing the data order: a list of micro-batches, each a list of indices into the
+    /// training examples (after the validation split); batch g is entry g modulo its length
+    /// [default: tsd's seeded length-grouped shuffle]
+    #[arg(long, value_name = "FILE")]
+    data_order: Option<String>,
     #[command(flatten)]
     dev: DeviceArgs,
     /// Shorthand for --device cpu
@@ -170,6 +179,12 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if a.eval_every.is_some() {
         c.eval_every = a.eval_every;
+    }
+    if a.init_adapter.is_some() {
+        c.init_adapter = a.init_adapter.clone();
+    }
+    if a.data_order.is_some() {
+        c.data_order = a.data_order.clone();
     }
     if a.rslora {
         c.use_rslora = true;

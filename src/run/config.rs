@@ -61,6 +61,15 @@ pub struct TrainConfig {
     pub save_every: usize,
     /// Validation loss every N steps (and at the end).
     pub eval_every: Option<usize>,
+    /// Start LoRA's A and B from this PEFT adapter directory instead of tsd's initialisation
+    /// (same modules, ranks and α; e.g. one PEFT initialised, to compare trajectories).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_adapter: Option<String>,
+    /// A JSON file fixing the data order: a list of micro-batches, each a list of indices into the
+    /// training examples (after the validation split, in data order); batch g of the run is entry
+    /// g modulo the list's length. Default: tsd's seeded length-grouped shuffle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_order: Option<String>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Base weights' dtype: `f32`, `bf16` or `f16` (adapters and optimizer state stay f32).
@@ -103,6 +112,8 @@ impl Default for TrainConfig {
             split_seed: None,
             save_every: 100,
             eval_every: None,
+            init_adapter: None,
+            data_order: None,
             device: "cpu".into(),
             dtype: "f32".into(),
         }

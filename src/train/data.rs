@@ -252,6 +252,8 @@ pub struct Batcher {
     lengths: Vec<usize>,
     batch_size: usize,
     seed: u64,
+    /// A fixed order (`--data-order`): these micro-batches, cycled.
+    fixed: Option<Arc<Vec<Vec<usize>>>>,
     /// The last epoch computed, since `batch_at` is called once per step.
     cache: Mutex<Option<(usize, EpochBatches)>>,
 }
@@ -273,8 +275,40 @@ impl Batcher {
             lengths,
             batch_size,
             seed,
+            fixed: None,
             cache: Mutex::new(None),
         })
+    }
+
+    /// A batcher that cycles through the given micro-batches (`--data-order`): each must be
+    /// non-empty, at most `batch_size` long, and index one of `lengths`.
+    pub fn with_order(
+        lengths: Vec<usize>,
+        batch_size: usize,
+        order: Vec<Vec<usize>>,
+    ) -> Result<Self> {
+        let mut b = Self::new(lengths, batch_size, 0)?;
+        if order.is_empty() {
+            return Err(Error::InvalidArgument(
+                "--data-order: no micro-batch given".into(),
+            ));
+        }
+        for (k, mb) in order.iter().enumerate() {
+            if mb.is_empty() || mb.len() > batch_size {
+                return Err(Error::InvalidArgument(format!(
+                    "--data-order: micro-batch {k} has {} example(s); expected 1 to {batch_size} (--micro-batch-size)",
+                    mb.len()
+                )));
+            }
+            if let Some(&i) = mb.iter().find(|&&i| i >= b.lengths.len()) {
+                return Err(Error::InvalidArgument(format!(
+                    "--data-order: micro-batch {k} names example {i}, but there are {} training examples",
+                    b.lengths.len()
+                )));
+            }
+        }
+        b.fixed = Some(Arc::new(order));
+        Ok(b)
     }
 
     /// Number of examples.
@@ -293,6 +327,9 @@ impl Batcher {
 
     /// `ceil(n / batch_size)`.
     pub fn batches_per_epoch(&self) -> usize {
+        if let Some(f) = &self.fixed {
+            return f.len();
+        }
         self.lengths.len().div_ceil(self.batch_size)
     }
 
@@ -314,6 +351,9 @@ impl Batcher {
     pub fn batch_at(&self, global: usize) -> (usize, Vec<usize>) {
         let per = self.batches_per_epoch();
         let (epoch, k) = (global / per, global % per);
+        if let Some(f) = &self.fixed {
+            return (epoch, f[k].clone());
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let batches = match cache.as_ref() {
             Some((e, b)) if *e == epoch => Arc::clone(b),

@@ -64,6 +64,43 @@ fn data_files(entries: &[String]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// `--init-adapter`: A and B of every adapted module from a PEFT LoRA adapter, which must hold
+/// exactly the run's modules with the same ranks and scaling (no LoRA-Dash, no DoRA).
+fn init_from_adapter(model: &mut Llama, dir: &Path) -> Result<()> {
+    let adapter = crate::adapter::read_adapter(dir, None)?;
+    let bad = |m: String| {
+        Err(Error::InvalidArgument(format!(
+            "--init-adapter {}: {m}",
+            dir.display()
+        )))
+    };
+    if adapter.has_dash() || adapter.modules.iter().any(|m| m.dora_magnitude.is_some()) {
+        return bad("a plain LoRA adapter is needed (no LoRA-Dash, no DoRA)".into());
+    }
+    let mut used = 0;
+    for lin in model.linears_mut() {
+        let Some(l) = &lin.lora else { continue };
+        let Some(m) = adapter.modules.iter().find(|m| m.module == lin.module) else {
+            return bad(format!("no LoRA for {}", lin.module));
+        };
+        if m.r != l.r || (m.scaling - l.scaling).abs() > 1e-12 * l.scaling.abs().max(1.0) {
+            return bad(format!(
+                "{}: r {} scaling {} in the adapter, r {} scaling {} in the run",
+                lin.module, m.r, m.scaling, l.r, l.scaling
+            ));
+        }
+        lin.load_module_adapter(m)?;
+        used += 1;
+    }
+    if used != adapter.modules.len() {
+        return bad(format!(
+            "{} module(s) in the adapter, {used} adapted in the run",
+            adapter.modules.len()
+        ));
+    }
+    Ok(())
+}
+
 impl Trainer {
     /// Everything a run needs before its first step; writes nothing.
     pub(super) fn build(config: TrainConfig, run_dir: &Path) -> Result<Self> {
@@ -128,11 +165,15 @@ impl Trainer {
         };
         let train = tokenize(&tr_idx)?;
         let val = tokenize(&val_idx)?;
-        let batcher = Batcher::new(
-            train.iter().map(|t| t.input_ids.len()).collect(),
-            config.micro_batch_size,
-            config.seed,
-        )?;
+        let lengths = train.iter().map(|t| t.input_ids.len()).collect();
+        let batcher = match &config.data_order {
+            None => Batcher::new(lengths, config.micro_batch_size, config.seed)?,
+            Some(f) => Batcher::with_order(
+                lengths,
+                config.micro_batch_size,
+                crate::fsutil::read_json::<Vec<Vec<usize>>>(Path::new(f))?,
+            )?,
+        };
         let accum = config.accumulation();
         let steps_per_epoch = (batcher.batches_per_epoch() / accum).max(1);
         let total_steps = config
@@ -173,6 +214,9 @@ impl Trainer {
                     }
                 }
             }
+        }
+        if let Some(dir) = &config.init_adapter {
+            init_from_adapter(&mut model, Path::new(dir))?;
         }
         let trainable = super::trainer::trainable_params(&model, &config);
         let record = RunRecord {
