@@ -10,8 +10,8 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use std::path::PathBuf;
 use tsd::adapter::{read_adapter, write_adapter};
-use tsd::linalg::cache::SvdCache;
 use tsd::nn::AdaptedLinear;
+use tsd::svd_cache::SvdCache;
 use tsd::weights::ModelSpec;
 
 /// Version of `tsd dash-pick --json`'s output.
