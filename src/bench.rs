@@ -1044,7 +1044,7 @@ pub fn bench_eval_batch(
     for t in tasks {
         let tk =
             task(t).ok_or_else(|| crate::Error::InvalidArgument(format!("unknown task {t}")))?;
-        let mut ex = crate::train::data::load_examples(&data.join(t).join("test.json"))?;
+        let mut ex = crate::data::load_examples(&crate::data::test_file(data, t))?;
         ex.truncate(limit);
         sets.push((tk, ex));
     }

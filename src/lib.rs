@@ -8,6 +8,7 @@ pub mod adapter;
 pub mod assets;
 pub mod bench;
 pub mod budget;
+pub mod data;
 pub mod device;
 pub mod directions;
 pub mod error;

@@ -147,7 +147,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     for t in &tasks {
         let file = data.join(t.name).join("test.json");
         if !file.exists() {
-            let present: Vec<String> = tsd::eval::TASKS
+            let present: Vec<String> = tsd::data::TASKS
                 .iter()
                 .filter(|k| data.join(k.name).join("test.json").exists())
                 .map(|k| k.name.to_string())
@@ -164,7 +164,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 tsd::assets::LLM_ADAPTERS_DATA
             )));
         }
-        let mut ex = tsd::train::data::load_examples(&file)?;
+        let mut ex = tsd::data::load_examples(&file)?;
         if let Some(n) = a.limit {
             ex.truncate(n);
         }
