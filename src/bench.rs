@@ -1021,7 +1021,8 @@ pub fn bench_eval_batch(
     limit: usize,
     batches: &[usize],
 ) -> Result<EvalBatchBench> {
-    use crate::eval::{eval_generate_batched, generate::GenConfig, task};
+    use crate::data::Protocol;
+    use crate::eval::{EvalSettings, Evaluator};
     use crate::model::Llama;
     use candle_core::{DType, Device};
     if batches.is_empty() || batches.contains(&0) || limit == 0 {
@@ -1033,31 +1034,26 @@ pub fn bench_eval_batch(
     let src = crate::weights::open_path(&path)?;
     let m = Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32)?;
     let tok = crate::model::tokenizer::load_tokenizer(&path)?;
-    let info = crate::model::tokenizer::load_tokenizer_info(&path)?;
-    let cfg = GenConfig {
-        num_beams: 4,
-        max_new_tokens: 32,
-        length_penalty: 1.0,
-        eos: info.eos,
-    };
-    let mut sets = Vec::new();
-    for t in tasks {
-        let tk =
-            task(t).ok_or_else(|| crate::Error::InvalidArgument(format!("unknown task {t}")))?;
-        let mut ex = crate::data::load_examples(&crate::data::test_file(data, t))?;
-        ex.truncate(limit);
-        sets.push((tk, ex));
-    }
+    let eos = crate::model::tokenizer::load_tokenizer_info(&path)?.eos;
+    let sets = crate::eval::plan::load_test_sets(data, &crate::data::tasks_named(tasks)?)?;
+    let settings = EvalSettings::one(Protocol::Generate, Some(limit));
+    let beams = settings.beams;
     let mut points: Vec<EvalBatchPoint> = Vec::new();
     let mut first: Option<Vec<Option<String>>> = None;
     for &batch in batches {
         let load_before = load_average();
         let (t0, cpu0) = (Instant::now(), process_cpu_seconds());
-        let mut outputs = Vec::new();
-        for (tk, ex) in &sets {
-            let r = eval_generate_batched(&m, &tok, tk, ex, &cfg, batch, &|| {})?;
-            outputs.extend(r.predictions.into_iter().map(|p| p.output));
-        }
+        let settings = EvalSettings {
+            batch_size: batch,
+            ..settings.clone()
+        };
+        let mut eval = Evaluator::new(sets.clone(), tok.clone(), eos, settings);
+        let outputs: Vec<Option<String>> = eval
+            .evaluate(&m, &())?
+            .results
+            .into_iter()
+            .flat_map(|r| r.predictions.into_iter().map(|p| p.output))
+            .collect();
         let seconds = t0.elapsed().as_secs_f64();
         let n = outputs.len();
         let same = first.get_or_insert_with(|| outputs.clone()) == &outputs;
@@ -1082,8 +1078,8 @@ pub fn bench_eval_batch(
         model: model.to_string(),
         tasks: tasks.to_vec(),
         limit,
-        num_beams: cfg.num_beams,
-        max_new_tokens: cfg.max_new_tokens,
+        num_beams: beams.num_beams,
+        max_new_tokens: beams.max_new_tokens,
         threads: rayon::current_num_threads(),
         cpu: cpu_name(),
         points,

@@ -24,6 +24,7 @@ pub mod model;
 pub mod nn;
 pub mod output;
 pub mod params;
+pub mod render;
 pub mod report;
 pub mod reproduce;
 pub mod run;

@@ -12,4 +12,4 @@ pub mod tasks;
 pub use llm_adapters::{load_examples, test_file, Example};
 pub use prompt::{eval_prompt, train_prompt};
 pub use protocol::Protocol;
-pub use tasks::{extract_answer, response_text, task, Task, TASKS};
+pub use tasks::{extract_answer, response_text, task, tasks_named, Task, TASKS};

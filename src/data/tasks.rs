@@ -1,6 +1,7 @@
 //! The eight LLM-Adapters commonsense tasks, their label sets, and answer extraction as
 //! LLM-Adapters' `commonsense_evaluate.py` does it.
 
+use crate::error::{Error, Result};
 use serde::Serialize;
 
 /// A commonsense task: its directory name and its label set, in the order `extract_answer` tries.
@@ -62,6 +63,17 @@ pub fn task(name: &str) -> Option<Task> {
         .iter()
         .find(|t| t.name.eq_ignore_ascii_case(canonical))
         .copied()
+}
+
+/// The tasks `names` name (see [`task`]), in that order; an unknown name is refused (exit 2).
+pub fn tasks_named<S: AsRef<str>>(names: &[S]) -> Result<Vec<Task>> {
+    names
+        .iter()
+        .map(|n| {
+            let n = n.as_ref();
+            task(n).ok_or_else(|| Error::InvalidArgument(format!("unknown task `{n}`")))
+        })
+        .collect()
 }
 
 /// The prediction in a generated response: the FIRST occurrence of any label of the task (what

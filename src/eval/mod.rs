@@ -3,10 +3,18 @@
 //! probable) and beam-search generation — and the one task loop, [`evaluate`] (see [`plan`]). Numbers from `loglik` must be labelled as such:
 //! it cannot see the invalid-label failures that the `generate` protocol measures.
 
+pub mod evaluator;
 pub mod generate;
 pub mod merge;
+pub mod plan;
 pub mod prepared;
 pub mod shortcut;
+
+pub use evaluator::{
+    BeamSettings, EvalProgress, EvalSettings, Evaluation, Evaluator, LoglikPath, LowerLayers,
+    ProtocolRun, TaskSet,
+};
+pub use plan::{evaluate, AdapterChoice, EvalPlan, EvalRecord};
 
 use crate::adapter::Adapter;
 use crate::data::{eval_prompt, extract_answer, response_text, Example, Protocol};

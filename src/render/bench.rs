@@ -1,0 +1,1 @@
+//! The benchmarks' records as JSON and their one-line terminal summaries.
