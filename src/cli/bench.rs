@@ -1,3 +1,6 @@
+//! `tsd bench`: the flags → a benchmark of [`tsd::bench`] → its record written and printed
+//! ([`tsd::render::bench`]).
+
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -141,13 +144,39 @@ enum Which {
     },
 }
 
-/// Writes a benchmark record as JSON (atomically) and prints it.
-fn emit<T: serde::Serialize>(rec: &T, out: &std::path::Path) -> Result<()> {
-    let text = tsd::output::to_json(rec)? + "\n";
+/// Writes a benchmark record's JSON (atomically) and prints it.
+fn save(text: &str, out: &std::path::Path) -> Result<()> {
     tsd::fsutil::atomic_write(out, text.as_bytes())?;
     print!("{text}");
+    Ok(())
+}
+
+/// Writes a benchmark record as JSON (atomically), prints it and says where it went.
+fn emit<T: serde::Serialize>(rec: &T, out: &std::path::Path) -> Result<()> {
+    save(&tsd::render::bench::json(rec)?, out)?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// The device and dtype names (`cpu`, `f32` where not given), checked.
+fn device_names(dev: &super::DeviceArgs) -> Result<(String, String)> {
+    dev.resolve()?;
+    Ok((
+        dev.device
+            .unwrap_or(tsd::device::DeviceSpec::Cpu)
+            .to_string(),
+        dev.dtype
+            .unwrap_or(tsd::device::WeightDtype::F32)
+            .to_string(),
+    ))
+}
+
+/// A JSON file of figures to compare with, when it exists.
+fn read_if_there(path: &std::path::Path) -> Result<Option<serde_json::Value>> {
+    Ok(path
+        .exists()
+        .then(|| tsd::fsutil::read_json(path))
+        .transpose()?)
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -157,26 +186,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             rank,
             dash_s,
             out,
-        } => {
-            anyhow::ensure!(
-                layers > 0 && rank > 0 && dash_s > 0,
-                "--layers, --rank and --dash-s must be positive"
-            );
-            eprintln!(
-                "bench: LoRA-Dash switch on {layers} LLaMA-7B-shaped layer(s), cold SVD cache…"
-            );
-            let rec = tsd::bench::bench_switch(layers, rank, dash_s)?;
-            emit(&rec, &out)?;
-            eprintln!(
-                "switch: {:.1} s ({:.1} CPU s, load {:.1}) for {layers} layer(s), {:.1} s per layer → ~{:.0} min for 32 layers (extrapolated)",
-                rec.switch_seconds,
-                rec.switch_cpu_seconds,
-                rec.load_average_at_start,
-                rec.seconds_per_layer,
-                rec.extrapolated_32_layers_seconds / 60.0
-            );
-            Ok(())
-        }
+        } => switch(layers, rank, dash_s, &out),
         Which::Scale {
             config,
             layers,
@@ -193,18 +203,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 batch > 0 && seq_len > 0 && rank > 0 && dash_s > 0,
                 "--batch, --seq-len, --rank and --dash-s must be positive"
             );
-            dev.resolve()?;
+            let (device, dtype) = device_names(&dev)?;
             let o = tsd::bench::ScaleOptions {
                 config,
                 layers,
-                device: dev
-                    .device
-                    .unwrap_or(tsd::device::DeviceSpec::Cpu)
-                    .to_string(),
-                dtype: dev
-                    .dtype
-                    .unwrap_or(tsd::device::WeightDtype::F32)
-                    .to_string(),
+                device,
+                dtype,
                 batch,
                 seq_len,
                 rank,
@@ -214,10 +218,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             };
             let rec = tsd::bench::bench_scale_train(&o)?;
             emit(&rec, &out)?;
-            eprintln!(
-                "LoRA {:.0} tokens/s, LoRA-Dash {:.0} tokens/s, switch {:.1} s, load {:.1} s",
-                rec.lora_tokens_per_s, rec.dash_tokens_per_s, rec.switch_seconds, rec.load_seconds
-            );
+            eprintln!("{}", tsd::render::bench::scale_summary(&rec));
             Ok(())
         }
         Which::EvalBatch {
@@ -227,43 +228,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             limit,
             batches,
             out,
-        } => {
-            let data = tsd::assets::data_dir(data.as_deref()).ok_or_else(|| {
-                tsd::Error::InvalidArgument(
-                    "bench eval-batch: no data directory (--data, TSD_DATA)".into(),
-                )
-            })?;
-            let rec = tsd::bench::bench_eval_batch(&model, &data, &tasks, limit, &batches)?;
-            emit(&rec, &out)?;
-            for p in &rec.points {
-                eprintln!(
-                    "batch {:>3}: {:.2} s/example ({:.0} CPU s, load {:.1} → {:.1}){}",
-                    p.batch,
-                    p.seconds_per_example,
-                    p.cpu_seconds,
-                    p.load_average_before,
-                    p.load_average_after,
-                    if p.same_outputs_as_first {
-                        ""
-                    } else {
-                        " OUTPUTS DIFFER"
-                    }
-                );
-            }
-            Ok(())
-        }
+        } => eval_batch(&model, data, &tasks, limit, &batches, &out),
         Which::Logits { model, dev, out } => {
-            dev.resolve()?;
-            let rec = tsd::bench::bench_logits(
-                &model,
-                &dev.device
-                    .unwrap_or(tsd::device::DeviceSpec::Cpu)
-                    .to_string(),
-                &dev.dtype
-                    .unwrap_or(tsd::device::WeightDtype::F32)
-                    .to_string(),
-            )?;
-            emit(&rec, &out)
+            let (device, dtype) = device_names(&dev)?;
+            emit(&tsd::bench::bench_logits(&model, &device, &dtype)?, &out)
         }
         Which::Inspect {
             layers,
@@ -275,17 +243,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if layers == 0 || rank == 0 {
                 return Err(super::input_error("--layers and --rank must be positive"));
             }
-            let torch = torch
-                .exists()
-                .then(|| tsd::fsutil::read_json(&torch))
-                .transpose()?;
+            let torch = read_if_there(&torch)?;
             eprintln!("bench: generating {layers} LLaMA-7B-shaped layer(s) and running inspect cold and warm…");
             let rec = tsd::bench::bench_inspect(layers, rank, svd_precision, torch)?;
-            let text = tsd::output::to_json(&rec)? + "\n";
-            tsd::fsutil::atomic_write(&out, text.as_bytes())?;
-            print!("{text}");
-            eprintln!("wrote {}", out.display());
-            Ok(())
+            emit(&rec, &out)
         }
         Which::Train {
             batch,
@@ -298,97 +259,84 @@ pub fn run(a: BenchArgs) -> Result<()> {
             single,
             dev,
         } => {
-            dev.resolve()?;
-            let device = dev
-                .device
-                .unwrap_or(tsd::device::DeviceSpec::Cpu)
-                .to_string();
-            let dtype = dev
-                .dtype
-                .unwrap_or(tsd::device::WeightDtype::F32)
-                .to_string();
-            if batch == 0 || seq_len < 2 || steps == 0 {
-                return Err(super::input_error(
-                    "--batch and --steps must be positive, --seq-len at least 2",
-                ));
-            }
-            if let Some(m) = single {
-                let r =
-                    tsd::bench::bench_train_step(&m, batch, seq_len, rank, steps, &device, &dtype)?;
-                println!("{}", serde_json::to_string(&r)?);
-                return Ok(());
-            }
-            if rounds == 0 {
-                return Err(super::input_error("--rounds must be positive"));
-            }
-            // Each method in its own process, so that peak RSS is that method's alone; the
-            // methods alternate (and swap order every round) so that drift in the machine's
-            // speed falls on both alike.
-            let mut runs = Vec::new();
-            for round in 0..rounds {
-                let order = if round % 2 == 0 {
-                    ["lora", "lora-dash"]
-                } else {
-                    ["lora-dash", "lora"]
-                };
-                for m in order {
-                    eprintln!(
-                        "bench: round {}/{rounds}: {m}, batch {batch} x {seq_len} tokens, {steps} steps…",
-                        round + 1
-                    );
-                    let o = std::process::Command::new(std::env::current_exe()?)
-                        .args(["bench", "train", "--batch", &batch.to_string()])
-                        .args([
-                            "--seq-len",
-                            &seq_len.to_string(),
-                            "--rank",
-                            &rank.to_string(),
-                        ])
-                        .args(["--steps", &steps.to_string(), "--single", m])
-                        .args(["--device", &device, "--dtype", &dtype])
-                        .output()?;
-                    anyhow::ensure!(
-                        o.status.success(),
-                        "{m}: {}",
-                        String::from_utf8_lossy(&o.stderr)
-                    );
-                    runs.push(serde_json::from_slice::<tsd::bench::TrainBench>(&o.stdout)?);
-                }
-            }
-            let torch_path = torch;
-            let torch = torch_path
-                .exists()
-                .then(|| tsd::fsutil::read_json::<serde_json::Value>(&torch_path))
-                .transpose()?;
-            let rec = tsd::bench::TrainComparison::new(runs, torch);
-            let text = tsd::output::to_json(&rec)? + "\n";
-            tsd::fsutil::atomic_write(&out, text.as_bytes())?;
-            print!("{text}");
-            let gb = |b: u64| b as f64 / 1e9;
-            eprintln!(
-                "LoRA {:.0} tokens/s ({:.2} GB peak), LoRA-Dash {:.0} tokens/s ({:+.1}% per step, best steps {:+.1}%; rounds {})",
-                rec.lora.tokens_per_s,
-                gb(rec.lora.peak_rss_bytes),
-                rec.lora_dash.tokens_per_s,
-                100.0 * rec.dash_step_overhead_vs_lora,
-                100.0 * rec.dash_best_step_overhead_vs_lora,
-                rec.dash_step_overhead_per_round
-                    .iter()
-                    .map(|x| format!("{:+.1}%", 100.0 * x))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-            if let (Some(r), Some(m)) = (
-                rec.tsd_lora_tokens_per_s_over_pytorch_peft,
-                rec.pytorch_peft_peak_rss_over_tsd_lora,
-            ) {
-                eprintln!(
-                    "vs PyTorch + PEFT ({}): {r:.2}x the tokens/s, {m:.2}x less peak memory",
-                    torch_path.display()
-                );
-            }
-            eprintln!("wrote {}", out.display());
-            Ok(())
+            let (device, dtype) = device_names(&dev)?;
+            let o = tsd::bench::TrainOptions {
+                batch,
+                seq_len,
+                rank,
+                steps,
+                rounds,
+                device,
+                dtype,
+            };
+            train(o, single, &torch, &out)
         }
     }
+}
+
+/// `tsd bench switch`.
+fn switch(layers: usize, rank: usize, dash_s: usize, out: &std::path::Path) -> Result<()> {
+    anyhow::ensure!(
+        layers > 0 && rank > 0 && dash_s > 0,
+        "--layers, --rank and --dash-s must be positive"
+    );
+    eprintln!("bench: LoRA-Dash switch on {layers} LLaMA-7B-shaped layer(s), cold SVD cache…");
+    let rec = tsd::bench::bench_switch(layers, rank, dash_s)?;
+    emit(&rec, out)?;
+    eprintln!("{}", tsd::render::bench::switch_summary(&rec));
+    Ok(())
+}
+
+/// `tsd bench eval-batch`.
+fn eval_batch(
+    model: &str,
+    data: Option<PathBuf>,
+    tasks: &[String],
+    limit: usize,
+    batches: &[usize],
+    out: &std::path::Path,
+) -> Result<()> {
+    let data = tsd::assets::data_dir(data.as_deref()).ok_or_else(|| {
+        tsd::Error::InvalidArgument("bench eval-batch: no data directory (--data, TSD_DATA)".into())
+    })?;
+    let rec = tsd::bench::bench_eval_batch(model, &data, tasks, limit, batches)?;
+    emit(&rec, out)?;
+    for line in tsd::render::bench::eval_batch_lines(&rec) {
+        eprintln!("{line}");
+    }
+    Ok(())
+}
+
+/// `tsd bench train`: one method in this process (`--single`), else every round in child
+/// processes and the comparison.
+fn train(
+    o: tsd::bench::TrainOptions,
+    single: Option<String>,
+    torch_path: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<()> {
+    if o.batch == 0 || o.seq_len < 2 || o.steps == 0 {
+        return Err(super::input_error(
+            "--batch and --steps must be positive, --seq-len at least 2",
+        ));
+    }
+    if let Some(m) = single {
+        let r = tsd::bench::bench_train_step(
+            &m, o.batch, o.seq_len, o.rank, o.steps, &o.device, &o.dtype,
+        )?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    if o.rounds == 0 {
+        return Err(super::input_error("--rounds must be positive"));
+    }
+    let runs =
+        tsd::bench::bench_train_rounds(&std::env::current_exe()?, &o, &|m| eprintln!("{m}"))?;
+    let rec = tsd::bench::TrainComparison::new(runs, read_if_there(torch_path)?);
+    save(&tsd::render::bench::json(&rec)?, out)?;
+    for line in tsd::render::bench::train_summary(&rec, torch_path) {
+        eprintln!("{line}");
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(())
 }

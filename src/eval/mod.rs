@@ -49,10 +49,10 @@ pub struct Prediction {
     pub prediction: Option<String>,
     pub correct: bool,
     /// Every label's score, in the task's label order (loglik protocol).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<LabelScore>,
     /// The generated response (generate protocol).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
 }
 

@@ -67,3 +67,39 @@ pub fn table(r: &EvalRecord) -> String {
         100.0 * r.mean_accuracy()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::{BeamSettings, TaskResult};
+
+    fn result(task: &str, accuracy: f64) -> TaskResult {
+        TaskResult {
+            task: task.into(),
+            protocol: Protocol::Loglik,
+            examples: 3,
+            correct: 2,
+            accuracy,
+            unparseable: 0,
+            truncated: 0,
+            predictions: vec![],
+        }
+    }
+
+    /// Ordinary values come out as the old `format!` rows did; a field that needs it is quoted.
+    #[test]
+    fn csv_rows_match_the_plain_format_and_quote_where_needed() {
+        let rec = EvalRecord {
+            model: "m".into(),
+            adapter: None,
+            protocol: Protocol::Loglik,
+            beams: BeamSettings::LLM_ADAPTERS,
+            results: vec![result("boolq", 2.0 / 3.0), result("a,b", 0.5)],
+        };
+        let want = format!(
+            "task,protocol,examples,correct,accuracy\nboolq,loglik,3,2,{}\n\"a,b\",loglik,3,2,0.5\n",
+            2.0f64 / 3.0
+        );
+        assert_eq!(csv(&rec).unwrap(), want);
+    }
+}
