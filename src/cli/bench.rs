@@ -15,133 +15,157 @@ pub struct BenchArgs {
 #[derive(Subcommand, Debug)]
 enum Which {
     /// Inspect time on LLaMA-7B-shaped modules, cold and with a warm SVD cache.
-    Inspect {
-        /// Layers to generate (5 matrices each).
-        #[arg(long, default_value_t = 1)]
-        layers: usize,
-        /// Adapter rank.
-        #[arg(long, default_value_t = 8)]
-        rank: usize,
-        /// Precision of the timed SVDs: f32 or f64.
-        #[arg(long, default_value = "f32")]
-        svd_precision: Precision,
-        /// torch.linalg.svd timings to compare with (from benches/torch_svd.py).
-        #[arg(long, default_value = "reproductions/bench/torch_svd.json")]
-        torch: PathBuf,
-        /// Where to write the record.
-        #[arg(long, default_value = "reproductions/bench/inspect.json")]
-        out: PathBuf,
-    },
+    Inspect(InspectArgs),
     /// Training-step throughput and peak memory, LoRA and LoRA-Dash, on the default model (CPU).
-    Train {
-        /// Sequences per step.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// Tokens per sequence.
-        #[arg(long, default_value_t = 128)]
-        seq_len: usize,
-        /// LoRA rank on q, k, v, up and down (LoRA-Dash: s = 8 directions).
-        #[arg(long, default_value_t = 8)]
-        rank: usize,
-        /// Timed steps per method and round (after one warm-up step).
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        /// Rounds: each runs LoRA and LoRA-Dash once, alternating which goes first.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// PyTorch + PEFT results to put beside (from benches/peft_train_step.py).
-        #[arg(long, default_value = "reproductions/bench/peft_train_step.json")]
-        torch: PathBuf,
-        /// Where to write the record.
-        #[arg(long, default_value = "reproductions/bench/train.json")]
-        out: PathBuf,
-        /// Internal: measure one method in this process and print its JSON.
-        #[arg(long, hide = true)]
-        single: Option<String>,
-        #[command(flatten)]
-        dev: super::DeviceArgs,
-    },
+    Train(TrainArgs),
     /// LoRA-Dash's switch (SVDs in parallel through a cold SVD cache, TSD picks) on
     /// LLaMA-7B-shaped layers, extrapolated linearly to 32 layers.
-    Switch {
-        /// LLaMA-7B-shaped layers (q, k, v, up, down each).
-        #[arg(long, default_value_t = 1)]
-        layers: usize,
-        /// LoRA rank.
-        #[arg(long, default_value_t = 8)]
-        rank: usize,
-        /// Dash directions per module.
-        #[arg(long, default_value_t = 8)]
-        dash_s: usize,
-        /// Where to write the record.
-        #[arg(long, default_value = "reproductions/bench/switch.json")]
-        out: PathBuf,
-    },
+    Switch(SwitchArgs),
     /// LoRA-Dash steps across the switch on a random model of a given shape, on any device and
     /// dtype (the GPU check runs it on LLaMA-7B's shape in bf16).
-    Scale {
-        /// Shape: a built-in config (llama-7b, llama2-7b, llama3-8b) or a config.json path.
-        #[arg(long, default_value = "llama-7b")]
-        config: String,
-        /// Override the config's layer count [default: the config's]
-        #[arg(long)]
-        layers: Option<usize>,
-        #[command(flatten)]
-        dev: super::DeviceArgs,
-        /// Sequences per step.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// Tokens per sequence.
-        #[arg(long, default_value_t = 256)]
-        seq_len: usize,
-        /// LoRA rank (α = 2r) on q, k, v, up, down.
-        #[arg(long, default_value_t = 8)]
-        rank: usize,
-        /// Dash directions per module.
-        #[arg(long, default_value_t = 8)]
-        dash_s: usize,
-        /// LoRA steps before the switch.
-        #[arg(long, default_value_t = 4)]
-        dash_t: usize,
-        /// Steps in all (the switch falls between step dash-t and dash-t + 1).
-        #[arg(long, default_value_t = 8)]
-        steps: usize,
-        /// Where to write the record.
-        #[arg(long, default_value = "reproductions/bench/scale.json")]
-        out: PathBuf,
-    },
+    Scale(ScaleArgs),
     /// `generate` evaluation seconds per example (4 beams, ≤ 32 new tokens) at several batch sizes.
-    EvalBatch {
-        /// Model: `default`, a path, or a Hugging Face id.
-        #[arg(long, default_value = "default")]
-        model: String,
-        /// Data directory in LLM-Adapters layout [default: $TSD_DATA, else ../shared/data/commonsense].
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Tasks whose first --limit test examples are generated.
-        #[arg(long, value_delimiter = ',', default_value = "boolq,ARC-Easy,piqa")]
-        tasks: Vec<String>,
-        /// Examples per task.
-        #[arg(long, default_value_t = 16)]
-        limit: usize,
-        /// Batch sizes to time, in this order.
-        #[arg(long, value_delimiter = ',', default_value = "4,8,16,32")]
-        batches: Vec<usize>,
-        /// Where to write the record.
-        #[arg(long, default_value = "reproductions/bench/eval_batch.json")]
-        out: PathBuf,
-    },
+    EvalBatch(EvalBatchArgs),
     /// A model's logits on --device/--dtype against the CPU in f32.
-    Logits {
-        /// Model: `default`, a path, or a Hugging Face id.
-        #[arg(long, default_value = "default")]
-        model: String,
-        #[command(flatten)]
-        dev: super::DeviceArgs,
-        /// Where to write the record.
-        #[arg(long, default_value = "reproductions/bench/logits.json")]
-        out: PathBuf,
-    },
+    Logits(LogitsArgs),
+}
+
+// The flags of `Which::Inspect` (no doc comment here: the variant's is the subcommand's help).
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// Layers to generate (5 matrices each).
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    /// Adapter rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Precision of the timed SVDs: f32 or f64.
+    #[arg(long, default_value = "f32")]
+    svd_precision: Precision,
+    /// torch.linalg.svd timings to compare with (from benches/torch_svd.py).
+    #[arg(long, default_value = "reproductions/bench/torch_svd.json")]
+    torch: PathBuf,
+    /// Where to write the record.
+    #[arg(long, default_value = "reproductions/bench/inspect.json")]
+    out: PathBuf,
+}
+
+// The flags of `Which::Train` (no doc comment here: the variant's is the subcommand's help).
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// LoRA rank on q, k, v, up and down (LoRA-Dash: s = 8 directions).
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Timed steps per method and round (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Rounds: each runs LoRA and LoRA-Dash once, alternating which goes first.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// PyTorch + PEFT results to put beside (from benches/peft_train_step.py).
+    #[arg(long, default_value = "reproductions/bench/peft_train_step.json")]
+    torch: PathBuf,
+    /// Where to write the record.
+    #[arg(long, default_value = "reproductions/bench/train.json")]
+    out: PathBuf,
+    /// Internal: measure one method in this process and print its JSON.
+    #[arg(long, hide = true)]
+    single: Option<String>,
+    #[command(flatten)]
+    dev: super::DeviceArgs,
+}
+
+// The flags of `Which::Switch` (no doc comment here: the variant's is the subcommand's help).
+#[derive(Args, Debug)]
+struct SwitchArgs {
+    /// LLaMA-7B-shaped layers (q, k, v, up, down each).
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Dash directions per module.
+    #[arg(long, default_value_t = 8)]
+    dash_s: usize,
+    /// Where to write the record.
+    #[arg(long, default_value = "reproductions/bench/switch.json")]
+    out: PathBuf,
+}
+
+// The flags of `Which::Scale` (no doc comment here: the variant's is the subcommand's help).
+#[derive(Args, Debug)]
+struct ScaleArgs {
+    /// Shape: a built-in config (llama-7b, llama2-7b, llama3-8b) or a config.json path.
+    #[arg(long, default_value = "llama-7b")]
+    config: String,
+    /// Override the config's layer count [default: the config's]
+    #[arg(long)]
+    layers: Option<usize>,
+    #[command(flatten)]
+    dev: super::DeviceArgs,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// LoRA rank (α = 2r) on q, k, v, up, down.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Dash directions per module.
+    #[arg(long, default_value_t = 8)]
+    dash_s: usize,
+    /// LoRA steps before the switch.
+    #[arg(long, default_value_t = 4)]
+    dash_t: usize,
+    /// Steps in all (the switch falls between step dash-t and dash-t + 1).
+    #[arg(long, default_value_t = 8)]
+    steps: usize,
+    /// Where to write the record.
+    #[arg(long, default_value = "reproductions/bench/scale.json")]
+    out: PathBuf,
+}
+
+// The flags of `Which::EvalBatch` (no doc comment here: the variant's is the subcommand's help).
+#[derive(Args, Debug)]
+struct EvalBatchArgs {
+    /// Model: `default`, a path, or a Hugging Face id.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// Data directory in LLM-Adapters layout [default: $TSD_DATA, else ../shared/data/commonsense].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Tasks whose first --limit test examples are generated.
+    #[arg(long, value_delimiter = ',', default_value = "boolq,ARC-Easy,piqa")]
+    tasks: Vec<String>,
+    /// Examples per task.
+    #[arg(long, default_value_t = 16)]
+    limit: usize,
+    /// Batch sizes to time, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32")]
+    batches: Vec<usize>,
+    /// Where to write the record.
+    #[arg(long, default_value = "reproductions/bench/eval_batch.json")]
+    out: PathBuf,
+}
+
+// The flags of `Which::Logits` (no doc comment here: the variant's is the subcommand's help).
+#[derive(Args, Debug)]
+struct LogitsArgs {
+    /// Model: `default`, a path, or a Hugging Face id.
+    #[arg(long, default_value = "default")]
+    model: String,
+    #[command(flatten)]
+    dev: super::DeviceArgs,
+    /// Where to write the record.
+    #[arg(long, default_value = "reproductions/bench/logits.json")]
+    out: PathBuf,
 }
 
 /// Writes a benchmark record's JSON (atomically) and prints it.
@@ -181,130 +205,102 @@ fn read_if_there(path: &std::path::Path) -> Result<Option<serde_json::Value>> {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.which {
-        Which::Switch {
-            layers,
-            rank,
-            dash_s,
-            out,
-        } => switch(layers, rank, dash_s, &out),
-        Which::Scale {
-            config,
-            layers,
-            dev,
-            batch,
-            seq_len,
-            rank,
-            dash_s,
-            dash_t,
-            steps,
-            out,
-        } => {
-            anyhow::ensure!(
-                batch > 0 && seq_len > 0 && rank > 0 && dash_s > 0,
-                "--batch, --seq-len, --rank and --dash-s must be positive"
-            );
-            let (device, dtype) = device_names(&dev)?;
-            let o = tsd::bench::ScaleOptions {
-                config,
-                layers,
-                device,
-                dtype,
-                batch,
-                seq_len,
-                rank,
-                dash_s,
-                dash_t,
-                steps,
-            };
-            let rec = tsd::bench::bench_scale_train(&o)?;
-            emit(&rec, &out)?;
-            eprintln!("{}", tsd::render::bench::scale_summary(&rec));
-            Ok(())
+        Which::Switch(x) => switch(x),
+        Which::Scale(x) => scale(x),
+        Which::EvalBatch(x) => eval_batch(x),
+        Which::Logits(x) => {
+            let (device, dtype) = device_names(&x.dev)?;
+            emit(
+                &tsd::bench::bench_logits(&x.model, &device, &dtype)?,
+                &x.out,
+            )
         }
-        Which::EvalBatch {
-            model,
-            data,
-            tasks,
-            limit,
-            batches,
-            out,
-        } => eval_batch(&model, data, &tasks, limit, &batches, &out),
-        Which::Logits { model, dev, out } => {
-            let (device, dtype) = device_names(&dev)?;
-            emit(&tsd::bench::bench_logits(&model, &device, &dtype)?, &out)
-        }
-        Which::Inspect {
-            layers,
-            rank,
-            svd_precision,
-            torch,
-            out,
-        } => {
-            if layers == 0 || rank == 0 {
-                return Err(super::input_error("--layers and --rank must be positive"));
-            }
-            let torch = read_if_there(&torch)?;
-            eprintln!("bench: generating {layers} LLaMA-7B-shaped layer(s) and running inspect cold and warm…");
-            let rec = tsd::bench::bench_inspect(layers, rank, svd_precision, torch)?;
-            emit(&rec, &out)
-        }
-        Which::Train {
-            batch,
-            seq_len,
-            rank,
-            steps,
-            rounds,
-            torch,
-            out,
-            single,
-            dev,
-        } => {
-            let (device, dtype) = device_names(&dev)?;
+        Which::Inspect(x) => inspect(x),
+        Which::Train(x) => {
+            let (device, dtype) = device_names(&x.dev)?;
             let o = tsd::bench::TrainOptions {
-                batch,
-                seq_len,
-                rank,
-                steps,
-                rounds,
+                batch: x.batch,
+                seq_len: x.seq_len,
+                rank: x.rank,
+                steps: x.steps,
+                rounds: x.rounds,
                 device,
                 dtype,
             };
-            train(o, single, &torch, &out)
+            train(o, x.single, &x.torch, &x.out)
         }
     }
 }
 
 /// `tsd bench switch`.
-fn switch(layers: usize, rank: usize, dash_s: usize, out: &std::path::Path) -> Result<()> {
+fn switch(x: SwitchArgs) -> Result<()> {
+    let SwitchArgs {
+        layers,
+        rank,
+        dash_s,
+        out,
+    } = x;
     anyhow::ensure!(
         layers > 0 && rank > 0 && dash_s > 0,
         "--layers, --rank and --dash-s must be positive"
     );
     eprintln!("bench: LoRA-Dash switch on {layers} LLaMA-7B-shaped layer(s), cold SVD cache…");
     let rec = tsd::bench::bench_switch(layers, rank, dash_s)?;
-    emit(&rec, out)?;
+    emit(&rec, &out)?;
     eprintln!("{}", tsd::render::bench::switch_summary(&rec));
     Ok(())
 }
 
+/// `tsd bench scale`.
+fn scale(x: ScaleArgs) -> Result<()> {
+    anyhow::ensure!(
+        x.batch > 0 && x.seq_len > 0 && x.rank > 0 && x.dash_s > 0,
+        "--batch, --seq-len, --rank and --dash-s must be positive"
+    );
+    let (device, dtype) = device_names(&x.dev)?;
+    let o = tsd::bench::ScaleOptions {
+        config: x.config,
+        layers: x.layers,
+        device,
+        dtype,
+        batch: x.batch,
+        seq_len: x.seq_len,
+        rank: x.rank,
+        dash_s: x.dash_s,
+        dash_t: x.dash_t,
+        steps: x.steps,
+    };
+    let rec = tsd::bench::bench_scale_train(&o)?;
+    emit(&rec, &x.out)?;
+    eprintln!("{}", tsd::render::bench::scale_summary(&rec));
+    Ok(())
+}
+
 /// `tsd bench eval-batch`.
-fn eval_batch(
-    model: &str,
-    data: Option<PathBuf>,
-    tasks: &[String],
-    limit: usize,
-    batches: &[usize],
-    out: &std::path::Path,
-) -> Result<()> {
-    let data = tsd::assets::data_dir(data.as_deref()).ok_or_else(|| {
+fn eval_batch(x: EvalBatchArgs) -> Result<()> {
+    let data = tsd::assets::data_dir(x.data.as_deref()).ok_or_else(|| {
         tsd::Error::InvalidArgument("bench eval-batch: no data directory (--data, TSD_DATA)".into())
     })?;
-    let rec = tsd::bench::bench_eval_batch(model, &data, tasks, limit, batches)?;
-    emit(&rec, out)?;
+    let rec = tsd::bench::bench_eval_batch(&x.model, &data, &x.tasks, x.limit, &x.batches)?;
+    emit(&rec, &x.out)?;
     for line in tsd::render::bench::eval_batch_lines(&rec) {
         eprintln!("{line}");
     }
     Ok(())
+}
+
+/// `tsd bench inspect`.
+fn inspect(x: InspectArgs) -> Result<()> {
+    let (layers, rank) = (x.layers, x.rank);
+    if layers == 0 || rank == 0 {
+        return Err(super::input_error("--layers and --rank must be positive"));
+    }
+    let torch = read_if_there(&x.torch)?;
+    eprintln!(
+        "bench: generating {layers} LLaMA-7B-shaped layer(s) and running inspect cold and warm…"
+    );
+    let rec = tsd::bench::bench_inspect(layers, rank, x.svd_precision, torch)?;
+    emit(&rec, &x.out)
 }
 
 /// `tsd bench train`: one method in this process (`--single`), else every round in child
