@@ -9,6 +9,7 @@
 pub mod adapter;
 pub mod bench;
 pub mod budget;
+pub mod data;
 pub mod device;
 pub mod directions;
 pub mod env;

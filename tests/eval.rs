@@ -135,10 +135,11 @@ fn loglik_eval_scores_every_label_and_counts_accuracy() {
 #[test]
 fn prepared_loglik_equals_plain_loglik() {
     use candle_core::{DType, Device, Tensor};
+    use tsd::data::task;
+    use tsd::data::Example;
     use tsd::eval::prepared::{eval_loglik_prepared, prepare_loglik};
-    use tsd::eval::{eval_loglik_full_sequences, eval_loglik_general, task};
+    use tsd::eval::{eval_loglik_full_sequences, eval_loglik_general};
     use tsd::model::Llama;
-    use tsd::train::data::Example;
     let src = tsd::weights::open_path(&fixture("tiny-llama")).unwrap();
     let tok = tsd::model::tokenizer::load_tokenizer(&fixture("tiny-llama")).unwrap();
     let ex = |i: usize, a: &str| Example {
@@ -203,7 +204,7 @@ fn bigbench_social_iqa_converts_to_llm_adapters_layout() {
         .instruction
         .ends_with("Answer1: Make a new plan Answer2: Go home and see Riley Answer3: Find somewhere to go\n\nAnswer format: answer1/answer2/answer3"));
     let text = std::fs::read_to_string(fixture("llm-adapters/social_i_qa/test-head.json")).unwrap();
-    let theirs: Vec<tsd::train::data::Example> = serde_json::from_str(&text).unwrap();
+    let theirs: Vec<tsd::data::Example> = serde_json::from_str(&text).unwrap();
     assert_eq!(theirs.len(), got.len());
     for (a, b) in got.iter().zip(&theirs) {
         assert_eq!(a.answer, b.answer);

@@ -6,9 +6,9 @@ mod common;
 use candle_core::{DType, Device};
 use common::fixture;
 use std::path::PathBuf;
+use tsd::data::{eval_prompt, load_examples, Example};
 use tsd::eval::generate::{beam_search, beam_search_batch, GenConfig};
 use tsd::model::Llama;
-use tsd::train::data::{eval_prompt, load_examples, Example};
 
 fn load(path: &std::path::Path) -> Llama {
     let src = tsd::weights::open_path(path).unwrap();
@@ -199,8 +199,9 @@ fn prepared_equals_plain(
     froms: &[usize],
     cfg: &GenConfig,
 ) {
+    use tsd::data::task;
+    use tsd::eval::eval_generate_batched;
     use tsd::eval::prepared::{eval_generate_prepared, prepare_generate};
-    use tsd::eval::{eval_generate_batched, task};
     let tok = tsd::model::tokenizer::load_tokenizer(path).unwrap();
     let t = task("ARC-Easy").unwrap();
     let bare = eval_generate_batched(&load(path), &tok, &t, examples, cfg, 2, &|| {}).unwrap();

@@ -5,10 +5,11 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::fixture;
+use tsd::data::task;
+use tsd::data::Example;
 use tsd::eval::prepared::shortcut_applies;
-use tsd::eval::{eval_loglik, eval_loglik_general, task, TaskResult};
+use tsd::eval::{eval_loglik, eval_loglik_general, TaskResult};
 use tsd::model::Llama;
-use tsd::train::data::Example;
 
 fn load(path: &std::path::Path) -> Llama {
     let src = tsd::weights::open_path(path).unwrap();

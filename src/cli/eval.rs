@@ -1,14 +1,14 @@
+//! `tsd eval`: the flags → an [`EvalPlan`] → [`tsd::eval::evaluate`] → [`tsd::render::eval`].
+
 use super::{progress_bar, DeviceArgs, ModelArgs, OutputArgs};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
-use tsd::eval::generate::GenConfig;
-use tsd::eval::merge::adapted_model;
-use tsd::eval::{eval_generate_batched, eval_loglik, eval_loglik_general, task, TaskResult};
-use tsd::model::Llama;
-use tsd::provision::resolve_path;
-use tsd::render::{to_json, Format};
-use tsd::weights::{open_path, ModelSpec};
+use std::sync::Mutex;
+use tsd::data::Protocol;
+use tsd::eval::{AdapterChoice, BeamSettings, EvalPlan, EvalProgress, TaskResult};
+use tsd::render::Format;
+use tsd::weights::ModelSpec;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -40,13 +40,13 @@ pub struct EvalArgs {
     data: Option<PathBuf>,
     /// `generate` (the LLM-Adapters protocol: beam search, first label in the response) or
     /// `loglik` (label log-likelihood; cheaper, cannot see invalid-label failures).
-    #[arg(long, default_value = "generate")]
-    protocol: String,
+    #[arg(long, value_enum, default_value_t = Protocol::Generate, hide_possible_values = true)]
+    protocol: Protocol,
     /// Beams for `generate`.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = BeamSettings::LLM_ADAPTERS.num_beams)]
     beams: usize,
     /// New-token budget for `generate`.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = BeamSettings::LLM_ADAPTERS.max_new_tokens)]
     max_new_tokens: usize,
     /// Examples per batched beam search for `generate` (predictions do not depend on it).
     #[arg(long, default_value_t = tsd::eval::generate::DEFAULT_BATCH)]
@@ -74,175 +74,79 @@ pub struct EvalArgs {
     out: OutputArgs,
 }
 
+/// The plan the flags describe.
+fn plan(a: &EvalArgs) -> Result<EvalPlan> {
+    let loglik_path = a.loglik_path.parse()?;
+    let tasks = tsd::data::tasks_named(&a.tasks)?;
+    Ok(EvalPlan {
+        model: ModelSpec {
+            spec: a.model.clone(),
+            revision: a.src.revision.clone(),
+            offline: a.src.offline,
+            local_only: false,
+        },
+        adapter: a.adapter.as_ref().map(|path| AdapterChoice {
+            path: path.clone(),
+            name: a.adapter_name.clone(),
+            strict_base: a.strict_base,
+        }),
+        device: a.dev.device,
+        dtype: a.dev.dtype,
+        data: a.data.clone(),
+        tasks,
+        protocol: a.protocol,
+        beams: BeamSettings {
+            num_beams: a.beams,
+            max_new_tokens: a.max_new_tokens,
+        },
+        batch_size: a.batch_size,
+        loglik_path,
+        limit: a.limit,
+        predictions: a.predictions.clone(),
+    })
+}
+
+/// A progress bar per task, notices and warnings on stderr.
+struct Bars {
+    quiet: bool,
+    bar: Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl EvalProgress for Bars {
+    fn note(&self, msg: &str) {
+        eprintln!("tsd eval: {msg}");
+    }
+    fn warn(&self, msg: &str) {
+        eprintln!("warning: {msg}");
+    }
+    fn task_started(&self, task: &str, examples: usize) {
+        let pb = progress_bar(examples as u64, task, self.quiet);
+        *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(pb);
+    }
+    fn example_done(&self) {
+        if let Some(pb) = &*self.bar.lock().unwrap_or_else(|p| p.into_inner()) {
+            pb.inc(1);
+        }
+    }
+    fn task_finished(&self, _: &TaskResult) -> tsd::Result<()> {
+        if let Some(pb) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            pb.finish_and_clear();
+        }
+        Ok(())
+    }
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
-    if a.protocol != "loglik" && a.protocol != "generate" {
-        return Err(super::input_error(format!(
-            "protocol `{}`: expected generate or loglik",
-            a.protocol
-        )));
-    }
-    if a.loglik_path != "auto" && a.loglik_path != "general" {
-        return Err(super::input_error(format!(
-            "--loglik-path `{}`: expected auto or general",
-            a.loglik_path
-        )));
-    }
-    let tasks = a
-        .tasks
-        .iter()
-        .map(|t| task(t).ok_or_else(|| super::input_error(format!("unknown task `{t}`"))))
-        .collect::<Result<Vec<_>>>()?;
-    let data = match tsd::env::data_dir(a.data.as_deref()) {
-        Some(d) => d,
-        None => {
-            let names: Vec<&str> = tasks.iter().map(|t| t.name).collect();
-            if tsd::provision::check_provisionable(&names)? {
-                eprintln!(
-                    "tsd eval: no data directory (--data, TSD_DATA); provisioning Social IQa, the one commonsense test set a package registry ships"
-                );
-            }
-            tsd::provision::provision_social_iqa(a.src.offline)?
-        }
+    let plan = plan(&a)?;
+    let bars = Bars {
+        quiet: a.quiet,
+        bar: Mutex::new(None),
     };
-    let path = resolve_path(&ModelSpec {
-        spec: a.model.clone(),
-        revision: a.src.revision.clone(),
-        offline: a.src.offline,
-        local_only: false,
-    })?;
-    let adapter = a
-        .adapter
-        .as_ref()
-        .map(|ad| tsd::adapter::read_adapter(ad, a.adapter_name.as_deref()))
-        .transpose()?;
-    if let Some(adapter) = &adapter {
-        let given = ModelSpec::new(a.model.clone());
-        let declared = tsd::run::base::DeclaredBase::of_adapter(&adapter.path, &adapter.config);
-        if let Some(w) = tsd::run::base::check_given(
-            &ModelSpec {
-                revision: a.src.revision.clone(),
-                ..given
-            },
-            &path,
-            "--model",
-            declared.as_ref(),
-            a.strict_base,
-        )? {
-            eprintln!("warning: {w}");
-        }
-    }
-    let src = open_path(&path)?;
-    let (dev, dtype) = a.dev.resolve()?;
-    let model = match &adapter {
-        Some(adapter) => {
-            for w in &adapter.warnings {
-                eprintln!("warning: {w}");
-            }
-            adapted_model(src.as_ref(), adapter, &dev, dtype)?
-        }
-        None => Llama::from_source(src.as_ref(), &dev, dtype)?,
-    };
-    let tok = tsd::model::tokenizer::load_tokenizer(&path)?;
-    let eos = tsd::model::tokenizer::load_tokenizer_info(&path)?;
-    let mut results: Vec<TaskResult> = Vec::new();
-    for t in &tasks {
-        let file = data.join(t.name).join("test.json");
-        if !file.exists() {
-            let present: Vec<String> = tsd::eval::TASKS
-                .iter()
-                .filter(|k| data.join(k.name).join("test.json").exists())
-                .map(|k| k.name.to_string())
-                .collect();
-            return Err(super::input_error(format!(
-                "{}: test set not found (present in {}: {}); {}",
-                file.display(),
-                data.display(),
-                if present.is_empty() {
-                    "none".to_string()
-                } else {
-                    present.join(", ")
-                },
-                tsd::provision::LLM_ADAPTERS_DATA
-            )));
-        }
-        let mut ex = tsd::train::data::load_examples(&file)?;
-        if let Some(n) = a.limit {
-            ex.truncate(n);
-        }
-        let pb = progress_bar(ex.len() as u64, t.name, a.quiet);
-        let r = if a.protocol == "loglik" {
-            if a.loglik_path == "general" {
-                eval_loglik_general(&model, &tok, t, &ex, &|| pb.inc(1))?
-            } else {
-                eval_loglik(&model, &tok, t, &ex, &|| pb.inc(1))?
-            }
-        } else {
-            let cfg = GenConfig {
-                num_beams: a.beams,
-                max_new_tokens: a.max_new_tokens,
-                length_penalty: 1.0,
-                eos: eos.eos,
-            };
-            eval_generate_batched(&model, &tok, t, &ex, &cfg, a.batch_size, &|| pb.inc(1))?
-        };
-        pb.finish_and_clear();
-        if let Some(dir) = &a.predictions {
-            let lines: Vec<String> = r
-                .predictions
-                .iter()
-                .map(serde_json::to_string)
-                .collect::<Result<_, _>>()?;
-            tsd::fsutil::atomic_write(
-                &dir.join(format!("{}.jsonl", t.name)),
-                (lines.join("\n") + "\n").as_bytes(),
-            )?;
-        }
-        results.push(r);
-    }
+    let record = tsd::eval::evaluate(&plan, &bars)?;
     let text = match a.out.format() {
-        Format::Json => to_json(&results)? + "\n",
-        Format::Csv => {
-            let mut s = String::from("task,protocol,examples,correct,accuracy\n");
-            for r in &results {
-                s += &format!(
-                    "{},{},{},{},{}\n",
-                    r.task, r.protocol, r.examples, r.correct, r.accuracy
-                );
-            }
-            s
-        }
-        Format::Table => {
-            let proto = if a.protocol == "loglik" {
-                "loglik (label log-likelihood, not beam-search generation)".to_string()
-            } else {
-                format!(
-                    "generate ({} beams, at most {} new tokens, first label in the response)",
-                    a.beams, a.max_new_tokens
-                )
-            };
-            let adapter = a
-                .adapter
-                .as_ref()
-                .map_or(String::new(), |p| format!(" + {}", p.display()));
-            let mut s = format!("model {}{adapter} · protocol {proto}\n", a.model);
-            for r in &results {
-                s += &format!(
-                    "{:<14} {:>6} examples  accuracy {:6.2}%  unparseable {}  truncated prompts {}\n",
-                    r.task,
-                    r.examples,
-                    100.0 * r.accuracy,
-                    r.unparseable,
-                    r.truncated
-                );
-            }
-            let avg = results.iter().map(|r| r.accuracy).sum::<f64>() / results.len().max(1) as f64;
-            s + &format!(
-                "{:<14} {:>6}           accuracy {:6.2}% (mean over tasks)\n",
-                "average",
-                "",
-                100.0 * avg
-            )
-        }
+        Format::Json => tsd::render::eval::json(&record)?,
+        Format::Csv => tsd::render::eval::csv(&record)?,
+        Format::Table => tsd::render::eval::table(&record),
     };
     a.out.emit(&text)
 }

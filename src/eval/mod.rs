@@ -1,110 +1,36 @@
-//! Commonsense evaluation (README, Definitions: commonsense protocol): task label sets and answer extraction as LLM-Adapters'
-//! `commonsense_evaluate.py` does them, and the log-likelihood scorer (pick the label whose
-//! continuation the model finds most probable). Numbers from `loglik` must be labelled as such:
+//! Commonsense evaluation (README, Definitions: commonsense protocol): the scorers of both
+//! protocols — the log-likelihood scorer (pick the label whose continuation the model finds most
+//! probable) and beam-search generation — and the one task loop, [`evaluate`] (see [`plan`]). Numbers from `loglik` must be labelled as such:
 //! it cannot see the invalid-label failures that the `generate` protocol measures.
 
+pub mod evaluator;
 pub mod generate;
 pub mod merge;
+pub mod plan;
 pub mod prepared;
 pub mod shortcut;
 
+pub use evaluator::{
+    BeamSettings, EvalProgress, EvalSettings, Evaluation, Evaluator, LoglikPath, LowerLayers,
+    ProtocolRun, TaskSet,
+};
+pub use plan::{evaluate, AdapterChoice, EvalPlan, EvalRecord};
+
 use crate::adapter::Adapter;
+use crate::data::{eval_prompt, extract_answer, response_text, Example, Protocol};
+/// The tasks and protocol live in [`crate::data`]; re-exported for `reproduce/` until it imports them
+/// from there.
+pub use crate::data::{task, Task};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::{encode, encode_plain, Tokenizer};
 use crate::model::Llama;
 use crate::nn::ForwardCtx;
-use crate::train::data::{eval_prompt, Example};
 use candle_core::{DType, Tensor};
-use serde::Serialize;
-
-/// A commonsense task: its directory name and its label set, in the order `extract_answer` tries.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct Task {
-    pub name: &'static str,
-    pub labels: &'static [&'static str],
-}
-
-const ANSWERS: &[&str] = &["answer1", "answer2", "answer3", "answer4", "answer5"];
-
-/// The eight LLM-Adapters commonsense tasks.
-pub const TASKS: &[Task] = &[
-    Task {
-        name: "boolq",
-        labels: &["true", "false"],
-    },
-    Task {
-        name: "piqa",
-        labels: &["solution1", "solution2"],
-    },
-    Task {
-        name: "social_i_qa",
-        labels: ANSWERS,
-    },
-    Task {
-        name: "hellaswag",
-        labels: &["ending1", "ending2", "ending3", "ending4"],
-    },
-    Task {
-        name: "winogrande",
-        labels: &["option1", "option2"],
-    },
-    Task {
-        name: "ARC-Easy",
-        labels: ANSWERS,
-    },
-    Task {
-        name: "ARC-Challenge",
-        labels: ANSWERS,
-    },
-    Task {
-        name: "openbookqa",
-        labels: ANSWERS,
-    },
-];
-
-/// A task by name (case-insensitive; `arc-e`/`arc-c`/`obqa`/`siqa` accepted).
-pub fn task(name: &str) -> Option<Task> {
-    let n = name.to_ascii_lowercase();
-    let canonical = match n.as_str() {
-        "arc-e" | "arc_easy" | "arc-easy" => "ARC-Easy",
-        "arc-c" | "arc_challenge" | "arc-challenge" => "ARC-Challenge",
-        "obqa" => "openbookqa",
-        "siqa" | "social_iqa" => "social_i_qa",
-        _ => name,
-    };
-    TASKS
-        .iter()
-        .find(|t| t.name.eq_ignore_ascii_case(canonical))
-        .copied()
-}
-
-/// The prediction in a generated response: the FIRST occurrence of any label of the task (what
-/// `re.findall(r'a|b|…', text)[0]` returns), or None (counted wrong and unparseable).
-pub fn extract_answer(task: &Task, text: &str) -> Option<&'static str> {
-    let mut best: Option<(usize, &'static str)> = None;
-    for &l in task.labels {
-        if let Some(p) = text.find(l) {
-            // Earliest start wins; at equal starts the regex alternation prefers the earlier label.
-            if best.is_none_or(|(bp, _)| p < bp) {
-                best = Some((p, l));
-            }
-        }
-    }
-    best.map(|b| b.1)
-}
-
-/// The text after `### Response:` (LLM-Adapters: `output.split("### Response:")[1].strip()`).
-pub fn response_text(decoded: &str) -> &str {
-    decoded
-        .split("### Response:")
-        .nth(1)
-        .unwrap_or(decoded)
-        .trim()
-}
+use serde::{Deserialize, Serialize};
 
 /// One label's score under the loglik protocol, as lm-eval logs a loglikelihood request's
 /// response (`[loglik, is_greedy]`) plus the token count that length normalisation needs.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LabelScore {
     pub label: String,
     /// `Σ log p(token | everything before it)` over the continuation's tokens (natural log).
@@ -116,25 +42,25 @@ pub struct LabelScore {
 }
 
 /// One scored example.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Prediction {
     pub index: usize,
     pub answer: String,
     pub prediction: Option<String>,
     pub correct: bool,
     /// Every label's score, in the task's label order (loglik protocol).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<LabelScore>,
     /// The generated response (generate protocol).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
 }
 
 /// Accuracy on one task.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskResult {
     pub task: String,
-    pub protocol: &'static str,
+    pub protocol: Protocol,
     pub examples: usize,
     pub correct: usize,
     pub accuracy: f64,
@@ -313,7 +239,7 @@ pub(crate) fn loglik_result(task: &Task, preds: Vec<Prediction>, truncated: usiz
     let correct = preds.iter().filter(|p| p.correct).count();
     TaskResult {
         task: task.name.into(),
-        protocol: "loglik",
+        protocol: Protocol::Loglik,
         examples: preds.len(),
         correct,
         accuracy: correct as f64 / preds.len().max(1) as f64,
@@ -438,7 +364,7 @@ pub(crate) fn generate_result(
     let correct = preds.iter().filter(|p| p.correct).count();
     Ok(TaskResult {
         task: task.name.into(),
-        protocol: "generate",
+        protocol: Protocol::Generate,
         examples: preds.len(),
         correct,
         accuracy: correct as f64 / preds.len().max(1) as f64,
@@ -446,33 +372,6 @@ pub(crate) fn generate_result(
         truncated,
         predictions: preds,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_label_in_the_text_wins() {
-        let t = task("ARC-Easy").unwrap();
-        assert_eq!(
-            extract_answer(&t, "the correct answer is answer3, not answer1"),
-            Some("answer3")
-        );
-        assert_eq!(extract_answer(&t, "I think answer1"), Some("answer1"));
-        assert_eq!(extract_answer(&t, "no idea"), None);
-        let b = task("boolq").unwrap();
-        assert_eq!(
-            extract_answer(&b, "the correct answer is false"),
-            Some("false")
-        );
-        assert_eq!(task("obqa").unwrap().name, "openbookqa");
-        assert!(task("mmlu").is_none());
-        assert_eq!(
-            response_text("prompt ### Response:\n   the correct answer is true  "),
-            "the correct answer is true"
-        );
-    }
 }
 
 #[cfg(test)]

@@ -18,10 +18,10 @@ use super::{
     generate_batches, generate_prompts, generate_result, loglik_inputs, loglik_prediction,
     loglik_result, target_logprobs, Prediction, Task, TaskResult,
 };
+use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{KvCache, Llama};
-use crate::train::data::Example;
 use candle_core::Tensor;
 
 /// One example with its lower-layer states.

@@ -5,11 +5,11 @@
 //! right-padded into batches (causal attention: a real token never sees the padding after it).
 
 use super::{loglik_inputs, loglik_prediction, loglik_result, target_logprobs, Task, TaskResult};
+use crate::data::Example;
 use crate::error::Result;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Llama;
 use crate::nn::ForwardCtx;
-use crate::train::data::Example;
 use candle_core::Tensor;
 
 /// Examples per forward pass in [`eval_loglik_shared_prefix`]: prompts of similar length are

@@ -261,7 +261,7 @@ fn read_tar_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
 /// `target_scores` order, the answer the choice scored 1. Checked against the LLM-Adapters copy of
 /// the same 1,954 examples: the labels agree on 1,953, the instruction text on 1,949 ignoring case
 /// (BIG-bench capitalises each choice) and on 61 byte for byte.
-pub fn bigbench_to_llm_adapters(task_json: &[u8]) -> Result<Vec<crate::train::data::Example>> {
+pub fn bigbench_to_llm_adapters(task_json: &[u8]) -> Result<Vec<crate::data::Example>> {
     #[derive(serde::Deserialize)]
     struct Task {
         examples: Vec<Ex>,
@@ -318,7 +318,7 @@ pub fn bigbench_to_llm_adapters(task_json: &[u8]) -> Result<Vec<crate::train::da
                 .collect();
             let labels: Vec<String> = (1..=choices.len()).map(|j| format!("answer{j}")).collect();
             let answer = format!("answer{}", best + 1);
-            Ok(crate::train::data::Example {
+            Ok(crate::data::Example {
                 instruction: format!(
                     "Please choose the correct answer to the question: {}\n\n{}\n\nAnswer format: {}",
                     ex.input.trim(),

@@ -1,7 +1,9 @@
 //! The rendering wing: per record its terminal table, CSV (the `csv` crate) and HTML page, the
 //! charts and the page environment. Renderers render saved records; they never recompute.
 
+pub mod bench;
 pub mod charts;
+pub mod eval;
 pub mod inspect;
 pub mod page;
 pub mod params;

@@ -1,29 +1,18 @@
-//! The LLM-Adapters commonsense data pipeline (README, Definitions: commonsense protocol): JSON examples → Alpaca
-//! prompt → token ids and labels (-100 = no loss) → deterministic length-grouped batches.
-//!
-//! The prompt templates are copied byte for byte, odd indentation included, because a model
-//! fine-tuned on one layout and evaluated on another loses accuracy for reasons unrelated to the
-//! method. Sources:
-//! - training: `generate_prompt` of `finetune.py` in AGI-Edgerunners/LLM-Adapters at commit
-//!   `91770aba93bbbde16f3e16d1bf395a59706fa390`; the same bytes are in NVlabs/DoRA
-//!   `commonsense_reasoning/finetune.py` (`bd3ed6f91bcfb1a1725089b6ba0325ab79404de0`) and in the
-//!   LoRA-Dash code, Chongjie-Si/Subspace-Tuning `CR_MR/finetune.py`
-//!   (`5fb16a745240d5fd3e67d09f90164e11b869b9b4`). (An older LLM-Adapters revision,
-//!   `063e3d420afb85aae1893a9e9ea4a4e21a7cb5ed`, had `  # noqa: E501` *inside* the string; the
-//!   DoRA / LoRA-Dash experiments use the later text reproduced here.)
-//! - evaluation: `generate_prompt` of LLM-Adapters `commomsense_evaluate.py` (sic) at
-//!   `e0efdc0e8bb43875201e24528d3ee0fe2595876d`, identical in NVlabs/DoRA
-//!   `commonsense_reasoning/commonsense_evaluate.py` (`7393fa6c76a7bf74407a75c2370f30b4d78f3cb1`).
-//!
-//! Tokenization follows `tokenize` / `generate_and_tokenize_prompt` of the same `finetune.py`.
+//! The training side of the LLM-Adapters pipeline (the dataset and its prompts are in
+//! [`crate::data`]): examples → token ids and labels (-100 = no loss) → a seeded validation split →
+//! deterministic length-grouped batches. Tokenization follows `tokenize` /
+//! `generate_and_tokenize_prompt` of LLM-Adapters' `finetune.py` (see [`crate::data::prompt`] for
+//! the commit).
 
+use crate::data::train_prompt;
+/// Examples and their loading live in [`crate::data`]; re-exported for `reproduce/` until it
+/// imports them from there.
+pub use crate::data::{load_examples, Example};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::{encode_truncated, Tokenizer};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Deserializer, Serialize};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Label of a position that carries no loss (PyTorch's `CrossEntropyLoss` `ignore_index`).
@@ -32,140 +21,6 @@ pub const IGNORE_INDEX: i64 = -100;
 /// Examples per length-sorted group, in batches: each epoch sorts groups of
 /// `GROUP_BATCHES × batch_size` shuffled examples by length before cutting them into batches.
 pub const GROUP_BATCHES: usize = 50;
-
-/// The 16 spaces the Python triple-quoted f-strings carry at the start of every line after the
-/// first (and alone on the "blank" lines of the training template).
-const IND: &str = "                ";
-
-/// One LLM-Adapters example. `input` is empty for all commonsense tasks; `answer` is the label
-/// the evaluation compares against (`answer2`, `true`, …).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Example {
-    pub instruction: String,
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub input: String,
-    pub output: String,
-    #[serde(default, deserialize_with = "answer_as_string")]
-    pub answer: Option<String>,
-}
-
-fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
-}
-
-/// Answers are strings in the commonsense sets but numbers in the math ones: keep their text.
-fn answer_as_string<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<String>, D::Error> {
-    Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s),
-        other => Some(other.to_string()),
-    })
-}
-
-/// Reads a JSON list of examples (`[{instruction, input, output, answer}, …]`); unknown fields
-/// are ignored. Errors name the file and, for a bad element, its index.
-pub fn load_examples(path: &Path) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let serde_json::Value::Array(items) = value else {
-        let found = match value {
-            serde_json::Value::Object(_) => "an object",
-            serde_json::Value::String(_) => "a string",
-            serde_json::Value::Number(_) => "a number",
-            serde_json::Value::Bool(_) => "a boolean",
-            _ => "null",
-        };
-        return Err(Error::Config {
-            path: path.to_path_buf(),
-            reason: format!(
-                "expected a JSON list of examples ({{instruction, input, output, answer}}), found {found}"
-            ),
-        });
-    };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| {
-            serde_json::from_value(v).map_err(|e| Error::Config {
-                path: path.to_path_buf(),
-                reason: format!("example #{i}: {e}"),
-            })
-        })
-        .collect()
-}
-
-/// The training prompt (prompt + output), byte for byte LLM-Adapters' `generate_prompt`:
-/// note the trailing space(s) after "request." (one with input, two without), the 16-space
-/// indentation, and the "blank" lines that hold 16 spaces. Python's `if data_point["input"]:`
-/// picks the with-input variant for any non-empty input.
-pub fn train_prompt(ex: &Example) -> String {
-    if !ex.input.is_empty() {
-        format!(
-            "Below is an instruction that describes a task, paired with an input that provides \
-             further context. Write a response that appropriately completes the request. \n\
-             \n\
-             {IND}### Instruction:\n\
-             {IND}{}\n\
-             {IND}\n\
-             {IND}### Input:\n\
-             {IND}{}\n\
-             {IND}\n\
-             {IND}### Response:\n\
-             {IND}{}",
-            ex.instruction, ex.input, ex.output
-        )
-    } else {
-        format!(
-            "Below is an instruction that describes a task. Write a response that appropriately \
-             completes the request.  \n\
-             \n\
-             {IND}### Instruction:\n\
-             {IND}{}\n\
-             {IND}\n\
-             {IND}### Response:\n\
-             {IND}{}",
-            ex.instruction, ex.output
-        )
-    }
-}
-
-/// The evaluation prompt, byte for byte LLM-Adapters' `commonsense_evaluate.py`
-/// `generate_prompt(instruction, input=None)`: unlike the training template, the blank lines are
-/// empty, "request." has no trailing space with input and one without, and the text ends with
-/// the 16 spaces after "### Response:\n". (That script never passes `input`, so its evaluation
-/// always uses the without-input variant.)
-pub fn eval_prompt(instruction: &str, input: Option<&str>) -> String {
-    match input.filter(|s| !s.is_empty()) {
-        Some(input) => format!(
-            "Below is an instruction that describes a task, paired with an input that provides \
-             further context. Write a response that appropriately completes the request.\n\
-             \n\
-             {IND}### Instruction:\n\
-             {IND}{instruction}\n\
-             \n\
-             {IND}### Input:\n\
-             {IND}{input}\n\
-             \n\
-             {IND}### Response:\n\
-             {IND}"
-        ),
-        None => format!(
-            "Below is an instruction that describes a task. Write a response that appropriately \
-             completes the request. \n\
-             \n\
-             {IND}### Instruction:\n\
-             {IND}{instruction}\n\
-             \n\
-             {IND}### Response:\n\
-             {IND}"
-        ),
-    }
-}
 
 /// One tokenized example: `input_ids` [T] and `labels` [T] (`IGNORE_INDEX` where no loss).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,7 +258,6 @@ mod tests {
     use super::*;
     use crate::model::tokenizer::{decode, encode, load_tokenizer};
     use std::collections::HashSet;
-    use std::path::PathBuf;
 
     /// The first example of `ARC-Easy/train.json`, as stored there.
     fn arc_easy_first() -> Example {
@@ -415,120 +269,10 @@ mod tests {
         }
     }
 
-    /// Written out in full (not through `IND`), so that the template is checked independently.
-    fn arc_easy_first_prompt() -> String {
-        let ex = arc_easy_first();
-        format!(
-            "Below is an instruction that describes a task. Write a response that appropriately completes the request.  \n\n                ### Instruction:\n                {}\n                \n                ### Response:\n                the correct answer is answer2",
-            ex.instruction
-        )
-    }
-
     fn tokenizer() -> Tokenizer {
         let p = crate::provision::default_model(false)
             .expect("default model provisioned (run `tsd fetch`)");
         load_tokenizer(&p).unwrap()
-    }
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    #[test]
-    fn train_prompt_without_input_is_byte_exact() {
-        assert_eq!(train_prompt(&arc_easy_first()), arc_easy_first_prompt());
-        // Python's truthiness: a null input is the empty string.
-        let mut ex = arc_easy_first();
-        ex.input = String::new();
-        assert!(train_prompt(&ex).starts_with(
-            "Below is an instruction that describes a task. Write a response that appropriately completes the request.  \n\n"
-        ));
-    }
-
-    #[test]
-    fn train_prompt_with_input_is_byte_exact() {
-        let ex = Example {
-            instruction: "Add the numbers.".into(),
-            input: "2 and 3".into(),
-            output: "5".into(),
-            answer: None,
-        };
-        assert_eq!(
-            train_prompt(&ex),
-            "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request. \n\n                ### Instruction:\n                Add the numbers.\n                \n                ### Input:\n                2 and 3\n                \n                ### Response:\n                5"
-        );
-    }
-
-    #[test]
-    fn eval_prompt_is_byte_exact() {
-        assert_eq!(
-            eval_prompt("Q?", None),
-            "Below is an instruction that describes a task. Write a response that appropriately completes the request. \n\n                ### Instruction:\n                Q?\n\n                ### Response:\n                "
-        );
-        assert_eq!(eval_prompt("Q?", Some("")), eval_prompt("Q?", None));
-        assert_eq!(
-            eval_prompt("Q?", Some("ctx")),
-            "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n                ### Instruction:\n                Q?\n\n                ### Input:\n                ctx\n\n                ### Response:\n                "
-        );
-    }
-
-    #[test]
-    fn real_arc_easy_example_loads_and_renders() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/llm-adapters/ARC-Easy/train-head.json");
-        let examples = load_examples(&path).unwrap();
-        assert_eq!(examples.len(), 3);
-        assert_eq!(examples[0], arc_easy_first());
-        assert_eq!(train_prompt(&examples[0]), arc_easy_first_prompt());
-        assert!(examples.iter().all(|e| e.input.is_empty()));
-    }
-
-    #[test]
-    fn load_examples_reports_bad_files_and_tolerates_extra_fields() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = load_examples(&dir.path().join("missing.json")).unwrap_err();
-        assert!(matches!(err, Error::Io { .. }), "{err}");
-        let err = load_examples(&write(dir.path(), "bad.json", "[{\"instruction\": ")).unwrap_err();
-        assert!(matches!(err, Error::Json { .. }), "{err}");
-        let err =
-            load_examples(&write(dir.path(), "obj.json", r#"{"instruction": "x"}"#)).unwrap_err();
-        assert!(
-            err.to_string().contains("expected a JSON list") && err.to_string().contains("object"),
-            "{err}"
-        );
-        let err = load_examples(&write(
-            dir.path(),
-            "field.json",
-            r#"[{"instruction": "a", "output": "b"}, {"output": "b"}]"#,
-        ))
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("example #1") && err.to_string().contains("instruction"),
-            "{err}"
-        );
-        let ok = load_examples(&write(
-            dir.path(),
-            "ok.json",
-            r#"[{"instruction": "a", "output": "b", "extra": [1]},
-                {"instruction": "c", "input": null, "output": "d", "answer": 18.5},
-                {"instruction": "e", "input": "f", "output": "g", "answer": "true"}]"#,
-        ))
-        .unwrap();
-        assert_eq!(ok.len(), 3);
-        assert_eq!((ok[0].input.as_str(), ok[0].answer.as_deref()), ("", None));
-        assert_eq!(
-            (ok[1].input.as_str(), ok[1].answer.as_deref()),
-            ("", Some("18.5"))
-        );
-        assert_eq!(
-            (ok[2].input.as_str(), ok[2].answer.as_deref()),
-            ("f", Some("true"))
-        );
-        assert!(load_examples(&write(dir.path(), "empty.json", "[]"))
-            .unwrap()
-            .is_empty());
     }
 
     #[test]

@@ -1,0 +1,329 @@
+//! `tsd bench train`: training-step throughput and peak memory of LoRA and LoRA-Dash on the
+//! default model, each method measured in its own process, over alternating rounds.
+
+use super::{context_switches, cpu_name, median, minor_faults, DEFAULT_MODEL_NAME};
+use crate::error::Result;
+use crate::linalg::{Matrix, Precision};
+use crate::svd_cache::SvdCache;
+use serde::Serialize;
+use std::time::Instant;
+
+/// One training-step benchmark (a single method, measured in its own process for a clean peak RSS).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct TrainBench {
+    pub method: String,
+    pub model: String,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub rank: usize,
+    pub targets: Vec<String>,
+    pub threads: usize,
+    pub warmup_steps: usize,
+    pub step_seconds: Vec<f64>,
+    pub median_step_seconds: f64,
+    pub tokens_per_s: f64,
+    pub peak_rss_bytes: u64,
+    /// Minor page faults of the process per timed step (memory the allocator gave back and
+    /// took again).
+    #[serde(default)]
+    pub page_faults_per_step: u64,
+    /// Voluntary and involuntary context switches of all threads per timed step.
+    #[serde(default)]
+    pub context_switches_per_step: u64,
+}
+
+/// One method's steps pooled over rounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodSummary {
+    pub method: String,
+    pub median_step_seconds: f64,
+    /// The fastest step: interference from other work only ever slows a step, so on a shared
+    /// machine this is the steadier estimate of what the step itself costs.
+    pub best_step_seconds: f64,
+    pub tokens_per_s: f64,
+    /// Largest peak RSS over the method's processes.
+    pub peak_rss_bytes: u64,
+    pub page_faults_per_step: u64,
+    pub context_switches_per_step: u64,
+}
+
+/// `tsd bench train`'s record: LoRA and LoRA-Dash over alternating rounds, beside PyTorch + PEFT.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainComparison {
+    pub what: &'static str,
+    pub cpu: String,
+    pub lora: MethodSummary,
+    pub lora_dash: MethodSummary,
+    /// Pooled median Dash step over pooled median LoRA step, minus one.
+    pub dash_step_overhead_vs_lora: f64,
+    /// The same ratio per round (each round runs both methods back to back).
+    pub dash_step_overhead_per_round: Vec<f64>,
+    /// Best Dash step over best LoRA step, minus one.
+    pub dash_best_step_overhead_vs_lora: f64,
+    pub pytorch_peft: Option<serde_json::Value>,
+    pub tsd_lora_tokens_per_s_over_pytorch_peft: Option<f64>,
+    /// The same from the best steps of each.
+    pub tsd_lora_best_step_speedup_over_pytorch_peft: Option<f64>,
+    /// PyTorch + PEFT peak RSS over tsd LoRA's.
+    pub pytorch_peft_peak_rss_over_tsd_lora: Option<f64>,
+    /// Every process's measurement, in the order they ran.
+    pub runs: Vec<TrainBench>,
+}
+
+impl TrainComparison {
+    /// Summarises `runs` (LoRA and LoRA-Dash processes of several rounds, in the order they ran).
+    pub fn new(runs: Vec<TrainBench>, torch: Option<serde_json::Value>) -> Self {
+        let summary = |m: &str| {
+            let mine: Vec<&TrainBench> = runs.iter().filter(|r| r.method == m).collect();
+            let steps: Vec<f64> = mine.iter().flat_map(|r| r.step_seconds.clone()).collect();
+            let med = if steps.is_empty() {
+                f64::NAN
+            } else {
+                median(&steps)
+            };
+            let tokens = mine.first().map_or(0, |r| r.batch * r.seq_len) as f64;
+            let per_step = |f: fn(&TrainBench) -> u64| {
+                mine.iter().map(|r| f(r)).sum::<u64>() / mine.len().max(1) as u64
+            };
+            MethodSummary {
+                method: m.into(),
+                median_step_seconds: med,
+                best_step_seconds: steps.iter().cloned().fold(f64::INFINITY, f64::min),
+                tokens_per_s: tokens / med,
+                peak_rss_bytes: mine.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
+                page_faults_per_step: per_step(|r| r.page_faults_per_step),
+                context_switches_per_step: per_step(|r| r.context_switches_per_step),
+            }
+        };
+        let (lora, lora_dash) = (summary("lora"), summary("lora-dash"));
+        let per_round = runs
+            .chunks(2)
+            .filter_map(|pair| {
+                let of = |m: &str| pair.iter().find(|r| r.method == m);
+                Some(of("lora-dash")?.median_step_seconds / of("lora")?.median_step_seconds - 1.0)
+            })
+            .collect();
+        let torch_f = |k: &str| torch.as_ref().and_then(|t| t[k].as_f64());
+        let torch_best = torch.as_ref().and_then(|t| {
+            t["step_seconds"]
+                .as_array()?
+                .iter()
+                .filter_map(|x| x.as_f64())
+                .reduce(f64::min)
+        });
+        TrainComparison {
+            what: "training step (forward, backward, AdamW) on the default model, CPU f32",
+            cpu: cpu_name(),
+            dash_step_overhead_vs_lora: lora_dash.median_step_seconds / lora.median_step_seconds
+                - 1.0,
+            dash_step_overhead_per_round: per_round,
+            dash_best_step_overhead_vs_lora: lora_dash.best_step_seconds / lora.best_step_seconds
+                - 1.0,
+            tsd_lora_tokens_per_s_over_pytorch_peft: torch_f("tokens_per_s")
+                .map(|t| lora.tokens_per_s / t),
+            tsd_lora_best_step_speedup_over_pytorch_peft: torch_best
+                .map(|t| t / lora.best_step_seconds),
+            pytorch_peft_peak_rss_over_tsd_lora: torch_f("peak_rss_bytes")
+                .map(|t| t / lora.peak_rss_bytes as f64),
+            pytorch_peft: torch,
+            lora,
+            lora_dash,
+            runs,
+        }
+    }
+}
+
+/// Times `steps` LoRA (or LoRA-Dash, switched before timing) training steps — forward, backward,
+/// AdamW — on the default model with a fixed `[batch, seq_len]` batch, every position labelled.
+/// `device` and `dtype` are `--device` / `--dtype` strings (the record's figures are for CPU f32).
+pub fn bench_train_step(
+    method: &str,
+    batch: usize,
+    seq_len: usize,
+    rank: usize,
+    steps: usize,
+    device: &str,
+    dtype: &str,
+) -> Result<TrainBench> {
+    use crate::model::Llama;
+    use crate::train::optim::{AdamW, AdamWConfig};
+    let dev = crate::device::device_for(device)?;
+    let dt = crate::device::dtype_for(dtype)?;
+    let path = crate::provision::default_model(false)?;
+    let src = crate::weights::GgufModel::open(&path)?;
+    let mut model = Llama::from_source(&src, &dev, dt)?;
+    let mut opt = AdamW::new(AdamWConfig::default());
+    super::add_lora(&mut model, rank, &mut opt)?;
+    if method == "lora-dash" {
+        let cache = SvdCache::disabled();
+        for (i, lin) in model.linears_mut().enumerate() {
+            if lin.lora.is_none() {
+                continue;
+            }
+            let w = lin.weight().to_dtype(candle_core::DType::F32)?;
+            let (r, c) = w.dims2()?;
+            let m = Matrix::new(r, c, w.flatten_all()?.to_vec1::<f32>()?)?;
+            let (d, _) = cache.get_or_compute(&m, Precision::F32)?;
+            lin.start_dash(8, &d, Default::default())?;
+            opt.add(
+                format!("{i}.ds"),
+                lin.dash.as_ref().expect("started").delta_sigma.clone(),
+            )?;
+        }
+    }
+    let vocab = model.config.vocab_size as u32;
+    let (ids, targets_t) = super::fixed_batch(vocab, batch, seq_len, &dev)?;
+    let warmup = 1;
+    let mut times = Vec::new();
+    let (mut faults0, mut switches0) = (minor_faults(), context_switches());
+    for s in 0..warmup + steps {
+        if s == warmup {
+            (faults0, switches0) = (minor_faults(), context_switches());
+        }
+        let t = Instant::now();
+        super::train_step(&model, &ids, &targets_t, &mut opt, s)?;
+        dev.synchronize()?;
+        if s >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let median = median(&times);
+    Ok(TrainBench {
+        method: method.into(),
+        model: DEFAULT_MODEL_NAME.into(),
+        batch,
+        seq_len,
+        rank,
+        targets: super::TARGETS.map(String::from).to_vec(),
+        threads: rayon::current_num_threads(),
+        warmup_steps: warmup,
+        step_seconds: times,
+        median_step_seconds: median,
+        tokens_per_s: (batch * seq_len) as f64 / median,
+        peak_rss_bytes: crate::train::trainer::peak_rss_bytes(),
+        page_faults_per_step: (minor_faults() - faults0) / steps as u64,
+        context_switches_per_step: (context_switches() - switches0) / steps as u64,
+    })
+}
+
+/// `tsd bench train`'s settings.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub rank: usize,
+    pub steps: usize,
+    pub rounds: usize,
+    /// `--device` / `--dtype` strings.
+    pub device: String,
+    pub dtype: String,
+}
+
+/// Runs `rounds` rounds of LoRA and LoRA-Dash, each method in its own process (`exe bench train
+/// --single METHOD`), so that peak RSS is that method's alone; the methods alternate (and swap
+/// order every round) so that drift in the machine's speed falls on both alike. `log` hears of
+/// each process as it starts.
+pub fn bench_train_rounds(
+    exe: &std::path::Path,
+    o: &TrainOptions,
+    log: &dyn Fn(&str),
+) -> Result<Vec<TrainBench>> {
+    let mut runs = Vec::new();
+    for round in 0..o.rounds {
+        let order = if round % 2 == 0 {
+            ["lora", "lora-dash"]
+        } else {
+            ["lora-dash", "lora"]
+        };
+        for m in order {
+            log(&format!(
+                "bench: round {}/{}: {m}, batch {} x {} tokens, {} steps…",
+                round + 1,
+                o.rounds,
+                o.batch,
+                o.seq_len,
+                o.steps
+            ));
+            runs.push(train_in_process(exe, o, m)?);
+        }
+    }
+    Ok(runs)
+}
+
+/// One method's [`bench_train_step`] in a child process of `exe`.
+fn train_in_process(exe: &std::path::Path, o: &TrainOptions, method: &str) -> Result<TrainBench> {
+    let out = std::process::Command::new(exe)
+        .args(["bench", "train", "--batch", &o.batch.to_string()])
+        .args([
+            "--seq-len",
+            &o.seq_len.to_string(),
+            "--rank",
+            &o.rank.to_string(),
+        ])
+        .args(["--steps", &o.steps.to_string(), "--single", method])
+        .args(["--device", &o.device, "--dtype", &o.dtype])
+        .output()
+        .map_err(|e| crate::Error::io(exe, e))?;
+    if !out.status.success() {
+        return Err(crate::Error::Internal(format!(
+            "{method}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| crate::Error::Internal(format!("{method}: bench train --single: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(method: &str, steps: &[f64], rss: u64) -> TrainBench {
+        TrainBench {
+            method: method.into(),
+            model: "m".into(),
+            batch: 2,
+            seq_len: 50,
+            rank: 8,
+            targets: vec![],
+            threads: 2,
+            warmup_steps: 1,
+            step_seconds: steps.to_vec(),
+            median_step_seconds: median(steps),
+            tokens_per_s: 100.0 / median(steps),
+            peak_rss_bytes: rss,
+            page_faults_per_step: 4,
+            context_switches_per_step: 10,
+        }
+    }
+
+    #[test]
+    fn comparison_pools_steps_per_method_and_pairs_rounds() {
+        let runs = vec![
+            run("lora", &[1.0, 1.2, 1.1], 100),
+            run("lora-dash", &[1.3, 1.1, 1.2], 120),
+            run("lora-dash", &[2.2, 2.4, 2.3], 110),
+            run("lora", &[2.0, 2.1, 2.2], 90),
+        ];
+        let torch = serde_json::json!({"tokens_per_s": 40.0, "peak_rss_bytes": 200.0,
+            "step_seconds": [3.0, 2.5, 2.8]});
+        let c = TrainComparison::new(runs, Some(torch));
+        // pooled LoRA steps 1.0 1.1 1.2 2.0 2.1 2.2 → upper median 2.0; Dash → 2.2
+        assert_eq!(c.lora.median_step_seconds, 2.0);
+        assert_eq!(c.lora_dash.median_step_seconds, 2.2);
+        assert!((c.dash_step_overhead_vs_lora - 0.1).abs() < 1e-12);
+        // per round: 1.2/1.1 − 1 and 2.3/2.1 − 1
+        let want = [1.2 / 1.1 - 1.0, 2.3 / 2.1 - 1.0];
+        assert_eq!(c.dash_step_overhead_per_round.len(), 2);
+        for (got, want) in c.dash_step_overhead_per_round.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12);
+        }
+        assert_eq!(c.lora.tokens_per_s, 50.0);
+        assert_eq!(c.tsd_lora_tokens_per_s_over_pytorch_peft, Some(1.25));
+        assert_eq!(c.lora.peak_rss_bytes, 100);
+        assert_eq!(c.pytorch_peft_peak_rss_over_tsd_lora, Some(2.0));
+        // best steps: LoRA 1.0, Dash 1.1, PyTorch 2.5
+        assert!((c.dash_best_step_overhead_vs_lora - 0.1).abs() < 1e-12);
+        assert_eq!(c.tsd_lora_best_step_speedup_over_pytorch_peft, Some(2.5));
+    }
+}
