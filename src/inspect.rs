@@ -18,10 +18,12 @@ use crate::error::{Error, Result};
 use crate::linalg::cache::{CacheOutcome, SvdCache};
 use crate::linalg::{Matrix, Precision, SvdFactors};
 use crate::model::llama::LinearKind;
-use crate::weights::WeightSource;
+use crate::run::base::{open_reference_with, DeclaredBase, RefSource};
+use crate::weights::{ModelSpec, WeightSource};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Analysis settings (defaults follow README, Definitions).
@@ -75,6 +77,19 @@ impl Default for NullOptions {
 }
 
 impl NullOptions {
+    /// Refuses settings no test can run with (exit 2): `alpha` outside (0, 1), zero draws.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(Error::InvalidArgument("--alpha must be in (0, 1)".into()));
+        }
+        if self.capture_draws == Some(0) || self.enrichment_draws == 0 {
+            return Err(Error::InvalidArgument(
+                "--null-draws and --enrichment-draws must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The capture test's draws for `tests` modules.
     pub fn draws(&self, tests: usize, seed: u64) -> NullDraws {
         let mut d = NullDraws::for_tests(tests, self.alpha, seed);
@@ -110,6 +125,114 @@ pub enum Reference<'a> {
     Adapter(&'a Adapter),
     /// A fine-tuned model: ΔW* = W* − W, dense.
     Model(&'a dyn WeightSource),
+}
+
+impl InspectOptions {
+    /// Refuses settings no analysis can run with (exit 2): s = 0, a floor outside [0, 1), then
+    /// the null's ([`NullOptions::validate`]).
+    pub fn validate(&self) -> Result<()> {
+        if self.top_s == 0 {
+            return Err(Error::InvalidArgument("--top-s must be positive".into()));
+        }
+        if !(0.0..1.0).contains(&self.floor.relative) {
+            return Err(Error::InvalidArgument(
+                "--sigma-floor must be in [0, 1)".into(),
+            ));
+        }
+        self.null.validate()
+    }
+}
+
+/// `tsd inspect`, validated: which adapter, against which base and reference, with which settings.
+pub struct InspectPlan {
+    pub adapter: PathBuf,
+    /// Which adapter of the directory (`default` or a PEFT subfolder; none: the only one).
+    pub adapter_name: Option<String>,
+    /// The base as given (`--base`); none: the adapter's declared base, where it resolves locally.
+    pub base: Option<ModelSpec>,
+    /// Refuse a given base that cannot be shown to be the declared one (else a warning).
+    pub strict_base: bool,
+    /// Never touch the network (the declared base and a model reference included).
+    pub offline: bool,
+    /// An adapter, a run directory (its newest checkpoint) or a model ([`open_reference_with`]).
+    pub reference: Option<String>,
+    pub opts: InspectOptions,
+    /// Read and write the SVD cache ($TSD_HOME/svd).
+    pub use_cache: bool,
+}
+
+/// An inspection's inputs, opened: [`OpenedInspection::run`] analyses them.
+pub struct OpenedInspection {
+    pub adapter: Adapter,
+    pub base: Box<dyn WeightSource>,
+    pub reference: Option<(RefSource, String)>,
+    pub cache: SvdCache,
+}
+
+impl InspectPlan {
+    /// Reads the adapter, opens the base (`warn` sees the declared-base warning, if any) and the
+    /// reference.
+    pub fn open(&self, warn: &dyn Fn(&str)) -> Result<OpenedInspection> {
+        let adapter = crate::adapter::read_adapter(&self.adapter, self.adapter_name.as_deref())?;
+        let opened = crate::run::base::open_base(
+            self.base.as_ref(),
+            "--base",
+            &adapter.path.display().to_string(),
+            DeclaredBase::of_adapter(&adapter.path, &adapter.config).as_ref(),
+            self.strict_base,
+            self.offline,
+        )?;
+        if let Some(w) = &opened.warning {
+            warn(w);
+        }
+        let reference = self
+            .reference
+            .as_deref()
+            .map(|r| open_reference_with(r, self.offline))
+            .transpose()?;
+        let cache = if self.use_cache {
+            SvdCache::default_location()
+        } else {
+            SvdCache::disabled()
+        };
+        Ok(OpenedInspection {
+            adapter,
+            base: opened.source,
+            reference,
+            cache,
+        })
+    }
+}
+
+impl OpenedInspection {
+    /// [`inspect`] of the opened inputs; `progress` sees each finished module.
+    pub fn run(
+        &self,
+        opts: &InspectOptions,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<InspectReport> {
+        let reference = self
+            .reference
+            .as_ref()
+            .map(|(r, n)| (Reference::from(r), n.clone()));
+        inspect(
+            &self.adapter,
+            self.base.as_ref(),
+            reference.as_ref().map(|(r, n)| (r, n.clone())),
+            opts,
+            &self.cache,
+            progress,
+        )
+    }
+}
+
+impl<'a> From<&'a crate::run::base::RefSource> for Reference<'a> {
+    fn from(src: &'a crate::run::base::RefSource) -> Self {
+        match src {
+            crate::run::base::RefSource::Adapter(a) => Reference::Adapter(a),
+            crate::run::base::RefSource::Model(m) => Reference::Model(m.as_ref()),
+        }
+    }
 }
 
 /// Dash coefficients of one module and how they move the TSDs.
