@@ -132,7 +132,7 @@ pub fn load_config(spec: &str, revision: Option<&str>, offline: bool) -> Result<
     let m = crate::weights::open_model(&crate::weights::ModelSpec {
         spec: spec.to_string(),
         revision: revision.map(str::to_string),
-        offline: offline,
+        offline,
         local_only: false,
     })?;
     let v = m
