@@ -4,7 +4,7 @@
 //! TSDs, amplification, Dash coefficients, capture against the reference → [`InspectReport`].
 //! Nothing here prints or renders; the report is plain data (serde) for the table/JSON/CSV/HTML layers.
 
-use crate::adapter::{Adapter, DashNaming, ModuleAdapter};
+use crate::adapter::{Adapter, DashNaming, DashState, ModuleAdapter};
 use crate::directions::null::{
     capture_test, enrichment_null, CaptureStatistic, EnrichmentNull, NullDraws, NullTest,
     RotationNull, Verdict,
@@ -15,13 +15,14 @@ use crate::directions::{
 };
 use crate::error::{Error, Result};
 use crate::linalg::{Matrix, Precision, SvdFactors};
-use crate::names::LinearKind;
-use crate::names::LinearName;
+use crate::names::{LinearKind, LinearName};
+use crate::run::base::{open_reference_with, DeclaredBase, RefSource};
 use crate::svd_cache::{CacheOutcome, SvdCache};
-use crate::weights::WeightSource;
+use crate::weights::{ModelSpec, WeightSource};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Analysis settings (defaults follow README, Definitions).
@@ -75,6 +76,19 @@ impl Default for NullOptions {
 }
 
 impl NullOptions {
+    /// Refuses settings no test can run with (exit 2): `alpha` outside (0, 1), zero draws.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(Error::InvalidArgument("--alpha must be in (0, 1)".into()));
+        }
+        if self.capture_draws == Some(0) || self.enrichment_draws == 0 {
+            return Err(Error::InvalidArgument(
+                "--null-draws and --enrichment-draws must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The capture test's draws for `tests` modules.
     pub fn draws(&self, tests: usize, seed: u64) -> NullDraws {
         let mut d = NullDraws::for_tests(tests, self.alpha, seed);
@@ -110,6 +124,114 @@ pub enum Reference<'a> {
     Adapter(&'a Adapter),
     /// A fine-tuned model: ΔW* = W* − W, dense.
     Model(&'a dyn WeightSource),
+}
+
+impl InspectOptions {
+    /// Refuses settings no analysis can run with (exit 2): s = 0, a floor outside [0, 1), then
+    /// the null's ([`NullOptions::validate`]).
+    pub fn validate(&self) -> Result<()> {
+        if self.top_s == 0 {
+            return Err(Error::InvalidArgument("--top-s must be positive".into()));
+        }
+        if !(0.0..1.0).contains(&self.floor.relative) {
+            return Err(Error::InvalidArgument(
+                "--sigma-floor must be in [0, 1)".into(),
+            ));
+        }
+        self.null.validate()
+    }
+}
+
+/// `tsd inspect`, validated: which adapter, against which base and reference, with which settings.
+pub struct InspectPlan {
+    pub adapter: PathBuf,
+    /// Which adapter of the directory (`default` or a PEFT subfolder; none: the only one).
+    pub adapter_name: Option<String>,
+    /// The base as given (`--base`); none: the adapter's declared base, where it resolves locally.
+    pub base: Option<ModelSpec>,
+    /// Refuse a given base that cannot be shown to be the declared one (else a warning).
+    pub strict_base: bool,
+    /// Never touch the network (the declared base and a model reference included).
+    pub offline: bool,
+    /// An adapter, a run directory (its newest checkpoint) or a model ([`open_reference_with`]).
+    pub reference: Option<String>,
+    pub opts: InspectOptions,
+    /// Read and write the SVD cache ($TSD_HOME/svd).
+    pub use_cache: bool,
+}
+
+/// An inspection's inputs, opened: [`OpenedInspection::run`] analyses them.
+pub struct OpenedInspection {
+    pub adapter: Adapter,
+    pub base: Box<dyn WeightSource>,
+    pub reference: Option<(RefSource, String)>,
+    pub cache: SvdCache,
+}
+
+impl InspectPlan {
+    /// Reads the adapter, opens the base (`warn` sees the declared-base warning, if any) and the
+    /// reference.
+    pub fn open(&self, warn: &dyn Fn(&str)) -> Result<OpenedInspection> {
+        let adapter = crate::adapter::read_adapter(&self.adapter, self.adapter_name.as_deref())?;
+        let opened = crate::run::base::open_base(
+            self.base.as_ref(),
+            "--base",
+            &adapter.path.display().to_string(),
+            DeclaredBase::of_adapter(&adapter.path, &adapter.config).as_ref(),
+            self.strict_base,
+            self.offline,
+        )?;
+        if let Some(w) = &opened.warning {
+            warn(w);
+        }
+        let reference = self
+            .reference
+            .as_deref()
+            .map(|r| open_reference_with(r, self.offline))
+            .transpose()?;
+        let cache = if self.use_cache {
+            SvdCache::default_location()
+        } else {
+            SvdCache::disabled()
+        };
+        Ok(OpenedInspection {
+            adapter,
+            base: opened.source,
+            reference,
+            cache,
+        })
+    }
+}
+
+impl OpenedInspection {
+    /// [`inspect`] of the opened inputs; `progress` sees each finished module.
+    pub fn run(
+        &self,
+        opts: &InspectOptions,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<InspectReport> {
+        let reference = self
+            .reference
+            .as_ref()
+            .map(|(r, n)| (Reference::from(r), n.clone()));
+        inspect(
+            &self.adapter,
+            self.base.as_ref(),
+            reference.as_ref().map(|(r, n)| (r, n.clone())),
+            opts,
+            &self.cache,
+            progress,
+        )
+    }
+}
+
+impl<'a> From<&'a crate::run::base::RefSource> for Reference<'a> {
+    fn from(src: &'a crate::run::base::RefSource) -> Self {
+        match src {
+            crate::run::base::RefSource::Adapter(a) => Reference::Adapter(a),
+            crate::run::base::RefSource::Model(m) => Reference::Model(m.as_ref()),
+        }
+    }
 }
 
 /// Dash coefficients of one module and how they move the TSDs.
@@ -483,70 +605,23 @@ fn analyse_module(
         }
     }
 
-    let dash = m.dash.as_ref().map(|d| {
-        let (indices, recovered) = match &d.indices {
-            Some(i) => (i.iter().map(|&x| Some(x)).collect::<Vec<_>>(), false),
-            None => (recover_indices(&svd, &d.u), true),
-        };
-        let lora_rates = lora_rates.as_deref().unwrap_or(&rates);
-        let s1 = svd.s[0];
-        DashReport {
-            s: d.s(),
-            naming: d.naming,
-            sigma_ratio: indices.iter().map(|i| i.map(|i| svd.s[i] / s1)).collect(),
-            lora_rate: indices.iter().map(|i| i.map(|i| lora_rates[i])).collect(),
-            total_rate: indices.iter().map(|i| i.map(|i| rates[i])).collect(),
-            indices,
-            indices_recovered: recovered,
-            delta_sigma_max_abs: d
-                .delta_sigma
-                .iter()
-                .fold(0.0f64, |a, &x| a.max(x.abs() as f64)),
-            delta_sigma: d.delta_sigma.clone(),
-        }
-    });
-
+    let dash = m
+        .dash
+        .as_ref()
+        .map(|d| dash_report(d, &svd, &rates, lora_rates.as_deref().unwrap_or(&rates)));
+    let basis = CaptureBasis {
+        svd: &svd,
+        update: &update,
+        scores: &scores,
+        tested_coords,
+        lora: lora.is_some(),
+        amp_r,
+        null: null.as_ref(),
+        draws: NullDraws { seed, ..draws },
+    };
     let capture_report = match &inp.reference {
         None => None,
-        Some(r) => {
-            let (ref_coords, _) = change_rates_on(r, &svd, opts.floor);
-            let ref_scores = opts.tsd_by.scores(&ref_coords, &svd.s, opts.floor);
-            let k = update.factor_rank().min(r.factor_rank()).min(amp_r.max(1));
-            let (pred_svd, ref_svd) = (update.svd()?, r.svd()?);
-            let weights = opts.tsd_by.weights(&svd.s, opts.floor);
-            let tested_scores = opts.tsd_by.scores(tested_coords, &svd.s, opts.floor);
-            let test = CaptureInputs {
-                null: null.as_ref(),
-                weights: &weights,
-                reference: &ref_scores,
-                opts,
-                draws: NullDraws { seed, ..draws },
-            };
-            let (recall, accuracy) = if lora.is_some() {
-                (
-                    test.untested(&scores, opts.recall_k),
-                    test.untested(&scores, opts.accuracy_k),
-                )
-            } else {
-                test.pair(&tested_scores)
-            };
-            let lora_part = lora.is_some().then(|| {
-                let (recall, accuracy) = test.pair(&tested_scores);
-                CapturePart { recall, accuracy }
-            });
-            Some(CaptureReport {
-                recall,
-                accuracy,
-                reference_top: top_k(&ref_scores, opts.top_s),
-                subspace_similarity: subspace_similarity(
-                    pred_svd.v.as_ref(),
-                    ref_svd.v.as_ref(),
-                    k,
-                    k,
-                ),
-                lora_part,
-            })
-        }
+        Some(r) => Some(basis.capture(r, opts)?),
     };
 
     Ok(ModuleReport {
@@ -575,6 +650,90 @@ fn analyse_module(
         sigma: opts.keep_spectrum.then(|| svd.s.clone()),
         delta: opts.keep_spectrum.then_some(rates),
     })
+}
+
+/// How a LoRA-Dash module's Dash directions sit in W's spectrum and how they moved: `rates` of
+/// the whole update, `lora_rates` of its LoRA part.
+fn dash_report(d: &DashState, svd: &SvdFactors, rates: &[f64], lora_rates: &[f64]) -> DashReport {
+    let (indices, recovered) = match &d.indices {
+        Some(i) => (i.iter().map(|&x| Some(x)).collect::<Vec<_>>(), false),
+        None => (recover_indices(svd, &d.u), true),
+    };
+    let s1 = svd.s[0];
+    DashReport {
+        s: d.s(),
+        naming: d.naming,
+        sigma_ratio: indices.iter().map(|i| i.map(|i| svd.s[i] / s1)).collect(),
+        lora_rate: indices.iter().map(|i| i.map(|i| lora_rates[i])).collect(),
+        total_rate: indices.iter().map(|i| i.map(|i| rates[i])).collect(),
+        indices,
+        indices_recovered: recovered,
+        delta_sigma_max_abs: d
+            .delta_sigma
+            .iter()
+            .fold(0.0f64, |a, &x| a.max(x.abs() as f64)),
+        delta_sigma: d.delta_sigma.clone(),
+    }
+}
+
+/// What a module's capture of a reference is measured from.
+struct CaptureBasis<'a> {
+    svd: &'a SvdFactors,
+    update: &'a Update,
+    /// The whole update's scores on W's directions.
+    scores: &'a [f64],
+    /// Coordinates of the update the null tests (a LoRA-Dash module's LoRA part).
+    tested_coords: &'a [f64],
+    /// Whether the module is LoRA-Dash (the whole update is then reported untested).
+    lora: bool,
+    amp_r: usize,
+    null: Option<&'a RotationNull>,
+    /// The module's draws (its own seed).
+    draws: NullDraws,
+}
+
+impl CaptureBasis<'_> {
+    /// Recall, accuracy (tested against the null where they can be) and subspace similarity
+    /// against the reference update `r`.
+    fn capture(&self, r: &Update, opts: &InspectOptions) -> Result<CaptureReport> {
+        let svd = self.svd;
+        let (ref_coords, _) = change_rates_on(r, svd, opts.floor);
+        let ref_scores = opts.tsd_by.scores(&ref_coords, &svd.s, opts.floor);
+        let k = self
+            .update
+            .factor_rank()
+            .min(r.factor_rank())
+            .min(self.amp_r.max(1));
+        let (pred_svd, ref_svd) = (self.update.svd()?, r.svd()?);
+        let weights = opts.tsd_by.weights(&svd.s, opts.floor);
+        let tested_scores = opts.tsd_by.scores(self.tested_coords, &svd.s, opts.floor);
+        let test = CaptureInputs {
+            null: self.null,
+            weights: &weights,
+            reference: &ref_scores,
+            opts,
+            draws: self.draws,
+        };
+        let (recall, accuracy) = if self.lora {
+            (
+                test.untested(self.scores, opts.recall_k),
+                test.untested(self.scores, opts.accuracy_k),
+            )
+        } else {
+            test.pair(&tested_scores)
+        };
+        let lora_part = self.lora.then(|| {
+            let (recall, accuracy) = test.pair(&tested_scores);
+            CapturePart { recall, accuracy }
+        });
+        Ok(CaptureReport {
+            recall,
+            accuracy,
+            reference_top: top_k(&ref_scores, opts.top_s),
+            subspace_similarity: subspace_similarity(pred_svd.v.as_ref(), ref_svd.v.as_ref(), k, k),
+            lora_part,
+        })
+    }
 }
 
 /// What one module's capture tests share.
@@ -911,39 +1070,7 @@ pub fn inspect_within(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<InspectReport> {
     let t0 = Instant::now();
-    let fan = adapter.config.fan_in_fan_out;
-    // Validate every module's base weight before the expensive part, so bad input fails fast.
-    for m in &adapter.modules {
-        let name = format!("{}.weight", m.module);
-        let shape = base.shape(&name).ok_or_else(|| Error::MissingTensor {
-            context: format!(
-                "base model ({}) for adapter module {}",
-                base.describe(),
-                m.module
-            ),
-            tensor: name.clone(),
-        })?;
-        let want = if fan {
-            [m.a.cols, m.b.rows]
-        } else {
-            [m.b.rows, m.a.cols]
-        };
-        if shape != want {
-            return Err(Error::shape(
-                &m.module,
-                format!(
-                    "base weight `{name}` has shape {shape:?} but the adapter's lora_B {}x{} and lora_A {}x{} imply {want:?}",
-                    m.b.rows, m.b.cols, m.a.rows, m.a.cols
-                ),
-            ));
-        }
-    }
-    // Modules run in parallel in batches whose estimated working sets fit the memory budget.
-    let sizes: Vec<usize> = adapter
-        .modules
-        .iter()
-        .map(|m| working_bytes(m, reference.is_some()))
-        .collect();
+    check_base_shapes(adapter, base)?;
     let draws = opts.null.draws(
         if reference.is_some() {
             adapter.modules.len()
@@ -955,97 +1082,28 @@ pub fn inspect_within(
     let mut opts = opts.clone();
     opts.null.capture_draws = Some(draws.max);
     let opts = &opts;
-    let mut modules: Vec<ModuleReport> = Vec::with_capacity(adapter.modules.len());
-    for batch in crate::budget::batches(&sizes, budget, rayon::current_num_threads()) {
-        let results: Vec<Result<ModuleReport>> = adapter.modules[batch]
-            .par_iter()
-            .map(|m| {
-                let w = base_weight(base, m, fan)?;
-                let r = match &reference {
-                    Some((r, _)) => reference_update(r, m, &w, fan)?,
-                    None => None,
-                };
-                let rep = analyse_module(ModuleInputs { m, w, reference: r }, opts, draws, cache)?;
-                progress(&m.module);
-                Ok(rep)
-            })
-            .collect();
-        for r in results {
-            modules.push(r?);
-        }
-    }
-    // Model order: by layer number, then the module's position in a LLaMA layer.
-    let rank = |t: &str| t.parse::<LinearKind>().map_or(usize::MAX, |k| k as usize);
-    modules.sort_by(|a, b| {
-        (
-            a.layer.unwrap_or(usize::MAX),
-            rank(&a.module_type),
-            &a.module,
-        )
-            .cmp(&(
-                b.layer.unwrap_or(usize::MAX),
-                rank(&b.module_type),
-                &b.module,
-            ))
-    });
-    let mut warnings = adapter.warnings.clone();
+    let analysis = Analysis {
+        base,
+        reference: reference.as_ref().map(|(r, _)| *r),
+        opts,
+        draws,
+        cache,
+    };
+    let mut modules = analysis.modules(adapter, budget, progress)?;
+    sort_in_model_order(&mut modules);
     let others = other_tensors(adapter);
-    if !others.is_empty() {
-        let list: Vec<String> = others
-            .iter()
-            .map(|t| format!("{} ({}, {:?})", t.tensor, t.kind, t.shape))
-            .collect();
-        warnings.push(format!(
-            "not analysed for TSDs (counted in the parameters; tsd eval applies them where the base has the tensor they change, and refuses a LoRA or trained bias on a linear without a bias, as PEFT refuses to merge it): {}",
-            list.join(", ")
-        ));
-    }
-    let near: usize = modules.iter().map(|m| m.near_null_picks).sum();
-    if near > 0 {
-        let which: Vec<String> = modules
-            .iter()
-            .filter(|m| m.near_null_picks > 0)
-            .map(|m| format!("{} ({})", m.module, m.near_null_picks))
-            .collect();
-        warnings.push(format!(
-            "{near} picked TSD(s) have σ/σ₁ < {:.0e}: near-null directions whose change rate is dominated by the division by σ (README, Definitions: near-null directions and scale); consider --sigma-floor. In: {}",
-            crate::directions::NEAR_NULL_RATIO,
-            which.join(", ")
-        ));
-    }
-    for m in &modules {
-        if let Some(d) = &m.dash {
-            if d.indices_recovered && d.indices.iter().any(Option::is_none) {
-                warnings.push(format!(
-                    "module {}: some Dash directions Ū do not match any singular vector of this base W (is it the right base?)",
-                    m.module
-                ));
-            }
-        }
-    }
-    if let Some((_, name)) = &reference {
-        let missing: Vec<&str> = modules
-            .iter()
-            .filter(|m| m.capture.is_none())
-            .map(|m| m.module.as_str())
-            .collect();
-        if !missing.is_empty() {
-            warnings.push(format!(
-                "{} module(s) have no counterpart in the reference {name}: {}",
-                missing.len(),
-                missing.join(", ")
-            ));
-        }
-    }
+    let warnings = report_warnings(
+        adapter,
+        &modules,
+        &others,
+        reference.as_ref().map(|(_, n)| n.as_str()),
+    );
     let null_model = opts.null.enabled.then(|| {
         apply_fdr(&mut modules, opts.null.alpha);
         null_model_report(&modules, opts, draws.max)
     });
     let by_type = summarise(&modules, |m| Some(m.module_type.clone()));
     let by_layer = summarise(&modules, |m| m.layer.map(|l| format!("{l:03}")));
-    let base_params = base.total_params();
-    let trainable = adapter.trainable_params();
-    let frozen = adapter.frozen_stored_params();
     Ok(InspectReport {
         tsd_version: env!("CARGO_PKG_VERSION"),
         build: env!("TSD_BUILD_VERSIONS"),
@@ -1064,22 +1122,185 @@ pub fn inspect_within(
         by_type,
         by_layer,
         null_model,
-        params: AdapterParams {
-            trainable,
-            frozen_stored: frozen,
-            stored: trainable + frozen,
-            base: base_params,
-            trainable_pct_of_base: if base_params > 0 {
-                100.0 * trainable as f64 / base_params as f64
-            } else {
-                0.0
-            },
-        },
+        params: adapter_params(adapter, base),
         adapter_name: adapter.extras.name.clone(),
         other_tensors: others,
         warnings,
         wall_seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Validates every module's base weight before the expensive part, so bad input fails fast.
+fn check_base_shapes(adapter: &Adapter, base: &dyn WeightSource) -> Result<()> {
+    let fan = adapter.config.fan_in_fan_out;
+    for m in &adapter.modules {
+        let name = format!("{}.weight", m.module);
+        let shape = base.shape(&name).ok_or_else(|| Error::MissingTensor {
+            context: format!(
+                "base model ({}) for adapter module {}",
+                base.describe(),
+                m.module
+            ),
+            tensor: name.clone(),
+        })?;
+        let want = if fan {
+            [m.a.cols, m.b.rows]
+        } else {
+            [m.b.rows, m.a.cols]
+        };
+        if shape != want {
+            return Err(Error::shape(
+            &m.module,
+            format!(
+                "base weight `{name}` has shape {shape:?} but the adapter's lora_B {}x{} and lora_A {}x{} imply {want:?}",
+                m.b.rows, m.b.cols, m.a.rows, m.a.cols
+            ),
+        ));
+        }
+    }
+    Ok(())
+}
+
+/// What analysing each module needs besides the module.
+struct Analysis<'a> {
+    base: &'a dyn WeightSource,
+    reference: Option<&'a Reference<'a>>,
+    opts: &'a InspectOptions,
+    draws: NullDraws,
+    cache: &'a SvdCache,
+}
+
+impl Analysis<'_> {
+    /// Every module of `adapter`, in parallel in batches whose estimated working sets fit
+    /// `budget`; `progress` sees each finished module.
+    fn modules(
+        &self,
+        adapter: &Adapter,
+        budget: usize,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Vec<ModuleReport>> {
+        let fan = adapter.config.fan_in_fan_out;
+        let sizes: Vec<usize> = adapter
+            .modules
+            .iter()
+            .map(|m| working_bytes(m, self.reference.is_some()))
+            .collect();
+        let mut modules: Vec<ModuleReport> = Vec::with_capacity(adapter.modules.len());
+        for batch in crate::budget::batches(&sizes, budget, rayon::current_num_threads()) {
+            let results: Vec<Result<ModuleReport>> = adapter.modules[batch]
+                .par_iter()
+                .map(|m| {
+                    let w = base_weight(self.base, m, fan)?;
+                    let r = match self.reference {
+                        Some(r) => reference_update(r, m, &w, fan)?,
+                        None => None,
+                    };
+                    let inputs = ModuleInputs { m, w, reference: r };
+                    let rep = analyse_module(inputs, self.opts, self.draws, self.cache)?;
+                    progress(&m.module);
+                    Ok(rep)
+                })
+                .collect();
+            for r in results {
+                modules.push(r?);
+            }
+        }
+        Ok(modules)
+    }
+}
+
+/// Model order: by layer number, then the module's position in a LLaMA layer.
+fn sort_in_model_order(modules: &mut [ModuleReport]) {
+    let rank = |t: &str| t.parse::<LinearKind>().map_or(usize::MAX, |k| k as usize);
+    modules.sort_by(|a, b| {
+        (
+            a.layer.unwrap_or(usize::MAX),
+            rank(&a.module_type),
+            &a.module,
+        )
+            .cmp(&(
+                b.layer.unwrap_or(usize::MAX),
+                rank(&b.module_type),
+                &b.module,
+            ))
+    });
+}
+
+/// The report's warnings: the adapter's, tensors not analysed, near-null picks, Dash directions
+/// that match no singular vector, modules without a counterpart in the reference (`reference`).
+fn report_warnings(
+    adapter: &Adapter,
+    modules: &[ModuleReport],
+    others: &[OtherTensorReport],
+    reference: Option<&str>,
+) -> Vec<String> {
+    let mut warnings = adapter.warnings.clone();
+    if !others.is_empty() {
+        let list: Vec<String> = others
+            .iter()
+            .map(|t| format!("{} ({}, {:?})", t.tensor, t.kind, t.shape))
+            .collect();
+        warnings.push(format!(
+        "not analysed for TSDs (counted in the parameters; tsd eval applies them where the base has the tensor they change, and refuses a LoRA or trained bias on a linear without a bias, as PEFT refuses to merge it): {}",
+        list.join(", ")
+    ));
+    }
+    let near: usize = modules.iter().map(|m| m.near_null_picks).sum();
+    if near > 0 {
+        let which: Vec<String> = modules
+            .iter()
+            .filter(|m| m.near_null_picks > 0)
+            .map(|m| format!("{} ({})", m.module, m.near_null_picks))
+            .collect();
+        warnings.push(format!(
+        "{near} picked TSD(s) have σ/σ₁ < {:.0e}: near-null directions whose change rate is dominated by the division by σ (README, Definitions: near-null directions and scale); consider --sigma-floor. In: {}",
+        crate::directions::NEAR_NULL_RATIO,
+        which.join(", ")
+    ));
+    }
+    for m in modules {
+        if let Some(d) = &m.dash {
+            if d.indices_recovered && d.indices.iter().any(Option::is_none) {
+                warnings.push(format!(
+                "module {}: some Dash directions Ū do not match any singular vector of this base W (is it the right base?)",
+                m.module
+            ));
+            }
+        }
+    }
+    if let Some(name) = reference {
+        let missing: Vec<&str> = modules
+            .iter()
+            .filter(|m| m.capture.is_none())
+            .map(|m| m.module.as_str())
+            .collect();
+        if !missing.is_empty() {
+            warnings.push(format!(
+                "{} module(s) have no counterpart in the reference {name}: {}",
+                missing.len(),
+                missing.join(", ")
+            ));
+        }
+    }
+    warnings
+}
+
+/// Parameter counts of the adapter against the base.
+fn adapter_params(adapter: &Adapter, base: &dyn WeightSource) -> AdapterParams {
+    let base_params = base.total_params();
+    let trainable = adapter.trainable_params();
+    let frozen = adapter.frozen_stored_params();
+    AdapterParams {
+        trainable,
+        frozen_stored: frozen,
+        stored: trainable + frozen,
+        base: base_params,
+        trainable_pct_of_base: if base_params > 0 {
+            100.0 * trainable as f64 / base_params as f64
+        } else {
+            0.0
+        },
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@
 //!   truncated to two decimals it reproduces the LLaMA2-7B (0.41 / 0.82) and LLaMA3-8B
 //!   (0.35 / 0.70) rows, which the paper takes from DoRA.
 
+use crate::error::{Error, Result};
 use crate::model::LlamaConfig;
 use serde::Serialize;
+use std::path::Path;
 
 /// What is adapted: rank, target module short names, optional Dash directions.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -111,6 +113,40 @@ pub fn count(cfg: &LlamaConfig, plan: &ParamPlan) -> crate::Result<ParamCounts> 
         pct_nominal: 100.0 * trainable as f64 / nominal as f64,
         pct_peft: 100.0 * trainable as f64 / (base + trainable) as f64,
     })
+}
+
+/// A model's config for counting: a built-in name (`llama-7b`, …), a `config.json` (or a
+/// directory holding one), a Hugging Face id (its `config.json` alone is fetched), or a model
+/// tsd opens (its config). `revision` and `offline` apply to hub ids.
+pub fn load_config(spec: &str, revision: Option<&str>, offline: bool) -> Result<LlamaConfig> {
+    if let Some(c) = LlamaConfig::builtin(spec) {
+        return Ok(c);
+    }
+    let p = Path::new(spec);
+    let json_path = if p.is_dir() {
+        p.join("config.json")
+    } else {
+        p.to_path_buf()
+    };
+    if json_path.is_file() && json_path.extension().is_some_and(|e| e == "json") {
+        let v: serde_json::Value = crate::fsutil::read_json(&json_path)?;
+        return LlamaConfig::from_json(v, &json_path);
+    }
+    if !p.exists() && spec != "default" && crate::weights::hub::looks_like_repo_id(spec) {
+        let f = crate::weights::hub::fetch_file(spec, revision, offline, "config.json")?;
+        let v: serde_json::Value = crate::fsutil::read_json(&f)?;
+        return LlamaConfig::from_json(v, &f);
+    }
+    let m = crate::provision::open_model(&crate::weights::ModelSpec {
+        spec: spec.to_string(),
+        revision: revision.map(str::to_string),
+        offline,
+        local_only: false,
+    })?;
+    let v = m
+        .config_json()
+        .ok_or_else(|| Error::InvalidArgument(format!("{spec}: no config.json found")))?;
+    LlamaConfig::from_json(v, p)
 }
 
 #[cfg(test)]

@@ -7,13 +7,12 @@
 use crate::adapter::load_adapter;
 use crate::error::{Error, Result};
 use crate::inspect::{inspect, InspectOptions, InspectReport, Reference};
-use crate::provision::open_model;
 use crate::run::{Run, RunKind};
 use crate::svd_cache::SvdCache;
-use crate::weights::{open_path, ModelSpec, WeightSource};
+use crate::weights::{ModelSpec, WeightSource};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One checkpoint's summary over modules.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -139,48 +138,123 @@ fn default_top_s() -> usize {
     InspectOptions::default().top_s
 }
 
-/// What a `--reference` argument names.
-pub enum RefSource {
-    Adapter(Box<crate::adapter::Adapter>),
-    Model(Box<dyn WeightSource>),
+pub use crate::run::base::{open_reference, RefSource};
+
+/// `tsd track`'s analysis (and `tsd report`'s), validated: which run, against which base and
+/// reference, with which settings.
+pub struct TrackPlan {
+    /// The run directory (any layout [`Run`] reads).
+    pub run: PathBuf,
+    /// The adapter subfolder to read in each checkpoint (none: its root, else its only one).
+    pub adapter_name: Option<String>,
+    /// The base as given (`--base`); none: the run's declared base, where it resolves locally.
+    pub base: Option<ModelSpec>,
+    /// Refuse a given base that cannot be shown to be the declared one (else a warning).
+    pub strict_base: bool,
+    /// An adapter, a run directory (its newest checkpoint) or a model ([`open_reference`]).
+    pub reference: Option<String>,
+    pub opts: InspectOptions,
 }
 
-/// Resolves a reference: an adapter, a run directory of any layout (its newest checkpoint; a tsd
-/// full fine-tune gives ΔW* = W* − W), or a model.
-pub fn open_reference(spec: &str) -> Result<(RefSource, String)> {
-    let p = Path::new(spec);
-    if crate::adapter::read::is_adapter(p) {
-        return Ok((
-            RefSource::Adapter(Box::new(load_adapter(p)?)),
-            format!("adapter {spec}"),
-        ));
+/// A track's inputs, opened: [`OpenedTrack::run`] analyses the run's checkpoints.
+pub struct OpenedTrack {
+    pub base: Box<dyn WeightSource>,
+    pub reference: Option<(RefSource, String)>,
+    pub opts: InspectOptions,
+}
+
+impl TrackPlan {
+    /// Opens the run; `warn` sees each skipped directory.
+    pub fn open_run(&self, warn: &dyn Fn(&str)) -> Result<Run> {
+        let run = Run::open(&self.run, self.adapter_name.as_deref())?;
+        for w in &run.skipped {
+            warn(w);
+        }
+        Ok(run)
     }
-    if Run::detect(p) {
-        let run = Run::open(p, None)?;
-        let last = run.require_checkpoints().map_err(|_| {
-            Error::InvalidArgument(format!("reference run {spec} has no checkpoint"))
-        })?;
-        let last = last.last().expect("non-empty");
-        let at = match run.kind {
-            RunKind::Adapters => last.name.clone(),
-            _ => format!("step {}", last.step),
-        };
-        return Ok(if run.is_full_fine_tune() {
-            (
-                RefSource::Model(open_path(&last.dir)?),
-                format!("full fine-tune {spec} {at} (ΔW* = W* − W)"),
-            )
+
+    /// Checks the null's settings and that `run` has checkpoints, opens the base (`warn` sees the declared-base warning,
+    /// if any) and the reference.
+    pub fn open(&self, run: &Run, warn: &dyn Fn(&str)) -> Result<OpenedTrack> {
+        self.opts.null.validate()?;
+        run.require_checkpoints()?;
+        let opened = run.open_base(self.base.as_ref(), self.strict_base)?;
+        if let Some(w) = &opened.warning {
+            warn(w);
+        }
+        let reference = self.reference.as_deref().map(open_reference).transpose()?;
+        Ok(OpenedTrack {
+            base: opened.source,
+            reference,
+            opts: self.opts.clone(),
+        })
+    }
+}
+
+impl OpenedTrack {
+    /// [`track_run`] with the SVD cache at its default location; `progress` sees each step.
+    pub fn run(&self, run: &Run, progress: &(dyn Fn(usize) + Sync)) -> Result<TrackReport> {
+        track_run(
+            run,
+            self.base.as_ref(),
+            self.reference.as_ref(),
+            &self.opts,
+            &SvdCache::default_location(),
+            progress,
+        )
+    }
+}
+
+/// Where `tsd report`'s direction analysis comes from.
+pub enum ReportTrack {
+    /// A saved track record (`tsd track RUN --json -o FILE`).
+    Saved(PathBuf),
+    /// Tracked now (and saved beside the report).
+    Track,
+    /// None: `--no-track`, no checkpoint, or a full fine-tune.
+    Skip,
+}
+
+/// `tsd report`, validated: the run's track plan, where its direction analysis comes from and
+/// where the page goes.
+pub struct ReportPlan {
+    pub track: TrackPlan,
+    /// A saved track record to render instead of tracking.
+    pub saved_track: Option<PathBuf>,
+    /// Curves only: no direction analysis.
+    pub no_track: bool,
+    /// The page (none: `RUN/report.html`).
+    pub output: Option<PathBuf>,
+}
+
+impl ReportPlan {
+    /// The page's path: as given, else `RUN/report.html`.
+    pub fn output(&self) -> PathBuf {
+        self.output
+            .clone()
+            .unwrap_or_else(|| self.track.run.join("report.html"))
+    }
+
+    /// Where the direction analysis of `run` comes from.
+    pub fn track_source(&self, run: &Run) -> ReportTrack {
+        if let Some(f) = &self.saved_track {
+            ReportTrack::Saved(f.clone())
+        } else if self.no_track || run.checkpoints.is_empty() || run.is_full_fine_tune() {
+            ReportTrack::Skip
         } else {
-            (
-                RefSource::Adapter(Box::new(load_adapter(&last.adapter)?)),
-                format!("run {spec} {at}"),
-            )
-        });
+            ReportTrack::Track
+        }
     }
-    Ok((
-        RefSource::Model(open_model(&ModelSpec::new(spec))?),
-        format!("model {spec} (ΔW* = W* − W)"),
-    ))
+}
+
+/// A saved track record of `run`, refused (naming `path`) when its checkpoints are not `run`'s.
+pub fn read_saved_track(path: &Path, run: &Run) -> Result<TrackReport> {
+    let t: TrackReport = crate::fsutil::read_json(path)?;
+    t.check_matches(run).map_err(|e| Error::Config {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(t)
 }
 
 fn overlap(a: &[usize], b: &[usize]) -> f64 {
@@ -212,6 +286,64 @@ pub fn track(
     track_run(&run, base, reference, opts, cache, progress)
 }
 
+/// TSD indices per module per step: `module → [(step, indices)]`.
+fn tsd_sets_of(reports: &[(usize, InspectReport)]) -> BTreeMap<String, Vec<(usize, Vec<usize>)>> {
+    let mut tsd_sets: BTreeMap<String, Vec<(usize, Vec<usize>)>> = BTreeMap::new();
+    for (step, rep) in reports {
+        for m in &rep.modules {
+            tsd_sets
+                .entry(m.module.clone())
+                .or_default()
+                .push((*step, m.tsd.iter().map(|t| t.index).collect()));
+        }
+    }
+    tsd_sets
+}
+
+/// One checkpoint's summary: means over its modules, its TSD sets' overlap with the previous
+/// checkpoint's (`prev`) and the final one's, its null.
+fn track_point(
+    step: usize,
+    checkpoint: &str,
+    rep: &InspectReport,
+    prev: Option<&InspectReport>,
+    final_sets: &BTreeMap<&str, &Vec<usize>>,
+) -> TrackPoint {
+    let mut stab_prev = Vec::new();
+    let mut stab_final = Vec::new();
+    for m in &rep.modules {
+        let set: Vec<usize> = m.tsd.iter().map(|t| t.index).collect();
+        if let Some(f) = final_sets.get(m.module.as_str()) {
+            stab_final.push(overlap(&set, f));
+        }
+        if let Some(pm) = prev.and_then(|p| p.modules.iter().find(|x| x.module == m.module)) {
+            let ps: Vec<usize> = pm.tsd.iter().map(|t| t.index).collect();
+            stab_prev.push(overlap(&set, &ps));
+        }
+    }
+    let col = |f: &dyn Fn(&crate::inspect::ModuleReport) -> Option<f64>| -> Vec<f64> {
+        rep.modules.iter().filter_map(f).collect()
+    };
+    TrackPoint {
+        step,
+        checkpoint: checkpoint.to_string(),
+        modules: rep.modules.len(),
+        mean_top_delta: mean(&col(&|m| m.tsd.first().map(|t| t.delta))).unwrap_or(0.0),
+        mean_delta_fro: mean(&col(&|m| Some(m.delta_fro))).unwrap_or(0.0),
+        mean_amplification: mean(&col(&|m| {
+            Some(m.amplification.factor).filter(|x| x.is_finite())
+        }))
+        .unwrap_or(0.0),
+        stability_prev: mean(&stab_prev),
+        stability_final: mean(&stab_final).unwrap_or(0.0),
+        mean_recall: mean(&col(&|m| m.capture.as_ref().map(|c| c.recall.value))),
+        mean_accuracy: mean(&col(&|m| m.capture.as_ref().map(|c| c.accuracy.value))),
+        near_null_picks: rep.modules.iter().map(|m| m.near_null_picks).sum(),
+        mean_dash_delta_sigma: mean(&col(&|m| m.dash.as_ref().map(|d| d.delta_sigma_max_abs))),
+        null: track_null(rep),
+    }
+}
+
 /// Tracks every checkpoint of an opened run against `base`; `progress` sees each step.
 pub fn track_run(
     run: &Run,
@@ -227,15 +359,7 @@ pub fn track_run(
         ));
     }
     let checkpoints = run.require_checkpoints()?;
-    let r = reference.map(|(src, name)| {
-        (
-            match src {
-                RefSource::Adapter(a) => Reference::Adapter(a),
-                RefSource::Model(m) => Reference::Model(m.as_ref()),
-            },
-            name.clone(),
-        )
-    });
+    let r = reference.map(|(src, name)| (Reference::from(src), name.clone()));
     let mut reports = Vec::new();
     for c in checkpoints {
         let step = c.step;
@@ -254,56 +378,19 @@ pub fn track_run(
         reports.push((step, rep));
         progress(step);
     }
-    let mut tsd_sets: BTreeMap<String, Vec<(usize, Vec<usize>)>> = BTreeMap::new();
-    for (step, rep) in &reports {
-        for m in &rep.modules {
-            tsd_sets
-                .entry(m.module.clone())
-                .or_default()
-                .push((*step, m.tsd.iter().map(|t| t.index).collect()));
-        }
-    }
+    let tsd_sets = tsd_sets_of(&reports);
     let final_sets: BTreeMap<&str, &Vec<usize>> = tsd_sets
         .iter()
         .filter_map(|(k, v)| v.last().map(|l| (k.as_str(), &l.1)))
         .collect();
-    let mut points = Vec::new();
-    for (i, (step, rep)) in reports.iter().enumerate() {
-        let prev = i.checked_sub(1).map(|j| &reports[j].1);
-        let mut stab_prev = Vec::new();
-        let mut stab_final = Vec::new();
-        for m in &rep.modules {
-            let set: Vec<usize> = m.tsd.iter().map(|t| t.index).collect();
-            if let Some(f) = final_sets.get(m.module.as_str()) {
-                stab_final.push(overlap(&set, f));
-            }
-            if let Some(pm) = prev.and_then(|p| p.modules.iter().find(|x| x.module == m.module)) {
-                let ps: Vec<usize> = pm.tsd.iter().map(|t| t.index).collect();
-                stab_prev.push(overlap(&set, &ps));
-            }
-        }
-        let col = |f: &dyn Fn(&crate::inspect::ModuleReport) -> Option<f64>| -> Vec<f64> {
-            rep.modules.iter().filter_map(f).collect()
-        };
-        points.push(TrackPoint {
-            step: *step,
-            checkpoint: checkpoints[i].name.clone(),
-            modules: rep.modules.len(),
-            mean_top_delta: mean(&col(&|m| m.tsd.first().map(|t| t.delta))).unwrap_or(0.0),
-            mean_delta_fro: mean(&col(&|m| Some(m.delta_fro))).unwrap_or(0.0),
-            mean_amplification: mean(&col(&|m| {
-                Some(m.amplification.factor).filter(|x| x.is_finite())
-            }))
-            .unwrap_or(0.0),
-            stability_prev: mean(&stab_prev),
-            stability_final: mean(&stab_final).unwrap_or(0.0),
-            mean_recall: mean(&col(&|m| m.capture.as_ref().map(|c| c.recall.value))),
-            mean_accuracy: mean(&col(&|m| m.capture.as_ref().map(|c| c.accuracy.value))),
-            near_null_picks: rep.modules.iter().map(|m| m.near_null_picks).sum(),
-            mean_dash_delta_sigma: mean(&col(&|m| m.dash.as_ref().map(|d| d.delta_sigma_max_abs))),
-            null: track_null(rep),
-        });
-    }
+    let points = reports
+        .iter()
+        .enumerate()
+        .map(|(i, (step, rep))| {
+            let prev = i.checked_sub(1).map(|j| &reports[j].1);
+            track_point(*step, &checkpoints[i].name, rep, prev, &final_sets)
+        })
+        .collect();
     Ok(TrackReport {
         run: run.dir.display().to_string(),
         kind: Some(run.kind),

@@ -466,3 +466,78 @@ fn a_directory_that_is_no_run_is_refused_naming_the_layouts() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tsd inspect"));
 }
+
+/// `tsd inspect --reference RUN` takes the run's newest checkpoint as the reference, as `track`
+/// does (one reference resolver): the capture equals that of an inspect against the checkpoint
+/// itself, and the reference is named as the run at its step.
+#[test]
+fn inspect_takes_a_run_as_reference_like_its_newest_checkpoint() {
+    let home = tempfile::tempdir().unwrap();
+    let run = fixture("hf-trainer-run");
+    let inspect = |reference: &Path| -> Value {
+        let out = tsd(home.path())
+            .args([
+                "inspect",
+                run.join("checkpoint-2").to_str().unwrap(),
+                "--reference",
+                reference.to_str().unwrap(),
+                "--base",
+                &base(),
+                "--no-null",
+                "--json",
+                "-q",
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&ok(&out).stdout).unwrap()
+    };
+    let by_run = inspect(&run);
+    let by_checkpoint = inspect(&run.join("checkpoint-6"));
+    let name = by_run["reference"].as_str().unwrap();
+    assert!(
+        name.starts_with("run ") && name.ends_with(" step 6"),
+        "{name}"
+    );
+    let (a, b) = (
+        by_run["modules"].as_array().unwrap(),
+        by_checkpoint["modules"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), 10);
+    for (x, y) in a.iter().zip(b) {
+        assert!(x["capture"].is_object(), "{}", x["module"]);
+        assert_eq!(x["capture"], y["capture"], "{}", x["module"]);
+    }
+}
+
+/// Regression: a run directory given to `inspect --reference` was opened as a model and refused;
+/// one that has no complete checkpoint is refused (exit 2) as a reference run.
+#[test]
+fn inspect_refuses_a_reference_run_without_checkpoints() {
+    let home = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let empty = d.path().join("run");
+    std::fs::create_dir_all(empty.join("checkpoint-3")).unwrap();
+    std::fs::write(empty.join("checkpoint-3/adapter_config.json"), "{").unwrap();
+    let out = tsd(home.path())
+        .args([
+            "inspect",
+            fixture("hf-trainer-run")
+                .join("checkpoint-2")
+                .to_str()
+                .unwrap(),
+            "--reference",
+            empty.to_str().unwrap(),
+            "--base",
+            &base(),
+            "--no-null",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("reference run") && err.contains("no checkpoint"),
+        "{err}"
+    );
+}

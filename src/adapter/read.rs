@@ -202,73 +202,158 @@ fn parse_adapter(
     config: AdapterConfig,
     bytes: &[u8],
 ) -> Result<Adapter> {
-    let adapter_name = adapter_name.to_string();
-    let weights = weights.to_path_buf();
-    let cfg_path = cfg_path.to_path_buf();
-    let st = SafeTensors::deserialize(bytes).map_err(|e| st_error(&weights, e))?;
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| st_error(&weights, e))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| st_error(weights, e))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| st_error(weights, e))?;
     let metadata: BTreeMap<String, String> = meta
         .metadata()
         .clone()
         .unwrap_or_default()
         .into_iter()
         .collect();
-
-    let mut warnings = Vec::new();
-    let mut unmatched = Vec::new();
-    let mut unsupported = Vec::new();
-    let mut groups: BTreeMap<String, HashMap<TensorKind, String>> = BTreeMap::new();
-    let mut base_keys: Vec<(String, String, bool)> = Vec::new();
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
-    for name in &names {
-        match parse_key(name, &adapter_name) {
-            Some((_, TensorKind::Unsupported)) => {
-                unsupported.push(name.clone());
-                unmatched.push(name.clone());
-            }
-            Some((module, kind)) => {
-                groups.entry(module).or_default().insert(kind, name.clone());
-            }
-            None => match parse_base_tensor(name, &adapter_name) {
-                Some((hf, base_layer)) => base_keys.push((name.clone(), hf, base_layer)),
-                None => unmatched.push(name.clone()),
-            },
-        }
-    }
-    if !unsupported.is_empty() {
-        warnings.push(format!(
-            "tensor(s) of a LoRA kind tsd neither analyses nor applies: {}",
-            unsupported.join(", ")
-        ));
-    }
-    let unknown: Vec<&str> = unmatched
-        .iter()
-        .filter(|k| !unsupported.contains(k))
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
-        warnings.push(format!(
-            "tensor(s) with unrecognised names were ignored: {}",
-            unknown.join(", ")
-        ));
-    }
-    if let Some(scheme) = config.init_lora_weights.modifies_base() {
-        warnings.push(format!(
-            "init_lora_weights = `{scheme}` modifies the base weights at initialisation: ΔW is analysed against the base model given, which may not be the W this adapter was trained against"
-        ));
-    }
-
-    let ctx = |m: &str| format!("{}: module {m}", dir.display());
+    let keys = Keys::classify(&names, adapter_name);
+    let mut warnings = keys.warnings(&config);
+    let reader = Reader {
+        st: &st,
+        weights,
+        config: &config,
+        dir: &dir,
+        cfg_path,
+    };
     let mut modules = Vec::new();
     let mut extras = AdapterExtras {
-        name: Some(adapter_name.clone()),
+        name: Some(adapter_name.to_string()),
         ..Default::default()
     };
-    for (module, kinds) in &groups {
-        if !config.targets(module) {
+    for (module, kinds) in &keys.groups {
+        if let Some(m) = reader.module(module, kinds, &mut warnings, &mut extras)? {
+            modules.push(m);
+        }
+    }
+    for (key, hf, base_layer) in &keys.base {
+        let t = reader.base_tensor(key, hf, *base_layer, adapter_name)?;
+        extras.base_tensors.push(t);
+    }
+    if modules.is_empty() && extras.embeddings.is_empty() {
+        return Err(Error::EmptyAdapter {
+            path: weights.to_path_buf(),
+            found: names.len(),
+        });
+    }
+    Ok(Adapter {
+        path: dir,
+        config,
+        modules,
+        warnings: group_module_warnings(warnings),
+        unmatched: keys.unmatched,
+        metadata,
+        extras,
+    })
+}
+
+/// An adapter file's tensor names, sorted into LoRA groups per module, saved base tensors and
+/// names tsd does not read.
+struct Keys {
+    /// Module → its LoRA tensors by kind.
+    groups: BTreeMap<String, HashMap<TensorKind, String>>,
+    /// `(key, Hugging Face name, under base_layer)` of saved base tensors.
+    base: Vec<(String, String, bool)>,
+    /// Names not read (unsupported LoRA kinds included).
+    unmatched: Vec<String>,
+    /// Names of a LoRA kind tsd neither analyses nor applies.
+    unsupported: Vec<String>,
+}
+
+impl Keys {
+    fn classify(names: &[String], adapter_name: &str) -> Self {
+        let mut k = Keys {
+            groups: BTreeMap::new(),
+            base: Vec::new(),
+            unmatched: Vec::new(),
+            unsupported: Vec::new(),
+        };
+        for name in names {
+            match parse_key(name, adapter_name) {
+                Some((_, TensorKind::Unsupported)) => {
+                    k.unsupported.push(name.clone());
+                    k.unmatched.push(name.clone());
+                }
+                Some((module, kind)) => {
+                    k.groups
+                        .entry(module)
+                        .or_default()
+                        .insert(kind, name.clone());
+                }
+                None => match parse_base_tensor(name, adapter_name) {
+                    Some((hf, base_layer)) => k.base.push((name.clone(), hf, base_layer)),
+                    None => k.unmatched.push(name.clone()),
+                },
+            }
+        }
+        k
+    }
+
+    /// The whole file's warnings: unsupported and unrecognised names, a base-modifying init.
+    fn warnings(&self, config: &AdapterConfig) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.unsupported.is_empty() {
+            warnings.push(format!(
+                "tensor(s) of a LoRA kind tsd neither analyses nor applies: {}",
+                self.unsupported.join(", ")
+            ));
+        }
+        let unknown: Vec<&str> = self
+            .unmatched
+            .iter()
+            .filter(|k| !self.unsupported.contains(k))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            warnings.push(format!(
+                "tensor(s) with unrecognised names were ignored: {}",
+                unknown.join(", ")
+            ));
+        }
+        if let Some(scheme) = config.init_lora_weights.modifies_base() {
+            warnings.push(format!(
+                "init_lora_weights = `{scheme}` modifies the base weights at initialisation: ΔW is analysed against the base model given, which may not be the W this adapter was trained against"
+            ));
+        }
+        warnings
+    }
+}
+
+/// What reading one adapter file's modules needs.
+struct Reader<'a> {
+    st: &'a SafeTensors<'a>,
+    weights: &'a Path,
+    config: &'a AdapterConfig,
+    dir: &'a Path,
+    cfg_path: &'a Path,
+}
+
+impl Reader<'_> {
+    fn ctx(&self, m: &str) -> String {
+        format!("{}: module {m}", self.dir.display())
+    }
+
+    fn tensor(&self, k: &str) -> Result<safetensors::tensor::TensorView<'_>> {
+        self.st.tensor(k).map_err(|e| st_error(self.weights, e))
+    }
+
+    /// One module's LoRA: `None` when it is skipped (with a warning) or is an embedding LoRA
+    /// (into `extras`); its bias goes into `extras` too.
+    fn module(
+        &self,
+        module: &str,
+        kinds: &HashMap<TensorKind, String>,
+        warnings: &mut Vec<String>,
+        extras: &mut AdapterExtras,
+    ) -> Result<Option<ModuleAdapter>> {
+        if !self.config.targets(module) {
             return Err(Error::Config {
-                path: cfg_path.clone(),
+                path: self.cfg_path.to_path_buf(),
                 reason: format!(
                     "the adapter holds LoRA tensors for {module}, which target_modules / layers_to_transform / exclude_modules / modules_to_save do not select (PEFT would not load them)"
                 ),
@@ -277,11 +362,46 @@ fn parse_adapter(
         if kinds.contains_key(&TensorKind::EmbeddingA)
             || kinds.contains_key(&TensorKind::EmbeddingB)
         {
-            extras
-                .embeddings
-                .push(read_embedding(&st, &weights, &config, module, kinds)?);
-            continue;
+            extras.embeddings.push(read_embedding(
+                self.st,
+                self.weights,
+                self.config,
+                module,
+                kinds,
+            )?);
+            return Ok(None);
         }
+        let Some((a, b)) = self.lora_pair(module, kinds, warnings)? else {
+            return Ok(None);
+        };
+        let r = a.rows;
+        let alpha = self.config.alpha_for(module);
+        let scaling = self.config.scaling(r, alpha);
+        let dora_magnitude = self.dora(module, kinds, warnings)?;
+        let dash = read_dash(self.st, self.weights, module, kinds, b.rows, a.cols)?;
+        if let Some(bias) = self.lora_bias(module, kinds, b.rows)? {
+            extras.lora_biases.insert(module.to_string(), bias);
+        }
+        Ok(Some(ModuleAdapter {
+            module: module.to_string(),
+            r,
+            alpha,
+            scaling,
+            a,
+            b,
+            dora_magnitude,
+            dash,
+        }))
+    }
+
+    /// lora_A and lora_B, their ranks checked against each other and the config; `None` (with a
+    /// warning) for a module without both or with a zero-size tensor.
+    fn lora_pair(
+        &self,
+        module: &str,
+        kinds: &HashMap<TensorKind, String>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<(Matrix, Matrix)>> {
         let (Some(ka), Some(kb)) = (kinds.get(&TensorKind::LoraA), kinds.get(&TensorKind::LoraB))
         else {
             let has = |k| kinds.contains_key(&k);
@@ -292,7 +412,7 @@ fn parse_adapter(
                     "lora_A.weight"
                 };
                 return Err(Error::MissingTensor {
-                    context: ctx(module),
+                    context: self.ctx(module),
                     tensor: missing.into(),
                 });
             }
@@ -302,121 +422,120 @@ fn parse_adapter(
                 "module {module}: tensor(s) without lora_A/lora_B were ignored: {}",
                 keys.join(", ")
             ));
-            continue;
+            return Ok(None);
         };
-        let va = st.tensor(ka).map_err(|e| st_error(&weights, e))?;
-        let vb = st.tensor(kb).map_err(|e| st_error(&weights, e))?;
+        let va = self.tensor(ka)?;
+        let vb = self.tensor(kb)?;
         if va.shape().contains(&0) || vb.shape().contains(&0) {
             warnings.push(format!(
                 "module {module}: zero-size tensor (`{ka}` {:?}, `{kb}` {:?}); module skipped",
                 va.shape(),
                 vb.shape()
             ));
-            continue;
+            return Ok(None);
         }
-        let a = decode_matrix(&weights, ka, &va)?;
-        let b = decode_matrix(&weights, kb, &vb)?;
+        let a = decode_matrix(self.weights, ka, &va)?;
+        let b = decode_matrix(self.weights, kb, &vb)?;
         if a.rows != b.cols {
             return Err(Error::shape(
-                ctx(module),
+                self.ctx(module),
                 format!(
                     "lora_A is {}x{} (r x in) but lora_B is {}x{} (out x r): ranks differ",
                     a.rows, a.cols, b.rows, b.cols
                 ),
             ));
         }
-        let r = a.rows;
-        let cfg_r = config.rank_for(module);
+        let (r, cfg_r) = (a.rows, self.config.rank_for(module));
         if r != cfg_r {
             return Err(Error::shape(
-                ctx(module),
+                self.ctx(module),
                 format!("adapter_config.json gives rank {cfg_r} for this module, but its tensors have rank {r}"),
             ));
         }
-        let alpha = config.alpha_for(module);
-        let scaling = config.scaling(r, alpha);
-        let dora_magnitude = match kinds.get(&TensorKind::DoraMagnitude) {
+        Ok(Some((a, b)))
+    }
+
+    /// DoRA's magnitude vector, with the warning that tsd analyses the direction update only.
+    fn dora(
+        &self,
+        module: &str,
+        kinds: &HashMap<TensorKind, String>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<Vec<f32>>> {
+        Ok(match kinds.get(&TensorKind::DoraMagnitude) {
             Some(k) => {
-                let v = st.tensor(k).map_err(|e| st_error(&weights, e))?;
+                let v = self.tensor(k)?;
                 warnings.push(format!(
                     "module {module}: DoRA magnitude vector present; tsd analyses the LoRA direction update scaling·B·A only, not DoRA's re-normalised weight"
                 ));
-                Some(decode_f32(&weights, k, &v)?)
+                Some(decode_f32(self.weights, k, &v)?)
             }
-            None if config.use_dora => {
+            None if self.config.use_dora => {
                 warnings.push(format!(
                     "module {module}: use_dora is set but no magnitude vector is stored"
                 ));
                 None
             }
             None => None,
-        };
-        let dash = read_dash(&st, &weights, module, kinds, b.rows, a.cols)?;
-        if let Some(k) = kinds.get(&TensorKind::LoraBias) {
-            let v = st.tensor(k).map_err(|e| st_error(&weights, e))?;
-            let bias = decode_f32(&weights, k, &v)?;
-            if bias.len() != b.rows || v.shape().len() != 1 {
-                return Err(Error::shape(
-                    ctx(module),
-                    format!(
-                        "`{k}` is {:?}, expected [{}] (lora_B's rows)",
-                        v.shape(),
-                        b.rows
-                    ),
-                ));
-            }
-            extras.lora_biases.insert(module.clone(), bias);
-        }
-        modules.push(ModuleAdapter {
-            module: module.clone(),
-            r,
-            alpha,
-            scaling,
-            a,
-            b,
-            dora_magnitude,
-            dash,
-        });
+        })
     }
-    for (key, hf, base_layer) in base_keys {
-        let v = st.tensor(&key).map_err(|e| st_error(&weights, e))?;
-        let data = decode_f32(&weights, &key, &v)?;
-        let module = hf.rsplit_once('.').map_or(hf.as_str(), |(m, _)| m);
-        let role = if hf.ends_with(".bias") && config.bias != "none" {
+
+    /// lora_B's bias (PEFT's `lora_bias`), `rows` long.
+    fn lora_bias(
+        &self,
+        module: &str,
+        kinds: &HashMap<TensorKind, String>,
+        rows: usize,
+    ) -> Result<Option<Vec<f32>>> {
+        let Some(k) = kinds.get(&TensorKind::LoraBias) else {
+            return Ok(None);
+        };
+        let v = self.tensor(k)?;
+        let bias = decode_f32(self.weights, k, &v)?;
+        if bias.len() != rows || v.shape().len() != 1 {
+            return Err(Error::shape(
+                self.ctx(module),
+                format!(
+                    "`{k}` is {:?}, expected [{}] (lora_B's rows)",
+                    v.shape(),
+                    rows
+                ),
+            ));
+        }
+        Ok(Some(bias))
+    }
+
+    /// A saved base tensor (a trained bias, a `modules_to_save` copy, or another saved weight).
+    fn base_tensor(
+        &self,
+        key: &str,
+        hf: &str,
+        base_layer: bool,
+        adapter_name: &str,
+    ) -> Result<BaseTensor> {
+        let v = self.tensor(key)?;
+        let data = decode_f32(self.weights, key, &v)?;
+        let module = hf.rsplit_once('.').map_or(hf, |(m, _)| m);
+        let role = if hf.ends_with(".bias") && self.config.bias != "none" {
             BaseTensorRole::TrainedBias
-        } else if config.saves_module(module) && !base_layer {
+        } else if self.config.saves_module(module) && !base_layer {
             BaseTensorRole::ModulesToSave
         } else {
             BaseTensorRole::Saved
         };
-        let stored = key.strip_prefix(PREFIX).unwrap_or(&key);
+        let stored = key.strip_prefix(PREFIX).unwrap_or(key);
         let stored = stored.replace(&format!(".modules_to_save.{adapter_name}."), ".");
-        extras.base_tensors.push(BaseTensor {
+        Ok(BaseTensor {
             key: match role {
                 BaseTensorRole::ModulesToSave => format!("{PREFIX}{hf}"),
                 _ => format!("{PREFIX}{}", stored.replace(".modules_to_save.", ".")),
             },
-            name: hf,
+            name: hf.to_string(),
             shape: v.shape().to_vec(),
             data,
             role,
-        });
+        })
     }
-    if modules.is_empty() && extras.embeddings.is_empty() {
-        return Err(Error::EmptyAdapter {
-            path: weights,
-            found: names.len(),
-        });
-    }
-    Ok(Adapter {
-        path: dir,
-        config,
-        modules,
-        warnings: group_module_warnings(warnings),
-        unmatched,
-        metadata,
-        extras,
-    })
 }
 
 /// An embedding LoRA: `lora_embedding_A` `[r, vocab]`, `lora_embedding_B` `[hidden, r]`.

@@ -1,15 +1,14 @@
+//! `tsd inspect`: flags → [`InspectPlan`] → [`InspectPlan::open`] → run → render.
+
 use super::{parse_pair, progress_bar, ModelArgs, NullArgs, OutputArgs};
 use anyhow::Result;
 use clap::Args;
-use std::path::{Path, PathBuf};
-use tsd::adapter::{load_adapter, read::is_adapter, read_adapter};
+use std::path::PathBuf;
 use tsd::directions::SigmaFloor;
-use tsd::inspect::{inspect, InspectOptions, Reference};
+use tsd::inspect::{InspectOptions, InspectPlan};
 use tsd::linalg::Precision;
-use tsd::provision::open_model;
 use tsd::render::inspect::{inspect_csv, inspect_html, inspect_table};
 use tsd::render::{to_json, Format};
-use tsd::svd_cache::SvdCache;
 use tsd::weights::ModelSpec;
 
 #[derive(Args, Debug)]
@@ -28,7 +27,8 @@ pub struct InspectArgs {
     /// or path, or a tsd run record's sha256) instead of warning
     #[arg(long, requires = "base")]
     strict_base: bool,
-    /// Capture metrics against another adapter (same base) or a fine-tuned model (ΔW* = W* − W) [default: none]
+    /// Capture metrics against another adapter (same base), a run directory of any layout (its
+    /// newest checkpoint) or a fine-tuned model (ΔW* = W* − W) [default: none]
     #[arg(long)]
     reference: Option<String>,
     /// TSDs per module (the top-s by --tsd-by).
@@ -75,85 +75,50 @@ pub struct InspectArgs {
     out: OutputArgs,
 }
 
-pub fn run(a: InspectArgs) -> Result<()> {
-    if a.top_s == 0 {
-        return Err(super::input_error("--top-s must be positive"));
-    }
-    if !(0.0..1.0).contains(&a.sigma_floor) {
-        return Err(super::input_error("--sigma-floor must be in [0, 1)"));
-    }
-    let (tsd_by, null) = a.null.plan()?;
-    let adapter = read_adapter(&a.adapter, a.adapter_name.as_deref())?;
-    let given = a.base.as_ref().map(|b| ModelSpec {
-        spec: b.clone(),
-        revision: a.model.revision.clone(),
-        offline: a.model.offline,
-        local_only: false,
-    });
-    let opened = tsd::run::base::open_base(
-        given.as_ref(),
-        "--base",
-        &adapter.path.display().to_string(),
-        tsd::run::base::DeclaredBase::of_adapter(&adapter.path, &adapter.config).as_ref(),
-        a.strict_base,
-        a.model.offline,
-    )?;
-    if let Some(w) = &opened.warning {
-        eprintln!("warning: {w}");
-    }
-    let base = opened.source;
-    let ref_adapter;
-    let ref_model;
-    let reference = match &a.reference {
-        None => None,
-        Some(r) if is_adapter(Path::new(r)) => {
-            ref_adapter = load_adapter(Path::new(r))?;
-            Some((Reference::Adapter(&ref_adapter), format!("adapter {r}")))
-        }
-        Some(r) => {
-            ref_model = open_model(&ModelSpec {
-                spec: r.clone(),
-                revision: None,
-                offline: a.model.offline,
+impl InspectArgs {
+    /// The validated plan (exit 2 for settings no analysis can run with).
+    fn plan(&self) -> Result<InspectPlan> {
+        let opts = InspectOptions {
+            top_s: self.top_s,
+            floor: SigmaFloor {
+                relative: self.sigma_floor,
+            },
+            precision: self.svd_precision,
+            amp_rank: self.amp_rank,
+            seed: self.seed,
+            recall_k: self.recall_k,
+            accuracy_k: self.accuracy_k,
+            keep_spectrum: self.spectrum || self.html.is_some(),
+            tsd_by: self.null.tsd_by.ranking(),
+            null: self.null.options(),
+        };
+        opts.validate()?;
+        Ok(InspectPlan {
+            adapter: self.adapter.clone(),
+            adapter_name: self.adapter_name.clone(),
+            base: self.base.as_ref().map(|b| ModelSpec {
+                spec: b.clone(),
+                revision: self.model.revision.clone(),
+                offline: self.model.offline,
                 local_only: false,
-            })?;
-            Some((
-                Reference::Model(ref_model.as_ref()),
-                format!("model {r} (ΔW* = W* − W)"),
-            ))
-        }
-    };
-    let opts = InspectOptions {
-        top_s: a.top_s,
-        floor: SigmaFloor {
-            relative: a.sigma_floor,
-        },
-        precision: a.svd_precision,
-        amp_rank: a.amp_rank,
-        seed: a.seed,
-        recall_k: a.recall_k,
-        accuracy_k: a.accuracy_k,
-        keep_spectrum: a.spectrum || a.html.is_some(),
-        tsd_by,
-        null,
-    };
-    let cache = if a.no_cache {
-        SvdCache::disabled()
-    } else {
-        SvdCache::default_location()
-    };
-    let pb = progress_bar(adapter.modules.len() as u64, "inspect", a.quiet);
-    let report = inspect(
-        &adapter,
-        base.as_ref(),
-        reference.as_ref().map(|(r, n)| (r, n.clone())),
-        &opts,
-        &cache,
-        &|m| {
-            pb.set_message(m.to_string());
-            pb.inc(1);
-        },
-    )?;
+            }),
+            strict_base: self.strict_base,
+            offline: self.model.offline,
+            reference: self.reference.clone(),
+            opts,
+            use_cache: !self.no_cache,
+        })
+    }
+}
+
+pub fn run(a: InspectArgs) -> Result<()> {
+    let plan = a.plan()?;
+    let opened = plan.open(&|w| eprintln!("warning: {w}"))?;
+    let pb = progress_bar(opened.adapter.modules.len() as u64, "inspect", a.quiet);
+    let report = opened.run(&plan.opts, &|m| {
+        pb.set_message(m.to_string());
+        pb.inc(1);
+    })?;
     pb.finish_and_clear();
     let text = match a.out.format() {
         Format::Json => to_json(&report)? + "\n",

@@ -132,26 +132,14 @@ impl TsdBy {
 }
 
 impl NullArgs {
-    /// Validated settings: the ranking and the null's options.
-    pub fn plan(&self) -> Result<(tsd::directions::Ranking, tsd::inspect::NullOptions)> {
-        if !(self.alpha > 0.0 && self.alpha < 1.0) {
-            return Err(input_error("--alpha must be in (0, 1)"));
+    /// The null's options as given (unvalidated: [`tsd::inspect::InspectOptions::validate`]).
+    pub fn options(&self) -> tsd::inspect::NullOptions {
+        tsd::inspect::NullOptions {
+            enabled: !self.no_null,
+            alpha: self.alpha,
+            capture_draws: self.null_draws,
+            enrichment_draws: self.enrichment_draws,
         }
-        if self.null_draws == Some(0) || self.enrichment_draws == 0 {
-            return Err(input_error(
-                "--null-draws and --enrichment-draws must be positive",
-            ));
-        }
-        let ranking = self.tsd_by.ranking();
-        Ok((
-            ranking,
-            tsd::inspect::NullOptions {
-                enabled: !self.no_null,
-                alpha: self.alpha,
-                capture_draws: self.null_draws,
-                enrichment_draws: self.enrichment_draws,
-            },
-        ))
     }
 }
 

@@ -1,10 +1,7 @@
 use super::{ModelArgs, OutputArgs};
 use anyhow::Result;
 use clap::Args;
-use std::path::Path;
-use tsd::model::LlamaConfig;
-use tsd::params::ParamsRow;
-use tsd::params::{count, ParamPlan};
+use tsd::params::{count, load_config, ParamPlan, ParamsRow};
 use tsd::render::params::{params_csv, params_table};
 use tsd::render::{to_json, Format};
 
@@ -33,49 +30,13 @@ pub struct ParamsArgs {
     out: OutputArgs,
 }
 
-fn load_config(spec: &str, src: &ModelArgs) -> Result<LlamaConfig> {
-    if let Some(c) = LlamaConfig::builtin(spec) {
-        return Ok(c);
-    }
-    let p = Path::new(spec);
-    let json_path = if p.is_dir() {
-        p.join("config.json")
-    } else {
-        p.to_path_buf()
-    };
-    if json_path.is_file() && json_path.extension().is_some_and(|e| e == "json") {
-        let v: serde_json::Value = tsd::fsutil::read_json(&json_path)?;
-        return Ok(LlamaConfig::from_json(v, &json_path)?);
-    }
-    if !p.exists() && spec != "default" && tsd::weights::hub::looks_like_repo_id(spec) {
-        let f = tsd::weights::hub::fetch_file(
-            spec,
-            src.revision.as_deref(),
-            src.offline,
-            "config.json",
-        )?;
-        let v: serde_json::Value = tsd::fsutil::read_json(&f)?;
-        return Ok(LlamaConfig::from_json(v, &f)?);
-    }
-    let m = tsd::provision::open_model(&tsd::weights::ModelSpec {
-        spec: spec.to_string(),
-        revision: src.revision.clone(),
-        offline: src.offline,
-        local_only: false,
-    })?;
-    let v = m
-        .config_json()
-        .ok_or_else(|| super::input_error(format!("{spec}: no config.json found")))?;
-    Ok(LlamaConfig::from_json(v, p)?)
-}
-
 pub fn run(a: ParamsArgs) -> Result<()> {
     if a.rank.contains(&0) {
         return Err(super::input_error("--rank values must be positive"));
     }
     let mut rows = Vec::new();
     for m in &a.model {
-        let cfg = load_config(m, &a.src)?;
+        let cfg = load_config(m, a.src.revision.as_deref(), a.src.offline)?;
         for &r in &a.rank {
             let plan = ParamPlan {
                 rank: r,

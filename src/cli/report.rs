@@ -1,9 +1,12 @@
-use super::track::RunArgs;
-use anyhow::{bail, Context, Result};
+//! `tsd report`: flags → [`ReportPlan`] → the run's curves and track → the HTML page.
+
+use super::track::{track, warn, RunArgs};
+use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
+use tsd::inspect::InspectOptions;
 use tsd::render::run::{run_html, RunPage};
-use tsd::track::TrackReport;
+use tsd::track::{read_saved_track, ReportPlan, ReportTrack};
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
@@ -28,31 +31,26 @@ pub struct ReportArgs {
 }
 
 pub fn run(a: ReportArgs) -> Result<()> {
-    let run = a.run.open()?;
+    let plan = ReportPlan {
+        track: a.run.plan(InspectOptions::default().top_s, &a.null),
+        saved_track: a.track.clone(),
+        no_track: a.no_track,
+        output: a.output.clone(),
+    };
+    let run = plan.track.open_run(&warn)?;
     let record = run.record()?;
     let curves = run.curves()?;
-    let out = a
-        .output
-        .clone()
-        .unwrap_or_else(|| a.run.run.join("report.html"));
-    let track: Option<TrackReport> = if let Some(f) = &a.track {
-        let t: TrackReport = tsd::fsutil::read_json(f)?;
-        t.check_matches(&run)
-            .with_context(|| f.display().to_string())?;
-        Some(t)
-    } else if a.no_track || run.checkpoints.is_empty() || run.is_full_fine_tune() {
-        None
-    } else {
-        let t = a.run.track(
-            &run,
-            tsd::inspect::InspectOptions::default().top_s,
-            &a.null,
-            a.quiet,
-        )?;
-        let saved = tsd::render::run::track_path_for(&out);
-        tsd::fsutil::write_json(&saved, &t)?;
-        eprintln!("wrote {}", saved.display());
-        Some(t)
+    let out = plan.output();
+    let track = match plan.track_source(&run) {
+        ReportTrack::Saved(f) => Some(read_saved_track(&f, &run)?),
+        ReportTrack::Skip => None,
+        ReportTrack::Track => {
+            let t = track(&plan.track, &run, a.quiet)?;
+            let saved = tsd::render::run::track_path_for(&out);
+            tsd::fsutil::write_json(&saved, &t)?;
+            eprintln!("wrote {}", saved.display());
+            Some(t)
+        }
     };
     if curves.is_none() && track.is_none() {
         bail!(
@@ -61,7 +59,7 @@ pub fn run(a: ReportArgs) -> Result<()> {
         );
     }
     let html = run_html(&RunPage {
-        run: &a.run.run.display().to_string(),
+        run: &plan.track.run.display().to_string(),
         kind: run.kind,
         checkpoints: run.checkpoints.iter().map(|c| c.name.clone()).collect(),
         skipped: &run.skipped,

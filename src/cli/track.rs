@@ -1,3 +1,6 @@
+//! `tsd track`: flags → [`TrackPlan`] → open → track → render; [`RunArgs`] is shared with
+//! `tsd report`.
+
 use super::{progress_bar, NullArgs, OutputArgs};
 use anyhow::Result;
 use clap::Args;
@@ -6,8 +9,7 @@ use tsd::inspect::InspectOptions;
 use tsd::render::track::{track_csv, track_table};
 use tsd::render::{to_json, Format};
 use tsd::run::Run;
-use tsd::svd_cache::SvdCache;
-use tsd::track::{open_reference, track_run};
+use tsd::track::{TrackPlan, TrackReport};
 use tsd::weights::ModelSpec;
 
 /// Where a run is and what to analyse it against (shared by `track` and `report`).
@@ -38,58 +40,44 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// Opens the run, warning about skipped directories on stderr.
-    pub fn open(&self) -> Result<Run> {
-        let run = Run::open(&self.run, self.adapter_name.as_deref())?;
-        for w in &run.skipped {
-            eprintln!("warning: {w}");
-        }
-        Ok(run)
-    }
-
-    /// Tracks an opened run's checkpoints with TSD sets of `top_s` (progress bar unless `quiet`).
-    pub fn track(
-        &self,
-        run: &Run,
-        top_s: usize,
-        null: &NullArgs,
-        quiet: bool,
-    ) -> Result<tsd::track::TrackReport> {
-        let (tsd_by, null) = null.plan()?;
-        run.require_checkpoints()?;
-        let spec = self.base.as_ref().map(|b| ModelSpec {
-            spec: b.clone(),
-            revision: self.revision.clone(),
-            offline: false,
-            local_only: false,
-        });
-        let opened = run.open_base(spec.as_ref(), self.strict_base)?;
-        if let Some(w) = &opened.warning {
-            eprintln!("warning: {w}");
-        }
-        let base = opened.source;
-        let reference = self.reference.as_deref().map(open_reference).transpose()?;
-        let pb = progress_bar(run.checkpoints.len() as u64, "track", quiet);
-        let opts = InspectOptions {
-            top_s,
-            tsd_by,
-            null,
-            ..Default::default()
-        };
-        let rep = track_run(
-            run,
-            base.as_ref(),
-            reference.as_ref(),
-            &opts,
-            &SvdCache::default_location(),
-            &|step| {
-                pb.set_message(format!("step {step}"));
-                pb.inc(1);
+    /// The track plan with TSD sets of `top_s` (the null's flags are checked when it opens).
+    pub fn plan(&self, top_s: usize, null: &NullArgs) -> TrackPlan {
+        TrackPlan {
+            run: self.run.clone(),
+            adapter_name: self.adapter_name.clone(),
+            base: self.base.as_ref().map(|b| ModelSpec {
+                spec: b.clone(),
+                revision: self.revision.clone(),
+                offline: false,
+                local_only: false,
+            }),
+            strict_base: self.strict_base,
+            reference: self.reference.clone(),
+            opts: InspectOptions {
+                top_s,
+                tsd_by: null.tsd_by.ranking(),
+                null: null.options(),
+                ..Default::default()
             },
-        )?;
-        pb.finish_and_clear();
-        Ok(rep)
+        }
     }
+}
+
+/// Tracks an opened run by `plan`, warnings on stderr (progress bar unless `quiet`).
+pub fn track(plan: &TrackPlan, run: &Run, quiet: bool) -> Result<TrackReport> {
+    let opened = plan.open(run, &warn)?;
+    let pb = progress_bar(run.checkpoints.len() as u64, "track", quiet);
+    let rep = opened.run(run, &|step| {
+        pb.set_message(format!("step {step}"));
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    Ok(rep)
+}
+
+/// A warning on stderr.
+pub fn warn(w: &str) {
+    eprintln!("warning: {w}");
 }
 
 #[derive(Args, Debug)]
@@ -112,8 +100,9 @@ pub fn run(a: TrackArgs) -> Result<()> {
     if a.top_s == 0 {
         anyhow::bail!("--top-s must be positive");
     }
-    let run = a.run.open()?;
-    let rep = a.run.track(&run, a.top_s, &a.null, a.quiet)?;
+    let plan = a.run.plan(a.top_s, &a.null);
+    let run = plan.open_run(&warn)?;
+    let rep = track(&plan, &run, a.quiet)?;
     let text = match a.out.format() {
         Format::Json => to_json(&rep)? + "\n",
         Format::Csv => track_csv(&rep)?,

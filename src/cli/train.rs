@@ -203,51 +203,10 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let mut trainer = match &a.resume {
-        Some(dir) => {
-            if !dir.join("config.json").exists() {
-                return Err(super::input_error(format!(
-                    "{} holds no run to resume (no config.json)",
-                    dir.display()
-                )));
-            }
-            Trainer::resume(dir)?
-        }
-        None => Trainer::new(
-            build_config(&a)?,
-            a.out.as_ref().expect("clap requires --out"),
-        )?,
-    };
+    let mut trainer = open_trainer(&a)?;
     // SIGINT (Ctrl-C) and SIGTERM stop the run after the current step with a checkpoint saved.
     tsd::signals::install()?;
-    eprintln!(
-        "tsd train: {} on {} ({} train / {} val examples{}), {} steps from step {}, trainable {} parameters{}, run dir {}",
-        serde_json::to_string(&trainer.config.method)?.trim_matches('"'),
-        trainer.record.base,
-        trainer.record.train_examples,
-        trainer.record.val_examples,
-        if trainer.config.val_size.is_none() {
-            "; validation split 10 % of the examples, at most 120, without --val-size"
-        } else {
-            ""
-        },
-        trainer.total_steps,
-        trainer.step,
-        tsd::render::thousands(trainer.record.trainable_params),
-        if trainer.config.method == Method::LoraDash {
-            format!(
-                " (LoRA A and B, and {} Δσ per adapted matrix, which train from step {})",
-                trainer.config.dash_s,
-                trainer.config.dash_t + 1
-            )
-        } else {
-            String::new()
-        },
-        trainer.run_dir.display()
-    );
-    if let Some(w) = trainer.warmup_warning() {
-        eprintln!("warning: {w}");
-    }
+    announce(&trainer)?;
     let pb = progress_bar(trainer.total_steps as u64, "train", a.quiet);
     pb.set_position(trainer.step as u64);
     let abort = a.abort_after_step;
@@ -284,6 +243,63 @@ pub fn run(a: TrainArgs) -> Result<()> {
         tsd::signals::stop_flag(),
     )?;
     pb.finish_and_clear();
+    finish(&trainer)
+}
+
+/// A new run from the flags, or the run `--resume` names.
+fn open_trainer(a: &TrainArgs) -> Result<Trainer> {
+    Ok(match &a.resume {
+        Some(dir) => {
+            if !dir.join("config.json").exists() {
+                return Err(super::input_error(format!(
+                    "{} holds no run to resume (no config.json)",
+                    dir.display()
+                )));
+            }
+            Trainer::resume(dir)?
+        }
+        None => Trainer::new(
+            build_config(a)?,
+            a.out.as_ref().expect("clap requires --out"),
+        )?,
+    })
+}
+
+/// The run's one-line description (and the warmup warning) on stderr.
+fn announce(trainer: &Trainer) -> Result<()> {
+    eprintln!(
+        "tsd train: {} on {} ({} train / {} val examples{}), {} steps from step {}, trainable {} parameters{}, run dir {}",
+        serde_json::to_string(&trainer.config.method)?.trim_matches('"'),
+        trainer.record.base,
+        trainer.record.train_examples,
+        trainer.record.val_examples,
+        if trainer.config.val_size.is_none() {
+            "; validation split 10 % of the examples, at most 120, without --val-size"
+        } else {
+            ""
+        },
+        trainer.total_steps,
+        trainer.step,
+        tsd::render::thousands(trainer.record.trainable_params),
+        if trainer.config.method == Method::LoraDash {
+            format!(
+                " (LoRA A and B, and {} Δσ per adapted matrix, which train from step {})",
+                trainer.config.dash_s,
+                trainer.config.dash_t + 1
+            )
+        } else {
+            String::new()
+        },
+        trainer.run_dir.display()
+    );
+    if let Some(w) = trainer.warmup_warning() {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
+}
+
+/// The closing line on stderr; a run stopped by a signal is an error with the signal's exit code.
+fn finish(trainer: &Trainer) -> Result<()> {
     let rec = &trainer.record;
     let first = rec.steps.first().map_or(f64::NAN, |s| s.loss);
     let last = rec.steps.last().map_or(f64::NAN, |s| s.loss);

@@ -9,7 +9,7 @@
 
 use super::apply_adapter;
 use crate::adapter::naming::{key, TensorKind};
-use crate::adapter::{Adapter, BaseTensorRole};
+use crate::adapter::{Adapter, AdapterExtras, BaseTensorRole};
 use crate::error::{Error, Result};
 use crate::linalg::Matrix;
 use crate::model::Llama;
@@ -27,14 +27,17 @@ pub struct AdapterOverlay<'a> {
     read: Mutex<BTreeSet<String>>,
 }
 
-impl<'a> AdapterOverlay<'a> {
-    /// The replacements `adapter` makes to `base`: its whole tensors, then embedding LoRA merged
-    /// into the (possibly replaced) embedding, then LoRA biases added to the (possibly replaced or
-    /// absent, i.e. zero) bias. Shapes are checked against the base's.
-    pub fn new(base: &'a dyn WeightSource, adapter: &Adapter) -> Result<Self> {
-        let ex = &adapter.extras;
-        let mut replaced: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-        let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
+/// The tensors an adapter replaces (name → shape and values) and the adapter keys behind each.
+#[derive(Default)]
+struct Replacements {
+    replaced: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    sources: BTreeMap<String, Vec<String>>,
+}
+
+impl Replacements {
+    /// The adapter's whole tensors (`modules_to_save`, trained biases, saved weights), their
+    /// shapes checked; a copy of one of tied embeddings is refused.
+    fn whole_tensors(&mut self, base: &dyn WeightSource, ex: &AdapterExtras) -> Result<()> {
         let tied = base
             .config_json()
             .and_then(|c| c.get("tie_word_embeddings").and_then(|v| v.as_bool()))
@@ -58,15 +61,21 @@ impl<'a> AdapterOverlay<'a> {
                     t.key
                 )));
             }
-            replaced.insert(t.name.clone(), (t.shape.clone(), t.data.clone()));
-            sources
+            self.replaced
+                .insert(t.name.clone(), (t.shape.clone(), t.data.clone()));
+            self.sources
                 .entry(t.name.clone())
                 .or_default()
                 .push(t.key.clone());
         }
+        Ok(())
+    }
+
+    /// Embedding LoRA merged into the (possibly replaced) embedding.
+    fn embeddings(&mut self, base: &dyn WeightSource, ex: &AdapterExtras) -> Result<()> {
         for e in &ex.embeddings {
             let name = format!("{}.weight", e.module);
-            let (shape, mut w) = match replaced.remove(&name) {
+            let (shape, mut w) = match self.replaced.remove(&name) {
                 Some(x) => x,
                 None => base.tensor(&name)?,
             };
@@ -82,18 +91,24 @@ impl<'a> AdapterOverlay<'a> {
             for (x, d) in w.iter_mut().zip(e.delta().data) {
                 *x += d;
             }
-            sources.entry(name.clone()).or_default().extend([
+            self.sources.entry(name.clone()).or_default().extend([
                 key(&e.module, TensorKind::EmbeddingA),
                 key(&e.module, TensorKind::EmbeddingB),
             ]);
-            replaced.insert(name, (shape, w));
+            self.replaced.insert(name, (shape, w));
         }
+        Ok(())
+    }
+
+    /// LoRA biases added to the (possibly replaced) bias; a base layer without a bias is refused.
+    fn lora_biases(&mut self, base: &dyn WeightSource, adapter: &Adapter) -> Result<()> {
+        let ex = &adapter.extras;
         let biasless: Vec<String> = ex
             .lora_biases
             .keys()
             .filter(|m| {
                 let name = format!("{m}.bias");
-                !replaced.contains_key(&name) && !base.has(&name)
+                !self.replaced.contains_key(&name) && !base.has(&name)
             })
             .map(|m| key(m, TensorKind::LoraBias))
             .collect();
@@ -114,7 +129,7 @@ impl<'a> AdapterOverlay<'a> {
                     tensor: format!("{module}.lora_B.weight"),
                 })?;
             let name = format!("{module}.bias");
-            let (shape, mut bias) = match replaced.remove(&name) {
+            let (shape, mut bias) = match self.replaced.remove(&name) {
                 Some(x) => x,
                 None if base.has(&name) => base.tensor(&name)?,
                 None => unreachable!("biasless bases were refused above"),
@@ -131,16 +146,29 @@ impl<'a> AdapterOverlay<'a> {
             for (x, y) in bias.iter_mut().zip(b) {
                 *x = (*x as f64 + m.scaling * *y as f64) as f32;
             }
-            sources
+            self.sources
                 .entry(name.clone())
                 .or_default()
                 .push(key(module, TensorKind::LoraBias));
-            replaced.insert(name, (shape, bias));
+            self.replaced.insert(name, (shape, bias));
         }
+        Ok(())
+    }
+}
+
+impl<'a> AdapterOverlay<'a> {
+    /// The replacements `adapter` makes to `base`: its whole tensors, then embedding LoRA merged
+    /// into the (possibly replaced) embedding, then LoRA biases added to the (possibly replaced or
+    /// absent, i.e. zero) bias. Shapes are checked against the base's.
+    pub fn new(base: &'a dyn WeightSource, adapter: &Adapter) -> Result<Self> {
+        let mut r = Replacements::default();
+        r.whole_tensors(base, &adapter.extras)?;
+        r.embeddings(base, &adapter.extras)?;
+        r.lora_biases(base, adapter)?;
         Ok(AdapterOverlay {
             base,
-            replaced,
-            sources,
+            replaced: r.replaced,
+            sources: r.sources,
             read: Mutex::new(BTreeSet::new()),
         })
     }

@@ -235,160 +235,17 @@ impl LlamaConfig {
             });
         };
         let r = Reader { obj, origin };
-        let family = match r.str("model_type")? {
-            None => {
-                return Err(r.err(
-                    "`model_type` missing: tsd needs it to know the model family (llama, mistral, qwen2)",
-                ))
-            }
-            Some(t) => Family::from_model_type(t).ok_or_else(|| {
-                r.err(format!(
-                    "`model_type` = \"{t}\" is not supported (tsd implements llama, mistral, qwen2)"
-                ))
-            })?,
-        };
-        for (key, why) in REFUSED_KEYS {
-            if let Some(v) = r.get(key) {
-                return Err(r.err(format!("`{key}` = {v}: {why}")));
-            }
-        }
-        if let Some(archs) = r.get("architectures") {
-            let names: Vec<&str> = archs
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let want = family.causal_lm();
-            if !names.iter().any(|n| n.eq_ignore_ascii_case(want)) {
-                return Err(r.err(format!(
-                    "`architectures` = {archs}: tsd implements {want} for model_type {}",
-                    family.name()
-                )));
-            }
-        }
-        match r.str("hidden_act")? {
-            None | Some("silu") | Some("swish") => {}
-            Some(a) => {
-                return Err(r.err(format!(
-                    "`hidden_act` = \"{a}\" is not supported (tsd implements silu)"
-                )))
-            }
-        }
-        if let Some(p) = r.f64("attention_dropout")? {
-            if p != 0.0 {
-                return Err(r.err(format!(
-                    "`attention_dropout` = {p} is not implemented (tsd trains without attention dropout)"
-                )));
-            }
-        }
-        if let Some(p) = r.f64("partial_rotary_factor")? {
-            if p != 1.0 {
-                return Err(r.err(format!(
-                    "`partial_rotary_factor` = {p} is not implemented (tsd rotates the whole head)"
-                )));
-            }
-        }
-        if let Some(types) = r.get("layer_types") {
-            let all_full = types
-                .as_array()
-                .is_some_and(|a| a.iter().all(|t| t == "full_attention"));
-            if family == Family::Mistral || !all_full {
-                return Err(r.err(format!(
-                    "`layer_types` = {types}: per-layer attention types are not implemented"
-                )));
-            }
-        }
-
-        let hidden_size = r.required("hidden_size")?;
-        let num_attention_heads = r.required("num_attention_heads")?;
-        let head_dim = r.usize("head_dim")?;
-        if num_attention_heads == 0 || head_dim.is_none() && hidden_size % num_attention_heads != 0
-        {
-            return Err(r.err(format!(
-                "hidden_size {hidden_size} must split into num_attention_heads {num_attention_heads} heads"
-            )));
-        }
-        let hd = head_dim.unwrap_or(hidden_size / num_attention_heads);
-        if hd == 0 || hd % 2 != 0 {
-            return Err(r.err(format!(
-                "head dimension {hd} must be even and positive for rotary embeddings"
-            )));
-        }
-        // transformers' class defaults when the key is absent.
-        let kv_default = match family {
-            Family::Llama => num_attention_heads,
-            Family::Mistral => 8,
-            Family::Qwen2 => 32,
-        };
-        let kv = r.usize("num_key_value_heads")?.unwrap_or(kv_default);
-        if kv == 0 || num_attention_heads % kv != 0 {
-            return Err(r.err(format!(
-                "num_key_value_heads {kv} must divide num_attention_heads {num_attention_heads}"
-            )));
-        }
-        let max_position_embeddings = r.usize("max_position_embeddings")?.unwrap_or(match family {
-            Family::Llama => 2048,
-            Family::Mistral => 4096 * 32,
-            Family::Qwen2 => 32768,
-        });
-
-        let attention_bias = r.bool("attention_bias")?;
-        let mlp_bias = r.bool("mlp_bias")?;
-        let (qkv_bias, o_bias, mlp_bias) = match family {
-            Family::Llama => {
-                let a = attention_bias.unwrap_or(false);
-                (a, a, mlp_bias.unwrap_or(false))
-            }
-            fixed => {
-                let q = fixed == Family::Qwen2;
-                // transformers hard-codes these for the family and ignores the flags: a flag that
-                // says otherwise is a contradiction, not something to guess about.
-                for (key, v) in [("attention_bias", attention_bias), ("mlp_bias", mlp_bias)] {
-                    let built_in = key == "attention_bias" && q;
-                    if v.is_some_and(|v| v != built_in) {
-                        return Err(r.err(format!(
-                            "`{key}` = {} contradicts transformers' {} (which {} it)",
-                            v.unwrap_or_default(),
-                            fixed.causal_lm(),
-                            if built_in { "always has" } else { "never has" }
-                        )));
-                    }
-                }
-                (q, false, false)
-            }
-        };
-
-        let use_sliding = r.bool("use_sliding_window")?;
-        let window = r.usize("sliding_window")?;
-        let sliding_window = match family {
-            // MistralConfig's default window is 4096; `null` turns it off.
-            Family::Mistral => match obj.get("sliding_window") {
-                None => Some(4096),
-                Some(_) => window,
-            },
-            Family::Qwen2 => {
-                if use_sliding == Some(true) {
-                    return Err(r.err(
-                        "`use_sliding_window` = true: Qwen2's sliding-window layers are not implemented",
-                    ));
-                }
-                None
-            }
-            Family::Llama => {
-                if use_sliding == Some(true) {
-                    return Err(r.err("`use_sliding_window` = true is not implemented for llama"));
-                }
-                if let Some(w) = window {
-                    return Err(r.err(format!(
-                        "`sliding_window` = {w}: transformers' Llama has no sliding window (use model_type mistral)"
-                    )));
-                }
-                None
-            }
-        };
-        if sliding_window == Some(0) {
-            return Err(r.err("`sliding_window` = 0 leaves no token to attend to"));
-        }
-
+        let family = read_family(&r)?;
+        refuse_unimplemented(&r, family)?;
+        let Heads {
+            hidden_size,
+            num_attention_heads,
+            head_dim: hd,
+            kv,
+            max_position_embeddings,
+        } = read_heads(&r, family)?;
+        let (qkv_bias, o_bias, mlp_bias) = read_biases(&r, family)?;
+        let sliding_window = read_sliding_window(&r, family)?;
         let (rope_theta, rope_scaling) = read_rope(&r, max_position_embeddings)?;
         let cfg = LlamaConfig {
             family,
@@ -560,6 +417,195 @@ impl Serialize for LlamaConfig {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         self.to_json().serialize(s)
     }
+}
+
+/// `model_type`, which must name a family tsd implements.
+fn read_family(r: &Reader) -> Result<Family> {
+    let family = match r.str("model_type")? {
+        None => return Err(r.err(
+            "`model_type` missing: tsd needs it to know the model family (llama, mistral, qwen2)",
+        )),
+        Some(t) => Family::from_model_type(t).ok_or_else(|| {
+            r.err(format!(
+                "`model_type` = \"{t}\" is not supported (tsd implements llama, mistral, qwen2)"
+            ))
+        })?,
+    };
+    Ok(family)
+}
+
+/// Refuses the fields whose values tsd does not implement (in the order they are checked).
+fn refuse_unimplemented(r: &Reader, family: Family) -> Result<()> {
+    for (key, why) in REFUSED_KEYS {
+        if let Some(v) = r.get(key) {
+            return Err(r.err(format!("`{key}` = {v}: {why}")));
+        }
+    }
+    if let Some(archs) = r.get("architectures") {
+        let names: Vec<&str> = archs
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let want = family.causal_lm();
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(want)) {
+            return Err(r.err(format!(
+                "`architectures` = {archs}: tsd implements {want} for model_type {}",
+                family.name()
+            )));
+        }
+    }
+    match r.str("hidden_act")? {
+        None | Some("silu") | Some("swish") => {}
+        Some(a) => {
+            return Err(r.err(format!(
+                "`hidden_act` = \"{a}\" is not supported (tsd implements silu)"
+            )))
+        }
+    }
+    if let Some(p) = r.f64("attention_dropout")? {
+        if p != 0.0 {
+            return Err(r.err(format!(
+                "`attention_dropout` = {p} is not implemented (tsd trains without attention dropout)"
+            )));
+        }
+    }
+    if let Some(p) = r.f64("partial_rotary_factor")? {
+        if p != 1.0 {
+            return Err(r.err(format!(
+                "`partial_rotary_factor` = {p} is not implemented (tsd rotates the whole head)"
+            )));
+        }
+    }
+    if let Some(types) = r.get("layer_types") {
+        let all_full = types
+            .as_array()
+            .is_some_and(|a| a.iter().all(|t| t == "full_attention"));
+        if family == Family::Mistral || !all_full {
+            return Err(r.err(format!(
+                "`layer_types` = {types}: per-layer attention types are not implemented"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The attention geometry: sizes, heads, the head dimension, key/value heads and positions.
+struct Heads {
+    hidden_size: usize,
+    num_attention_heads: usize,
+    head_dim: usize,
+    kv: usize,
+    max_position_embeddings: usize,
+}
+
+/// [`Heads`], checked (heads split the hidden size, even head dimension, kv heads divide heads),
+/// with transformers' class defaults where a key is absent.
+fn read_heads(r: &Reader, family: Family) -> Result<Heads> {
+    let hidden_size = r.required("hidden_size")?;
+    let num_attention_heads = r.required("num_attention_heads")?;
+    let head_dim = r.usize("head_dim")?;
+    if num_attention_heads == 0 || head_dim.is_none() && hidden_size % num_attention_heads != 0 {
+        return Err(r.err(format!(
+            "hidden_size {hidden_size} must split into num_attention_heads {num_attention_heads} heads"
+        )));
+    }
+    let hd = head_dim.unwrap_or(hidden_size / num_attention_heads);
+    if hd == 0 || hd % 2 != 0 {
+        return Err(r.err(format!(
+            "head dimension {hd} must be even and positive for rotary embeddings"
+        )));
+    }
+    // transformers' class defaults when the key is absent.
+    let kv_default = match family {
+        Family::Llama => num_attention_heads,
+        Family::Mistral => 8,
+        Family::Qwen2 => 32,
+    };
+    let kv = r.usize("num_key_value_heads")?.unwrap_or(kv_default);
+    if kv == 0 || num_attention_heads % kv != 0 {
+        return Err(r.err(format!(
+            "num_key_value_heads {kv} must divide num_attention_heads {num_attention_heads}"
+        )));
+    }
+    let max_position_embeddings = r.usize("max_position_embeddings")?.unwrap_or(match family {
+        Family::Llama => 2048,
+        Family::Mistral => 4096 * 32,
+        Family::Qwen2 => 32768,
+    });
+    Ok(Heads {
+        hidden_size,
+        num_attention_heads,
+        head_dim: hd,
+        kv,
+        max_position_embeddings,
+    })
+}
+
+/// `(qkv_bias, o_bias, mlp_bias)`: Llama's flags, or the family's built-in biases (a flag that
+/// contradicts them is refused).
+fn read_biases(r: &Reader, family: Family) -> Result<(bool, bool, bool)> {
+    let attention_bias = r.bool("attention_bias")?;
+    let mlp_bias = r.bool("mlp_bias")?;
+    let biases = match family {
+        Family::Llama => {
+            let a = attention_bias.unwrap_or(false);
+            (a, a, mlp_bias.unwrap_or(false))
+        }
+        fixed => {
+            let q = fixed == Family::Qwen2;
+            // transformers hard-codes these for the family and ignores the flags: a flag that
+            // says otherwise is a contradiction, not something to guess about.
+            for (key, v) in [("attention_bias", attention_bias), ("mlp_bias", mlp_bias)] {
+                let built_in = key == "attention_bias" && q;
+                if v.is_some_and(|v| v != built_in) {
+                    return Err(r.err(format!(
+                        "`{key}` = {} contradicts transformers' {} (which {} it)",
+                        v.unwrap_or_default(),
+                        fixed.causal_lm(),
+                        if built_in { "always has" } else { "never has" }
+                    )));
+                }
+            }
+            (q, false, false)
+        }
+    };
+    Ok(biases)
+}
+
+/// The sliding window: Mistral's (default 4096, `null` off); refused for Llama and Qwen2.
+fn read_sliding_window(r: &Reader, family: Family) -> Result<Option<usize>> {
+    let use_sliding = r.bool("use_sliding_window")?;
+    let window = r.usize("sliding_window")?;
+    let sliding_window = match family {
+        // MistralConfig's default window is 4096; `null` turns it off.
+        Family::Mistral => match r.obj.get("sliding_window") {
+            None => Some(4096),
+            Some(_) => window,
+        },
+        Family::Qwen2 => {
+            if use_sliding == Some(true) {
+                return Err(r.err(
+                    "`use_sliding_window` = true: Qwen2's sliding-window layers are not implemented",
+                ));
+            }
+            None
+        }
+        Family::Llama => {
+            if use_sliding == Some(true) {
+                return Err(r.err("`use_sliding_window` = true is not implemented for llama"));
+            }
+            if let Some(w) = window {
+                return Err(r.err(format!(
+                    "`sliding_window` = {w}: transformers' Llama has no sliding window (use model_type mistral)"
+                )));
+            }
+            None
+        }
+    };
+    if sliding_window == Some(0) {
+        return Err(r.err("`sliding_window` = 0 leaves no token to attend to"));
+    }
+    Ok(sliding_window)
 }
 
 /// `rope_theta` and the scaling, from `rope_scaling` (legacy; transformers gives it priority) or

@@ -185,6 +185,36 @@ pub fn load_tokenizer_info(path: &Path) -> Result<TokenizerInfo> {
 /// regex; `gpt-2`: the GPT-2 regex) is rebuilt; anything else is refused rather than tokenized
 /// subtly wrong — use the model's `tokenizer.json` instead.
 pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> {
+    let digits = gguf_digits_first(content, path)?;
+    let tokens = meta_str_array(content, path, "tokenizer.ggml.tokens")?;
+    let merges_raw = meta_str_array(content, path, "tokenizer.ggml.merges")?;
+    let types = gguf_token_types(content, path, tokens.len())?;
+    let bpe = gguf_bpe(&tokens, &merges_raw, path)?;
+    let mut tok = Tokenizer::new(bpe);
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre_tok: PreTokenizerWrapper = if digits {
+        Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+    } else {
+        byte_level.into()
+    };
+    tok.with_pre_tokenizer(Some(pre_tok));
+    tok.with_decoder(Some(ByteLevelDecoder::default()));
+    add_gguf_tokens(&mut tok, &tokens, &types, path)?;
+    let add_bos = meta_bool(content, path, "tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+    let add_eos = meta_bool(content, path, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    if add_bos || add_eos {
+        let template = bos_eos_template(content, path, &tokens, add_bos, add_eos)?;
+        tok.with_post_processor(Some(template));
+    } else {
+        // Offsets only, as the HF SmolLM2 tokenizer.json has it.
+        tok.with_post_processor(Some(ByteLevel::new(false, true, true)));
+    }
+    Ok(tok)
+}
+
+/// Refuses a GGUF tokenizer other than byte-level BPE with a known pre-tokenizer; whether the
+/// pre-tokenizer splits digits before the GPT-2 regex.
+fn gguf_digits_first(content: &Content, path: &Path) -> Result<bool> {
     let model = meta_str(content, path, "tokenizer.ggml.model")?
         .ok_or_else(|| cfg_err(path, "GGUF metadata has no `tokenizer.ggml.model`"))?;
     if model != "gpt2" {
@@ -212,10 +242,13 @@ pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> 
         }
     };
 
-    let tokens = meta_str_array(content, path, "tokenizer.ggml.tokens")?;
-    let merges_raw = meta_str_array(content, path, "tokenizer.ggml.merges")?;
+    Ok(digits)
+}
+
+/// `tokenizer.ggml.token_type` (all normal when absent), one per token.
+fn gguf_token_types(content: &Content, path: &Path, n_tokens: usize) -> Result<Vec<i32>> {
     let types = match content.metadata.get("tokenizer.ggml.token_type") {
-        None => vec![1; tokens.len()],
+        None => vec![1; n_tokens],
         Some(v) => v
             .to_vec()
             .and_then(|a| a.iter().map(|x| x.to_i32()).collect())
@@ -226,13 +259,18 @@ pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> 
                 )
             })?,
     };
-    if types.len() != tokens.len() {
+    if types.len() != n_tokens {
         return Err(cfg_err(
             path,
-            format!("{} token types for {} tokens", types.len(), tokens.len()),
+            format!("{} token types for {} tokens", types.len(), n_tokens),
         ));
     }
 
+    Ok(types)
+}
+
+/// The byte-level BPE model of the vocabulary and merges.
+fn gguf_bpe(tokens: &[&str], merges_raw: &[&str], path: &Path) -> Result<BPE> {
     let vocab: Vocab = tokens
         .iter()
         .enumerate()
@@ -248,30 +286,23 @@ pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> 
         })
         .collect::<Result<Vec<_>>>()?;
     // No unk token on the model: byte-level BPE covers every byte, as in the HF tokenizer.json.
-    let bpe = BPE::builder()
+    BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()
-        .map_err(|e| cfg_err(path, format!("cannot build the BPE model: {e}")))?;
+        .map_err(|e| cfg_err(path, format!("cannot build the BPE model: {e}")))
+}
 
-    let mut tok = Tokenizer::new(bpe);
-    let byte_level = ByteLevel::new(false, true, true);
-    let pre_tok: PreTokenizerWrapper = if digits {
-        Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
-    } else {
-        byte_level.into()
-    };
-    tok.with_pre_tokenizer(Some(pre_tok));
-    tok.with_decoder(Some(ByteLevelDecoder::default()));
-
+/// Control tokens as special tokens, user-defined ones as added tokens.
+fn add_gguf_tokens(tok: &mut Tokenizer, tokens: &[&str], types: &[i32], path: &Path) -> Result<()> {
     let special: Vec<AddedToken> = tokens
         .iter()
-        .zip(&types)
+        .zip(types)
         .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL)
         .map(|(s, _)| AddedToken::from(s.to_string(), true))
         .collect();
     let user: Vec<AddedToken> = tokens
         .iter()
-        .zip(&types)
+        .zip(types)
         .filter(|(_, &t)| t == TOKEN_TYPE_USER_DEFINED)
         .map(|(s, _)| AddedToken::from(s.to_string(), false).normalized(false))
         .collect();
@@ -280,49 +311,52 @@ pub fn tokenizer_from_gguf(content: &Content, path: &Path) -> Result<Tokenizer> 
     tok.add_tokens(user)
         .map_err(|e| cfg_err(path, format!("cannot add user-defined tokens: {e}")))?;
 
-    let add_bos = meta_bool(content, path, "tokenizer.ggml.add_bos_token")?.unwrap_or(false);
-    let add_eos = meta_bool(content, path, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
-    if add_bos || add_eos {
-        let info = TokenizerInfo::from_gguf(content, path)?;
-        let mut specials: Vec<(String, u32)> = Vec::new();
-        let mut named = |flag: bool, id: Option<u32>, what: &str| -> Result<Option<String>> {
-            if !flag {
-                return Ok(None);
-            }
-            let id = id.ok_or_else(|| {
-                cfg_err(
-                    path,
-                    format!("`add_{what}_token` is set but there is no `{what}_token_id`"),
-                )
-            })?;
-            let name = token_name(&tokens, id, path)?.to_string();
-            specials.push((name.clone(), id));
-            Ok(Some(name))
-        };
-        let bos = named(add_bos, info.bos, "bos")?;
-        let eos = named(add_eos, Some(info.eos), "eos")?;
-        // `[BOS] $A [EOS]` per sequence, as llama.cpp adds them to each text.
-        let seq = |var: &str, type_id: u32| -> String {
-            let mut parts = Vec::new();
-            parts.extend(bos.as_ref().map(|b| format!("{b}:{type_id}")));
-            parts.push(format!("${var}:{type_id}"));
-            parts.extend(eos.as_ref().map(|e| format!("{e}:{type_id}")));
-            parts.join(" ")
-        };
-        let (single, pair) = (seq("A", 0), format!("{} {}", seq("A", 0), seq("B", 1)));
-        let template = TemplateProcessing::builder()
-            .try_single(single.as_str())
-            .and_then(|b| b.try_pair(pair.as_str()))
-            .map_err(|e| cfg_err(path, format!("BOS/EOS template: {e}")))?
-            .special_tokens(specials)
-            .build()
-            .map_err(|e| cfg_err(path, format!("BOS/EOS template: {e}")))?;
-        tok.with_post_processor(Some(template));
-    } else {
-        // Offsets only, as the HF SmolLM2 tokenizer.json has it.
-        tok.with_post_processor(Some(ByteLevel::new(false, true, true)));
-    }
-    Ok(tok)
+    Ok(())
+}
+
+/// The post-processor that adds BOS and/or EOS to each sequence, as llama.cpp does.
+fn bos_eos_template(
+    content: &Content,
+    path: &Path,
+    tokens: &[&str],
+    add_bos: bool,
+    add_eos: bool,
+) -> Result<TemplateProcessing> {
+    let info = TokenizerInfo::from_gguf(content, path)?;
+    let mut specials: Vec<(String, u32)> = Vec::new();
+    let mut named = |flag: bool, id: Option<u32>, what: &str| -> Result<Option<String>> {
+        if !flag {
+            return Ok(None);
+        }
+        let id = id.ok_or_else(|| {
+            cfg_err(
+                path,
+                format!("`add_{what}_token` is set but there is no `{what}_token_id`"),
+            )
+        })?;
+        let name = token_name(tokens, id, path)?.to_string();
+        specials.push((name.clone(), id));
+        Ok(Some(name))
+    };
+    let bos = named(add_bos, info.bos, "bos")?;
+    let eos = named(add_eos, Some(info.eos), "eos")?;
+    // `[BOS] $A [EOS]` per sequence, as llama.cpp adds them to each text.
+    let seq = |var: &str, type_id: u32| -> String {
+        let mut parts = Vec::new();
+        parts.extend(bos.as_ref().map(|b| format!("{b}:{type_id}")));
+        parts.push(format!("${var}:{type_id}"));
+        parts.extend(eos.as_ref().map(|e| format!("{e}:{type_id}")));
+        parts.join(" ")
+    };
+    let (single, pair) = (seq("A", 0), format!("{} {}", seq("A", 0), seq("B", 1)));
+    let template = TemplateProcessing::builder()
+        .try_single(single.as_str())
+        .and_then(|b| b.try_pair(pair.as_str()))
+        .map_err(|e| cfg_err(path, format!("BOS/EOS template: {e}")))?
+        .special_tokens(specials)
+        .build()
+        .map_err(|e| cfg_err(path, format!("BOS/EOS template: {e}")))?;
+    Ok(template)
 }
 
 /// Encodes `text` as the model's tokenizer does (`add_special_tokens = true`: a BOS-adding

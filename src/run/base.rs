@@ -4,8 +4,13 @@
 //! passes is that one. Matching shapes do not make two models the same: a base that cannot be
 //! shown to be the declared one is a warning naming both, and with `--strict-base` an error
 //! (exit 2).
+//!
+//! Also the reference policy (`--reference` of `inspect`, `track`, `report`): an adapter, a run
+//! directory of any layout (its newest checkpoint) or a model ([`open_reference`]).
 
 use super::record::{base_files, WeightFile};
+use super::{Run, RunKind};
+use crate::adapter::{load_adapter, Adapter};
 use crate::error::{Error, Result};
 use crate::weights::{self, ModelSpec, WeightSource};
 use std::path::{Path, PathBuf};
@@ -188,4 +193,66 @@ pub fn check_given(
         return Err(Error::InvalidArgument(format!("{msg} (--strict-base)")));
     }
     Ok(Some(msg + " (--strict-base makes this an error)"))
+}
+
+/// What a `--reference` argument names, opened.
+pub enum RefSource {
+    /// An adapter on the same base.
+    Adapter(Box<Adapter>),
+    /// A fine-tuned model (ΔW* = W* − W).
+    Model(Box<dyn WeightSource>),
+}
+
+/// Resolves a reference: an adapter, a run directory of any layout (its newest checkpoint; a tsd
+/// full fine-tune gives ΔW* = W* − W), or a model; with the name to print for it. A model that is
+/// a hub id is looked up online ([`open_reference_with`] for `--offline`).
+pub fn open_reference(spec: &str) -> Result<(RefSource, String)> {
+    open_reference_with(spec, false)
+}
+
+/// [`open_reference`]; `offline`: a model reference never touches the network.
+pub fn open_reference_with(spec: &str, offline: bool) -> Result<(RefSource, String)> {
+    let p = Path::new(spec);
+    if crate::adapter::read::is_adapter(p) {
+        return Ok((
+            RefSource::Adapter(Box::new(load_adapter(p)?)),
+            format!("adapter {spec}"),
+        ));
+    }
+    if Run::detect(p) {
+        return reference_run(spec);
+    }
+    let model = ModelSpec {
+        spec: spec.to_string(),
+        offline,
+        ..Default::default()
+    };
+    Ok((
+        RefSource::Model(crate::provision::open_model(&model)?),
+        format!("model {spec} (ΔW* = W* − W)"),
+    ))
+}
+
+/// A run as a reference: its newest checkpoint (a tsd full fine-tune's is a model).
+fn reference_run(spec: &str) -> Result<(RefSource, String)> {
+    let run = Run::open(Path::new(spec), None)?;
+    let last = run
+        .require_checkpoints()
+        .map_err(|_| Error::InvalidArgument(format!("reference run {spec} has no checkpoint")))?;
+    let last = last.last().expect("non-empty");
+    let at = match run.kind {
+        RunKind::Adapters => last.name.clone(),
+        _ => format!("step {}", last.step),
+    };
+    Ok(if run.is_full_fine_tune() {
+        (
+            RefSource::Model(weights::open_path(&last.dir)?),
+            format!("full fine-tune {spec} {at} (ΔW* = W* − W)"),
+        )
+    } else {
+        (
+            RefSource::Adapter(Box::new(load_adapter(&last.adapter)?)),
+            format!("run {spec} {at}"),
+        )
+    })
 }

@@ -71,6 +71,50 @@ pub struct RunRecord {
     pub finished: bool,
 }
 
+/// What a run knows of itself when it starts: [`RunRecord::start`].
+pub struct RunStart {
+    pub config: TrainConfig,
+    pub base_files: Vec<WeightFile>,
+    pub base_params: u64,
+    pub trainable_params: u64,
+    pub total_steps: usize,
+    pub train_examples: usize,
+    pub val_examples: usize,
+}
+
+impl RunRecord {
+    /// The record of a run about to take its first step: this build's versions, the base as the
+    /// user gave it (`model@revision`, not the resolved path, which names this machine), the
+    /// config's device, the current thread count, and no steps yet.
+    pub fn start(s: RunStart) -> Self {
+        RunRecord {
+            tsd_version: env!("CARGO_PKG_VERSION").into(),
+            build: env!("TSD_BUILD_VERSIONS").into(),
+            base: match &s.config.revision {
+                Some(r) => format!("{}@{r}", s.config.model),
+                None => s.config.model.clone(),
+            },
+            device: s.config.device.clone(),
+            config: s.config,
+            base_files: s.base_files,
+            base_params: s.base_params,
+            trainable_params: s.trainable_params,
+            total_steps: s.total_steps,
+            train_examples: s.train_examples,
+            val_examples: s.val_examples,
+            threads: rayon::current_num_threads(),
+            steps: Vec::new(),
+            val: Vec::new(),
+            dash_switch: None,
+            checkpoints: Vec::new(),
+            lower_cache_seconds: 0.0,
+            peak_rss_bytes: 0,
+            wall_s: 0.0,
+            finished: false,
+        }
+    }
+}
+
 /// Saved with each checkpoint, written last (its presence marks the checkpoint complete).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -188,11 +232,8 @@ mod tests {
     /// A record written before `base_files` existed still loads.
     #[test]
     fn old_records_without_base_files_load() {
-        let mut v = serde_json::to_value(RunRecord {
-            tsd_version: "0".into(),
-            build: String::new(),
+        let mut v = serde_json::to_value(RunRecord::start(RunStart {
             config: TrainConfig::default(),
-            base: "default".into(),
             base_files: vec![WeightFile {
                 file: "m.gguf".into(),
                 bytes: 1,
@@ -203,17 +244,7 @@ mod tests {
             total_steps: 0,
             train_examples: 0,
             val_examples: 0,
-            device: "cpu".into(),
-            threads: 1,
-            steps: Vec::new(),
-            val: Vec::new(),
-            dash_switch: None,
-            checkpoints: Vec::new(),
-            lower_cache_seconds: 0.0,
-            peak_rss_bytes: 0,
-            wall_s: 0.0,
-            finished: false,
-        })
+        }))
         .unwrap();
         v.as_object_mut().unwrap().remove("base_files");
         let r: RunRecord = serde_json::from_value(v).unwrap();

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::model::Llama;
 use crate::names::LinearName;
 use crate::names::Method;
+use crate::run::record::RunStart;
 use crate::run::RunRecord;
 use crate::run::TrainConfig;
 use crate::svd_cache::SvdCache;
@@ -101,6 +102,103 @@ fn init_from_adapter(model: &mut Llama, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `cutoff_len` beyond the model's positions or its sliding window.
+fn check_context(model: &Llama, config: &TrainConfig) -> Result<()> {
+    let max_pos = model.max_positions();
+    if config.cutoff_len > max_pos {
+        return Err(Error::InvalidArgument(format!(
+            "cutoff_len {} exceeds the model's {max_pos} positions (max_position_embeddings); lower --cutoff-len",
+            config.cutoff_len
+        )));
+    }
+    if let Some(w) = model
+        .config
+        .sliding_window
+        .filter(|&w| config.cutoff_len > w)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "cutoff_len {} exceeds the model's sliding_window of {w}, which tsd does not implement; lower --cutoff-len",
+            config.cutoff_len
+        )));
+    }
+    Ok(())
+}
+
+/// The training examples of `config.data` (each file cut at `max_examples`), split into
+/// validation and training sets and tokenized: `(train, val)`.
+fn tokenized_split(
+    config: &TrainConfig,
+    tok: &tokenizers::Tokenizer,
+    eos: u32,
+) -> Result<(Vec<Tokenized>, Vec<Tokenized>)> {
+    let mut examples = Vec::new();
+    for f in data_files(&config.data)? {
+        let mut ex = data::load_examples(&f)?;
+        if let Some(n) = config.max_examples {
+            ex.truncate(n);
+        }
+        examples.extend(ex);
+    }
+    let val_size = config.val_size_for(examples.len())?;
+    let (tr_idx, val_idx) = data::split_validation(
+        examples.len(),
+        val_size,
+        config.split_seed.unwrap_or(config.seed),
+    )?;
+    let tokenize = |idx: &[usize]| -> Result<Vec<Tokenized>> {
+        idx.iter()
+            .map(|&i| {
+                data::tokenize_example(
+                    tok,
+                    eos,
+                    &examples[i],
+                    config.cutoff_len,
+                    config.train_on_inputs,
+                )
+            })
+            .collect()
+    };
+    let train = tokenize(&tr_idx)?;
+    let val = tokenize(&val_idx)?;
+    Ok((train, val))
+}
+
+/// Adapters (or full weights) on the modules `plan` names, registered with a new optimizer.
+fn attach_adapters(model: &mut Llama, plan: &AdapterPlan, config: &TrainConfig) -> Result<AdamW> {
+    let mut opt = AdamW::new(AdamWConfig {
+        weight_decay: config.weight_decay,
+        ..Default::default()
+    });
+    for (layer, block) in model.layers.iter_mut().enumerate() {
+        for (kind, lin) in block.linears_mut() {
+            let Some(a) = plan.get(LinearName { layer, kind }) else {
+                continue;
+            };
+            match a.method {
+                Method::Full => {
+                    lin.make_full()?;
+                    opt.add(
+                        format!("{}.weight", lin.module),
+                        lin.full.clone().expect("just made"),
+                    )?;
+                }
+                Method::Lora | Method::LoraDash => {
+                    lin.add_lora(
+                        a.r,
+                        a.alpha,
+                        config.use_rslora,
+                        config.seed ^ fnv(&lin.module),
+                    )?;
+                    let l = lin.lora.as_ref().expect("just added");
+                    opt.add(format!("{}.lora_A", lin.module), l.a.clone())?;
+                    opt.add(format!("{}.lora_B", lin.module), l.b.clone())?;
+                }
+            }
+        }
+    }
+    Ok(opt)
+}
+
 impl Trainer {
     /// Everything a run needs before its first step; writes nothing.
     pub(super) fn build(config: TrainConfig, run_dir: &Path) -> Result<Self> {
@@ -114,57 +212,13 @@ impl Trainer {
         })?;
         let src = weights::open_path(&path)?;
         let mut model = Llama::from_source(src.as_ref(), &device, dtype)?;
-        let max_pos = model.max_positions();
-        if config.cutoff_len > max_pos {
-            return Err(Error::InvalidArgument(format!(
-                "cutoff_len {} exceeds the model's {max_pos} positions (max_position_embeddings); lower --cutoff-len",
-                config.cutoff_len
-            )));
-        }
-        if let Some(w) = model
-            .config
-            .sliding_window
-            .filter(|&w| config.cutoff_len > w)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "cutoff_len {} exceeds the model's sliding_window of {w}, which tsd does not implement; lower --cutoff-len",
-                config.cutoff_len
-            )));
-        }
+        check_context(&model, &config)?;
         let tok = crate::model::tokenizer::load_tokenizer(&path)?;
         let info = crate::model::tokenizer::load_tokenizer_info(&path)?;
         let eos = info.eos;
         let pad_id = info.pad.unwrap_or(eos);
 
-        let mut examples = Vec::new();
-        for f in data_files(&config.data)? {
-            let mut ex = data::load_examples(&f)?;
-            if let Some(n) = config.max_examples {
-                ex.truncate(n);
-            }
-            examples.extend(ex);
-        }
-        let val_size = config.val_size_for(examples.len())?;
-        let (tr_idx, val_idx) = data::split_validation(
-            examples.len(),
-            val_size,
-            config.split_seed.unwrap_or(config.seed),
-        )?;
-        let tokenize = |idx: &[usize]| -> Result<Vec<Tokenized>> {
-            idx.iter()
-                .map(|&i| {
-                    data::tokenize_example(
-                        &tok,
-                        eos,
-                        &examples[i],
-                        config.cutoff_len,
-                        config.train_on_inputs,
-                    )
-                })
-                .collect()
-        };
-        let train = tokenize(&tr_idx)?;
-        let val = tokenize(&val_idx)?;
+        let (train, val) = tokenized_split(&config, &tok, eos)?;
         let lengths = train.iter().map(|t| t.input_ids.len()).collect();
         let batcher = match &config.data_order {
             None => Batcher::new(lengths, config.micro_batch_size, config.seed)?,
@@ -184,68 +238,20 @@ impl Trainer {
         let layers = model.layers.len();
         let from_layer = layers - config.top_layers.unwrap_or(layers).min(layers);
         let plan = AdapterPlan::new(adapter_config(&config, layers), config.method, layers)?;
-        let mut opt = AdamW::new(AdamWConfig {
-            weight_decay: config.weight_decay,
-            ..Default::default()
-        });
-        for (layer, block) in model.layers.iter_mut().enumerate() {
-            for (kind, lin) in block.linears_mut() {
-                let Some(a) = plan.get(LinearName { layer, kind }) else {
-                    continue;
-                };
-                match a.method {
-                    Method::Full => {
-                        lin.make_full()?;
-                        opt.add(
-                            format!("{}.weight", lin.module),
-                            lin.full.clone().expect("just made"),
-                        )?;
-                    }
-                    Method::Lora | Method::LoraDash => {
-                        lin.add_lora(
-                            a.r,
-                            a.alpha,
-                            config.use_rslora,
-                            config.seed ^ fnv(&lin.module),
-                        )?;
-                        let l = lin.lora.as_ref().expect("just added");
-                        opt.add(format!("{}.lora_A", lin.module), l.a.clone())?;
-                        opt.add(format!("{}.lora_B", lin.module), l.b.clone())?;
-                    }
-                }
-            }
-        }
+        let opt = attach_adapters(&mut model, &plan, &config)?;
         if let Some(dir) = &config.init_adapter {
             init_from_adapter(&mut model, Path::new(dir))?;
         }
         let trainable = super::trainer::trainable_params(&model, &config);
-        let record = RunRecord {
-            tsd_version: env!("CARGO_PKG_VERSION").into(),
-            build: env!("TSD_BUILD_VERSIONS").into(),
+        let record = RunRecord::start(RunStart {
             config: config.clone(),
-            // The spec the user gave (with its revision), not the resolved cache path, which names
-            // this machine.
-            base: match &config.revision {
-                Some(r) => format!("{}@{r}", config.model),
-                None => config.model.clone(),
-            },
             base_files: crate::run::record::base_files(&path)?,
             base_params: src.total_params(),
             trainable_params: trainable,
             total_steps,
             train_examples: train.len(),
             val_examples: val.len(),
-            device: config.device.clone(),
-            threads: rayon::current_num_threads(),
-            steps: Vec::new(),
-            val: Vec::new(),
-            dash_switch: None,
-            checkpoints: Vec::new(),
-            lower_cache_seconds: 0.0,
-            peak_rss_bytes: 0,
-            wall_s: 0.0,
-            finished: false,
-        };
+        });
         Ok(Trainer {
             config,
             run_dir: run_dir.to_path_buf(),

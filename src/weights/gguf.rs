@@ -149,121 +149,157 @@ fn meta_u32(c: &gguf_file::Content, path: &Path, key: &str) -> Result<usize> {
         })
 }
 
+/// The file and its checked header (tensor directory within the file; architecture `llama`).
+fn read_header(path: &Path) -> Result<(File, gguf_file::Content)> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let gguf_err = |reason: String| Error::Gguf {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // candle divides by `general.alignment` unchecked (a 0 panics; found by fuzzing).
+    let content = without_panic(|| gguf_file::Content::read(&mut file))
+        .map_err(|p| gguf_err(format!("the header could not be read ({p})")))?
+        .map_err(|e| gguf_err(e.to_string()))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    check_tensor_infos(&content, file_len).map_err(gguf_err)?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok().cloned())
+        .unwrap_or_default();
+    if arch != "llama" {
+        return Err(Error::Gguf {
+            path: path.to_path_buf(),
+            reason: format!("architecture `{arch}` is not supported (only `llama`)"),
+        });
+    }
+    Ok((file, content))
+}
+
+/// A llama GGUF's sizes from its metadata.
+struct Dims {
+    n_head: usize,
+    n_kv_head: usize,
+    hidden: usize,
+    layers: usize,
+    ffn: usize,
+    ctx: usize,
+}
+
+impl Dims {
+    fn read(content: &gguf_file::Content, path: &Path) -> Result<Self> {
+        let n_head = meta_u32(content, path, "llama.attention.head_count")?;
+        Ok(Dims {
+            n_head,
+            n_kv_head: meta_u32(content, path, "llama.attention.head_count_kv").unwrap_or(n_head),
+            hidden: meta_u32(content, path, "llama.embedding_length")?,
+            layers: meta_u32(content, path, "llama.block_count")?,
+            ffn: meta_u32(content, path, "llama.feed_forward_length")?,
+            ctx: meta_u32(content, path, "llama.context_length").unwrap_or(2048),
+        })
+    }
+}
+
+/// Hugging Face name → GGUF name of every tensor; a tensor tsd cannot map (a bias, llama3's
+/// `rope_freqs.weight` frequency factors, an expert) changes the computation: refused rather
+/// than dropped.
+fn plain_tensor_names(
+    content: &gguf_file::Content,
+    path: &Path,
+) -> Result<BTreeMap<String, String>> {
+    if let Some(g) = content.tensor_infos.keys().find(|g| hf_name(g).is_none()) {
+        return Err(Error::Gguf {
+            path: path.to_path_buf(),
+            reason: format!("tensor `{g}` is not supported (tsd reads llama's plain weights)"),
+        });
+    }
+    Ok(content
+        .tensor_infos
+        .keys()
+        .filter_map(|g| hf_name(g).map(|h| (h, g.clone())))
+        .collect())
+}
+
+/// The Hugging Face `config.json` equivalent of the metadata; refuses a head dimension or rope
+/// scaling tsd does not implement.
+fn hf_config(content: &gguf_file::Content, path: &Path, d: &Dims) -> Result<serde_json::Value> {
+    let f32_meta = |k: &str, def: f32| {
+        content
+            .metadata
+            .get(k)
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(def)
+    };
+    let vocab = content
+        .metadata
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.to_vec().ok().map(|t| t.len()))
+        .or_else(|| {
+            content
+                .tensor_infos
+                .get("token_embd.weight")
+                .map(|t| t.shape.dims()[0])
+        })
+        .unwrap_or(0);
+    let key_len = meta_u32(content, path, "llama.attention.key_length").ok();
+    let head_dim = key_len.unwrap_or(d.hidden / d.n_head.max(1));
+    for key in ["llama.attention.value_length", "llama.rope.dimension_count"] {
+        if let Some(n) = meta_u32(content, path, key).ok().filter(|&n| n != head_dim) {
+            return Err(Error::Gguf {
+                path: path.to_path_buf(),
+                reason: format!("metadata `{key}` = {n} differs from the head dimension {head_dim}, which tsd does not implement"),
+            });
+        }
+    }
+    let scaling = content
+        .metadata
+        .get("llama.rope.scaling.type")
+        .and_then(|v| v.to_string().ok().cloned());
+    let rope_scaling = match scaling.as_deref() {
+        None | Some("none") => serde_json::Value::Null,
+        Some("linear") => serde_json::json!({
+            "rope_type": "linear",
+            "factor": f32_meta("llama.rope.scaling.factor", f32::NAN),
+        }),
+        Some(other) => {
+            return Err(Error::Gguf {
+                path: path.to_path_buf(),
+                reason: format!("metadata `llama.rope.scaling.type` = \"{other}\" is not implemented (tsd implements none, linear)"),
+            })
+        }
+    };
+    Ok(serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": d.hidden,
+        "intermediate_size": d.ffn,
+        "num_hidden_layers": d.layers,
+        "num_attention_heads": d.n_head,
+        "num_key_value_heads": d.n_kv_head,
+        "head_dim": head_dim,
+        "vocab_size": vocab,
+        "max_position_embeddings": d.ctx,
+        "rms_norm_eps": f32_meta("llama.attention.layer_norm_rms_epsilon", 1e-5),
+        "rope_theta": f32_meta("llama.rope.freq_base", 10000.0),
+        "rope_scaling": rope_scaling,
+        "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
+    }))
+}
+
 impl GgufModel {
     /// Reads the GGUF header (metadata and tensor directory); tensor data is read on demand.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let gguf_err = |reason: String| Error::Gguf {
-            path: path.to_path_buf(),
-            reason,
-        };
-        // candle divides by `general.alignment` unchecked (a 0 panics; found by fuzzing).
-        let content = without_panic(|| gguf_file::Content::read(&mut file))
-            .map_err(|p| gguf_err(format!("the header could not be read ({p})")))?
-            .map_err(|e| gguf_err(e.to_string()))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        check_tensor_infos(&content, file_len).map_err(gguf_err)?;
-        let arch = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok().cloned())
-            .unwrap_or_default();
-        if arch != "llama" {
-            return Err(Error::Gguf {
-                path: path.to_path_buf(),
-                reason: format!("architecture `{arch}` is not supported (only `llama`)"),
-            });
-        }
-        let n_head = meta_u32(&content, path, "llama.attention.head_count")?;
-        let n_kv_head = meta_u32(&content, path, "llama.attention.head_count_kv").unwrap_or(n_head);
-        let hidden = meta_u32(&content, path, "llama.embedding_length")?;
-        let layers = meta_u32(&content, path, "llama.block_count")?;
-        let ffn = meta_u32(&content, path, "llama.feed_forward_length")?;
-        let ctx = meta_u32(&content, path, "llama.context_length").unwrap_or(2048);
-        let f32_meta = |k: &str, d: f32| {
-            content
-                .metadata
-                .get(k)
-                .and_then(|v| v.to_f32().ok())
-                .unwrap_or(d)
-        };
-        let vocab = content
-            .metadata
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.to_vec().ok().map(|t| t.len()))
-            .or_else(|| {
-                content
-                    .tensor_infos
-                    .get("token_embd.weight")
-                    .map(|t| t.shape.dims()[0])
-            })
-            .unwrap_or(0);
-        let names: BTreeMap<String, String> = content
-            .tensor_infos
-            .keys()
-            .filter_map(|g| hf_name(g).map(|h| (h, g.clone())))
-            .collect();
-        // A tensor tsd cannot map (a bias, llama3's `rope_freqs.weight` frequency factors, an
-        // expert) changes the computation: refuse rather than drop it.
-        if let Some(g) = content.tensor_infos.keys().find(|g| hf_name(g).is_none()) {
-            return Err(Error::Gguf {
-                path: path.to_path_buf(),
-                reason: format!("tensor `{g}` is not supported (tsd reads llama's plain weights)"),
-            });
-        }
-        let key_len = meta_u32(&content, path, "llama.attention.key_length").ok();
-        let head_dim = key_len.unwrap_or(hidden / n_head.max(1));
-        for key in ["llama.attention.value_length", "llama.rope.dimension_count"] {
-            if let Some(n) = meta_u32(&content, path, key)
-                .ok()
-                .filter(|&n| n != head_dim)
-            {
-                return Err(Error::Gguf {
-                    path: path.to_path_buf(),
-                    reason: format!("metadata `{key}` = {n} differs from the head dimension {head_dim}, which tsd does not implement"),
-                });
-            }
-        }
-        let scaling = content
-            .metadata
-            .get("llama.rope.scaling.type")
-            .and_then(|v| v.to_string().ok().cloned());
-        let rope_scaling = match scaling.as_deref() {
-            None | Some("none") => serde_json::Value::Null,
-            Some("linear") => serde_json::json!({
-                "rope_type": "linear",
-                "factor": f32_meta("llama.rope.scaling.factor", f32::NAN),
-            }),
-            Some(other) => {
-                return Err(Error::Gguf {
-                    path: path.to_path_buf(),
-                    reason: format!("metadata `llama.rope.scaling.type` = \"{other}\" is not implemented (tsd implements none, linear)"),
-                })
-            }
-        };
-        let config = serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": hidden,
-            "intermediate_size": ffn,
-            "num_hidden_layers": layers,
-            "num_attention_heads": n_head,
-            "num_key_value_heads": n_kv_head,
-            "head_dim": head_dim,
-            "vocab_size": vocab,
-            "max_position_embeddings": ctx,
-            "rms_norm_eps": f32_meta("llama.attention.layer_norm_rms_epsilon", 1e-5),
-            "rope_theta": f32_meta("llama.rope.freq_base", 10000.0),
-            "rope_scaling": rope_scaling,
-            "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
-        });
+        let (file, content) = read_header(path)?;
+        let dims = Dims::read(&content, path)?;
+        let names = plain_tensor_names(&content, path)?;
+        let config = hf_config(&content, path, &dims)?;
         Ok(GgufModel {
             path: path.to_path_buf(),
             content,
             file: Mutex::new(file),
             names,
-            n_head,
-            n_kv_head,
+            n_head: dims.n_head,
+            n_kv_head: dims.n_kv_head,
             config,
         })
     }
