@@ -1,7 +1,7 @@
 //! The reproduction page's charts: accuracy against Params % (measured, the paper's, per task),
 //! the loss curves, and TSD capture per configuration beside its null and controls.
 
-use super::page::{chance_means, colour};
+use super::{chance_means, colour};
 use crate::error::Result;
 use crate::names::Method;
 use crate::paper;

@@ -4,10 +4,10 @@
 use super::charts::{
     accuracy_chart, capture_panels, loss_chart, paper_chart, params_x_range, task_panels,
 };
+use super::{chance_means, colour};
 use crate::error::Result;
 use crate::names::Method;
 use crate::paper;
-use crate::render::charts as svg;
 use crate::render::page::{opt_fmt, render};
 use crate::reproduce::summary::Summary;
 use crate::reproduce::{Protocol, Reproduction, RunCurves, Scores};
@@ -50,11 +50,6 @@ struct ConfigRow {
     spread: String,
     generate: String,
     unparse: String,
-}
-
-/// The page's colour of a method (as in its charts).
-pub(super) fn colour(m: Method) -> String {
-    svg::css(svg::method_colour(m))
 }
 
 /// Per task: "loglik (generate)" in %.
@@ -160,21 +155,6 @@ fn config_rows(sm: &Summary) -> Vec<ConfigRow> {
             unparse: opt_fmt(c.unparseable_mean, 0),
         })
         .collect()
-}
-
-/// The headline's chance levels: the means over tasks of each task's recorded majority and
-/// uniform levels (display averages of recorded numbers, named as such on the page).
-pub(super) fn chance_means(sm: &Summary) -> (Option<f64>, Option<f64>) {
-    let mean_of = |v: Vec<f64>| crate::stats::mean(&v);
-    let majority = mean_of(sm.chance.iter().map(|c| c.majority).collect());
-    let uniform = mean_of(
-        sm.chance
-            .iter()
-            .filter(|c| c.uniform > 0.0)
-            .map(|c| c.uniform)
-            .collect(),
-    );
-    (majority, uniform)
 }
 
 /// Each run's capture series: `step: accuracy / q,k,v accuracy (recall)`.
