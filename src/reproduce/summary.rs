@@ -14,8 +14,9 @@
 //! 2.5th and 97.5th percentiles form the interval; its standard deviation is the standard error,
 //! and `(z₀.₉₇₅ + z₀.₈) · SE` the difference this run would detect with 80 % power at the 5 % level.
 
-use super::{Method, Preset, Protocol, RunResult, Scores};
+use super::{Preset, Protocol, RunResult, Scores};
 use crate::error::{Error, Result};
+use crate::train::Method;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
