@@ -63,19 +63,11 @@ impl Grid<'_> {
         };
         // The reference and the base are opened only if a run still needs its capture: a finished
         // reproduction re-renders without them (the reference weights are not kept in git).
-        let mut opened: Option<((crate::track::RefSource, String), Box<dyn WeightSource>)> = None;
+        let mut opened: Option<Opened> = None;
         let cache = crate::linalg::cache::SvdCache::default_location();
         let mut series: Vec<CaptureSeries> = Vec::new();
         let (key, ref_step) = Self::reference_key(&ref_dir)?;
         let key = ranked_key(key, self.preset.tsd_by);
-        // Written before reference keys existed: valid only if measured at the reference's
-        // final step (a reference since resumed or retrained is measured again).
-        let legacy_ok = |s: &CaptureSeries| {
-            s.reference_key.is_empty()
-                && s.reference.rsplit_once(" step ").is_some_and(|(_, rest)| {
-                    rest.split(|c: char| !c.is_ascii_digit()).next() == Some(&ref_step.to_string())
-                })
-        };
         for r in runs {
             let cell = Cell {
                 method: r.method,
@@ -87,33 +79,9 @@ impl Grid<'_> {
                 continue;
             }
             let path = dir.join("capture.json");
-            if let Ok(s) = crate::fsutil::read_json::<CaptureSeries>(&path) {
-                // Series written before q, k, v capture was measured are measured again.
-                // Series written before the null model are measured again too.
-                let has_qkv = s.points.iter().all(|p| {
-                    p.accuracy.is_none()
-                        || (p.accuracy_qkv.is_some() && p.null.is_some() && !p.by_type.is_empty())
-                });
-                if (s.reference_key == key || legacy_ok(&s)) && has_qkv {
-                    series.push(s);
-                    continue;
-                }
-                (self.log)(&if s.reference_key == key || legacy_ok(&s) {
-                    format!(
-                        "capture: {} was measured by an older tsd (without the null, q, k, v or per-type figures): measuring again",
-                        r.name
-                    )
-                } else {
-                    format!(
-                        "capture: {} was measured against another reference ({}): measuring again",
-                        r.name,
-                        if s.reference_key.is_empty() {
-                            &s.reference
-                        } else {
-                            &s.reference_key
-                        }
-                    )
-                });
+            if let Some(s) = self.cached_series(&path, r, &key, ref_step) {
+                series.push(s);
+                continue;
             }
             (self.log)(&format!("capture: {}", r.name));
             let t0 = Instant::now();
@@ -126,49 +94,7 @@ impl Grid<'_> {
                 ));
             }
             let (reference, base) = opened.as_ref().expect("just opened");
-            let tr = crate::track::track(
-                &dir,
-                Some(base.as_ref()),
-                Some(reference),
-                &crate::inspect::InspectOptions {
-                    tsd_by: self.preset.tsd_by,
-                    ..Default::default()
-                },
-                &cache,
-                &|_| {},
-            )?;
-            let s = CaptureSeries {
-                run: r.name.clone(),
-                reference: reference.1.clone(),
-                reference_key: key.clone(),
-                method: r.method,
-                rank: r.rank,
-                seed: r.seed,
-                modules: tr.points.first().map_or(0, |p| p.modules),
-                points: tr
-                    .points
-                    .iter()
-                    .zip(&tr.reports)
-                    .map(|(p, rep)| {
-                        let (accuracy_qkv, recall_qkv) = qkv_capture(rep);
-                        let (by_type, delta_sigma) = type_nulls_and_picks(rep);
-                        CapturePoint {
-                            by_type,
-                            delta_sigma,
-                            step: p.step,
-                            accuracy: p.mean_accuracy,
-                            recall: p.mean_recall,
-                            stability_final: p.stability_final,
-                            accuracy_qkv,
-                            recall_qkv,
-                            null: p.null.clone(),
-                            null_qkv: crate::track::TrackNull::over(
-                                rep.modules.iter().filter(|m| is_qkv(&m.module_type)),
-                            ),
-                        }
-                    })
-                    .collect(),
-            };
+            let s = self.measure_series(r, &dir, (reference, base.as_ref()), &key, &cache)?;
             let text = crate::output::to_json(&s)? + "\n";
             crate::fsutil::atomic_write(&path, text.as_bytes())?;
             series.push(s);
@@ -180,6 +106,116 @@ impl Grid<'_> {
             (None, None) => crate::track::open_reference(&ref_dir.display().to_string())?.1,
         };
         Ok((Some(desc), series))
+    }
+
+    /// `run`'s saved series at `path` when it was measured against the reference keyed `key`
+    /// (final step `ref_step`) by a tsd that measured every figure; otherwise `None`, logging why
+    /// it is measured again.
+    fn cached_series(
+        &self,
+        path: &Path,
+        run: &RunResult,
+        key: &str,
+        ref_step: usize,
+    ) -> Option<CaptureSeries> {
+        let s = crate::fsutil::read_json::<CaptureSeries>(path).ok()?;
+        // Written before reference keys existed: valid only if measured at the reference's
+        // final step (a reference since resumed or retrained is measured again).
+        let legacy_ok = |s: &CaptureSeries| {
+            s.reference_key.is_empty()
+                && s.reference.rsplit_once(" step ").is_some_and(|(_, rest)| {
+                    rest.split(|c: char| !c.is_ascii_digit()).next() == Some(&ref_step.to_string())
+                })
+        };
+        // Series written before q, k, v capture was measured are measured again.
+        // Series written before the null model are measured again too.
+        let has_qkv = s.points.iter().all(|p| {
+            p.accuracy.is_none()
+                || (p.accuracy_qkv.is_some() && p.null.is_some() && !p.by_type.is_empty())
+        });
+        if (s.reference_key == key || legacy_ok(&s)) && has_qkv {
+            return Some(s);
+        }
+        (self.log)(&if s.reference_key == key || legacy_ok(&s) {
+            format!(
+                "capture: {} was measured by an older tsd (without the null, q, k, v or per-type figures): measuring again",
+                run.name
+            )
+        } else {
+            format!(
+                "capture: {} was measured against another reference ({}): measuring again",
+                run.name,
+                if s.reference_key.is_empty() {
+                    &s.reference
+                } else {
+                    &s.reference_key
+                }
+            )
+        });
+        None
+    }
+
+    /// Tracks `run`'s checkpoints in `dir` against the opened reference.
+    fn measure_series(
+        &self,
+        run: &RunResult,
+        dir: &Path,
+        (reference, base): (&(crate::track::RefSource, String), &dyn WeightSource),
+        key: &str,
+        cache: &crate::linalg::cache::SvdCache,
+    ) -> Result<CaptureSeries> {
+        let tr = crate::track::track(
+            dir,
+            Some(base),
+            Some(reference),
+            &crate::inspect::InspectOptions {
+                tsd_by: self.preset.tsd_by,
+                ..Default::default()
+            },
+            cache,
+            &|_| {},
+        )?;
+        Ok(CaptureSeries {
+            run: run.name.clone(),
+            reference: reference.1.clone(),
+            reference_key: key.to_string(),
+            method: run.method,
+            rank: run.rank,
+            seed: run.seed,
+            modules: tr.points.first().map_or(0, |p| p.modules),
+            points: tr
+                .points
+                .iter()
+                .zip(&tr.reports)
+                .map(|(p, rep)| capture_point(p, rep))
+                .collect(),
+        })
+    }
+}
+
+/// The reference and the base model, opened once for the runs that need their capture.
+type Opened = ((crate::track::RefSource, String), Box<dyn WeightSource>);
+
+/// One checkpoint's capture point from its track point and inspection.
+fn capture_point(
+    p: &crate::track::TrackPoint,
+    rep: &crate::inspect::InspectReport,
+) -> CapturePoint {
+    let (accuracy_qkv, recall_qkv) = qkv_capture(rep);
+    let (by_type, delta_sigma) = type_nulls_and_picks(rep);
+    CapturePoint {
+        by_type,
+        delta_sigma,
+        step: p.step,
+        accuracy: p.mean_accuracy,
+        recall: p.mean_recall,
+        stability_final: p.stability_final,
+        accuracy_qkv,
+        recall_qkv,
+        null: p.null.clone(),
+        null_qkv: crate::track::TrackNull::over(
+            rep.modules.iter().filter(|m| is_qkv(&m.module_type)),
+        ),
     }
 }
 

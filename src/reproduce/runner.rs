@@ -68,75 +68,15 @@ pub fn reproduce(
 ) -> Result<Option<Reproduction>> {
     let t0 = Instant::now();
     let mut grid = Grid::new(preset, data, out, log)?;
-    let all = cells(preset);
     if let Some(only) = &opts.only {
-        let (pre, names) = jobs::pieces(preset);
-        if !pre.iter().chain(&names).any(|n| n == only) {
-            return Err(Error::InvalidArgument(format!(
-                "--only {only}: not a piece of this grid ({})",
-                pre.iter()
-                    .chain(&names)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        let _guard = hold(out, only)?;
-        let done = if only == "lr-check" {
-            grid.lr(true).map(drop)
-        } else if only == "base" {
-            grid.base().map(drop)
-        } else if reference_cell(preset).is_some_and(|c| c.name() == *only) {
-            grid.lr(false)
-                .and_then(|(lr, _)| grid.reference_run(lr, true))
-        } else if let Some(t) = controls::Trained::from_piece(only) {
-            grid.lr(false)
-                .and_then(|(lr, _)| grid.control_run(t, lr, true))
-        } else {
-            let c = all
-                .iter()
-                .find(|c| c.name() == *only)
-                .expect("a piece name");
-            grid.lr(false)
-                .and_then(|(lr, _)| grid.cell(c, lr, "").map(drop))
-        };
-        // A piece stopped by a signal still counts the time it spent.
-        if let Err(e @ Error::Stopped { .. }) = done {
-            let mut timing = grid.timing.clone();
-            timing.total_s = t0.elapsed().as_secs_f64();
-            record_timing(out, &timing)?;
-            return Err(e);
-        }
-        done?;
-        let mut timing = grid.timing.clone();
-        timing.total_s = t0.elapsed().as_secs_f64();
-        record_timing(out, &timing)?;
+        run_only(&mut grid, only, t0)?;
         return Ok(None);
     }
-    let mut partial: Vec<String> = Vec::new();
-    let mut unfinished: Vec<String> = Vec::new();
-    if opts.collect {
-        let st = jobs::status(preset, out)?;
-        let open: Vec<&jobs::PieceStatus> = st
-            .iter()
-            .filter(|s| s.state != jobs::PieceState::Done)
-            .collect();
-        if !open.is_empty() && !opts.allow_partial {
-            return Err(Error::Unfinished(format!(
-                "--collect: {} of {} pieces in {} have not finished: {}. Re-run them: the same command with `--emit-jobs --only-missing`, then {}/jobs/submit.sh (or each with `--only PIECE`); or gather the rest with --allow-partial",
-                open.len(),
-                st.len(),
-                out.display(),
-                open.iter().map(|s| s.describe()).collect::<Vec<_>>().join("; "),
-                out.display()
-            )));
-        }
-        partial = open
-            .iter()
-            .map(|s| format!("not finished, left out: {}", s.describe()))
-            .collect();
-        unfinished = open.iter().map(|s| s.piece.clone()).collect();
-    }
+    let (partial, unfinished) = if opts.collect {
+        unfinished_pieces(preset, out, opts.allow_partial)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let done = |piece: &str| !unfinished.iter().any(|p| p == piece);
     let (lr, lr_check) = if opts.collect {
         grid.lr(false)?
@@ -144,19 +84,7 @@ pub fn reproduce(
         let _guard = hold(out, "lr-check")?;
         grid.lr(true)?
     };
-    let mut runs = Vec::new();
-    for (i, c) in all.iter().enumerate() {
-        let label = format!("[{}/{}]", i + 1, all.len());
-        if opts.collect {
-            if done(&c.name()) {
-                let p = grid.run_dir(c).join("eval.json");
-                runs.push(crate::fsutil::read_json::<RunResult>(&p)?);
-            }
-        } else {
-            let _guard = hold(out, &c.name())?;
-            runs.push(grid.cell(c, lr, &label)?);
-        }
-    }
+    let runs = grid_runs(&mut grid, lr, opts.collect, &done)?;
     let base = if opts.collect {
         done("base")
             .then(|| crate::fsutil::read_json::<Scores>(&out.join("base").join("eval.json")))
@@ -166,36 +94,11 @@ pub fn reproduce(
         Some(grid.base()?)
     };
     if !opts.collect {
-        if let Some(c) = reference_cell(preset) {
-            let _guard = hold(out, &c.name())?;
-            grid.reference_run(lr, false)?;
-        }
-        for t in controls::Trained::ALL {
-            if controls::pieces(preset).iter().any(|p| p == t.piece()) {
-                let _guard = hold(out, t.piece())?;
-                grid.control_run(t, lr, false)?;
-            }
-        }
+        train_references(&mut grid, lr)?;
     }
     let (reference, capture) = grid.capture(&runs)?;
     let (control_captures, dash_pairs) = grid.controls(&runs)?;
-    let data: Vec<summary::RunData> = runs
-        .iter()
-        .map(|r| {
-            let cell = Cell {
-                method: r.method,
-                rank: r.rank,
-                seed: r.seed,
-            };
-            Ok(summary::RunData {
-                result: r,
-                outcomes: summary::read_outcomes(
-                    &grid.run_dir(&cell).join("predictions.json"),
-                    preset.protocol,
-                )?,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let data = run_data(&grid, &runs)?;
     let caps: Vec<_> = capture
         .iter()
         .map(|c| (c.method, c.rank, c.points.clone()))
@@ -211,12 +114,7 @@ pub fn reproduce(
     let mut timing = grid.timing.clone();
     timing.total_s = t0.elapsed().as_secs_f64();
     let invocations = record_timing(out, &timing)?;
-    let lr_tried: Vec<f64> = lr_check
-        .as_ref()
-        .map(|c| c.trials.iter().map(|t| t.lr).collect())
-        .unwrap_or_default();
-    let mut deviations = preset.deviations(&grid.missing, lr, &lr_tried);
-    deviations.extend(partial);
+    let mut deviations = grid_deviations(&grid, lr, lr_check.as_ref(), partial);
     if reference.is_none() && preset.reference != ReferenceKind::None {
         deviations.push("no TSD capture: the reference update has not finished".into());
     }
@@ -236,6 +134,167 @@ pub fn reproduce(
         timing,
         invocations,
     }))
+}
+
+/// `--only PIECE`: runs that one piece under its lock and records the invocation's timing (also
+/// when a signal stopped it: the time it spent still counts).
+fn run_only(grid: &mut Grid, only: &str, t0: Instant) -> Result<()> {
+    let (preset, out) = (grid.preset, grid.out);
+    let (pre, names) = jobs::pieces(preset);
+    if !pre.iter().chain(&names).any(|n| n == only) {
+        return Err(Error::InvalidArgument(format!(
+            "--only {only}: not a piece of this grid ({})",
+            pre.iter()
+                .chain(&names)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let _guard = hold(out, only)?;
+    let done = run_piece(grid, only);
+    // A piece stopped by a signal still counts the time it spent.
+    if let Err(e @ Error::Stopped { .. }) = done {
+        let mut timing = grid.timing.clone();
+        timing.total_s = t0.elapsed().as_secs_f64();
+        record_timing(out, &timing)?;
+        return Err(e);
+    }
+    done?;
+    let mut timing = grid.timing.clone();
+    timing.total_s = t0.elapsed().as_secs_f64();
+    record_timing(out, &timing)?;
+    Ok(())
+}
+
+/// Runs the piece named `only` (a name of this grid's pieces).
+fn run_piece(grid: &mut Grid, only: &str) -> Result<()> {
+    let preset = grid.preset;
+    if only == "lr-check" {
+        grid.lr(true).map(drop)
+    } else if only == "base" {
+        grid.base().map(drop)
+    } else if reference_cell(preset).is_some_and(|c| c.name() == *only) {
+        grid.lr(false)
+            .and_then(|(lr, _)| grid.reference_run(lr, true))
+    } else if let Some(t) = controls::Trained::from_piece(only) {
+        grid.lr(false)
+            .and_then(|(lr, _)| grid.control_run(t, lr, true))
+    } else {
+        let all = cells(preset);
+        let c = all
+            .iter()
+            .find(|c| c.name() == *only)
+            .expect("a piece name");
+        grid.lr(false)
+            .and_then(|(lr, _)| grid.cell(c, lr, "").map(drop))
+    }
+}
+
+/// `--collect`: the unfinished pieces as deviations and by name; refused, naming every one, unless
+/// `allow_partial`.
+fn unfinished_pieces(
+    preset: &Preset,
+    out: &Path,
+    allow_partial: bool,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let st = jobs::status(preset, out)?;
+    let open: Vec<&jobs::PieceStatus> = st
+        .iter()
+        .filter(|s| s.state != jobs::PieceState::Done)
+        .collect();
+    if !open.is_empty() && !allow_partial {
+        return Err(Error::Unfinished(format!(
+            "--collect: {} of {} pieces in {} have not finished: {}. Re-run them: the same command with `--emit-jobs --only-missing`, then {}/jobs/submit.sh (or each with `--only PIECE`); or gather the rest with --allow-partial",
+            open.len(),
+            st.len(),
+            out.display(),
+            open.iter().map(|s| s.describe()).collect::<Vec<_>>().join("; "),
+            out.display()
+        )));
+    }
+    let partial = open
+        .iter()
+        .map(|s| format!("not finished, left out: {}", s.describe()))
+        .collect();
+    let unfinished = open.iter().map(|s| s.piece.clone()).collect();
+    Ok((partial, unfinished))
+}
+
+/// Every cell's result: trained and evaluated (or read when done earlier), each under its lock;
+/// with `collect`, only read from the finished cells.
+fn grid_runs(
+    grid: &mut Grid,
+    lr: f64,
+    collect: bool,
+    done: &dyn Fn(&str) -> bool,
+) -> Result<Vec<RunResult>> {
+    let all = cells(grid.preset);
+    let mut runs = Vec::new();
+    for (i, c) in all.iter().enumerate() {
+        let label = format!("[{}/{}]", i + 1, all.len());
+        if collect {
+            if done(&c.name()) {
+                let p = grid.run_dir(c).join("eval.json");
+                runs.push(crate::fsutil::read_json::<RunResult>(&p)?);
+            }
+        } else {
+            let _guard = hold(grid.out, &c.name())?;
+            runs.push(grid.cell(c, lr, &label)?);
+        }
+    }
+    Ok(runs)
+}
+
+/// Trains the full fine-tune reference and the preset's trained controls, each under its lock.
+fn train_references(grid: &mut Grid, lr: f64) -> Result<()> {
+    let (preset, out) = (grid.preset, grid.out);
+    if let Some(c) = reference_cell(preset) {
+        let _guard = hold(out, &c.name())?;
+        grid.reference_run(lr, false)?;
+    }
+    for t in controls::Trained::ALL {
+        if controls::pieces(preset).iter().any(|p| p == t.piece()) {
+            let _guard = hold(out, t.piece())?;
+            grid.control_run(t, lr, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every run's result with its per-example outcomes (`predictions.json`), for the summary.
+fn run_data<'r>(grid: &Grid, runs: &'r [RunResult]) -> Result<Vec<summary::RunData<'r>>> {
+    runs.iter()
+        .map(|r| {
+            let cell = Cell {
+                method: r.method,
+                rank: r.rank,
+                seed: r.seed,
+            };
+            Ok(summary::RunData {
+                result: r,
+                outcomes: summary::read_outcomes(
+                    &grid.run_dir(&cell).join("predictions.json"),
+                    grid.preset.protocol,
+                )?,
+            })
+        })
+        .collect()
+}
+
+/// The preset's departures from the paper, then the pieces `--collect --allow-partial` left out.
+fn grid_deviations(
+    grid: &Grid,
+    lr: f64,
+    lr_check: Option<&super::results::LrCheck>,
+    partial: Vec<String>,
+) -> Vec<String> {
+    let lr_tried: Vec<f64> = lr_check
+        .map(|c| c.trials.iter().map(|t| t.lr).collect())
+        .unwrap_or_default();
+    let mut deviations = grid.preset.deviations(&grid.missing, lr, &lr_tried);
+    deviations.extend(partial);
+    deviations
 }
 
 /// Where results go by default.
