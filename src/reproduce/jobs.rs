@@ -379,122 +379,166 @@ pub fn emit_jobs(p: &Preset, spec: &JobSpec, out: &Path) -> Result<Emitted> {
         )));
     }
     let dir = out.join("jobs");
-    let (pre, mut todo) = pieces(p);
-    let mut pre = pre;
-    let mut running = Vec::new();
-    let collect = std::iter::once(&spec.tsd)
-        .chain(&spec.args)
-        .map(|a| sh(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-        + " --collect";
-    if spec.only_missing {
-        let st = status(p, out)?;
-        let keep = |name: &str| {
-            st.iter()
-                .find(|s| s.piece == name)
-                .is_some_and(|s| matches!(s.state, PieceState::Unfinished(_)))
-        };
-        running = st
-            .iter()
-            .filter(|s| s.state == PieceState::Running)
-            .map(|s| s.piece.clone())
-            .collect();
-        pre = pre.filter(|x| keep(x));
-        todo.retain(|x| keep(x));
-        if pre.is_none() && todo.is_empty() {
-            return Ok(Emitted {
-                dir,
-                pieces: todo,
-                prepare: false,
-                running,
-                collect,
-            });
-        }
-    }
-    let jdir = format!("{}/jobs", spec.out);
-    let logs = format!("{jdir}/logs");
-    std::fs::create_dir_all(dir.join("logs")).map_err(|e| Error::io(dir.join("logs"), e))?;
     let command = std::iter::once(&spec.tsd)
         .chain(&spec.args)
         .map(|a| sh(a))
         .collect::<Vec<_>>()
         .join(" ");
+    let collect = command.clone() + " --collect";
+    let (pre, todo, running) = select_pieces(p, spec, out)?;
+    if spec.only_missing && pre.is_none() && todo.is_empty() {
+        return Ok(Emitted {
+            dir,
+            pieces: todo,
+            prepare: false,
+            running,
+            collect,
+        });
+    }
+    std::fs::create_dir_all(dir.join("logs")).map_err(|e| Error::io(dir.join("logs"), e))?;
     let mut jobs = String::new();
     for piece in &todo {
         jobs += &format!("{command} --only {piece}\n");
     }
     crate::fsutil::atomic_write(&dir.join("jobs.txt"), jobs.as_bytes())?;
-    let r = &spec.resources;
-    let header = |name: &str, output: &str, extra: &str| {
-        format!(
-            "#!/bin/bash\n#SBATCH --job-name={name}\n{extra}{}#SBATCH --output={logs}/{output}\n#SBATCH --chdir={}\n",
-            r.directives(),
-            spec.out
-        )
+    let scripts = Scripts {
+        spec,
+        command: &command,
+        jdir: format!("{}/jobs", spec.out),
     };
-    // The body after the directives: one piece, its output appended to its log with a header
-    // line and the exit status, tsd's threads matched to the CPUs Slurm granted. tsd runs in the
-    // background so that the shell can forward SIGTERM / SIGINT to it (Slurm's `--signal=B:`
-    // warning reaches only the batch shell) and then wait for its own exit status ([`WAIT`]).
-    let body = |prelude: &str, piece_expr: &str, what: &str| {
-        format!(
-            "set -euo pipefail\n{prelude}piece={piece_expr}\nlog={}/\"$piece\".log\nexport RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\necho \"== $(date -u +%FT%TZ) Slurm job ${{SLURM_JOB_ID:-?}} on $(hostname): $piece\" >>\"$log\"\n{FORWARD}{command} {what} >>\"$log\" 2>&1 &\n{WAIT}echo \"== exit $rc\" >>\"$log\"\nexit \"$rc\"\n",
-            sh(&logs),
-            r.cpus
-        )
-    };
-    let array_spec = match r.max_parallel {
-        Some(k) => format!("1-{}%{k}", todo.len()),
-        None => format!("1-{}", todo.len()),
-    };
-    let list: Vec<String> = todo.iter().map(|x| sh(x)).collect();
-    let array = format!(
-        "{}# Task i runs piece i (line i of jobs.txt); re-run one task with `sbatch --array=I {jdir}/array.sbatch`.\n{}",
-        header(
-            "tsd-grid",
-            "slurm-%x-%A_%a.log",
-            &format!("#SBATCH --array={array_spec}\n")
-        ),
-        body(
-            &format!("pieces=(\n  {}\n)\n", list.join("\n  ")),
-            "\"${pieces[$((SLURM_ARRAY_TASK_ID - 1))]}\"",
-            "--only \"$piece\""
-        )
-    );
-    crate::fsutil::atomic_write(&dir.join("array.sbatch"), array.as_bytes())?;
+    crate::fsutil::atomic_write(&dir.join("array.sbatch"), scripts.array(&todo).as_bytes())?;
     let collect_job = format!(
         "{}{}",
-        header("tsd-collect", "slurm-%x-%j.log", ""),
-        body("", "collect", "--collect")
+        scripts.header("tsd-collect", "slurm-%x-%j.log", ""),
+        scripts.body("", "collect", "--collect")
     );
     crate::fsutil::atomic_write(&dir.join("collect.sbatch"), collect_job.as_bytes())?;
     let prep_path = dir.join("prepare.sbatch");
     if let Some(piece) = &pre {
         let prep = format!(
             "{}{}",
-            header("tsd-lr-check", "slurm-%x-%j.log", ""),
-            body("", piece, &format!("--only {piece}"))
+            scripts.header("tsd-lr-check", "slurm-%x-%j.log", ""),
+            scripts.body("", piece, &format!("--only {piece}"))
         );
         crate::fsutil::atomic_write(&prep_path, prep.as_bytes())?;
     } else if prep_path.exists() {
         std::fs::remove_file(&prep_path).map_err(|e| Error::io(&prep_path, e))?;
     }
-    let submit_array = match &pre {
-        Some(_) => "pre=$(sbatch --parsable \"$d/prepare.sbatch\")\npre=${pre%%;*}\necho \"lr-check job $pre\"\narr=$(sbatch --parsable --kill-on-invalid-dep=yes --dependency=afterok:\"$pre\" \"$d/array.sbatch\")\n",
-        None => "arr=$(sbatch --parsable \"$d/array.sbatch\")\n",
+    write_submit(&dir, spec, pre.is_some(), &todo, &collect)?;
+    Ok(Emitted {
+        dir,
+        pieces: todo,
+        prepare: pre.is_some(),
+        running,
+        collect,
+    })
+}
+
+/// The pieces to emit: the lr check (if the preset has one), the array's pieces, and the pieces
+/// another process runs; with `spec.only_missing`, only the unfinished ones.
+fn select_pieces(
+    p: &Preset,
+    spec: &JobSpec,
+    out: &Path,
+) -> Result<(Option<String>, Vec<String>, Vec<String>)> {
+    let (pre, mut todo) = pieces(p);
+    if !spec.only_missing {
+        return Ok((pre, todo, Vec::new()));
+    }
+    let st = status(p, out)?;
+    let keep = |name: &str| {
+        st.iter()
+            .find(|s| s.piece == name)
+            .is_some_and(|s| matches!(s.state, PieceState::Unfinished(_)))
+    };
+    let running = st
+        .iter()
+        .filter(|s| s.state == PieceState::Running)
+        .map(|s| s.piece.clone())
+        .collect();
+    let pre = pre.filter(|x| keep(x));
+    todo.retain(|x| keep(x));
+    Ok((pre, todo, running))
+}
+
+/// The batch scripts' common parts: directives and the body that runs one piece.
+struct Scripts<'a> {
+    spec: &'a JobSpec,
+    /// The tsd command every job repeats, quoted for the shell.
+    command: &'a str,
+    /// `OUT/jobs` as the jobs see it.
+    jdir: String,
+}
+
+impl Scripts<'_> {
+    /// The shebang and every `#SBATCH` line of one script.
+    fn header(&self, name: &str, output: &str, extra: &str) -> String {
+        format!(
+            "#!/bin/bash\n#SBATCH --job-name={name}\n{extra}{}#SBATCH --output={}/logs/{output}\n#SBATCH --chdir={}\n",
+            self.spec.resources.directives(),
+            self.jdir,
+            self.spec.out
+        )
+    }
+
+    /// The body after the directives: one piece, its output appended to its log with a header
+    /// line and the exit status, tsd's threads matched to the CPUs Slurm granted. tsd runs in the
+    /// background so that the shell can forward SIGTERM / SIGINT to it (Slurm's `--signal=B:`
+    /// warning reaches only the batch shell) and then wait for its own exit status ([`WAIT`]).
+    fn body(&self, prelude: &str, piece_expr: &str, what: &str) -> String {
+        format!(
+            "set -euo pipefail\n{prelude}piece={piece_expr}\nlog={}/\"$piece\".log\nexport RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\necho \"== $(date -u +%FT%TZ) Slurm job ${{SLURM_JOB_ID:-?}} on $(hostname): $piece\" >>\"$log\"\n{FORWARD}{} {what} >>\"$log\" 2>&1 &\n{WAIT}echo \"== exit $rc\" >>\"$log\"\nexit \"$rc\"\n",
+            sh(&format!("{}/logs", self.jdir)),
+            self.spec.resources.cpus,
+            self.command
+        )
+    }
+
+    /// `array.sbatch`: task i runs piece i of `todo`.
+    fn array(&self, todo: &[String]) -> String {
+        let array_spec = match self.spec.resources.max_parallel {
+            Some(k) => format!("1-{}%{k}", todo.len()),
+            None => format!("1-{}", todo.len()),
+        };
+        let list: Vec<String> = todo.iter().map(|x| sh(x)).collect();
+        format!(
+            "{}# Task i runs piece i (line i of jobs.txt); re-run one task with `sbatch --array=I {}/array.sbatch`.\n{}",
+            self.header(
+                "tsd-grid",
+                "slurm-%x-%A_%a.log",
+                &format!("#SBATCH --array={array_spec}\n")
+            ),
+            self.jdir,
+            self.body(
+                &format!("pieces=(\n  {}\n)\n", list.join("\n  ")),
+                "\"${pieces[$((SLURM_ARRAY_TASK_ID - 1))]}\"",
+                "--only \"$piece\""
+            )
+        )
+    }
+}
+
+/// `submit.sh` (executable): the lr check if `prepare`, the array after it, `--collect` after the
+/// array has ended.
+fn write_submit(
+    dir: &Path,
+    spec: &JobSpec,
+    prepare: bool,
+    todo: &[String],
+    collect: &str,
+) -> Result<()> {
+    let submit_array = if prepare {
+        "pre=$(sbatch --parsable \"$d/prepare.sbatch\")\npre=${pre%%;*}\necho \"lr-check job $pre\"\narr=$(sbatch --parsable --kill-on-invalid-dep=yes --dependency=afterok:\"$pre\" \"$d/array.sbatch\")\n"
+    } else {
+        "arr=$(sbatch --parsable \"$d/array.sbatch\")\n"
     };
     let submit = format!(
         "#!/bin/bash\n# Submits the grid: {}the array ({} tasks: {}), then --collect once the array has ended.\nset -euo pipefail\nd=$(cd \"$(dirname \"$0\")\" && pwd)\n{submit_array}arr=${{arr%%;*}}\necho \"array job $arr\"\ncol=$(sbatch --parsable --dependency=afterany:\"$arr\" \"$d/collect.sbatch\")\ncol=${{col%%;*}}\necho \"collect job $col\"\necho \"logs in $d/logs; results in {}/results.json once job $col has run, or run:\"\necho {}\n",
-        if pre.is_some() {
-            "the lr check, "
-        } else {
-            ""
-        },
+        if prepare { "the lr check, " } else { "" },
         todo.len(),
         todo.join(" "),
         spec.out,
-        sh(&collect)
+        sh(collect)
     );
     let f = dir.join("submit.sh");
     crate::fsutil::atomic_write(&f, submit.as_bytes())?;
@@ -504,13 +548,7 @@ pub fn emit_jobs(p: &Preset, spec: &JobSpec, out: &Path) -> Result<Emitted> {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| Error::io(&f, e))?;
     }
-    Ok(Emitted {
-        dir,
-        pieces: todo,
-        prepare: pre.is_some(),
-        running,
-        collect,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
