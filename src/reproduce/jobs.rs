@@ -9,6 +9,7 @@
 //! `OUT/jobs/logs/<piece>.log`, ending with `== exit N`; Slurm's own messages (a cancellation, a
 //! time limit) go to `OUT/jobs/logs/slurm-<job>-<id>.log`.
 
+use super::preset::Overrides;
 use super::{cells, lock, reference_cell, Preset};
 use crate::error::{Error, Result};
 use crate::train::trainer::RunRecord;
@@ -549,6 +550,154 @@ fn write_submit(
             .map_err(|e| Error::io(&f, e))?;
     }
     Ok(())
+}
+
+/// The flags that give the same overrides to a job (`--model` a path as the jobs see it when
+/// it names an existing path here).
+fn override_args(o: &Overrides, r: Option<&RemoteRoot>) -> Result<Vec<String>> {
+    let mut args: Vec<String> = Vec::new();
+    if let Some(m) = &o.model {
+        let m = if Path::new(m).exists() {
+            job_path(Path::new(m), r)?
+        } else {
+            m.clone()
+        };
+        args.extend(["--model".into(), m]);
+    }
+    if !o.seeds.is_empty() {
+        let s: Vec<String> = o.seeds.iter().map(u64::to_string).collect();
+        args.extend(["--seeds".into(), s.join(",")]);
+    }
+    if let Some(d) = &o.device {
+        args.extend(["--device".into(), d.clone()]);
+    }
+    if let Some(d) = &o.dtype {
+        args.extend(["--dtype".into(), d.clone()]);
+    }
+    if let Some(t) = o.train_on_inputs {
+        args.extend(["--train-on-inputs".into(), t.to_string()]);
+    }
+    if let Some(c) = o.controls {
+        args.extend(["--controls".into(), c.to_string()]);
+    }
+    if let Some(by) = o.tsd_by {
+        args.extend(["--tsd-by".into(), tsd_by_value(by).to_string()]);
+    }
+    Ok(args)
+}
+
+/// The `--tsd-by` value naming a ranking.
+fn tsd_by_value(by: crate::directions::Ranking) -> &'static str {
+    match by {
+        crate::directions::Ranking::ChangeRate => "change-rate",
+        crate::directions::Ranking::Enrichment => "enrichment",
+    }
+}
+
+/// The command line's changes to what each job requests (`None`: the preset's
+/// [`Resources::for_preset`]).
+#[derive(Clone, Debug, Default)]
+pub struct SlurmOverrides {
+    pub cpus: Option<usize>,
+    pub mem: Option<String>,
+    pub time: Option<String>,
+    pub gres: Option<String>,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub max_parallel: Option<usize>,
+    pub signal_grace: Option<u32>,
+    /// Further sbatch options, written as given.
+    pub extra: Vec<String>,
+}
+
+impl SlurmOverrides {
+    /// What each job of `p` requests, with these overrides.
+    pub fn resources(&self, p: &Preset) -> Resources {
+        let mut res = Resources::for_preset(p);
+        if let Some(v) = self.cpus {
+            res.cpus = v;
+        }
+        if let Some(v) = &self.mem {
+            res.mem = v.clone();
+        }
+        if let Some(v) = &self.time {
+            res.time = v.clone();
+        }
+        if let Some(v) = &self.gres {
+            res.gres = Some(v.clone());
+        }
+        res.partition = self.partition.clone();
+        res.account = self.account.clone();
+        res.max_parallel = self.max_parallel;
+        res.extra = self.extra.clone();
+        if let Some(v) = self.signal_grace {
+            res.signal_grace = v;
+        }
+        res
+    }
+}
+
+/// What `--emit-jobs` was asked for.
+#[derive(Clone, Debug)]
+pub struct EmitRequest<'a> {
+    /// The setting, overrides applied.
+    pub preset: &'a Preset,
+    /// The preset was read from `out` (the jobs name no `--preset` then).
+    pub from_dir: bool,
+    /// The invocation's overrides, repeated by every job.
+    pub overrides: &'a Overrides,
+    pub out: &'a Path,
+    pub data: &'a Path,
+    /// The tsd binary the jobs run (`None`: this one).
+    pub tsd: Option<PathBuf>,
+    /// `LOCAL=REMOTE` (see [`RemoteRoot`]).
+    pub remote_root: Option<String>,
+    pub slurm: SlurmOverrides,
+    /// Only the pieces that have not finished.
+    pub only_missing: bool,
+}
+
+/// `--emit-jobs`: checks the setting against `out` (writing its preset.json), then writes the
+/// jobs with every path absolute as the cluster sees it.
+pub fn emit(req: &EmitRequest) -> Result<Emitted> {
+    let p = req.preset;
+    if p.device.starts_with("cuda") && req.tsd.is_none() && !cfg!(feature = "cuda") {
+        return Err(Error::InvalidArgument(format!(
+            "preset {} runs on {}, but this tsd was built without the cuda feature: build one with `cargo build --release --features cuda` and emit with it, or name it with --tsd PATH",
+            p.name, p.device
+        )));
+    }
+    super::check_setup(p, req.data, req.out)?;
+    let remote = req
+        .remote_root
+        .as_deref()
+        .map(RemoteRoot::parse)
+        .transpose()?;
+    let r = remote.as_ref();
+    let exe = match &req.tsd {
+        Some(t) => t.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| Error::Internal(format!("locating this tsd binary: {e}")))?,
+    };
+    let mut args: Vec<String> = vec!["reproduce".into(), "commonsense".into()];
+    if !req.from_dir {
+        args.extend(["--preset".into(), p.name.clone()]);
+    }
+    args.extend([
+        "--out".into(),
+        job_path(req.out, r)?,
+        "--data".into(),
+        job_path(req.data, r)?,
+    ]);
+    args.extend(override_args(req.overrides, r)?);
+    let spec = JobSpec {
+        tsd: job_path(&exe, r)?,
+        args,
+        out: job_path(req.out, r)?,
+        resources: req.slurm.resources(p),
+        only_missing: req.only_missing,
+    };
+    emit_jobs(p, &spec, req.out)
 }
 
 #[cfg(test)]

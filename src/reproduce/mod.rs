@@ -31,7 +31,7 @@ pub mod summary;
 mod tests;
 
 pub use grid::{cells, check_setup, read_preset, reference_cell, Cell};
-pub use preset::{Preset, Protocol, ReferenceKind};
+pub use preset::{Overrides, Preset, Protocol, ReferenceKind, DEFAULT_PRESET};
 pub use results::{
     saved_curves, CapturePoint, CaptureSeries, LrCheck, LrTrial, PickDeltaSigma, Reproduction,
     RunCurves, RunResult, Scores, TaskScore, Timing, TypeNull, REPORT_FILE, RESULTS_FILE,

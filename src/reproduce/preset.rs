@@ -348,3 +348,62 @@ impl Preset {
         d
     }
 }
+
+/// The preset a run uses when none is named or recorded.
+pub const DEFAULT_PRESET: &str = "cpu";
+
+impl Preset {
+    /// The preset an invocation runs: the one recorded in `out` when only `out` is named (then
+    /// `true`: read from the directory), else `name` (default [`DEFAULT_PRESET`]).
+    pub fn chosen(name: Option<&str>, out: Option<&std::path::Path>) -> Result<(Preset, bool)> {
+        let saved = match (name, out) {
+            (None, Some(out)) => super::read_preset(out)?,
+            _ => None,
+        };
+        match saved {
+            Some(p) => Ok((p, true)),
+            None => Ok((Preset::named(name.unwrap_or(DEFAULT_PRESET))?, false)),
+        }
+    }
+}
+
+/// The command line's changes to a preset, each `None` (or empty) where the preset's own holds.
+/// [`Overrides::apply`] sets them; `--emit-jobs` repeats them in every job's command
+/// ([`super::jobs::emit`]).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub model: Option<String>,
+    pub seeds: Vec<u64>,
+    pub device: Option<String>,
+    pub dtype: Option<String>,
+    pub train_on_inputs: Option<bool>,
+    pub controls: Option<bool>,
+    pub tsd_by: Option<crate::directions::Ranking>,
+}
+
+impl Overrides {
+    /// `p` with every given override set.
+    pub fn apply(&self, p: &mut Preset) {
+        if let Some(m) = &self.model {
+            p.model = m.clone();
+        }
+        if !self.seeds.is_empty() {
+            p.seeds = self.seeds.clone();
+        }
+        if let Some(d) = &self.device {
+            p.device = d.clone();
+        }
+        if let Some(d) = &self.dtype {
+            p.dtype = d.clone();
+        }
+        if let Some(t) = self.train_on_inputs {
+            p.train_on_inputs = t;
+        }
+        if let Some(c) = self.controls {
+            p.controls = c;
+        }
+        if let Some(by) = self.tsd_by {
+            p.tsd_by = by;
+        }
+    }
+}
