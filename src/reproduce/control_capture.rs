@@ -125,21 +125,7 @@ impl Grid<'_> {
                 )?);
             }
             let b = base.as_deref().expect("just opened");
-            let opts = crate::inspect::InspectOptions {
-                keep_spectrum: true,
-                ..Default::default()
-            };
-            let look = |ck: &crate::run::Checkpoint| {
-                crate::inspect::inspect(
-                    &crate::adapter::load_adapter(&ck.adapter)?,
-                    b,
-                    None,
-                    &opts,
-                    cache,
-                    &|_| {},
-                )
-            };
-            let picks = controls::pick_pairs(&look(&dl)?, &look(&ll)?);
+            let picks = pick_pairs_at(&dl, &ll, b, cache)?;
             pairs.push(controls::DashPair {
                 dash_run: dash.name(),
                 lora_run: lora.name(),
@@ -246,4 +232,28 @@ fn measure_control(
         all,
         qkv: crate::track::TrackNull::over(rep.modules.iter().filter(|m| is_qkv(&m.module_type))),
     })
+}
+
+/// The Dash picks of checkpoint `dash` against the same directions in the LoRA checkpoint `lora`.
+fn pick_pairs_at(
+    dash: &crate::run::Checkpoint,
+    lora: &crate::run::Checkpoint,
+    base: &dyn WeightSource,
+    cache: &crate::linalg::cache::SvdCache,
+) -> Result<Vec<controls::PickPair>> {
+    let opts = crate::inspect::InspectOptions {
+        keep_spectrum: true,
+        ..Default::default()
+    };
+    let look = |ck: &crate::run::Checkpoint| {
+        crate::inspect::inspect(
+            &crate::adapter::load_adapter(&ck.adapter)?,
+            base,
+            None,
+            &opts,
+            cache,
+            &|_| {},
+        )
+    };
+    Ok(controls::pick_pairs(&look(dash)?, &look(lora)?))
 }
