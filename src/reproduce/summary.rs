@@ -1022,39 +1022,7 @@ fn verdict(s: &Summary, preset: &Preset, runs: &[RunData], base: Option<&Scores>
             runs.len()
         );
     }
-    let seeds = s.comparisons.iter().map(|c| c.seeds).max().unwrap_or(0);
-    let examples = s.comparisons.iter().map(|c| c.examples).max().unwrap_or(0);
-    let sig: Vec<&Comparison> = s
-        .comparisons
-        .iter()
-        .filter(|c| c.diff.excludes_zero())
-        .collect();
-    let largest = s
-        .comparisons
-        .iter()
-        .max_by(|a, b| a.diff.estimate.abs().total_cmp(&b.diff.estimate.abs()))
-        .expect("non-empty");
-    let mut out = if sig.is_empty() {
-        format!(
-            "LoRA-Dash and LoRA cannot be told apart at this scale: each of the {} comparisons (every LoRA-Dash rank against every LoRA rank, {p}, {examples} test examples × {seeds} seed(s)) has a 95 % interval that includes 0; the largest difference is {:+.1} points ({}, 95 % interval {:+.1} … {:+.1})",
-            s.comparisons.len(),
-            largest.diff.estimate,
-            largest.label(),
-            largest.diff.lo,
-            largest.diff.hi
-        )
-    } else {
-        let parts: Vec<String> = sig
-            .iter()
-            .map(|c| format!("{} = {} points", c.label(), c.diff.describe()))
-            .collect();
-        format!(
-            "{} of {} comparisons ({p}, {examples} test examples × {seeds} seed(s)) exclude 0 at 95 %: {}; the others include 0",
-            sig.len(),
-            s.comparisons.len(),
-            parts.join("; ")
-        )
-    };
+    let mut out = comparisons_sentence(s, p);
     if let Some(m) = s.mde {
         out += &format!(
             ". This run could have detected differences of about {m:.1} points (minimum detectable effect, median over comparisons), not smaller ones"
@@ -1106,6 +1074,43 @@ fn verdict(s: &Summary, preset: &Preset, runs: &[RunData], base: Option<&Scores>
         );
     }
     out
+}
+
+/// What the comparisons say (`s.comparisons` non-empty), under protocol `p`.
+fn comparisons_sentence(s: &Summary, p: &str) -> String {
+    let seeds = s.comparisons.iter().map(|c| c.seeds).max().unwrap_or(0);
+    let examples = s.comparisons.iter().map(|c| c.examples).max().unwrap_or(0);
+    let sig: Vec<&Comparison> = s
+        .comparisons
+        .iter()
+        .filter(|c| c.diff.excludes_zero())
+        .collect();
+    let largest = s
+        .comparisons
+        .iter()
+        .max_by(|a, b| a.diff.estimate.abs().total_cmp(&b.diff.estimate.abs()))
+        .expect("non-empty");
+    if sig.is_empty() {
+        format!(
+            "LoRA-Dash and LoRA cannot be told apart at this scale: each of the {} comparisons (every LoRA-Dash rank against every LoRA rank, {p}, {examples} test examples × {seeds} seed(s)) has a 95 % interval that includes 0; the largest difference is {:+.1} points ({}, 95 % interval {:+.1} … {:+.1})",
+            s.comparisons.len(),
+            largest.diff.estimate,
+            largest.label(),
+            largest.diff.lo,
+            largest.diff.hi
+        )
+    } else {
+        let parts: Vec<String> = sig
+            .iter()
+            .map(|c| format!("{} = {} points", c.label(), c.diff.describe()))
+            .collect();
+        format!(
+            "{} of {} comparisons ({p}, {examples} test examples × {seeds} seed(s)) exclude 0 at 95 %: {}; the others include 0",
+            sig.len(),
+            s.comparisons.len(),
+            parts.join("; ")
+        )
+    }
 }
 
 /// κ against each empirical control, all modules, per configuration.
