@@ -1,8 +1,8 @@
-use anyhow::Context;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
-use tsd::reproduce::{default_out, reproduce, Options, Preset, Reproduction};
+use tsd::reproduce::jobs::{self, EmitRequest, SlurmOverrides};
+use tsd::reproduce::{default_out, reproduce, Options, Overrides, Preset, Reproduction};
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -119,7 +119,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     if a.render_only {
         let out = match (&a.out, &a.preset) {
             (Some(o), _) => o.clone(),
-            (None, p) => default_out(p.as_deref().unwrap_or("cpu")),
+            (None, p) => default_out(p.as_deref().unwrap_or(tsd::reproduce::DEFAULT_PRESET)),
         };
         let (r, page) = tsd::render::reproduction::render_saved_reproduction(&out)?;
         print!("{}", tsd::render::reproduction::summary(&r));
@@ -130,41 +130,25 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let saved = match (&a.preset, &a.out) {
-        (None, Some(out)) => tsd::reproduce::read_preset(out)?,
-        _ => None,
-    };
-    let from_dir = saved.is_some();
-    let mut p = match saved {
-        Some(p) => p,
-        None => Preset::named(a.preset.as_deref().unwrap_or("cpu"))?,
-    };
-    if let Some(m) = &a.model {
-        p.model = m.clone();
-    }
-    if !a.seeds.is_empty() {
-        p.seeds = a.seeds.clone();
-    }
+    let (mut p, from_dir) = Preset::chosen(a.preset.as_deref(), a.out.as_deref())?;
     tsd::device::check_composed_env()?;
-    if let Some(d) = a.dev.device {
-        p.device = d.to_string();
-    }
-    if let Some(d) = a.dev.dtype {
-        p.dtype = d.to_string();
-    }
-    if let Some(t) = a.train_on_inputs {
-        p.train_on_inputs = t;
-    }
-    if let Some(c) = a.controls {
-        p.controls = c;
-    }
-    if let Some(by) = a.tsd_by {
-        p.tsd_by = by.ranking();
-    }
+    let overrides = a.overrides();
+    overrides.apply(&mut p);
     let out = a.out.clone().unwrap_or_else(|| default_out(&p.name));
     let data = tsd::env::data_dir(a.data.as_deref()).ok_or_else(|| super::input_error("no data directory: pass --data DIR (LLM-Adapters layout with <task>/train.json and <task>/test.json) or set TSD_DATA"))?;
     if a.emit_jobs {
-        return emit(&a, &p, from_dir, &out, &data);
+        let req = EmitRequest {
+            preset: &p,
+            from_dir,
+            overrides: &overrides,
+            out: &out,
+            data: &data,
+            tsd: a.slurm.tsd.clone(),
+            remote_root: a.slurm.remote_root.clone(),
+            slurm: a.slurm.overrides(),
+            only_missing: a.slurm.only_missing,
+        };
+        return print_emitted(&jobs::emit(&req)?, &out);
     }
     // SIGINT / SIGTERM (Slurm's warning and time limit): training stops after its current step
     // with a checkpoint saved; anywhere else (evaluation, capture) tsd exits at once. Either way
@@ -192,102 +176,40 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--emit-jobs`: checks the setting against OUT (writing its preset.json), then writes the jobs
-/// with every path absolute as the cluster sees it.
-fn emit(
-    a: &CommonsenseArgs,
-    p: &Preset,
-    from_dir: bool,
-    out: &std::path::Path,
-    data: &std::path::Path,
-) -> Result<()> {
-    use tsd::reproduce::jobs::{job_path, JobSpec, RemoteRoot, Resources};
-    if p.device.starts_with("cuda") && a.slurm.tsd.is_none() && !cfg!(feature = "cuda") {
-        return Err(tsd::Error::InvalidArgument(format!(
-            "preset {} runs on {}, but this tsd was built without the cuda feature: build one with `cargo build --release --features cuda` and emit with it, or name it with --tsd PATH",
-            p.name, p.device
-        ))
-        .into());
+impl CommonsenseArgs {
+    /// The flags that change the preset.
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            model: self.model.clone(),
+            seeds: self.seeds.clone(),
+            device: self.dev.device.map(|d| d.to_string()),
+            dtype: self.dev.dtype.map(|d| d.to_string()),
+            train_on_inputs: self.train_on_inputs,
+            controls: self.controls,
+            tsd_by: self.tsd_by.map(|by| by.ranking()),
+        }
     }
-    tsd::reproduce::check_setup(p, data, out)?;
-    let remote = a
-        .slurm
-        .remote_root
-        .as_deref()
-        .map(RemoteRoot::parse)
-        .transpose()?;
-    let r = remote.as_ref();
-    let exe = match &a.slurm.tsd {
-        Some(t) => t.clone(),
-        None => std::env::current_exe().context("locating this tsd binary")?,
-    };
-    let mut args: Vec<String> = vec!["reproduce".into(), "commonsense".into()];
-    if !from_dir {
-        args.extend(["--preset".into(), p.name.clone()]);
+}
+
+impl SlurmArgs {
+    /// The flags that change what each job requests.
+    fn overrides(&self) -> SlurmOverrides {
+        SlurmOverrides {
+            cpus: self.cpus,
+            mem: self.mem.clone(),
+            time: self.time.clone(),
+            gres: self.gres.clone(),
+            partition: self.partition.clone(),
+            account: self.account.clone(),
+            max_parallel: self.max_parallel,
+            signal_grace: self.signal_grace,
+            extra: self.sbatch_arg.clone(),
+        }
     }
-    args.extend([
-        "--out".into(),
-        job_path(out, r)?,
-        "--data".into(),
-        job_path(data, r)?,
-    ]);
-    if let Some(m) = &a.model {
-        let m = if std::path::Path::new(m).exists() {
-            job_path(std::path::Path::new(m), r)?
-        } else {
-            m.clone()
-        };
-        args.extend(["--model".into(), m]);
-    }
-    if !a.seeds.is_empty() {
-        let s: Vec<String> = a.seeds.iter().map(u64::to_string).collect();
-        args.extend(["--seeds".into(), s.join(",")]);
-    }
-    if let Some(d) = a.dev.device {
-        args.extend(["--device".into(), d.to_string()]);
-    }
-    if let Some(d) = a.dev.dtype {
-        args.extend(["--dtype".into(), d.to_string()]);
-    }
-    if let Some(t) = a.train_on_inputs {
-        args.extend(["--train-on-inputs".into(), t.to_string()]);
-    }
-    if let Some(c) = a.controls {
-        args.extend(["--controls".into(), c.to_string()]);
-    }
-    if let Some(by) = a.tsd_by {
-        let v = clap::ValueEnum::to_possible_value(&by).expect("no skipped variants");
-        args.extend(["--tsd-by".into(), v.get_name().to_string()]);
-    }
-    let s = &a.slurm;
-    let mut res = Resources::for_preset(p);
-    if let Some(v) = s.cpus {
-        res.cpus = v;
-    }
-    if let Some(v) = &s.mem {
-        res.mem = v.clone();
-    }
-    if let Some(v) = &s.time {
-        res.time = v.clone();
-    }
-    if let Some(v) = &s.gres {
-        res.gres = Some(v.clone());
-    }
-    res.partition = s.partition.clone();
-    res.account = s.account.clone();
-    res.max_parallel = s.max_parallel;
-    res.extra = s.sbatch_arg.clone();
-    if let Some(v) = s.signal_grace {
-        res.signal_grace = v;
-    }
-    let spec = JobSpec {
-        tsd: job_path(&exe, r)?,
-        args,
-        out: job_path(out, r)?,
-        resources: res,
-        only_missing: s.only_missing,
-    };
-    let e = tsd::reproduce::jobs::emit_jobs(p, &spec, out)?;
+}
+
+/// What `--emit-jobs` wrote, and how to submit and gather it.
+fn print_emitted(e: &jobs::Emitted, out: &std::path::Path) -> Result<()> {
     for piece in &e.running {
         eprintln!("reproduce: {piece} is running in another process: left out");
     }

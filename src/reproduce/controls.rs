@@ -11,10 +11,10 @@
 //! update (LoRA-Dash: its LoRA part), into `OUT/controls.json`.
 
 use super::Preset;
+use crate::data::{load_examples, Example};
 use crate::error::Result;
 use crate::names::Method;
 use crate::track::TrackNull;
-use crate::train::data::{load_examples, Example};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};

@@ -9,6 +9,7 @@
 //! `OUT/jobs/logs/<piece>.log`, ending with `== exit N`; Slurm's own messages (a cancellation, a
 //! time limit) go to `OUT/jobs/logs/slurm-<job>-<id>.log`.
 
+use super::preset::Overrides;
 use super::{cells, lock, reference_cell, Preset};
 use crate::error::{Error, Result};
 use crate::train::trainer::RunRecord;
@@ -379,122 +380,166 @@ pub fn emit_jobs(p: &Preset, spec: &JobSpec, out: &Path) -> Result<Emitted> {
         )));
     }
     let dir = out.join("jobs");
-    let (pre, mut todo) = pieces(p);
-    let mut pre = pre;
-    let mut running = Vec::new();
-    let collect = std::iter::once(&spec.tsd)
-        .chain(&spec.args)
-        .map(|a| sh(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-        + " --collect";
-    if spec.only_missing {
-        let st = status(p, out)?;
-        let keep = |name: &str| {
-            st.iter()
-                .find(|s| s.piece == name)
-                .is_some_and(|s| matches!(s.state, PieceState::Unfinished(_)))
-        };
-        running = st
-            .iter()
-            .filter(|s| s.state == PieceState::Running)
-            .map(|s| s.piece.clone())
-            .collect();
-        pre = pre.filter(|x| keep(x));
-        todo.retain(|x| keep(x));
-        if pre.is_none() && todo.is_empty() {
-            return Ok(Emitted {
-                dir,
-                pieces: todo,
-                prepare: false,
-                running,
-                collect,
-            });
-        }
-    }
-    let jdir = format!("{}/jobs", spec.out);
-    let logs = format!("{jdir}/logs");
-    std::fs::create_dir_all(dir.join("logs")).map_err(|e| Error::io(dir.join("logs"), e))?;
     let command = std::iter::once(&spec.tsd)
         .chain(&spec.args)
         .map(|a| sh(a))
         .collect::<Vec<_>>()
         .join(" ");
+    let collect = command.clone() + " --collect";
+    let (pre, todo, running) = select_pieces(p, spec, out)?;
+    if spec.only_missing && pre.is_none() && todo.is_empty() {
+        return Ok(Emitted {
+            dir,
+            pieces: todo,
+            prepare: false,
+            running,
+            collect,
+        });
+    }
+    std::fs::create_dir_all(dir.join("logs")).map_err(|e| Error::io(dir.join("logs"), e))?;
     let mut jobs = String::new();
     for piece in &todo {
         jobs += &format!("{command} --only {piece}\n");
     }
     crate::fsutil::atomic_write(&dir.join("jobs.txt"), jobs.as_bytes())?;
-    let r = &spec.resources;
-    let header = |name: &str, output: &str, extra: &str| {
-        format!(
-            "#!/bin/bash\n#SBATCH --job-name={name}\n{extra}{}#SBATCH --output={logs}/{output}\n#SBATCH --chdir={}\n",
-            r.directives(),
-            spec.out
-        )
+    let scripts = Scripts {
+        spec,
+        command: &command,
+        jdir: format!("{}/jobs", spec.out),
     };
-    // The body after the directives: one piece, its output appended to its log with a header
-    // line and the exit status, tsd's threads matched to the CPUs Slurm granted. tsd runs in the
-    // background so that the shell can forward SIGTERM / SIGINT to it (Slurm's `--signal=B:`
-    // warning reaches only the batch shell) and then wait for its own exit status ([`WAIT`]).
-    let body = |prelude: &str, piece_expr: &str, what: &str| {
-        format!(
-            "set -euo pipefail\n{prelude}piece={piece_expr}\nlog={}/\"$piece\".log\nexport RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\necho \"== $(date -u +%FT%TZ) Slurm job ${{SLURM_JOB_ID:-?}} on $(hostname): $piece\" >>\"$log\"\n{FORWARD}{command} {what} >>\"$log\" 2>&1 &\n{WAIT}echo \"== exit $rc\" >>\"$log\"\nexit \"$rc\"\n",
-            sh(&logs),
-            r.cpus
-        )
-    };
-    let array_spec = match r.max_parallel {
-        Some(k) => format!("1-{}%{k}", todo.len()),
-        None => format!("1-{}", todo.len()),
-    };
-    let list: Vec<String> = todo.iter().map(|x| sh(x)).collect();
-    let array = format!(
-        "{}# Task i runs piece i (line i of jobs.txt); re-run one task with `sbatch --array=I {jdir}/array.sbatch`.\n{}",
-        header(
-            "tsd-grid",
-            "slurm-%x-%A_%a.log",
-            &format!("#SBATCH --array={array_spec}\n")
-        ),
-        body(
-            &format!("pieces=(\n  {}\n)\n", list.join("\n  ")),
-            "\"${pieces[$((SLURM_ARRAY_TASK_ID - 1))]}\"",
-            "--only \"$piece\""
-        )
-    );
-    crate::fsutil::atomic_write(&dir.join("array.sbatch"), array.as_bytes())?;
+    crate::fsutil::atomic_write(&dir.join("array.sbatch"), scripts.array(&todo).as_bytes())?;
     let collect_job = format!(
         "{}{}",
-        header("tsd-collect", "slurm-%x-%j.log", ""),
-        body("", "collect", "--collect")
+        scripts.header("tsd-collect", "slurm-%x-%j.log", ""),
+        scripts.body("", "collect", "--collect")
     );
     crate::fsutil::atomic_write(&dir.join("collect.sbatch"), collect_job.as_bytes())?;
     let prep_path = dir.join("prepare.sbatch");
     if let Some(piece) = &pre {
         let prep = format!(
             "{}{}",
-            header("tsd-lr-check", "slurm-%x-%j.log", ""),
-            body("", piece, &format!("--only {piece}"))
+            scripts.header("tsd-lr-check", "slurm-%x-%j.log", ""),
+            scripts.body("", piece, &format!("--only {piece}"))
         );
         crate::fsutil::atomic_write(&prep_path, prep.as_bytes())?;
     } else if prep_path.exists() {
         std::fs::remove_file(&prep_path).map_err(|e| Error::io(&prep_path, e))?;
     }
-    let submit_array = match &pre {
-        Some(_) => "pre=$(sbatch --parsable \"$d/prepare.sbatch\")\npre=${pre%%;*}\necho \"lr-check job $pre\"\narr=$(sbatch --parsable --kill-on-invalid-dep=yes --dependency=afterok:\"$pre\" \"$d/array.sbatch\")\n",
-        None => "arr=$(sbatch --parsable \"$d/array.sbatch\")\n",
+    write_submit(&dir, spec, pre.is_some(), &todo, &collect)?;
+    Ok(Emitted {
+        dir,
+        pieces: todo,
+        prepare: pre.is_some(),
+        running,
+        collect,
+    })
+}
+
+/// The pieces to emit: the lr check (if the preset has one), the array's pieces, and the pieces
+/// another process runs; with `spec.only_missing`, only the unfinished ones.
+fn select_pieces(
+    p: &Preset,
+    spec: &JobSpec,
+    out: &Path,
+) -> Result<(Option<String>, Vec<String>, Vec<String>)> {
+    let (pre, mut todo) = pieces(p);
+    if !spec.only_missing {
+        return Ok((pre, todo, Vec::new()));
+    }
+    let st = status(p, out)?;
+    let keep = |name: &str| {
+        st.iter()
+            .find(|s| s.piece == name)
+            .is_some_and(|s| matches!(s.state, PieceState::Unfinished(_)))
+    };
+    let running = st
+        .iter()
+        .filter(|s| s.state == PieceState::Running)
+        .map(|s| s.piece.clone())
+        .collect();
+    let pre = pre.filter(|x| keep(x));
+    todo.retain(|x| keep(x));
+    Ok((pre, todo, running))
+}
+
+/// The batch scripts' common parts: directives and the body that runs one piece.
+struct Scripts<'a> {
+    spec: &'a JobSpec,
+    /// The tsd command every job repeats, quoted for the shell.
+    command: &'a str,
+    /// `OUT/jobs` as the jobs see it.
+    jdir: String,
+}
+
+impl Scripts<'_> {
+    /// The shebang and every `#SBATCH` line of one script.
+    fn header(&self, name: &str, output: &str, extra: &str) -> String {
+        format!(
+            "#!/bin/bash\n#SBATCH --job-name={name}\n{extra}{}#SBATCH --output={}/logs/{output}\n#SBATCH --chdir={}\n",
+            self.spec.resources.directives(),
+            self.jdir,
+            self.spec.out
+        )
+    }
+
+    /// The body after the directives: one piece, its output appended to its log with a header
+    /// line and the exit status, tsd's threads matched to the CPUs Slurm granted. tsd runs in the
+    /// background so that the shell can forward SIGTERM / SIGINT to it (Slurm's `--signal=B:`
+    /// warning reaches only the batch shell) and then wait for its own exit status ([`WAIT`]).
+    fn body(&self, prelude: &str, piece_expr: &str, what: &str) -> String {
+        format!(
+            "set -euo pipefail\n{prelude}piece={piece_expr}\nlog={}/\"$piece\".log\nexport RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\necho \"== $(date -u +%FT%TZ) Slurm job ${{SLURM_JOB_ID:-?}} on $(hostname): $piece\" >>\"$log\"\n{FORWARD}{} {what} >>\"$log\" 2>&1 &\n{WAIT}echo \"== exit $rc\" >>\"$log\"\nexit \"$rc\"\n",
+            sh(&format!("{}/logs", self.jdir)),
+            self.spec.resources.cpus,
+            self.command
+        )
+    }
+
+    /// `array.sbatch`: task i runs piece i of `todo`.
+    fn array(&self, todo: &[String]) -> String {
+        let array_spec = match self.spec.resources.max_parallel {
+            Some(k) => format!("1-{}%{k}", todo.len()),
+            None => format!("1-{}", todo.len()),
+        };
+        let list: Vec<String> = todo.iter().map(|x| sh(x)).collect();
+        format!(
+            "{}# Task i runs piece i (line i of jobs.txt); re-run one task with `sbatch --array=I {}/array.sbatch`.\n{}",
+            self.header(
+                "tsd-grid",
+                "slurm-%x-%A_%a.log",
+                &format!("#SBATCH --array={array_spec}\n")
+            ),
+            self.jdir,
+            self.body(
+                &format!("pieces=(\n  {}\n)\n", list.join("\n  ")),
+                "\"${pieces[$((SLURM_ARRAY_TASK_ID - 1))]}\"",
+                "--only \"$piece\""
+            )
+        )
+    }
+}
+
+/// `submit.sh` (executable): the lr check if `prepare`, the array after it, `--collect` after the
+/// array has ended.
+fn write_submit(
+    dir: &Path,
+    spec: &JobSpec,
+    prepare: bool,
+    todo: &[String],
+    collect: &str,
+) -> Result<()> {
+    let submit_array = if prepare {
+        "pre=$(sbatch --parsable \"$d/prepare.sbatch\")\npre=${pre%%;*}\necho \"lr-check job $pre\"\narr=$(sbatch --parsable --kill-on-invalid-dep=yes --dependency=afterok:\"$pre\" \"$d/array.sbatch\")\n"
+    } else {
+        "arr=$(sbatch --parsable \"$d/array.sbatch\")\n"
     };
     let submit = format!(
         "#!/bin/bash\n# Submits the grid: {}the array ({} tasks: {}), then --collect once the array has ended.\nset -euo pipefail\nd=$(cd \"$(dirname \"$0\")\" && pwd)\n{submit_array}arr=${{arr%%;*}}\necho \"array job $arr\"\ncol=$(sbatch --parsable --dependency=afterany:\"$arr\" \"$d/collect.sbatch\")\ncol=${{col%%;*}}\necho \"collect job $col\"\necho \"logs in $d/logs; results in {}/results.json once job $col has run, or run:\"\necho {}\n",
-        if pre.is_some() {
-            "the lr check, "
-        } else {
-            ""
-        },
+        if prepare { "the lr check, " } else { "" },
         todo.len(),
         todo.join(" "),
         spec.out,
-        sh(&collect)
+        sh(collect)
     );
     let f = dir.join("submit.sh");
     crate::fsutil::atomic_write(&f, submit.as_bytes())?;
@@ -504,13 +549,155 @@ pub fn emit_jobs(p: &Preset, spec: &JobSpec, out: &Path) -> Result<Emitted> {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| Error::io(&f, e))?;
     }
-    Ok(Emitted {
-        dir,
-        pieces: todo,
-        prepare: pre.is_some(),
-        running,
-        collect,
-    })
+    Ok(())
+}
+
+/// The flags that give the same overrides to a job (`--model` a path as the jobs see it when
+/// it names an existing path here).
+fn override_args(o: &Overrides, r: Option<&RemoteRoot>) -> Result<Vec<String>> {
+    let mut args: Vec<String> = Vec::new();
+    if let Some(m) = &o.model {
+        let m = if Path::new(m).exists() {
+            job_path(Path::new(m), r)?
+        } else {
+            m.clone()
+        };
+        args.extend(["--model".into(), m]);
+    }
+    if !o.seeds.is_empty() {
+        let s: Vec<String> = o.seeds.iter().map(u64::to_string).collect();
+        args.extend(["--seeds".into(), s.join(",")]);
+    }
+    if let Some(d) = &o.device {
+        args.extend(["--device".into(), d.clone()]);
+    }
+    if let Some(d) = &o.dtype {
+        args.extend(["--dtype".into(), d.clone()]);
+    }
+    if let Some(t) = o.train_on_inputs {
+        args.extend(["--train-on-inputs".into(), t.to_string()]);
+    }
+    if let Some(c) = o.controls {
+        args.extend(["--controls".into(), c.to_string()]);
+    }
+    if let Some(by) = o.tsd_by {
+        args.extend(["--tsd-by".into(), tsd_by_value(by).to_string()]);
+    }
+    Ok(args)
+}
+
+/// The `--tsd-by` value naming a ranking.
+fn tsd_by_value(by: crate::directions::Ranking) -> &'static str {
+    match by {
+        crate::directions::Ranking::ChangeRate => "change-rate",
+        crate::directions::Ranking::Enrichment => "enrichment",
+    }
+}
+
+/// The command line's changes to what each job requests (`None`: the preset's
+/// [`Resources::for_preset`]).
+#[derive(Clone, Debug, Default)]
+pub struct SlurmOverrides {
+    pub cpus: Option<usize>,
+    pub mem: Option<String>,
+    pub time: Option<String>,
+    pub gres: Option<String>,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub max_parallel: Option<usize>,
+    pub signal_grace: Option<u32>,
+    /// Further sbatch options, written as given.
+    pub extra: Vec<String>,
+}
+
+impl SlurmOverrides {
+    /// What each job of `p` requests, with these overrides.
+    pub fn resources(&self, p: &Preset) -> Resources {
+        let mut res = Resources::for_preset(p);
+        if let Some(v) = self.cpus {
+            res.cpus = v;
+        }
+        if let Some(v) = &self.mem {
+            res.mem = v.clone();
+        }
+        if let Some(v) = &self.time {
+            res.time = v.clone();
+        }
+        if let Some(v) = &self.gres {
+            res.gres = Some(v.clone());
+        }
+        res.partition = self.partition.clone();
+        res.account = self.account.clone();
+        res.max_parallel = self.max_parallel;
+        res.extra = self.extra.clone();
+        if let Some(v) = self.signal_grace {
+            res.signal_grace = v;
+        }
+        res
+    }
+}
+
+/// What `--emit-jobs` was asked for.
+#[derive(Clone, Debug)]
+pub struct EmitRequest<'a> {
+    /// The setting, overrides applied.
+    pub preset: &'a Preset,
+    /// The preset was read from `out` (the jobs name no `--preset` then).
+    pub from_dir: bool,
+    /// The invocation's overrides, repeated by every job.
+    pub overrides: &'a Overrides,
+    pub out: &'a Path,
+    pub data: &'a Path,
+    /// The tsd binary the jobs run (`None`: this one).
+    pub tsd: Option<PathBuf>,
+    /// `LOCAL=REMOTE` (see [`RemoteRoot`]).
+    pub remote_root: Option<String>,
+    pub slurm: SlurmOverrides,
+    /// Only the pieces that have not finished.
+    pub only_missing: bool,
+}
+
+/// `--emit-jobs`: checks the setting against `out` (writing its preset.json), then writes the
+/// jobs with every path absolute as the cluster sees it.
+pub fn emit(req: &EmitRequest) -> Result<Emitted> {
+    let p = req.preset;
+    if p.device.starts_with("cuda") && req.tsd.is_none() && !cfg!(feature = "cuda") {
+        return Err(Error::InvalidArgument(format!(
+            "preset {} runs on {}, but this tsd was built without the cuda feature: build one with `cargo build --release --features cuda` and emit with it, or name it with --tsd PATH",
+            p.name, p.device
+        )));
+    }
+    super::check_setup(p, req.data, req.out)?;
+    let remote = req
+        .remote_root
+        .as_deref()
+        .map(RemoteRoot::parse)
+        .transpose()?;
+    let r = remote.as_ref();
+    let exe = match &req.tsd {
+        Some(t) => t.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| Error::Internal(format!("locating this tsd binary: {e}")))?,
+    };
+    let mut args: Vec<String> = vec!["reproduce".into(), "commonsense".into()];
+    if !req.from_dir {
+        args.extend(["--preset".into(), p.name.clone()]);
+    }
+    args.extend([
+        "--out".into(),
+        job_path(req.out, r)?,
+        "--data".into(),
+        job_path(req.data, r)?,
+    ]);
+    args.extend(override_args(req.overrides, r)?);
+    let spec = JobSpec {
+        tsd: job_path(&exe, r)?,
+        args,
+        out: job_path(req.out, r)?,
+        resources: req.slurm.resources(p),
+        only_missing: req.only_missing,
+    };
+    emit_jobs(p, &spec, req.out)
 }
 
 #[cfg(test)]

@@ -101,107 +101,121 @@ fn all_eval_tasks() -> Vec<String> {
 impl Preset {
     /// `smoke`, `cpu` or `paper`.
     pub fn named(name: &str) -> Result<Self> {
-        let four = names(&["boolq", "ARC-Easy", "ARC-Challenge", "openbookqa"]);
         match name {
-            "smoke" => Ok(Preset {
-                name: name.into(),
-                model: "default".into(),
-                train_tasks: names(&["ARC-Easy"]),
-                eval_tasks: names(&["boolq", "ARC-Easy"]),
-                lora_ranks: vec![1, 4],
-                dash_ranks: vec![1],
-                seeds: vec![1],
-                steps: Some(6),
-                epochs: 1.0,
-                top_layers: Some(2),
-                lr_candidates: vec![1e-3, 3e-3],
-                lr_check_steps: 3,
-                lr_check_rank: 1,
-                full_lr_scale: 0.1,
-                batch_size: 4,
-                micro_batch_size: 4,
-                cutoff_len: 128,
-                max_examples_per_task: Some(40),
-                val_size: 8,
-                dash_t: 3,
-                save_every: 3,
-                train_on_inputs: false,
-                protocol: Protocol::Loglik,
-                loglik_limit: Some(6),
-                generate_limit: Some(2),
-                reference: ReferenceKind::FullFineTune,
-                device: "cpu".into(),
-                dtype: "f32".into(),
-                controls: false,
-                tsd_by: Default::default(),
-            }),
-            "cpu" => Ok(Preset {
-                name: name.into(),
-                model: "default".into(),
-                train_tasks: four,
-                eval_tasks: all_eval_tasks(),
-                lora_ranks: vec![1, 16],
-                dash_ranks: vec![1],
-                seeds: vec![1, 2, 3],
-                steps: Some(200),
-                epochs: 1.0,
-                top_layers: Some(2),
-                lr_candidates: vec![4e-3, 8e-3, 1.6e-2],
-                lr_check_steps: 50,
-                lr_check_rank: 4,
-                full_lr_scale: 0.1,
-                batch_size: 8,
-                micro_batch_size: 8,
-                cutoff_len: 256,
-                max_examples_per_task: Some(150),
-                val_size: 48,
-                dash_t: 50,
-                save_every: 50,
-                train_on_inputs: false,
-                protocol: Protocol::Loglik,
-                loglik_limit: Some(200),
-                generate_limit: Some(20),
-                reference: ReferenceKind::FullFineTune,
-                device: "cpu".into(),
-                dtype: "f32".into(),
-                controls: true,
-                tsd_by: Default::default(),
-            }),
-            "paper" => Ok(Preset {
-                name: name.into(),
-                model: "huggyllama/llama-7b".into(),
-                train_tasks: names(&["commonsense_170k"]),
-                eval_tasks: all_eval_tasks(),
-                lora_ranks: vec![4, 8, 16, 32, 64],
-                dash_ranks: vec![4, 8, 16, 32, 64],
-                seeds: vec![42],
-                steps: None,
-                epochs: 3.0,
-                top_layers: None,
-                lr_candidates: vec![2e-4],
-                lr_check_steps: 0,
-                lr_check_rank: 0,
-                full_lr_scale: 0.1,
-                batch_size: 16,
-                micro_batch_size: 4,
-                cutoff_len: 256,
-                max_examples_per_task: None,
-                val_size: 120,
-                dash_t: 100,
-                save_every: 1000,
-                train_on_inputs: true,
-                protocol: Protocol::Generate,
-                loglik_limit: Some(0),
-                generate_limit: None,
-                reference: ReferenceKind::HighestRankLora,
-                device: "cuda".into(),
-                dtype: "bf16".into(),
-                controls: false,
-                tsd_by: Default::default(),
-            }),
+            "smoke" => Ok(Preset::smoke()),
+            "cpu" => Ok(Preset::cpu()),
+            "paper" => Ok(Preset::paper()),
             o => Err(Error::InvalidArgument(format!(
                 "preset `{o}`: expected smoke, cpu or paper"
             ))),
+        }
+    }
+
+    /// Minutes on the default model: every piece of the grid, none of its statistics.
+    fn smoke() -> Self {
+        Preset {
+            name: "smoke".into(),
+            model: "default".into(),
+            train_tasks: names(&["ARC-Easy"]),
+            eval_tasks: names(&["boolq", "ARC-Easy"]),
+            lora_ranks: vec![1, 4],
+            dash_ranks: vec![1],
+            seeds: vec![1],
+            steps: Some(6),
+            epochs: 1.0,
+            top_layers: Some(2),
+            lr_candidates: vec![1e-3, 3e-3],
+            lr_check_steps: 3,
+            lr_check_rank: 1,
+            full_lr_scale: 0.1,
+            batch_size: 4,
+            micro_batch_size: 4,
+            cutoff_len: 128,
+            max_examples_per_task: Some(40),
+            val_size: 8,
+            dash_t: 3,
+            save_every: 3,
+            train_on_inputs: false,
+            protocol: Protocol::Loglik,
+            loglik_limit: Some(6),
+            generate_limit: Some(2),
+            reference: ReferenceKind::FullFineTune,
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            controls: false,
+            tsd_by: Default::default(),
+        }
+    }
+
+    /// The documented 2-core scale-down.
+    fn cpu() -> Self {
+        Preset {
+            name: "cpu".into(),
+            model: "default".into(),
+            train_tasks: names(&["boolq", "ARC-Easy", "ARC-Challenge", "openbookqa"]),
+            eval_tasks: all_eval_tasks(),
+            lora_ranks: vec![1, 16],
+            dash_ranks: vec![1],
+            seeds: vec![1, 2, 3],
+            steps: Some(200),
+            epochs: 1.0,
+            top_layers: Some(2),
+            lr_candidates: vec![4e-3, 8e-3, 1.6e-2],
+            lr_check_steps: 50,
+            lr_check_rank: 4,
+            full_lr_scale: 0.1,
+            batch_size: 8,
+            micro_batch_size: 8,
+            cutoff_len: 256,
+            max_examples_per_task: Some(150),
+            val_size: 48,
+            dash_t: 50,
+            save_every: 50,
+            train_on_inputs: false,
+            protocol: Protocol::Loglik,
+            loglik_limit: Some(200),
+            generate_limit: Some(20),
+            reference: ReferenceKind::FullFineTune,
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            controls: true,
+            tsd_by: Default::default(),
+        }
+    }
+
+    /// The paper's protocol (LLaMA-7B, commonsense_170k, 3 epochs), for CUDA machines.
+    fn paper() -> Self {
+        Preset {
+            name: "paper".into(),
+            model: "huggyllama/llama-7b".into(),
+            train_tasks: names(&["commonsense_170k"]),
+            eval_tasks: all_eval_tasks(),
+            lora_ranks: vec![4, 8, 16, 32, 64],
+            dash_ranks: vec![4, 8, 16, 32, 64],
+            seeds: vec![42],
+            steps: None,
+            epochs: 3.0,
+            top_layers: None,
+            lr_candidates: vec![2e-4],
+            lr_check_steps: 0,
+            lr_check_rank: 0,
+            full_lr_scale: 0.1,
+            batch_size: 16,
+            micro_batch_size: 4,
+            cutoff_len: 256,
+            max_examples_per_task: None,
+            val_size: 120,
+            dash_t: 100,
+            save_every: 1000,
+            train_on_inputs: true,
+            protocol: Protocol::Generate,
+            loglik_limit: Some(0),
+            generate_limit: None,
+            reference: ReferenceKind::HighestRankLora,
+            device: "cuda".into(),
+            dtype: "bf16".into(),
+            controls: false,
+            tsd_by: Default::default(),
         }
     }
 
@@ -332,5 +346,64 @@ impl Preset {
             d.push(format!("{t}: test set not available here, not evaluated"));
         }
         d
+    }
+}
+
+/// The preset a run uses when none is named or recorded.
+pub const DEFAULT_PRESET: &str = "cpu";
+
+impl Preset {
+    /// The preset an invocation runs: the one recorded in `out` when only `out` is named (then
+    /// `true`: read from the directory), else `name` (default [`DEFAULT_PRESET`]).
+    pub fn chosen(name: Option<&str>, out: Option<&std::path::Path>) -> Result<(Preset, bool)> {
+        let saved = match (name, out) {
+            (None, Some(out)) => super::read_preset(out)?,
+            _ => None,
+        };
+        match saved {
+            Some(p) => Ok((p, true)),
+            None => Ok((Preset::named(name.unwrap_or(DEFAULT_PRESET))?, false)),
+        }
+    }
+}
+
+/// The command line's changes to a preset, each `None` (or empty) where the preset's own holds.
+/// [`Overrides::apply`] sets them; `--emit-jobs` repeats them in every job's command
+/// ([`super::jobs::emit`]).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub model: Option<String>,
+    pub seeds: Vec<u64>,
+    pub device: Option<String>,
+    pub dtype: Option<String>,
+    pub train_on_inputs: Option<bool>,
+    pub controls: Option<bool>,
+    pub tsd_by: Option<crate::directions::Ranking>,
+}
+
+impl Overrides {
+    /// `p` with every given override set.
+    pub fn apply(&self, p: &mut Preset) {
+        if let Some(m) = &self.model {
+            p.model = m.clone();
+        }
+        if !self.seeds.is_empty() {
+            p.seeds = self.seeds.clone();
+        }
+        if let Some(d) = &self.device {
+            p.device = d.clone();
+        }
+        if let Some(d) = &self.dtype {
+            p.dtype = d.clone();
+        }
+        if let Some(t) = self.train_on_inputs {
+            p.train_on_inputs = t;
+        }
+        if let Some(c) = self.controls {
+            p.controls = c;
+        }
+        if let Some(by) = self.tsd_by {
+            p.tsd_by = by;
+        }
     }
 }

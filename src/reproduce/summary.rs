@@ -14,8 +14,9 @@
 //! 2.5th and 97.5th percentiles form the interval; its standard deviation is the standard error,
 //! and `(z₀.₉₇₅ + z₀.₈) · SE` the difference this run would detect with 80 % power at the 5 % level.
 
-use super::{Method, Preset, Protocol, RunResult, Scores};
+use super::{Preset, Protocol, RunResult, Scores};
 use crate::error::{Error, Result};
+use crate::names::Method;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -692,210 +693,15 @@ pub fn summarize(
     controls: &[super::controls::ControlCapture],
     dash_pairs: &[super::controls::DashPair],
 ) -> Result<Summary> {
-    let mut lora_ranks = preset.lora_ranks.clone();
-    lora_ranks.sort();
-    let mut dash_ranks = preset.dash_ranks.clone();
-    dash_ranks.sort();
-    let max_lora = lora_ranks.last().copied().unwrap_or(0);
-    let mut configs = Vec::new();
-    for (m, ranks) in [(Method::Lora, &lora_ranks), (Method::LoraDash, &dash_ranks)] {
-        for &k in ranks.iter() {
-            let v = of(runs, m, k);
-            if v.is_empty() {
-                continue;
-            }
-            let avgs: Vec<f64> = v.iter().map(|r| r.result.average()).collect();
-            let (mean, spread) = mean_spread(&avgs);
-            let outs: Vec<&Outcomes> = v.iter().map(|r| &r.outcomes).collect();
-            let mean_of = |f: &dyn Fn(&RunResult) -> Option<f64>| {
-                crate::stats::mean(&v.iter().filter_map(|r| f(r.result)).collect::<Vec<_>>())
-            };
-            configs.push(ConfigStats {
-                method: m,
-                rank: k,
-                seeds: v.iter().map(|r| r.result.seed).collect(),
-                trainable_params: mean_of(&|r| Some(r.trainable_params as f64)).unwrap_or(0.0),
-                trainable_pct: mean_of(&|r| Some(r.trainable_pct)).unwrap_or(0.0),
-                mean,
-                spread,
-                ci: pair(&outs, None, None).map(|p| bootstrap(&p)),
-                generate_mean: mean_of(&|r| r.scores.generate_avg),
-                unparseable_mean: mean_of(&|r| r.scores.unparseable_rate),
-            });
-        }
-    }
-    let dash_mean = |k: usize| {
-        configs
-            .iter()
-            .find(|c| c.method == Method::LoraDash && c.rank == k)
-            .map_or(0.0, |c| c.mean)
-    };
-    // Chance per task, from the gold answers of the first run's examples.
-    let mut chance = Vec::new();
-    if let Some(first) = runs.first() {
-        for (t, ex) in &first.outcomes {
-            let mut freq: BTreeMap<&str, usize> = BTreeMap::new();
-            for e in ex {
-                *freq.entry(e.2.as_str()).or_default() += 1;
-            }
-            let n = ex.len();
-            let majority =
-                100.0 * freq.values().copied().max().unwrap_or(0) as f64 / n.max(1) as f64;
-            let labels = crate::eval::task(t).map_or(0, |k| k.labels.len());
-            let above = runs
-                .iter()
-                .filter(|r| {
-                    r.outcomes.get(t).is_some_and(|o| {
-                        let k = o.iter().filter(|x| x.1).count();
-                        100.0 * wilson_lower(k, o.len()) > majority
-                    })
-                })
-                .count();
-            chance.push(TaskChance {
-                task: t.clone(),
-                examples: n,
-                uniform: if labels > 0 {
-                    100.0 / labels as f64
-                } else {
-                    0.0
-                },
-                majority,
-                runs: runs.len(),
-                runs_above: above,
-                at_chance: above == 0,
-            });
-        }
-    }
-    // LoRA's highest rank against its lowest, overall or on one task: does rank buy accuracy?
-    let rank_effect_on = |task: Option<&str>| match (lora_ranks.first(), lora_ranks.last()) {
-        (Some(&lo), Some(&hi)) if hi > lo => {
-            compare(runs, (Method::Lora, hi), (Method::Lora, lo), task)
-        }
-        _ => None,
-    };
-    let rank_effect = rank_effect_on(None);
-    let mut comparisons = Vec::new();
-    let mut efficiency = Vec::new();
-    for &d in &dash_ranks {
-        let mine: Vec<Comparison> = lora_ranks
-            .iter()
-            .filter_map(|&l| compare(runs, (Method::LoraDash, d), (Method::Lora, l), None))
-            .collect();
-        if !mine.is_empty() {
-            let refs: Vec<&Comparison> = mine.iter().collect();
-            efficiency.push(efficiency_of(
-                d,
-                dash_mean(d),
-                None,
-                &refs,
-                rank_effect.as_ref(),
-                max_lora,
-            ));
-        }
-        comparisons.extend(mine);
-    }
-    let mut task_comparisons = Vec::new();
-    let mut efficiency_by_task = Vec::new();
-    for c in chance.iter().filter(|c| !c.at_chance) {
-        let t = c.task.as_str();
-        let effect = rank_effect_on(Some(t));
-        for &d in &dash_ranks {
-            let mine: Vec<Comparison> = lora_ranks
-                .iter()
-                .filter_map(|&l| compare(runs, (Method::LoraDash, d), (Method::Lora, l), Some(t)))
-                .collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let refs: Vec<&Comparison> = mine.iter().collect();
-            let dm = crate::stats::mean(
-                &of(runs, Method::LoraDash, d)
-                    .iter()
-                    .filter_map(|r| task_score(&r.result.scores, t, preset.protocol))
-                    .collect::<Vec<_>>(),
-            )
-            .unwrap_or(0.0);
-            efficiency_by_task.push(efficiency_of(
-                d,
-                dm,
-                Some(t),
-                &refs,
-                effect.as_ref(),
-                max_lora,
-            ));
-            task_comparisons.extend(mine);
-        }
-        task_comparisons.extend(effect);
-    }
-    let mut cap = Vec::new();
-    for (m, ranks) in [(Method::Lora, &lora_ranks), (Method::LoraDash, &dash_ranks)] {
-        for &k in ranks.iter() {
-            let series: Vec<&Vec<CapturePointData>> = capture
-                .iter()
-                .filter(|c| c.0 == m && c.1 == k)
-                .map(|c| &c.2)
-                .collect();
-            let mut steps: Vec<usize> = series
-                .iter()
-                .flat_map(|s| s.iter().map(|p| p.step))
-                .collect();
-            steps.sort();
-            steps.dedup();
-            for st in steps {
-                let at = |f: &dyn Fn(&CapturePointData) -> Option<f64>| {
-                    crate::stats::mean(
-                        &series
-                            .iter()
-                            .filter_map(|s| s.iter().find(|p| p.step == st).and_then(f))
-                            .collect::<Vec<_>>(),
-                    )
-                };
-                let null = |pick: fn(&CapturePointData) -> Option<&crate::track::TrackNull>| {
-                    let with: Vec<&crate::track::TrackNull> = series
-                        .iter()
-                        .filter_map(|s| s.iter().find(|p| p.step == st).and_then(pick))
-                        .collect();
-                    (!with.is_empty()).then(|| CaptureNull::mean_of(&with))
-                };
-                let mut types: Vec<&str> = Vec::new();
-                for p in series
-                    .iter()
-                    .filter_map(|s| s.iter().find(|p| p.step == st))
-                {
-                    for t in &p.by_type {
-                        if !types.contains(&t.module_type.as_str()) {
-                            types.push(&t.module_type);
-                        }
-                    }
-                }
-                let by_type = types
-                    .iter()
-                    .map(|t| {
-                        let with: Vec<&crate::track::TrackNull> = series
-                            .iter()
-                            .filter_map(|s| s.iter().find(|p| p.step == st))
-                            .flat_map(|p| p.by_type.iter().filter(|x| x.module_type == *t))
-                            .map(|x| &x.null)
-                            .collect();
-                        TypeCapture {
-                            module_type: t.to_string(),
-                            null: CaptureNull::mean_of(&with),
-                        }
-                    })
-                    .collect();
-                cap.push(CaptureStats {
-                    method: m,
-                    rank: k,
-                    step: st,
-                    all: at(&|p| p.accuracy),
-                    qkv: at(&|p| p.accuracy_qkv),
-                    null_all: null(|p| p.null.as_ref()),
-                    null_qkv: null(|p| p.null_qkv.as_ref()),
-                    by_type,
-                });
-            }
-        }
-    }
+    let ranks = Ranks::of(preset);
+    let configs = config_stats(runs, &ranks);
+    let chance = task_chance(runs);
+    let rank_effect = ranks.rank_effect(runs, None);
+    let (comparisons, efficiency) =
+        overall_efficiency(runs, &ranks, &configs, rank_effect.as_ref());
+    let (task_comparisons, efficiency_by_task) =
+        task_efficiency(runs, &ranks, &chance, preset.protocol);
+    let cap = capture_stats(capture, &ranks);
     let (paper_tasks, paper) = paper_table(super::PAPER_TABLE)?;
     let mde = median(comparisons.iter().map(|c| c.mde).collect());
     let mut s = Summary {
@@ -922,6 +728,273 @@ pub fn summarize(
     Ok(s)
 }
 
+/// The grid's LoRA and LoRA-Dash ranks, sorted.
+struct Ranks {
+    lora: Vec<usize>,
+    dash: Vec<usize>,
+}
+
+impl Ranks {
+    fn of(preset: &Preset) -> Self {
+        let mut lora = preset.lora_ranks.clone();
+        lora.sort();
+        let mut dash = preset.dash_ranks.clone();
+        dash.sort();
+        Ranks { lora, dash }
+    }
+
+    fn max_lora(&self) -> usize {
+        self.lora.last().copied().unwrap_or(0)
+    }
+
+    /// `(method, its ranks)`, LoRA first.
+    fn by_method(&self) -> [(Method, &Vec<usize>); 2] {
+        [(Method::Lora, &self.lora), (Method::LoraDash, &self.dash)]
+    }
+
+    /// LoRA's highest rank against its lowest, overall or on one task: does rank buy accuracy?
+    fn rank_effect(&self, runs: &[RunData], task: Option<&str>) -> Option<Comparison> {
+        match (self.lora.first(), self.lora.last()) {
+            (Some(&lo), Some(&hi)) if hi > lo => {
+                compare(runs, (Method::Lora, hi), (Method::Lora, lo), task)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Each configuration's mean, spread and interval over its seeds, LoRA ranks then LoRA-Dash.
+fn config_stats(runs: &[RunData], ranks: &Ranks) -> Vec<ConfigStats> {
+    let mut configs = Vec::new();
+    for (m, ranks) in ranks.by_method() {
+        for &k in ranks.iter() {
+            let v = of(runs, m, k);
+            if v.is_empty() {
+                continue;
+            }
+            let avgs: Vec<f64> = v.iter().map(|r| r.result.average()).collect();
+            let (mean, spread) = mean_spread(&avgs);
+            let outs: Vec<&Outcomes> = v.iter().map(|r| &r.outcomes).collect();
+            let mean_of = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+                crate::stats::mean(&v.iter().filter_map(|r| f(r.result)).collect::<Vec<_>>())
+            };
+            configs.push(ConfigStats {
+                method: m,
+                rank: k,
+                seeds: v.iter().map(|r| r.result.seed).collect(),
+                trainable_params: mean_of(&|r| Some(r.trainable_params as f64)).unwrap_or(0.0),
+                trainable_pct: mean_of(&|r| Some(r.trainable_pct)).unwrap_or(0.0),
+                mean,
+                spread,
+                ci: pair(&outs, None, None).map(|p| bootstrap(&p)),
+                generate_mean: mean_of(&|r| r.scores.generate_avg),
+                unparseable_mean: mean_of(&|r| r.scores.unparseable_rate),
+            });
+        }
+    }
+    configs
+}
+
+/// Chance per task, from the gold answers of the first run's examples.
+fn task_chance(runs: &[RunData]) -> Vec<TaskChance> {
+    let mut chance = Vec::new();
+    let Some(first) = runs.first() else {
+        return chance;
+    };
+    for (t, ex) in &first.outcomes {
+        let mut freq: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in ex {
+            *freq.entry(e.2.as_str()).or_default() += 1;
+        }
+        let n = ex.len();
+        let majority = 100.0 * freq.values().copied().max().unwrap_or(0) as f64 / n.max(1) as f64;
+        let labels = crate::eval::task(t).map_or(0, |k| k.labels.len());
+        let above = runs
+            .iter()
+            .filter(|r| {
+                r.outcomes.get(t).is_some_and(|o| {
+                    let k = o.iter().filter(|x| x.1).count();
+                    100.0 * wilson_lower(k, o.len()) > majority
+                })
+            })
+            .count();
+        chance.push(TaskChance {
+            task: t.clone(),
+            examples: n,
+            uniform: if labels > 0 {
+                100.0 / labels as f64
+            } else {
+                0.0
+            },
+            majority,
+            runs: runs.len(),
+            runs_above: above,
+            at_chance: above == 0,
+        });
+    }
+    chance
+}
+
+/// Every LoRA-Dash rank against every LoRA rank over all tasks, and each Dash rank's ratio.
+fn overall_efficiency(
+    runs: &[RunData],
+    ranks: &Ranks,
+    configs: &[ConfigStats],
+    rank_effect: Option<&Comparison>,
+) -> (Vec<Comparison>, Vec<Efficiency>) {
+    let dash_mean = |k: usize| {
+        configs
+            .iter()
+            .find(|c| c.method == Method::LoraDash && c.rank == k)
+            .map_or(0.0, |c| c.mean)
+    };
+    let mut comparisons = Vec::new();
+    let mut efficiency = Vec::new();
+    for &d in &ranks.dash {
+        let mine: Vec<Comparison> = ranks
+            .lora
+            .iter()
+            .filter_map(|&l| compare(runs, (Method::LoraDash, d), (Method::Lora, l), None))
+            .collect();
+        if !mine.is_empty() {
+            let refs: Vec<&Comparison> = mine.iter().collect();
+            efficiency.push(efficiency_of(
+                d,
+                dash_mean(d),
+                None,
+                &refs,
+                rank_effect,
+                ranks.max_lora(),
+            ));
+        }
+        comparisons.extend(mine);
+    }
+    (comparisons, efficiency)
+}
+
+/// The same per task above chance: comparisons (each task's rank effect last) and ratios.
+fn task_efficiency(
+    runs: &[RunData],
+    ranks: &Ranks,
+    chance: &[TaskChance],
+    protocol: Protocol,
+) -> (Vec<Comparison>, Vec<Efficiency>) {
+    let mut task_comparisons = Vec::new();
+    let mut efficiency_by_task = Vec::new();
+    for c in chance.iter().filter(|c| !c.at_chance) {
+        let t = c.task.as_str();
+        let effect = ranks.rank_effect(runs, Some(t));
+        for &d in &ranks.dash {
+            let mine: Vec<Comparison> = ranks
+                .lora
+                .iter()
+                .filter_map(|&l| compare(runs, (Method::LoraDash, d), (Method::Lora, l), Some(t)))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let refs: Vec<&Comparison> = mine.iter().collect();
+            let dm = crate::stats::mean(
+                &of(runs, Method::LoraDash, d)
+                    .iter()
+                    .filter_map(|r| task_score(&r.result.scores, t, protocol))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or(0.0);
+            efficiency_by_task.push(efficiency_of(
+                d,
+                dm,
+                Some(t),
+                &refs,
+                effect.as_ref(),
+                ranks.max_lora(),
+            ));
+            task_comparisons.extend(mine);
+        }
+        task_comparisons.extend(effect);
+    }
+    (task_comparisons, efficiency_by_task)
+}
+
+/// Capture per configuration and step, mean over seeds.
+fn capture_stats(capture: &[CaptureData], ranks: &Ranks) -> Vec<CaptureStats> {
+    let mut cap = Vec::new();
+    for (m, ranks) in ranks.by_method() {
+        for &k in ranks.iter() {
+            let series: Vec<&Vec<CapturePointData>> = capture
+                .iter()
+                .filter(|c| c.0 == m && c.1 == k)
+                .map(|c| &c.2)
+                .collect();
+            let mut steps: Vec<usize> = series
+                .iter()
+                .flat_map(|s| s.iter().map(|p| p.step))
+                .collect();
+            steps.sort();
+            steps.dedup();
+            for st in steps {
+                cap.push(capture_at(m, k, &series, st));
+            }
+        }
+    }
+    cap
+}
+
+/// One configuration's capture at step `st`, mean over its series (seeds).
+fn capture_at(m: Method, k: usize, series: &[&Vec<CapturePointData>], st: usize) -> CaptureStats {
+    let at = |f: &dyn Fn(&CapturePointData) -> Option<f64>| {
+        crate::stats::mean(
+            &series
+                .iter()
+                .filter_map(|s| s.iter().find(|p| p.step == st).and_then(f))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let null = |pick: fn(&CapturePointData) -> Option<&crate::track::TrackNull>| {
+        let with: Vec<&crate::track::TrackNull> = series
+            .iter()
+            .filter_map(|s| s.iter().find(|p| p.step == st).and_then(pick))
+            .collect();
+        (!with.is_empty()).then(|| CaptureNull::mean_of(&with))
+    };
+    let mut types: Vec<&str> = Vec::new();
+    for p in series
+        .iter()
+        .filter_map(|s| s.iter().find(|p| p.step == st))
+    {
+        for t in &p.by_type {
+            if !types.contains(&t.module_type.as_str()) {
+                types.push(&t.module_type);
+            }
+        }
+    }
+    let by_type = types
+        .iter()
+        .map(|t| {
+            let with: Vec<&crate::track::TrackNull> = series
+                .iter()
+                .filter_map(|s| s.iter().find(|p| p.step == st))
+                .flat_map(|p| p.by_type.iter().filter(|x| x.module_type == *t))
+                .map(|x| &x.null)
+                .collect();
+            TypeCapture {
+                module_type: t.to_string(),
+                null: CaptureNull::mean_of(&with),
+            }
+        })
+        .collect();
+    CaptureStats {
+        method: m,
+        rank: k,
+        step: st,
+        all: at(&|p| p.accuracy),
+        qkv: at(&|p| p.accuracy_qkv),
+        null_all: null(|p| p.null.as_ref()),
+        null_qkv: null(|p| p.null_qkv.as_ref()),
+        by_type,
+    }
+}
+
 /// A task's accuracy under `protocol` in one set of scores.
 fn task_score(s: &Scores, task: &str, protocol: Protocol) -> Option<f64> {
     let t = s.tasks.iter().find(|t| t.task == task)?;
@@ -940,39 +1013,7 @@ fn verdict(s: &Summary, preset: &Preset, runs: &[RunData], base: Option<&Scores>
             runs.len()
         );
     }
-    let seeds = s.comparisons.iter().map(|c| c.seeds).max().unwrap_or(0);
-    let examples = s.comparisons.iter().map(|c| c.examples).max().unwrap_or(0);
-    let sig: Vec<&Comparison> = s
-        .comparisons
-        .iter()
-        .filter(|c| c.diff.excludes_zero())
-        .collect();
-    let largest = s
-        .comparisons
-        .iter()
-        .max_by(|a, b| a.diff.estimate.abs().total_cmp(&b.diff.estimate.abs()))
-        .expect("non-empty");
-    let mut out = if sig.is_empty() {
-        format!(
-            "LoRA-Dash and LoRA cannot be told apart at this scale: each of the {} comparisons (every LoRA-Dash rank against every LoRA rank, {p}, {examples} test examples × {seeds} seed(s)) has a 95 % interval that includes 0; the largest difference is {:+.1} points ({}, 95 % interval {:+.1} … {:+.1})",
-            s.comparisons.len(),
-            largest.diff.estimate,
-            largest.label(),
-            largest.diff.lo,
-            largest.diff.hi
-        )
-    } else {
-        let parts: Vec<String> = sig
-            .iter()
-            .map(|c| format!("{} = {} points", c.label(), c.diff.describe()))
-            .collect();
-        format!(
-            "{} of {} comparisons ({p}, {examples} test examples × {seeds} seed(s)) exclude 0 at 95 %: {}; the others include 0",
-            sig.len(),
-            s.comparisons.len(),
-            parts.join("; ")
-        )
-    };
+    let mut out = comparisons_sentence(s, p);
     if let Some(m) = s.mde {
         out += &format!(
             ". This run could have detected differences of about {m:.1} points (minimum detectable effect, median over comparisons), not smaller ones"
@@ -1024,6 +1065,43 @@ fn verdict(s: &Summary, preset: &Preset, runs: &[RunData], base: Option<&Scores>
         );
     }
     out
+}
+
+/// What the comparisons say (`s.comparisons` non-empty), under protocol `p`.
+fn comparisons_sentence(s: &Summary, p: &str) -> String {
+    let seeds = s.comparisons.iter().map(|c| c.seeds).max().unwrap_or(0);
+    let examples = s.comparisons.iter().map(|c| c.examples).max().unwrap_or(0);
+    let sig: Vec<&Comparison> = s
+        .comparisons
+        .iter()
+        .filter(|c| c.diff.excludes_zero())
+        .collect();
+    let largest = s
+        .comparisons
+        .iter()
+        .max_by(|a, b| a.diff.estimate.abs().total_cmp(&b.diff.estimate.abs()))
+        .expect("non-empty");
+    if sig.is_empty() {
+        format!(
+            "LoRA-Dash and LoRA cannot be told apart at this scale: each of the {} comparisons (every LoRA-Dash rank against every LoRA rank, {p}, {examples} test examples × {seeds} seed(s)) has a 95 % interval that includes 0; the largest difference is {:+.1} points ({}, 95 % interval {:+.1} … {:+.1})",
+            s.comparisons.len(),
+            largest.diff.estimate,
+            largest.label(),
+            largest.diff.lo,
+            largest.diff.hi
+        )
+    } else {
+        let parts: Vec<String> = sig
+            .iter()
+            .map(|c| format!("{} = {} points", c.label(), c.diff.describe()))
+            .collect();
+        format!(
+            "{} of {} comparisons ({p}, {examples} test examples × {seeds} seed(s)) exclude 0 at 95 %: {}; the others include 0",
+            sig.len(),
+            s.comparisons.len(),
+            parts.join("; ")
+        )
+    }
 }
 
 /// κ against each empirical control, all modules, per configuration.
