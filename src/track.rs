@@ -95,8 +95,15 @@ fn track_null(rep: &InspectReport) -> Option<TrackNull> {
 
 /// The whole track: summaries and the full per-checkpoint reports. Read back (`tsd report
 /// --track`) it carries everything but `reports`.
+/// The version of the track record's layout (`tsd track --json`, `report.track.json`); raised when
+/// a field changes meaning or goes away. A record saved before it was versioned reads as 0.
+pub const TRACK_SCHEMA_VERSION: u32 = 1;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrackReport {
+    /// [`TRACK_SCHEMA_VERSION`] (0: saved before the record was versioned).
+    #[serde(default)]
+    pub schema_version: u32,
     pub run: String,
     #[serde(default)]
     pub kind: Option<RunKind>,
@@ -182,6 +189,11 @@ pub fn open_reference(spec: &str) -> Result<(RefSource, String)> {
     ))
 }
 
+/// Whether a checkpoint that failed to load is gone (deleted, or being deleted, since it was listed).
+fn vanished(c: &crate::run::Checkpoint) -> bool {
+    !crate::run::hf::is_complete_adapter(&c.adapter)
+}
+
 fn overlap(a: &[usize], b: &[usize]) -> f64 {
     let sa: BTreeSet<_> = a.iter().collect();
     let n = b.iter().filter(|x| sa.contains(x)).count();
@@ -236,9 +248,23 @@ pub fn track_run(
         )
     });
     let mut reports = Vec::new();
+    let mut names = Vec::new();
+    let mut skipped = run.skipped.clone();
     for c in checkpoints {
         let step = c.step;
-        let ad = load_adapter(&c.adapter)?;
+        let ad = match load_adapter(&c.adapter) {
+            Ok(ad) => ad,
+            // A Trainer with `save_total_limit` deletes old checkpoints while the run is read: one
+            // listed a moment ago and gone now is skipped, not an error.
+            Err(e) if vanished(c) => {
+                skipped.push(format!(
+                    "{}: deleted while it was read (a Trainer's save_total_limit?): {e}; skipped",
+                    c.dir.display()
+                ));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let rep = inspect(
             &ad,
             base,
@@ -251,7 +277,15 @@ pub fn track_run(
         let mut rep = rep;
         rep.base = crate::fsutil::portable(&rep.base);
         reports.push((step, rep));
+        names.push(c.name.clone());
         progress(step);
+    }
+    if reports.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{} ({}) has no complete checkpoint left: every one was deleted while it was read",
+            run.dir.display(),
+            run.kind.describe()
+        )));
     }
     let mut tsd_sets: BTreeMap<String, Vec<(usize, Vec<usize>)>> = BTreeMap::new();
     for (step, rep) in &reports {
@@ -286,7 +320,7 @@ pub fn track_run(
         };
         points.push(TrackPoint {
             step: *step,
-            checkpoint: checkpoints[i].name.clone(),
+            checkpoint: names[i].clone(),
             modules: rep.modules.len(),
             mean_top_delta: mean(&col(&|m| m.tsd.first().map(|t| t.delta))).unwrap_or(0.0),
             mean_delta_fro: mean(&col(&|m| Some(m.delta_fro))).unwrap_or(0.0),
@@ -304,6 +338,7 @@ pub fn track_run(
         });
     }
     Ok(TrackReport {
+        schema_version: TRACK_SCHEMA_VERSION,
         run: run.dir.display().to_string(),
         kind: Some(run.kind),
         base: crate::fsutil::portable(&base.describe()),
@@ -311,7 +346,7 @@ pub fn track_run(
         top_s: opts.top_s,
         points,
         tsd_sets,
-        skipped: run.skipped.clone(),
+        skipped,
         reports: reports.into_iter().map(|(_, r)| r).collect(),
     })
 }
