@@ -4,6 +4,8 @@
 # usage: scripts/test.sh [CARGO TEST ARGS...]      e.g. scripts/test.sh --test cli_errors
 #        scripts/test.sh --provision-only            provision, start and stop Slurm, run no test
 #                                                    (scripts/fresh-machine-check.sh uses it)
+# Without arguments it then runs the Python tests (scripts/python-tests.sh: the wheel in a venv
+# with torch + transformers + peft from PyPI, pytest on real Trainer runs).
 #
 # Needs the Rust toolchain, Python 3 with pip (the default model comes from a PyPI wheel) and a
 # headless Chromium (the report tests load every chart in it) and a one-node Slurm (tests/slurm.rs
@@ -87,3 +89,9 @@ fi
 
 echo "== tests"
 cargo test --release --locked "$@"
+
+# The Python package's tests (a venv with torch + transformers + peft from PyPI, the wheel built
+# from this checkout, pytest on real Trainer runs): with the whole suite, not with a cargo subset.
+if [ $# -eq 0 ]; then
+  scripts/python-tests.sh
+fi

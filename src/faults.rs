@@ -3,7 +3,8 @@
 //! many milliseconds at each point after printing `tsd-test-pause: POINT` to stderr. Unset (the
 //! normal case) it does nothing. Points: `checkpoint-write` (adapter and optimizer state written
 //! to the temporary directory, trainer state not yet), `dash-switch` (after the first module's
-//! TSDs are picked, before the others), `evaluate` (`tsd reproduce`, before a model is evaluated).
+//! TSDs are picked, before the others), `evaluate` (`tsd reproduce`, before a model is evaluated),
+//! `track-read` (`tsd track` / `report`: the run's checkpoints listed, none read yet).
 
 /// Sleeps at `point` if `TSD_TEST_PAUSE` names it.
 pub fn pause(point: &str) {

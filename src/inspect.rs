@@ -483,8 +483,14 @@ pub fn other_tensors(adapter: &Adapter) -> Vec<OtherTensorReport> {
     out
 }
 
+/// The version of `tsd inspect --json`'s layout; raised when a field changes meaning or goes away
+/// (new fields may appear without it). Readers (the Python layer, `python/tsd/`) check it.
+pub const INSPECT_SCHEMA_VERSION: u32 = 1;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct InspectReport {
+    /// [`INSPECT_SCHEMA_VERSION`].
+    pub schema_version: u32,
     pub tsd_version: &'static str,
     /// Versions of the numerical dependencies and of rustc this binary was built with.
     pub build: &'static str,
@@ -1105,6 +1111,7 @@ pub fn inspect_within(
     let by_type = summarise(&modules, |m| Some(m.module_type.clone()));
     let by_layer = summarise(&modules, |m| m.layer.map(|l| format!("{l:03}")));
     Ok(InspectReport {
+        schema_version: INSPECT_SCHEMA_VERSION,
         tsd_version: env!("CARGO_PKG_VERSION"),
         build: env!("TSD_BUILD_VERSIONS"),
         adapter: adapter.path.display().to_string(),

@@ -95,8 +95,15 @@ fn track_null(rep: &InspectReport) -> Option<TrackNull> {
 
 /// The whole track: summaries and the full per-checkpoint reports. Read back (`tsd report
 /// --track`) it carries everything but `reports`.
+/// The version of the track record's layout (`tsd track --json`, `report.track.json`); raised when
+/// a field changes meaning or goes away. A record saved before it was versioned reads as 0.
+pub const TRACK_SCHEMA_VERSION: u32 = 1;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrackReport {
+    /// [`TRACK_SCHEMA_VERSION`] (0: saved before the record was versioned).
+    #[serde(default)]
+    pub schema_version: u32,
     pub run: String,
     #[serde(default)]
     pub kind: Option<RunKind>,
@@ -178,6 +185,9 @@ impl TrackPlan {
     pub fn open(&self, run: &Run, warn: &dyn Fn(&str)) -> Result<OpenedTrack> {
         self.opts.null.validate()?;
         run.require_checkpoints()?;
+        // Listed, not yet read: where tests/trainer_rotation.rs deletes a checkpoint as a Trainer's
+        // save_total_limit does.
+        crate::faults::pause("track-read");
         let opened = run.open_base(self.base.as_ref(), self.strict_base)?;
         if let Some(w) = &opened.warning {
             warn(w);
@@ -255,6 +265,11 @@ pub fn read_saved_track(path: &Path, run: &Run) -> Result<TrackReport> {
         reason: e.to_string(),
     })?;
     Ok(t)
+}
+
+/// Whether a checkpoint that failed to load is gone (deleted, or being deleted, since it was listed).
+fn vanished(c: &crate::run::Checkpoint) -> bool {
+    !crate::run::hf::is_complete_adapter(&c.adapter)
 }
 
 fn overlap(a: &[usize], b: &[usize]) -> f64 {
@@ -344,6 +359,54 @@ fn track_point(
     }
 }
 
+/// Each checkpoint's inspect report with its name, and the run's skipped directories plus the
+/// checkpoints that vanished while they were read: `(reports by step, names, skipped)`.
+#[allow(clippy::type_complexity)]
+fn read_checkpoints(
+    run: &Run,
+    checkpoints: &[crate::run::Checkpoint],
+    base: &dyn WeightSource,
+    r: Option<&(Reference, String)>,
+    opts: &InspectOptions,
+    cache: &SvdCache,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<(Vec<(usize, InspectReport)>, Vec<String>, Vec<String>)> {
+    let mut reports = Vec::new();
+    let mut names = Vec::new();
+    let mut skipped = run.skipped.clone();
+    for c in checkpoints {
+        let step = c.step;
+        let ad = match load_adapter(&c.adapter) {
+            Ok(ad) => ad,
+            // A Trainer with `save_total_limit` deletes old checkpoints while the run is read: one
+            // listed a moment ago and gone now is skipped, not an error.
+            Err(e) if vanished(c) => {
+                skipped.push(format!(
+                    "{}: deleted while it was read (a Trainer's save_total_limit?): {e}; skipped",
+                    c.dir.display()
+                ));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let rep = inspect(
+            &ad,
+            base,
+            r.map(|(x, n)| (x, n.clone())),
+            opts,
+            cache,
+            &|_| {},
+        )?;
+        // A saved track is shared and committed: no machine paths in it.
+        let mut rep = rep;
+        rep.base = crate::fsutil::portable(&rep.base);
+        reports.push((step, rep));
+        names.push(c.name.clone());
+        progress(step);
+    }
+    Ok((reports, names, skipped))
+}
+
 /// Tracks every checkpoint of an opened run against `base`; `progress` sees each step.
 pub fn track_run(
     run: &Run,
@@ -360,23 +423,14 @@ pub fn track_run(
     }
     let checkpoints = run.require_checkpoints()?;
     let r = reference.map(|(src, name)| (Reference::from(src), name.clone()));
-    let mut reports = Vec::new();
-    for c in checkpoints {
-        let step = c.step;
-        let ad = load_adapter(&c.adapter)?;
-        let rep = inspect(
-            &ad,
-            base,
-            r.as_ref().map(|(x, n)| (x, n.clone())),
-            opts,
-            cache,
-            &|_| {},
-        )?;
-        // A saved track is shared and committed: no machine paths in it.
-        let mut rep = rep;
-        rep.base = crate::fsutil::portable(&rep.base);
-        reports.push((step, rep));
-        progress(step);
+    let (reports, names, skipped) =
+        read_checkpoints(run, checkpoints, base, r.as_ref(), opts, cache, progress)?;
+    if reports.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{} ({}) has no complete checkpoint left: every one was deleted while it was read",
+            run.dir.display(),
+            run.kind.describe()
+        )));
     }
     let tsd_sets = tsd_sets_of(&reports);
     let final_sets: BTreeMap<&str, &Vec<usize>> = tsd_sets
@@ -388,10 +442,11 @@ pub fn track_run(
         .enumerate()
         .map(|(i, (step, rep))| {
             let prev = i.checked_sub(1).map(|j| &reports[j].1);
-            track_point(*step, &checkpoints[i].name, rep, prev, &final_sets)
+            track_point(*step, &names[i], rep, prev, &final_sets)
         })
         .collect();
     Ok(TrackReport {
+        schema_version: TRACK_SCHEMA_VERSION,
         run: run.dir.display().to_string(),
         kind: Some(run.kind),
         base: crate::fsutil::portable(&base.describe()),
@@ -399,7 +454,7 @@ pub fn track_run(
         top_s: opts.top_s,
         points,
         tsd_sets,
-        skipped: run.skipped.clone(),
+        skipped,
         reports: reports.into_iter().map(|(_, r)| r).collect(),
     })
 }

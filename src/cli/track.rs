@@ -72,6 +72,10 @@ pub fn track(plan: &TrackPlan, run: &Run, quiet: bool) -> Result<TrackReport> {
         pb.inc(1);
     })?;
     pb.finish_and_clear();
+    // Checkpoints that vanished while they were read (the rest was warned about at open).
+    for w in rep.skipped.iter().skip(run.skipped.len()) {
+        warn(w);
+    }
     Ok(rep)
 }
 

@@ -186,7 +186,24 @@ impl Run {
                 }
                 continue;
             };
-            match hf::adapter_in(&path, adapter_name)? {
+            // The Trainer writes trainer_state.json last: a checkpoint without it is being
+            // written (or was cut short), and its adapter files may be incomplete.
+            if !path.join(hf::STATE_FILE).is_file() {
+                if path.is_dir() {
+                    skipped.push(format!(
+                        "{}: no {} (the Trainer writes it last: a checkpoint being written or cut short); skipped",
+                        path.display(),
+                        hf::STATE_FILE
+                    ));
+                }
+                continue;
+            }
+            let found = match hf::adapter_in(&path, adapter_name) {
+                // Deleted since it was listed (a Trainer's save_total_limit): not a checkpoint now.
+                Err(_) if !path.is_dir() => continue,
+                found => found?,
+            };
+            match found {
                 Some(adapter) => checkpoints.push(Checkpoint {
                     step,
                     name,
@@ -340,12 +357,23 @@ impl Run {
                 files: self.record()?.map(|r| r.base_files).unwrap_or_default(),
             }));
         }
-        let Some(first) = self.checkpoints.first() else {
+        // The first checkpoint whose config is still there: a Trainer with save_total_limit may
+        // delete the oldest ones while the run is read.
+        let mut found = None;
+        for (i, c) in self.checkpoints.iter().enumerate() {
+            let path = c.adapter.join(crate::adapter::read::CONFIG_FILE);
+            match crate::adapter::AdapterConfig::load(&path) {
+                Ok(cfg) => {
+                    found = Some((c, cfg));
+                    break;
+                }
+                Err(_) if !path.exists() && i + 1 < self.checkpoints.len() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((first, cfg)) = found else {
             return Ok(None);
         };
-        let cfg = crate::adapter::AdapterConfig::load(
-            &first.adapter.join(crate::adapter::read::CONFIG_FILE),
-        )?;
         Ok(cfg
             .base_model_name_or_path
             .filter(|b| !b.is_empty())
