@@ -3,7 +3,7 @@
 //! tiny LLaMA and commits its result as `reproductions/trajectory/compare.json`; this test holds
 //! that record to the bar (≥ 20 steps, ≥ 10 after the switch, per-step losses and the
 //! final ΔW within 1e-4 relative, the same picks), so a re-run that drifts cannot be committed
-//! unnoticed. `tests/python/test_dash.py` re-runs the comparison itself where Python is set up.
+//! unnoticed. `python/tests/test_dash.py` re-runs the comparison itself where Python is set up.
 
 use std::path::Path;
 

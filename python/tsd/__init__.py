@@ -3,7 +3,8 @@
 The math lives in the ``tsd`` binary installed with this package; this layer finds it
 (:func:`find_tsd_bin`), runs it and reads its ``--json`` (:func:`inspect`, :func:`track`,
 :func:`report`), and tracks a ``transformers.Trainer`` run live (:class:`TsdCallback`, imported
-on first use so ``import tsd`` needs no transformers).
+on first use so ``import tsd`` needs no transformers), and adds LoRA-Dash to any PEFT LoRA model
+(:class:`LoraDash`, imported on first use too).
 """
 
 from tsd._bin import find_tsd_bin
@@ -23,6 +24,7 @@ from tsd._cli import (
 __all__ = [
     "SCHEMA_VERSIONS",
     "SchemaError",
+    "LoraDash",
     "TsdCallback",
     "TsdError",
     "check_schema",
@@ -41,4 +43,8 @@ def __getattr__(name: str):
         from tsd.callback import TsdCallback
 
         return TsdCallback
+    if name == "LoraDash":
+        from tsd.dash import LoraDash
+
+        return LoraDash
     raise AttributeError(f"module 'tsd' has no attribute {name!r}")

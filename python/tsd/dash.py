@@ -49,6 +49,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from tsd._bin import find_tsd_bin
+
 try:
     from transformers import TrainerCallback
 except ImportError:  # pragma: no cover - transformers is optional for the math
@@ -64,14 +66,6 @@ PREFIX = "base_model.model."
 DASH_CONFIG_KEY = "tsd_adapter_config"
 DASH_PEFT_SHA256_KEY = "tsd_peft_weights_sha256"
 FOLDED_FROM_KEY = "tsd_folded_dash"
-
-
-def _tsd_bin() -> str:
-    """The tsd binary: ``$TSD_BIN``, else ``tsd`` on PATH (the package's ``find_tsd_bin()`` at merge)."""
-    b = os.environ.get("TSD_BIN") or shutil.which("tsd")
-    if not b:
-        raise FileNotFoundError("tsd binary not found: set TSD_BIN or put `tsd` on PATH")
-    return b
 
 
 class _DashParams(nn.Module):
@@ -261,7 +255,7 @@ class LoraDash(TrainerCallback):
             self._write_plain(src)
             out = Path(tmp) / "picked"
             cmd = [
-                self._bin or _tsd_bin(), "dash-pick", str(src), "--out", str(out),
+                self._bin or find_tsd_bin(), "dash-pick", str(src), "--out", str(out),
                 "--dash-s", str(self.s), "--sigma-floor", repr(self.sigma_floor), "--json",
             ]
             base = self.base

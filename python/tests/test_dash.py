@@ -10,37 +10,27 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "tests" / "fixtures" / "tiny-llama"
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
-sys.path.insert(0, str(ROOT / "python"))
 
 
-def _tsd_bin() -> str | None:
-    for b in (os.environ.get("TSD_BIN"), shutil.which("tsd"), str(ROOT / "target" / "release" / "tsd")):
-        if b and Path(b).is_file():
-            return b
-    return None
+from tsd import find_tsd_bin  # noqa: E402  (the installed package's binary, or $TSD_BIN)
 
-
-TSD = _tsd_bin()
-pytestmark = pytest.mark.skipif(TSD is None, reason="no tsd binary (set TSD_BIN)")
+TSD = find_tsd_bin()
 
 
 @pytest.fixture(autouse=True)
 def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("TSD_BIN", TSD or "")
+    monkeypatch.setenv("TSD_BIN", TSD)
     monkeypatch.setenv("TSD_HOME", str(tmp_path / "tsd-home"))
 
 
