@@ -45,8 +45,8 @@ fn load_config(spec: &str, src: &ModelArgs) -> Result<LlamaConfig> {
         let v: serde_json::Value = tsd::fsutil::read_json(&json_path)?;
         return Ok(LlamaConfig::from_json(v, &json_path)?);
     }
-    if !p.exists() && spec != "default" && tsd::weights::hub::looks_like_repo_id(spec) {
-        let f = tsd::weights::hub::fetch_file(
+    if !p.exists() && spec != "default" && tsd::provision::hub::looks_like_repo_id(spec) {
+        let f = tsd::provision::hub::fetch_file(
             spec,
             src.revision.as_deref(),
             src.offline,
