@@ -239,7 +239,7 @@ fn hf_home() -> Result<PathBuf> {
 }
 
 /// The cache root huggingface_hub uses in this environment: `$HF_HUB_CACHE`, else
-/// `$HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub` (see `weights::hub`).
+/// `$HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub` (see `provision::hub`).
 pub fn hf_cache_root() -> Result<PathBuf> {
     if let Some(p) = env_path("HF_HUB_CACHE")? {
         return Ok(p);

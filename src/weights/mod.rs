@@ -1,9 +1,9 @@
 //! Base-weight sources behind one lookup by Hugging Face tensor name
-//! (`model.layers.3.self_attn.q_proj.weight`): a safetensors directory (single or sharded), a model
-//! id resolved through the Hugging Face cache, or a GGUF file (the default model).
+//! (`model.layers.3.self_attn.q_proj.weight`): a safetensors directory (single or sharded, e.g. a
+//! Hugging Face cache snapshot) or a GGUF file (the default model), opened from a local path.
+//! Finding or downloading that path is [`crate::provision`]'s.
 
 pub mod gguf;
-pub mod hub;
 pub mod memory;
 pub mod safetensors_dir;
 pub mod serialize;

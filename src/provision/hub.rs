@@ -75,7 +75,7 @@ fn check_revision(rev: &str) -> Result<()> {
 
 /// The shards an index names, each refused unless it stays inside the snapshot.
 fn shards(id: &str, index: &Path) -> Result<Vec<String>> {
-    let names = super::safetensors_dir::shard_names(index)?;
+    let names = crate::weights::safetensors_dir::shard_names(index)?;
     if let Some(bad) = names.iter().find(|n| !is_relative_name(n)) {
         return Err(Error::Config {
             path: index.to_path_buf(),
