@@ -17,10 +17,10 @@ pub use evaluator::{
 pub use plan::{evaluate, AdapterChoice, EvalPlan, EvalRecord};
 
 use crate::adapter::Adapter;
+#[cfg(test)]
+use crate::data::task;
+use crate::data::Task;
 use crate::data::{eval_prompt, extract_answer, response_text, Example, Protocol};
-/// The tasks and protocol live in [`crate::data`]; re-exported for `reproduce/` until it imports them
-/// from there.
-pub use crate::data::{task, Task};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::{encode, encode_plain, Tokenizer};
 use crate::model::Llama;

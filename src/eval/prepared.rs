@@ -16,9 +16,10 @@
 use super::generate::{decode_batch, left_pad, GenConfig};
 use super::{
     generate_batches, generate_prompts, generate_result, loglik_inputs, loglik_prediction,
-    loglik_result, target_logprobs, Prediction, Task, TaskResult,
+    loglik_result, target_logprobs, Prediction, TaskResult,
 };
 use crate::data::Example;
+use crate::data::Task;
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{KvCache, Llama};

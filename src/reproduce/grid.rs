@@ -2,10 +2,10 @@
 //! reference), the [`Grid`] of one output directory (its training and test files, the setting it
 //! records in `OUT/preset.json`) and each run's training configuration.
 
-use super::evaluator::Evaluator;
 use super::preset::{Preset, ReferenceKind};
 use super::results::Timing;
 use crate::error::{Error, Result};
+use crate::eval::Evaluator;
 use crate::names::Method;
 use crate::run::TrainConfig;
 use crate::train::trainer::LowerCacheKey;

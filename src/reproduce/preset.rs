@@ -4,15 +4,8 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-/// How accuracy is scored (README, Definitions: commonsense protocol).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Label log-likelihood: cheap, blind to invalid-label failures.
-    Loglik,
-    /// LLM-Adapters: 4-beam search, first label in the response.
-    Generate,
-}
+/// How accuracy is scored (README, Definitions: commonsense protocol): the one protocol enum.
+pub use crate::data::Protocol;
 
 /// The update that TSD capture along training is measured against (README, Definitions: direction metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -55,7 +55,7 @@ pub fn read_outcomes(path: &Path, protocol: Protocol) -> Result<Outcomes> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let want = protocol_name(protocol);
+    let want = protocol.as_str();
     let mut out = Outcomes::new();
     for t in saved.into_iter().filter(|t| t.protocol == want) {
         let mut v: Vec<(usize, bool, String)> = t
@@ -67,13 +67,6 @@ pub fn read_outcomes(path: &Path, protocol: Protocol) -> Result<Outcomes> {
         out.insert(t.task, v);
     }
     Ok(out)
-}
-
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Loglik => "loglik",
-        Protocol::Generate => "generate",
-    }
 }
 
 /// A point estimate with its bootstrap 95 % interval and standard error (percentage points).
@@ -808,7 +801,7 @@ fn task_chance(runs: &[RunData]) -> Vec<TaskChance> {
         }
         let n = ex.len();
         let majority = 100.0 * freq.values().copied().max().unwrap_or(0) as f64 / n.max(1) as f64;
-        let labels = crate::eval::task(t).map_or(0, |k| k.labels.len());
+        let labels = crate::data::task(t).map_or(0, |k| k.labels.len());
         let above = runs
             .iter()
             .filter(|r| {
@@ -1006,7 +999,7 @@ fn task_score(s: &Scores, task: &str, protocol: Protocol) -> Option<f64> {
 
 /// A plain paragraph on what the numbers can and cannot say.
 fn verdict(s: &Summary, preset: &Preset, runs: &[RunData], base: Option<&Scores>) -> String {
-    let p = protocol_name(preset.protocol);
+    let p = preset.protocol.as_str();
     if s.comparisons.is_empty() {
         return format!(
             "no LoRA-Dash run has a LoRA run of the same seed to be compared with ({} runs, {p})",

@@ -4,10 +4,9 @@
 //! `generate_and_tokenize_prompt` of LLM-Adapters' `finetune.py` (see [`crate::data::prompt`] for
 //! the commit).
 
-use crate::data::train_prompt;
+use crate::data::{train_prompt, Example};
 /// Examples and their loading live in [`crate::data`]; re-exported for `reproduce/` until it
 /// imports them from there.
-pub use crate::data::{load_examples, Example};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::{encode_truncated, Tokenizer};
 use rand::rngs::StdRng;

@@ -8,6 +8,7 @@ use super::trainer::Trainer;
 use crate::adapter::config::{LayerIndexes, TargetModules};
 use crate::adapter::plan::AdapterPlan;
 use crate::adapter::AdapterConfig;
+use crate::data::load_examples;
 use crate::error::{Error, Result};
 use crate::model::Llama;
 use crate::names::LinearName;
@@ -133,7 +134,7 @@ fn tokenized_split(
 ) -> Result<(Vec<Tokenized>, Vec<Tokenized>)> {
     let mut examples = Vec::new();
     for f in data_files(&config.data)? {
-        let mut ex = data::load_examples(&f)?;
+        let mut ex = load_examples(&f)?;
         if let Some(n) = config.max_examples {
             ex.truncate(n);
         }
