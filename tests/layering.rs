@@ -230,11 +230,7 @@ fn reexports(lib: &str) -> BTreeMap<String, String> {
 /// Import paths naming a module on a higher row, left on purpose for the merge of the parallel
 /// redesign (issue 23); each entry must still be found, so a fixed one fails until removed here.
 /// Entries: (file under src/, module it names, why).
-const KNOWN: &[(&str, &str, &str)] = &[(
-    "provision/mod.rs",
-    "train",
-    "`train::data::Example` moves to `data/` (helper C)",
-)];
+const KNOWN: &[(&str, &str, &str)] = &[];
 
 #[test]
 fn every_import_runs_down_the_declared_layers() {

@@ -218,23 +218,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         &mut |log| {
             if let Some((t, s)) = dash_switch.filter(|&(t, _)| log.step == t + 1) {
                 // `suspend`, not `println`: a hidden bar (-q, no terminal) would drop the line.
-                pb.suspend(|| {
-                    eprintln!(
-                        "LoRA-Dash: switched after step {t}: the top {s} task-specific directions of each module are frozen, their Δσ train from step {}",
-                        t + 1
-                    )
-                });
+                pb.suspend(|| eprintln!("{}", tsd::render::train::switch_line(t, s)));
             }
             pb.set_position(log.step as u64);
-            pb.set_message(format!(
-                "loss {:.4} lr {:.2e} {:.0} tok/s",
-                log.loss, log.lr, log.tokens_per_s
-            ));
+            pb.set_message(tsd::render::train::step_message(log));
             if a.quiet {
-                eprintln!(
-                    "step {} loss {:.4} lr {:.3e} tok/s {:.0}",
-                    log.step, log.loss, log.lr, log.tokens_per_s
-                );
+                eprintln!("{}", tsd::render::train::step_line(log));
             }
             if abort == Some(log.step) {
                 std::process::abort();
@@ -267,31 +256,7 @@ fn open_trainer(a: &TrainArgs) -> Result<Trainer> {
 
 /// The run's one-line description (and the warmup warning) on stderr.
 fn announce(trainer: &Trainer) -> Result<()> {
-    eprintln!(
-        "tsd train: {} on {} ({} train / {} val examples{}), {} steps from step {}, trainable {} parameters{}, run dir {}",
-        serde_json::to_string(&trainer.config.method)?.trim_matches('"'),
-        trainer.record.base,
-        trainer.record.train_examples,
-        trainer.record.val_examples,
-        if trainer.config.val_size.is_none() {
-            "; validation split 10 % of the examples, at most 120, without --val-size"
-        } else {
-            ""
-        },
-        trainer.total_steps,
-        trainer.step,
-        tsd::render::thousands(trainer.record.trainable_params),
-        if trainer.config.method == Method::LoraDash {
-            format!(
-                " (LoRA A and B, and {} Δσ per adapted matrix, which train from step {})",
-                trainer.config.dash_s,
-                trainer.config.dash_t + 1
-            )
-        } else {
-            String::new()
-        },
-        trainer.run_dir.display()
-    );
+    eprintln!("{}", tsd::render::train::announcement(trainer));
     if let Some(w) = trainer.warmup_warning() {
         eprintln!("warning: {w}");
     }
@@ -301,18 +266,7 @@ fn announce(trainer: &Trainer) -> Result<()> {
 /// The closing line on stderr; a run stopped by a signal is an error with the signal's exit code.
 fn finish(trainer: &Trainer) -> Result<()> {
     let rec = &trainer.record;
-    let first = rec.steps.first().map_or(f64::NAN, |s| s.loss);
-    let last = rec.steps.last().map_or(f64::NAN, |s| s.loss);
-    eprintln!(
-        "{} at step {}: loss {first:.4} → {last:.4}{}, peak RSS {:.0} MiB, checkpoints {:?}",
-        if rec.finished { "finished" } else { "stopped" },
-        trainer.step,
-        rec.val
-            .last()
-            .map_or(String::new(), |v| format!(", val loss {:.4}", v.loss)),
-        rec.peak_rss_bytes as f64 / (1 << 20) as f64,
-        rec.checkpoints
-    );
+    eprintln!("{}", tsd::render::train::closing_line(trainer));
     if !rec.finished {
         if let Some(sig) = tsd::signals::received() {
             return Err(tsd::Error::Stopped {

@@ -11,5 +11,6 @@ pub mod reproduction;
 pub mod run;
 pub mod table;
 pub mod track;
+pub mod train;
 
 pub use table::{number, thousands, to_json, Format};

@@ -6,6 +6,7 @@ mod checkpoint;
 pub mod data;
 pub mod device;
 mod forward;
+pub mod pick;
 pub mod optim;
 mod setup;
 pub mod switch;
