@@ -5,10 +5,10 @@
 //! Adapter formats) with Δσ = 0, whose `tsd_dash.safetensors` holds Ū, V̄ᵀ, the indices, σ and δ̂.
 
 use super::switch::{start_dash_all, DEFAULT_SVD_BUDGET};
-use crate::nn::adapted::DashSwitch;
 use crate::adapter::{read_adapter, write_adapter, Adapter};
 use crate::directions::DashPick;
 use crate::error::{Error, Result};
+use crate::nn::adapted::DashSwitch;
 use crate::nn::AdaptedLinear;
 use crate::run::base::{open_base, DeclaredBase};
 use crate::svd_cache::SvdCache;
@@ -98,7 +98,9 @@ fn adapted_linears(adapter: &Adapter, base: &dyn WeightSource) -> Result<Vec<Ada
         let (out, inp) = m.shape();
         if (w.rows, w.cols) != (out, inp) {
             let (r, c) = (w.rows, w.cols);
-            let why = format!("base weight {r}x{c}, adapter implies {out}x{inp}: is this the right base?");
+            let why = format!(
+                "base weight {r}x{c}, adapter implies {out}x{inp}: is this the right base?"
+            );
             return Err(Error::shape(&m.module, why));
         }
         let w = Tensor::from_vec(w.data, (out, inp), &Device::Cpu)?;
