@@ -49,6 +49,41 @@ pub struct InspectOptions {
     pub null: NullOptions,
 }
 
+/// The null model's flags, shared by `inspect` and `track` (README, Definitions: the null of
+/// direction metrics).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NullArgs {
+    /// How TSDs are picked and captures counted: the paper's change rate |uᵀΔWv|/σ, or
+    /// enrichment |uᵀΔWv| against its null (spectrum-free)
+    #[arg(long, value_enum, default_value = "change-rate")]
+    pub tsd_by: crate::directions::TsdBy,
+    /// Level of the capture tests (false-discovery rate across modules) and of the enrichment
+    /// threshold (family-wise within a module)
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
+    /// Most Monte-Carlo draws per capture p-value [default: ⌈20·modules/alpha⌉ within 1000–20000]
+    #[arg(long)]
+    pub null_draws: Option<usize>,
+    /// Draws per module for the enrichment threshold
+    #[arg(long, default_value_t = 1000)]
+    pub enrichment_draws: usize,
+    /// Skip the null model (faster; no figure then stands beside its null)
+    #[arg(long)]
+    pub no_null: bool,
+}
+
+impl NullArgs {
+    /// The null's options as given (unvalidated: [`InspectOptions::validate`]).
+    pub fn options(&self) -> NullOptions {
+        NullOptions {
+            enabled: !self.no_null,
+            alpha: self.alpha,
+            capture_draws: self.null_draws,
+            enrichment_draws: self.enrichment_draws,
+        }
+    }
+}
+
 /// Settings of the rotation null (README, Definitions: the null of direction metrics).
 #[derive(Clone, Debug, Serialize)]
 pub struct NullOptions {

@@ -78,7 +78,7 @@ struct TrainArgs {
     #[arg(long, hide = true)]
     single: Option<String>,
     #[command(flatten)]
-    dev: super::DeviceArgs,
+    dev: tsd::device::DeviceArgs,
 }
 
 // The flags of `Which::Switch` (no doc comment here: the variant's is the subcommand's help).
@@ -108,7 +108,7 @@ struct ScaleArgs {
     #[arg(long)]
     layers: Option<usize>,
     #[command(flatten)]
-    dev: super::DeviceArgs,
+    dev: tsd::device::DeviceArgs,
     /// Sequences per step.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -162,7 +162,7 @@ struct LogitsArgs {
     #[arg(long, default_value = "default")]
     model: String,
     #[command(flatten)]
-    dev: super::DeviceArgs,
+    dev: tsd::device::DeviceArgs,
     /// Where to write the record.
     #[arg(long, default_value = "reproductions/bench/logits.json")]
     out: PathBuf,
@@ -182,19 +182,6 @@ fn emit<T: serde::Serialize>(rec: &T, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// The device and dtype names (`cpu`, `f32` where not given), checked.
-fn device_names(dev: &super::DeviceArgs) -> Result<(String, String)> {
-    dev.resolve()?;
-    Ok((
-        dev.device
-            .unwrap_or(tsd::device::DeviceSpec::Cpu)
-            .to_string(),
-        dev.dtype
-            .unwrap_or(tsd::device::WeightDtype::F32)
-            .to_string(),
-    ))
-}
-
 /// A JSON file of figures to compare with, when it exists.
 fn read_if_there(path: &std::path::Path) -> Result<Option<serde_json::Value>> {
     Ok(path
@@ -209,7 +196,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Which::Scale(x) => scale(x),
         Which::EvalBatch(x) => eval_batch(x),
         Which::Logits(x) => {
-            let (device, dtype) = device_names(&x.dev)?;
+            let (device, dtype) = x.dev.names()?;
             emit(
                 &tsd::bench::bench_logits(&x.model, &device, &dtype)?,
                 &x.out,
@@ -217,7 +204,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         Which::Inspect(x) => inspect(x),
         Which::Train(x) => {
-            let (device, dtype) = device_names(&x.dev)?;
+            let (device, dtype) = x.dev.names()?;
             let o = tsd::bench::TrainOptions {
                 batch: x.batch,
                 seq_len: x.seq_len,
@@ -257,7 +244,7 @@ fn scale(x: ScaleArgs) -> Result<()> {
         x.batch > 0 && x.seq_len > 0 && x.rank > 0 && x.dash_s > 0,
         "--batch, --seq-len, --rank and --dash-s must be positive"
     );
-    let (device, dtype) = device_names(&x.dev)?;
+    let (device, dtype) = x.dev.names()?;
     let o = tsd::bench::ScaleOptions {
         config: x.config,
         layers: x.layers,

@@ -1,10 +1,11 @@
 //! `tsd dash-pick`: its flags; the work is [`tsd::train::pick`]'s.
 
-use super::{ModelArgs, TsdBy};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
+use tsd::directions::TsdBy;
 use tsd::train::pick::{pick_dash, DashPickPlan, DASH_PICK_SCHEMA};
+use tsd::weights::ModelArgs;
 use tsd::weights::ModelSpec;
 
 #[derive(Args, Debug)]

@@ -1,13 +1,15 @@
 //! `tsd eval`: the flags → an [`EvalPlan`] → [`tsd::eval::evaluate`] → [`tsd::render::eval`].
 
-use super::{progress_bar, DeviceArgs, ModelArgs, OutputArgs};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use tsd::data::Protocol;
+use tsd::device::DeviceArgs;
 use tsd::eval::{AdapterChoice, BeamSettings, EvalPlan, EvalProgress, TaskResult};
 use tsd::render::Format;
+use tsd::render::{progress_bar, OutputArgs};
+use tsd::weights::ModelArgs;
 use tsd::weights::ModelSpec;
 
 #[derive(Args, Debug)]
@@ -148,5 +150,5 @@ pub fn run(a: EvalArgs) -> Result<()> {
         Format::Csv => tsd::render::eval::csv(&record)?,
         Format::Table => tsd::render::eval::table(&record),
     };
-    a.out.emit(&text)
+    Ok(a.out.emit(&text)?)
 }

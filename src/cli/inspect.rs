@@ -1,14 +1,17 @@
 //! `tsd inspect`: flags → [`InspectPlan`] → [`InspectPlan::open`] → run → render.
 
-use super::{parse_pair, progress_bar, ModelArgs, NullArgs, OutputArgs};
+use super::parse_pair;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use tsd::directions::SigmaFloor;
+use tsd::inspect::NullArgs;
 use tsd::inspect::{InspectOptions, InspectPlan};
 use tsd::linalg::Precision;
 use tsd::render::inspect::{inspect_csv, inspect_html, inspect_table};
+use tsd::render::{progress_bar, OutputArgs};
 use tsd::render::{to_json, Format};
+use tsd::weights::ModelArgs;
 use tsd::weights::ModelSpec;
 
 #[derive(Args, Debug)]
@@ -135,5 +138,5 @@ pub fn run(a: InspectArgs) -> Result<()> {
             eprintln!("warning: {w}");
         }
     }
-    a.out.emit(&text)
+    Ok(a.out.emit(&text)?)
 }

@@ -13,7 +13,7 @@ pub struct ReportArgs {
     #[command(flatten)]
     run: RunArgs,
     #[command(flatten)]
-    null: super::NullArgs,
+    null: tsd::inspect::NullArgs,
     /// Render this saved track record (`tsd track RUN --json -o FILE`) instead of tracking the
     /// run's checkpoints [default: track them and save the record beside the report as
     /// FILE.track.json, named after the report (report.track.json for report.html)]

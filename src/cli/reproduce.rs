@@ -2,7 +2,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use tsd::reproduce::jobs::{self, EmitRequest, SlurmOverrides};
-use tsd::reproduce::{default_out, reproduce, Options, Overrides, Preset, Reproduction};
+use tsd::reproduce::{default_out, reproduce, Options, Overrides, Preset};
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -36,7 +36,7 @@ struct CommonsenseArgs {
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
     #[command(flatten)]
-    dev: super::DeviceArgs,
+    dev: tsd::device::DeviceArgs,
     /// Override the preset's loss placement: whole sequence (true) or response only (false) [default: the preset's]
     #[arg(long)]
     train_on_inputs: Option<bool>,
@@ -48,7 +48,7 @@ struct CommonsenseArgs {
     /// How TSD capture ranks directions: the paper's change rate, or enrichment (README,
     /// Definitions: the null of direction metrics) [default: the preset's, change-rate]
     #[arg(long, value_enum)]
-    tsd_by: Option<super::TsdBy>,
+    tsd_by: Option<tsd::directions::TsdBy>,
     /// Write one command per grid piece plus Slurm scripts under OUT/jobs/ and stop.
     #[arg(long, conflicts_with_all = ["only", "collect"])]
     emit_jobs: bool,
@@ -148,7 +148,8 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             slurm: a.slurm.overrides(),
             only_missing: a.slurm.only_missing,
         };
-        return print_emitted(&jobs::emit(&req)?, &out);
+        tsd::render::reproduction::print_emitted(&jobs::emit(&req)?, &out);
+        return Ok(());
     }
     // SIGINT / SIGTERM (Slurm's warning and time limit): training stops after its current step
     // with a checkpoint saved; anywhere else (evaluation, capture) tsd exits at once. Either way
@@ -167,7 +168,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         );
         return Ok(());
     };
-    write_outputs(&r, &out)?;
+    tsd::render::reproduction::write_outputs(&r, &out)?;
     print!("{}", tsd::render::reproduction::summary(&r));
     eprintln!(
         "wrote {}/results.json, results.csv, report.html",
@@ -206,44 +207,4 @@ impl SlurmArgs {
             extra: self.sbatch_arg.clone(),
         }
     }
-}
-
-/// What `--emit-jobs` wrote, and how to submit and gather it.
-fn print_emitted(e: &jobs::Emitted, out: &std::path::Path) -> Result<()> {
-    for piece in &e.running {
-        eprintln!("reproduce: {piece} is running in another process: left out");
-    }
-    if e.pieces.is_empty() {
-        println!(
-            "every piece in {} has finished; gather them: {}",
-            out.display(),
-            e.collect
-        );
-        return Ok(());
-    }
-    println!(
-        "wrote {n} array task(s) ({}){} to {d}: jobs.txt, array.sbatch, collect.sbatch{}, submit.sh",
-        e.pieces.join(", "),
-        if e.prepare {
-            " after the lr check"
-        } else {
-            ""
-        },
-        if e.prepare { ", prepare.sbatch" } else { "" },
-        n = e.pieces.len(),
-        d = e.dir.display()
-    );
-    println!("submit: {}/submit.sh", e.dir.display());
-    println!("afterwards (collect.sbatch runs it too): {}", e.collect);
-    Ok(())
-}
-
-fn write_outputs(r: &Reproduction, out: &std::path::Path) -> Result<()> {
-    tsd::fsutil::write_json(&out.join("results.json"), r)?;
-    tsd::fsutil::atomic_write(
-        &out.join("results.csv"),
-        &tsd::render::reproduction::results_csv(r)?,
-    )?;
-    tsd::render::reproduction::write_reproduction(r, out)?;
-    Ok(())
 }

@@ -1,12 +1,13 @@
 //! `tsd track`: flags → [`TrackPlan`] → open → track → render; [`RunArgs`] is shared with
 //! `tsd report`.
 
-use super::{progress_bar, NullArgs, OutputArgs};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use tsd::inspect::InspectOptions;
+use tsd::inspect::NullArgs;
 use tsd::render::track::{track_csv, track_table};
+use tsd::render::{progress_bar, OutputArgs};
 use tsd::render::{to_json, Format};
 use tsd::run::Run;
 use tsd::track::{TrackPlan, TrackReport};
@@ -112,5 +113,5 @@ pub fn run(a: TrackArgs) -> Result<()> {
         Format::Csv => track_csv(&rep)?,
         Format::Table => track_table(&rep),
     };
-    a.out.emit(&text)
+    Ok(a.out.emit(&text)?)
 }
