@@ -43,7 +43,7 @@ enum Command {
     Reproduce(reproduce::ReproduceArgs),
     /// LoRA-Dash's switch on a saved PEFT LoRA adapter (for trainers outside tsd): writes the picked
     /// Ū, V̄ᵀ, indices with Δσ = 0 as a LoRA-Dash adapter in tsd's layout.
-    DashPick(dash_pick::DashPickArgs),
+    DashPick(tsd::train::pick::DashPickArgs),
     /// Provision the default model (SmolLM2-135M-Instruct GGUF) into the tsd cache.
     Fetch(fetch::FetchArgs),
     /// Benchmarks; results are written under reproductions/bench/.
@@ -53,19 +53,6 @@ enum Command {
 /// A bad-input error raised by the CLI itself (exit code 2, one line).
 pub fn input_error(msg: impl Into<String>) -> anyhow::Error {
     tsd::Error::InvalidArgument(msg.into()).into()
-}
-
-/// Parses `8,4`-style pairs.
-pub fn parse_pair(s: &str) -> std::result::Result<(usize, usize), String> {
-    let (a, b) = s
-        .split_once(',')
-        .ok_or_else(|| format!("`{s}`: expected two numbers like 8,16"))?;
-    let p = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("`{x}`: {e}"));
-    let (a, b) = (p(a)?, p(b)?);
-    if a == 0 || b == 0 {
-        return Err("both numbers must be positive".into());
-    }
-    Ok((a, b))
 }
 
 pub fn run(cli: Cli) -> Result<()> {

@@ -1,11 +1,12 @@
 //! `tsd report`: flags → [`ReportPlan`] → the run's curves and track → the HTML page.
 
-use super::track::{track, warn, RunArgs};
+use super::track::{track, warn};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 use tsd::inspect::InspectOptions;
 use tsd::render::run::{run_html, RunPage};
+use tsd::track::RunArgs;
 use tsd::track::{read_saved_track, ReportPlan, ReportTrack};
 
 #[derive(Args, Debug)]

@@ -1,8 +1,8 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
-use tsd::reproduce::jobs::{self, EmitRequest, SlurmOverrides};
-use tsd::reproduce::{default_out, reproduce, Options, Overrides, Preset};
+use tsd::reproduce::jobs::{self, EmitRequest};
+use tsd::reproduce::{default_out, reproduce, Options, Preset};
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -29,26 +29,8 @@ struct CommonsenseArgs {
     /// Data in LLM-Adapters layout [default: $TSD_DATA, else ../shared/data/commonsense if present]
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Override the preset's base model [default: the preset's]
-    #[arg(long)]
-    model: Option<String>,
-    /// Override the preset's seeds, comma-separated [default: the preset's]
-    #[arg(long, value_delimiter = ',')]
-    seeds: Vec<u64>,
     #[command(flatten)]
-    dev: tsd::device::DeviceArgs,
-    /// Override the preset's loss placement: whole sequence (true) or response only (false) [default: the preset's]
-    #[arg(long)]
-    train_on_inputs: Option<bool>,
-    /// Also train the empirical controls of TSD capture (a cross-task and a shuffled-answer full
-    /// fine-tune) and measure every run against them and against another seed [default: the
-    /// preset's: cpu true, smoke and paper false]
-    #[arg(long)]
-    controls: Option<bool>,
-    /// How TSD capture ranks directions: the paper's change rate, or enrichment (README,
-    /// Definitions: the null of direction metrics) [default: the preset's, change-rate]
-    #[arg(long, value_enum)]
-    tsd_by: Option<tsd::directions::TsdBy>,
+    overrides: tsd::reproduce::preset::OverrideFlags,
     /// Write one command per grid piece plus Slurm scripts under OUT/jobs/ and stop.
     #[arg(long, conflicts_with_all = ["only", "collect"])]
     emit_jobs: bool,
@@ -67,51 +49,7 @@ struct CommonsenseArgs {
     #[arg(long, conflicts_with_all = ["emit_jobs", "only", "collect"])]
     render_only: bool,
     #[command(flatten)]
-    slurm: SlurmArgs,
-}
-
-/// What the emitted Slurm jobs request and call (with --emit-jobs).
-#[derive(Args, Debug)]
-struct SlurmArgs {
-    /// With --emit-jobs: only the pieces that have not finished (after failed or cancelled tasks).
-    #[arg(long, requires = "emit_jobs")]
-    only_missing: bool,
-    /// The tsd binary the jobs run [default: this binary, by its absolute path]
-    #[arg(long, requires = "emit_jobs")]
-    tsd: Option<PathBuf>,
-    /// LOCAL=REMOTE: the cluster sees this machine's LOCAL directory as REMOTE (paths in the jobs
-    /// are rewritten) [default: the paths as resolved here]
-    #[arg(long, requires = "emit_jobs")]
-    remote_root: Option<String>,
-    /// Slurm partition [default: the cluster's default]
-    #[arg(long, requires = "emit_jobs")]
-    partition: Option<String>,
-    /// Slurm account [default: the user's default]
-    #[arg(long, requires = "emit_jobs")]
-    account: Option<String>,
-    /// Time limit per job [default: per preset: smoke 00:30:00, cpu 04:00:00, paper 2-00:00:00]
-    #[arg(long, requires = "emit_jobs")]
-    time: Option<String>,
-    /// Memory per job [default: per preset: smoke 4G, cpu 8G, paper 64G]
-    #[arg(long, requires = "emit_jobs")]
-    mem: Option<String>,
-    /// CPUs per job, also tsd's thread count in the job [default: per preset: 2 on CPU, 8 with a GPU]
-    #[arg(long, requires = "emit_jobs")]
-    cpus: Option<usize>,
-    /// Generic resources per job [default: gpu:1 for CUDA presets, none otherwise]
-    #[arg(long, requires = "emit_jobs")]
-    gres: Option<String>,
-    /// At most this many array tasks at once (--array=1-N%K) [default: no cap]
-    #[arg(long, requires = "emit_jobs")]
-    max_parallel: Option<usize>,
-    /// Seconds before the time limit at which Slurm sends SIGTERM to each job (--signal=B:TERM@N),
-    /// which tsd answers by saving a checkpoint and exiting 143; 0: none (Slurm's own SIGTERM at
-    /// the limit, SIGKILL after KillWait, often 30 s) [default: 120]
-    #[arg(long, requires = "emit_jobs", value_name = "SECONDS")]
-    signal_grace: Option<u32>,
-    /// Any other sbatch option for every job, e.g. --sbatch-arg=--qos=long (repeatable) [default: none]
-    #[arg(long, requires = "emit_jobs", allow_hyphen_values = true)]
-    sbatch_arg: Vec<String>,
+    slurm: jobs::SlurmArgs,
 }
 
 pub fn run(a: ReproduceArgs) -> Result<()> {
@@ -132,7 +70,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     }
     let (mut p, from_dir) = Preset::chosen(a.preset.as_deref(), a.out.as_deref())?;
     tsd::device::check_composed_env()?;
-    let overrides = a.overrides();
+    let overrides = a.overrides.overrides();
     overrides.apply(&mut p);
     let out = a.out.clone().unwrap_or_else(|| default_out(&p.name));
     let data = tsd::env::data_dir(a.data.as_deref()).ok_or_else(|| super::input_error("no data directory: pass --data DIR (LLM-Adapters layout with <task>/train.json and <task>/test.json) or set TSD_DATA"))?;
@@ -175,36 +113,4 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         out.display()
     );
     Ok(())
-}
-
-impl CommonsenseArgs {
-    /// The flags that change the preset.
-    fn overrides(&self) -> Overrides {
-        Overrides {
-            model: self.model.clone(),
-            seeds: self.seeds.clone(),
-            device: self.dev.device.map(|d| d.to_string()),
-            dtype: self.dev.dtype.map(|d| d.to_string()),
-            train_on_inputs: self.train_on_inputs,
-            controls: self.controls,
-            tsd_by: self.tsd_by.map(|by| by.ranking()),
-        }
-    }
-}
-
-impl SlurmArgs {
-    /// The flags that change what each job requests.
-    fn overrides(&self) -> SlurmOverrides {
-        SlurmOverrides {
-            cpus: self.cpus,
-            mem: self.mem.clone(),
-            time: self.time.clone(),
-            gres: self.gres.clone(),
-            partition: self.partition.clone(),
-            account: self.account.clone(),
-            max_parallel: self.max_parallel,
-            signal_grace: self.signal_grace,
-            extra: self.sbatch_arg.clone(),
-        }
-    }
 }
