@@ -1,4 +1,5 @@
-//! clap definitions, one file per subcommand.
+//! The subcommands, one file each: parse → plan → call the library → render (flag groups that
+//! only feed a library plan derive `clap::Args` beside it).
 
 mod bench;
 mod dash_pick;
