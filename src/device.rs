@@ -155,6 +155,41 @@ pub fn fused_cpu(device: &Device, dtype: DType) -> bool {
     matches!(device, Device::Cpu) && dtype == DType::F32 && !composed()
 }
 
+/// Where to compute and the base weights' precision, shared by `train`, `eval`, `reproduce` and
+/// `bench`. Unknown values are refused (exit 2).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DeviceArgs {
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`); for train the
+    /// --config file's, for reproduce the preset's when not given [default: cpu]
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceSpec>,
+    /// Dtype of the frozen base weights: f32, bf16 or f16; adapter parameters, their optimizer
+    /// state and the adapter's arithmetic stay f32; for train the --config file's, for reproduce
+    /// the preset's when not given [default: f32]
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<WeightDtype>,
+}
+
+impl DeviceArgs {
+    /// The candle device and dtype, `cpu`/`f32` where not given; refuses a bad `TSD_COMPOSED`.
+    pub fn resolve(&self) -> Result<(Device, DType)> {
+        check_composed_env()?;
+        Ok((
+            self.device.unwrap_or(DeviceSpec::Cpu).device()?,
+            self.dtype.unwrap_or(WeightDtype::F32).dtype(),
+        ))
+    }
+
+    /// The device and dtype names (`cpu`, `f32` where not given), checked as [`Self::resolve`].
+    pub fn names(&self) -> Result<(String, String)> {
+        self.resolve()?;
+        Ok((
+            self.device.unwrap_or(DeviceSpec::Cpu).to_string(),
+            self.dtype.unwrap_or(WeightDtype::F32).to_string(),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,41 @@ pub struct InspectOptions {
     pub null: NullOptions,
 }
 
+/// The null model's flags, shared by `inspect` and `track` (README, Definitions: the null of
+/// direction metrics).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NullArgs {
+    /// How TSDs are picked and captures counted: the paper's change rate |uᵀΔWv|/σ, or
+    /// enrichment |uᵀΔWv| against its null (spectrum-free)
+    #[arg(long, value_enum, default_value = "change-rate")]
+    pub tsd_by: crate::directions::TsdBy,
+    /// Level of the capture tests (false-discovery rate across modules) and of the enrichment
+    /// threshold (family-wise within a module)
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
+    /// Most Monte-Carlo draws per capture p-value [default: ⌈20·modules/alpha⌉ within 1000–20000]
+    #[arg(long)]
+    pub null_draws: Option<usize>,
+    /// Draws per module for the enrichment threshold
+    #[arg(long, default_value_t = 1000)]
+    pub enrichment_draws: usize,
+    /// Skip the null model (faster; no figure then stands beside its null)
+    #[arg(long)]
+    pub no_null: bool,
+}
+
+impl NullArgs {
+    /// The null's options as given (unvalidated: [`InspectOptions::validate`]).
+    pub fn options(&self) -> NullOptions {
+        NullOptions {
+            enabled: !self.no_null,
+            alpha: self.alpha,
+            capture_draws: self.null_draws,
+            enrichment_draws: self.enrichment_draws,
+        }
+    }
+}
+
 /// Settings of the rotation null (README, Definitions: the null of direction metrics).
 #[derive(Clone, Debug, Serialize)]
 pub struct NullOptions {
@@ -1308,6 +1343,107 @@ fn adapter_params(adapter: &Adapter, base: &dyn WeightSource) -> AdapterParams {
             0.0
         },
     }
+}
+
+/// `tsd inspect`'s flags that describe the analysis.
+#[derive(clap::Args, Debug)]
+pub struct InspectFlags {
+    /// Adapter directory (adapter_config.json + adapter_model.safetensors).
+    pub adapter: PathBuf,
+    /// Which adapter of the directory: `default` (its root) or a PEFT subfolder name [default:
+    /// the only one there is]
+    #[arg(long)]
+    pub adapter_name: Option<String>,
+    /// Base model: a directory, .safetensors, .gguf, a Hugging Face id, or `default` [default: the
+    /// adapter's base_model_name_or_path, when it resolves locally]
+    #[arg(long, alias = "model")]
+    pub base: Option<String>,
+    /// Refuse (exit 2) a --base that cannot be shown to be the adapter's declared base (by name
+    /// or path, or a tsd run record's sha256) instead of warning
+    #[arg(long, requires = "base")]
+    pub strict_base: bool,
+    /// Capture metrics against another adapter (same base), a run directory of any layout (its
+    /// newest checkpoint) or a fine-tuned model (ΔW* = W* − W) [default: none]
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// TSDs per module (the top-s by --tsd-by).
+    #[arg(long, default_value_t = 8)]
+    pub top_s: usize,
+    /// Relative floor f on σ in δ = |uᵀΔWv| / max(σ, f·σ₁) (0 = the official code's choice).
+    #[arg(long, default_value_t = 0.0)]
+    pub sigma_floor: f64,
+    /// Precision of the base SVD (f32 like the official code, or f64).
+    #[arg(long, default_value = "f32")]
+    pub svd_precision: crate::linalg::Precision,
+    /// r of the amplification factor [default: each module's LoRA rank]
+    #[arg(long)]
+    pub amp_rank: Option<usize>,
+    /// Seed of the random reference basis.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// (k_pred,k_ref) of the recall metric.
+    #[arg(long, default_value = "8,4", value_parser = parse_pair)]
+    pub recall_k: (usize, usize),
+    /// (k_pred,k_ref) of the accuracy metric.
+    #[arg(long, default_value = "8,16", value_parser = parse_pair)]
+    pub accuracy_k: (usize, usize),
+    /// Include σ and δ of every direction in the JSON output.
+    #[arg(long)]
+    pub spectrum: bool,
+}
+
+impl InspectFlags {
+    pub fn plan(
+        &self,
+        html: bool,
+        no_cache: bool,
+        null: &NullArgs,
+        model: &crate::weights::ModelArgs,
+    ) -> Result<InspectPlan> {
+        let opts = InspectOptions {
+            top_s: self.top_s,
+            floor: crate::directions::SigmaFloor {
+                relative: self.sigma_floor,
+            },
+            precision: self.svd_precision,
+            amp_rank: self.amp_rank,
+            seed: self.seed,
+            recall_k: self.recall_k,
+            accuracy_k: self.accuracy_k,
+            keep_spectrum: self.spectrum || html,
+            tsd_by: null.tsd_by.ranking(),
+            null: null.options(),
+        };
+        opts.validate()?;
+        Ok(InspectPlan {
+            adapter: self.adapter.clone(),
+            adapter_name: self.adapter_name.clone(),
+            base: self.base.as_ref().map(|b| ModelSpec {
+                spec: b.clone(),
+                revision: model.revision.clone(),
+                offline: model.offline,
+                local_only: false,
+            }),
+            strict_base: self.strict_base,
+            offline: model.offline,
+            reference: self.reference.clone(),
+            opts,
+            use_cache: !no_cache,
+        })
+    }
+}
+
+/// Parses `8,4`-style pairs.
+pub fn parse_pair(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("`{s}`: expected two numbers like 8,16"))?;
+    let p = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("`{x}`: {e}"));
+    let (a, b) = (p(a)?, p(b)?);
+    if a == 0 || b == 0 {
+        return Err("both numbers must be positive".into());
+    }
+    Ok((a, b))
 }
 
 #[cfg(test)]

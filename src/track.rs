@@ -458,3 +458,54 @@ pub fn track_run(
         reports: reports.into_iter().map(|(_, r)| r).collect(),
     })
 }
+
+/// Where a run is and what to analyse it against (shared by `track` and `report`).
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Run directory: `tsd train`'s, a Hugging Face Trainer output directory (checkpoint-N/), or a
+    /// directory of adapter directories.
+    pub run: PathBuf,
+    /// Base model [default: the run's declared base — tsd's --model, else the adapters'
+    /// base_model_name_or_path and revision — when it resolves locally]
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Hugging Face revision of --base when it is a hub id [default: main]
+    #[arg(long, requires = "base")]
+    pub revision: Option<String>,
+    /// Refuse (exit 2) a --base that cannot be shown to be the run's declared base (by the run
+    /// record's sha256, else by name or path) instead of warning
+    #[arg(long, requires = "base")]
+    pub strict_base: bool,
+    /// The adapter subfolder to read in each checkpoint (PEFT's folder for a named adapter)
+    /// [default: the checkpoint's root, else its only adapter subfolder]
+    #[arg(long)]
+    pub adapter_name: Option<String>,
+    /// Reference for capture metrics: a run directory of any layout (its newest checkpoint; a tsd
+    /// full fine-tune gives ΔW* = W* − W), an adapter, or a model [default: none]
+    #[arg(long)]
+    pub reference: Option<String>,
+}
+
+impl RunArgs {
+    /// The track plan with TSD sets of `top_s` (the null's flags are checked when it opens).
+    pub fn plan(&self, top_s: usize, null: &crate::inspect::NullArgs) -> TrackPlan {
+        TrackPlan {
+            run: self.run.clone(),
+            adapter_name: self.adapter_name.clone(),
+            base: self.base.as_ref().map(|b| ModelSpec {
+                spec: b.clone(),
+                revision: self.revision.clone(),
+                offline: false,
+                local_only: false,
+            }),
+            strict_base: self.strict_base,
+            reference: self.reference.clone(),
+            opts: InspectOptions {
+                top_s,
+                tsd_by: null.tsd_by.ranking(),
+                null: null.options(),
+                ..Default::default()
+            },
+        }
+    }
+}

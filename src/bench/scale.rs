@@ -169,3 +169,56 @@ fn run_steps(
         switch_seconds,
     })
 }
+
+// The flags of `Which::Scale` (no doc comment here: the variant's is the subcommand's help).
+#[derive(clap::Args, Debug)]
+pub struct ScaleArgs {
+    /// Shape: a built-in config (llama-7b, llama2-7b, llama3-8b) or a config.json path.
+    #[arg(long, default_value = "llama-7b")]
+    pub config: String,
+    /// Override the config's layer count [default: the config's]
+    #[arg(long)]
+    pub layers: Option<usize>,
+    #[command(flatten)]
+    pub dev: crate::device::DeviceArgs,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// LoRA rank (α = 2r) on q, k, v, up, down.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// Dash directions per module.
+    #[arg(long, default_value_t = 8)]
+    pub dash_s: usize,
+    /// LoRA steps before the switch.
+    #[arg(long, default_value_t = 4)]
+    pub dash_t: usize,
+    /// Steps in all (the switch falls between step dash-t and dash-t + 1).
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Where to write the record.
+    #[arg(long, default_value = "reproductions/bench/scale.json")]
+    pub out: std::path::PathBuf,
+}
+
+impl ScaleArgs {
+    /// The benchmark's options from the flags (the device and dtype checked).
+    pub fn options(&self) -> Result<ScaleOptions> {
+        let (device, dtype) = self.dev.names()?;
+        Ok(ScaleOptions {
+            config: self.config.clone(),
+            layers: self.layers,
+            device,
+            dtype,
+            batch: self.batch,
+            seq_len: self.seq_len,
+            rank: self.rank,
+            dash_s: self.dash_s,
+            dash_t: self.dash_t,
+            steps: self.steps,
+        })
+    }
+}

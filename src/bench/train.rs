@@ -274,6 +274,53 @@ fn train_in_process(exe: &std::path::Path, o: &TrainOptions, method: &str) -> Re
         .map_err(|e| crate::Error::Internal(format!("{method}: bench train --single: {e}")))
 }
 
+// The flags of `Which::Train` (no doc comment here: the variant's is the subcommand's help).
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// LoRA rank on q, k, v, up and down (LoRA-Dash: s = 8 directions).
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// Timed steps per method and round (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Rounds: each runs LoRA and LoRA-Dash once, alternating which goes first.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// PyTorch + PEFT results to put beside (from benches/peft_train_step.py).
+    #[arg(long, default_value = "reproductions/bench/peft_train_step.json")]
+    pub torch: std::path::PathBuf,
+    /// Where to write the record.
+    #[arg(long, default_value = "reproductions/bench/train.json")]
+    pub out: std::path::PathBuf,
+    /// Internal: measure one method in this process and print its JSON.
+    #[arg(long, hide = true)]
+    pub single: Option<String>,
+    #[command(flatten)]
+    pub dev: crate::device::DeviceArgs,
+}
+
+impl TrainArgs {
+    /// The benchmark's options from the flags (the device and dtype checked).
+    pub fn options(&self) -> Result<TrainOptions> {
+        let (device, dtype) = self.dev.names()?;
+        Ok(TrainOptions {
+            batch: self.batch,
+            seq_len: self.seq_len,
+            rank: self.rank,
+            steps: self.steps,
+            rounds: self.rounds,
+            device,
+            dtype,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

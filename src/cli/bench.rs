@@ -17,13 +17,13 @@ enum Which {
     /// Inspect time on LLaMA-7B-shaped modules, cold and with a warm SVD cache.
     Inspect(InspectArgs),
     /// Training-step throughput and peak memory, LoRA and LoRA-Dash, on the default model (CPU).
-    Train(TrainArgs),
+    Train(tsd::bench::train::TrainArgs),
     /// LoRA-Dash's switch (SVDs in parallel through a cold SVD cache, TSD picks) on
     /// LLaMA-7B-shaped layers, extrapolated linearly to 32 layers.
     Switch(SwitchArgs),
     /// LoRA-Dash steps across the switch on a random model of a given shape, on any device and
     /// dtype (the GPU check runs it on LLaMA-7B's shape in bf16).
-    Scale(ScaleArgs),
+    Scale(tsd::bench::scale::ScaleArgs),
     /// `generate` evaluation seconds per example (4 beams, ≤ 32 new tokens) at several batch sizes.
     EvalBatch(EvalBatchArgs),
     /// A model's logits on --device/--dtype against the CPU in f32.
@@ -50,37 +50,6 @@ struct InspectArgs {
     out: PathBuf,
 }
 
-// The flags of `Which::Train` (no doc comment here: the variant's is the subcommand's help).
-#[derive(Args, Debug)]
-struct TrainArgs {
-    /// Sequences per step.
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 128)]
-    seq_len: usize,
-    /// LoRA rank on q, k, v, up and down (LoRA-Dash: s = 8 directions).
-    #[arg(long, default_value_t = 8)]
-    rank: usize,
-    /// Timed steps per method and round (after one warm-up step).
-    #[arg(long, default_value_t = 5)]
-    steps: usize,
-    /// Rounds: each runs LoRA and LoRA-Dash once, alternating which goes first.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// PyTorch + PEFT results to put beside (from benches/peft_train_step.py).
-    #[arg(long, default_value = "reproductions/bench/peft_train_step.json")]
-    torch: PathBuf,
-    /// Where to write the record.
-    #[arg(long, default_value = "reproductions/bench/train.json")]
-    out: PathBuf,
-    /// Internal: measure one method in this process and print its JSON.
-    #[arg(long, hide = true)]
-    single: Option<String>,
-    #[command(flatten)]
-    dev: super::DeviceArgs,
-}
-
 // The flags of `Which::Switch` (no doc comment here: the variant's is the subcommand's help).
 #[derive(Args, Debug)]
 struct SwitchArgs {
@@ -95,40 +64,6 @@ struct SwitchArgs {
     dash_s: usize,
     /// Where to write the record.
     #[arg(long, default_value = "reproductions/bench/switch.json")]
-    out: PathBuf,
-}
-
-// The flags of `Which::Scale` (no doc comment here: the variant's is the subcommand's help).
-#[derive(Args, Debug)]
-struct ScaleArgs {
-    /// Shape: a built-in config (llama-7b, llama2-7b, llama3-8b) or a config.json path.
-    #[arg(long, default_value = "llama-7b")]
-    config: String,
-    /// Override the config's layer count [default: the config's]
-    #[arg(long)]
-    layers: Option<usize>,
-    #[command(flatten)]
-    dev: super::DeviceArgs,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 256)]
-    seq_len: usize,
-    /// LoRA rank (α = 2r) on q, k, v, up, down.
-    #[arg(long, default_value_t = 8)]
-    rank: usize,
-    /// Dash directions per module.
-    #[arg(long, default_value_t = 8)]
-    dash_s: usize,
-    /// LoRA steps before the switch.
-    #[arg(long, default_value_t = 4)]
-    dash_t: usize,
-    /// Steps in all (the switch falls between step dash-t and dash-t + 1).
-    #[arg(long, default_value_t = 8)]
-    steps: usize,
-    /// Where to write the record.
-    #[arg(long, default_value = "reproductions/bench/scale.json")]
     out: PathBuf,
 }
 
@@ -162,7 +97,7 @@ struct LogitsArgs {
     #[arg(long, default_value = "default")]
     model: String,
     #[command(flatten)]
-    dev: super::DeviceArgs,
+    dev: tsd::device::DeviceArgs,
     /// Where to write the record.
     #[arg(long, default_value = "reproductions/bench/logits.json")]
     out: PathBuf,
@@ -182,19 +117,6 @@ fn emit<T: serde::Serialize>(rec: &T, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// The device and dtype names (`cpu`, `f32` where not given), checked.
-fn device_names(dev: &super::DeviceArgs) -> Result<(String, String)> {
-    dev.resolve()?;
-    Ok((
-        dev.device
-            .unwrap_or(tsd::device::DeviceSpec::Cpu)
-            .to_string(),
-        dev.dtype
-            .unwrap_or(tsd::device::WeightDtype::F32)
-            .to_string(),
-    ))
-}
-
 /// A JSON file of figures to compare with, when it exists.
 fn read_if_there(path: &std::path::Path) -> Result<Option<serde_json::Value>> {
     Ok(path
@@ -209,26 +131,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Which::Scale(x) => scale(x),
         Which::EvalBatch(x) => eval_batch(x),
         Which::Logits(x) => {
-            let (device, dtype) = device_names(&x.dev)?;
+            let (device, dtype) = x.dev.names()?;
             emit(
                 &tsd::bench::bench_logits(&x.model, &device, &dtype)?,
                 &x.out,
             )
         }
         Which::Inspect(x) => inspect(x),
-        Which::Train(x) => {
-            let (device, dtype) = device_names(&x.dev)?;
-            let o = tsd::bench::TrainOptions {
-                batch: x.batch,
-                seq_len: x.seq_len,
-                rank: x.rank,
-                steps: x.steps,
-                rounds: x.rounds,
-                device,
-                dtype,
-            };
-            train(o, x.single, &x.torch, &x.out)
-        }
+        Which::Train(x) => train(x.options()?, x.single, &x.torch, &x.out),
     }
 }
 
@@ -252,25 +162,12 @@ fn switch(x: SwitchArgs) -> Result<()> {
 }
 
 /// `tsd bench scale`.
-fn scale(x: ScaleArgs) -> Result<()> {
+fn scale(x: tsd::bench::scale::ScaleArgs) -> Result<()> {
     anyhow::ensure!(
         x.batch > 0 && x.seq_len > 0 && x.rank > 0 && x.dash_s > 0,
         "--batch, --seq-len, --rank and --dash-s must be positive"
     );
-    let (device, dtype) = device_names(&x.dev)?;
-    let o = tsd::bench::ScaleOptions {
-        config: x.config,
-        layers: x.layers,
-        device,
-        dtype,
-        batch: x.batch,
-        seq_len: x.seq_len,
-        rank: x.rank,
-        dash_s: x.dash_s,
-        dash_t: x.dash_t,
-        steps: x.steps,
-    };
-    let rec = tsd::bench::bench_scale_train(&o)?;
+    let rec = tsd::bench::bench_scale_train(&x.options()?)?;
     emit(&rec, &x.out)?;
     eprintln!("{}", tsd::render::bench::scale_summary(&rec));
     Ok(())

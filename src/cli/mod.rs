@@ -1,4 +1,5 @@
-//! clap definitions, one file per subcommand.
+//! The subcommands, one file each: parse → plan → call the library → render (flag groups that
+//! only feed a library plan derive `clap::Args` beside it).
 
 mod bench;
 mod dash_pick;
@@ -13,10 +14,7 @@ mod track;
 mod train;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
-use tsd::device::{DeviceSpec, WeightDtype};
-use tsd::render::Format;
+use clap::{Parser, Subcommand};
 
 /// Task-specific directions (TSD) for LoRA and LoRA-Dash fine-tuning.
 #[derive(Parser, Debug)]
@@ -46,174 +44,16 @@ enum Command {
     Reproduce(reproduce::ReproduceArgs),
     /// LoRA-Dash's switch on a saved PEFT LoRA adapter (for trainers outside tsd): writes the picked
     /// Ū, V̄ᵀ, indices with Δσ = 0 as a LoRA-Dash adapter in tsd's layout.
-    DashPick(dash_pick::DashPickArgs),
+    DashPick(tsd::train::pick::DashPickArgs),
     /// Provision the default model (SmolLM2-135M-Instruct GGUF) into the tsd cache.
     Fetch(fetch::FetchArgs),
     /// Benchmarks; results are written under reproductions/bench/.
     Bench(bench::BenchArgs),
 }
 
-/// Where a model comes from (candle-style flags).
-#[derive(Args, Debug, Clone)]
-pub struct ModelArgs {
-    /// Hugging Face revision when the model is a hub id: a branch, a tag or a full 40-hex commit
-    /// sha [default: main].
-    #[arg(long)]
-    pub revision: Option<String>,
-    /// Never use the network: the Hugging Face cache alone (also HF_HUB_OFFLINE, else
-    /// TRANSFORMERS_OFFLINE, set to 1/on/yes/true).
-    #[arg(long)]
-    pub offline: bool,
-}
-
-/// Where to compute and the base weights' precision, shared by `train`, `eval`, `reproduce` and
-/// `bench`. Unknown values are refused (exit 2).
-#[derive(Args, Debug, Clone, Default)]
-pub struct DeviceArgs {
-    /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`); for train the
-    /// --config file's, for reproduce the preset's when not given [default: cpu]
-    #[arg(long, value_name = "DEVICE")]
-    pub device: Option<DeviceSpec>,
-    /// Dtype of the frozen base weights: f32, bf16 or f16; adapter parameters, their optimizer
-    /// state and the adapter's arithmetic stay f32; for train the --config file's, for reproduce
-    /// the preset's when not given [default: f32]
-    #[arg(long, value_name = "DTYPE")]
-    pub dtype: Option<WeightDtype>,
-}
-
-impl DeviceArgs {
-    /// The candle device and dtype, `cpu`/`f32` where not given; refuses a bad `TSD_COMPOSED`.
-    pub fn resolve(&self) -> Result<(candle_core::Device, candle_core::DType)> {
-        tsd::device::check_composed_env()?;
-        Ok((
-            self.device.unwrap_or(DeviceSpec::Cpu).device()?,
-            self.dtype.unwrap_or(WeightDtype::F32).dtype(),
-        ))
-    }
-}
-
-/// The null model's flags, shared by `inspect` and `track` (README, Definitions: the null of
-/// direction metrics).
-#[derive(Args, Debug, Clone)]
-pub struct NullArgs {
-    /// How TSDs are picked and captures counted: the paper's change rate |uᵀΔWv|/σ, or
-    /// enrichment |uᵀΔWv| against its null (spectrum-free)
-    #[arg(long, value_enum, default_value = "change-rate")]
-    pub tsd_by: TsdBy,
-    /// Level of the capture tests (false-discovery rate across modules) and of the enrichment
-    /// threshold (family-wise within a module)
-    #[arg(long, default_value_t = 0.05)]
-    pub alpha: f64,
-    /// Most Monte-Carlo draws per capture p-value [default: ⌈20·modules/alpha⌉ within 1000–20000]
-    #[arg(long)]
-    pub null_draws: Option<usize>,
-    /// Draws per module for the enrichment threshold
-    #[arg(long, default_value_t = 1000)]
-    pub enrichment_draws: usize,
-    /// Skip the null model (faster; no figure then stands beside its null)
-    #[arg(long)]
-    pub no_null: bool,
-}
-
-/// `--tsd-by`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum TsdBy {
-    ChangeRate,
-    Enrichment,
-}
-
-impl TsdBy {
-    pub fn ranking(self) -> tsd::directions::Ranking {
-        match self {
-            TsdBy::ChangeRate => tsd::directions::Ranking::ChangeRate,
-            TsdBy::Enrichment => tsd::directions::Ranking::Enrichment,
-        }
-    }
-}
-
-impl NullArgs {
-    /// The null's options as given (unvalidated: [`tsd::inspect::InspectOptions::validate`]).
-    pub fn options(&self) -> tsd::inspect::NullOptions {
-        tsd::inspect::NullOptions {
-            enabled: !self.no_null,
-            alpha: self.alpha,
-            capture_draws: self.null_draws,
-            enrichment_draws: self.enrichment_draws,
-        }
-    }
-}
-
-/// Output selection shared by commands that print results.
-#[derive(Args, Debug, Clone)]
-pub struct OutputArgs {
-    /// Print JSON instead of a table.
-    #[arg(long, conflicts_with = "csv")]
-    pub json: bool,
-    /// Print CSV instead of a table.
-    #[arg(long)]
-    pub csv: bool,
-    /// Write the output to this file (atomically) instead of stdout [default: stdout]
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: Option<PathBuf>,
-}
-
-impl OutputArgs {
-    pub fn format(&self) -> Format {
-        if self.json {
-            Format::Json
-        } else if self.csv {
-            Format::Csv
-        } else {
-            Format::Table
-        }
-    }
-
-    /// Prints or writes `text`.
-    pub fn emit(&self, text: &str) -> Result<()> {
-        match &self.output {
-            Some(p) => {
-                tsd::fsutil::atomic_write(p, text.as_bytes())?;
-                eprintln!("wrote {}", p.display());
-            }
-            None => print!("{text}"),
-        }
-        Ok(())
-    }
-}
-
 /// A bad-input error raised by the CLI itself (exit code 2, one line).
 pub fn input_error(msg: impl Into<String>) -> anyhow::Error {
     tsd::Error::InvalidArgument(msg.into()).into()
-}
-
-/// Parses `8,4`-style pairs.
-pub fn parse_pair(s: &str) -> std::result::Result<(usize, usize), String> {
-    let (a, b) = s
-        .split_once(',')
-        .ok_or_else(|| format!("`{s}`: expected two numbers like 8,16"))?;
-    let p = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("`{x}`: {e}"));
-    let (a, b) = (p(a)?, p(b)?);
-    if a == 0 || b == 0 {
-        return Err("both numbers must be positive".into());
-    }
-    Ok((a, b))
-}
-
-/// A progress bar on stderr (hidden when stderr is not a terminal or when quiet).
-pub fn progress_bar(len: u64, msg: &str, quiet: bool) -> indicatif::ProgressBar {
-    if quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(len);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta}) {wide_msg}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    pb.set_message(msg.to_string());
-    pb
 }
 
 pub fn run(cli: Cli) -> Result<()> {

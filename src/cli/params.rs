@@ -1,9 +1,10 @@
-use super::{ModelArgs, OutputArgs};
 use anyhow::Result;
 use clap::Args;
 use tsd::params::{count, load_config, ParamPlan, ParamsRow};
 use tsd::render::params::{params_csv, params_table};
+use tsd::render::OutputArgs;
 use tsd::render::{to_json, Format};
+use tsd::weights::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct ParamsArgs {
@@ -66,5 +67,5 @@ pub fn run(a: ParamsArgs) -> Result<()> {
         Format::Csv => params_csv(&rows)?,
         Format::Table => params_table(&rows),
     };
-    a.out.emit(&text)
+    Ok(a.out.emit(&text)?)
 }

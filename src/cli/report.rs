@@ -1,11 +1,12 @@
 //! `tsd report`: flags → [`ReportPlan`] → the run's curves and track → the HTML page.
 
-use super::track::{track, warn, RunArgs};
+use super::track::{track, warn};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 use tsd::inspect::InspectOptions;
 use tsd::render::run::{run_html, RunPage};
+use tsd::track::RunArgs;
 use tsd::track::{read_saved_track, ReportPlan, ReportTrack};
 
 #[derive(Args, Debug)]
@@ -13,7 +14,7 @@ pub struct ReportArgs {
     #[command(flatten)]
     run: RunArgs,
     #[command(flatten)]
-    null: super::NullArgs,
+    null: tsd::inspect::NullArgs,
     /// Render this saved track record (`tsd track RUN --json -o FILE`) instead of tracking the
     /// run's checkpoints [default: track them and save the record beside the report as
     /// FILE.track.json, named after the report (report.track.json for report.html)]

@@ -1,8 +1,8 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
-use tsd::reproduce::jobs::{self, EmitRequest, SlurmOverrides};
-use tsd::reproduce::{default_out, reproduce, Options, Overrides, Preset, Reproduction};
+use tsd::reproduce::jobs::{self, EmitRequest};
+use tsd::reproduce::{default_out, reproduce, Options, Preset};
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -29,26 +29,8 @@ struct CommonsenseArgs {
     /// Data in LLM-Adapters layout [default: $TSD_DATA, else ../shared/data/commonsense if present]
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Override the preset's base model [default: the preset's]
-    #[arg(long)]
-    model: Option<String>,
-    /// Override the preset's seeds, comma-separated [default: the preset's]
-    #[arg(long, value_delimiter = ',')]
-    seeds: Vec<u64>,
     #[command(flatten)]
-    dev: super::DeviceArgs,
-    /// Override the preset's loss placement: whole sequence (true) or response only (false) [default: the preset's]
-    #[arg(long)]
-    train_on_inputs: Option<bool>,
-    /// Also train the empirical controls of TSD capture (a cross-task and a shuffled-answer full
-    /// fine-tune) and measure every run against them and against another seed [default: the
-    /// preset's: cpu true, smoke and paper false]
-    #[arg(long)]
-    controls: Option<bool>,
-    /// How TSD capture ranks directions: the paper's change rate, or enrichment (README,
-    /// Definitions: the null of direction metrics) [default: the preset's, change-rate]
-    #[arg(long, value_enum)]
-    tsd_by: Option<super::TsdBy>,
+    overrides: tsd::reproduce::preset::OverrideFlags,
     /// Write one command per grid piece plus Slurm scripts under OUT/jobs/ and stop.
     #[arg(long, conflicts_with_all = ["only", "collect"])]
     emit_jobs: bool,
@@ -67,51 +49,7 @@ struct CommonsenseArgs {
     #[arg(long, conflicts_with_all = ["emit_jobs", "only", "collect"])]
     render_only: bool,
     #[command(flatten)]
-    slurm: SlurmArgs,
-}
-
-/// What the emitted Slurm jobs request and call (with --emit-jobs).
-#[derive(Args, Debug)]
-struct SlurmArgs {
-    /// With --emit-jobs: only the pieces that have not finished (after failed or cancelled tasks).
-    #[arg(long, requires = "emit_jobs")]
-    only_missing: bool,
-    /// The tsd binary the jobs run [default: this binary, by its absolute path]
-    #[arg(long, requires = "emit_jobs")]
-    tsd: Option<PathBuf>,
-    /// LOCAL=REMOTE: the cluster sees this machine's LOCAL directory as REMOTE (paths in the jobs
-    /// are rewritten) [default: the paths as resolved here]
-    #[arg(long, requires = "emit_jobs")]
-    remote_root: Option<String>,
-    /// Slurm partition [default: the cluster's default]
-    #[arg(long, requires = "emit_jobs")]
-    partition: Option<String>,
-    /// Slurm account [default: the user's default]
-    #[arg(long, requires = "emit_jobs")]
-    account: Option<String>,
-    /// Time limit per job [default: per preset: smoke 00:30:00, cpu 04:00:00, paper 2-00:00:00]
-    #[arg(long, requires = "emit_jobs")]
-    time: Option<String>,
-    /// Memory per job [default: per preset: smoke 4G, cpu 8G, paper 64G]
-    #[arg(long, requires = "emit_jobs")]
-    mem: Option<String>,
-    /// CPUs per job, also tsd's thread count in the job [default: per preset: 2 on CPU, 8 with a GPU]
-    #[arg(long, requires = "emit_jobs")]
-    cpus: Option<usize>,
-    /// Generic resources per job [default: gpu:1 for CUDA presets, none otherwise]
-    #[arg(long, requires = "emit_jobs")]
-    gres: Option<String>,
-    /// At most this many array tasks at once (--array=1-N%K) [default: no cap]
-    #[arg(long, requires = "emit_jobs")]
-    max_parallel: Option<usize>,
-    /// Seconds before the time limit at which Slurm sends SIGTERM to each job (--signal=B:TERM@N),
-    /// which tsd answers by saving a checkpoint and exiting 143; 0: none (Slurm's own SIGTERM at
-    /// the limit, SIGKILL after KillWait, often 30 s) [default: 120]
-    #[arg(long, requires = "emit_jobs", value_name = "SECONDS")]
-    signal_grace: Option<u32>,
-    /// Any other sbatch option for every job, e.g. --sbatch-arg=--qos=long (repeatable) [default: none]
-    #[arg(long, requires = "emit_jobs", allow_hyphen_values = true)]
-    sbatch_arg: Vec<String>,
+    slurm: jobs::SlurmArgs,
 }
 
 pub fn run(a: ReproduceArgs) -> Result<()> {
@@ -132,7 +70,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     }
     let (mut p, from_dir) = Preset::chosen(a.preset.as_deref(), a.out.as_deref())?;
     tsd::device::check_composed_env()?;
-    let overrides = a.overrides();
+    let overrides = a.overrides.overrides();
     overrides.apply(&mut p);
     let out = a.out.clone().unwrap_or_else(|| default_out(&p.name));
     let data = tsd::env::data_dir(a.data.as_deref()).ok_or_else(|| super::input_error("no data directory: pass --data DIR (LLM-Adapters layout with <task>/train.json and <task>/test.json) or set TSD_DATA"))?;
@@ -148,7 +86,8 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             slurm: a.slurm.overrides(),
             only_missing: a.slurm.only_missing,
         };
-        return print_emitted(&jobs::emit(&req)?, &out);
+        tsd::render::reproduction::print_emitted(&jobs::emit(&req)?, &out);
+        return Ok(());
     }
     // SIGINT / SIGTERM (Slurm's warning and time limit): training stops after its current step
     // with a checkpoint saved; anywhere else (evaluation, capture) tsd exits at once. Either way
@@ -167,83 +106,11 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         );
         return Ok(());
     };
-    write_outputs(&r, &out)?;
+    tsd::render::reproduction::write_outputs(&r, &out)?;
     print!("{}", tsd::render::reproduction::summary(&r));
     eprintln!(
         "wrote {}/results.json, results.csv, report.html",
         out.display()
     );
-    Ok(())
-}
-
-impl CommonsenseArgs {
-    /// The flags that change the preset.
-    fn overrides(&self) -> Overrides {
-        Overrides {
-            model: self.model.clone(),
-            seeds: self.seeds.clone(),
-            device: self.dev.device.map(|d| d.to_string()),
-            dtype: self.dev.dtype.map(|d| d.to_string()),
-            train_on_inputs: self.train_on_inputs,
-            controls: self.controls,
-            tsd_by: self.tsd_by.map(|by| by.ranking()),
-        }
-    }
-}
-
-impl SlurmArgs {
-    /// The flags that change what each job requests.
-    fn overrides(&self) -> SlurmOverrides {
-        SlurmOverrides {
-            cpus: self.cpus,
-            mem: self.mem.clone(),
-            time: self.time.clone(),
-            gres: self.gres.clone(),
-            partition: self.partition.clone(),
-            account: self.account.clone(),
-            max_parallel: self.max_parallel,
-            signal_grace: self.signal_grace,
-            extra: self.sbatch_arg.clone(),
-        }
-    }
-}
-
-/// What `--emit-jobs` wrote, and how to submit and gather it.
-fn print_emitted(e: &jobs::Emitted, out: &std::path::Path) -> Result<()> {
-    for piece in &e.running {
-        eprintln!("reproduce: {piece} is running in another process: left out");
-    }
-    if e.pieces.is_empty() {
-        println!(
-            "every piece in {} has finished; gather them: {}",
-            out.display(),
-            e.collect
-        );
-        return Ok(());
-    }
-    println!(
-        "wrote {n} array task(s) ({}){} to {d}: jobs.txt, array.sbatch, collect.sbatch{}, submit.sh",
-        e.pieces.join(", "),
-        if e.prepare {
-            " after the lr check"
-        } else {
-            ""
-        },
-        if e.prepare { ", prepare.sbatch" } else { "" },
-        n = e.pieces.len(),
-        d = e.dir.display()
-    );
-    println!("submit: {}/submit.sh", e.dir.display());
-    println!("afterwards (collect.sbatch runs it too): {}", e.collect);
-    Ok(())
-}
-
-fn write_outputs(r: &Reproduction, out: &std::path::Path) -> Result<()> {
-    tsd::fsutil::write_json(&out.join("results.json"), r)?;
-    tsd::fsutil::atomic_write(
-        &out.join("results.csv"),
-        &tsd::render::reproduction::results_csv(r)?,
-    )?;
-    tsd::render::reproduction::write_reproduction(r, out)?;
     Ok(())
 }

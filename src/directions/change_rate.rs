@@ -54,6 +54,22 @@ pub fn rates_from_coordinates(coords: &[f64], sigma: &[f64], floor: SigmaFloor) 
         .collect()
 }
 
+/// `--tsd-by` / `--dash-pick`: the command-line names of [`Ranking`].
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum TsdBy {
+    ChangeRate,
+    Enrichment,
+}
+
+impl TsdBy {
+    pub fn ranking(self) -> Ranking {
+        match self {
+            TsdBy::ChangeRate => Ranking::ChangeRate,
+            TsdBy::Enrichment => Ranking::Enrichment,
+        }
+    }
+}
+
 /// How core directions are ranked when TSDs are picked and captures counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]

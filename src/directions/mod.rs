@@ -18,7 +18,8 @@ pub mod update;
 pub use amplification::{amplification, Amplification};
 pub use capture::{capture, Capture};
 pub use change_rate::{
-    change_rates, change_rates_on, top_k, DashPick, Ranking, SigmaFloor, Tsd, NEAR_NULL_RATIO,
+    change_rates, change_rates_on, top_k, DashPick, Ranking, SigmaFloor, Tsd, TsdBy,
+    NEAR_NULL_RATIO,
 };
 pub use subspace::subspace_similarity;
 pub use update::Update;

@@ -7,11 +7,11 @@ use super::evaluator::{BeamSettings, EvalProgress, EvalSettings, Evaluator, Logl
 use super::merge::adapted_model;
 use super::TaskResult;
 use crate::data::{load_examples, test_file, Protocol, Task, TASKS};
-use crate::device::{DeviceSpec, WeightDtype};
+use crate::device::{DeviceArgs, DeviceSpec, WeightDtype};
 use crate::error::{Error, Result};
 use crate::model::Llama;
 use crate::provision::resolve_path;
-use crate::weights::{open_path, ModelSpec};
+use crate::weights::{open_path, ModelArgs, ModelSpec};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -222,5 +222,95 @@ impl EvalProgress for PredictionWriter<'_> {
             .map_err(|e| Error::Internal(format!("serialising a prediction: {e}")))?;
         let text = lines.join("\n") + "\n";
         crate::fsutil::atomic_write(&dir.join(format!("{}.jsonl", r.task)), text.as_bytes())
+    }
+}
+
+/// `tsd eval`'s flags that describe the plan.
+#[derive(clap::Args, Debug)]
+pub struct EvalFlags {
+    /// Base model: path, Hugging Face id, or `default`.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// A PEFT LoRA / LoRA-Dash adapter, merged before evaluation (with its modules_to_save
+    /// copies, biases and embedding LoRA; what cannot be applied exactly is refused) [default:
+    /// none, the base model alone]
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Refuse (exit 2) a --model that cannot be shown to be the --adapter's declared base (by
+    /// name or path, or a tsd run record's sha256) instead of warning
+    #[arg(long, requires = "adapter")]
+    pub strict_base: bool,
+    /// Which adapter of the --adapter directory: `default` (its root) or a PEFT subfolder name
+    /// [default: the only one there is]
+    #[arg(long, requires = "adapter")]
+    pub adapter_name: Option<String>,
+    /// Tasks (comma-separated): boolq, piqa, social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub tasks: Vec<String>,
+    /// Data directory in LLM-Adapters layout (`<task>/test.json`, as the LLM-Adapters repository's
+    /// `dataset/` folder holds them) [default: $TSD_DATA, else ../shared/data/commonsense if
+    /// present, else — for social_i_qa alone, the one test set tsd can provision — Social IQa
+    /// from PyPI's bigbench sdist into $TSD_HOME/data/commonsense, sha256-checked; other tasks
+    /// are refused]
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// `generate` (the LLM-Adapters protocol: beam search, first label in the response) or
+    /// `loglik` (label log-likelihood; cheaper, cannot see invalid-label failures).
+    #[arg(long, value_enum, default_value_t = Protocol::Generate, hide_possible_values = true)]
+    pub protocol: Protocol,
+    /// Beams for `generate`.
+    #[arg(long, default_value_t = BeamSettings::LLM_ADAPTERS.num_beams)]
+    pub beams: usize,
+    /// New-token budget for `generate`.
+    #[arg(long, default_value_t = BeamSettings::LLM_ADAPTERS.max_new_tokens)]
+    pub max_new_tokens: usize,
+    /// Examples per batched beam search for `generate` (predictions do not depend on it).
+    #[arg(long, default_value_t = super::generate::DEFAULT_BATCH)]
+    pub batch_size: usize,
+    /// Loglik scoring: `auto` (one batched pass per example group when the labels differ only in
+    /// their last token, else the KV-cache path) or `general` (always the KV-cache path; same
+    /// scores, for checking and benchmarks).
+    #[arg(long, default_value = "auto")]
+    pub loglik_path: String,
+    /// Evaluate only the first N examples of each task [default: all]
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Per-example predictions as JSONL into this directory, one file per task; for loglik, every
+    /// label's summed log-likelihood, token count and greediness [default: not written]
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
+}
+
+impl EvalFlags {
+    /// The plan the flags describe.
+    pub fn plan(&self, src: &ModelArgs, dev: &DeviceArgs) -> Result<EvalPlan> {
+        let loglik_path = self.loglik_path.parse()?;
+        let tasks = crate::data::tasks_named(&self.tasks)?;
+        Ok(EvalPlan {
+            model: ModelSpec {
+                spec: self.model.clone(),
+                revision: src.revision.clone(),
+                offline: src.offline,
+                local_only: false,
+            },
+            adapter: self.adapter.as_ref().map(|path| AdapterChoice {
+                path: path.clone(),
+                name: self.adapter_name.clone(),
+                strict_base: self.strict_base,
+            }),
+            device: dev.device,
+            dtype: dev.dtype,
+            data: self.data.clone(),
+            tasks,
+            protocol: self.protocol,
+            beams: BeamSettings {
+                num_beams: self.beams,
+                max_new_tokens: self.max_new_tokens,
+            },
+            batch_size: self.batch_size,
+            loglik_path,
+            limit: self.limit,
+            predictions: self.predictions.clone(),
+        })
     }
 }

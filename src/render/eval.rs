@@ -68,6 +68,45 @@ pub fn table(r: &EvalRecord) -> String {
     )
 }
 
+/// A progress bar per task, notices and warnings on stderr.
+pub struct Bars {
+    quiet: bool,
+    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl Bars {
+    pub fn new(quiet: bool) -> Bars {
+        Bars {
+            quiet,
+            bar: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl crate::eval::EvalProgress for Bars {
+    fn note(&self, msg: &str) {
+        eprintln!("tsd eval: {msg}");
+    }
+    fn warn(&self, msg: &str) {
+        eprintln!("warning: {msg}");
+    }
+    fn task_started(&self, task: &str, examples: usize) {
+        let pb = crate::render::progress_bar(examples as u64, task, self.quiet);
+        *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(pb);
+    }
+    fn example_done(&self) {
+        if let Some(pb) = &*self.bar.lock().unwrap_or_else(|p| p.into_inner()) {
+            pb.inc(1);
+        }
+    }
+    fn task_finished(&self, _: &crate::eval::TaskResult) -> crate::Result<()> {
+        if let Some(pb) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            pb.finish_and_clear();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

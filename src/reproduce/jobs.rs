@@ -700,6 +700,67 @@ pub fn emit(req: &EmitRequest) -> Result<Emitted> {
     emit_jobs(p, &spec, req.out)
 }
 
+/// What the emitted Slurm jobs request and call (with --emit-jobs).
+#[derive(clap::Args, Debug)]
+pub struct SlurmArgs {
+    /// With --emit-jobs: only the pieces that have not finished (after failed or cancelled tasks).
+    #[arg(long, requires = "emit_jobs")]
+    pub only_missing: bool,
+    /// The tsd binary the jobs run [default: this binary, by its absolute path]
+    #[arg(long, requires = "emit_jobs")]
+    pub tsd: Option<PathBuf>,
+    /// LOCAL=REMOTE: the cluster sees this machine's LOCAL directory as REMOTE (paths in the jobs
+    /// are rewritten) [default: the paths as resolved here]
+    #[arg(long, requires = "emit_jobs")]
+    pub remote_root: Option<String>,
+    /// Slurm partition [default: the cluster's default]
+    #[arg(long, requires = "emit_jobs")]
+    pub partition: Option<String>,
+    /// Slurm account [default: the user's default]
+    #[arg(long, requires = "emit_jobs")]
+    pub account: Option<String>,
+    /// Time limit per job [default: per preset: smoke 00:30:00, cpu 04:00:00, paper 2-00:00:00]
+    #[arg(long, requires = "emit_jobs")]
+    pub time: Option<String>,
+    /// Memory per job [default: per preset: smoke 4G, cpu 8G, paper 64G]
+    #[arg(long, requires = "emit_jobs")]
+    pub mem: Option<String>,
+    /// CPUs per job, also tsd's thread count in the job [default: per preset: 2 on CPU, 8 with a GPU]
+    #[arg(long, requires = "emit_jobs")]
+    pub cpus: Option<usize>,
+    /// Generic resources per job [default: gpu:1 for CUDA presets, none otherwise]
+    #[arg(long, requires = "emit_jobs")]
+    pub gres: Option<String>,
+    /// At most this many array tasks at once (--array=1-N%K) [default: no cap]
+    #[arg(long, requires = "emit_jobs")]
+    pub max_parallel: Option<usize>,
+    /// Seconds before the time limit at which Slurm sends SIGTERM to each job (--signal=B:TERM@N),
+    /// which tsd answers by saving a checkpoint and exiting 143; 0: none (Slurm's own SIGTERM at
+    /// the limit, SIGKILL after KillWait, often 30 s) [default: 120]
+    #[arg(long, requires = "emit_jobs", value_name = "SECONDS")]
+    pub signal_grace: Option<u32>,
+    /// Any other sbatch option for every job, e.g. --sbatch-arg=--qos=long (repeatable) [default: none]
+    #[arg(long, requires = "emit_jobs", allow_hyphen_values = true)]
+    pub sbatch_arg: Vec<String>,
+}
+
+impl SlurmArgs {
+    /// The flags that change what each job requests.
+    pub fn overrides(&self) -> SlurmOverrides {
+        SlurmOverrides {
+            cpus: self.cpus,
+            mem: self.mem.clone(),
+            time: self.time.clone(),
+            gres: self.gres.clone(),
+            partition: self.partition.clone(),
+            account: self.account.clone(),
+            max_parallel: self.max_parallel,
+            signal_grace: self.signal_grace,
+            extra: self.sbatch_arg.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -400,3 +400,43 @@ impl Overrides {
         }
     }
 }
+
+/// `tsd reproduce commonsense`'s flags that change the preset.
+#[derive(clap::Args, Debug)]
+pub struct OverrideFlags {
+    /// Override the preset's base model [default: the preset's]
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Override the preset's seeds, comma-separated [default: the preset's]
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    #[command(flatten)]
+    pub dev: crate::device::DeviceArgs,
+    /// Override the preset's loss placement: whole sequence (true) or response only (false) [default: the preset's]
+    #[arg(long)]
+    pub train_on_inputs: Option<bool>,
+    /// Also train the empirical controls of TSD capture (a cross-task and a shuffled-answer full
+    /// fine-tune) and measure every run against them and against another seed [default: the
+    /// preset's: cpu true, smoke and paper false]
+    #[arg(long)]
+    pub controls: Option<bool>,
+    /// How TSD capture ranks directions: the paper's change rate, or enrichment (README,
+    /// Definitions: the null of direction metrics) [default: the preset's, change-rate]
+    #[arg(long, value_enum)]
+    pub tsd_by: Option<crate::directions::TsdBy>,
+}
+
+impl OverrideFlags {
+    /// The flags that change the preset.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            model: self.model.clone(),
+            seeds: self.seeds.clone(),
+            device: self.dev.device.map(|d| d.to_string()),
+            dtype: self.dev.dtype.map(|d| d.to_string()),
+            train_on_inputs: self.train_on_inputs,
+            controls: self.controls,
+            tsd_by: self.tsd_by.map(|by| by.ranking()),
+        }
+    }
+}

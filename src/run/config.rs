@@ -208,6 +208,177 @@ impl TrainConfig {
     }
 }
 
+/// `tsd train`'s flags that set a [`TrainConfig`] field. Flags left out take their value from
+/// `--config` (when given), else from tsd's defaults, shown as `[default: …]`.
+#[derive(clap::Args, Debug)]
+pub struct TrainFlags {
+    /// Base model: path, Hugging Face id, or `default` (SmolLM2-135M-Instruct) [default: default]
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Hugging Face revision (branch, tag or commit) when --model is a hub id [default: main]
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Training data: LLM-Adapters JSON files or task directories holding train.json, comma-separated [default: --config's data; one is required]
+    #[arg(long, value_delimiter = ',')]
+    pub data: Vec<String>,
+    /// What is trained: lora, lora-dash or full (the target matrices themselves) [default: lora-dash]
+    #[arg(long)]
+    pub method: Option<Method>,
+    /// LoRA rank r [default: 8]
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// LoRA α; the scaling is α/r (α/√r with --rslora) [default: 2·rank]
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Scale the LoRA update by α/√r (rsLoRA) instead of α/r
+    #[arg(long)]
+    pub rslora: bool,
+    /// Dropout on the LoRA input [default: 0.05]
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// Target modules by short name, comma-separated [default: q_proj,k_proj,v_proj,up_proj,down_proj]
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Adapt only the top K layers (the lower ones stay frozen) [default: all layers]
+    #[arg(long)]
+    pub top_layers: Option<usize>,
+    /// LoRA-Dash: directions frozen per module at the switch [default: 8]
+    #[arg(long)]
+    pub dash_s: Option<usize>,
+    /// LoRA-Dash: optimizer steps of plain LoRA before the switch; must be below the run's steps [default: 100]
+    #[arg(long)]
+    pub dash_t: Option<usize>,
+    /// LoRA-Dash: how the switch ranks directions — the paper's change rate |uᵀΔWv|/σ, or
+    /// enrichment |uᵀΔWv| (spectrum-free; an ablation) [default: change-rate]
+    #[arg(long, value_enum)]
+    pub dash_pick: Option<crate::directions::TsdBy>,
+    /// Peak learning rate (AdamW) [default: 0.0002]
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// AdamW decoupled weight decay [default: 0]
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Linear warm-up from 0 over this many optimizer steps, then linear decay to 0 [default: 100]
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Passes over the training data (ignored with --max-steps) [default: 3]
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Stop after this many optimizer steps, overriding --epochs [default: from --epochs]
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Examples per optimizer step [default: 16]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Examples per forward pass; gradient accumulation = batch / micro batch [default: 4]
+    #[arg(long)]
+    pub micro_batch_size: Option<usize>,
+    /// Longest tokenized example, in tokens (longer ones are cut) [default: 256]
+    #[arg(long)]
+    pub cutoff_len: Option<usize>,
+    /// Loss on the whole sequence (true, the protocol's choice) or the response only [default: true]
+    #[arg(long)]
+    pub train_on_inputs: Option<bool>,
+    /// Examples held out for validation loss; must leave a training example [default: 10 % of the examples, at most 120]
+    #[arg(long)]
+    pub val_size: Option<usize>,
+    /// Use only the first N examples of each data file [default: all]
+    #[arg(long)]
+    pub max_examples: Option<usize>,
+    /// Seed for initialisation, shuffling, dropout and the validation split [default: 42]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Checkpoint every N optimizer steps (and at the end) [default: 100]
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// Validation loss every N optimizer steps [default: at the end only]
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Start A and B from this PEFT LoRA adapter directory (same modules, ranks and α) instead of
+    /// tsd's seeded initialisation, e.g. one PEFT initialised [default: tsd's initialisation]
+    #[arg(long, value_name = "DIR")]
+    pub init_adapter: Option<String>,
+    /// JSON file fixing the data order: a list of micro-batches, each a list of indices into the
+    /// training examples (after the validation split); batch g is entry g modulo its length
+    /// [default: tsd's seeded length-grouped shuffle]
+    #[arg(long, value_name = "FILE")]
+    pub data_order: Option<String>,
+    #[command(flatten)]
+    pub dev: crate::device::DeviceArgs,
+    /// Shorthand for --device cpu
+    #[arg(long, conflicts_with = "device")]
+    pub cpu: bool,
+}
+
+impl TrainFlags {
+    /// The config `file` (else the defaults) with the flags given laid over it, validated.
+    pub fn config(&self, file: Option<&Path>) -> Result<TrainConfig> {
+        let mut c = match file {
+            Some(p) => crate::fsutil::read_json::<TrainConfig>(p)?,
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        macro_rules! set_some {
+            ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f.clone(); } )* };
+        }
+        if let Some(by) = self.dash_pick {
+            c.dash_pick = by.ranking();
+        }
+        set!(
+            model,
+            method,
+            rank,
+            dropout,
+            dash_s,
+            dash_t,
+            lr,
+            weight_decay,
+            warmup_steps,
+            epochs,
+            batch_size,
+            micro_batch_size,
+            cutoff_len,
+            train_on_inputs,
+            seed,
+            save_every
+        );
+        crate::device::check_composed_env()?;
+        if let Some(d) = self.dev.device {
+            c.device = d.to_string();
+        }
+        if let Some(d) = self.dev.dtype {
+            c.dtype = d.to_string();
+        }
+        set_some!(
+            revision,
+            alpha,
+            top_layers,
+            max_steps,
+            val_size,
+            max_examples,
+            eval_every,
+            init_adapter,
+            data_order
+        );
+        if self.rslora {
+            c.use_rslora = true;
+        }
+        if self.cpu {
+            c.device = "cpu".into();
+        }
+        if !self.data.is_empty() {
+            c.data = self.data.clone();
+        }
+        if !self.targets.is_empty() {
+            c.targets = self.targets.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ pub mod hf;
 pub mod layout;
 pub mod record;
 
-pub use config::TrainConfig;
+pub use config::{TrainConfig, TrainFlags};
 pub use curves::Curves;
 pub use record::{EvalLog, RunRecord, StepLog, SwitchLog, TrainerState};
 

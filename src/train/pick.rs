@@ -113,3 +113,65 @@ fn adapted_linears(adapter: &Adapter, base: &dyn WeightSource) -> Result<Vec<Ada
     }
     Ok(linears)
 }
+
+#[derive(clap::Args, Debug)]
+pub struct DashPickArgs {
+    /// Adapter directory (PEFT LoRA: adapter_config.json + adapter_model.safetensors), the state
+    /// at the switch.
+    pub adapter: PathBuf,
+    /// Directory to write the picks to, as a LoRA-Dash adapter with Δσ = 0 (tsd_dash.safetensors
+    /// beside its fold).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Which adapter of the directory: `default` (its root) or a PEFT subfolder name [default:
+    /// the only one there is]
+    #[arg(long)]
+    pub adapter_name: Option<String>,
+    /// Base model: a directory, .safetensors, .gguf, a Hugging Face id, or `default` [default: the
+    /// adapter's base_model_name_or_path, when it resolves locally]
+    #[arg(long, alias = "model")]
+    pub base: Option<String>,
+    /// Directions per module (s), as `tsd train --dash-s`.
+    #[arg(long, default_value_t = 8)]
+    pub dash_s: usize,
+    /// Relative σ floor in δ̂, as `tsd train --sigma-floor` (0 = official).
+    #[arg(long, default_value_t = 0.0)]
+    pub sigma_floor: f64,
+    /// How directions are ranked, as `tsd train --dash-pick`.
+    #[arg(long, value_enum, default_value = "change-rate")]
+    pub dash_pick: crate::directions::TsdBy,
+    /// Do not read or write the SVD cache ($TSD_HOME/svd).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print a JSON summary (schema_version, modules, their indices, σ and δ̂) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: crate::weights::ModelArgs,
+}
+
+impl DashPickArgs {
+    /// The plan the flags describe (validated by [`pick_dash`]).
+    pub fn plan(&self) -> DashPickPlan {
+        DashPickPlan {
+            adapter: self.adapter.clone(),
+            adapter_name: self.adapter_name.clone(),
+            base: self.base.as_ref().map(|b| ModelSpec {
+                spec: b.clone(),
+                revision: self.model.revision.clone(),
+                offline: self.model.offline,
+                local_only: false,
+            }),
+            offline: self.model.offline,
+            s: self.dash_s,
+            pick: crate::directions::DashPick {
+                floor: crate::directions::SigmaFloor {
+                    relative: self.sigma_floor,
+                },
+                by: self.dash_pick.ranking(),
+            },
+            cache: !self.no_cache,
+            out: self.out.clone(),
+        }
+    }
+}

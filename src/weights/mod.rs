@@ -36,6 +36,19 @@ pub trait WeightSource: Send + Sync {
     fn config_json(&self) -> Option<serde_json::Value>;
 }
 
+/// Where a model comes from (candle-style flags).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face revision when the model is a hub id: a branch, a tag or a full 40-hex commit
+    /// sha [default: main].
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Never use the network: the Hugging Face cache alone (also HF_HUB_OFFLINE, else
+    /// TRANSFORMERS_OFFLINE, set to 1/on/yes/true).
+    #[arg(long)]
+    pub offline: bool,
+}
+
 /// How to find a model: a path, a Hugging Face id, or `default`.
 #[derive(Clone, Debug, Default)]
 pub struct ModelSpec {

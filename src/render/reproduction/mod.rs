@@ -145,3 +145,40 @@ pub(super) fn chance_means(sm: &Summary) -> (Option<f64>, Option<f64>) {
     );
     (majority, uniform)
 }
+
+/// What `--emit-jobs` wrote, and how to submit and gather it.
+pub fn print_emitted(e: &crate::reproduce::jobs::Emitted, out: &Path) {
+    for piece in &e.running {
+        eprintln!("reproduce: {piece} is running in another process: left out");
+    }
+    if e.pieces.is_empty() {
+        println!(
+            "every piece in {} has finished; gather them: {}",
+            out.display(),
+            e.collect
+        );
+        return;
+    }
+    println!(
+        "wrote {n} array task(s) ({}){} to {d}: jobs.txt, array.sbatch, collect.sbatch{}, submit.sh",
+        e.pieces.join(", "),
+        if e.prepare {
+            " after the lr check"
+        } else {
+            ""
+        },
+        if e.prepare { ", prepare.sbatch" } else { "" },
+        n = e.pieces.len(),
+        d = e.dir.display()
+    );
+    println!("submit: {}/submit.sh", e.dir.display());
+    println!("afterwards (collect.sbatch runs it too): {}", e.collect);
+}
+
+/// The record's files in `out`: results.json, results.csv and report.html.
+pub fn write_outputs(r: &Reproduction, out: &Path) -> Result<()> {
+    crate::fsutil::write_json(&out.join("results.json"), r)?;
+    crate::fsutil::atomic_write(&out.join("results.csv"), &results_csv(r)?)?;
+    write_reproduction(r, out)?;
+    Ok(())
+}
