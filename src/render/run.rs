@@ -135,10 +135,12 @@ fn curves_context(ctx: &mut Ctx, c: &Curves, marker: Marker) -> Result<()> {
         "‖g‖ before clipping",
         marker,
     )?;
-    let tps_pts = c.series(|p| p.tokens_per_s);
-    let mut tv: Vec<f64> = tps_pts.iter().map(|p| p.1).collect();
-    tv.sort_by(f64::total_cmp);
-    let tps = single_chart("tokens/s", tps_pts, "tokens / s", marker)?;
+    let tps = single_chart(
+        "tokens/s",
+        c.series(|p| p.tokens_per_s),
+        "tokens / s",
+        marker,
+    )?;
     ctx.insert("lr_svg", minijinja::Value::from_serialize(lr));
     ctx.insert("grad_svg", minijinja::Value::from_serialize(gn));
     ctx.insert("tps_svg", minijinja::Value::from_serialize(tps));
@@ -158,7 +160,7 @@ fn curves_context(ctx: &mut Ctx, c: &Curves, marker: Marker) -> Result<()> {
     );
     ctx.insert(
         "tps",
-        tv.get(tv.len() / 2)
+        c.median_tokens_per_s()
             .map_or("-".into(), |m| format!("{m:.0}"))
             .into(),
     );

@@ -381,6 +381,21 @@ pub struct Summary {
     pub verdict: String,
 }
 
+impl Summary {
+    /// The headline's chance levels `(majority, uniform)`: the means over tasks of each task's
+    /// recorded majority and uniform levels (uniform where the task has one).
+    pub fn chance_means(&self) -> (Option<f64>, Option<f64>) {
+        let majority: Vec<f64> = self.chance.iter().map(|c| c.majority).collect();
+        let uniform: Vec<f64> = self
+            .chance
+            .iter()
+            .filter(|c| c.uniform > 0.0)
+            .map(|c| c.uniform)
+            .collect();
+        (crate::stats::mean(&majority), crate::stats::mean(&uniform))
+    }
+}
+
 /// Per-example differences for one comparison: `d[seed][task]` aligned by example index.
 struct Paired {
     d: Vec<Vec<Vec<f64>>>,

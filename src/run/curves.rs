@@ -75,6 +75,13 @@ impl Curves {
         }
     }
 
+    /// The median of the logged tokens/s (the upper one of an even count), if any was logged.
+    pub fn median_tokens_per_s(&self) -> Option<f64> {
+        let mut v: Vec<f64> = self.train.iter().filter_map(|p| p.tokens_per_s).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    }
+
     /// `(step, value)` of one training quantity, where logged.
     pub fn series(&self, f: impl Fn(&TrainPoint) -> Option<f64>) -> Vec<(f64, f64)> {
         self.train

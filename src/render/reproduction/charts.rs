@@ -1,7 +1,7 @@
 //! The reproduction page's charts: accuracy against Params % (measured, the paper's, per task),
 //! the loss curves, and TSD capture per configuration beside its null and controls.
 
-use super::{chance_means, colour};
+use super::colour;
 use crate::error::Result;
 use crate::names::Method;
 use crate::paper;
@@ -268,7 +268,7 @@ pub(super) fn accuracy_chart(
     proto: &str,
     x_range: Option<(f64, f64)>,
 ) -> Result<String> {
-    let (majority, uniform) = chance_means(&r.summary);
+    let (majority, uniform) = r.summary.chance_means();
     chart(charts::params_accuracy(
         &measured_marks(r, &|x| Some(x.average()), true),
         &levels(r.base.as_ref().map(|b| b.average), majority, uniform),

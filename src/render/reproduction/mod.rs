@@ -131,20 +131,6 @@ pub(super) fn colour(m: crate::names::Method) -> String {
     crate::render::charts::css(crate::render::charts::method_colour(m))
 }
 
-/// The headline's chance levels: the means over tasks of each task's recorded majority and
-/// uniform levels (display averages of recorded numbers, named as such on the page).
-pub(super) fn chance_means(sm: &Summary) -> (Option<f64>, Option<f64>) {
-    let mean_of = |v: Vec<f64>| crate::stats::mean(&v);
-    let majority = mean_of(sm.chance.iter().map(|c| c.majority).collect());
-    let uniform = mean_of(
-        sm.chance
-            .iter()
-            .filter(|c| c.uniform > 0.0)
-            .map(|c| c.uniform)
-            .collect(),
-    );
-    (majority, uniform)
-}
 
 /// What `--emit-jobs` wrote, and how to submit and gather it.
 pub fn print_emitted(e: &crate::reproduce::jobs::Emitted, out: &Path) {

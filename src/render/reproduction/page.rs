@@ -4,7 +4,7 @@
 use super::charts::{
     accuracy_chart, capture_panels, loss_chart, paper_chart, params_x_range, task_panels,
 };
-use super::{chance_means, colour};
+use super::colour;
 use crate::error::Result;
 use crate::names::Method;
 use crate::paper;
@@ -255,7 +255,7 @@ pub fn reproduce_html(r: &Reproduction, out: &str, curves: &[RunCurves]) -> Resu
     };
     let tasks = task_names(r);
     let rows = run_rows(r);
-    let (majority, uniform) = chance_means(sm);
+    let (majority, uniform) = sm.chance_means();
     let x_range = params_x_range(r);
     let (paper_header, paper_rows) = paper_table(sm);
     let dash_rows: Vec<&ReproRow> = rows.iter().filter(|x| x.method == "LoRA-Dash").collect();
