@@ -131,7 +131,6 @@ pub(super) fn colour(m: crate::names::Method) -> String {
     crate::render::charts::css(crate::render::charts::method_colour(m))
 }
 
-
 /// What `--emit-jobs` wrote, and how to submit and gather it.
 pub fn print_emitted(e: &crate::reproduce::jobs::Emitted, out: &Path) {
     for piece in &e.running {
