@@ -42,13 +42,15 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self.t)
 
 
-def one(steps, save, with_cb, nice, threads):
+def one(steps, save, with_cb, nice, threads, idle):
     with tempfile.TemporaryDirectory() as d:
         timer = StepTimer()
         cbs = [timer]
         cb = None
         if with_cb:
-            cb = TsdCallback(base=str(ROOT / "tests/fixtures/tiny-llama"), nice=nice, threads=threads)
+            cb = TsdCallback(
+                base=str(ROOT / "tests/fixtures/tiny-llama"), nice=nice, idle=idle, threads=threads
+            )
             cbs.append(cb)
         t = make_trainer(Path(d) / "run", cbs, max_steps=steps, save_steps=save, logging_steps=1)
         out = t.train()
@@ -66,20 +68,36 @@ def one(steps, save, with_cb, nice, threads):
         return res
 
 
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--save", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--nice", type=int, default=10)
+    ap.add_argument("--no-idle", action="store_true", help="TsdCallback(idle=False): nice only")
+    ap.add_argument("--warmup", type=int, default=1, help="unrecorded rounds first [default: 1]")
     ap.add_argument("--threads", type=int, default=None, help="TsdCallback(threads=…) [default: every core]")
     ap.add_argument("--out", type=Path, default=ROOT / "reproductions/bench/callback_overhead.json")
     a = ap.parse_args()
     os.environ.setdefault("TSD_HOME", tempfile.mkdtemp(prefix="tsd-home-"))
+    idle = not a.no_idle
+    for _ in range(a.warmup):
+        for k in ("without", "with"):
+            one(a.steps, a.save, k == "with", a.nice, a.threads, idle)
     runs = {"without": [], "with": []}
     for _ in range(a.rounds):
         for k in ("without", "with"):
-            runs[k].append(one(a.steps, a.save, k == "with", a.nice, a.threads))
+            runs[k].append(one(a.steps, a.save, k == "with", a.nice, a.threads, idle))
             print(k, json.dumps(runs[k][-1]), flush=True)
     med = lambda k, f: statistics.median(r[f] for r in runs[k])  # noqa: E731
     step_without, step_with = med("without", "median_step_s"), med("with", "median_step_s")
@@ -87,8 +105,8 @@ def main():
     hooks = statistics.median(sum(r["hook_seconds"].values()) for r in runs["with"])
     summary = {
         "command": "python benches/callback_overhead.py " + " ".join(sys.argv[1:]),
-        "setting": f"tiny LLaMA, LoRA r=4 q,k,v,up,down, CPU f32, batch 8 x 24 tokens, {a.steps} steps, save every {a.save}, logging every step, {a.rounds} rounds alternated; TsdCallback(nice={a.nice}, threads={a.threads})",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end",
+        "setting": f"tiny LLaMA, LoRA r=4 q,k,v,up,down, CPU f32, batch 8 x 24 tokens, {a.steps} steps, save every {a.save}, logging every step, {a.rounds} rounds alternated after {a.warmup} unrecorded; TsdCallback(nice={a.nice}, idle={idle}, threads={a.threads})",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end",
         "median_step_s": {"without": step_without, "with": step_with},
         "step_overhead_pct": 100 * (step_with / step_without - 1),
         "train_runtime_s": {"without": rt_without, "with": rt_with},

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -155,3 +156,16 @@ def test_a_failing_track_is_logged_and_training_goes_on(tmp_path, caplog):
     assert t.state.global_step == 4
     assert cb.failures and "tracking failed" in caplog.text
     assert not tsd_entries(t.state.log_history)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_tracking_process_runs_under_sched_idle():
+    """The child that runs `tsd track` takes only CPU time training leaves idle; idle=False niced."""
+    import sys
+
+    probe = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0), os.nice(0))"]
+    idle = subprocess.run(probe, preexec_fn=TsdCallback()._lower_priority, capture_output=True, text=True)
+    assert idle.stdout.split()[0] == str(os.SCHED_IDLE)
+    niced = TsdCallback(idle=False, nice=7)._lower_priority
+    out = subprocess.run(probe, preexec_fn=niced, capture_output=True, text=True).stdout.split()
+    assert out[0] == str(os.SCHED_OTHER) and int(out[1]) >= 7

@@ -135,6 +135,8 @@ class TsdCallback(TrainerCallback):
         top_s: size of the TSD sets.
         report: write the HTML report and track record at the end of training.
         nice: niceness of the tracking process (it shares the machine with training).
+        idle: on Linux, run the tracking process under ``SCHED_IDLE``, so that it only takes CPU
+            time training leaves idle (its threads inherit it; ``nice`` applies elsewhere).
         threads: ``RAYON_NUM_THREADS`` of the tracking process [default: tsd's, every core].
         extra_args: more arguments for ``tsd track`` (``["--no-null"]``, ``["--tsd-by",
             "enrichment"]``).
@@ -150,6 +152,7 @@ class TsdCallback(TrainerCallback):
         top_s: int = 8,
         report: bool = True,
         nice: int = 10,
+        idle: bool = True,
         threads: Optional[int] = None,
         extra_args: Sequence[str] = (),
         wait_at_end: Optional[float] = None,
@@ -161,6 +164,7 @@ class TsdCallback(TrainerCallback):
         self.top_s = top_s
         self.report = report
         self.nice = nice
+        self.idle = idle
         self.threads = threads
         self.extra_args = list(extra_args)
         self.wait_at_end = wait_at_end
@@ -338,6 +342,17 @@ class TsdCallback(TrainerCallback):
                 self._failures.append(str(e))
                 logger.warning("tsd: tracking failed (training goes on): %s", e)
 
+    def _lower_priority(self) -> None:
+        """In the child before exec, so every thread tsd starts inherits it (Linux scheduling
+        attributes are per thread): ``SCHED_IDLE`` where asked and available, else ``nice``."""
+        try:
+            if self.idle and hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            elif self.nice:
+                os.nice(self.nice)
+        except OSError:
+            pass
+
     def _track_once(self) -> None:
         env = dict(os.environ)
         if self.threads is not None:
@@ -345,12 +360,9 @@ class TsdCallback(TrainerCallback):
         cmd = self._command()
         t0 = time.perf_counter()
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-            if self.nice and hasattr(os, "setpriority"):
-                try:
-                    os.setpriority(os.PRIO_PROCESS, p.pid, self.nice)
-                except OSError:
-                    pass
+            p = subprocess.Popen(
+                cmd, stdout=out, stderr=err, env=env, text=True, preexec_fn=self._lower_priority
+            )
             rc = p.wait()
             out.seek(0)
             err.seek(0)
