@@ -169,3 +169,28 @@ def test_the_tracking_process_runs_under_sched_idle():
     niced = TsdCallback(idle=False, nice=7)._lower_priority
     out = subprocess.run(probe, preexec_fn=niced, capture_output=True, text=True).stdout.split()
     assert out[0] == str(os.SCHED_OTHER) and int(out[1]) >= 7
+
+
+def test_ddp_rank_zero_tracks_and_no_other_rank_does(tmp_path):
+    """A real 2-process DDP run (torch.distributed.run, CPU, gloo): rank 0 tracks every checkpoint
+    and gets the tsd/ metrics; rank 1 tracks nothing; one report in output_dir."""
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    here = Path(__file__).parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(here / "ddp_run.py"), str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r0 = json.loads((out / "rank-0.json").read_text())
+    r1 = json.loads((out / "rank-1.json").read_text())
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["tracks"] >= 1 and "tsd/checkpoint_step" in r0["tsd_keys"]
+    assert r1["tracks"] == 0 and r1["tsd_keys"] == []
+    track = json.loads((out / "tsd-report.track.json").read_text())
+    assert [pt["step"] for pt in track["points"]] == [2, 4]
+    assert (out / "tsd-report.html").is_file()
