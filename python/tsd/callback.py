@@ -238,8 +238,9 @@ class TsdCallback(TrainerCallback):
             self._kick()
 
     def _move_before_reporters(self) -> None:
-        """Puts this callback first in the Trainer's callback list, so the reporting integrations
-        (added before user callbacks) receive the ``logs`` it extends. The handler is the caller's
+        """Puts this callback first in the Trainer's callback list (after those that rewrite
+        checkpoints in ``on_save``, such as ``LoraDash``), so the reporting integrations (added
+        before user callbacks) receive the ``logs`` it extends. The handler is the caller's
         ``self`` (``CallbackHandler.call_event``); the list is replaced, not mutated, so the loop
         that is calling us goes on over the old one."""
         from transformers.trainer_callback import CallbackHandler
@@ -250,8 +251,10 @@ class TsdCallback(TrainerCallback):
                 break
             h = f.f_locals.get("self")
             if isinstance(h, CallbackHandler):
-                if h.callbacks and h.callbacks[0] is not self:
-                    h.callbacks = [self] + [c for c in h.callbacks if c is not self]
+                # Callbacks that rewrite a checkpoint in on_save (LoraDash) stay before this one.
+                writers = [c for c in h.callbacks if getattr(c, "tsd_writes_checkpoints", False)]
+                rest = [c for c in h.callbacks if c is not self and c not in writers]
+                h.callbacks = writers + [self] + rest
                 return
             f = f.f_back
         logger.info("tsd: callback handler not found; tsd/ metrics reach the callbacks after this one")

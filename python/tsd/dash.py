@@ -162,6 +162,10 @@ class LoraDash(TrainerCallback):
         tsd_bin: the tsd binary [default: ``$TSD_BIN``, else ``tsd`` on PATH].
     """
 
+    #: Rewrites each post-switch checkpoint in ``on_save`` (tsd's layout): a ``TsdCallback`` keeps
+    #: itself after every callback with this flag, so it snapshots the rewritten files.
+    tsd_writes_checkpoints = True
+
     def __init__(
         self,
         peft_model: nn.Module,
