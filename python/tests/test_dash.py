@@ -24,6 +24,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
 
 from tsd import find_tsd_bin  # noqa: E402  (the installed package's binary, or $TSD_BIN)
+from conftest import dataset  # noqa: E402  (the Trainer runs' seeded token sequences)
 
 TSD = find_tsd_bin()
 
@@ -32,25 +33,6 @@ TSD = find_tsd_bin()
 def _env(tmp_path, monkeypatch):
     monkeypatch.setenv("TSD_BIN", TSD)
     monkeypatch.setenv("TSD_HOME", str(tmp_path / "tsd-home"))
-
-
-class Tokens(torch.utils.data.Dataset):
-    """Seeded random sequences with a repeated motif (as scripts/make_trainer_run_fixture.py)."""
-
-    def __init__(self, n: int, vocab: int, seed: int, seq: int = 24):
-        motif = torch.randint(3, vocab, (4,), generator=torch.Generator().manual_seed(0))
-        g = torch.Generator().manual_seed(seed)
-        base = motif.repeat(seq // 4 + 1)[:seq]
-        noise = torch.randint(3, vocab, (n, seq), generator=g)
-        keep = torch.rand((n, seq), generator=g) < 0.7
-        self.ids = torch.where(keep, base.expand(n, seq), noise)
-
-    def __len__(self):
-        return self.ids.shape[0]
-
-    def __getitem__(self, i):
-        ids = self.ids[i]
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
 def _model():
@@ -70,7 +52,7 @@ def _trainer(model, out: Path, dash, steps: int, save_steps: int):
         warmup_steps=1, logging_steps=1, save_strategy="steps", save_steps=save_steps,
         report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True,
     )
-    return Trainer(model=model, args=args, train_dataset=Tokens(48, model.config.vocab_size, 1),
+    return Trainer(model=model, args=args, train_dataset=dataset(48, model.config.vocab_size, 1),
                    callbacks=[dash])
 
 
@@ -121,7 +103,7 @@ def test_dash_trains_saves_in_tsd_layout_and_folds(tmp_path):
 
     # The folded adapter is the Dash model: merged logits agree.
     model.eval()
-    ids = Tokens(2, model.config.vocab_size, 5).ids
+    ids = dataset(2, model.config.vocab_size, 5).ids
     with torch.no_grad():
         want = model(input_ids=ids).logits
     folded = dash.save_folded(tmp_path / "folded")
