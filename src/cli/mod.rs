@@ -3,6 +3,7 @@
 
 mod bench;
 mod dash_pick;
+mod data;
 mod eval;
 mod export;
 mod fetch;
@@ -45,6 +46,8 @@ enum Command {
     /// LoRA-Dash's switch on a saved PEFT LoRA adapter (for trainers outside tsd): writes the picked
     /// Ū, V̄ᵀ, indices with Δσ = 0 as a LoRA-Dash adapter in tsd's layout.
     DashPick(tsd::train::pick::DashPickArgs),
+    /// Training data as the model sees it: `tsd data preview`.
+    Data(data::DataArgs),
     /// Provision the default model (SmolLM2-135M-Instruct GGUF) into the tsd cache.
     Fetch(fetch::FetchArgs),
     /// Benchmarks; results are written under reproductions/bench/.
@@ -69,6 +72,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reproduce(a) => reproduce::run(a),
         Command::Bench(a) => bench::run(a),
         Command::DashPick(a) => dash_pick::run(a),
+        Command::Data(a) => data::run(a),
     }
 }
 

@@ -12,7 +12,7 @@ use super::prepared::{
 use super::{eval_generate_batched, eval_loglik, eval_loglik_general, TaskResult};
 use crate::data::{Example, Protocol, Task};
 use crate::error::{Error, Result};
-use crate::model::tokenizer::Tokenizer;
+use super::PromptTokenizer;
 use crate::model::Llama;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -162,7 +162,7 @@ pub struct Evaluation {
 /// Scores models on a fixed set of tasks under fixed settings.
 pub struct Evaluator {
     tasks: Vec<TaskSet>,
-    tok: Tokenizer,
+    tok: PromptTokenizer,
     gen: GenConfig,
     settings: EvalSettings,
     prepared_loglik: Option<Vec<PreparedTask>>,
@@ -176,7 +176,7 @@ fn limited(ex: &[Example], limit: Option<usize>) -> &[Example] {
 
 impl Evaluator {
     /// `eos`: the tokenizer's end-of-sequence id (beam search stops on it).
-    pub fn new(tasks: Vec<TaskSet>, tok: Tokenizer, eos: u32, settings: EvalSettings) -> Self {
+    pub fn new(tasks: Vec<TaskSet>, tok: PromptTokenizer, eos: u32, settings: EvalSettings) -> Self {
         Evaluator {
             tasks,
             tok,

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod merge;
 pub mod plan;
 pub mod prepared;
+pub mod prompts;
 pub mod shortcut;
 
 pub use evaluator::{
@@ -20,9 +21,10 @@ use crate::adapter::Adapter;
 #[cfg(test)]
 use crate::data::task;
 use crate::data::Task;
-use crate::data::{eval_prompt, extract_answer, response_text, Example, Protocol};
+use crate::data::{extract_answer, response_text, Example, Protocol};
 use crate::error::{Error, Result};
-use crate::model::tokenizer::{encode, encode_plain, Tokenizer};
+use crate::model::tokenizer::encode_plain;
+pub use prompts::PromptTokenizer;
 use crate::model::Llama;
 use crate::nn::ForwardCtx;
 use candle_core::{DType, Tensor};
@@ -104,7 +106,7 @@ pub use prepared::{eval_loglik, eval_loglik_general};
 /// is the prediction. Costs `n_labels ×` the prompt; tests check the cached path against it.
 pub fn eval_loglik_full_sequences(
     model: &Llama,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     task: &Task,
     examples: &[Example],
     progress: &dyn Fn(),
@@ -179,11 +181,11 @@ pub(crate) fn target_logprobs(
 /// `the correct answer is <label>`.
 pub(crate) fn loglik_inputs(
     max_positions: usize,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     task: &Task,
     ex: &Example,
 ) -> Result<(Vec<u32>, Vec<Vec<u32>>, bool)> {
-    let mut prompt = encode(tok, &eval_prompt(&ex.instruction, Some(&ex.input)))?;
+    let mut prompt = tok.prompt_ids(ex)?;
     let conts: Vec<Vec<u32>> = task
         .labels
         .iter()
@@ -254,7 +256,7 @@ pub(crate) fn loglik_result(task: &Task, preds: Vec<Prediction>, truncated: usiz
 /// [`generate::DEFAULT_BATCH`] at a time (see [`eval_generate_batched`]).
 pub fn eval_generate(
     model: &Llama,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     task: &Task,
     examples: &[Example],
     cfg: &generate::GenConfig,
@@ -276,7 +278,7 @@ pub fn eval_generate(
 /// not depend on `batch`.
 pub fn eval_generate_batched(
     model: &Llama,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     task: &Task,
     examples: &[Example],
     cfg: &generate::GenConfig,
@@ -307,7 +309,7 @@ pub fn eval_generate_batched(
 /// `cfg.max_new_tokens`) and how many were cut.
 pub(crate) fn generate_prompts(
     model: &Llama,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     examples: &[Example],
     cfg: &generate::GenConfig,
 ) -> Result<(Vec<Vec<u32>>, usize)> {
@@ -318,7 +320,7 @@ pub(crate) fn generate_prompts(
         .max(1);
     let mut prompts = Vec::with_capacity(examples.len());
     for ex in examples {
-        let mut prompt = encode(tok, &eval_prompt(&ex.instruction, Some(&ex.input)))?;
+        let mut prompt = tok.prompt_ids(ex)?;
         if prompt.len() > room {
             prompt.drain(..prompt.len() - room);
             truncated += 1;
@@ -337,7 +339,7 @@ pub(crate) fn generate_batches(prompts: &[Vec<u32>], batch: usize) -> Vec<Vec<us
 
 /// Scores generated token ids `outputs[i]` of `examples[i]` under the `generate` protocol.
 pub(crate) fn generate_result(
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     task: &Task,
     examples: &[Example],
     outputs: &[Vec<u32>],
@@ -400,7 +402,7 @@ mod bos_tests {
     fn loglik_continuations_carry_no_bos_and_the_prompt_keeps_it() {
         let dir = fixture("tiny-llama-bos");
         let want: serde_json::Value = crate::fsutil::read_json(&dir.join("expected.json")).unwrap();
-        let tok = load_tokenizer(&dir.join("tokenizer.json")).unwrap();
+        let tok = PromptTokenizer::plain(load_tokenizer(&dir.join("tokenizer.json")).unwrap());
         let bos = want["bos_id"].as_u64().unwrap() as u32;
         let ex = Example {
             instruction: want["instruction"].as_str().unwrap().into(),
@@ -429,7 +431,7 @@ mod bos_tests {
     #[test]
     fn loglik_records_every_label_without_bos() {
         let dir = fixture("tiny-llama-bos");
-        let tok = load_tokenizer(&dir.join("tokenizer.json")).unwrap();
+        let tok = PromptTokenizer::plain(load_tokenizer(&dir.join("tokenizer.json")).unwrap());
         let src = crate::weights::open_path(&fixture("tiny-llama")).unwrap();
         let model = Llama::from_source(
             src.as_ref(),

@@ -5,7 +5,7 @@
 
 use super::evaluator::{BeamSettings, EvalProgress, EvalSettings, Evaluator, LoglikPath, TaskSet};
 use super::merge::adapted_model;
-use super::TaskResult;
+use super::{PromptTokenizer, TaskResult};
 use crate::data::{load_examples, test_file, Protocol, Task, TASKS};
 use crate::device::{DeviceArgs, DeviceSpec, WeightDtype};
 use crate::error::{Error, Result};
@@ -47,6 +47,8 @@ pub struct EvalPlan {
     pub limit: Option<usize>,
     /// Directory for per-example predictions as JSONL, one file per task.
     pub predictions: Option<PathBuf>,
+    /// Wrap each prompt in the model's chat template as one user turn.
+    pub chat_template: bool,
 }
 
 /// The saved record of an evaluation: what was evaluated, how, and every task's result.
@@ -57,6 +59,10 @@ pub struct EvalRecord {
     pub adapter: Option<PathBuf>,
     pub protocol: Protocol,
     pub beams: BeamSettings,
+    /// Where the chat template came from when the prompts were wrapped in it (`--chat-template`);
+    /// `None`: the LLM-Adapters prompt as plain text (the protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
     pub results: Vec<TaskResult>,
 }
 
@@ -75,7 +81,8 @@ pub fn evaluate(plan: &EvalPlan, progress: &dyn EvalProgress) -> Result<EvalReco
     let sets = load_test_sets(&data, &plan.tasks)?;
     let path = resolve_path(&plan.model)?;
     let model = load_model(plan, &path, progress)?;
-    let tok = crate::model::tokenizer::load_tokenizer(&path)?;
+    let tok = prompt_tokenizer(&path, plan.chat_template)?;
+    let chat_template = tok.chat_template().map(|t| t.origin().to_string());
     let eos = crate::model::tokenizer::load_tokenizer_info(&path)?.eos;
     let settings = EvalSettings {
         beams: plan.beams,
@@ -95,8 +102,25 @@ pub fn evaluate(plan: &EvalPlan, progress: &dyn EvalProgress) -> Result<EvalReco
         adapter: plan.adapter.as_ref().map(|a| a.path.clone()),
         protocol: plan.protocol,
         beams: plan.beams,
+        chat_template,
         results,
     })
+}
+
+/// The model's tokenizer with the prompt format `--chat-template` asks for; a model without a
+/// chat template is refused then.
+fn prompt_tokenizer(path: &std::path::Path, chat: bool) -> Result<PromptTokenizer> {
+    let tok = crate::model::tokenizer::load_tokenizer(path)?;
+    if !chat {
+        return Ok(PromptTokenizer::plain(tok));
+    }
+    match crate::model::chat_template::ChatTemplate::load(path)? {
+        Some(t) => Ok(PromptTokenizer::chat(tok, t)),
+        None => Err(Error::InvalidArgument(format!(
+            "--chat-template: {} has no chat template (tokenizer_config.json `chat_template`, chat_template.jinja or GGUF tokenizer.chat_template)",
+            path.display()
+        ))),
+    }
 }
 
 /// The plan's data directory, or Social IQa provisioned when none is set and only it is asked.
@@ -279,6 +303,10 @@ pub struct EvalFlags {
     /// label's summed log-likelihood, token count and greediness [default: not written]
     #[arg(long)]
     pub predictions: Option<PathBuf>,
+    /// Wrap each LLM-Adapters prompt in the model's chat template as one user turn, with the
+    /// generation prompt (for Instruct models; not the paper's protocol, and every output says so)
+    #[arg(long)]
+    pub chat_template: bool,
 }
 
 impl EvalFlags {
@@ -311,6 +339,7 @@ impl EvalFlags {
             loglik_path,
             limit: self.limit,
             predictions: self.predictions.clone(),
+            chat_template: self.chat_template,
         })
     }
 }

@@ -21,7 +21,7 @@ use super::{
 use crate::data::Example;
 use crate::data::Task;
 use crate::error::{Error, Result};
-use crate::model::tokenizer::Tokenizer;
+use super::PromptTokenizer;
 use crate::model::{KvCache, Llama};
 use candle_core::Tensor;
 
@@ -63,7 +63,7 @@ impl PreparedTask {
 /// prompt and continuations. `from = 0` stores embeddings only.
 pub fn prepare_loglik(
     model: &Llama,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     task: &Task,
     examples: &[Example],
     from: usize,
@@ -94,7 +94,7 @@ pub fn prepare_loglik(
 /// One example's lower-layer states (and whether its prompt was cut to fit).
 fn prepare_one(
     model: &Llama,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     task: &Task,
     index: usize,
     ex: &Example,
@@ -148,7 +148,7 @@ fn prepare_one(
 /// [`eval_loglik_general`]. Both give the same scores up to float summation order (a test checks).
 pub fn eval_loglik(
     model: &Llama,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     task: &Task,
     examples: &[Example],
     progress: &dyn Fn(),
@@ -167,7 +167,7 @@ pub fn eval_loglik(
 }
 
 /// Whether `task`'s label continuations under `tok` share every token but the last.
-pub fn shortcut_applies(tok: &Tokenizer, task: &Task) -> Result<bool> {
+pub fn shortcut_applies(tok: &PromptTokenizer, task: &Task) -> Result<bool> {
     let probe = Example {
         instruction: String::new(),
         input: String::new(),
@@ -182,7 +182,7 @@ pub fn shortcut_applies(tok: &Tokenizer, task: &Task) -> Result<bool> {
 /// runs once and every label continuation attends to its keys and values through the KV cache.
 pub fn eval_loglik_general(
     model: &Llama,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     task: &Task,
     examples: &[Example],
     progress: &dyn Fn(),
@@ -302,7 +302,7 @@ impl PreparedGenerate {
 /// groups them. `from = 0` stores embeddings only.
 pub fn prepare_generate(
     model: &Llama,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     task: &Task,
     examples: &[Example],
     cfg: &GenConfig,
@@ -357,7 +357,7 @@ pub fn prepare_generate(
 /// [`super::generate::beam_search_batch`] through every layer.
 pub fn eval_generate_prepared(
     model: &Llama,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     prepared: &PreparedGenerate,
     cfg: &GenConfig,
     progress: &dyn Fn(),

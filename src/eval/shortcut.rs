@@ -8,7 +8,7 @@ use super::{loglik_inputs, loglik_prediction, loglik_result, target_logprobs, Ta
 use crate::data::Example;
 use crate::data::Task;
 use crate::error::Result;
-use crate::model::tokenizer::Tokenizer;
+use super::PromptTokenizer;
 use crate::model::Llama;
 use crate::nn::ForwardCtx;
 use candle_core::Tensor;
@@ -32,7 +32,7 @@ pub fn shares_all_but_last(conts: &[Vec<u32>]) -> bool {
 /// checked [`shares_all_but_last`] on the task's continuations (they do not depend on the example).
 pub(crate) fn eval_loglik_shared_prefix(
     model: &Llama,
-    tok: &Tokenizer,
+    tok: &PromptTokenizer,
     task: &Task,
     examples: &[Example],
     batch: usize,

@@ -5,25 +5,44 @@ use crate::error::{Error, Result};
 use crate::eval::EvalRecord;
 
 /// The per-task results as pretty JSON (the record's `results`, as `tsd eval --json` prints).
+/// With `--chat-template` every result carries `"prompt": "chat_template"`.
 pub fn json(r: &EvalRecord) -> Result<String> {
-    Ok(crate::render::to_json(&r.results)? + "\n")
+    if r.chat_template.is_none() {
+        return Ok(crate::render::to_json(&r.results)? + "\n");
+    }
+    let mut rows = serde_json::to_value(&r.results)
+        .map_err(|e| Error::Internal(format!("eval JSON: {e}")))?;
+    for row in rows.as_array_mut().into_iter().flatten() {
+        if let Some(o) = row.as_object_mut() {
+            o.insert("prompt".into(), "chat_template".into());
+        }
+    }
+    Ok(crate::render::to_json(&rows)? + "\n")
 }
 
-/// One row per task: `task,protocol,examples,correct,accuracy` (fields quoted where they need it).
+/// One row per task: `task,protocol,examples,correct,accuracy` (fields quoted where they need it),
+/// and a `prompt` column saying `chat_template` with `--chat-template`.
 pub fn csv(r: &EvalRecord) -> Result<String> {
     let err = |e: &dyn std::fmt::Display| Error::Internal(format!("eval CSV: {e}"));
+    let chat = r.chat_template.is_some();
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["task", "protocol", "examples", "correct", "accuracy"])
-        .map_err(|e| err(&e))?;
+    let mut header = vec!["task", "protocol", "examples", "correct", "accuracy"];
+    if chat {
+        header.push("prompt");
+    }
+    w.write_record(header).map_err(|e| err(&e))?;
     for t in &r.results {
-        w.write_record([
+        let mut row = vec![
             t.task.clone(),
             t.protocol.to_string(),
             t.examples.to_string(),
             t.correct.to_string(),
             t.accuracy.to_string(),
-        ])
-        .map_err(|e| err(&e))?;
+        ];
+        if chat {
+            row.push("chat_template".into());
+        }
+        w.write_record(row).map_err(|e| err(&e))?;
     }
     String::from_utf8(w.into_inner().map_err(|e| err(&e))?).map_err(|e| err(&e))
 }
@@ -50,6 +69,11 @@ pub fn table(r: &EvalRecord) -> String {
         r.model,
         protocol_line(r)
     );
+    if let Some(origin) = &r.chat_template {
+        s += &format!(
+            "prompts wrapped in the model's chat template ({origin}) as one user turn: not the LLM-Adapters protocol's plain prompt\n"
+        );
+    }
     for t in &r.results {
         s += &format!(
             "{:<14} {:>6} examples  accuracy {:6.2}%  unparseable {}  truncated prompts {}\n",
@@ -133,6 +157,7 @@ mod tests {
             adapter: None,
             protocol: Protocol::Loglik,
             beams: BeamSettings::LLM_ADAPTERS,
+            chat_template: None,
             results: vec![result("boolq", 2.0 / 3.0), result("a,b", 0.5)],
         };
         let want = format!(

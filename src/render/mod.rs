@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod charts;
+pub mod data;
 pub mod eval;
 pub mod inspect;
 pub mod page;

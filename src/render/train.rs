@@ -22,8 +22,24 @@ pub fn announcement(trainer: &Trainer) -> String {
     } else {
         String::new()
     };
+    let data = rec.data.as_ref().map_or(String::new(), |d| {
+        let dropped = if d.dropped_examples > 0 {
+            format!(
+                ", {} dropped with no token with loss after the cut",
+                d.dropped_examples
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "; {} data, loss on {}, cut at {} tokens{dropped}",
+            crate::train::sft::schema_name(d.manifest.schema),
+            d.loss_on.as_str(),
+            d.max_length
+        )
+    });
     format!(
-        "tsd train: {} on {} ({} train / {} val examples{split}), {} steps from step {}, trainable {} parameters{dash}, run dir {}",
+        "tsd train: {} on {} ({} train / {} val examples{split}{data}), {} steps from step {}, trainable {} parameters{dash}, run dir {}",
         c.method.as_str(),
         rec.base,
         rec.train_examples,

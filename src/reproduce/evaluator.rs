@@ -39,7 +39,12 @@ pub(super) fn grid_evaluator(preset: &Preset, data: &Path, tasks: &[String]) -> 
         },
         skip_empty: true,
     };
-    Ok(Evaluator::new(sets, tok, eos, settings))
+    Ok(Evaluator::new(
+        sets,
+        crate::eval::PromptTokenizer::plain(tok),
+        eos,
+        settings,
+    ))
 }
 
 /// Per task its loglik and generate accuracies (%), the averages and the headline `protocol`'s

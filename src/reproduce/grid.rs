@@ -178,7 +178,7 @@ impl<'a> Grid<'a> {
             max_steps: steps,
             batch_size: p.batch_size,
             micro_batch_size: p.micro_batch_size,
-            cutoff_len: p.cutoff_len,
+            cutoff_len: Some(p.cutoff_len),
             train_on_inputs: p.train_on_inputs,
             max_examples: p.max_examples_per_task,
             val_size: Some(p.val_size),

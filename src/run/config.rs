@@ -6,6 +6,36 @@ use crate::names::Method;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Which tokens of a training sequence carry loss (`--loss-on`). Defaults, as TRL's `SFTTrainer`
+/// sets them: `completion` for prompt/completion data, `all` for text and messages; LLM-Adapters
+/// data follows `train_on_inputs` (`all` when true).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LossOn {
+    /// Every token.
+    All,
+    /// The completion (the response, for LLM-Adapters data) only.
+    Completion,
+    /// The assistant's turns of a conversation only (`{% generation %}` spans of the chat
+    /// template, else tsd's prefix rule: README, Training data).
+    Assistant,
+}
+
+impl LossOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossOn::All => "all",
+            LossOn::Completion => "completion",
+            LossOn::Assistant => "assistant",
+        }
+    }
+}
+
+/// LLM-Adapters' `cutoff_len` when the data gives none.
+pub const ALPACA_CUTOFF: usize = 256;
+/// TRL `SFTConfig.max_length`'s default.
+pub const TRL_MAX_LENGTH: usize = 1024;
+
 /// Everything that defines a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -13,7 +43,8 @@ pub struct TrainConfig {
     /// Base model (path, Hugging Face id, or `default`).
     pub model: String,
     pub revision: Option<String>,
-    /// LLM-Adapters JSON files (or task directories holding `train.json`).
+    /// Training data: files (JSON, JSON Lines, Parquet; LLM-Adapters task directories holding
+    /// `train.json`) or Hugging Face datasets in the local cache (`hf:ORG/NAME[@rev][/config][:split]`).
     pub data: Vec<String>,
     pub method: Method,
     pub rank: usize,
@@ -48,8 +79,14 @@ pub struct TrainConfig {
     /// Examples per forward pass (gradient accumulation = batch_size / micro_batch_size).
     pub micro_batch_size: usize,
     pub max_grad_norm: f64,
-    pub cutoff_len: usize,
+    /// Longest tokenized example; `None`: 256 for LLM-Adapters data (its `cutoff_len`), else
+    /// TRL's `max_length` of 1024 (or the model's positions, when fewer).
+    pub cutoff_len: Option<usize>,
+    /// LLM-Adapters data: loss on the prompt too (`--loss-on all`) or on the response only.
     pub train_on_inputs: bool,
+    /// Which tokens carry loss; `None`: the schema's default ([`LossOn`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_on: Option<LossOn>,
     /// Examples held out for validation loss; `None`: [`TrainConfig::auto_val_size`] of the data.
     pub val_size: Option<usize>,
     /// Use only the first N examples of each data file.
@@ -104,8 +141,9 @@ impl Default for TrainConfig {
             batch_size: 16,
             micro_batch_size: 4,
             max_grad_norm: 1.0,
-            cutoff_len: 256,
+            cutoff_len: None,
             train_on_inputs: true,
+            loss_on: None,
             val_size: None,
             max_examples: None,
             seed: 42,
@@ -175,7 +213,7 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr must be positive".into());
         }
-        if self.cutoff_len < 2 {
+        if self.cutoff_len.is_some_and(|c| c < 2) {
             return bad("cutoff_len must be at least 2".into());
         }
         if self.top_layers == Some(0) {
@@ -273,12 +311,19 @@ pub struct TrainFlags {
     /// Examples per forward pass; gradient accumulation = batch / micro batch [default: 4]
     #[arg(long)]
     pub micro_batch_size: Option<usize>,
-    /// Longest tokenized example, in tokens (longer ones are cut) [default: 256]
+    /// Longest tokenized example, in tokens; longer ones keep their start (TRL's max_length)
+    /// [default: 256 for LLM-Adapters data, else 1024 or the model's positions if fewer]
     #[arg(long)]
     pub cutoff_len: Option<usize>,
-    /// Loss on the whole sequence (true, the protocol's choice) or the response only [default: true]
+    /// LLM-Adapters data: loss on the whole sequence (true, the protocol's choice) or the response
+    /// only; the same as --loss-on all / completion [default: true]
     #[arg(long)]
     pub train_on_inputs: Option<bool>,
+    /// Tokens that carry loss: all, completion (prompt/completion data; the response of
+    /// LLM-Adapters data) or assistant (conversations) [default: completion for prompt/completion
+    /// data, else all; LLM-Adapters data: from --train-on-inputs]
+    #[arg(long, value_enum)]
+    pub loss_on: Option<LossOn>,
     /// Examples held out for validation loss; must leave a training example [default: 10 % of the examples, at most 120]
     #[arg(long)]
     pub val_size: Option<usize>,
@@ -339,7 +384,6 @@ impl TrainFlags {
             epochs,
             batch_size,
             micro_batch_size,
-            cutoff_len,
             train_on_inputs,
             seed,
             save_every
@@ -360,7 +404,9 @@ impl TrainFlags {
             max_examples,
             eval_every,
             init_adapter,
-            data_order
+            data_order,
+            cutoff_len,
+            loss_on
         );
         if self.rslora {
             c.use_rslora = true;

@@ -37,6 +37,21 @@ pub struct SwitchLog {
     pub modules: Vec<DashSwitch>,
 }
 
+/// The training data of a run as it was read: its files with their sizes and sha256, the schema,
+/// and how it was tokenized (which tokens carry loss, the length cut, the chat template used).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    #[serde(flatten)]
+    pub manifest: crate::data::DataManifest,
+    pub loss_on: super::config::LossOn,
+    /// Tokens kept of each example (the start; TRL's `keep_start`).
+    pub max_length: usize,
+    /// Examples left with no label by the cut, and so not trained on (TRL drops them too).
+    pub dropped_examples: usize,
+    /// Where the chat template came from, for conversational data.
+    pub chat_template: Option<String>,
+}
+
 /// The machine-readable record of a run (`record.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -46,6 +61,9 @@ pub struct RunRecord {
     pub build: String,
     pub config: TrainConfig,
     pub base: String,
+    /// The training data (absent in records written before tsd recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataRecord>,
     /// The base model's content: every weight file it was loaded from, by sha256 (empty in
     /// records written before tsd recorded it).
     #[serde(default)]
@@ -74,6 +92,7 @@ pub struct RunRecord {
 /// What a run knows of itself when it starts: [`RunRecord::start`].
 pub struct RunStart {
     pub config: TrainConfig,
+    pub data: DataRecord,
     pub base_files: Vec<WeightFile>,
     pub base_params: u64,
     pub trainable_params: u64,
@@ -95,6 +114,7 @@ impl RunRecord {
                 None => s.config.model.clone(),
             },
             device: s.config.device.clone(),
+            data: Some(s.data),
             config: s.config,
             base_files: s.base_files,
             base_params: s.base_params,

@@ -4,16 +4,16 @@
 use super::data::{self, Batcher, Tokenized};
 use super::device::{device_for, dtype_for};
 use super::optim::{AdamW, AdamWConfig};
+use super::prepare::{prepare, DataPlan, ModelTokenizer};
 use super::trainer::Trainer;
 use crate::adapter::config::{LayerIndexes, TargetModules};
 use crate::adapter::plan::AdapterPlan;
 use crate::adapter::AdapterConfig;
-use crate::data::load_examples;
 use crate::error::{Error, Result};
 use crate::model::Llama;
 use crate::names::LinearName;
 use crate::names::Method;
-use crate::run::record::RunStart;
+use crate::run::record::{DataRecord, RunStart};
 use crate::run::RunRecord;
 use crate::run::TrainConfig;
 use crate::svd_cache::SvdCache;
@@ -45,25 +45,6 @@ pub(super) fn adapter_config(config: &TrainConfig, layers: usize) -> AdapterConf
             .map(|_| LayerIndexes::List((from_layer..layers).collect())),
         ..Default::default()
     }
-}
-
-/// Data files of `--data` entries: a JSON file, or a task directory holding `train.json`.
-fn data_files(entries: &[String]) -> Result<Vec<PathBuf>> {
-    entries
-        .iter()
-        .map(|e| {
-            let p = PathBuf::from(e);
-            let f = if p.is_dir() { p.join("train.json") } else { p };
-            if f.is_file() {
-                Ok(f)
-            } else {
-                Err(Error::io(
-                    &f,
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "training data not found"),
-                ))
-            }
-        })
-        .collect()
 }
 
 /// `--init-adapter`: A and B of every adapted module from a PEFT LoRA adapter, which must hold
@@ -103,42 +84,44 @@ fn init_from_adapter(model: &mut Llama, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a `cutoff_len` beyond the model's positions or its sliding window.
-fn check_context(model: &Llama, config: &TrainConfig) -> Result<()> {
+/// Refuses a length cut beyond the model's positions or its sliding window.
+fn check_context(model: &Llama, max_length: usize) -> Result<()> {
     let max_pos = model.max_positions();
-    if config.cutoff_len > max_pos {
+    if max_length > max_pos {
         return Err(Error::InvalidArgument(format!(
-            "cutoff_len {} exceeds the model's {max_pos} positions (max_position_embeddings); lower --cutoff-len",
-            config.cutoff_len
+            "cutoff_len {max_length} exceeds the model's {max_pos} positions (max_position_embeddings); lower --cutoff-len"
         )));
     }
-    if let Some(w) = model
-        .config
-        .sliding_window
-        .filter(|&w| config.cutoff_len > w)
-    {
+    if let Some(w) = model.config.sliding_window.filter(|&w| max_length > w) {
         return Err(Error::InvalidArgument(format!(
-            "cutoff_len {} exceeds the model's sliding_window of {w}, which tsd does not implement; lower --cutoff-len",
-            config.cutoff_len
+            "cutoff_len {max_length} exceeds the model's sliding_window of {w}, which tsd does not implement; lower --cutoff-len"
         )));
     }
     Ok(())
 }
 
-/// The training examples of `config.data` (each file cut at `max_examples`), split into
-/// validation and training sets and tokenized: `(train, val)`.
+/// The training examples of `config.data` (each file cut at `max_examples`), read and tokenized
+/// for the model's tokenizer ([`super::prepare`]), then split into validation and training sets:
+/// `(train, val, data record)`. Examples TRL would drop (no label left after the cut) are left out
+/// before the split.
 fn tokenized_split(
     config: &TrainConfig,
-    tok: &tokenizers::Tokenizer,
-    eos: u32,
-) -> Result<(Vec<Tokenized>, Vec<Tokenized>)> {
-    let mut examples = Vec::new();
-    for f in data_files(&config.data)? {
-        let mut ex = load_examples(&f)?;
-        if let Some(n) = config.max_examples {
-            ex.truncate(n);
-        }
-        examples.extend(ex);
+    mt: &ModelTokenizer,
+) -> Result<(Vec<Tokenized>, Vec<Tokenized>, DataRecord)> {
+    let plan = DataPlan {
+        data: &config.data,
+        max_examples: config.max_examples,
+        cutoff_len: config.cutoff_len,
+        loss_on: config.loss_on,
+        train_on_inputs: config.train_on_inputs,
+    };
+    let prepared = prepare(&plan, mt)?;
+    let examples = prepared.kept();
+    if examples.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "no training example has a token with loss after the cut to {} tokens (--cutoff-len)",
+            prepared.data.max_length
+        )));
     }
     let val_size = config.val_size_for(examples.len())?;
     let (tr_idx, val_idx) = data::split_validation(
@@ -146,22 +129,8 @@ fn tokenized_split(
         val_size,
         config.split_seed.unwrap_or(config.seed),
     )?;
-    let tokenize = |idx: &[usize]| -> Result<Vec<Tokenized>> {
-        idx.iter()
-            .map(|&i| {
-                data::tokenize_example(
-                    tok,
-                    eos,
-                    &examples[i],
-                    config.cutoff_len,
-                    config.train_on_inputs,
-                )
-            })
-            .collect()
-    };
-    let train = tokenize(&tr_idx)?;
-    let val = tokenize(&val_idx)?;
-    Ok((train, val))
+    let pick = |idx: &[usize]| idx.iter().map(|&i| examples[i].clone()).collect();
+    Ok((pick(&tr_idx), pick(&val_idx), prepared.data))
 }
 
 /// Adapters (or full weights) on the modules `plan` names, registered with a new optimizer.
@@ -213,13 +182,10 @@ impl Trainer {
         })?;
         let src = weights::open_path(&path)?;
         let mut model = Llama::from_source(src.as_ref(), &device, dtype)?;
-        check_context(&model, &config)?;
-        let tok = crate::model::tokenizer::load_tokenizer(&path)?;
-        let info = crate::model::tokenizer::load_tokenizer_info(&path)?;
-        let eos = info.eos;
-        let pad_id = info.pad.unwrap_or(eos);
-
-        let (train, val) = tokenized_split(&config, &tok, eos)?;
+        let mt = ModelTokenizer::load(&path)?;
+        let pad_id = mt.info.pad.unwrap_or(mt.info.eos);
+        let (train, val, data) = tokenized_split(&config, &mt)?;
+        check_context(&model, data.max_length)?;
         let lengths = train.iter().map(|t| t.input_ids.len()).collect();
         let batcher = match &config.data_order {
             None => Batcher::new(lengths, config.micro_batch_size, config.seed)?,
@@ -246,6 +212,7 @@ impl Trainer {
         let trainable = super::trainer::trainable_params(&model, &config);
         let record = RunRecord::start(RunStart {
             config: config.clone(),
+            data,
             base_files: crate::run::record::base_files(&path)?,
             base_params: src.total_params(),
             trainable_params: trainable,

@@ -115,6 +115,9 @@ impl Trainer {
             );
         }
         let mut t = Self::build(config, run_dir)?;
+        if let Ok(saved) = layout::read_record(run_dir) {
+            check_same_data(saved.data.as_ref(), t.record.data.as_ref(), run_dir)?;
+        }
         if let Some(step) = latest_checkpoint(run_dir)? {
             t.restore(step)?;
         }
@@ -323,4 +326,33 @@ impl Trainer {
     pub fn model_config(&self) -> &LlamaConfig {
         &self.model.config
     }
+}
+
+/// Refuses to resume on data whose files changed since the run started (a record written before
+/// tsd recorded its data is not checked).
+fn check_same_data(
+    saved: Option<&crate::run::record::DataRecord>,
+    now: Option<&crate::run::record::DataRecord>,
+    run_dir: &Path,
+) -> Result<()> {
+    let (Some(saved), Some(now)) = (saved, now) else {
+        return Ok(());
+    };
+    let digests = |d: &crate::run::record::DataRecord| -> Vec<(String, String)> {
+        d.manifest
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.sha256.clone()))
+            .collect()
+    };
+    let shas = |d: &[(String, String)]| d.iter().map(|x| x.1.clone()).collect::<Vec<_>>();
+    if shas(&digests(saved)) == shas(&digests(now)) {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "cannot resume {}: its training data changed since it started (record.json names {:?}, now {:?}); resume needs the same files",
+        run_dir.display(),
+        digests(saved),
+        digests(now)
+    )))
 }
