@@ -3,7 +3,8 @@
 For each tokenizer — the default model (SmolLM2-135M-Instruct, its GGUF as tsd provisions it), the
 committed small tokenizers of tests/fixtures/chat-tokenizers/{llama3,llama3_1,qwen2_5}, and two
 directories written here under tests/fixtures/chat/ whose tokenizer_config.json holds the template
-inline (a string) or as a list of named templates — and for each conversation, with
+inline (a string) or as a list of named templates ("default", used without tools, and "tool_use",
+used with them) — and for each conversation, with
 add_generation_prompt false and true: `apply_chat_template(..., tokenize=False)` (the text) and
 `tokenize=True` (the ids). For TRL 1.16's training templates (`{% generation %}` markers) on the
 llama3 and qwen2_5 tokenizers: the ids and `assistant_masks` of
@@ -131,6 +132,7 @@ def write_tokenizer_dirs():
     llama["chat_template"] = [
         {"name": "rag", "template": "{{ raise_exception('not this one') }}"},
         {"name": "default", "template": (TOKS / "llama3/chat_template.jinja").read_text()},
+        {"name": "tool_use", "template": (TOKS / "llama3_1/chat_template.jinja").read_text()},
     ]
     (named / "tokenizer_config.json").write_text(json.dumps(llama, indent=2, ensure_ascii=False) + "\n")
     return {"inline": inline, "named": named}
@@ -160,7 +162,7 @@ def main(gguf):
     cases = []
     for tname, tok in toks.items():
         convs = dict(CONVERSATIONS)
-        if tname in ("qwen2_5", "llama3_1", "inline"):
+        if tname in ("qwen2_5", "llama3_1", "inline", "named"):
             convs["tools"] = TOOL_CONVERSATION
         for cname, conv in convs.items():
             tools = TOOLS if cname == "tools" else None

@@ -20,8 +20,8 @@
 //! Known differences from transformers: JSON objects are seen with their keys sorted (tsd's
 //! `serde_json` does not keep insertion order, Python's dicts do), which shows in `tojson` of a
 //! tool whose keys were not written in sorted order; `sep_token`, `cls_token`, `mask_token` are
-//! not passed; of a list of named templates only `"default"` is used (transformers picks
-//! `"tool_use"` when tools are given and the model has one).
+//! not passed; named templates are read from `tokenizer_config.json`'s list only (`"default"`, and
+//! `"tool_use"` when tools are given), not from an `additional_chat_templates/` directory.
 
 use crate::error::{Error, Result};
 use crate::model::tokenizer::{
@@ -62,6 +62,9 @@ pub struct ChatTemplate {
     special: SpecialTokens,
     has_markers: bool,
     env: Arc<Environment<'static>>,
+    /// A named `"tool_use"` template, used instead when tools are given (transformers'
+    /// `get_chat_template`).
+    tool_use: Option<Box<ChatTemplate>>,
 }
 
 /// How to render a conversation.
@@ -96,7 +99,8 @@ impl ChatTemplate {
     /// Beside a `tokenizer.json`, as transformers loads it: `chat_template.jinja` first, else
     /// `tokenizer_config.json`'s `chat_template` (a string, or a list of `{name, template}` of
     /// which `"default"` is used). Special tokens come from `tokenizer_config.json` (else a legacy
-    /// `special_tokens_map.json`). In a GGUF: `tokenizer.chat_template`, and the special tokens
+    /// `special_tokens_map.json`); a list's `"tool_use"` template, if any, is used when tools are given,
+    /// as transformers does. In a GGUF: `tokenizer.chat_template`, and the special tokens
     /// named by `tokenizer.ggml.{bos,eos,padding,unknown}_token_id`.
     pub fn load(path: &Path) -> Result<Option<ChatTemplate>> {
         match resolve(path)? {
@@ -162,6 +166,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.set_formatter(py_formatter);
         env.add_filter("tojson", tojson_filter);
+        env.add_filter("string", |v: Value| py_str(&v));
         env.add_function(
             "raise_exception",
             |msg: Value| -> std::result::Result<Value, minijinja::Error> {
@@ -180,6 +185,7 @@ impl ChatTemplate {
             special,
             has_markers,
             env: Arc::new(env),
+            tool_use: None,
         })
     }
 
@@ -208,6 +214,9 @@ impl ChatTemplate {
     /// messages: the JSON objects of a conversation ({"role", "content", …any other keys such as
     /// tool_calls, name}).
     pub fn render(&self, messages: &[Json], opts: &RenderOptions) -> Result<Rendered> {
+        if let Some(t) = self.tool_template(opts) {
+            return t.render(messages, opts);
+        }
         if messages.is_empty() {
             return Err(Error::InvalidArgument(
                 "cannot apply a chat template to an empty conversation".into(),
@@ -235,6 +244,9 @@ impl ChatTemplate {
         messages: &[Json],
         opts: &RenderOptions,
     ) -> Result<Vec<Range<usize>>> {
+        if let Some(t) = self.tool_template(opts) {
+            return t.assistant_spans(messages, opts);
+        }
         let plain = RenderOptions {
             add_generation_prompt: false,
             ..*opts
@@ -279,6 +291,11 @@ impl ChatTemplate {
             }
         }
         Ok(spans)
+    }
+
+    /// The model's `"tool_use"` template when tools are given and it has one.
+    fn tool_template(&self, opts: &RenderOptions) -> Option<&ChatTemplate> {
+        opts.tools.and(self.tool_use.as_deref())
     }
 
     fn refuse(&self, reason: String) -> Error {
@@ -331,7 +348,7 @@ impl ChatTemplate {
                 ctx.push((k, Value::from(v.as_str())));
             }
         }
-        let ctx: Value = ctx.into_iter().map(|(k, v)| (k, v)).collect();
+        let ctx: Value = ctx.into_iter().collect();
         let tmpl = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -371,6 +388,7 @@ pub fn apply_chat_template(
     opts: &RenderOptions,
     assistant_mask: bool,
 ) -> Result<ChatTokens> {
+    let t = t.tool_template(opts).unwrap_or(t);
     let rendered = t.render(messages, opts)?;
     let spans = if !assistant_mask {
         None
@@ -448,6 +466,7 @@ fn load_from_dir(dir: &Path) -> Result<Option<ChatTemplate>> {
         return Ok(None);
     };
     let origin = tconfig_path.display().to_string();
+    let mut tool_use = None;
     let source = match field {
         Json::Null => return Ok(None),
         Json::String(s) => s.as_str(),
@@ -465,8 +484,10 @@ fn load_from_dir(dir: &Path) -> Result<Option<ChatTemplate>> {
                         ),
                     ));
                 };
-                if name == "default" {
-                    default = Some(template);
+                match name {
+                    "default" => default = Some(template),
+                    "tool_use" => tool_use = Some(template),
+                    _ => {}
                 }
             }
             default.ok_or_else(|| {
@@ -486,7 +507,15 @@ fn load_from_dir(dir: &Path) -> Result<Option<ChatTemplate>> {
             ))
         }
     };
-    ChatTemplate::from_source(source, special, &origin).map(Some)
+    let tool_use = tool_use
+        .map(|src| {
+            let origin = format!("{origin} (chat_template \"tool_use\")");
+            ChatTemplate::from_source(src, special.clone(), &origin).map(Box::new)
+        })
+        .transpose()?;
+    let mut t = ChatTemplate::from_source(source, special, &origin)?;
+    t.tool_use = tool_use;
+    Ok(Some(t))
 }
 
 /// A message as transformers hands it to the template: `null` keys dropped; a reasoning field
@@ -1206,9 +1235,48 @@ mod tests {
     fn token_mask_marks_overlapping_tokens() {
         let offsets = [(0, 2), (2, 5), (5, 5), (5, 8), (8, 9)];
         // An empty token (5, 5) inside a span is marked, as transformers' sweep marks it.
-        assert_eq!(token_mask(&offsets, &[3..6]), vec![0, 1, 1, 1, 0]);
+        let span = 3..6;
+        assert_eq!(token_mask(&offsets, &[span]), vec![0, 1, 1, 1, 0]);
         assert_eq!(token_mask(&offsets, &[0..2, 8..9]), vec![1, 0, 0, 0, 1]);
         assert_eq!(token_mask(&offsets, &[]), vec![0; 5]);
+    }
+
+    #[test]
+    fn edge_cases_match_jinja2() {
+        // Expected: transformers' compiled Jinja2 template, messages=[{"role": "user",
+        // "content": "hi there"}], tools=None.
+        let msgs = json!([{"role": "user", "content": "hi there"}]);
+        let cases = [
+            ("{{ messages[0].missing | trim }}|", "|"),
+            ("{{ none | string }}|{{ true | string }}|{{ 1.0 | string }}", "None|True|1.0"),
+            ("{{ (messages | length) / 2 }}|{{ 7 // 2 }}|{{ 2 ** 3 }}|{{ 10 / 4 }}", "0.5|3|8|2.5"),
+            (
+                "{{ messages[0].content[:3] }}|{{ messages[0].content.upper() }}|{{ messages[0].content.replace('i', 'I') }}",
+                "hi |HI THERE|hI there",
+            ),
+            ("{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}", "1"),
+            (
+                "{{ messages | map(attribute='role') | join(',') }}|{{ messages | selectattr('role', 'equalto', 'user') | list | length }}",
+                "user|1",
+            ),
+            ("{{ dict(a=1) | tojson }}|{{ messages[0].content.split() }}|{{ 'x' in messages[0] }}", "{\"a\": 1}|['hi', 'there']|False"),
+            ("{{ messages[0].content | tojson(indent=none) }}|{{ {'a': 1.5e300} | tojson }}|{{ -1 | abs }}", "\"hi there\"|{\"a\": 1.5e+300}|1"),
+            ("{%- for m in messages %}\n  {{- m.role }}\n{% endfor %}\n", "user\n"),
+            (
+                "{{ messages[0].missing }}|{{ messages[0].missing is none }}|{{ messages[0].get('missing') }}|{{ messages[0].get('role') }}",
+                "|False|None|user",
+            ),
+        ];
+        let mut bad = Vec::new();
+        for (src, want) in cases {
+            let t = tmpl(src);
+            let got = t.render(msgs.as_array().unwrap(), &RenderOptions::default());
+            match got {
+                Ok(r) if r.text == want => {}
+                other => bad.push(format!("{src}: {other:?} want {want:?}")),
+            }
+        }
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
     }
 
     #[test]
