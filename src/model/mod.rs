@@ -1,5 +1,6 @@
 //! LLaMA-family model description (config); the candle model itself lives beside it.
 
+pub mod chat_template;
 pub mod config;
 pub mod llama;
 pub mod tokenizer;

@@ -410,13 +410,13 @@ pub fn decode(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> Result<String
         .map_err(|e| Error::InvalidArgument(format!("cannot decode token ids: {e}")))
 }
 
-enum Source {
+pub(crate) enum Source {
     Json(PathBuf),
     Gguf(PathBuf),
 }
 
 /// Which file holds the tokenizer: `tokenizer.json` (file or in a directory) or a GGUF.
-fn resolve(path: &Path) -> Result<Source> {
+pub(crate) fn resolve(path: &Path) -> Result<Source> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         let json = path.join("tokenizer.json");
@@ -462,7 +462,7 @@ fn has_gguf_magic(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn read_gguf(path: &Path) -> Result<Content> {
+pub(crate) fn read_gguf(path: &Path) -> Result<Content> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     Content::read(&mut f).map_err(|e| Error::Gguf {
         path: path.to_path_buf(),
@@ -470,7 +470,7 @@ fn read_gguf(path: &Path) -> Result<Content> {
     })
 }
 
-fn read_optional_json(path: &Path) -> Result<Option<Json>> {
+pub(crate) fn read_optional_json(path: &Path) -> Result<Option<Json>> {
     match std::fs::read_to_string(path) {
         Ok(s) => serde_json::from_str(&s).map(Some).map_err(|e| Error::Json {
             path: path.to_path_buf(),
@@ -490,12 +490,12 @@ fn json_token_id(v: &Json) -> Option<u32> {
 }
 
 /// A token name from tokenizer_config.json: a string or an AddedToken object `{"content": ...}`.
-fn json_token_name(v: &Json) -> Option<&str> {
+pub(crate) fn json_token_name(v: &Json) -> Option<&str> {
     v.as_str()
         .or_else(|| v.get("content").and_then(|c| c.as_str()))
 }
 
-fn cfg_err(path: &Path, reason: impl Into<String>) -> Error {
+pub(crate) fn cfg_err(path: &Path, reason: impl Into<String>) -> Error {
     Error::Config {
         path: path.to_path_buf(),
         reason: reason.into(),
@@ -509,7 +509,7 @@ fn token_name<'a>(tokens: &'a [&'a str], id: u32, path: &Path) -> Result<&'a str
         .ok_or_else(|| cfg_err(path, format!("token id {id} is outside the vocabulary")))
 }
 
-fn meta_u32(content: &Content, path: &Path, key: &str) -> Result<Option<u32>> {
+pub(crate) fn meta_u32(content: &Content, path: &Path, key: &str) -> Result<Option<u32>> {
     let Some(v) = content.metadata.get(key) else {
         return Ok(None);
     };
@@ -540,7 +540,11 @@ fn meta_bool(content: &Content, path: &Path, key: &str) -> Result<Option<bool>> 
         .transpose()
 }
 
-fn meta_str<'a>(content: &'a Content, path: &Path, key: &str) -> Result<Option<&'a str>> {
+pub(crate) fn meta_str<'a>(
+    content: &'a Content,
+    path: &Path,
+    key: &str,
+) -> Result<Option<&'a str>> {
     content
         .metadata
         .get(key)
@@ -552,7 +556,11 @@ fn meta_str<'a>(content: &'a Content, path: &Path, key: &str) -> Result<Option<&
         .transpose()
 }
 
-fn meta_str_array<'a>(content: &'a Content, path: &Path, key: &str) -> Result<Vec<&'a str>> {
+pub(crate) fn meta_str_array<'a>(
+    content: &'a Content,
+    path: &Path,
+    key: &str,
+) -> Result<Vec<&'a str>> {
     let v = content
         .metadata
         .get(key)
