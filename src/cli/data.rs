@@ -44,6 +44,10 @@ pub struct PreviewArgs {
     /// else 1024 or the model's positions if fewer]
     #[arg(long)]
     cutoff_len: Option<usize>,
+    /// A Jinja chat template used instead of the model's, as `tsd train --template-file`
+    /// [default: the model's own]
+    #[arg(long, value_name = "FILE")]
+    template_file: Option<std::path::PathBuf>,
     /// Read only the first N examples of each data file [default: all]
     #[arg(long)]
     max_examples: Option<usize>,
@@ -70,6 +74,7 @@ fn preview(a: PreviewArgs) -> Result<()> {
         cutoff_len: a.cutoff_len,
         loss_on: a.loss_on,
         train_on_inputs: a.train_on_inputs.unwrap_or(true),
+        template_file: a.template_file.as_deref(),
     };
     let rec = tsd::train::preview::preview(&plan, &a.model, &path, a.limit)?;
     let text = match a.out.format() {

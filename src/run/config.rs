@@ -87,6 +87,9 @@ pub struct TrainConfig {
     /// Which tokens carry loss; `None`: the schema's default ([`LossOn`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss_on: Option<LossOn>,
+    /// A Jinja chat template used instead of the model's, for conversational data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template_file: Option<String>,
     /// Examples held out for validation loss; `None`: [`TrainConfig::auto_val_size`] of the data.
     pub val_size: Option<usize>,
     /// Use only the first N examples of each data file.
@@ -144,6 +147,7 @@ impl Default for TrainConfig {
             cutoff_len: None,
             train_on_inputs: true,
             loss_on: None,
+            template_file: None,
             val_size: None,
             max_examples: None,
             seed: 42,
@@ -324,6 +328,11 @@ pub struct TrainFlags {
     /// data, else all; LLM-Adapters data: from --train-on-inputs]
     #[arg(long, value_enum)]
     pub loss_on: Option<LossOn>,
+    /// A Jinja chat template used instead of the model's for conversational data, e.g. one with
+    /// `{% generation %}` markers for --loss-on assistant (TRL's `*_training.jinja`)
+    /// [default: the model's own]
+    #[arg(long, value_name = "FILE")]
+    pub template_file: Option<String>,
     /// Examples held out for validation loss; must leave a training example [default: 10 % of the examples, at most 120]
     #[arg(long)]
     pub val_size: Option<usize>,
@@ -406,7 +415,8 @@ impl TrainFlags {
             init_adapter,
             data_order,
             cutoff_len,
-            loss_on
+            loss_on,
+            template_file
         );
         if self.rslora {
             c.use_rslora = true;

@@ -7,7 +7,7 @@ use super::data::Tokenized;
 use super::sft::{check_loss_on, default_loss_on, SftExample, SftTokenizer};
 use crate::data::{DataManifest, Record, Schema};
 use crate::error::{Error, Result};
-use crate::model::chat_template::ChatTemplate;
+use crate::model::chat_template::{ChatTemplate, SpecialTokens};
 use crate::model::tokenizer::{load_tokenizer, load_tokenizer_info, Tokenizer, TokenizerInfo};
 use crate::run::config::{LossOn, ALPACA_CUTOFF, TRL_MAX_LENGTH};
 use crate::run::record::DataRecord;
@@ -22,7 +22,11 @@ pub struct DataPlan<'a> {
     pub cutoff_len: Option<usize>,
     pub loss_on: Option<LossOn>,
     pub train_on_inputs: bool,
+    /// A chat template file used instead of the model's (`--template-file`).
+    pub template_file: Option<&'a Path>,
 }
+
+
 
 /// A model's tokenizer with what training data needs from it.
 pub struct ModelTokenizer {
@@ -38,11 +42,15 @@ pub struct ModelTokenizer {
 
 impl ModelTokenizer {
     /// Loads the tokenizer, special tokens, chat template and context length of the model at
-    /// `path` (a model directory, tokenizer.json or GGUF).
-    pub fn load(path: &Path) -> Result<Self> {
+    /// `path` (a model directory, tokenizer.json or GGUF). `template_file` (`--template-file`)
+    /// replaces the model's chat template, seeing the model's special tokens.
+    pub fn load(path: &Path, template_file: Option<&Path>) -> Result<Self> {
         let tok = load_tokenizer(path)?;
         let info = load_tokenizer_info(path)?;
-        let template = ChatTemplate::load(path)?;
+        let mut template = ChatTemplate::load(path)?;
+        if let Some(file) = template_file {
+            template = Some(template_from_file(file, template.as_ref(), &tok, &info)?);
+        }
         let eos_token = template
             .as_ref()
             .and_then(|t| t.special().eos_token.clone())
@@ -64,6 +72,27 @@ impl ModelTokenizer {
             positions,
         })
     }
+}
+
+/// The chat template in `file`, seeing the model's special tokens: those of its own template, else
+/// the text of its BOS and EOS ids.
+fn template_from_file(
+    file: &Path,
+    model: Option<&ChatTemplate>,
+    tok: &Tokenizer,
+    info: &TokenizerInfo,
+) -> Result<ChatTemplate> {
+    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let special = model.map_or_else(
+        || SpecialTokens {
+            bos_token: info.bos.and_then(|id| tok.id_to_token(id)),
+            eos_token: tok.id_to_token(info.eos),
+            pad_token: info.pad.and_then(|id| tok.id_to_token(id)),
+            unk_token: None,
+        },
+        |t| t.special().clone(),
+    );
+    ChatTemplate::from_source(&text, special, &file.display().to_string())
 }
 
 /// Every record of the data tokenized, in data order, with where each came from.

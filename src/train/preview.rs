@@ -49,7 +49,7 @@ pub struct PreviewRecord {
 /// Reads and tokenizes the data as `tsd train` would for the model at `path` (given as `model`),
 /// and keeps its first `limit` examples.
 pub fn preview(plan: &DataPlan, model: &str, path: &Path, limit: usize) -> Result<PreviewRecord> {
-    let mt = ModelTokenizer::load(path)?;
+    let mt = ModelTokenizer::load(path, plan.template_file)?;
     let p = prepare(plan, &mt)?;
     let max_length = p.data.max_length;
     let examples = p

@@ -114,6 +114,7 @@ fn tokenized_split(
         cutoff_len: config.cutoff_len,
         loss_on: config.loss_on,
         train_on_inputs: config.train_on_inputs,
+        template_file: config.template_file.as_deref().map(Path::new),
     };
     let prepared = prepare(&plan, mt)?;
     let examples = prepared.kept();
@@ -182,7 +183,7 @@ impl Trainer {
         })?;
         let src = weights::open_path(&path)?;
         let mut model = Llama::from_source(src.as_ref(), &device, dtype)?;
-        let mt = ModelTokenizer::load(&path)?;
+        let mt = ModelTokenizer::load(&path, config.template_file.as_deref().map(Path::new))?;
         let pad_id = mt.info.pad.unwrap_or(mt.info.eos);
         let (train, val, data) = tokenized_split(&config, &mt)?;
         check_context(&model, data.max_length)?;
