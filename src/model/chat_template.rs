@@ -17,9 +17,11 @@
 //! control; after rendering the markers are removed and their byte ranges recorded
 //! ([`Rendered::generation_spans`]).
 //!
-//! Known differences from transformers: JSON objects are seen with their keys sorted (tsd's
-//! `serde_json` does not keep insertion order, Python's dicts do), which shows in `tojson` of a
-//! tool whose keys were not written in sorted order; `sep_token`, `cls_token`, `mask_token` are
+//! Known differences from transformers: mappings are seen with their keys sorted (tsd's
+//! `serde_json` and minijinja maps do not keep insertion order, Python's dicts do), which shows in
+//! `tojson` or printing of a tool, tool-call arguments, a message or a dict literal whose keys are
+//! not in sorted order (`{'z': 1, 'a': 2} | tojson` gives `{"a": 2, "z": 1}`, Python
+//! `{"z": 1, "a": 2}`); `sep_token`, `cls_token`, `mask_token` are
 //! not passed; named templates are read from `tokenizer_config.json`'s list only (`"default"`, and
 //! `"tool_use"` when tools are given), not from an `additional_chat_templates/` directory.
 
@@ -239,6 +241,12 @@ impl ChatTemplate {
     /// end-of-turn token and whatever the template writes after it for that message (the newline
     /// after ChatML's `<|im_end|>`, as TRL's `qwen2_5_training.jinja` marks it). Empty spans are
     /// left out.
+    ///
+    /// Checked against transformers' masks with TRL 1.16's training templates
+    /// (`tests/chat_template.rs`): the same tokens on Llama 3 (`llama3_training.jinja`); on
+    /// Qwen2.5 (`qwen2_5_training.jinja`) the same except the newline right after
+    /// `<|im_start|>assistant`, which TRL marks and this rule leaves to the generation prompt that
+    /// writes it (one token per assistant message).
     pub fn assistant_spans(
         &self,
         messages: &[Json],
