@@ -1215,6 +1215,74 @@ mod tests {
     }
 
     #[test]
+    fn gguf_template_and_special_tokens() {
+        use candle_core::quantized::gguf_file::{write, Value as G};
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = G::Array(
+            ["<s>", "</s>", "<unk>", "a"]
+                .iter()
+                .map(|s| G::String(s.to_string()))
+                .collect(),
+        );
+        let ids = [
+            ("tokenizer.ggml.bos_token_id", G::U32(0)),
+            ("tokenizer.ggml.eos_token_id", G::U32(1)),
+            ("tokenizer.ggml.unknown_token_id", G::U32(2)),
+        ];
+        let gguf = |name: &str, template: Option<&str>| {
+            let path = dir.path().join(name);
+            let tmpl = template.map(|t| G::String(t.to_string()));
+            let mut meta: Vec<(&str, &G)> = vec![("tokenizer.ggml.tokens", &tokens)];
+            meta.extend(ids.iter().map(|(k, v)| (*k, v)));
+            if let Some(t) = &tmpl {
+                meta.push(("tokenizer.chat_template", t));
+            }
+            let mut f = std::fs::File::create(&path).unwrap();
+            write(&mut f, &meta, &[]).unwrap();
+            path
+        };
+        assert!(ChatTemplate::load(&gguf("none.gguf", None))
+            .unwrap()
+            .is_none());
+        let t = ChatTemplate::load(&gguf(
+            "chat.gguf",
+            Some("{{ bos_token }}{{ messages[0].content }}{{ eos_token }}"),
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(
+            t.origin()
+                .ends_with("chat.gguf (GGUF tokenizer.chat_template)"),
+            "{}",
+            t.origin()
+        );
+        assert_eq!(
+            t.special(),
+            &SpecialTokens {
+                bos_token: Some("<s>".into()),
+                eos_token: Some("</s>".into()),
+                pad_token: None,
+                unk_token: Some("<unk>".into()),
+            }
+        );
+        assert_eq!(
+            t.render(
+                &one().as_array().unwrap().clone(),
+                &RenderOptions::default()
+            )
+            .unwrap()
+            .text,
+            "<s>hi</s>"
+        );
+        let err = ChatTemplate::load(&gguf("bad.gguf", Some("{% if %}"))).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("bad.gguf (GGUF tokenizer.chat_template): not a valid chat template"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn prefix_rule_spans_and_refusal() {
         let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
         let t = tmpl(chatml);
