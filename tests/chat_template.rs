@@ -259,3 +259,62 @@ fn prefix_rule_against_trl_training_masks() {
     }
     assert!(unexpected.is_empty(), "{}", unexpected.join("\n"));
 }
+
+/// The prefix rule works on every fixture template and conversation (SmolLM2's default system
+/// turn, Llama 3.1's tools block, tool calls): the masked tokens hold each assistant reply and
+/// none of the user's words.
+#[test]
+fn prefix_rule_masks_every_assistant_reply() {
+    let exp = expected();
+    let mut loaded = std::collections::BTreeMap::new();
+    for case in exp["cases"].as_array().unwrap() {
+        let name = case["tokenizer"].as_str().unwrap();
+        let (tok, t) = loaded.entry(name).or_insert_with(|| load(name));
+        let msgs = messages(&exp, case);
+        let o = opts(&exp, case);
+        let got = apply_chat_template(tok, t, &msgs, &o, true)
+            .unwrap_or_else(|e| panic!("{}: {e}", label(case)));
+        assert_eq!(got.ids, ids(&case["ids"]), "{}", label(case));
+        let m = got.assistant_mask.unwrap();
+        let masked: Vec<u32> = got
+            .ids
+            .iter()
+            .zip(&m)
+            .filter(|(_, &b)| b == 1)
+            .map(|(&i, _)| i)
+            .collect();
+        let masked = tok.decode(&masked, false).unwrap();
+        for msg in &msgs {
+            let content = msg["content"].as_str().unwrap_or("").trim();
+            if content.is_empty() {
+                continue;
+            }
+            if msg["role"] == "assistant" {
+                assert!(
+                    masked.contains(content),
+                    "{}: {content:?} not in {masked:?}",
+                    label(case)
+                );
+            } else if !msgs
+                .iter()
+                .any(|a| a["role"] == "assistant" && a.to_string().contains(content))
+            {
+                assert!(
+                    !masked.contains(content),
+                    "{}: {content:?} in {masked:?}",
+                    label(case)
+                );
+            }
+        }
+        if msgs
+            .iter()
+            .any(|m| m.get("tool_calls").is_some_and(|v| !v.is_null()))
+        {
+            assert!(
+                masked.contains("get_weather"),
+                "{}: {masked:?}",
+                label(case)
+            );
+        }
+    }
+}

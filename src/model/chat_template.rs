@@ -17,9 +17,11 @@
 //! control; after rendering the markers are removed and their byte ranges recorded
 //! ([`Rendered::generation_spans`]).
 //!
-//! Known differences from transformers: JSON objects are seen with their keys sorted (tsd's
-//! `serde_json` does not keep insertion order, Python's dicts do), which shows in `tojson` of a
-//! tool whose keys were not written in sorted order; `sep_token`, `cls_token`, `mask_token` are
+//! Known differences from transformers: mappings are seen with their keys sorted (tsd's
+//! `serde_json` and minijinja maps do not keep insertion order, Python's dicts do), which shows in
+//! `tojson` or printing of a tool, tool-call arguments, a message or a dict literal whose keys are
+//! not in sorted order (`{'z': 1, 'a': 2} | tojson` gives `{"a": 2, "z": 1}`, Python
+//! `{"z": 1, "a": 2}`); `sep_token`, `cls_token`, `mask_token` are
 //! not passed; named templates are read from `tokenizer_config.json`'s list only (`"default"`, and
 //! `"tool_use"` when tools are given), not from an `additional_chat_templates/` directory.
 
@@ -239,6 +241,12 @@ impl ChatTemplate {
     /// end-of-turn token and whatever the template writes after it for that message (the newline
     /// after ChatML's `<|im_end|>`, as TRL's `qwen2_5_training.jinja` marks it). Empty spans are
     /// left out.
+    ///
+    /// Checked against transformers' masks with TRL 1.16's training templates
+    /// (`tests/chat_template.rs`): the same tokens on Llama 3 (`llama3_training.jinja`); on
+    /// Qwen2.5 (`qwen2_5_training.jinja`) the same except the newline right after
+    /// `<|im_start|>assistant`, which TRL marks and this rule leaves to the generation prompt that
+    /// writes it (one token per assistant message).
     pub fn assistant_spans(
         &self,
         messages: &[Json],
@@ -1204,6 +1212,74 @@ mod tests {
         // Non-object messages and empty conversations are refused.
         assert!(t.render(&[json!("hi")], &RenderOptions::default()).is_err());
         assert!(t.render(&[], &RenderOptions::default()).is_err());
+    }
+
+    #[test]
+    fn gguf_template_and_special_tokens() {
+        use candle_core::quantized::gguf_file::{write, Value as G};
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = G::Array(
+            ["<s>", "</s>", "<unk>", "a"]
+                .iter()
+                .map(|s| G::String(s.to_string()))
+                .collect(),
+        );
+        let ids = [
+            ("tokenizer.ggml.bos_token_id", G::U32(0)),
+            ("tokenizer.ggml.eos_token_id", G::U32(1)),
+            ("tokenizer.ggml.unknown_token_id", G::U32(2)),
+        ];
+        let gguf = |name: &str, template: Option<&str>| {
+            let path = dir.path().join(name);
+            let tmpl = template.map(|t| G::String(t.to_string()));
+            let mut meta: Vec<(&str, &G)> = vec![("tokenizer.ggml.tokens", &tokens)];
+            meta.extend(ids.iter().map(|(k, v)| (*k, v)));
+            if let Some(t) = &tmpl {
+                meta.push(("tokenizer.chat_template", t));
+            }
+            let mut f = std::fs::File::create(&path).unwrap();
+            write(&mut f, &meta, &[]).unwrap();
+            path
+        };
+        assert!(ChatTemplate::load(&gguf("none.gguf", None))
+            .unwrap()
+            .is_none());
+        let t = ChatTemplate::load(&gguf(
+            "chat.gguf",
+            Some("{{ bos_token }}{{ messages[0].content }}{{ eos_token }}"),
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(
+            t.origin()
+                .ends_with("chat.gguf (GGUF tokenizer.chat_template)"),
+            "{}",
+            t.origin()
+        );
+        assert_eq!(
+            t.special(),
+            &SpecialTokens {
+                bos_token: Some("<s>".into()),
+                eos_token: Some("</s>".into()),
+                pad_token: None,
+                unk_token: Some("<unk>".into()),
+            }
+        );
+        assert_eq!(
+            t.render(
+                &one().as_array().unwrap().clone(),
+                &RenderOptions::default()
+            )
+            .unwrap()
+            .text,
+            "<s>hi</s>"
+        );
+        let err = ChatTemplate::load(&gguf("bad.gguf", Some("{% if %}"))).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("bad.gguf (GGUF tokenizer.chat_template): not a valid chat template"),
+            "{err}"
+        );
     }
 
     #[test]
