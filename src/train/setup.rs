@@ -47,22 +47,12 @@ pub(super) fn adapter_config(config: &TrainConfig, layers: usize) -> AdapterConf
     }
 }
 
-/// Data files of `--data` entries: a JSON file, or a task directory holding `train.json`.
+/// Data files of `--data` entries: a JSON file, or a task directory holding `train.json`
+/// ([`crate::data::local_data_file`]).
 fn data_files(entries: &[String]) -> Result<Vec<PathBuf>> {
     entries
         .iter()
-        .map(|e| {
-            let p = PathBuf::from(e);
-            let f = if p.is_dir() { p.join("train.json") } else { p };
-            if f.is_file() {
-                Ok(f)
-            } else {
-                Err(Error::io(
-                    &f,
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "training data not found"),
-                ))
-            }
-        })
+        .map(|e| crate::data::local_data_file(Path::new(e)))
         .collect()
 }
 
