@@ -121,6 +121,68 @@ impl HubCache {
         self.root.join(format!("models--{}", id.replace('/', "--")))
     }
 
+    /// `datasets--{owner}--{name}` (huggingface_hub's `repo_type="dataset"` folder).
+    pub fn dataset_dir(&self, id: &str) -> PathBuf {
+        self.root
+            .join(format!("datasets--{}", id.replace('/', "--")))
+    }
+
+    /// The snapshot directory of dataset `id` at `revision` (`None` = `main`), from the cache
+    /// only: tsd never downloads datasets. A repo, ref or snapshot the cache lacks is refused
+    /// (exit 2) naming the path searched.
+    pub fn dataset_snapshot(&self, id: &str, revision: Option<&str>) -> Result<PathBuf> {
+        let revision = revision.unwrap_or("main");
+        check_revision(revision)?;
+        let repo = self.dataset_dir(id);
+        let how = format!(
+            "tsd reads datasets only from the local Hugging Face cache (it never downloads \
+             them); fetch it first, e.g. `huggingface-cli download --repo-type dataset {id}{}`",
+            if revision == "main" {
+                String::new()
+            } else {
+                format!(" --revision {revision}")
+            }
+        );
+        let missing = |what: String, path: &Path| Error::Config {
+            path: path.to_path_buf(),
+            reason: format!("dataset `{id}`: {what}; {how}"),
+        };
+        if !repo.is_dir() {
+            return Err(missing(
+                "not in the Hugging Face cache (no such directory)".into(),
+                &repo,
+            ));
+        }
+        let commit = if is_commit_sha(revision) {
+            revision.to_string()
+        } else {
+            let r = repo.join("refs").join(revision);
+            if !r.is_file() {
+                return Err(missing(
+                    format!("revision `{revision}` is not in the cache (a commit is named by its full 40-hex sha)"),
+                    &r,
+                ));
+            }
+            let sha = std::fs::read_to_string(&r).map_err(|e| Error::io(&r, e))?;
+            let sha = sha.trim();
+            if !is_commit_sha(sha) {
+                return Err(Error::Config {
+                    path: r,
+                    reason: format!("a cache ref must hold a 40-hex commit sha, found {sha:?}"),
+                });
+            }
+            sha.to_string()
+        };
+        let snap = repo.join("snapshots").join(&commit);
+        if !snap.is_dir() {
+            return Err(missing(
+                format!("commit {commit} has no snapshot in the cache"),
+                &snap,
+            ));
+        }
+        Ok(snap)
+    }
+
     /// The commit a revision names in the cache: a sha itself, else the content of
     /// `refs/<revision>`; `None` when the cache has no such ref.
     pub fn commit(&self, id: &str, revision: &str) -> Result<Option<String>> {

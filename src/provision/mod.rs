@@ -12,8 +12,10 @@ use crate::error::{Error, Result};
 use crate::fsutil::{hex, sha256_file};
 use crate::weights::{open_path, ModelSpec, WeightSource};
 
+pub mod data;
 pub mod hf_dir;
 pub mod hub;
+pub use data::{resolve_data, resolve_data_in};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -18,7 +18,7 @@ use crate::run::RunRecord;
 use crate::run::TrainConfig;
 use crate::svd_cache::SvdCache;
 use crate::weights::{self, ModelSpec};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// FNV-1a of a module name: each module's LoRA init seed is `seed ^ fnv(module)`.
 fn fnv(s: &str) -> u64 {
