@@ -3,7 +3,7 @@
 //! `packaged_modules/json/json.py`):
 //!
 //! - **JSON / JSON Lines** are told apart by content, not by extension: after an optional UTF-8
-//!   BOM, a file whose first byte is `[` is one JSON list (of objects, each a row; of anything
+//!   BOM, a file whose first non-blank byte is `[` is one JSON list (of objects, each a row; of anything
 //!   else, each item becomes `{"text": item}` as `datasets` does for a list of strings); any other
 //!   file is JSON Lines, one object per line, blank lines skipped. A file holding one top-level
 //!   object is read by `datasets` only with `field=`: [`read_rows_field`] takes that field's list.
@@ -51,8 +51,9 @@ fn format_of_bytes(path: &Path, bytes: &[u8]) -> FileFormat {
         return FileFormat::Parquet;
     }
     let body = bytes.strip_prefix(BOM).unwrap_or(bytes);
-    // `datasets` looks at the very first byte (no whitespace skipped) for `[`.
-    if body.first() == Some(&b'[') {
+    // `datasets` tests the first byte for `[`; a list after leading whitespace fails its JSON
+    // Lines reader and is then read whole by pandas, as a list all the same.
+    if body.trim_ascii_start().first() == Some(&b'[') {
         FileFormat::Json
     } else {
         FileFormat::JsonLines
