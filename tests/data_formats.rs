@@ -3,6 +3,9 @@
 //! (`expected.json`, written by `scripts/make_data_format_fixtures.py`), every (repo, config,
 //! split) of its Hugging Face cache tree resolved to the files and rows `datasets` resolves, the
 //! rows typed by schema, and every refusal naming its file, row and field.
+//!
+//! Parquet fixtures are everywhere here, so the file needs the default `parquet` feature.
+#![cfg(feature = "parquet")]
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

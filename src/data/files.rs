@@ -298,6 +298,18 @@ mod tests {
         );
     }
 
+    #[cfg(not(feature = "parquet"))]
+    #[test]
+    fn parquet_without_the_feature_is_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "a.parquet", "PAR1");
+        let e = read_rows(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("a.parquet") && e.contains("feature `parquet`"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn one_object_needs_a_field_and_bad_lines_are_named() {
         let d = tempfile::tempdir().unwrap();
