@@ -296,6 +296,15 @@ fn hub_refusals_name_the_cache_and_what_is_available() {
         &["hf:tsd-fixtures/chat@v9".into()],
     ));
     assert!(e.contains("refs/v9") && e.contains("revision `v9`"), "{e}");
+    let zeros = "0".repeat(40);
+    let e = refusal(resolve_data_in(
+        &cache(),
+        &[format!("hf:tsd-fixtures/chat@{zeros}")],
+    ));
+    assert!(
+        e.contains(&format!("snapshots/{zeros}")) && e.contains("no snapshot"),
+        "{e}"
+    );
     let e = refusal(resolve_data_in(
         &cache(),
         &["hf:tsd-fixtures/chat/nope".into()],
