@@ -101,6 +101,19 @@ SCHEMAS = {
 }
 
 EXTRA_GOOD = {
+    # A column absent from a row (`datasets` fills it with null) and messages whose key sets
+    # differ (`datasets` keeps them as JSON, as written).
+    "messages_sparse.jsonl": [
+        {
+            "messages": [
+                msg("user", "Weather?"),
+                {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                {"role": "tool", "content": "Sunny", "name": "get_weather"},
+            ],
+            "id": 7,
+        },
+        {"messages": [msg("user", "Hi"), msg("assistant", "Hello")]},
+    ],
     "sharegpt.jsonl": [
         {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
         {"conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "Thanks"}, {"from": "gpt", "value": "Welcome."}]},
@@ -266,7 +279,33 @@ def main():
             "data/test-00000-of-00001.parquet": file_bytes(write_parquet, CHAT_TEST, ".parquet"),
         },
     )
+    # No README `configs:`, no README at all: split keywords in file names (dev → validation,
+    # a stray LICENSE and notes beside the data) and in directory names.
+    keywords = cache_repo(
+        hub,
+        "tsd-fixtures/keywords",
+        {
+            "LICENSE": b"Apache-2.0\n",
+            "notes.md": b"# notes\n",
+            "train.jsonl": file_bytes(write_jsonl, SCHEMAS["text"][:2], ".jsonl"),
+            "dev-0.jsonl": file_bytes(write_jsonl, SCHEMAS["text"][2:], ".jsonl"),
+            "my_test.jsonl": file_bytes(write_jsonl, SCHEMAS["text"][:1], ".jsonl"),
+        },
+    )
+    dirs = cache_repo(
+        hub,
+        "tsd-fixtures/dirs",
+        {
+            "README.md": b"# dirs\n",
+            "train/b.json": file_bytes(write_json, SCHEMAS["alpaca"][1:], ".json"),
+            "train/a.json": file_bytes(write_json, SCHEMAS["alpaca"][:1], ".json"),
+            "valid/x.json": file_bytes(write_json, SCHEMAS["alpaca"][:2], ".json"),
+            "train.md": b"not data\n",
+        },
+    )
     for repo, snap, configs in [
+        ("tsd-fixtures/keywords", keywords, ["default"]),
+        ("tsd-fixtures/dirs", dirs, ["default"]),
         ("tsd-fixtures/chat", chat, ["chat", "completion"]),
         ("tsd-fixtures/plain", plain, ["default"]),
     ]:

@@ -3,6 +3,9 @@
 //! (`expected.json`, written by `scripts/make_data_format_fixtures.py`), every (repo, config,
 //! split) of its Hugging Face cache tree resolved to the files and rows `datasets` resolves, the
 //! rows typed by schema, and every refusal naming its file, row and field.
+//!
+//! Parquet fixtures are everywhere here, so the file needs the default `parquet` feature.
+#![cfg(feature = "parquet")]
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -293,6 +296,15 @@ fn hub_refusals_name_the_cache_and_what_is_available() {
         &["hf:tsd-fixtures/chat@v9".into()],
     ));
     assert!(e.contains("refs/v9") && e.contains("revision `v9`"), "{e}");
+    let zeros = "0".repeat(40);
+    let e = refusal(resolve_data_in(
+        &cache(),
+        &[format!("hf:tsd-fixtures/chat@{zeros}")],
+    ));
+    assert!(
+        e.contains(&format!("snapshots/{zeros}")) && e.contains("no snapshot"),
+        "{e}"
+    );
     let e = refusal(resolve_data_in(
         &cache(),
         &["hf:tsd-fixtures/chat/nope".into()],

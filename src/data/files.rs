@@ -3,7 +3,7 @@
 //! `packaged_modules/json/json.py`):
 //!
 //! - **JSON / JSON Lines** are told apart by content, not by extension: after an optional UTF-8
-//!   BOM, a file whose first byte is `[` is one JSON list (of objects, each a row; of anything
+//!   BOM, a file whose first non-blank byte is `[` is one JSON list (of objects, each a row; of anything
 //!   else, each item becomes `{"text": item}` as `datasets` does for a list of strings); any other
 //!   file is JSON Lines, one object per line, blank lines skipped. A file holding one top-level
 //!   object is read by `datasets` only with `field=`: [`read_rows_field`] takes that field's list.
@@ -11,9 +11,11 @@
 //!   API: nested columns (a `messages` list of `{role, content}` structs, a nested `tools`) become
 //!   nested JSON; `null` where a struct lacks a field, as Arrow gives it.
 //!
-//! Differences from `datasets` that a training file is unlikely to meet: JSON rows keep the keys
-//! they were written with (Arrow unifies every row to one schema, filling absent keys with `null`;
-//! the schema layer treats absent and `null` alike), and numbers keep their JSON type.
+//! JSON rows get every top-level key of their file, `null` where a row lacks it (Arrow's one schema
+//! per file); nested objects stay as written, as `datasets` 5.2 keeps structs whose key sets
+//! differ as JSON. Differences a training file is unlikely to meet: numbers keep their JSON type
+//! (Arrow widens a column of ints and floats to floats), and `datasets` decides the nested rule
+//! from its first 10 MB chunk only.
 
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
@@ -51,8 +53,9 @@ fn format_of_bytes(path: &Path, bytes: &[u8]) -> FileFormat {
         return FileFormat::Parquet;
     }
     let body = bytes.strip_prefix(BOM).unwrap_or(bytes);
-    // `datasets` looks at the very first byte (no whitespace skipped) for `[`.
-    if body.first() == Some(&b'[') {
+    // `datasets` tests the first byte for `[`; a list after leading whitespace fails its JSON
+    // Lines reader and is then read whole by pandas, as a list all the same.
+    if body.trim_ascii_start().first() == Some(&b'[') {
         FileFormat::Json
     } else {
         FileFormat::JsonLines
@@ -98,17 +101,38 @@ pub fn read_rows_field(path: &Path, field: Option<&str>) -> Result<Vec<Value>> {
                 format!("field `{field}` not found (keys: {keys:?})"),
             ));
         };
-        return list_rows(path, inner);
+        let mut rows = list_rows(path, inner)?;
+        fill_columns(&mut rows);
+        return Ok(rows);
     }
-    match format {
+    let mut rows = match format {
         FileFormat::Json => {
             let v: Value = serde_json::from_str(text).map_err(|e| Error::Json {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-            list_rows(path, v)
+            list_rows(path, v)?
         }
-        _ => json_lines(path, text),
+        _ => json_lines(path, text)?,
+    };
+    fill_columns(&mut rows);
+    Ok(rows)
+}
+
+/// Every row given every top-level key any row has (`null` where absent), as one Arrow table.
+fn fill_columns(rows: &mut [Value]) {
+    let mut keys = std::collections::BTreeSet::new();
+    for r in rows.iter() {
+        if let Value::Object(o) = r {
+            keys.extend(o.keys().cloned());
+        }
+    }
+    for r in rows.iter_mut() {
+        if let Value::Object(o) = r {
+            for k in &keys {
+                o.entry(k.clone()).or_insert(Value::Null);
+            }
+        }
     }
 }
 
@@ -294,6 +318,18 @@ mod tests {
         assert_eq!(
             read_rows(&strings).unwrap()[1],
             serde_json::json!({"text": "y"})
+        );
+    }
+
+    #[cfg(not(feature = "parquet"))]
+    #[test]
+    fn parquet_without_the_feature_is_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "a.parquet", "PAR1");
+        let e = read_rows(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("a.parquet") && e.contains("feature `parquet`"),
+            "{e}"
         );
     }
 

@@ -11,7 +11,8 @@
 //! - Without `configs:`, one config `default` from the default patterns: first the sharded
 //!   `data/{split}-NNNNN-of-NNNNN*.*` names, else split keywords in directory names, else in file
 //!   names (train/training, validation/valid/dev/val, test/testing/eval/evaluation, each between
-//!   `-._ 0-9` separators), else every file as `train`.
+//!   `-._ 0-9` separators), else every file as `train` (before the keywords, `datasets`' `*.eval`
+//!   logs and Harbor task patterns, whose files tsd then refuses as formats it does not read).
 //!
 //! Patterns are globs as fsspec ≥ 2023.12 reads them (`*` within a path component, `**` as a whole
 //! component for any depth, `[…]` classes); hidden files and directories, `__*` directories and
@@ -38,8 +39,24 @@ const FILES_TO_IGNORE: &[&str] = &[
     "dummy_data.zip",
     "dataset_dict.json",
 ];
-/// The extensions tsd reads.
-const READABLE: &[&str] = &["json", "jsonl", "parquet"];
+/// The extensions of the `datasets` builders tsd reads: `json` and `parquet`.
+const FAMILIES: &[(&str, &[&str])] = &[
+    ("json", &["json", "jsonl", "ndjson"]),
+    ("parquet", &["parquet", "geoparquet", "gpq"]),
+];
+/// Extensions of files a dataset repo holds beside its data (not `datasets` data extensions).
+const IGNORED_EXTENSIONS: &[&str] = &[
+    "md",
+    "txt",
+    "py",
+    "yaml",
+    "yml",
+    "cff",
+    "gitattributes",
+    "toml",
+];
+
+type Splits = Vec<(String, Vec<PathBuf>)>;
 
 /// One config's files per split, in `datasets`' split order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +65,9 @@ pub struct ConfigFiles {
     /// The config `datasets` loads when none is named.
     pub default: bool,
     pub splits: Vec<(String, Vec<PathBuf>)>,
+    /// Why tsd cannot read this config (its files are of another format), refused when it is
+    /// chosen; the other configs stay readable.
+    pub unreadable: Option<String>,
 }
 
 fn config_err(path: &Path, reason: impl Into<String>) -> Error {
@@ -233,17 +253,39 @@ fn default_patterns(files: &[String]) -> Result<Vec<(String, Vec<String>)>> {
     ];
     let in_name = ["**/{k}[{s}]*", "**/*[{s}]{k}[{s}]*"];
     let sep = &SEP[1..SEP.len() - 1];
-    for bases in [&in_dir[..], &in_name[..]] {
+    let keyword_patterns = |bases: &[&str]| -> Vec<(String, Vec<String>)> {
+        SPLIT_KEYWORDS
+            .iter()
+            .map(|(split, keywords)| {
+                let patterns = keywords
+                    .iter()
+                    .flat_map(|k| {
+                        bases
+                            .iter()
+                            .map(move |b| b.replace("{k}", k).replace("{s}", sep))
+                    })
+                    .collect();
+                (split.to_string(), patterns)
+            })
+            .collect()
+    };
+    let one = |split: &str, patterns: &[&str]| {
+        vec![(
+            split.to_string(),
+            patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        )]
+    };
+    // ALL_DEFAULT_PATTERNS, in order: the first whose patterns match a file decides the splits.
+    let candidates = [
+        one("logs", &["**/*.eval"]),
+        one("test", &["**/task.toml", "**/instruction.md"]),
+        keyword_patterns(&in_dir),
+        keyword_patterns(&in_name),
+        one("train", &["**"]),
+    ];
+    for candidate in candidates {
         let mut found = Vec::new();
-        for (split, keywords) in SPLIT_KEYWORDS {
-            let patterns: Vec<String> = keywords
-                .iter()
-                .flat_map(|k| {
-                    bases
-                        .iter()
-                        .map(move |b| b.replace("{k}", k).replace("{s}", sep))
-                })
-                .collect();
+        for (split, patterns) in candidate {
             let mut any = false;
             for p in &patterns {
                 if !resolve_pattern(files, p)?.is_empty() {
@@ -252,7 +294,7 @@ fn default_patterns(files: &[String]) -> Result<Vec<(String, Vec<String>)>> {
                 }
             }
             if any {
-                found.push((split.to_string(), patterns));
+                found.push((split, patterns));
             }
         }
         if !found.is_empty() {
@@ -282,27 +324,67 @@ fn files_of(dir: &Path, files: &[String], base: &str, patterns: &[String]) -> Re
             }
         }
     }
-    for f in &out {
-        let ext_ok = f
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.rsplit_once('.'))
-            .is_some_and(|(_, e)| READABLE.contains(&e));
-        if !ext_ok {
-            return Err(config_err(
-                &dir.join(f),
-                format!(
-                    "a data file of a format tsd does not read (it reads {})",
-                    READABLE
-                        .iter()
-                        .map(|e| format!(".{e}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
+    Ok(out.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// The format family of a file name, by its extension (`datasets`' `_EXTENSION_TO_MODULE`).
+fn family(path: &Path) -> Option<&'static str> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    FAMILIES
+        .iter()
+        .find(|(_, exts)| exts.contains(&ext.as_str()))
+        .map(|(f, _)| *f)
+}
+
+/// One format per config, as `datasets` infers its builder from the most common extension among
+/// the matched files and then keeps only that builder's files (a `LICENSE` or a stray `.md` is
+/// dropped). A config whose files are mostly of a format tsd does not read is refused. (Unlike
+/// `datasets`, `.md` and `.txt` files never make a config a text dataset, and each config is
+/// inferred on its own where `datasets` infers one builder for a repo from its first config.)
+fn one_format(config: &str, splits: Vec<(String, Vec<PathBuf>)>) -> (Splits, Option<String>) {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for f in splits.iter().flat_map(|(_, fs)| fs) {
+        if let Some(e) = f.extension().and_then(|e| e.to_str()) {
+            *counts.entry(e.to_ascii_lowercase()).or_default() += 1;
         }
     }
-    Ok(out.into_iter().map(|f| dir.join(f)).collect())
+    // Most common first (among equals, a family tsd reads first); files that sit beside data in
+    // a repo (`.md`, `.txt`, code) do not decide the format.
+    let mut ranked: Vec<(String, usize)> = counts
+        .into_iter()
+        .filter(|(e, _)| !IGNORED_EXTENSIONS.contains(&e.as_str()))
+        .collect();
+    ranked.sort_by_key(|(e, n)| {
+        (
+            std::cmp::Reverse(*n),
+            family(Path::new(&format!("x.{e}"))).is_none(),
+        )
+    });
+    let Some((top, _)) = ranked.first() else {
+        // Nothing but README-like files: no data file at all.
+        let splits = splits
+            .into_iter()
+            .map(|(s, fs)| (s, fs.into_iter().filter(|f| family(f).is_some()).collect()))
+            .collect();
+        return (splits, None);
+    };
+    let Some(fam) = family(Path::new(&format!("x.{top}"))) else {
+        let why = format!(
+            "config `{config}`: its data files are mostly `.{top}`, a format tsd does not read \
+             (it reads JSON, JSON Lines and Parquet)"
+        );
+        return (splits, Some(why));
+    };
+    let splits = splits
+        .into_iter()
+        .map(|(s, fs)| {
+            (
+                s,
+                fs.into_iter().filter(|f| family(f) == Some(fam)).collect(),
+            )
+        })
+        .collect();
+    (splits, None)
 }
 
 /// The YAML front matter of a README (between a leading `---` line and the next `---` line).
@@ -347,10 +429,12 @@ pub fn layout(dir: &Path) -> Result<Vec<ConfigFiles>> {
             .into_iter()
             .map(|(s, p)| Ok((s, files_of(dir, &files, "", &p)?)))
             .collect::<Result<Vec<_>>>()?;
+        let (splits, unreadable) = one_format("default", splits);
         return Ok(vec![ConfigFiles {
             name: "default".into(),
             default: true,
             splits,
+            unreadable,
         }]);
     };
     let serde_json::Value::Array(configs) = configs else {
@@ -414,6 +498,7 @@ pub fn layout(dir: &Path) -> Result<Vec<ConfigFiles>> {
             .into_iter()
             .map(|(s, p)| Ok((s, files_of(dir, &files, data_dir, &p)?)))
             .collect::<Result<Vec<_>>>()?;
+        let (splits, unreadable) = one_format(name, splits);
         let default =
             n == 1 || name == "default" || c.get("default").and_then(|v| v.as_bool()) == Some(true);
         if default {
@@ -428,6 +513,7 @@ pub fn layout(dir: &Path) -> Result<Vec<ConfigFiles>> {
             name: name.to_string(),
             default,
             splits,
+            unreadable,
         });
     }
     Ok(out)
@@ -461,6 +547,9 @@ pub fn split_files(dir: &Path, config: Option<&str>, split: Option<&str>) -> Res
             ))
         })?,
     };
+    if let Some(why) = &chosen.unreadable {
+        return Err(config_err(&dir.join("README.md"), why.clone()));
+    }
     let split = split.unwrap_or(crate::data::spec::DEFAULT_SPLIT);
     let splits = || {
         chosen
@@ -538,6 +627,66 @@ mod tests {
             .unwrap(),
             ["a.jsonl"]
         );
+    }
+
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (f, text) in files {
+            let p = d.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        d
+    }
+
+    fn rel(dir: &Path, files: Vec<PathBuf>) -> Vec<String> {
+        files
+            .iter()
+            .map(|f| f.strip_prefix(dir).unwrap().display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn configs_with_data_dir_string_and_list_patterns() {
+        let readme = "---\nconfigs:\n- config_name: a\n  data_files: a/*.jsonl\n- config_name: b\n  \
+                      data_dir: sub\n  default: true\n- config_name: c\n  data_files:\n  - c/x.csv\n---\n";
+        let d = tree(&[
+            ("README.md", readme),
+            ("LICENSE", ""),
+            ("a/1.jsonl", ""),
+            ("a/notes.md", ""),
+            ("sub/train.parquet", ""),
+            ("sub/test.parquet", ""),
+            ("c/x.csv", ""),
+        ]);
+        let p = d.path();
+        assert_eq!(
+            rel(p, split_files(p, Some("a"), None).unwrap()),
+            ["a/1.jsonl"]
+        );
+        assert_eq!(
+            rel(p, split_files(p, None, None).unwrap()),
+            ["sub/train.parquet"]
+        );
+        assert_eq!(
+            rel(p, split_files(p, None, Some("test")).unwrap()),
+            ["sub/test.parquet"]
+        );
+        let e = split_files(p, Some("c"), None).unwrap_err().to_string();
+        assert!(e.contains("config `c`") && e.contains(".csv"), "{e}");
+    }
+
+    #[test]
+    fn several_defaults_and_no_default_are_refused() {
+        let two = "---\nconfigs:\n- config_name: a\n  data_files: a.jsonl\n  default: true\n- config_name: b\n  data_files: b.jsonl\n  default: true\n---\n";
+        let d = tree(&[("README.md", two), ("a.jsonl", ""), ("b.jsonl", "")]);
+        let e = layout(d.path()).unwrap_err().to_string();
+        assert!(e.contains("several default configs"), "{e}");
+        let none = "---\nconfigs:\n- config_name: a\n  data_files: a.jsonl\n- config_name: b\n  data_files: b.jsonl\n---\n";
+        let d = tree(&[("README.md", none), ("a.jsonl", ""), ("b.jsonl", "")]);
+        let e = split_files(d.path(), None, None).unwrap_err().to_string();
+        assert!(e.contains("no default") && e.contains("a, b"), "{e}");
+        assert_eq!(split_files(d.path(), Some("b"), None).unwrap().len(), 1);
     }
 
     #[test]

@@ -107,15 +107,8 @@ fn field<'a>(row: &'a Value, key: &str) -> Option<&'a Value> {
     row.get(key).filter(|v| !v.is_null())
 }
 
-/// TRL's test: a list whose first item is an object with `role` (or, for ShareGPT, `from` and
-/// `value`).
-fn is_role_list(v: Option<&Value>) -> bool {
-    v.and_then(Value::as_array)
-        .and_then(|l| l.first())
-        .and_then(Value::as_object)
-        .is_some_and(|m| m.contains_key("role"))
-}
-
+/// TRL's `is_conversational_from_value`: a list whose first item is an object with `from` and
+/// `value`.
 fn is_from_value_list(v: Option<&Value>) -> bool {
     v.and_then(Value::as_array)
         .and_then(|l| l.first())
@@ -129,7 +122,9 @@ pub fn detect(row: &Value) -> Option<Schema> {
     if is_from_value_list(field(row, "conversations")) || has("messages") {
         Some(Schema::Messages)
     } else if has("prompt") && has("completion") {
-        if is_role_list(field(row, "prompt")) || field(row, "prompt").is_some_and(Value::is_array) {
+        // TRL's is_conversational wants a list of `{role, …}`; any list prompt is read as chat
+        // here, so that a malformed message is refused by name rather than as a string.
+        if field(row, "prompt").is_some_and(Value::is_array) {
             Some(Schema::ChatPromptCompletion)
         } else {
             Some(Schema::PromptCompletion)
