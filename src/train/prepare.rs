@@ -150,10 +150,16 @@ pub fn prepare(plan: &DataPlan, mt: &ModelTokenizer) -> Result<Prepared> {
         .zip(&origins)
         .map(|(r, &(f, row))| {
             sft.tokenize(r).map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "{} row {row} (0-based): {e}",
-                    dataset.manifest.files[f].path
-                ))
+                let file = &dataset.manifest.files[f].path;
+                match e {
+                    Error::InvalidArgument(m) => {
+                        Error::InvalidArgument(format!("{file} row {row} (0-based): {m}"))
+                    }
+                    other => Error::Config {
+                        path: file.into(),
+                        reason: format!("row {row} (0-based): {other}"),
+                    },
+                }
             })
         })
         .collect::<Result<Vec<_>>>()?;
