@@ -218,3 +218,44 @@ fn bigbench_social_iqa_converts_to_llm_adapters_layout() {
     )
     .is_err());
 }
+
+/// `--chat-template` wraps each prompt in the model's template as one user turn with the
+/// generation prompt; every output says so; a model without a template is refused.
+#[test]
+fn chat_template_prompts_are_labelled_everywhere() {
+    let d = tempfile::tempdir().unwrap();
+    common::write_task(d.path(), "boolq", "test.json", 3, &["true", "false"]);
+    let model = common::tiny_chat_model(d.path());
+    let run = |model: &std::path::Path, fmt: &str, chat: bool| {
+        let mut c = tsd(d.path());
+        c.args(["eval", "--model", model.to_str().unwrap(), "--tasks", "boolq"])
+            .args(["--data", d.path().to_str().unwrap(), "--protocol", "loglik", "-q"]);
+        if !fmt.is_empty() {
+            c.arg(fmt);
+        }
+        if chat {
+            c.arg("--chat-template");
+        }
+        c.output().unwrap()
+    };
+    let json = run(&model, "--json", true);
+    assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v[0]["prompt"], "chat_template");
+    let plain: serde_json::Value =
+        serde_json::from_slice(&run(&model, "--json", false).stdout).unwrap();
+    assert!(plain[0].get("prompt").is_none());
+    // The wrapped prompt is another input: the log-likelihoods differ.
+    assert_ne!(
+        v[0]["predictions"][0]["labels"][0]["loglik"],
+        plain[0]["predictions"][0]["labels"][0]["loglik"]
+    );
+    let csv = String::from_utf8(run(&model, "--csv", true).stdout).unwrap();
+    assert!(csv.starts_with("task,protocol,examples,correct,accuracy,prompt\n"), "{csv}");
+    assert!(csv.contains(",chat_template\n"), "{csv}");
+    let table = String::from_utf8(run(&model, "", true).stdout).unwrap();
+    assert!(table.contains("prompts wrapped in the model's chat template"), "{table}");
+    let refused = run(&fixture("tiny-llama"), "--json", true);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("has no chat template"));
+}

@@ -13,17 +13,11 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// The tiny LLaMA with a ChatML chat template (`tokenizer_config.json`) beside its tokenizer.
+mod common;
+
+/// The tiny LLaMA with a ChatML-like chat template.
 fn chat_model(dir: &Path) -> PathBuf {
-    let m = dir.join("tiny-chat");
-    std::fs::create_dir_all(&m).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixtures().join("tiny-llama").join(f), m.join(f)).unwrap();
-    }
-    let template = "{% for m in messages %}{{ '<s>' + m['role'] + '\\n' + m['content'] + '</s>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<s>assistant\\n' }}{% endif %}";
-    let config = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "chat_template": template});
-    std::fs::write(m.join("tokenizer_config.json"), config.to_string()).unwrap();
-    m
+    common::tiny_chat_model(dir)
 }
 
 fn train(model: &Path, data: &str, run: &Path, extra: &[&str]) -> std::process::Output {

@@ -54,3 +54,34 @@ impl PromptTokenizer {
         Ok(apply_chat_template(&self.tok, t, &messages, &opts, false)?.ids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tokenizer::{encode_plain, load_tokenizer};
+
+    /// On the default model (SmolLM2's ChatML template, which adds its default system turn), the
+    /// wrapped prompt is the user turn between the template's markers, encoded as text; the plain
+    /// prompt is the protocol's encoding.
+    #[test]
+    fn chat_prompts_are_the_templates_user_turn() {
+        let p = crate::provision::default_model(false).expect("default model provisioned");
+        let tok = load_tokenizer(&p).unwrap();
+        let t = ChatTemplate::load(&p).unwrap().unwrap();
+        let ex = Example {
+            instruction: "Is water wet?".into(),
+            input: String::new(),
+            output: String::new(),
+            answer: None,
+        };
+        let prompt = eval_prompt(&ex.instruction, None);
+        let want = format!(
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let chat = PromptTokenizer::chat(tok.clone(), t);
+        assert_eq!(chat.prompt_ids(&ex).unwrap(), encode_plain(&tok, &want).unwrap());
+        let plain = PromptTokenizer::plain(tok.clone());
+        assert_eq!(plain.prompt_ids(&ex).unwrap(), encode(&tok, &prompt).unwrap());
+        assert!(plain.chat_template().is_none() && chat.chat_template().is_some());
+    }
+}

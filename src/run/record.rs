@@ -249,11 +249,23 @@ pub fn base_files(path: &Path) -> Result<Vec<WeightFile>> {
 mod tests {
     use super::*;
 
-    /// A record written before `base_files` existed still loads.
+    /// A record written before `base_files` and `data` existed still loads.
     #[test]
     fn old_records_without_base_files_load() {
+        let data = DataRecord {
+            manifest: crate::data::DataManifest {
+                spec: vec!["t.jsonl".into()],
+                schema: crate::data::Schema::Text,
+                files: vec![],
+            },
+            loss_on: super::super::config::LossOn::All,
+            max_length: 1024,
+            dropped_examples: 0,
+            chat_template: None,
+        };
         let mut v = serde_json::to_value(RunRecord::start(RunStart {
             config: TrainConfig::default(),
+            data,
             base_files: vec![WeightFile {
                 file: "m.gguf".into(),
                 bytes: 1,
@@ -266,8 +278,10 @@ mod tests {
             val_examples: 0,
         }))
         .unwrap();
+        assert_eq!(v["data"]["schema"], "text");
         v.as_object_mut().unwrap().remove("base_files");
+        v.as_object_mut().unwrap().remove("data");
         let r: RunRecord = serde_json::from_value(v).unwrap();
-        assert!(r.base_files.is_empty());
+        assert!(r.base_files.is_empty() && r.data.is_none());
     }
 }

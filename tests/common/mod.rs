@@ -74,3 +74,19 @@ pub fn write_task(root: &Path, task: &str, file: &str, n: usize, labels: &[&str]
         .collect();
     std::fs::write(dir.join(file), serde_json::to_string(&ex).unwrap()).unwrap();
 }
+
+/// The tiny LLaMA with a ChatML-like chat template in `tokenizer_config.json` (bos `<s>`, eos
+/// `</s>`), written under `dir`.
+#[allow(dead_code)]
+pub fn tiny_chat_model(dir: &Path) -> PathBuf {
+    let m = dir.join("tiny-chat");
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("tiny-llama").join(f), m.join(f)).unwrap();
+    }
+    let template = "{% for m in messages %}{{ '<s>' + m['role'] + '\\n' + m['content'] + '</s>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<s>assistant\\n' }}{% endif %}";
+    let config =
+        serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "chat_template": template});
+    std::fs::write(m.join("tokenizer_config.json"), config.to_string()).unwrap();
+    m
+}
