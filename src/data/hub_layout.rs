@@ -44,17 +44,9 @@ const FAMILIES: &[(&str, &[&str])] = &[
     ("json", &["json", "jsonl", "ndjson"]),
     ("parquet", &["parquet", "geoparquet", "gpq"]),
 ];
-/// Extensions of files a dataset repo holds beside its data (not `datasets` data extensions).
-const IGNORED_EXTENSIONS: &[&str] = &[
-    "md",
-    "txt",
-    "py",
-    "yaml",
-    "yml",
-    "cff",
-    "gitattributes",
-    "toml",
-];
+/// Extensions of files that sit beside the data in a repo (notes, code, citations): they never
+/// decide a config's format here, where `datasets` would count `.md` / `.txt` as text data.
+const IGNORED_EXTENSIONS: &[&str] = &["md", "txt", "py", "yaml", "yml", "cff", "toml"];
 
 type Splits = Vec<(String, Vec<PathBuf>)>;
 
@@ -64,7 +56,7 @@ pub struct ConfigFiles {
     pub name: String,
     /// The config `datasets` loads when none is named.
     pub default: bool,
-    pub splits: Vec<(String, Vec<PathBuf>)>,
+    pub splits: Splits,
     /// Why tsd cannot read this config (its files are of another format), refused when it is
     /// chosen; the other configs stay readable.
     pub unreadable: Option<String>,
@@ -341,7 +333,7 @@ fn family(path: &Path) -> Option<&'static str> {
 /// dropped). A config whose files are mostly of a format tsd does not read is refused. (Unlike
 /// `datasets`, `.md` and `.txt` files never make a config a text dataset, and each config is
 /// inferred on its own where `datasets` infers one builder for a repo from its first config.)
-fn one_format(config: &str, splits: Vec<(String, Vec<PathBuf>)>) -> (Splits, Option<String>) {
+fn one_format(config: &str, splits: Splits) -> (Splits, Option<String>) {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for f in splits.iter().flat_map(|(_, fs)| fs) {
         if let Some(e) = f.extension().and_then(|e| e.to_str()) {
@@ -387,16 +379,15 @@ fn one_format(config: &str, splits: Vec<(String, Vec<PathBuf>)>) -> (Splits, Opt
     (splits, None)
 }
 
-/// The YAML front matter of a README (between a leading `---` line and the next `---` line).
+/// The YAML front matter of a README, as huggingface_hub's `REGEX_YAML_BLOCK` finds it: a
+/// `---` line at the start (after blank space), up to the next `---` line.
 fn front_matter(readme: &str) -> Option<&str> {
-    let rest = readme
-        .strip_prefix("---\n")
-        .or_else(|| readme.strip_prefix("---\r\n"))?;
-    let end = rest.match_indices("\n---").map(|(i, _)| i).find(|&i| {
-        let after = &rest[i + 4..];
-        after.is_empty() || after.starts_with('\n') || after.starts_with("\r\n")
-    })?;
-    Some(&rest[..end + 1])
+    let re =
+        regex::Regex::new(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
+            .expect("static regex");
+    re.captures(readme)
+        .and_then(|c| c.get(2))
+        .map(|m| m.as_str())
 }
 
 fn string_list(v: &serde_json::Value) -> Option<Vec<String>> {
@@ -691,7 +682,12 @@ mod tests {
 
     #[test]
     fn front_matter_is_found() {
-        assert_eq!(front_matter("---\na: 1\n---\n# T\n"), Some("a: 1\n"));
+        assert_eq!(front_matter("---\na: 1\n---\n# T\n"), Some("a: 1"));
+        assert_eq!(
+            front_matter("\n---\r\na: 1\r\nb: 2\r\n--- \r\n"),
+            Some("a: 1\r\nb: 2")
+        );
+        assert_eq!(front_matter("---\na: 1\n----\n"), None);
         assert_eq!(front_matter("# no\n"), None);
     }
 }

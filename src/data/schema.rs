@@ -4,12 +4,17 @@
 //!
 //! | first row has | schema |
 //! |---|---|
+//! | `prompt` (and `completion`), `prompt` a list of `{role, …}` | [`Schema::ChatPromptCompletion`] |
+//! | `prompt` (and `completion`) | [`Schema::PromptCompletion`] |
 //! | `conversations: [{from, value}, …]` (ShareGPT) | [`Schema::Messages`], converted to `{role, content}` |
 //! | `messages: [{role, …}, …]` | [`Schema::Messages`] |
-//! | `prompt` and `completion`, `prompt` a list of `{role, …}` | [`Schema::ChatPromptCompletion`] |
-//! | `prompt` and `completion` | [`Schema::PromptCompletion`] |
 //! | `text` | [`Schema::Text`] |
-//! | `instruction` and `output` | [`Schema::Alpaca`] |
+//! | `instruction` (and `output`) | [`Schema::Alpaca`] |
+//!
+//! in that order, as SFTTrainer's `tokenize_fn` tests `"prompt" in example` before the
+//! conversational and text cases. When the first row is ShareGPT, every row's message lists
+//! (`conversations`, `messages`, `prompt`, `completion`) get `from` → `role`, `value` →
+//! `content`, as SFTTrainer then maps `maybe_convert_to_chatml` over the dataset.
 //!
 //! Every later row must have the first row's schema: the fields it needs, with their types.
 //! Unknown columns are ignored; `null` counts as absent (Arrow fills absent keys with it). A
@@ -119,19 +124,20 @@ fn is_from_value_list(v: Option<&Value>) -> bool {
 /// The schema a row's keys say, or `None` when they match none.
 pub fn detect(row: &Value) -> Option<Schema> {
     let has = |k: &str| field(row, k).is_some();
-    if is_from_value_list(field(row, "conversations")) || has("messages") {
-        Some(Schema::Messages)
-    } else if has("prompt") && has("completion") {
-        // TRL's is_conversational wants a list of `{role, …}`; any list prompt is read as chat
-        // here, so that a malformed message is refused by name rather than as a string.
+    if has("prompt") {
+        // TRL takes any row with `prompt` as prompt-completion, conversational when the prompt
+        // is a list of `{role, …}`; any list prompt is read as chat here, so that a malformed
+        // message is refused by name rather than as a string.
         if field(row, "prompt").is_some_and(Value::is_array) {
             Some(Schema::ChatPromptCompletion)
         } else {
             Some(Schema::PromptCompletion)
         }
+    } else if is_from_value_list(field(row, "conversations")) || has("messages") {
+        Some(Schema::Messages)
     } else if has("text") {
         Some(Schema::Text)
-    } else if has("instruction") && has("output") {
+    } else if has("instruction") {
         Some(Schema::Alpaca)
     } else {
         None
@@ -173,10 +179,14 @@ pub fn detect_file(path: &Path, rows: &[Value]) -> Result<Schema> {
 /// Every row of a file as a record of `schema`; the first bad row refused, by its 0-based index
 /// and field (or, when it has another schema's shape, as a mix of schemas).
 pub fn records(path: &Path, schema: Schema, rows: Vec<Value>) -> Result<Vec<Record>> {
+    // SFTTrainer converts every row to ChatML when the first one is ShareGPT.
+    let sharegpt = rows
+        .first()
+        .is_some_and(|r| is_from_value_list(field(r, "conversations")));
     rows.into_iter()
         .enumerate()
         .map(|(i, row)| {
-            record(schema, &row).map_err(|(fld, why)| {
+            record(schema, &row, sharegpt).map_err(|(fld, why)| {
                 let reason = match detect(&row) {
                     Some(other) if other != schema => format!(
                         "row {i} (0-based) is a {other} row {} but row 0 is {schema} {}: a file \
@@ -208,7 +218,8 @@ fn string(row: &Value, key: &str) -> Result<String, FieldErr> {
     }
 }
 
-/// A list of messages: objects with a string `role`, `content` a string, a list or absent.
+/// A non-empty list of messages: objects with a string `role`, `content` a string, a list or
+/// absent; with `sharegpt`, `from` and `value` renamed first (`maybe_convert_to_chatml`).
 fn messages(row: &Value, key: &str, sharegpt: bool) -> Result<Vec<Value>, FieldErr> {
     let list = match field(row, key) {
         Some(Value::Array(l)) => l.clone(),
@@ -220,6 +231,9 @@ fn messages(row: &Value, key: &str, sharegpt: bool) -> Result<Vec<Value>, FieldE
             ))
         }
     };
+    if list.is_empty() {
+        return Err((key.into(), "an empty list of messages".into()));
+    }
     list.into_iter()
         .enumerate()
         .map(|(j, mut m)| {
@@ -281,7 +295,7 @@ fn tools(row: &Value) -> Result<Option<Value>, FieldErr> {
 }
 
 /// One row as a record of `schema`, or the field at fault and why.
-fn record(schema: Schema, row: &Value) -> Result<Record, FieldErr> {
+fn record(schema: Schema, row: &Value, sharegpt: bool) -> Result<Record, FieldErr> {
     if !row.is_object() {
         return Err((
             "(row)".into(),
@@ -295,14 +309,13 @@ fn record(schema: Schema, row: &Value) -> Result<Record, FieldErr> {
             completion: string(row, "completion")?,
         },
         Schema::ChatPromptCompletion => Record::ChatPromptCompletion {
-            prompt: messages(row, "prompt", false)?,
-            completion: messages(row, "completion", false)?,
+            prompt: messages(row, "prompt", sharegpt)?,
+            completion: messages(row, "completion", sharegpt)?,
             tools: tools(row)?,
         },
         Schema::Messages => {
-            let sharegpt =
-                field(row, "messages").is_none() && field(row, "conversations").is_some();
-            let key = if sharegpt {
+            // maybe_convert_to_chatml renames `conversations` to `messages`.
+            let key = if sharegpt && field(row, "messages").is_none() {
                 "conversations"
             } else {
                 "messages"
@@ -391,6 +404,45 @@ mod tests {
                 tools: Some(json!([{"type": "function"}])),
             }
         );
+    }
+
+    #[test]
+    fn prompt_wins_as_in_trl_and_empty_lists_are_refused() {
+        let p = Path::new("f.jsonl");
+        let row = json!({"prompt": "a", "messages": [{"role": "user", "content": "x"}]});
+        assert_eq!(detect(&row), Some(Schema::PromptCompletion));
+        let e = records(p, Schema::PromptCompletion, vec![json!({"prompt": "a"})])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 0 (0-based), field `completion`: missing"),
+            "{e}"
+        );
+        let e = records(p, Schema::Messages, vec![json!({"messages": []})])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`messages`: an empty list"), "{e}");
+        // `from`/`value` are renamed only when the first row is ShareGPT, as SFTTrainer does.
+        let rows = vec![
+            json!({"conversations": [{"from": "human", "value": "a"}]}),
+            json!({"messages": [{"from": "gpt", "value": "b"}]}),
+        ];
+        let r = records(p, Schema::Messages, rows).unwrap();
+        assert_eq!(
+            r[1],
+            Record::Messages {
+                messages: vec![json!({"role": "gpt", "content": "b"})],
+                tools: None
+            }
+        );
+        let e = records(
+            p,
+            Schema::Messages,
+            vec![json!({"messages": [{"from": "gpt", "value": "b"}]})],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("messages[0].role"), "{e}");
     }
 
     #[test]
