@@ -34,21 +34,23 @@ TOKS = ROOT / "tests/fixtures/chat-tokenizers"
 OUT = ROOT / "tests/fixtures/chat"
 TRL_TEMPLATES = pathlib.Path(trl.__file__).parent / "chat_templates"
 
+# Keys in the order OpenAI-style tool schemas write them (not sorted): templates see dicts in
+# insertion order, and so must tsd.
 TOOLS = [
     {
+        "type": "function",
         "function": {
-            "description": "Météo actuelle d'une ville — « current weather » 🌤",
             "name": "get_weather",
+            "description": "Météo actuelle d'une ville — « current weather » 🌤",
             "parameters": {
+                "type": "object",
                 "properties": {
-                    "city": {"description": "Nom de la ville, e.g. Zürich", "type": "string"},
-                    "unit": {"enum": ["°C", "°F"], "type": "string"},
+                    "unit": {"type": "string", "enum": ["°C", "°F"]},
+                    "city": {"type": "string", "description": "Nom de la ville, e.g. Zürich"},
                 },
                 "required": ["city"],
-                "type": "object",
             },
         },
-        "type": "function",
     }
 ]
 
@@ -98,12 +100,12 @@ TOOL_CONVERSATION = [
         "role": "assistant",
         "tool_calls": [
             {
-                "function": {"arguments": {"city": "Zürich", "unit": "°C"}, "name": "get_weather"},
                 "type": "function",
+                "function": {"name": "get_weather", "arguments": {"unit": "°C", "city": "Zürich"}},
             }
         ],
     },
-    {"content": '{"temperature": 21, "ciel": "ensoleillé ☀️"}', "role": "tool"},
+    {"role": "tool", "content": '{"temperature": 21, "ciel": "ensoleillé ☀️"}'},
     {"role": "assistant", "content": "Il fait 21 °C à Zürich ☀️."},
 ]
 
@@ -112,7 +114,8 @@ PROBE = (
     "{{ tools is defined }}|{{ tools is none }}|{{ none }}|{{ true }}|{{ 1.0 }}|{{ 2.50 }}|"
     "{{ messages[0].content.split(' ') }}|{{ messages[0].content | tojson }}|"
     "{{ {'b': [1, 2.5, none, false]} | tojson(indent=2) }}|{{ bos_token is defined }}|{{ eos_token }}|"
-    "{% for m in messages %}{{ loop.index0 }}:{{ m.role | upper }}{% if not loop.last %},{% endif %}{% endfor %}\n"
+    "{% for m in messages %}{{ loop.index0 }}:{{ m.role | upper }}{% if not loop.last %},{% endif %}{% endfor %}|"
+    "{{ {'z': 1, 'a': 2} | tojson }}|{% for k, v in {'z': 1, 'a': 2}.items() %}{{ k }}{{ v }}{% endfor %}\n"
 )
 
 

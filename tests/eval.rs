@@ -141,7 +141,9 @@ fn prepared_loglik_equals_plain_loglik() {
     use tsd::eval::{eval_loglik_full_sequences, eval_loglik_general};
     use tsd::model::Llama;
     let src = tsd::weights::open_path(&fixture("tiny-llama")).unwrap();
-    let tok = tsd::model::tokenizer::load_tokenizer(&fixture("tiny-llama")).unwrap();
+    let tok = tsd::eval::PromptTokenizer::plain(
+        tsd::model::tokenizer::load_tokenizer(&fixture("tiny-llama")).unwrap(),
+    );
     let ex = |i: usize, a: &str| Example {
         instruction: format!("Q{i}: which one? {}", "x".repeat(i * 7)),
         input: String::new(),
@@ -228,8 +230,20 @@ fn chat_template_prompts_are_labelled_everywhere() {
     let model = common::tiny_chat_model(d.path());
     let run = |model: &std::path::Path, fmt: &str, chat: bool| {
         let mut c = tsd(d.path());
-        c.args(["eval", "--model", model.to_str().unwrap(), "--tasks", "boolq"])
-            .args(["--data", d.path().to_str().unwrap(), "--protocol", "loglik", "-q"]);
+        c.args([
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--tasks",
+            "boolq",
+        ])
+        .args([
+            "--data",
+            d.path().to_str().unwrap(),
+            "--protocol",
+            "loglik",
+            "-q",
+        ]);
         if !fmt.is_empty() {
             c.arg(fmt);
         }
@@ -239,7 +253,11 @@ fn chat_template_prompts_are_labelled_everywhere() {
         c.output().unwrap()
     };
     let json = run(&model, "--json", true);
-    assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v[0]["prompt"], "chat_template");
     let plain: serde_json::Value =
@@ -251,10 +269,16 @@ fn chat_template_prompts_are_labelled_everywhere() {
         plain[0]["predictions"][0]["labels"][0]["loglik"]
     );
     let csv = String::from_utf8(run(&model, "--csv", true).stdout).unwrap();
-    assert!(csv.starts_with("task,protocol,examples,correct,accuracy,prompt\n"), "{csv}");
+    assert!(
+        csv.starts_with("task,protocol,examples,correct,accuracy,prompt\n"),
+        "{csv}"
+    );
     assert!(csv.contains(",chat_template\n"), "{csv}");
     let table = String::from_utf8(run(&model, "", true).stdout).unwrap();
-    assert!(table.contains("prompts wrapped in the model's chat template"), "{table}");
+    assert!(
+        table.contains("prompts wrapped in the model's chat template"),
+        "{table}"
+    );
     let refused = run(&fixture("tiny-llama"), "--json", true);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("has no chat template"));

@@ -202,7 +202,8 @@ fn prepared_equals_plain(
     use tsd::data::task;
     use tsd::eval::eval_generate_batched;
     use tsd::eval::prepared::{eval_generate_prepared, prepare_generate};
-    let tok = tsd::model::tokenizer::load_tokenizer(path).unwrap();
+    let tok =
+        tsd::eval::PromptTokenizer::plain(tsd::model::tokenizer::load_tokenizer(path).unwrap());
     let t = task("ARC-Easy").unwrap();
     let bare = eval_generate_batched(&load(path), &tok, &t, examples, cfg, 2, &|| {}).unwrap();
     for &from in froms {

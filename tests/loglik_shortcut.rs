@@ -56,7 +56,9 @@ fn assert_same(fast: &TaskResult, general: &TaskResult, tol: f64) {
 #[test]
 fn shortcut_equals_the_general_path_on_the_tiny_model() {
     let model = load(&fixture("tiny-llama"));
-    let tok = tsd::model::tokenizer::load_tokenizer(&fixture("tiny-llama")).unwrap();
+    let tok = tsd::eval::PromptTokenizer::plain(
+        tsd::model::tokenizer::load_tokenizer(&fixture("tiny-llama")).unwrap(),
+    );
     let arc = task("ARC-Easy").unwrap();
     assert!(shortcut_applies(&tok, &arc).unwrap());
     // "true" / "false" differ in length: the general path only.
@@ -72,7 +74,8 @@ fn shortcut_equals_the_general_path_on_the_default_model() {
     let path =
         tsd::provision::default_model(false).expect("default model provisioned (run `tsd fetch`)");
     let model = load(&path);
-    let tok = tsd::model::tokenizer::load_tokenizer(&path).unwrap();
+    let tok =
+        tsd::eval::PromptTokenizer::plain(tsd::model::tokenizer::load_tokenizer(&path).unwrap());
     let arc = task("ARC-Easy").unwrap();
     assert!(shortcut_applies(&tok, &arc).unwrap());
     let ex = examples(5, arc.labels);
@@ -87,7 +90,9 @@ fn shortcut_equals_the_general_path_on_the_default_model() {
 fn prepared_scorer_equals_the_general_path_with_and_without_the_shortcut() {
     use tsd::eval::prepared::{eval_loglik_prepared, prepare_loglik};
     let model = load(&fixture("tiny-llama"));
-    let tok = tsd::model::tokenizer::load_tokenizer(&fixture("tiny-llama")).unwrap();
+    let tok = tsd::eval::PromptTokenizer::plain(
+        tsd::model::tokenizer::load_tokenizer(&fixture("tiny-llama")).unwrap(),
+    );
     for name in ["ARC-Easy", "boolq"] {
         let t = task(name).unwrap();
         let ex = examples(5, t.labels);

@@ -40,7 +40,9 @@ fn ids(v: &Json) -> Vec<i64> {
 /// `tsd data preview --json` for one case's tokenizer, data and settings.
 fn preview(case: &Json, exp: &Json, dir: &Path) -> std::process::Output {
     let tokenizer = case["tokenizer"].as_str().unwrap();
-    let data = root().join("tests/fixtures/sft/data").join(case["dataset"].as_str().unwrap());
+    let data = root()
+        .join("tests/fixtures/sft/data")
+        .join(case["dataset"].as_str().unwrap());
     let s = &case["settings"];
     let mut args: Vec<String> = vec![
         "data".into(),
@@ -67,7 +69,11 @@ fn preview(case: &Json, exp: &Json, dir: &Path) -> std::process::Output {
             args.extend(["--template-file".into(), f.display().to_string()]);
         }
     }
-    Command::cargo_bin("tsd").unwrap().args(&args).output().unwrap()
+    Command::cargo_bin("tsd")
+        .unwrap()
+        .args(&args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -84,10 +90,18 @@ fn data_preview_gives_what_trl_trains_on() {
         if !case["error"].is_null() {
             // TRL refuses assistant-only loss on a template it cannot patch (SmolLM2's ChatML);
             // tsd masks by its prefix rule instead (README, Training data).
-            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             continue;
         }
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let got: Json = serde_json::from_slice(&out.stdout).unwrap();
         let examples = got["examples"].as_array().unwrap();
         let kept: Vec<&Json> = examples.iter().filter(|e| e["dropped"] == false).collect();
@@ -102,8 +116,16 @@ fn data_preview_gives_what_trl_trains_on() {
         for (g, w) in kept.iter().zip(rows) {
             let row = w["source_row"].as_i64().unwrap();
             assert_eq!(g["row"].as_i64().unwrap(), row, "{name}");
-            assert_eq!(ids(&g["input_ids"]), ids(&w["input_ids"]), "{name} row {row}: ids");
-            assert_eq!(ids(&g["labels"]), ids(&w["labels"]), "{name} row {row}: labels");
+            assert_eq!(
+                ids(&g["input_ids"]),
+                ids(&w["input_ids"]),
+                "{name} row {row}: ids"
+            );
+            assert_eq!(
+                ids(&g["labels"]),
+                ids(&w["labels"]),
+                "{name} row {row}: labels"
+            );
         }
         checked += 1;
     }
@@ -124,7 +146,11 @@ fn the_prefix_rule_matches_trl_on_llama3() {
         let mut exp_no_template = exp.clone();
         exp_no_template["tokenizers"]["llama3"]["training_chat_template"] = Json::Null;
         let out = preview(case, &exp_no_template, dir.path());
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let got: Json = serde_json::from_slice(&out.stdout).unwrap();
         let kept: Vec<&Json> = got["examples"]
             .as_array()

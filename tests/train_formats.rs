@@ -67,7 +67,11 @@ fn every_format_and_schema_trains_and_is_recorded() {
         ("alpaca", "alpaca", "all"),
         ("text", "text", "all"),
         ("prompt_completion", "prompt_completion", "completion"),
-        ("chat_prompt_completion", "chat_prompt_completion", "completion"),
+        (
+            "chat_prompt_completion",
+            "chat_prompt_completion",
+            "completion",
+        ),
         ("messages", "messages", "all"),
     ];
     for (file, schema, loss) in cases {
@@ -105,19 +109,42 @@ fn sharegpt_hub_datasets_and_assistant_loss_train() {
     // ShareGPT's `from`/`value` become `role`/`content`; its `human`/`gpt` roles are kept, as
     // TRL keeps them, so there is no `assistant` turn to mask by.
     let out = train(&model, sharegpt.to_str().unwrap(), &run, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rec = record(&run);
     assert_eq!(rec["data"]["schema"], "messages");
     assert_eq!(rec["data"]["loss_on"], "all");
-    let out = train(&model, sharegpt.to_str().unwrap(), &d.path().join("sg2"), &["--loss-on", "assistant"]);
+    let out = train(
+        &model,
+        sharegpt.to_str().unwrap(),
+        &d.path().join("sg2"),
+        &["--loss-on", "assistant"],
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("row 0 (0-based): --loss-on assistant: a conversation has no assistant tokens"), "{err}");
+    assert!(
+        err.contains(
+            "row 0 (0-based): --loss-on assistant: a conversation has no assistant tokens"
+        ),
+        "{err}"
+    );
 
     let msgs = fixtures().join("data-formats/messages.jsonl");
     let run = d.path().join("assistant");
-    let out = train(&model, msgs.to_str().unwrap(), &run, &["--loss-on", "assistant"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = train(
+        &model,
+        msgs.to_str().unwrap(),
+        &run,
+        &["--loss-on", "assistant"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rec = record(&run);
     assert_eq!(rec["data"]["loss_on"], "assistant");
     assert!(rec["data"]["chat_template"]
@@ -127,10 +154,17 @@ fn sharegpt_hub_datasets_and_assistant_loss_train() {
 
     let run = d.path().join("hub");
     let out = train(&model, "hf:tsd-fixtures/chat/completion:train", &run, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rec = record(&run);
     assert_eq!(rec["data"]["schema"], "prompt_completion");
-    assert_eq!(rec["data"]["spec"][0], "hf:tsd-fixtures/chat/completion:train");
+    assert_eq!(
+        rec["data"]["spec"][0],
+        "hf:tsd-fixtures/chat/completion:train"
+    );
     assert_eq!(rec["data"]["files"].as_array().unwrap().len(), 2);
 }
 
@@ -142,13 +176,24 @@ fn bad_data_and_loss_choices_are_refused_naming_them() {
     let out = train(&model, bad.to_str().unwrap(), &d.path().join("r1"), &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("missing_field.jsonl") && err.contains("row"), "{err}");
+    assert!(
+        err.contains("missing_field.jsonl") && err.contains("row"),
+        "{err}"
+    );
 
     let text = fixtures().join("data-formats/text.jsonl");
-    let out = train(&model, text.to_str().unwrap(), &d.path().join("r2"), &["--loss-on", "assistant"]);
+    let out = train(
+        &model,
+        text.to_str().unwrap(),
+        &d.path().join("r2"),
+        &["--loss-on", "assistant"],
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--loss-on assistant") && err.contains("text"), "{err}");
+    assert!(
+        err.contains("--loss-on assistant") && err.contains("text"),
+        "{err}"
+    );
 
     // Conversations need a chat template: the plain tiny LLaMA has none.
     let msgs = fixtures().join("data-formats/messages.jsonl");
@@ -168,7 +213,11 @@ fn resume_refuses_changed_data() {
     std::fs::copy(fixtures().join("data-formats/text.jsonl"), &data).unwrap();
     let run = d.path().join("run");
     let out = train(&model, data.to_str().unwrap(), &run, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut text = std::fs::read_to_string(&data).unwrap();
     text.push_str("{\"text\": \"one more row\"}\n");
     std::fs::write(&data, text).unwrap();

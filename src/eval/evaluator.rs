@@ -9,10 +9,10 @@ use super::prepared::{
     eval_generate_prepared, eval_loglik_prepared, prepare_generate, prepare_loglik,
     PreparedGenerate, PreparedTask,
 };
+use super::PromptTokenizer;
 use super::{eval_generate_batched, eval_loglik, eval_loglik_general, TaskResult};
 use crate::data::{Example, Protocol, Task};
 use crate::error::{Error, Result};
-use super::PromptTokenizer;
 use crate::model::Llama;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -176,7 +176,12 @@ fn limited(ex: &[Example], limit: Option<usize>) -> &[Example] {
 
 impl Evaluator {
     /// `eos`: the tokenizer's end-of-sequence id (beam search stops on it).
-    pub fn new(tasks: Vec<TaskSet>, tok: PromptTokenizer, eos: u32, settings: EvalSettings) -> Self {
+    pub fn new(
+        tasks: Vec<TaskSet>,
+        tok: PromptTokenizer,
+        eos: u32,
+        settings: EvalSettings,
+    ) -> Self {
         Evaluator {
             tasks,
             tok,

@@ -24,10 +24,10 @@ use crate::data::Task;
 use crate::data::{extract_answer, response_text, Example, Protocol};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::encode_plain;
-pub use prompts::PromptTokenizer;
 use crate::model::Llama;
 use crate::nn::ForwardCtx;
 use candle_core::{DType, Tensor};
+pub use prompts::PromptTokenizer;
 use serde::{Deserialize, Serialize};
 
 /// One label's score under the loglik protocol, as lm-eval logs a loglikelihood request's

@@ -14,6 +14,7 @@
 //! checks): the batches are the same and every layer computes the same ops on the same data.
 
 use super::generate::{decode_batch, left_pad, GenConfig};
+use super::PromptTokenizer;
 use super::{
     generate_batches, generate_prompts, generate_result, loglik_inputs, loglik_prediction,
     loglik_result, target_logprobs, Prediction, TaskResult,
@@ -21,7 +22,6 @@ use super::{
 use crate::data::Example;
 use crate::data::Task;
 use crate::error::{Error, Result};
-use super::PromptTokenizer;
 use crate::model::{KvCache, Llama};
 use candle_core::Tensor;
 

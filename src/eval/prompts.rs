@@ -79,9 +79,15 @@ mod tests {
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
         );
         let chat = PromptTokenizer::chat(tok.clone(), t);
-        assert_eq!(chat.prompt_ids(&ex).unwrap(), encode_plain(&tok, &want).unwrap());
+        assert_eq!(
+            chat.prompt_ids(&ex).unwrap(),
+            encode_plain(&tok, &want).unwrap()
+        );
         let plain = PromptTokenizer::plain(tok.clone());
-        assert_eq!(plain.prompt_ids(&ex).unwrap(), encode(&tok, &prompt).unwrap());
+        assert_eq!(
+            plain.prompt_ids(&ex).unwrap(),
+            encode(&tok, &prompt).unwrap()
+        );
         assert!(plain.chat_template().is_none() && chat.chat_template().is_some());
     }
 }

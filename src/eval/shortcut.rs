@@ -4,11 +4,11 @@
 //! all labels, and the last position's distribution gives each label's last token. Examples are
 //! right-padded into batches (causal attention: a real token never sees the padding after it).
 
+use super::PromptTokenizer;
 use super::{loglik_inputs, loglik_prediction, loglik_result, target_logprobs, TaskResult};
 use crate::data::Example;
 use crate::data::Task;
 use crate::error::Result;
-use super::PromptTokenizer;
 use crate::model::Llama;
 use crate::nn::ForwardCtx;
 use candle_core::Tensor;

@@ -28,7 +28,9 @@ pub fn preview_text(r: &PreviewRecord) -> String {
         "schema {}; model {}; chat template {}; loss on {}; max length {} tokens",
         crate::train::sft::schema_name(d.manifest.schema),
         r.model,
-        d.chat_template.as_deref().unwrap_or("none (not conversational)"),
+        d.chat_template
+            .as_deref()
+            .unwrap_or("none (not conversational)"),
         d.loss_on.as_str(),
         d.max_length
     );

@@ -10,8 +10,8 @@ pub fn json(r: &EvalRecord) -> Result<String> {
     if r.chat_template.is_none() {
         return Ok(crate::render::to_json(&r.results)? + "\n");
     }
-    let mut rows = serde_json::to_value(&r.results)
-        .map_err(|e| Error::Internal(format!("eval JSON: {e}")))?;
+    let mut rows =
+        serde_json::to_value(&r.results).map_err(|e| Error::Internal(format!("eval JSON: {e}")))?;
     for row in rows.as_array_mut().into_iter().flatten() {
         if let Some(o) = row.as_object_mut() {
             o.insert("prompt".into(), "chat_template".into());

@@ -10,8 +10,8 @@ pub mod optim;
 pub mod pick;
 pub mod prepare;
 pub mod preview;
-pub mod sft;
 mod setup;
+pub mod sft;
 pub mod switch;
 pub mod trainer;
 

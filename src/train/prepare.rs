@@ -26,8 +26,6 @@ pub struct DataPlan<'a> {
     pub template_file: Option<&'a Path>,
 }
 
-
-
 /// A model's tokenizer with what training data needs from it.
 pub struct ModelTokenizer {
     pub tok: Tokenizer,

@@ -69,7 +69,11 @@ pub fn preview(plan: &DataPlan, model: &str, path: &Path, limit: usize) -> Resul
                 row,
                 input_ids: t.input_ids.clone(),
                 labels: t.labels.clone(),
-                loss_mask: t.labels.iter().map(|&l| u8::from(l != IGNORE_INDEX)).collect(),
+                loss_mask: t
+                    .labels
+                    .iter()
+                    .map(|&l| u8::from(l != IGNORE_INDEX))
+                    .collect(),
                 tokens,
                 untruncated_tokens: e.untruncated,
                 truncated: e.untruncated > max_length,
@@ -81,7 +85,11 @@ pub fn preview(plan: &DataPlan, model: &str, path: &Path, limit: usize) -> Resul
         schema_version: PREVIEW_SCHEMA_VERSION,
         model: model.to_string(),
         total_examples: p.examples.len(),
-        truncated_examples: p.examples.iter().filter(|e| e.untruncated > max_length).count(),
+        truncated_examples: p
+            .examples
+            .iter()
+            .filter(|e| e.untruncated > max_length)
+            .count(),
         data: p.data,
         examples,
     })

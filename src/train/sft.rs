@@ -59,8 +59,7 @@ pub fn check_loss_on(schema: Schema, loss_on: LossOn) -> Result<()> {
         loss_on.as_str(),
         schema_name(schema),
         match loss_on {
-            LossOn::Completion =>
-                "it has no prompt: use `all`, or `assistant` for conversations",
+            LossOn::Completion => "it has no prompt: use `all`, or `assistant` for conversations",
             _ => "only conversations have assistant turns: use `all` or `completion`",
         }
     )))
