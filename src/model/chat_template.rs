@@ -17,12 +17,11 @@
 //! control; after rendering the markers are removed and their byte ranges recorded
 //! ([`Rendered::generation_spans`]).
 //!
-//! Known differences from transformers: mappings are seen with their keys sorted (tsd's
-//! `serde_json` and minijinja maps do not keep insertion order, Python's dicts do), which shows in
-//! `tojson` or printing of a tool, tool-call arguments, a message or a dict literal whose keys are
-//! not in sorted order (`{'z': 1, 'a': 2} | tojson` gives `{"a": 2, "z": 1}`, Python
-//! `{"z": 1, "a": 2}`); `sep_token`, `cls_token`, `mask_token` are
-//! not passed; named templates are read from `tokenizer_config.json`'s list only (`"default"`, and
+//! Mappings keep their keys in the order written, as Python's dicts do (`serde_json`'s and
+//! minijinja's `preserve_order`): a tool schema, tool-call arguments or a dict literal print and
+//! `tojson` as transformers prints them (tested with unsorted keys).
+//!
+//! Known differences from transformers: `sep_token`, `cls_token`, `mask_token` are not passed; named templates are read from `tokenizer_config.json`'s list only (`"default"`, and
 //! `"tool_use"` when tools are given), not from an `additional_chat_templates/` directory.
 
 use crate::error::{Error, Result};
