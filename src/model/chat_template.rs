@@ -1097,12 +1097,14 @@ mod tests {
         // Expected strings: Python 3.11 `json.dumps(x, ensure_ascii=False, …)`.
         let msgs = json!([{"role": "user", "content": "hi", "x": {"b": [1, 2.5, null, true], "a": "é \"q\" \n 🙂"}}]);
         let cases = [
-            ("{{ messages[0].x | tojson }}", r#"{"a": "é \"q\" \n 🙂", "b": [1, 2.5, null, true]}"#),
+            // Keys in the order written (Python's dicts keep it).
+            ("{{ messages[0].x | tojson }}", r#"{"b": [1, 2.5, null, true], "a": "é \"q\" \n 🙂"}"#),
             (
                 "{{ messages[0].x | tojson(indent=2) }}",
-                "{\n  \"a\": \"é \\\"q\\\" \\n 🙂\",\n  \"b\": [\n    1,\n    2.5,\n    null,\n    true\n  ]\n}",
+                "{\n  \"b\": [\n    1,\n    2.5,\n    null,\n    true\n  ],\n  \"a\": \"é \\\"q\\\" \\n 🙂\"\n}",
             ),
-            ("{{ messages[0].x | tojson(separators=(',', ':')) }}", r#"{"a":"é \"q\" \n 🙂","b":[1,2.5,null,true]}"#),
+            ("{{ messages[0].x | tojson(separators=(',', ':')) }}", r#"{"b":[1,2.5,null,true],"a":"é \"q\" \n 🙂"}"#),
+            ("{{ messages[0].x | tojson(sort_keys=true) }}", r#"{"a": "é \"q\" \n 🙂", "b": [1, 2.5, null, true]}"#),
             ("{{ messages[0].x.a | tojson(ensure_ascii=true) }}", r#""\u00e9 \"q\" \n \ud83d\ude42""#),
             ("{{ {'z': 1, 'a': {}} | tojson(sort_keys=true) }}", r#"{"a": {}, "z": 1}"#),
             ("{{ [] | tojson(indent=4) }}|{{ 1e16 | tojson }}|{{ 0.0001 | tojson }}|{{ 1.5e-5 | tojson }}", "[]|1e+16|0.0001|1.5e-05"),
