@@ -53,6 +53,17 @@ impl Schema {
         }
     }
 
+    /// The schema as people name it (`tsd data preview`, `tsd train`, the run report).
+    pub fn label(self) -> &'static str {
+        match self {
+            Schema::Alpaca => "LLM-Adapters (instruction/input/output)",
+            Schema::Text => "text",
+            Schema::PromptCompletion => "prompt/completion",
+            Schema::ChatPromptCompletion => "conversational prompt/completion",
+            Schema::Messages => "messages",
+        }
+    }
+
     /// The fields a row of this schema needs, for messages.
     pub fn fields(self) -> &'static str {
         match self {

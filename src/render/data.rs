@@ -26,7 +26,7 @@ pub fn preview_text(r: &PreviewRecord) -> String {
     let _ = writeln!(
         s,
         "schema {}; model {}; chat template {}; loss on {}; max length {} tokens",
-        crate::train::sft::schema_name(d.manifest.schema),
+        d.manifest.schema.label(),
         r.model,
         d.chat_template
             .as_deref()

@@ -180,6 +180,13 @@ fn record_context(ctx: &mut Ctx, rec: &RunRecord) {
             .into(),
     );
     ctx.insert("alpha", rec.config.alpha().into());
+    ctx.insert(
+        "data_schema",
+        rec.data
+            .as_ref()
+            .map_or("", |d| d.manifest.schema.label())
+            .into(),
+    );
     ctx.insert("steps_done", rec.steps.last().map_or(0, |s| s.step).into());
     ctx.insert(
         "rss_mib",

@@ -33,7 +33,7 @@ pub fn announcement(trainer: &Trainer) -> String {
         };
         format!(
             "; {} data, loss on {}, cut at {} tokens{dropped}",
-            crate::train::sft::schema_name(d.manifest.schema),
+            d.manifest.schema.label(),
             d.loss_on.as_str(),
             d.max_length
         )

@@ -57,23 +57,12 @@ pub fn check_loss_on(schema: Schema, loss_on: LossOn) -> Result<()> {
     Err(Error::InvalidArgument(format!(
         "--loss-on {} does not apply to {} data ({})",
         loss_on.as_str(),
-        schema_name(schema),
+        schema.label(),
         match loss_on {
             LossOn::Completion => "it has no prompt: use `all`, or `assistant` for conversations",
             _ => "only conversations have assistant turns: use `all` or `completion`",
         }
     )))
-}
-
-/// The schema's name as `tsd data preview` and errors print it.
-pub fn schema_name(schema: Schema) -> &'static str {
-    match schema {
-        Schema::Alpaca => "LLM-Adapters (instruction/input/output)",
-        Schema::Text => "text",
-        Schema::PromptCompletion => "prompt/completion",
-        Schema::ChatPromptCompletion => "conversational prompt/completion",
-        Schema::Messages => "messages",
-    }
 }
 
 /// The loss default for a schema: TRL's (`completion_only_loss` on for prompt/completion data,
