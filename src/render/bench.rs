@@ -112,7 +112,7 @@ pub fn roofline_table(rec: &Roofline) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let mut out = vec![
+    let out = vec![
         format!(
             "CPU: {} ({}, family {} model {}), {} cores / {} threads, tsd pool {} threads, {}",
             c.model_name,
@@ -169,6 +169,8 @@ pub fn roofline_table(rec: &Roofline) -> String {
             rec.runs_per_shape
         ),
     ];
+    let width = crate::env::columns().map_or(100, usize::from).max(40);
+    let mut out: Vec<String> = out.iter().flat_map(|l| wrap(l, width)).collect();
     let mut t = crate::render::table::table(&[
         "product",
         "m×k×n",
@@ -200,10 +202,52 @@ pub fn roofline_table(rec: &Roofline) -> String {
     }
     crate::render::table::right_align(&mut t, 2);
     out.push(t.to_string());
-    out.push(
+    out.extend(wrap(
         "GFLOP/s as median / fastest sample; ᵀ: the right operand is an [n, k] weight read \
-         transposed (a linear's forward)"
-            .into(),
-    );
+         transposed (a linear's forward)",
+        width,
+    ));
     out.join("\n") + "\n"
+}
+
+/// `line` broken at spaces into lines of at most `width` characters (a longer word stays whole);
+/// continuation lines are indented by two spaces.
+fn wrap(line: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in line.split(' ') {
+        let cur = lines.last_mut().expect("one line");
+        let len = cur.chars().count();
+        if len > 2 && len + 1 + word.chars().count() > width {
+            lines.push(format!("  {word}"));
+        } else {
+            if !cur.is_empty() {
+                cur.push(' ');
+            }
+            cur.push_str(word);
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_breaks_at_spaces_within_the_width() {
+        let w = wrap("aaa bbb ccc ddd", 8);
+        assert_eq!(w, vec!["aaa bbb", "  ccc", "  ddd"]);
+        assert_eq!(wrap("short", 80), vec!["short"]);
+    }
+
+    #[test]
+    fn the_committed_roofline_record_renders() {
+        let rec: Roofline =
+            serde_json::from_str(include_str!("../../reproductions/bench/roofline.json")).unwrap();
+        let text = roofline_table(&rec);
+        assert!(text.contains(&rec.peak.derivation));
+        for p in &rec.products {
+            assert!(text.contains(&p.shape.name), "{}", p.shape.name);
+        }
+    }
 }
