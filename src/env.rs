@@ -56,6 +56,11 @@ pub fn python() -> String {
     std::env::var("TSD_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// `$TSD_PYTHON` when set and non-empty (`tsd bench roofline`'s PyTorch peer; unset: no peer).
+pub fn tsd_python() -> Option<String> {
+    std::env::var("TSD_PYTHON").ok().filter(|v| !v.is_empty())
+}
+
 /// `$COLUMNS` when it is a positive number.
 pub fn columns() -> Option<u16> {
     std::env::var("COLUMNS")

@@ -6,6 +6,7 @@ pub mod eval_batch;
 pub mod inspect;
 pub mod logits;
 pub mod random;
+pub mod roofline;
 pub mod scale;
 pub mod switch;
 pub mod train;
@@ -14,10 +15,12 @@ pub use eval_batch::{bench_eval_batch, EvalBatchBench, EvalBatchPoint};
 pub use inspect::{bench_inspect, InspectBench, SvdTiming};
 pub use logits::{bench_logits, LogitsCheck};
 pub use random::RandomLlama;
+pub use roofline::{bench_roofline, Roofline, RooflineOptions};
 pub use scale::{bench_scale_train, ScaleBench, ScaleOptions};
 pub use switch::{bench_switch, SwitchBench};
 pub use train::{
-    bench_train_rounds, bench_train_step, MethodSummary, TrainBench, TrainComparison, TrainOptions,
+    bench_train_rounds, bench_train_step, train_step_flops, MethodSummary, RooflineLimits,
+    StepFlops, TrainBench, TrainComparison, TrainOptions,
 };
 
 use crate::error::Result;

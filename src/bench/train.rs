@@ -30,6 +30,121 @@ pub struct TrainBench {
     /// Voluntary and involuntary context switches of all threads per timed step.
     #[serde(default)]
     pub context_switches_per_step: u64,
+    /// Model FLOPs of one step ([`train_step_flops`]; 0 in records from before it was counted).
+    #[serde(default)]
+    pub model_flops_per_step: f64,
+}
+
+/// Model FLOPs of one LoRA training step, by part (see [`train_step_flops`]).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct StepFlops {
+    /// Frozen linears of every layer (q, k, v, o, gate, up, down), forward.
+    pub linears_forward: f64,
+    /// The LM head, forward.
+    pub lm_head_forward: f64,
+    /// Attention's `QKᵀ` and `P·V`, forward.
+    pub attention_forward: f64,
+    /// LoRA's two thin products per adapted linear, forward.
+    pub lora_forward: f64,
+    /// Backward: input gradients of the frozen linears and the head, attention's four products,
+    /// LoRA's four.
+    pub backward: f64,
+    pub total: f64,
+}
+
+/// Model FLOPs of one LoRA training step of `cfg` on `batch × seq_len` tokens, LoRA rank `rank` on
+/// the linears named in `targets` (short names), counting a multiply-add as 2 FLOPs. With
+/// `N = batch·seq_len` tokens, `L` layers, and for a linear `[out, in]`:
+///
+/// - forward, per linear: `2·N·in·out` — all seven per layer (`params touched` per token) and the
+///   LM head `[vocab, hidden]` (tied or not, it is a product);
+/// - forward attention per layer: `QKᵀ` and `P·V`, `2 · 2·batch·heads·seq_len²·head_dim`, counted
+///   on the full `T×T` square, which tsd's fused attention computes (the causal mask is applied
+///   after the product);
+/// - forward LoRA per adapted linear: `2·N·r·(in + out)` (`x·Aᵀ` then `·Bᵀ`);
+/// - backward: **1×** the forward of the frozen linears and the head — tsd computes only their
+///   input gradients (`g·W`), never the frozen weights' gradients (which would be another 1×);
+///   **2×** the forward of attention (`dP = dO·Vᵀ`, `dV = Pᵀ·dO`, `dQ = dS·K`, `dK = dSᵀ·Q`) and
+///   of LoRA (`dB`, `d(xAᵀ)`, `dA`, `dx`).
+///
+/// Not counted: the scores tsd recomputes in attention's backward instead of keeping them
+/// (`QKᵀ` again: +1× the attention forward's half, hardware FLOPs, not model FLOPs), elementwise
+/// ops (norms, SwiGLU, softmax, RoPE, the loss, AdamW), and the saving that the first layer's
+/// q, k, v input gradients are not needed (the embeddings take no gradient) — 3 of 210 frozen
+/// products on the default model. So this is the usual "model FLOPs" of a LoRA step: about
+/// `4·N·params` of the frozen linears instead of full fine-tuning's `6·N·params`.
+pub fn train_step_flops(
+    cfg: &crate::model::LlamaConfig,
+    batch: usize,
+    seq_len: usize,
+    rank: usize,
+    targets: &[&str],
+) -> StepFlops {
+    const LINEARS: [&str; 7] = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+    let n = (batch * seq_len) as f64;
+    let layers = cfg.num_hidden_layers as f64;
+    let (mut lin, mut lora) = (0.0, 0.0);
+    for m in LINEARS {
+        let (out, inp) = cfg.linear_shape(m).expect("a known linear");
+        lin += 2.0 * n * (out * inp) as f64;
+        if targets.contains(&m) {
+            lora += 2.0 * n * (rank * (out + inp)) as f64;
+        }
+    }
+    let (linears_forward, lora_forward) = (layers * lin, layers * lora);
+    let lm_head_forward = 2.0 * n * (cfg.vocab_size * cfg.hidden_size) as f64;
+    let t = seq_len as f64;
+    let attention_forward = layers
+        * 2.0
+        * 2.0
+        * batch as f64
+        * cfg.num_attention_heads as f64
+        * t
+        * t
+        * cfg.head_dim() as f64;
+    let backward = linears_forward + lm_head_forward + 2.0 * attention_forward + 2.0 * lora_forward;
+    StepFlops {
+        total: linears_forward + lm_head_forward + attention_forward + lora_forward + backward,
+        linears_forward,
+        lm_head_forward,
+        attention_forward,
+        lora_forward,
+        backward,
+    }
+}
+
+/// What a `tsd bench roofline` record says about the machine's limits, as `tsd bench train`
+/// compares with them.
+#[derive(Clone, Debug, Serialize)]
+pub struct RooflineLimits {
+    /// The record's path.
+    pub source: String,
+    pub cpu: String,
+    /// Best measured f32 product rate (median of a shape), FLOP/s.
+    pub best_measured_product_flops_per_s: f64,
+    /// Theoretical f32 FMA peak, FLOP/s, and its derivation.
+    pub theoretical_peak_flops_per_s: f64,
+    pub peak_derivation: String,
+}
+
+impl RooflineLimits {
+    pub fn from_record(rec: &super::Roofline, source: &str) -> Self {
+        RooflineLimits {
+            source: source.into(),
+            cpu: rec.cpu.model_name.clone(),
+            best_measured_product_flops_per_s: rec.best_measured_f32_gflops * 1e9,
+            theoretical_peak_flops_per_s: rec.peak.f32_flops_per_s,
+            peak_derivation: rec.peak.derivation.clone(),
+        }
+    }
 }
 
 /// One method's steps pooled over rounds.
@@ -68,11 +183,34 @@ pub struct TrainComparison {
     pub pytorch_peft_peak_rss_over_tsd_lora: Option<f64>,
     /// Every process's measurement, in the order they ran.
     pub runs: Vec<TrainBench>,
+    /// Model FLOPs of one step ([`train_step_flops`]), from the runs' records.
+    #[serde(default)]
+    pub model_flops_per_step: Option<f64>,
+    /// LoRA's model FLOPs over its median step, FLOP/s.
+    #[serde(default)]
+    pub lora_achieved_flops_per_s: Option<f64>,
+    /// The same over its best step.
+    #[serde(default)]
+    pub lora_best_step_flops_per_s: Option<f64>,
+    /// The machine's limits, from a `tsd bench roofline` record, when one was there.
+    #[serde(default)]
+    pub roofline: Option<RooflineLimits>,
+    /// LoRA's achieved FLOP/s (median step) over the roofline's best measured product rate.
+    #[serde(default)]
+    pub lora_fraction_of_best_measured_product_rate: Option<f64>,
+    /// LoRA's achieved FLOP/s (median step) over the theoretical f32 peak.
+    #[serde(default)]
+    pub lora_fraction_of_theoretical_peak: Option<f64>,
 }
 
 impl TrainComparison {
-    /// Summarises `runs` (LoRA and LoRA-Dash processes of several rounds, in the order they ran).
-    pub fn new(runs: Vec<TrainBench>, torch: Option<serde_json::Value>) -> Self {
+    /// Summarises `runs` (LoRA and LoRA-Dash processes of several rounds, in the order they ran),
+    /// beside PyTorch + PEFT's record and a roofline's limits when given.
+    pub fn new(
+        runs: Vec<TrainBench>,
+        torch: Option<serde_json::Value>,
+        roofline: Option<RooflineLimits>,
+    ) -> Self {
         let summary = |m: &str| {
             let mine: Vec<&TrainBench> = runs.iter().filter(|r| r.method == m).collect();
             let steps: Vec<f64> = mine.iter().flat_map(|r| r.step_seconds.clone()).collect();
@@ -111,8 +249,22 @@ impl TrainComparison {
                 .filter_map(|x| x.as_f64())
                 .reduce(f64::min)
         });
+        let flops = runs
+            .iter()
+            .map(|r| r.model_flops_per_step)
+            .find(|&f| f > 0.0);
+        let achieved = flops.map(|f| f / lora.median_step_seconds);
+        let frac = |limit: fn(&RooflineLimits) -> f64| Some(achieved? / limit(roofline.as_ref()?));
         TrainComparison {
             what: "training step (forward, backward, AdamW) on the default model, CPU f32",
+            model_flops_per_step: flops,
+            lora_achieved_flops_per_s: achieved,
+            lora_best_step_flops_per_s: flops.map(|f| f / lora.best_step_seconds),
+            lora_fraction_of_best_measured_product_rate: frac(|r| {
+                r.best_measured_product_flops_per_s
+            }),
+            lora_fraction_of_theoretical_peak: frac(|r| r.theoretical_peak_flops_per_s),
+            roofline,
             cpu: cpu_name(),
             dash_step_overhead_vs_lora: lora_dash.median_step_seconds / lora.median_step_seconds
                 - 1.0,
@@ -171,6 +323,7 @@ pub fn bench_train_step(
             )?;
         }
     }
+    let flops = train_step_flops(&model.config, batch, seq_len, rank, &super::TARGETS).total;
     let vocab = model.config.vocab_size as u32;
     let (ids, targets_t) = super::fixed_batch(vocab, batch, seq_len, &dev)?;
     let warmup = 1;
@@ -203,6 +356,7 @@ pub fn bench_train_step(
         peak_rss_bytes: crate::train::trainer::peak_rss_bytes(),
         page_faults_per_step: (minor_faults() - faults0) / steps as u64,
         context_switches_per_step: (context_switches() - switches0) / steps as u64,
+        model_flops_per_step: flops,
     })
 }
 
@@ -298,6 +452,10 @@ pub struct TrainArgs {
     /// Where to write the record.
     #[arg(long, default_value = "reproductions/bench/train.json")]
     pub out: std::path::PathBuf,
+    /// A `tsd bench roofline` record whose limits the step's FLOP/s is compared with (skipped
+    /// when the file is not there).
+    #[arg(long, default_value = "reproductions/bench/roofline.json")]
+    pub roofline: std::path::PathBuf,
     /// Internal: measure one method in this process and print its JSON.
     #[arg(long, hide = true)]
     pub single: Option<String>,
@@ -341,7 +499,66 @@ mod tests {
             peak_rss_bytes: rss,
             page_faults_per_step: 4,
             context_switches_per_step: 10,
+            model_flops_per_step: 300.0,
         }
+    }
+
+    #[test]
+    fn step_flops_of_the_default_model() {
+        // SmolLM2-135M's shape: 30 layers, hidden 576, FFN 1536, 9 heads and 3 KV heads of 64
+        let cfg = crate::model::LlamaConfig::from_json(
+            serde_json::json!({"model_type": "llama", "hidden_size": 576,
+                "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": true}),
+            std::path::Path::new("smollm2"),
+        )
+        .unwrap();
+        let f = train_step_flops(&cfg, 4, 128, 8, &super::super::TARGETS);
+        let n = 512.0;
+        // per layer: q, o 576², k, v 576·192, gate, up, down 576·1536
+        let per_layer = 2.0 * 576.0 * 576.0 + 2.0 * 576.0 * 192.0 + 3.0 * 576.0 * 1536.0;
+        assert_eq!(f.linears_forward, 30.0 * 2.0 * n * per_layer);
+        assert_eq!(f.lm_head_forward, 2.0 * n * 576.0 * 49152.0);
+        assert_eq!(
+            f.attention_forward,
+            30.0 * 4.0 * 4.0 * 9.0 * 128.0 * 128.0 * 64.0
+        );
+        // LoRA r = 8 on q (576+576), k, v (576+192 each), up, down (576+1536 each)
+        let lora_in_out = 1152.0 + 2.0 * 768.0 + 2.0 * 2112.0;
+        assert_eq!(f.lora_forward, 30.0 * 2.0 * n * 8.0 * lora_in_out);
+        let fwd = f.linears_forward + f.lm_head_forward + f.attention_forward + f.lora_forward;
+        assert_eq!(
+            f.backward,
+            f.linears_forward + f.lm_head_forward + 2.0 * (f.attention_forward + f.lora_forward)
+        );
+        assert_eq!(f.total, fwd + f.backward);
+        // ≈ 294 GFLOP per step
+        assert!((f.total / 1e9 - 294.0).abs() < 1.0, "{}", f.total / 1e9);
+    }
+
+    #[test]
+    fn fractions_of_the_roofline_come_from_the_records() {
+        let runs = vec![
+            run("lora", &[2.0, 3.0, 1.0], 100),
+            run("lora-dash", &[2.0], 100),
+        ];
+        let limits = RooflineLimits {
+            source: "r.json".into(),
+            cpu: "c".into(),
+            best_measured_product_flops_per_s: 600.0,
+            theoretical_peak_flops_per_s: 1000.0,
+            peak_derivation: String::new(),
+        };
+        let c = TrainComparison::new(runs.clone(), None, Some(limits));
+        // 300 FLOPs per step, median step 2 s (best 1 s)
+        assert_eq!(c.model_flops_per_step, Some(300.0));
+        assert_eq!(c.lora_achieved_flops_per_s, Some(150.0));
+        assert_eq!(c.lora_best_step_flops_per_s, Some(300.0));
+        assert_eq!(c.lora_fraction_of_best_measured_product_rate, Some(0.25));
+        assert_eq!(c.lora_fraction_of_theoretical_peak, Some(0.15));
+        let none = TrainComparison::new(runs, None, None);
+        assert_eq!(none.lora_fraction_of_theoretical_peak, None);
+        assert_eq!(none.lora_achieved_flops_per_s, Some(150.0));
     }
 
     #[test]
@@ -354,7 +571,7 @@ mod tests {
         ];
         let torch = serde_json::json!({"tokens_per_s": 40.0, "peak_rss_bytes": 200.0,
             "step_seconds": [3.0, 2.5, 2.8]});
-        let c = TrainComparison::new(runs, Some(torch));
+        let c = TrainComparison::new(runs, Some(torch), None);
         // pooled LoRA steps 1.0 1.1 1.2 2.0 2.1 2.2 → upper median 2.0; Dash → 2.2
         assert_eq!(c.lora.median_step_seconds, 2.0);
         assert_eq!(c.lora_dash.median_step_seconds, 2.2);

@@ -28,6 +28,39 @@ enum Which {
     EvalBatch(EvalBatchArgs),
     /// A model's logits on --device/--dtype against the CPU in f32.
     Logits(LogitsArgs),
+    /// This machine's limits: CPU identity, theoretical f32 FMA peak (derived), f32 matrix-product
+    /// rates of tsd's kernel path beside PyTorch's on the default model's shapes, memory bandwidth.
+    Roofline(RooflineArgs),
+}
+
+// The flags of `Which::Roofline` (no doc comment here: the variant's is the subcommand's help).
+#[derive(Args, Debug)]
+struct RooflineArgs {
+    /// Timed samples per product shape (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Rows of the training products (batch × sequence length).
+    #[arg(long, default_value_t = 512)]
+    tokens: usize,
+    /// Rows of the decode products (beams × batch).
+    #[arg(long, default_value_t = 64)]
+    decode_rows: usize,
+    /// MiB of the three STREAM arrays together (keep it far above the L3).
+    #[arg(long, default_value_t = 768)]
+    stream_mib: u64,
+    /// STREAM runs (the best is reported).
+    #[arg(long, default_value_t = 10)]
+    stream_runs: usize,
+    /// Python with torch for the PyTorch peer (benches/torch_matmul.py) [default: $TSD_PYTHON,
+    /// else the peer is skipped and the record says so]
+    #[arg(long, value_name = "PATH")]
+    torch_python: Option<String>,
+    /// Print the record's JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Where to write the record.
+    #[arg(long, default_value = "reproductions/bench/roofline.json")]
+    out: PathBuf,
 }
 
 // The flags of `Which::Inspect` (no doc comment here: the variant's is the subcommand's help).
@@ -138,7 +171,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             )
         }
         Which::Inspect(x) => inspect(x),
-        Which::Train(x) => train(x.options()?, x.single, &x.torch, &x.out),
+        Which::Roofline(x) => roofline(x),
+        Which::Train(x) => train(x.options()?, x.single, &x.torch, &x.roofline, &x.out),
     }
 }
 
@@ -186,6 +220,34 @@ fn eval_batch(x: EvalBatchArgs) -> Result<()> {
     Ok(())
 }
 
+/// `tsd bench roofline`.
+fn roofline(x: RooflineArgs) -> Result<()> {
+    if x.runs == 0 || x.tokens == 0 || x.decode_rows == 0 || x.stream_runs == 0 || x.stream_mib == 0
+    {
+        return Err(super::input_error(
+            "--runs, --tokens, --decode-rows, --stream-mib and --stream-runs must be positive",
+        ));
+    }
+    let o = tsd::bench::RooflineOptions {
+        runs: x.runs,
+        tokens: x.tokens,
+        decode_rows: x.decode_rows,
+        stream_bytes: x.stream_mib << 20,
+        stream_runs: x.stream_runs,
+        torch_python: x.torch_python.or_else(tsd::env::tsd_python),
+    };
+    let rec = tsd::bench::bench_roofline(&o, &|m| eprintln!("{m}"))?;
+    let json = tsd::render::bench::json(&rec)?;
+    tsd::fsutil::atomic_write(&x.out, json.as_bytes())?;
+    if x.json {
+        print!("{json}");
+    } else {
+        print!("{}", tsd::render::bench::roofline_table(&rec));
+    }
+    eprintln!("wrote {}", x.out.display());
+    Ok(())
+}
+
 /// `tsd bench inspect`.
 fn inspect(x: InspectArgs) -> Result<()> {
     let (layers, rank) = (x.layers, x.rank);
@@ -206,6 +268,7 @@ fn train(
     o: tsd::bench::TrainOptions,
     single: Option<String>,
     torch_path: &std::path::Path,
+    roofline_path: &std::path::Path,
     out: &std::path::Path,
 ) -> Result<()> {
     if o.batch == 0 || o.seq_len < 2 || o.steps == 0 {
@@ -225,7 +288,16 @@ fn train(
     }
     let runs =
         tsd::bench::bench_train_rounds(&std::env::current_exe()?, &o, &|m| eprintln!("{m}"))?;
-    let rec = tsd::bench::TrainComparison::new(runs, read_if_there(torch_path)?);
+    let roofline = match read_if_there(roofline_path)? {
+        Some(v) => Some(tsd::bench::RooflineLimits::from_record(
+            &serde_json::from_value(v).map_err(|e| {
+                anyhow::anyhow!("{}: not a roofline record: {e}", roofline_path.display())
+            })?,
+            &roofline_path.display().to_string(),
+        )),
+        None => None,
+    };
+    let rec = tsd::bench::TrainComparison::new(runs, read_if_there(torch_path)?, roofline);
     save(&tsd::render::bench::json(&rec)?, out)?;
     for line in tsd::render::bench::train_summary(&rec, torch_path) {
         eprintln!("{line}");

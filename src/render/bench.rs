@@ -1,6 +1,6 @@
 //! The benchmarks' records ([`crate::bench`]) as JSON and their one-line terminal summaries.
 
-use crate::bench::{EvalBatchBench, ScaleBench, SwitchBench, TrainComparison};
+use crate::bench::{EvalBatchBench, Roofline, ScaleBench, SwitchBench, TrainComparison};
 use crate::error::Result;
 use serde::Serialize;
 
@@ -78,5 +78,176 @@ pub fn train_summary(rec: &TrainComparison, torch_path: &std::path::Path) -> Vec
             torch_path.display()
         ));
     }
+    if let Some(f) = rec.lora_achieved_flops_per_s {
+        let mut line = format!(
+            "LoRA step: {:.1} model GFLOP per step, {:.1} GFLOP/s (median step)",
+            rec.model_flops_per_step.unwrap_or(f64::NAN) / 1e9,
+            f / 1e9
+        );
+        if let (Some(best), Some(peak), Some(r)) = (
+            rec.lora_fraction_of_best_measured_product_rate,
+            rec.lora_fraction_of_theoretical_peak,
+            &rec.roofline,
+        ) {
+            line += &format!(
+                " = {:.0} % of the best measured product rate, {:.0} % of the theoretical peak ({})",
+                100.0 * best,
+                100.0 * peak,
+                r.source
+            );
+        }
+        lines.push(line);
+    }
     lines
+}
+
+/// `tsd bench roofline`'s terminal view: the CPU, the derived peak, the bandwidth, then one row per
+/// product shape (tsd's and PyTorch's GFLOP/s).
+pub fn roofline_table(rec: &Roofline) -> String {
+    let c = &rec.cpu;
+    let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("–".to_string(), f);
+    let loads = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let out = vec![
+        format!(
+            "CPU: {} ({}, family {} model {}), {} cores / {} threads, tsd pool {} threads, {}",
+            c.model_name,
+            c.vendor,
+            c.family.map_or("?".into(), |f| f.to_string()),
+            c.model.map_or("?".into(), |m| m.to_string()),
+            c.cores,
+            c.threads,
+            rec.pool_threads,
+            rec.hypervisor
+                .as_deref()
+                .map_or("no hypervisor".to_string(), |h| format!("hypervisor {h}")),
+        ),
+        format!("flags: {}", c.kernel_flags.join(" ")),
+        format!(
+            "frequency: {:.3} GHz nominal; current {}",
+            rec.peak.ghz,
+            opt(rec.current_ghz, &|g| format!("{g:.3} GHz")).replace('–', "not readable")
+        ),
+        format!("assumed: {} — {}", rec.peak.microarch.name, rec.peak.microarch.assumption),
+        format!("theoretical f32 FMA peak: {}", rec.peak.derivation),
+        format!(
+            "best measured f32 product rate (tsd, median): {:.1} GFLOP/s ({}), {:.0} % of the peak; fastest sample {:.1} GFLOP/s (needs ≥ {:.2} GHz)",
+            rec.best_measured_f32_gflops,
+            rec.best_measured_shape,
+            100.0 * rec.best_measured_over_peak,
+            rec.best_sample_f32_gflops,
+            rec.implied_min_ghz
+        ),
+        format!(
+            "memory bandwidth (STREAM-like, {} MiB, {} threads, best of {}): copy {:.1} GB/s, triad {:.1} GB/s",
+            rec.bandwidth.total_bytes >> 20,
+            rec.bandwidth.threads,
+            rec.bandwidth.runs,
+            rec.bandwidth.copy_bytes_per_s / 1e9,
+            rec.bandwidth.triad_bytes_per_s / 1e9
+        ),
+        match &rec.torch.skipped_because {
+            Some(why) => format!("PyTorch peer: skipped ({why})"),
+            None => format!(
+                "PyTorch peer: torch {} on {} threads{}",
+                rec.torch.torch_version.as_deref().unwrap_or("?"),
+                rec.torch.threads.unwrap_or(0),
+                rec.torch
+                    .cpu_capability
+                    .as_deref()
+                    .map_or(String::new(), |c| format!(", capability {c}"))
+            ),
+        },
+        format!(
+            "load average before {} / after {}; median of {} samples per shape",
+            loads(&rec.load_average_before),
+            loads(&rec.load_average_after),
+            rec.runs_per_shape
+        ),
+    ];
+    let width = crate::env::columns().map_or(100, usize::from).max(40);
+    let mut out: Vec<String> = out.iter().flat_map(|l| wrap(l, width)).collect();
+    let mut t = crate::render::table::table(&[
+        "product",
+        "m×k×n",
+        "tsd f32",
+        "torch f32",
+        "tsd/torch",
+        "torch bf16",
+    ]);
+    let pair = |a: Option<f64>, b: Option<f64>, d: usize| match (a, b) {
+        (Some(a), Some(b)) => format!("{a:.d$} / {b:.d$}"),
+        _ => "–".to_string(),
+    };
+    for p in &rec.products {
+        let s = &p.shape;
+        t.add_row(vec![
+            s.name.clone(),
+            format!(
+                "{}×{}×{}{}",
+                s.m,
+                s.k,
+                s.n,
+                if s.rhs_transposed { "ᵀ" } else { "" }
+            ),
+            pair(Some(p.tsd_gflops), Some(p.tsd_best_gflops), 0),
+            pair(p.torch_f32_gflops, p.torch_f32_best_gflops, 0),
+            pair(p.tsd_over_torch, p.tsd_over_torch_best, 2),
+            pair(p.torch_bf16_gflops, p.torch_bf16_best_gflops, 0),
+        ]);
+    }
+    crate::render::table::right_align(&mut t, 2);
+    out.push(t.to_string());
+    out.extend(wrap(
+        "GFLOP/s as median / fastest sample; ᵀ: the right operand is an [n, k] weight read \
+         transposed (a linear's forward)",
+        width,
+    ));
+    out.join("\n") + "\n"
+}
+
+/// `line` broken at spaces into lines of at most `width` characters (a longer word stays whole);
+/// continuation lines are indented by two spaces.
+fn wrap(line: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in line.split(' ') {
+        let cur = lines.last_mut().expect("one line");
+        let len = cur.chars().count();
+        if len > 2 && len + 1 + word.chars().count() > width {
+            lines.push(format!("  {word}"));
+        } else {
+            if !cur.is_empty() {
+                cur.push(' ');
+            }
+            cur.push_str(word);
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_breaks_at_spaces_within_the_width() {
+        let w = wrap("aaa bbb ccc ddd", 8);
+        assert_eq!(w, vec!["aaa bbb", "  ccc", "  ddd"]);
+        assert_eq!(wrap("short", 80), vec!["short"]);
+    }
+
+    #[test]
+    fn the_committed_roofline_record_renders() {
+        let rec: Roofline =
+            serde_json::from_str(include_str!("../../reproductions/bench/roofline.json")).unwrap();
+        let text = roofline_table(&rec);
+        assert!(text.contains(&rec.peak.derivation));
+        for p in &rec.products {
+            assert!(text.contains(&p.shape.name), "{}", p.shape.name);
+        }
+    }
 }

@@ -1,0 +1,877 @@
+//! `tsd bench roofline`: this machine's limits — the CPU's identity, its theoretical f32 FMA peak
+//! (a derivation from stated microarchitecture assumptions, not a measurement), the f32 matrix
+//! product rate tsd's kernel path reaches on the default model's training and decode shapes
+//! (candle's CPU matmul → the gemm crate, on tsd's one rayon pool), PyTorch's `torch.matmul` on
+//! the same shapes in the same invocation (`benches/torch_matmul.py`, f32 and, where the CPU has
+//! bf16 instructions, bf16), and a STREAM-like memory bandwidth on the same pool.
+
+use super::{loadavg, median};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// The peer script, compiled in so that the binary runs the committed file from any directory.
+pub const TORCH_SCRIPT: &str = include_str!("../../benches/torch_matmul.py");
+
+/// One matrix product `[m, k] · [k, n]`; `rhs_transposed`: the right operand is a `[n, k]`
+/// row-major weight read as its transpose (`x·Wᵀ`, a linear's forward), else a `[k, n]` row-major
+/// matrix (`g·W`, a frozen linear's input gradient).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProductShape {
+    pub name: String,
+    /// Where the training step or the decode runs this product.
+    pub used_in: String,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub rhs_transposed: bool,
+}
+
+impl ProductShape {
+    fn new(name: &str, used_in: &str, m: usize, k: usize, n: usize, rhs_transposed: bool) -> Self {
+        ProductShape {
+            name: name.into(),
+            used_in: used_in.into(),
+            m,
+            k,
+            n,
+            rhs_transposed,
+        }
+    }
+
+    /// Floating-point operations of the product, counted as 2·m·k·n (one multiply and one add per
+    /// multiply-add).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.k as f64 * self.n as f64
+    }
+}
+
+/// The products of the default model (SmolLM2-135M: hidden 576, FFN 1536, 9 query heads and 3
+/// KV heads of 64, vocabulary 49152 with a tied head) in a training step of `tokens` tokens
+/// (batch 4 × 128 = 512) and in the decode (4 beams × 16 examples = `decode_rows` rows; and 1 row).
+pub fn default_shapes(tokens: usize, decode_rows: usize) -> Vec<ProductShape> {
+    let (h, f, kv, v) = (576, 1536, 192, 49152);
+    let t = tokens;
+    let mut s = vec![
+        ProductShape::new("q,o fwd", "train forward", t, h, h, true),
+        ProductShape::new("k,v fwd", "train forward", t, h, kv, true),
+        ProductShape::new("gate,up fwd", "train forward", t, h, f, true),
+        ProductShape::new("down fwd", "train forward", t, f, h, true),
+        ProductShape::new("q,o bwd dx", "train backward", t, h, h, false),
+        ProductShape::new("k,v bwd dx", "train backward", t, kv, h, false),
+        ProductShape::new("gate,up bwd dx", "train backward", t, f, h, false),
+        ProductShape::new("down bwd dx", "train backward", t, h, f, false),
+        ProductShape::new("LoRA x·Aᵀ r=8", "train forward", t, h, 8, true),
+        ProductShape::new("LM head fwd", "train forward", t, h, v, true),
+        ProductShape::new("LM head bwd dx", "train backward", t, v, h, false),
+    ];
+    let d = decode_rows;
+    s.extend([
+        ProductShape::new("q,o decode", "decode", d, h, h, true),
+        ProductShape::new("gate,up decode", "decode", d, h, f, true),
+        ProductShape::new("down decode", "decode", d, f, h, true),
+        ProductShape::new("LM head decode", "decode", d, h, v, true),
+        ProductShape::new("gate,up 1 row", "decode (batch 1)", 1, h, f, true),
+        ProductShape::new("LM head 1 row", "decode (batch 1)", 1, h, v, true),
+    ]);
+    s
+}
+
+/// What `/proc/cpuinfo` says about the CPU (its first processor's block, the counts over all).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuInfo {
+    pub model_name: String,
+    pub vendor: String,
+    pub family: Option<u32>,
+    pub model: Option<u32>,
+    pub stepping: Option<u32>,
+    /// The flags that matter to f32/bf16 matrix kernels, those present (`avx2`, `fma`, `avx512f`,
+    /// `avx512_bf16`, `amx_*`, …).
+    pub kernel_flags: Vec<String>,
+    /// Logical processors listed.
+    pub threads: usize,
+    /// Distinct (physical id, core id) pairs (the logical count when those fields are missing).
+    pub cores: usize,
+    /// `cpu MHz` of the first processor (under KVM with `tsc_known_freq`: the TSC's nominal rate).
+    pub cpu_mhz: Option<f64>,
+    /// The `hypervisor` flag is set.
+    pub hypervisor_flag: bool,
+}
+
+/// The flags [`CpuInfo::kernel_flags`] keeps (and any `amx_*`).
+const KERNEL_FLAGS: &[&str] = &[
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512dq",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "hypervisor",
+];
+
+/// Parses `/proc/cpuinfo` text (x86 layout: `key\t: value` lines, blank-line separated blocks).
+pub fn parse_cpuinfo(text: &str) -> CpuInfo {
+    let mut info = CpuInfo::default();
+    let mut cores = std::collections::BTreeSet::new();
+    let mut first: Option<BTreeMap<String, String>> = None;
+    for block in text.split("\n\n").filter(|b| b.contains(':')) {
+        let kv: BTreeMap<String, String> = block
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        if !kv.contains_key("processor") {
+            continue;
+        }
+        info.threads += 1;
+        if let (Some(p), Some(c)) = (kv.get("physical id"), kv.get("core id")) {
+            cores.insert((p.clone(), c.clone()));
+        }
+        first.get_or_insert(kv);
+    }
+    info.cores = if cores.is_empty() {
+        info.threads
+    } else {
+        cores.len()
+    };
+    let Some(kv) = first else {
+        return info;
+    };
+    let get = |k: &str| kv.get(k).cloned().unwrap_or_default();
+    info.model_name = get("model name");
+    info.vendor = get("vendor_id");
+    info.family = get("cpu family").parse().ok();
+    info.model = get("model").parse().ok();
+    info.stepping = get("stepping").parse().ok();
+    info.cpu_mhz = get("cpu MHz").parse().ok();
+    let flags = get("flags");
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    info.hypervisor_flag = flags.contains(&"hypervisor");
+    info.kernel_flags = flags
+        .iter()
+        .filter(|f| KERNEL_FLAGS.contains(f) || f.starts_with("amx"))
+        .map(|f| f.to_string())
+        .collect();
+    info
+}
+
+impl CpuInfo {
+    pub fn has(&self, flag: &str) -> bool {
+        self.kernel_flags.iter().any(|f| f == flag)
+    }
+
+    /// bf16 matrix instructions: AVX-512 BF16 or AMX-BF16.
+    pub fn has_bf16(&self) -> bool {
+        self.has("avx512_bf16") || self.has("amx_bf16")
+    }
+}
+
+/// What the theoretical peak assumes about the cores' vector units.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MicroArch {
+    /// The microarchitecture assumed from vendor, family and model.
+    pub name: String,
+    /// f32 FMA instructions a core can issue per cycle (FMA pipes).
+    pub fma_units: u32,
+    /// Width of each FMA unit's datapath in bits (what one FMA processes per cycle).
+    pub datapath_bits: u32,
+    /// The assumption in words.
+    pub assumption: String,
+}
+
+impl MicroArch {
+    /// f32 lanes per FMA per cycle.
+    pub fn f32_lanes(&self) -> u32 {
+        self.datapath_bits / 32
+    }
+}
+
+/// The microarchitecture tsd assumes for the peak, from cpuinfo's vendor, family, model and flags.
+/// A table of a few known cases; anything else falls back on the widest vector flag with two
+/// FMA pipes, and says so.
+pub fn assume_microarch(cpu: &CpuInfo) -> MicroArch {
+    let (fam, model) = (cpu.family.unwrap_or(0), cpu.model.unwrap_or(0));
+    let amd = cpu.vendor == "AuthenticAMD";
+    let ma = |name: &str, units: u32, bits: u32, why: &str| MicroArch {
+        name: name.into(),
+        fma_units: units,
+        datapath_bits: bits,
+        assumption: why.into(),
+    };
+    if amd && fam == 26 && cpu.has("avx512f") {
+        if (0x20..0x30).contains(&model) {
+            return ma("AMD Zen 5 (mobile, family 26 model 0x20–0x2f)", 2, 256,
+                "Zen 5 mobile parts execute AVX-512 on 256-bit datapaths: 2 FMA pipes x 256 bits (8 f32 lanes) per cycle");
+        }
+        return ma("AMD Zen 5 (family 26)", 2, 512,
+            "Zen 5 server/desktop cores (EPYC 9005 'Turin', family 26 models 0x00–0x1f; Ryzen 9000) have full 512-bit FP datapaths: 2 of the 4 FP pipes do FMA, each on a 512-bit vector (16 f32 lanes) per cycle");
+    }
+    if amd && fam == 25 {
+        return if cpu.has("avx512f") {
+            ma("AMD Zen 4 (family 25 with AVX-512)", 2, 256,
+                "Zen 4 executes a 512-bit FMA as two 256-bit halves: 2 FMA pipes x 256 bits (8 f32 lanes) per cycle")
+        } else {
+            ma(
+                "AMD Zen 3 (family 25)",
+                2,
+                256,
+                "2 FMA pipes x 256 bits (8 f32 lanes) per cycle",
+            )
+        };
+    }
+    if amd && fam == 23 {
+        return ma(
+            "AMD Zen / Zen 2 (family 23)",
+            2,
+            if model >= 0x30 { 256 } else { 128 },
+            "Zen 2: 2 FMA pipes x 256 bits; Zen 1 (models below 0x30): 2 x 128 bits",
+        );
+    }
+    if cpu.vendor == "GenuineIntel" && cpu.has("avx512f") {
+        return ma("Intel with AVX-512", 2, 512,
+            "assumed 2 AVX-512 FMA units (Xeon Gold/Platinum, Sapphire Rapids and later; some Xeon Silver/Bronze have one, which halves the peak)");
+    }
+    let bits = if cpu.has("avx512f") {
+        512
+    } else if cpu.has("avx2") || cpu.has("avx") {
+        256
+    } else {
+        128
+    };
+    let units = if cpu.has("fma") || cpu.has("avx512f") {
+        2
+    } else {
+        1
+    };
+    ma("unknown", units, bits,
+        "no table entry for this CPU: assumed the widest vector flag's width with 2 FMA pipes (1 without FMA)")
+}
+
+/// The theoretical f32 FMA peak and its derivation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    pub cores: usize,
+    pub ghz: f64,
+    /// Where the frequency came from.
+    pub ghz_source: String,
+    pub microarch: MicroArch,
+    pub f32_lanes: u32,
+    /// cores × GHz × FMA units × lanes × 2, in FLOP/s.
+    pub f32_flops_per_s: f64,
+    /// The product written out.
+    pub derivation: String,
+}
+
+/// cores × GHz × FMA units × lanes × 2 (an FMA is two floating-point operations).
+pub fn peak(cores: usize, ghz: f64, ghz_source: &str, microarch: MicroArch) -> Peak {
+    let lanes = microarch.f32_lanes();
+    let flops = cores as f64 * ghz * 1e9 * microarch.fma_units as f64 * lanes as f64 * 2.0;
+    Peak {
+        cores,
+        ghz,
+        ghz_source: ghz_source.into(),
+        f32_lanes: lanes,
+        derivation: format!(
+            "{cores} cores x {ghz:.3} GHz x {} FMA units x {lanes} f32 lanes x 2 = {:.1} GFLOP/s",
+            microarch.fma_units,
+            flops / 1e9
+        ),
+        microarch,
+        f32_flops_per_s: flops,
+    }
+}
+
+/// The lowest clock (GHz) at which `flops_per_s` fits under `peak`'s assumptions (its cores, FMA
+/// units and lanes).
+pub fn implied_ghz(flops_per_s: f64, peak: &Peak) -> f64 {
+    flops_per_s
+        / (peak.cores as f64 * peak.microarch.fma_units as f64 * peak.f32_lanes as f64 * 2.0)
+        / 1e9
+}
+
+/// Bytes a STREAM kernel moves over arrays of `n` f64, counted as STREAM counts them (each array
+/// read or written once; no write-allocate traffic): copy 2 arrays, scale 2, add 3, triad 3.
+pub fn stream_bytes(kernel: &str, n: usize) -> u64 {
+    let arrays = match kernel {
+        "copy" | "scale" => 2,
+        "add" | "triad" => 3,
+        _ => 0,
+    };
+    arrays * 8 * n as u64
+}
+
+/// One product's timings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProductRate {
+    #[serde(flatten)]
+    pub shape: ProductShape,
+    pub flops: f64,
+    /// Products per timed sample (small products are repeated so a sample lasts ≥ 10 ms).
+    pub repeats_per_sample: usize,
+    /// Seconds per product, one per sample.
+    pub seconds: Vec<f64>,
+    pub median_seconds: f64,
+    /// flops / median seconds, in GFLOP/s.
+    pub tsd_gflops: f64,
+    /// flops / fastest sample's seconds: interference from other work only slows a sample, so on
+    /// a shared machine this is the steadier estimate of the kernel itself.
+    pub tsd_best_gflops: f64,
+    /// `torch.matmul` f32 (median), when the peer ran.
+    #[serde(default)]
+    pub torch_f32_gflops: Option<f64>,
+    /// `torch.matmul` f32 (fastest sample).
+    #[serde(default)]
+    pub torch_f32_best_gflops: Option<f64>,
+    /// tsd / torch f32 (medians).
+    #[serde(default)]
+    pub tsd_over_torch: Option<f64>,
+    /// tsd / torch f32 (fastest samples).
+    #[serde(default)]
+    pub tsd_over_torch_best: Option<f64>,
+    /// `torch.matmul` bf16 (median), when the peer ran on a CPU with bf16 instructions.
+    #[serde(default)]
+    pub torch_bf16_gflops: Option<f64>,
+    /// `torch.matmul` bf16 (fastest sample).
+    #[serde(default)]
+    pub torch_bf16_best_gflops: Option<f64>,
+}
+
+/// The STREAM-like bandwidth measurement.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Bandwidth {
+    /// f64 elements per array.
+    pub elements: usize,
+    /// Bytes of the three arrays together.
+    pub total_bytes: u64,
+    pub threads: usize,
+    pub runs: usize,
+    /// Best (highest) bytes/s of each kernel over the runs, STREAM's byte count.
+    pub copy_bytes_per_s: f64,
+    pub triad_bytes_per_s: f64,
+    pub copy_seconds: Vec<f64>,
+    pub triad_seconds: Vec<f64>,
+    pub how: String,
+}
+
+/// `tsd bench roofline`'s record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Roofline {
+    pub what: String,
+    pub cpu: CpuInfo,
+    /// `Hypervisor vendor` as lscpu reads it (CPUID leaf 0x40000000), or `hypervisor flag set`.
+    pub hypervisor: Option<String>,
+    /// tsd's rayon pool (the threads gemm splits a product over).
+    pub pool_threads: usize,
+    /// `/sys/devices/system/cpu/cpu0/cpufreq`'s current frequency in GHz, when readable.
+    pub current_ghz: Option<f64>,
+    /// The same directory's nominal (base, else maximum) frequency in GHz, when readable.
+    pub cpufreq_nominal_ghz: Option<f64>,
+    pub peak: Peak,
+    pub products: Vec<ProductRate>,
+    /// The best tsd f32 product rate over the shapes, GFLOP/s, and its shape's name.
+    pub best_measured_f32_gflops: f64,
+    pub best_measured_shape: String,
+    pub best_measured_over_peak: f64,
+    /// The fastest single sample's rate over all shapes, GFLOP/s.
+    #[serde(default)]
+    pub best_sample_f32_gflops: f64,
+    /// The clock (GHz) the cores must at least have run at for the fastest sample under the
+    /// peak's assumptions: best sample ÷ (cores × FMA units × lanes × 2). Above the nominal
+    /// frequency, the cores boosted (or the assumption is wrong).
+    #[serde(default)]
+    pub implied_min_ghz: f64,
+    /// The peer: what ran it, or why it did not.
+    pub torch: TorchPeer,
+    pub bandwidth: Bandwidth,
+    pub runs_per_shape: usize,
+    pub load_average_before: Vec<f64>,
+    pub load_average_after: Vec<f64>,
+    pub notes: Vec<String>,
+}
+
+/// The PyTorch peer's identity, or why it was skipped.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TorchPeer {
+    pub ran: bool,
+    pub python: Option<String>,
+    pub script: String,
+    pub torch_version: Option<String>,
+    pub threads: Option<usize>,
+    pub cpu_capability: Option<String>,
+    pub bf16: bool,
+    pub skipped_because: Option<String>,
+}
+
+/// `tsd bench roofline`'s settings.
+#[derive(Clone, Debug)]
+pub struct RooflineOptions {
+    pub runs: usize,
+    pub tokens: usize,
+    pub decode_rows: usize,
+    /// Total bytes of the three STREAM arrays.
+    pub stream_bytes: u64,
+    pub stream_runs: usize,
+    /// The Python that runs the peer; None skips it.
+    pub torch_python: Option<String>,
+}
+
+fn read_trim(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// A cpufreq file's kHz as GHz.
+fn khz(path: &str) -> Option<f64> {
+    read_trim(path)?.parse::<f64>().ok().map(|k| k / 1e6)
+}
+
+/// lscpu's `Hypervisor vendor`, if lscpu runs.
+fn hypervisor_vendor() -> Option<String> {
+    let out = std::process::Command::new("lscpu").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("Hypervisor vendor"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// Median seconds of `f`, each sample repeating it so the sample lasts ≥ 10 ms.
+fn time_samples(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(usize, Vec<f64>)> {
+    let t = Instant::now();
+    f()?; // warm-up (packing buffers, pages)
+    let once = t.elapsed().as_secs_f64().max(1e-7);
+    let reps = ((0.01 / once).ceil() as usize).clamp(1, 10_000);
+    let mut secs = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        for _ in 0..reps {
+            f()?;
+        }
+        secs.push(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    Ok((reps, secs))
+}
+
+/// Times each shape through candle's CPU matmul (gemm, tsd's rayon pool), as the frozen and
+/// adapted linears call it.
+fn time_tsd(shape: &ProductShape, runs: usize) -> Result<(usize, Vec<f64>)> {
+    use candle_core::{Device, Tensor};
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (shape.m, shape.k), &dev)?;
+    let w = if shape.rhs_transposed {
+        Tensor::randn(0f32, 1.0, (shape.n, shape.k), &dev)?
+    } else {
+        Tensor::randn(0f32, 1.0, (shape.k, shape.n), &dev)?
+    };
+    let rhs = if shape.rhs_transposed { w.t()? } else { w };
+    time_samples(runs, || {
+        let y = x.matmul(&rhs)?;
+        std::hint::black_box(&y);
+        Ok(())
+    })
+}
+
+/// STREAM copy and triad over three arrays of `bytes / 24` f64, split over the rayon pool.
+pub fn bench_bandwidth(bytes: u64, runs: usize) -> Bandwidth {
+    let n = (bytes / 24) as usize;
+    let threads = rayon::current_num_threads();
+    let chunk = n.div_ceil(threads * 4).max(1);
+    let mut a = vec![0f64; n];
+    let mut b = vec![0f64; n];
+    let mut c = vec![0f64; n];
+    // first touch on the pool, as the timed loops touch them
+    a.par_chunks_mut(chunk).for_each(|x| x.fill(1.0));
+    b.par_chunks_mut(chunk).for_each(|x| x.fill(2.0));
+    c.par_chunks_mut(chunk).for_each(|x| x.fill(0.0));
+    let s = 3.0f64;
+    let (mut copy, mut triad) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        c.par_chunks_mut(chunk)
+            .zip(a.par_chunks(chunk))
+            .for_each(|(c, a)| c.copy_from_slice(a));
+        copy.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        a.par_chunks_mut(chunk)
+            .zip(b.par_chunks(chunk).zip(c.par_chunks(chunk)))
+            .for_each(|(a, (b, c))| {
+                for ((a, b), c) in a.iter_mut().zip(b).zip(c) {
+                    *a = b + s * c;
+                }
+            });
+        triad.push(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box((&a, &c));
+    let best = |xs: &[f64]| xs.iter().cloned().fold(f64::INFINITY, f64::min);
+    Bandwidth {
+        elements: n,
+        total_bytes: 24 * n as u64,
+        threads,
+        runs,
+        copy_bytes_per_s: stream_bytes("copy", n) as f64 / best(&copy),
+        triad_bytes_per_s: stream_bytes("triad", n) as f64 / best(&triad),
+        copy_seconds: copy,
+        triad_seconds: triad,
+        how: "STREAM-style copy c = a and triad a = b + 3·c over three f64 arrays, each split in \
+              chunks over tsd's rayon pool; best run; bytes counted as STREAM does (copy 16, \
+              triad 24 bytes per element, no write-allocate traffic)"
+            .into(),
+    }
+}
+
+/// The peer's output: per shape name, f32 and bf16 medians in seconds; and its identity.
+#[derive(Deserialize)]
+struct TorchOut {
+    torch: String,
+    threads: usize,
+    cpu_capability: Option<String>,
+    results: Vec<TorchResult>,
+}
+
+#[derive(Deserialize)]
+struct TorchResult {
+    name: String,
+    f32_median_seconds: f64,
+    f32_best_seconds: f64,
+    bf16_median_seconds: Option<f64>,
+    bf16_best_seconds: Option<f64>,
+}
+
+/// Runs [`TORCH_SCRIPT`] with `python` on `shapes` (stdin carries the script; the shapes go as
+/// JSON in an argument).
+fn run_torch(
+    python: &str,
+    shapes: &[ProductShape],
+    threads: usize,
+    runs: usize,
+    bf16: bool,
+) -> Result<TorchOut> {
+    use std::io::Write;
+    let shapes_json = serde_json::to_string(shapes)
+        .map_err(|e| Error::Internal(format!("roofline shapes: {e}")))?;
+    let mut cmd = std::process::Command::new(python);
+    cmd.args(["-", "--threads", &threads.to_string()]).args([
+        "--runs",
+        &runs.to_string(),
+        "--shapes",
+        &shapes_json,
+    ]);
+    if bf16 {
+        cmd.arg("--bf16");
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io(std::path::Path::new(python), e))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(TORCH_SCRIPT.as_bytes())
+        .map_err(|e| Error::io(std::path::Path::new(python), e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io(std::path::Path::new(python), e))?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "benches/torch_matmul.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::Internal(format!("benches/torch_matmul.py output: {e}")))
+}
+
+/// Measures this machine's limits (see the module doc). `log` hears of each phase.
+pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Roofline> {
+    let load_before = loadavg();
+    let cpu = parse_cpuinfo(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
+    let pool = rayon::current_num_threads();
+    let freq_dir = "/sys/devices/system/cpu/cpu0/cpufreq";
+    let current_ghz = khz(&format!("{freq_dir}/scaling_cur_freq"));
+    let cpufreq_nominal_ghz = khz(&format!("{freq_dir}/base_frequency"))
+        .or_else(|| khz(&format!("{freq_dir}/cpuinfo_max_freq")));
+    let hypervisor = hypervisor_vendor().or_else(|| {
+        cpu.hypervisor_flag
+            .then(|| "unknown (hypervisor flag set)".to_string())
+    });
+    let (ghz, ghz_source) = match (cpufreq_nominal_ghz, cpu.cpu_mhz) {
+        (Some(g), _) => (
+            g,
+            "cpufreq base_frequency (else cpuinfo_max_freq)".to_string(),
+        ),
+        (None, Some(mhz)) => (
+            mhz / 1e3,
+            format!(
+                "/proc/cpuinfo `cpu MHz`{}: the nominal clock; the cores may run faster (boost), \
+                 which this peak does not include",
+                if hypervisor.is_some() {
+                    " (under a hypervisor: the TSC's nominal rate the guest is told, not the \
+                     current clock; no cpufreq is exposed)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (None, None) => (f64::NAN, "unknown".into()),
+    };
+    let peak = peak(cpu.cores, ghz, &ghz_source, assume_microarch(&cpu));
+
+    let shapes = default_shapes(o.tokens, o.decode_rows);
+    let mut products = Vec::new();
+    for s in &shapes {
+        log(&format!(
+            "roofline: tsd {} [{}x{}]·[{}x{}]…",
+            s.name, s.m, s.k, s.k, s.n
+        ));
+        let (reps, secs) = time_tsd(s, o.runs)?;
+        let med = median(&secs);
+        let best = secs.iter().cloned().fold(f64::INFINITY, f64::min);
+        products.push(ProductRate {
+            shape: s.clone(),
+            flops: s.flops(),
+            repeats_per_sample: reps,
+            median_seconds: med,
+            tsd_gflops: s.flops() / med / 1e9,
+            tsd_best_gflops: s.flops() / best / 1e9,
+            seconds: secs,
+            torch_f32_gflops: None,
+            torch_f32_best_gflops: None,
+            tsd_over_torch: None,
+            tsd_over_torch_best: None,
+            torch_bf16_gflops: None,
+            torch_bf16_best_gflops: None,
+        });
+    }
+
+    let bf16 = cpu.has_bf16();
+    let mut torch = TorchPeer {
+        script: "benches/torch_matmul.py (compiled into the binary, run with `python -`)".into(),
+        python: o.torch_python.clone(),
+        ..Default::default()
+    };
+    match &o.torch_python {
+        None => {
+            torch.skipped_because =
+                Some("no --torch-python and no $TSD_PYTHON: the PyTorch peer was not run".into())
+        }
+        Some(py) => {
+            log(&format!(
+                "roofline: torch.matmul on the same shapes ({py})…"
+            ));
+            let t = run_torch(py, &shapes, pool, o.runs, bf16)?;
+            for r in &t.results {
+                if let Some(p) = products.iter_mut().find(|p| p.shape.name == r.name) {
+                    let rate = |s: f64| p.flops / s / 1e9;
+                    let (g, gb) = (rate(r.f32_median_seconds), rate(r.f32_best_seconds));
+                    p.torch_f32_gflops = Some(g);
+                    p.torch_f32_best_gflops = Some(gb);
+                    p.tsd_over_torch = Some(p.tsd_gflops / g);
+                    p.tsd_over_torch_best = Some(p.tsd_best_gflops / gb);
+                    p.torch_bf16_gflops = r.bf16_median_seconds.map(rate);
+                    p.torch_bf16_best_gflops = r.bf16_best_seconds.map(rate);
+                }
+            }
+            torch.ran = true;
+            torch.torch_version = Some(t.torch);
+            torch.threads = Some(t.threads);
+            torch.cpu_capability = t.cpu_capability;
+            torch.bf16 = bf16;
+        }
+    }
+
+    log(&format!(
+        "roofline: STREAM copy/triad over {} MiB…",
+        o.stream_bytes >> 20
+    ));
+    let bandwidth = bench_bandwidth(o.stream_bytes, o.stream_runs);
+    let best = products
+        .iter()
+        .max_by(|a, b| a.tsd_gflops.total_cmp(&b.tsd_gflops))
+        .expect("shapes");
+    let best_sample = products
+        .iter()
+        .map(|p| p.tsd_best_gflops)
+        .fold(0.0, f64::max);
+    let mut notes = vec![
+        "the theoretical peak is a derivation from the stated microarchitecture assumption and \
+         frequency, not a measurement"
+            .to_string(),
+        "tsd's products: candle's CPU matmul (f32) → the gemm crate (AVX-512 kernels, feature \
+         x86-v4) on tsd's one rayon pool, the path of the frozen and adapted linears; each sample \
+         is a median over repeats lasting ≥ 10 ms, after one warm-up product"
+            .to_string(),
+        "tsd has no bf16 CPU kernel path: bf16 rates are PyTorch's alone".to_string(),
+        "no system BLAS is installed (Debian's OpenBLAS is not; none was added): the peer is \
+         PyTorch's own bundled kernels (oneDNN / MKL as its wheel ships them)"
+            .to_string(),
+        "PyTorch's products run on an OpenMP pool that splits each product statically over its \
+         threads and waits for all of them; while other processes hold a core, a product waits \
+         for the descheduled thread, where rayon's work stealing (tsd) lets the running thread \
+         take over: on a loaded machine the medians favour tsd, compare the fastest samples too"
+            .to_string(),
+        "attention's QKᵀ and P·V products (per head [128, 64]·[64, 128], gemm called directly, \
+         one thread per head) are not among the shapes"
+            .to_string(),
+    ];
+    if cpu.hypervisor_flag {
+        notes.push(
+            "a virtual machine: other guests share the host's cores, memory bandwidth and L3; \
+             the load average counts this guest only"
+                .into(),
+        );
+    }
+    Ok(Roofline {
+        what: "this machine's limits: CPU identity, theoretical f32 FMA peak (derived), \
+               measured f32 matrix-product rates of tsd's kernel path and PyTorch's on the \
+               default model's training and decode shapes, STREAM-like memory bandwidth"
+            .into(),
+        best_measured_f32_gflops: best.tsd_gflops,
+        best_measured_shape: best.shape.name.clone(),
+        best_measured_over_peak: best.tsd_gflops * 1e9 / peak.f32_flops_per_s,
+        best_sample_f32_gflops: best_sample,
+        implied_min_ghz: implied_ghz(best_sample * 1e9, &peak),
+        cpu,
+        hypervisor,
+        pool_threads: pool,
+        current_ghz,
+        cpufreq_nominal_ghz,
+        peak,
+        products,
+        torch,
+        bandwidth,
+        runs_per_shape: o.runs,
+        load_average_before: load_before,
+        load_average_after: loadavg(),
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two processors of this project's build host (flags shortened), as /proc/cpuinfo lists them.
+    const SAMPLE: &str = "processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+stepping\t: 1
+cpu MHz\t\t: 2596.122
+physical id\t: 0
+siblings\t: 2
+core id\t\t: 0
+cpu cores\t: 2
+flags\t\t: fpu sse sse2 pni ssse3 fma sse4_1 sse4_2 avx f16c hypervisor avx2 avx512f avx512dq avx512bw avx512vl avx_vnni avx512_bf16 avx512_vnni
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+stepping\t: 1
+cpu MHz\t\t: 2596.122
+physical id\t: 0
+siblings\t: 2
+core id\t\t: 1
+cpu cores\t: 2
+flags\t\t: fpu sse sse2 pni ssse3 fma sse4_1 sse4_2 avx f16c hypervisor avx2 avx512f avx512dq avx512bw avx512vl avx_vnni avx512_bf16 avx512_vnni
+";
+
+    #[test]
+    fn cpuinfo_sample_parses() {
+        let c = parse_cpuinfo(SAMPLE);
+        assert_eq!(c.model_name, "AMD EPYC");
+        assert_eq!(c.vendor, "AuthenticAMD");
+        assert_eq!(
+            (c.family, c.model, c.stepping),
+            (Some(26), Some(2), Some(1))
+        );
+        assert_eq!((c.threads, c.cores), (2, 2));
+        assert_eq!(c.cpu_mhz, Some(2596.122));
+        assert!(c.hypervisor_flag);
+        assert!(c.has("avx512f") && c.has("fma") && c.has_bf16());
+        assert!(!c.has("sse2"), "only kernel-relevant flags are kept");
+        assert!(!c.kernel_flags.iter().any(|f| f.starts_with("amx")));
+        // hyperthreads: two logical processors on one core count one core
+        let ht = SAMPLE.replace("core id\t\t: 1", "core id\t\t: 0");
+        assert_eq!(parse_cpuinfo(&ht).cores, 1);
+        assert_eq!(parse_cpuinfo("").threads, 0);
+    }
+
+    #[test]
+    fn zen5_peak_from_given_numbers() {
+        let c = parse_cpuinfo(SAMPLE);
+        let m = assume_microarch(&c);
+        assert_eq!((m.fma_units, m.datapath_bits, m.f32_lanes()), (2, 512, 16));
+        let p = peak(2, 2.5, "given", m);
+        // 2 cores × 2.5 GHz × 2 FMA × 16 lanes × 2 = 320 GFLOP/s
+        assert!((p.f32_flops_per_s - 320e9).abs() < 1.0);
+        assert!(p.derivation.contains("= 320.0 GFLOP/s"), "{}", p.derivation);
+        // 384 GFLOP/s on those 2 cores needs at least 384 / (2·2·16·2) = 3 GHz
+        assert!((implied_ghz(384e9, &p) - 3.0).abs() < 1e-12);
+        // Zen 4: 512-bit FMAs on 256-bit halves
+        let zen4 = CpuInfo {
+            family: Some(25),
+            model: Some(0x11),
+            ..c.clone()
+        };
+        let p4 = peak(4, 3.0, "given", assume_microarch(&zen4));
+        assert!((p4.f32_flops_per_s - 4.0 * 3e9 * 2.0 * 8.0 * 2.0).abs() < 1.0);
+        // unknown CPU with AVX2 + FMA
+        let other = CpuInfo {
+            vendor: "Other".into(),
+            kernel_flags: vec!["avx2".into(), "fma".into()],
+            ..Default::default()
+        };
+        let m = assume_microarch(&other);
+        assert_eq!(
+            (m.name.as_str(), m.fma_units, m.datapath_bits),
+            ("unknown", 2, 256)
+        );
+    }
+
+    #[test]
+    fn product_flops_and_default_shapes() {
+        let s = default_shapes(512, 64);
+        let up = s.iter().find(|s| s.name == "gate,up fwd").unwrap();
+        assert_eq!((up.m, up.k, up.n), (512, 576, 1536));
+        assert_eq!(up.flops(), 2.0 * 512.0 * 576.0 * 1536.0);
+        let head = s.iter().find(|s| s.name == "LM head fwd").unwrap();
+        assert_eq!(head.flops(), 2.0 * 512.0 * 576.0 * 49152.0);
+        // the backward input gradient of down: [512, 576]·[576, 1536]
+        let d = s.iter().find(|s| s.name == "down bwd dx").unwrap();
+        assert_eq!((d.m, d.k, d.n, d.rhs_transposed), (512, 576, 1536, false));
+        assert!(s.iter().any(|s| s.m == 1) && s.iter().any(|s| s.m == 64));
+        let names: std::collections::BTreeSet<_> = s.iter().map(|s| &s.name).collect();
+        assert_eq!(
+            names.len(),
+            s.len(),
+            "names are unique (the peer's results join on them)"
+        );
+    }
+
+    #[test]
+    fn stream_counts_bytes_as_stream_does() {
+        assert_eq!(stream_bytes("copy", 1000), 16_000);
+        assert_eq!(stream_bytes("scale", 1000), 16_000);
+        assert_eq!(stream_bytes("add", 1000), 24_000);
+        assert_eq!(stream_bytes("triad", 1000), 24_000);
+        let b = bench_bandwidth(24 * 4096, 2);
+        assert_eq!((b.elements, b.total_bytes), (4096, 24 * 4096));
+        assert_eq!(b.triad_seconds.len(), 2);
+    }
+}
