@@ -173,6 +173,13 @@ pub struct TrainComparison {
     pub dash_step_overhead_vs_lora: f64,
     /// The same ratio per round (each round runs both methods back to back).
     pub dash_step_overhead_per_round: Vec<f64>,
+    /// Median of the per-round overheads and its distribution-free 95 % interval
+    /// ([`crate::stats::median_interval`]: `[lo, hi, coverage]`; none below 6 rounds). Rounds pair
+    /// the methods back to back, so drift in the machine's speed cancels within a round.
+    #[serde(default)]
+    pub dash_step_overhead_per_round_median: Option<f64>,
+    #[serde(default)]
+    pub dash_step_overhead_per_round_ci95: Option<(f64, f64, f64)>,
     /// Best Dash step over best LoRA step, minus one.
     pub dash_best_step_overhead_vs_lora: f64,
     pub pytorch_peft: Option<serde_json::Value>,
@@ -234,13 +241,15 @@ impl TrainComparison {
             }
         };
         let (lora, lora_dash) = (summary("lora"), summary("lora-dash"));
-        let per_round = runs
+        let per_round: Vec<f64> = runs
             .chunks(2)
             .filter_map(|pair| {
                 let of = |m: &str| pair.iter().find(|r| r.method == m);
                 Some(of("lora-dash")?.median_step_seconds / of("lora")?.median_step_seconds - 1.0)
             })
             .collect();
+        let per_round_median = (!per_round.is_empty()).then(|| median(&per_round));
+        let per_round_ci = crate::stats::median_interval(&per_round, 0.95);
         let torch_f = |k: &str| torch.as_ref().and_then(|t| t[k].as_f64());
         let torch_best = torch.as_ref().and_then(|t| {
             t["step_seconds"]
@@ -269,6 +278,8 @@ impl TrainComparison {
             dash_step_overhead_vs_lora: lora_dash.median_step_seconds / lora.median_step_seconds
                 - 1.0,
             dash_step_overhead_per_round: per_round,
+            dash_step_overhead_per_round_median: per_round_median,
+            dash_step_overhead_per_round_ci95: per_round_ci,
             dash_best_step_overhead_vs_lora: lora_dash.best_step_seconds / lora.best_step_seconds
                 - 1.0,
             tsd_lora_tokens_per_s_over_pytorch_peft: torch_f("tokens_per_s")
