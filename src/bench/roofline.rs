@@ -594,20 +594,10 @@ fn run_torch(
         .map_err(|e| Error::Internal(format!("benches/torch_matmul.py output: {e}")))
 }
 
-/// Measures this machine's limits (see the module doc). `log` hears of each phase.
-pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Roofline> {
-    let load_before = loadavg();
-    let cpu = parse_cpuinfo(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
-    let pool = rayon::current_num_threads();
-    let freq_dir = "/sys/devices/system/cpu/cpu0/cpufreq";
-    let current_ghz = khz(&format!("{freq_dir}/scaling_cur_freq"));
-    let cpufreq_nominal_ghz = khz(&format!("{freq_dir}/base_frequency"))
-        .or_else(|| khz(&format!("{freq_dir}/cpuinfo_max_freq")));
-    let hypervisor = hypervisor_vendor().or_else(|| {
-        cpu.hypervisor_flag
-            .then(|| "unknown (hypervisor flag set)".to_string())
-    });
-    let (ghz, ghz_source) = match (cpufreq_nominal_ghz, cpu.cpu_mhz) {
+/// The clock the peak is derived from and where it was read: cpufreq's nominal frequency, else
+/// `/proc/cpuinfo`'s `cpu MHz` (under a hypervisor the TSC's nominal rate).
+fn nominal_clock(cpu: &CpuInfo, cpufreq: Option<f64>, hypervisor: bool) -> (f64, String) {
+    match (cpufreq, cpu.cpu_mhz) {
         (Some(g), _) => (
             g,
             "cpufreq base_frequency (else cpuinfo_max_freq)".to_string(),
@@ -617,7 +607,7 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
             format!(
                 "/proc/cpuinfo `cpu MHz`{}: the nominal clock; the cores may run faster (boost), \
                  which this peak does not include",
-                if hypervisor.is_some() {
+                if hypervisor {
                     " (under a hypervisor: the TSC's nominal rate the guest is told, not the \
                      current clock; no cpufreq is exposed)"
                 } else {
@@ -626,17 +616,18 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
             ),
         ),
         (None, None) => (f64::NAN, "unknown".into()),
-    };
-    let peak = peak(cpu.cores, ghz, &ghz_source, assume_microarch(&cpu));
+    }
+}
 
-    let shapes = default_shapes(o.tokens, o.decode_rows);
+/// tsd's rate on every shape (median of `runs` samples), the PyTorch columns still empty.
+fn measure_tsd(shapes: &[ProductShape], runs: usize, log: &dyn Fn(&str)) -> Result<Vec<ProductRate>> {
     let mut products = Vec::new();
-    for s in &shapes {
+    for s in shapes {
         log(&format!(
             "roofline: tsd {} [{}x{}]·[{}x{}]…",
             s.name, s.m, s.k, s.k, s.n
         ));
-        let (reps, secs) = time_tsd(s, o.runs)?;
+        let (reps, secs) = time_tsd(s, runs)?;
         let med = median(&secs);
         let best = secs.iter().cloned().fold(f64::INFINITY, f64::min);
         products.push(ProductRate {
@@ -655,56 +646,54 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
             torch_bf16_best_gflops: None,
         });
     }
+    Ok(products)
+}
 
-    let bf16 = cpu.has_bf16();
+/// Runs the PyTorch peer (when a Python is given) and fills its columns of `products`.
+fn measure_torch(
+    o: &RooflineOptions,
+    shapes: &[ProductShape],
+    products: &mut [ProductRate],
+    pool: usize,
+    bf16: bool,
+    log: &dyn Fn(&str),
+) -> Result<TorchPeer> {
     let mut torch = TorchPeer {
         script: "benches/torch_matmul.py (compiled into the binary, run with `python -`)".into(),
         python: o.torch_python.clone(),
         ..Default::default()
     };
-    match &o.torch_python {
-        None => {
-            torch.skipped_because =
-                Some("no --torch-python and no $TSD_PYTHON: the PyTorch peer was not run".into())
-        }
-        Some(py) => {
-            log(&format!(
-                "roofline: torch.matmul on the same shapes ({py})…"
-            ));
-            let t = run_torch(py, &shapes, pool, o.runs, bf16)?;
-            for r in &t.results {
-                if let Some(p) = products.iter_mut().find(|p| p.shape.name == r.name) {
-                    let rate = |s: f64| p.flops / s / 1e9;
-                    let (g, gb) = (rate(r.f32_median_seconds), rate(r.f32_best_seconds));
-                    p.torch_f32_gflops = Some(g);
-                    p.torch_f32_best_gflops = Some(gb);
-                    p.tsd_over_torch = Some(p.tsd_gflops / g);
-                    p.tsd_over_torch_best = Some(p.tsd_best_gflops / gb);
-                    p.torch_bf16_gflops = r.bf16_median_seconds.map(rate);
-                    p.torch_bf16_best_gflops = r.bf16_best_seconds.map(rate);
-                }
-            }
-            torch.ran = true;
-            torch.torch_version = Some(t.torch);
-            torch.threads = Some(t.threads);
-            torch.cpu_capability = t.cpu_capability;
-            torch.bf16 = bf16;
+    let Some(py) = &o.torch_python else {
+        torch.skipped_because =
+            Some("no --torch-python and no $TSD_PYTHON: the PyTorch peer was not run".into());
+        return Ok(torch);
+    };
+    log(&format!(
+        "roofline: torch.matmul on the same shapes ({py})…"
+    ));
+    let t = run_torch(py, shapes, pool, o.runs, bf16)?;
+    for r in &t.results {
+        if let Some(p) = products.iter_mut().find(|p| p.shape.name == r.name) {
+            let rate = |s: f64| p.flops / s / 1e9;
+            let (g, gb) = (rate(r.f32_median_seconds), rate(r.f32_best_seconds));
+            p.torch_f32_gflops = Some(g);
+            p.torch_f32_best_gflops = Some(gb);
+            p.tsd_over_torch = Some(p.tsd_gflops / g);
+            p.tsd_over_torch_best = Some(p.tsd_best_gflops / gb);
+            p.torch_bf16_gflops = r.bf16_median_seconds.map(rate);
+            p.torch_bf16_best_gflops = r.bf16_best_seconds.map(rate);
         }
     }
+    torch.ran = true;
+    torch.torch_version = Some(t.torch);
+    torch.threads = Some(t.threads);
+    torch.cpu_capability = t.cpu_capability;
+    torch.bf16 = bf16;
+    Ok(torch)
+}
 
-    log(&format!(
-        "roofline: STREAM copy/triad over {} MiB…",
-        o.stream_bytes >> 20
-    ));
-    let bandwidth = bench_bandwidth(o.stream_bytes, o.stream_runs);
-    let best = products
-        .iter()
-        .max_by(|a, b| a.tsd_gflops.total_cmp(&b.tsd_gflops))
-        .expect("shapes");
-    let best_sample = products
-        .iter()
-        .map(|p| p.tsd_best_gflops)
-        .fold(0.0, f64::max);
+/// What the record says about how it was measured.
+fn roofline_notes(hypervisor: bool) -> Vec<String> {
     let mut notes = vec![
         "the theoretical peak is a derivation from the stated microarchitecture assumption and \
          frequency, not a measurement"
@@ -726,13 +715,47 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
          one thread per head) are not among the shapes"
             .to_string(),
     ];
-    if cpu.hypervisor_flag {
+    if hypervisor {
         notes.push(
             "a virtual machine: other guests share the host's cores, memory bandwidth and L3; \
              the load average counts this guest only"
                 .into(),
         );
     }
+    notes
+}
+
+/// Measures this machine's limits (see the module doc). `log` hears of each phase.
+pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Roofline> {
+    let load_before = loadavg();
+    let cpu = parse_cpuinfo(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
+    let pool = rayon::current_num_threads();
+    let freq_dir = "/sys/devices/system/cpu/cpu0/cpufreq";
+    let current_ghz = khz(&format!("{freq_dir}/scaling_cur_freq"));
+    let cpufreq_nominal_ghz = khz(&format!("{freq_dir}/base_frequency"))
+        .or_else(|| khz(&format!("{freq_dir}/cpuinfo_max_freq")));
+    let hypervisor = hypervisor_vendor().or_else(|| {
+        cpu.hypervisor_flag
+            .then(|| "unknown (hypervisor flag set)".to_string())
+    });
+    let (ghz, ghz_source) = nominal_clock(&cpu, cpufreq_nominal_ghz, hypervisor.is_some());
+    let peak = peak(cpu.cores, ghz, &ghz_source, assume_microarch(&cpu));
+    let shapes = default_shapes(o.tokens, o.decode_rows);
+    let mut products = measure_tsd(&shapes, o.runs, log)?;
+    let torch = measure_torch(o, &shapes, &mut products, pool, cpu.has_bf16(), log)?;
+    log(&format!(
+        "roofline: STREAM copy/triad over {} MiB…",
+        o.stream_bytes >> 20
+    ));
+    let bandwidth = bench_bandwidth(o.stream_bytes, o.stream_runs);
+    let best = products
+        .iter()
+        .max_by(|a, b| a.tsd_gflops.total_cmp(&b.tsd_gflops))
+        .expect("shapes");
+    let best_sample = products
+        .iter()
+        .map(|p| p.tsd_best_gflops)
+        .fold(0.0, f64::max);
     Ok(Roofline {
         what: "this machine's limits: CPU identity, theoretical f32 FMA peak (derived), \
                measured f32 matrix-product rates of tsd's kernel path and PyTorch's on the \
@@ -743,6 +766,7 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
         best_measured_over_peak: best.tsd_gflops * 1e9 / peak.f32_flops_per_s,
         best_sample_f32_gflops: best_sample,
         implied_min_ghz: implied_ghz(best_sample * 1e9, &peak),
+        notes: roofline_notes(cpu.hypervisor_flag),
         cpu,
         hypervisor,
         pool_threads: pool,
@@ -755,7 +779,6 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
         runs_per_shape: o.runs,
         load_average_before: load_before,
         load_average_after: loadavg(),
-        notes,
     })
 }
 

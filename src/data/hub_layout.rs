@@ -402,20 +402,7 @@ fn string_list(v: &serde_json::Value) -> Option<Vec<String>> {
 pub fn layout(dir: &Path) -> Result<Vec<ConfigFiles>> {
     let files = listing(dir)?;
     let readme = dir.join("README.md");
-    let configs = if readme.is_file() {
-        let text = std::fs::read_to_string(&readme).map_err(|e| Error::io(&readme, e))?;
-        match front_matter(&text) {
-            Some(yaml) => {
-                let meta: serde_json::Value = serde_yaml_ng::from_str(yaml)
-                    .map_err(|e| config_err(&readme, format!("invalid YAML front matter: {e}")))?;
-                meta.get("configs").cloned().filter(|c| !c.is_null())
-            }
-            None => None,
-        }
-    } else {
-        None
-    };
-    let Some(configs) = configs else {
+    let Some(configs) = readme_configs(&readme)? else {
         let splits = default_patterns(&files)?
             .into_iter()
             .map(|(s, p)| Ok((s, files_of(dir, &files, "", &p)?)))
@@ -442,49 +429,7 @@ pub fn layout(dir: &Path) -> Result<Vec<ConfigFiles>> {
         };
         let data_dir = c.get("data_dir").and_then(|v| v.as_str()).unwrap_or("");
         let data_dir = data_dir.trim_matches('/');
-        let bad_files = || {
-            config_err(
-                &readme,
-                format!(
-                    "config `{name}`: `data_files` must be a pattern, a list of patterns or a \
-                     list of {{split, path}}"
-                ),
-            )
-        };
-        let patterns: Vec<(String, Vec<String>)> = match c.get("data_files") {
-            None | Some(serde_json::Value::Null) => {
-                let sub: Vec<String> = if data_dir.is_empty() {
-                    files.clone()
-                } else {
-                    files
-                        .iter()
-                        .filter_map(|f| f.strip_prefix(&format!("{data_dir}/")))
-                        .map(str::to_string)
-                        .collect()
-                };
-                default_patterns(&sub)?
-            }
-            Some(serde_json::Value::Array(l)) if l.iter().any(|x| x.is_object()) => {
-                let mut splits: Vec<(String, Vec<String>)> = Vec::new();
-                for x in l {
-                    let (Some(split), Some(path)) = (
-                        x.get("split").and_then(|s| s.as_str()),
-                        x.get("path").and_then(string_list),
-                    ) else {
-                        return Err(bad_files());
-                    };
-                    if splits.iter().any(|(s, _)| s == split) {
-                        return Err(config_err(
-                            &readme,
-                            format!("config `{name}`: split `{split}` is listed twice"),
-                        ));
-                    }
-                    splits.push((split.to_string(), path));
-                }
-                splits
-            }
-            Some(v) => vec![("train".into(), string_list(v).ok_or_else(bad_files)?)],
-        };
+        let patterns = config_patterns(&readme, name, c, data_dir, &files)?;
         let splits = patterns
             .into_iter()
             .map(|(s, p)| Ok((s, files_of(dir, &files, data_dir, &p)?)))
@@ -508,6 +453,75 @@ pub fn layout(dir: &Path) -> Result<Vec<ConfigFiles>> {
         });
     }
     Ok(out)
+}
+
+/// The `configs:` value of a README's YAML front matter (None without README, front matter or
+/// `configs`).
+fn readme_configs(readme: &Path) -> Result<Option<serde_json::Value>> {
+    if !readme.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(readme).map_err(|e| Error::io(readme, e))?;
+    let Some(yaml) = front_matter(&text) else {
+        return Ok(None);
+    };
+    let meta: serde_json::Value = serde_yaml_ng::from_str(yaml)
+        .map_err(|e| config_err(readme, format!("invalid YAML front matter: {e}")))?;
+    Ok(meta.get("configs").cloned().filter(|c| !c.is_null()))
+}
+
+/// A config's `(split, patterns)`: its `data_files` (a pattern, a list, or `{split, path}`
+/// entries), else `datasets`' default patterns over its `data_dir`.
+fn config_patterns(
+    readme: &Path,
+    name: &str,
+    c: &serde_json::Value,
+    data_dir: &str,
+    files: &[String],
+) -> Result<Vec<(String, Vec<String>)>> {
+    let bad_files = || {
+        config_err(
+            readme,
+            format!(
+                "config `{name}`: `data_files` must be a pattern, a list of patterns or a \
+                 list of {{split, path}}"
+            ),
+        )
+    };
+    match c.get("data_files") {
+        None | Some(serde_json::Value::Null) => {
+            let sub: Vec<String> = if data_dir.is_empty() {
+                files.to_vec()
+            } else {
+                files
+                    .iter()
+                    .filter_map(|f| f.strip_prefix(&format!("{data_dir}/")))
+                    .map(str::to_string)
+                    .collect()
+            };
+            default_patterns(&sub)
+        }
+        Some(serde_json::Value::Array(l)) if l.iter().any(|x| x.is_object()) => {
+            let mut splits: Vec<(String, Vec<String>)> = Vec::new();
+            for x in l {
+                let (Some(split), Some(path)) = (
+                    x.get("split").and_then(|s| s.as_str()),
+                    x.get("path").and_then(string_list),
+                ) else {
+                    return Err(bad_files());
+                };
+                if splits.iter().any(|(s, _)| s == split) {
+                    return Err(config_err(
+                        readme,
+                        format!("config `{name}`: split `{split}` is listed twice"),
+                    ));
+                }
+                splits.push((split.to_string(), path));
+            }
+            Ok(splits)
+        }
+        Some(v) => Ok(vec![("train".into(), string_list(v).ok_or_else(bad_files)?)]),
+    }
 }
 
 /// The files of one (config, split) of a dataset directory: `config` `None` means the default

@@ -117,6 +117,22 @@ pub fn train_summary(rec: &TrainComparison, torch_path: &std::path::Path) -> Vec
 /// `tsd bench roofline`'s terminal view: the CPU, the derived peak, the bandwidth, then one row per
 /// product shape (tsd's and PyTorch's GFLOP/s).
 pub fn roofline_table(rec: &Roofline) -> String {
+    let width = crate::env::columns().map_or(100, usize::from).max(40);
+    let mut out: Vec<String> = roofline_header(rec)
+        .iter()
+        .flat_map(|l| wrap(l, width))
+        .collect();
+    out.push(roofline_products(rec));
+    out.extend(wrap(
+        "GFLOP/s as median / fastest sample; ᵀ: the right operand is an [n, k] weight read \
+         transposed (a linear's forward)",
+        width,
+    ));
+    out.join("\n") + "\n"
+}
+
+/// The roofline's lines above its table: CPU, clock, peak, best rate, bandwidth, peer, load.
+fn roofline_header(rec: &Roofline) -> Vec<String> {
     let c = &rec.cpu;
     let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("–".to_string(), f);
     let loads = |v: &[f64]| {
@@ -125,7 +141,7 @@ pub fn roofline_table(rec: &Roofline) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let out = vec![
+    vec![
         format!(
             "CPU: {} ({}, family {} model {}), {} cores / {} threads, tsd pool {} threads, {}",
             c.model_name,
@@ -181,9 +197,11 @@ pub fn roofline_table(rec: &Roofline) -> String {
             loads(&rec.load_average_after),
             rec.runs_per_shape
         ),
-    ];
-    let width = crate::env::columns().map_or(100, usize::from).max(40);
-    let mut out: Vec<String> = out.iter().flat_map(|l| wrap(l, width)).collect();
+    ]
+}
+
+/// The product table: tsd's and PyTorch's rates per shape.
+fn roofline_products(rec: &Roofline) -> String {
     let mut t = crate::render::table::table(&[
         "product",
         "m×k×n",
@@ -214,13 +232,7 @@ pub fn roofline_table(rec: &Roofline) -> String {
         ]);
     }
     crate::render::table::right_align(&mut t, 2);
-    out.push(t.to_string());
-    out.extend(wrap(
-        "GFLOP/s as median / fastest sample; ᵀ: the right operand is an [n, k] weight read \
-         transposed (a linear's forward)",
-        width,
-    ));
-    out.join("\n") + "\n"
+    t.to_string()
 }
 
 /// `line` broken at spaces into lines of at most `width` characters (a longer word stays whole);
