@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--loglik-per-task", type=int, default=48, help="loglik: first N test examples per task")
     ap.add_argument("--batch-sizes", default="1,4,8,16")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hf-batch", type=int, default=16,
+                    help="also time transformers generate on batches of this size (left-padded), 0 to skip")
     ap.add_argument("--tsd", type=Path, default=ROOT / "target/release/tsd")
     ap.add_argument("--out", type=Path, default=ROOT / "reproductions/bench/eval_generate.json")
     ap.add_argument("--loglik-out", type=Path, default=ROOT / "reproductions/bench/eval_loglik.json")
@@ -112,6 +114,23 @@ def main() -> None:
             response = text.split("### Response:")[1].strip()
             hf[(t, i)] = (response, extract_answer(t, response))
 
+    # transformers at the same batch size as tsd's batched search (left-padded, as batched
+    # generation needs); its answers may differ from batch 1 by padding, so only its speed counts.
+    hf_batched = None
+    if a.hf_batch > 0:
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        prompts = [generate_prompt(ex["instruction"], ex.get("input", "")) for exs in examples.values() for ex in exs]
+        cfg = GenerationConfig(num_beams=4, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        start = time.perf_counter()
+        for k in range(0, len(prompts), a.hf_batch):
+            inputs = tokenizer(prompts[k:k + a.hf_batch], return_tensors="pt", padding=True)
+            with torch.no_grad():
+                model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                               generation_config=cfg, max_new_tokens=32)
+        hf_batched = {"batch_size": a.hf_batch, "seconds_per_example": (time.perf_counter() - start) / n}
+
     common = ["--data", str(a.data), "--tasks", a.tasks]
     # Loading time, the least of two runs (the machine is shared: one run can be slow).
     startup = min(run_tsd(a.tsd, [*common, "--limit", "0"])[0] for _ in range(2))
@@ -130,6 +149,8 @@ def main() -> None:
         per = (wall - startup) / n
         runs.append({"batch_size": b, "wall_s": wall, "seconds_per_example": per,
                      "speedup_vs_transformers": (sum(hf_seconds) / n) / per,
+                     "speedup_vs_transformers_same_batch": (hf_batched["seconds_per_example"] / per
+                                                            if hf_batched and hf_batched["batch_size"] == b else None),
                      "identical_predictions": same_pred, "identical_responses": same_text})
     rec = {
         "what": "commonsense generate: transformers generate (batch 1, num_beams=4, max_new_tokens=32, "
@@ -138,6 +159,9 @@ def main() -> None:
         "torch": torch.__version__, "transformers": transformers.__version__,
         "transformers_seconds_per_example": sum(hf_seconds) / n,
         "transformers_seconds": hf_seconds,
+        "transformers_batched": hf_batched,
+        "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
+        "load_average": os.getloadavg(),
         "tsd_startup_s": startup,
         "tsd": runs,
     }
