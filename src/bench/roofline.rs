@@ -620,7 +620,11 @@ fn nominal_clock(cpu: &CpuInfo, cpufreq: Option<f64>, hypervisor: bool) -> (f64,
 }
 
 /// tsd's rate on every shape (median of `runs` samples), the PyTorch columns still empty.
-fn measure_tsd(shapes: &[ProductShape], runs: usize, log: &dyn Fn(&str)) -> Result<Vec<ProductRate>> {
+fn measure_tsd(
+    shapes: &[ProductShape],
+    runs: usize,
+    log: &dyn Fn(&str),
+) -> Result<Vec<ProductRate>> {
     let mut products = Vec::new();
     for s in shapes {
         log(&format!(

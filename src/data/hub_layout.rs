@@ -520,7 +520,10 @@ fn config_patterns(
             }
             Ok(splits)
         }
-        Some(v) => Ok(vec![("train".into(), string_list(v).ok_or_else(bad_files)?)]),
+        Some(v) => Ok(vec![(
+            "train".into(),
+            string_list(v).ok_or_else(bad_files)?,
+        )]),
     }
 }
 
