@@ -87,12 +87,50 @@ pub fn matmul_2d(x: &Tensor, m: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let k = *dims.last().unwrap_or(&0);
     let lead: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-    let y = x.reshape((lead, k))?.matmul(m)?;
+    let x2 = x.reshape((lead, k))?;
+    let y = if split_columns(&x2, m) {
+        matmul_column_split(&x2, m)?
+    } else {
+        x2.matmul(m)?
+    };
     let mut out = dims.to_vec();
     if let Some(last) = out.last_mut() {
         *last = m.dim(1)?;
     }
     y.reshape(out)
+}
+
+/// Rows at most this many (a decode step: beams × batch) with at least [`SPLIT_MIN_COLUMNS`]
+/// output columns run as one product per thread over column blocks: on such short products the
+/// `gemm` crate keeps to one thread (`tsd bench roofline`: 64-row q/o and down products at about
+/// half PyTorch's rate on 2 cores).
+const SPLIT_MAX_ROWS: usize = 256;
+const SPLIT_MIN_COLUMNS: usize = 256;
+
+fn split_columns(x: &Tensor, m: &Tensor) -> bool {
+    let threads = rayon::current_num_threads();
+    threads > 1
+        && x.device().is_cpu()
+        && x.dim(0).is_ok_and(|r| r <= SPLIT_MAX_ROWS)
+        && m.dim(1)
+            .is_ok_and(|n| n >= SPLIT_MIN_COLUMNS * threads.min(2))
+}
+
+/// `x·m` as one product per thread over contiguous column blocks of `m`, joined. Each output
+/// element is the same dot product over `k` as in one product, only on another thread.
+fn matmul_column_split(x: &Tensor, m: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let n = m.dim(1)?;
+    let parts = rayon::current_num_threads()
+        .min(n / SPLIT_MIN_COLUMNS)
+        .max(1);
+    let step = n.div_ceil(parts);
+    let blocks: Vec<(usize, usize)> = (0..n).step_by(step).map(|s| (s, step.min(n - s))).collect();
+    let outs = blocks
+        .par_iter()
+        .map(|&(s, len)| x.matmul(&m.narrow(1, s, len)?))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&outs, 1)
 }
 
 impl Module for FrozenLinear {
@@ -115,6 +153,29 @@ impl Module for FrozenLinear {
 
 #[cfg(test)]
 mod tests {
+
+    /// The decode-sized product split over column blocks gives the one product's bits exactly
+    /// (each element is the same dot product over k), whatever the pool's size.
+    #[test]
+    fn column_split_product_is_bit_identical() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (64, 576), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (1536, 576), &dev)?;
+        let m = w.t()?;
+        assert!(rayon::current_num_threads() < 2 || split_columns(&x, &m));
+        let split: Vec<f32> = matmul_column_split(&x, &m)?.flatten_all()?.to_vec1()?;
+        let one: Vec<f32> = x.matmul(&m)?.flatten_all()?.to_vec1()?;
+        assert!(split
+            .iter()
+            .zip(&one)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(matmul_2d(&x, &m)?.dims(), &[64, 1536]);
+        // Training-sized products stay one product.
+        let big = Tensor::randn(0f32, 1.0, (512, 576), &dev)?;
+        assert!(!split_columns(&big, &m));
+        Ok(())
+    }
+
     use super::*;
     use candle_core::{Device, Var};
 
