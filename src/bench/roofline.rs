@@ -664,7 +664,7 @@ fn measure_torch(
 ) -> Result<TorchPeer> {
     let mut torch = TorchPeer {
         script: "benches/torch_matmul.py (compiled into the binary, run with `python -`)".into(),
-        python: o.torch_python.clone(),
+        python: o.torch_python.as_deref().map(crate::fsutil::portable),
         ..Default::default()
     };
     let Some(py) = &o.torch_python else {

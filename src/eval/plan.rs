@@ -82,7 +82,9 @@ pub fn evaluate(plan: &EvalPlan, progress: &dyn EvalProgress) -> Result<EvalReco
     let path = resolve_path(&plan.model)?;
     let model = load_model(plan, &path, progress)?;
     let tok = prompt_tokenizer(&path, plan.chat_template)?;
-    let chat_template = tok.chat_template().map(|t| t.origin().to_string());
+    let chat_template = tok
+        .chat_template()
+        .map(|t| crate::fsutil::portable(t.origin()));
     let eos = crate::model::tokenizer::load_tokenizer_info(&path)?.eos;
     let settings = EvalSettings {
         beams: plan.beams,

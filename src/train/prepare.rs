@@ -5,7 +5,7 @@
 
 use super::data::Tokenized;
 use super::sft::{check_loss_on, default_loss_on, SftExample, SftTokenizer};
-use crate::data::{DataManifest, Record, Schema};
+use crate::data::{DataManifest, Schema};
 use crate::error::{Error, Result};
 use crate::model::chat_template::{ChatTemplate, SpecialTokens};
 use crate::model::tokenizer::{load_tokenizer, load_tokenizer_info, Tokenizer, TokenizerInfo};
@@ -98,12 +98,11 @@ pub struct Prepared {
     pub examples: Vec<SftExample>,
     /// `(file index into manifest.files, row in that file)` of each example (0-based).
     pub origins: Vec<(usize, usize)>,
-    pub records: Vec<Record>,
     pub data: DataRecord,
 }
 
 impl Prepared {
-    /// The examples that train (TRL drops those left with no label), with their indices.
+    /// The examples that train, in data order (TRL drops those left with no label).
     pub fn kept(&self) -> Vec<Tokenized> {
         self.examples
             .iter()
@@ -168,13 +167,16 @@ pub fn prepare(plan: &DataPlan, mt: &ModelTokenizer) -> Result<Prepared> {
         max_length,
         dropped_examples: dropped,
         chat_template: conversational
-            .then(|| mt.template.as_ref().map(|t| t.origin().to_string()))
+            .then(|| {
+                mt.template
+                    .as_ref()
+                    .map(|t| crate::fsutil::portable(t.origin()))
+            })
             .flatten(),
     };
     Ok(Prepared {
         examples,
         origins,
-        records: dataset.records,
         data,
     })
 }

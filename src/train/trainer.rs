@@ -338,21 +338,23 @@ fn check_same_data(
     let (Some(saved), Some(now)) = (saved, now) else {
         return Ok(());
     };
-    let digests = |d: &crate::run::record::DataRecord| -> Vec<(String, String)> {
+    let shas = |d: &crate::run::record::DataRecord| -> Vec<String> {
+        d.manifest.files.iter().map(|f| f.sha256.clone()).collect()
+    };
+    if shas(saved) == shas(now) {
+        return Ok(());
+    }
+    let files = |d: &crate::run::record::DataRecord| -> Vec<(String, String)> {
         d.manifest
             .files
             .iter()
             .map(|f| (f.path.clone(), f.sha256.clone()))
             .collect()
     };
-    let shas = |d: &[(String, String)]| d.iter().map(|x| x.1.clone()).collect::<Vec<_>>();
-    if shas(&digests(saved)) == shas(&digests(now)) {
-        return Ok(());
-    }
     Err(Error::InvalidArgument(format!(
         "cannot resume {}: its training data changed since it started (record.json names {:?}, now {:?}); resume needs the same files",
         run_dir.display(),
-        digests(saved),
-        digests(now)
+        files(saved),
+        files(now)
     )))
 }
