@@ -179,8 +179,10 @@ fn train_step(
 ) -> Result<Tensor> {
     let ctx = ForwardCtx::train(0.05, step as u64);
     let h = model.final_hidden(&model.embed(ids)?, 0, &ctx)?;
-    let logits = model.logits(&h.reshape((targets.len(), model.config.hidden_size))?)?;
-    let loss = crate::nn::loss::cross_entropy(&logits, targets)?;
+    let loss = model.head_loss(
+        &h.reshape((targets.len(), model.config.hidden_size))?,
+        targets,
+    )?;
     let grads = loss.backward()?;
     opt.step(&grads, 1e-4, 1.0)?;
     Ok(loss)

@@ -497,6 +497,16 @@ impl Llama {
         Ok(self.lm_head.forward(h)?)
     }
 
+    /// Mean cross-entropy of the LM head on `h: [N, H]` against `targets` (N token ids), without
+    /// holding the whole `[N, V]` logits on the CPU ([`crate::nn::loss::head_cross_entropy`]).
+    pub fn head_loss(&self, h: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        Ok(crate::nn::loss::head_cross_entropy(
+            h,
+            &self.lm_head,
+            targets,
+        )?)
+    }
+
     /// Hidden states after layers `from..to` (`h: [B, T, H]` → `[B, T, H]`).
     pub fn hidden_range(
         &self,

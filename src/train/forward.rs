@@ -146,8 +146,7 @@ impl Trainer {
         let sel = h
             .reshape((b * t, hd))?
             .index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
-        let logits = self.model.logits(&sel)?;
-        Ok((crate::nn::loss::cross_entropy(&logits, &targets)?, n))
+        Ok((self.model.head_loss(&sel, &targets)?, n))
     }
 
     /// Validation loss over the held-out examples.
