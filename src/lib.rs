@@ -16,6 +16,7 @@ pub mod env;
 pub mod error;
 pub mod faults;
 pub mod fsutil;
+pub mod kernels;
 pub mod linalg;
 pub mod names;
 pub mod provision;

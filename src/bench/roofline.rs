@@ -371,6 +371,10 @@ pub struct Roofline {
     pub hypervisor: Option<String>,
     /// tsd's rayon pool (the threads gemm splits a product over).
     pub pool_threads: usize,
+    /// The matrix-kernel path gemm took for the products (absent in records written before tsd
+    /// recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_path: Option<crate::kernels::KernelPath>,
     /// `/sys/devices/system/cpu/cpu0/cpufreq`'s current frequency in GHz, when readable.
     pub current_ghz: Option<f64>,
     /// The same directory's nominal (base, else maximum) frequency in GHz, when readable.
@@ -774,6 +778,7 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
         cpu,
         hypervisor,
         pool_threads: pool,
+        kernel_path: Some(crate::kernels::current()),
         current_ghz,
         cpufreq_nominal_ghz,
         peak,

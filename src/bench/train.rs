@@ -167,6 +167,8 @@ pub struct MethodSummary {
 pub struct TrainComparison {
     pub what: &'static str,
     pub cpu: String,
+    /// The matrix-kernel path gemm takes on this host (the timed runs ran here too).
+    pub kernel_path: crate::kernels::KernelPath,
     pub lora: MethodSummary,
     pub lora_dash: MethodSummary,
     /// Pooled median Dash step over pooled median LoRA step, minus one.
@@ -275,6 +277,7 @@ impl TrainComparison {
             lora_fraction_of_theoretical_peak: frac(|r| r.theoretical_peak_flops_per_s),
             roofline,
             cpu: cpu_name(),
+            kernel_path: crate::kernels::current(),
             dash_step_overhead_vs_lora: lora_dash.median_step_seconds / lora.median_step_seconds
                 - 1.0,
             dash_step_overhead_per_round: per_round,

@@ -57,7 +57,7 @@ pub fn eval_batch_lines(rec: &EvalBatchBench) -> Vec<String> {
 pub fn train_summary(rec: &TrainComparison, torch_path: &std::path::Path) -> Vec<String> {
     let gb = |b: u64| b as f64 / 1e9;
     let mut lines = vec![format!(
-        "LoRA {:.0} tokens/s ({:.2} GB peak), LoRA-Dash {:.0} tokens/s ({:+.1}% per step, best steps {:+.1}%; rounds {})",
+        "LoRA {:.0} tokens/s ({:.2} GB peak), LoRA-Dash {:.0} tokens/s ({:+.1}% per step, best steps {:+.1}%; rounds {}; kernel path {})",
         rec.lora.tokens_per_s,
         gb(rec.lora.peak_rss_bytes),
         rec.lora_dash.tokens_per_s,
@@ -67,7 +67,8 @@ pub fn train_summary(rec: &TrainComparison, torch_path: &std::path::Path) -> Vec
             .iter()
             .map(|x| format!("{:+.1}%", 100.0 * x))
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" "),
+        rec.kernel_path.name
     )];
     if let (Some(m), Some((lo, hi, cov))) = (
         rec.dash_step_overhead_per_round_median,
@@ -155,7 +156,13 @@ fn roofline_header(rec: &Roofline) -> Vec<String> {
                 .as_deref()
                 .map_or("no hypervisor".to_string(), |h| format!("hypervisor {h}")),
         ),
-        format!("flags: {}", c.kernel_flags.join(" ")),
+        format!(
+            "flags: {}; gemm kernel path {}",
+            c.kernel_flags.join(" "),
+            rec.kernel_path
+                .as_ref()
+                .map_or("not recorded".to_string(), |k| k.name.clone())
+        ),
         format!(
             "frequency: {:.3} GHz nominal; current {}",
             rec.peak.ghz,

@@ -77,6 +77,10 @@ pub struct RunRecord {
     pub val_examples: usize,
     pub device: String,
     pub threads: usize,
+    /// The matrix-kernel path of the process that wrote the record (absent in records written
+    /// before tsd recorded it): results are bit-identical only on one path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_path: Option<crate::kernels::KernelPath>,
     pub steps: Vec<StepLog>,
     pub val: Vec<EvalLog>,
     pub dash_switch: Option<SwitchLog>,
@@ -123,6 +127,7 @@ impl RunRecord {
             train_examples: s.train_examples,
             val_examples: s.val_examples,
             threads: rayon::current_num_threads(),
+            kernel_path: Some(crate::kernels::current()),
             steps: Vec::new(),
             val: Vec::new(),
             dash_switch: None,

@@ -117,6 +117,11 @@ impl Trainer {
         let mut t = Self::build(config, run_dir)?;
         if let Ok(saved) = layout::read_record(run_dir) {
             check_same_data(saved.data.as_ref(), t.record.data.as_ref(), run_dir)?;
+            if let Some(w) =
+                kernel_path_warning(saved.kernel_path.as_ref(), &crate::kernels::current())
+            {
+                eprintln!("tsd: {w}");
+            }
         }
         if let Some(step) = latest_checkpoint(run_dir)? {
             t.restore(step)?;
@@ -328,6 +333,21 @@ impl Trainer {
     }
 }
 
+/// A warning when a run resumes on another matrix-kernel path than the one its record names
+/// (none for a record written before tsd recorded the path).
+pub fn kernel_path_warning(
+    saved: Option<&crate::kernels::KernelPath>,
+    now: &crate::kernels::KernelPath,
+) -> Option<String> {
+    let saved = saved?;
+    (saved.name != now.name).then(|| {
+        format!(
+            "warning: this run's record names kernel path {}, this process runs {}: the resumed steps may differ in the last bits (bit-identical resume holds on one kernel path)",
+            saved.name, now.name
+        )
+    })
+}
+
 /// Refuses to resume on data whose files changed since the run started (a record written before
 /// tsd recorded its data is not checked).
 fn check_same_data(
@@ -357,4 +377,23 @@ fn check_same_data(
         files(saved),
         files(now)
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::kernels::KernelPath;
+
+    #[test]
+    fn resume_warns_only_across_kernel_paths() {
+        let path = |name: &str| KernelPath {
+            name: name.into(),
+            features: Vec::new(),
+        };
+        let w = super::kernel_path_warning;
+        assert!(w(None, &path("avx512f")).is_none());
+        assert!(w(Some(&path("avx512f")), &path("avx512f")).is_none());
+        let msg = w(Some(&path("avx512f")), &path("avx2+fma")).unwrap();
+        assert!(msg.contains("avx512f") && msg.contains("avx2+fma"), "{msg}");
+        assert!(!msg.contains('\n'));
+    }
 }
