@@ -840,7 +840,7 @@ fn measure_torch(
 }
 
 /// What the record says about how it was measured.
-fn roofline_notes(hypervisor: bool, blas: &SystemBlasPeers) -> Vec<String> {
+fn roofline_notes(hypervisor: bool, avx512: bool, blas: &SystemBlasPeers) -> Vec<String> {
     let mut notes = vec![
         "the theoretical peak is a derivation from the stated microarchitecture assumption and \
          frequency, not a measurement"
@@ -850,7 +850,7 @@ fn roofline_notes(hypervisor: bool, blas: &SystemBlasPeers) -> Vec<String> {
          is a median over repeats lasting ≥ 10 ms, after one warm-up product"
             .to_string(),
         "tsd has no bf16 CPU kernel path: bf16 rates are PyTorch's alone".to_string(),
-        system_blas_note(blas),
+        system_blas_note(blas, avx512),
         "PyTorch's products run on an OpenMP pool that splits each product statically over its \
          threads and waits for all of them; while other processes hold a core, a product waits \
          for the descheduled thread, where rayon's work stealing (tsd) lets the running thread \
@@ -871,19 +871,24 @@ fn roofline_notes(hypervisor: bool, blas: &SystemBlasPeers) -> Vec<String> {
 }
 
 /// The note on the system BLAS: what was measured, or why nothing was.
-fn system_blas_note(blas: &SystemBlasPeers) -> String {
+fn system_blas_note(blas: &SystemBlasPeers, avx512: bool) -> String {
     let found: Vec<String> = blas
         .libraries
         .iter()
         .map(|l| {
             format!(
-                "{} ({}{}, kernels {}, {} threads while measured, {})",
+                "{} ({}{}, kernels {}{}, {} threads while measured, {})",
                 l.name,
                 l.resolved.as_deref().unwrap_or(&l.file),
                 l.version
                     .as_deref()
                     .map_or(String::new(), |v| format!(", {v}")),
                 l.kernels.as_deref().unwrap_or("?"),
+                l.kernels_forced_by
+                    .as_deref()
+                    .map_or(" as picked from CPUID".to_string(), |e| format!(
+                        " forced by {e}"
+                    )),
                 l.threads,
                 l.threading.as_deref().unwrap_or("threading unknown")
             )
@@ -896,11 +901,37 @@ fn system_blas_note(blas: &SystemBlasPeers) -> String {
             .to_string()
     } else {
         format!(
-            "system BLAS measured on every shape through cblas_sgemm: {}; PyTorch uses its own \
+            "system BLAS measured on every shape through cblas_sgemm: {}; each library picks its \
+             kernels from CPUID when opened, and a release older than the CPU may not know it and \
+             fall back on older kernels (`kernels` names those picked); PyTorch uses its own \
              bundled kernels (oneDNN / MKL as its wheel ships them)",
             found.join("; ")
         )
     };
+    let picked = |name: &str, k: &str| {
+        blas.libraries.iter().any(|l| {
+            l.name == name && l.kernels.as_deref() == Some(k) && l.kernels_forced_by.is_none()
+        })
+    };
+    if avx512 && picked("OpenBLAS", "Haswell") {
+        note += "; OpenBLAS took this AVX-512 CPU for Haswell (AVX2 kernels): \
+                 OPENBLAS_CORETYPE=SkylakeX in the environment selects its AVX-512 kernels";
+    }
+    for l in blas.libraries.iter().filter(|l| !l.environment.is_empty()) {
+        note += &format!(
+            "; {} ran with {} set in the environment{}",
+            l.name,
+            l.environment.join(" "),
+            if l.kernels_forced_by.is_some() {
+                ", which overrides the kernels it would pick itself: unset it to measure those"
+            } else {
+                ""
+            }
+        );
+    }
+    if picked("BLIS", "generic") {
+        note += "; BLIS did not recognise this CPU: `generic` is its unoptimised reference kernel";
+    }
     if !missing.is_empty() {
         note += &format!(
             "; not found: {} (Debian: apt-get install libopenblas0-pthread libblis4)",
@@ -956,7 +987,7 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
         best_measured_over_peak: best.tsd_gflops * 1e9 / peak.f32_flops_per_s,
         best_sample_f32_gflops: best_sample,
         implied_min_ghz: implied_ghz(best_sample * 1e9, &peak),
-        notes: roofline_notes(cpu.hypervisor_flag, &system_blas),
+        notes: roofline_notes(cpu.hypervisor_flag, cpu.has("avx512f"), &system_blas),
         cpu,
         hypervisor,
         pool_threads: pool,

@@ -24,6 +24,23 @@ pub enum BlasKind {
 
 impl BlasKind {
     /// The name results are recorded under.
+    /// The environment variable that overrides the kernels the library picks from CPUID, read
+    /// when it is opened.
+    pub fn kernels_env(self) -> &'static str {
+        match self {
+            BlasKind::OpenBlas => "OPENBLAS_CORETYPE",
+            BlasKind::Blis => "BLIS_ARCH_TYPE",
+        }
+    }
+
+    /// The prefix of the environment variables the library reads.
+    pub fn env_prefix(self) -> &'static str {
+        match self {
+            BlasKind::OpenBlas => "OPENBLAS_",
+            BlasKind::Blis => "BLIS_",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             BlasKind::OpenBlas => "OpenBLAS",
@@ -68,6 +85,14 @@ pub struct BlasInfo {
     pub threads: usize,
     /// How the library runs its threads (`pthreads`, `OpenMP`), when it says.
     pub threading: Option<String>,
+    /// The environment variable that overrides the library's kernel choice, when it was set as
+    /// the library was opened (`OPENBLAS_CORETYPE=SkylakeX`, `BLIS_ARCH_TYPE=…`).
+    #[serde(default)]
+    pub kernels_forced_by: Option<String>,
+    /// Every `OPENBLAS_*` (OpenBLAS) or `BLIS_*` (BLIS) variable set in the environment as `NAME=value`:
+    /// they can override the library's kernels, cache blocking and threads.
+    #[serde(default)]
+    pub environment: Vec<String>,
 }
 
 /// `cblas_sgemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)`, with
@@ -290,6 +315,13 @@ impl SystemBlas {
             kernels: self.kernels.clone(),
             threads: self.threads(),
             threading: self.threading.clone(),
+            kernels_forced_by: std::env::var(self.kind.kernels_env())
+                .ok()
+                .map(|v| format!("{}={v}", self.kind.kernels_env())),
+            environment: std::env::vars()
+                .filter(|(k, _)| k.starts_with(self.kind.env_prefix()))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
         }
     }
 

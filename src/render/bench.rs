@@ -209,11 +209,14 @@ fn system_blas_line(rec: &Roofline) -> String {
         .iter()
         .map(|l| {
             format!(
-                "{} {} ({}, kernels {}, {} threads{})",
+                "{} {} ({}, kernels {}{}, {} threads{})",
                 l.name,
                 l.version.as_deref().unwrap_or("?"),
                 l.resolved.as_deref().unwrap_or(&l.file),
                 l.kernels.as_deref().unwrap_or("?"),
+                l.kernels_forced_by
+                    .as_deref()
+                    .map_or(String::new(), |e| format!(" by {e}")),
                 l.threads,
                 l.threading
                     .as_deref()
@@ -352,6 +355,8 @@ mod tests {
                 kernels: Some("Haswell".into()),
                 threads: 2,
                 threading: Some("pthreads".into()),
+                kernels_forced_by: None,
+                environment: vec![],
             });
         rec.system_blas
             .not_found
