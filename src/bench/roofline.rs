@@ -3,7 +3,9 @@
 //! product rate tsd's kernel path reaches on the default model's training and decode shapes
 //! (candle's CPU matmul → the gemm crate, on tsd's one rayon pool), PyTorch's `torch.matmul` on
 //! the same shapes in the same invocation (`benches/torch_matmul.py`, f32 and, where the CPU has
-//! bf16 instructions, bf16), and a STREAM-like memory bandwidth on the same pool.
+//! bf16 instructions, bf16), the system BLAS found at run time on the same shapes (Debian's
+//! OpenBLAS and BLIS through `cblas_sgemm`, [`super::system_blas`]), and a STREAM-like memory
+//! bandwidth on the same pool.
 
 use super::{loadavg, median};
 use crate::error::{Error, Result};
@@ -343,6 +345,46 @@ pub struct ProductRate {
     /// `torch.matmul` bf16 (fastest sample).
     #[serde(default)]
     pub torch_bf16_best_gflops: Option<f64>,
+    /// Each system BLAS found ([`Roofline::system_blas`]) on the same product: its name → rates.
+    #[serde(default)]
+    pub blas: BTreeMap<String, BlasRate>,
+    /// The fastest f32 path on this product by median (tsd, torch f32, each system BLAS).
+    #[serde(default)]
+    pub fastest_f32: Option<Fastest>,
+}
+
+/// One system BLAS's `cblas_sgemm` on one product, timed as tsd's product is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlasRate {
+    pub repeats_per_sample: usize,
+    /// Seconds per product, one per sample.
+    pub seconds: Vec<f64>,
+    /// flops / median seconds, in GFLOP/s.
+    pub gflops: f64,
+    /// flops / fastest sample's seconds, in GFLOP/s.
+    pub best_gflops: f64,
+    /// tsd / this library (medians): below 1, the library is faster on this product.
+    pub tsd_over: f64,
+    /// tsd / this library (fastest samples).
+    pub tsd_over_best: f64,
+}
+
+/// The fastest path on a product and its median rate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fastest {
+    /// `tsd`, `torch`, or a system BLAS's name.
+    pub name: String,
+    pub gflops: f64,
+}
+
+/// The system BLAS libraries the roofline opened, or why each was not.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SystemBlasPeers {
+    /// Those opened and measured, in the order measured.
+    pub libraries: Vec<super::system_blas::BlasInfo>,
+    /// Per library not opened: its name and, per file tried, why not.
+    pub not_found: BTreeMap<String, String>,
+    pub how: String,
 }
 
 /// The STREAM-like bandwidth measurement.
@@ -395,6 +437,9 @@ pub struct Roofline {
     pub implied_min_ghz: f64,
     /// The peer: what ran it, or why it did not.
     pub torch: TorchPeer,
+    /// The system BLAS peers (records from before they were measured have none).
+    #[serde(default)]
+    pub system_blas: SystemBlasPeers,
     pub bandwidth: Bandwidth,
     pub runs_per_shape: usize,
     pub load_average_before: Vec<f64>,
@@ -483,6 +528,102 @@ fn time_tsd(shape: &ProductShape, runs: usize) -> Result<(usize, Vec<f64>)> {
         std::hint::black_box(&y);
         Ok(())
     })
+}
+
+/// Times `blas`'s `cblas_sgemm` on `shape`, row-major with tsd's transposition (the right operand
+/// `[n, k]` read transposed when `rhs_transposed`, else `[k, n]`), as [`time_tsd`] times tsd's.
+fn time_blas(
+    blas: &super::system_blas::SystemBlas,
+    shape: &ProductShape,
+    runs: usize,
+) -> Result<(usize, Vec<f64>)> {
+    use candle_core::{Device, Tensor};
+    let (m, k, n) = (shape.m, shape.k, shape.n);
+    let a = Tensor::randn(0f32, 1.0, m * k, &Device::Cpu)?.to_vec1::<f32>()?;
+    let b = Tensor::randn(0f32, 1.0, k * n, &Device::Cpu)?.to_vec1::<f32>()?;
+    let mut c = vec![0f32; m * n];
+    time_samples(runs, || {
+        blas.sgemm((m, k, n), &a, &b, shape.rhs_transposed, &mut c);
+        std::hint::black_box(&c);
+        Ok(())
+    })
+}
+
+/// Measures every system BLAS that opens on every shape, after tsd and before PyTorch, one
+/// library at a time: each library gets tsd's pool size in threads while it runs, and nothing
+/// else computes meanwhile (rayon's workers are parked), so no two pools compete for the cores.
+fn measure_blas(
+    shapes: &[ProductShape],
+    products: &mut [ProductRate],
+    pool: usize,
+    runs: usize,
+    log: &dyn Fn(&str),
+) -> Result<SystemBlasPeers> {
+    use super::system_blas::{open, KINDS};
+    let mut peers = SystemBlasPeers {
+        how: format!(
+            "opened at run time (libloading, no link-time dependency), `cblas_sgemm` row-major \
+             f32 with tsd's transposition, the library's own threads set to tsd's pool size \
+             ({pool}) while measured and to 1 after; timed as tsd's products are (warm-up, \
+             samples of repeats lasting ≥ 10 ms, median and fastest)"
+        ),
+        ..Default::default()
+    };
+    for kind in KINDS {
+        let blas = match open(kind) {
+            Ok(b) => b,
+            Err(why) => {
+                log(&format!("roofline: no {}: {why}", kind.name()));
+                peers.not_found.insert(kind.name().to_string(), why);
+                continue;
+            }
+        };
+        blas.set_threads(pool);
+        let info = blas.info();
+        log(&format!(
+            "roofline: {} ({}, {} threads)…",
+            info.name,
+            info.resolved.as_deref().unwrap_or(&info.file),
+            info.threads
+        ));
+        for (s, p) in shapes.iter().zip(products.iter_mut()) {
+            let (reps, secs) = time_blas(blas, s, runs)?;
+            let med = median(&secs);
+            let best = secs.iter().cloned().fold(f64::INFINITY, f64::min);
+            let (g, gb) = (s.flops() / med / 1e9, s.flops() / best / 1e9);
+            p.blas.insert(
+                info.name.clone(),
+                BlasRate {
+                    repeats_per_sample: reps,
+                    seconds: secs,
+                    gflops: g,
+                    best_gflops: gb,
+                    tsd_over: p.tsd_gflops / g,
+                    tsd_over_best: p.tsd_best_gflops / gb,
+                },
+            );
+        }
+        // Back to one thread: nothing else in tsd calls the library, but should anything later
+        // do so it must not start a second pool beside rayon's. The pause lets the library's
+        // workers, which spin a while after a call (OpenBLAS's pthreads, BLIS's OpenMP team),
+        // go to sleep before the next measurement.
+        blas.set_threads(1);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        peers.libraries.push(info);
+    }
+    Ok(peers)
+}
+
+/// The fastest f32 path on `p` by median rate.
+fn fastest_f32(p: &ProductRate) -> Fastest {
+    let mut all = vec![("tsd".to_string(), p.tsd_gflops)];
+    all.extend(p.torch_f32_gflops.map(|g| ("torch".to_string(), g)));
+    all.extend(p.blas.iter().map(|(n, r)| (n.clone(), r.gflops)));
+    let (name, gflops) = all
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("tsd's rate");
+    Fastest { name, gflops }
 }
 
 /// STREAM copy and triad over three arrays of `bytes / 24` f64, split over the rayon pool.
@@ -652,6 +793,8 @@ fn measure_tsd(
             tsd_over_torch_best: None,
             torch_bf16_gflops: None,
             torch_bf16_best_gflops: None,
+            blas: BTreeMap::new(),
+            fastest_f32: None,
         });
     }
     Ok(products)
@@ -701,7 +844,7 @@ fn measure_torch(
 }
 
 /// What the record says about how it was measured.
-fn roofline_notes(hypervisor: bool) -> Vec<String> {
+fn roofline_notes(hypervisor: bool, avx512: bool, blas: &SystemBlasPeers) -> Vec<String> {
     let mut notes = vec![
         "the theoretical peak is a derivation from the stated microarchitecture assumption and \
          frequency, not a measurement"
@@ -711,9 +854,7 @@ fn roofline_notes(hypervisor: bool) -> Vec<String> {
          is a median over repeats lasting ≥ 10 ms, after one warm-up product"
             .to_string(),
         "tsd has no bf16 CPU kernel path: bf16 rates are PyTorch's alone".to_string(),
-        "no system BLAS is installed (Debian's OpenBLAS is not; none was added): the peer is \
-         PyTorch's own bundled kernels (oneDNN / MKL as its wheel ships them)"
-            .to_string(),
+        system_blas_note(blas, avx512),
         "PyTorch's products run on an OpenMP pool that splits each product statically over its \
          threads and waits for all of them; while other processes hold a core, a product waits \
          for the descheduled thread, where rayon's work stealing (tsd) lets the running thread \
@@ -733,6 +874,77 @@ fn roofline_notes(hypervisor: bool) -> Vec<String> {
     notes
 }
 
+/// The note on the system BLAS: what was measured, or why nothing was.
+fn system_blas_note(blas: &SystemBlasPeers, avx512: bool) -> String {
+    let found: Vec<String> = blas
+        .libraries
+        .iter()
+        .map(|l| {
+            format!(
+                "{} ({}{}, kernels {}{}, {} threads while measured, {})",
+                l.name,
+                l.resolved.as_deref().unwrap_or(&l.file),
+                l.version
+                    .as_deref()
+                    .map_or(String::new(), |v| format!(", {v}")),
+                l.kernels.as_deref().unwrap_or("?"),
+                l.kernels_forced_by
+                    .as_deref()
+                    .map_or(" as picked from CPUID".to_string(), |e| format!(
+                        " forced by {e}"
+                    )),
+                l.threads,
+                l.threading.as_deref().unwrap_or("threading unknown")
+            )
+        })
+        .collect();
+    let missing: Vec<&str> = blas.not_found.keys().map(String::as_str).collect();
+    let mut note = if found.is_empty() {
+        "no system BLAS found: the peer is PyTorch's own bundled kernels (oneDNN / MKL as its \
+         wheel ships them)"
+            .to_string()
+    } else {
+        format!(
+            "system BLAS measured on every shape through cblas_sgemm: {}; each library picks its \
+             kernels from CPUID when opened, and a release older than the CPU may not know it and \
+             fall back on older kernels (`kernels` names those picked); PyTorch uses its own \
+             bundled kernels (oneDNN / MKL as its wheel ships them)",
+            found.join("; ")
+        )
+    };
+    let picked = |name: &str, k: &str| {
+        blas.libraries.iter().any(|l| {
+            l.name == name && l.kernels.as_deref() == Some(k) && l.kernels_forced_by.is_none()
+        })
+    };
+    if avx512 && picked("OpenBLAS", "Haswell") {
+        note += "; OpenBLAS took this AVX-512 CPU for Haswell (AVX2 kernels): \
+                 OPENBLAS_CORETYPE=SkylakeX in the environment selects its AVX-512 kernels";
+    }
+    for l in blas.libraries.iter().filter(|l| !l.environment.is_empty()) {
+        note += &format!(
+            "; {} ran with {} set in the environment{}",
+            l.name,
+            l.environment.join(" "),
+            if l.kernels_forced_by.is_some() {
+                ", which overrides the kernels it would pick itself: unset it to measure those"
+            } else {
+                ""
+            }
+        );
+    }
+    if picked("BLIS", "generic") {
+        note += "; BLIS did not recognise this CPU: `generic` is its unoptimised reference kernel";
+    }
+    if !missing.is_empty() {
+        note += &format!(
+            "; not found: {} (Debian: apt-get install libopenblas0-pthread libblis4)",
+            missing.join(", ")
+        );
+    }
+    note
+}
+
 /// Measures this machine's limits (see the module doc). `log` hears of each phase.
 pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Roofline> {
     let load_before = loadavg();
@@ -750,7 +962,11 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
     let peak = peak(cpu.cores, ghz, &ghz_source, assume_microarch(&cpu));
     let shapes = default_shapes(o.tokens, o.decode_rows);
     let mut products = measure_tsd(&shapes, o.runs, log)?;
+    let system_blas = measure_blas(&shapes, &mut products, pool, o.runs, log)?;
     let torch = measure_torch(o, &shapes, &mut products, pool, cpu.has_bf16(), log)?;
+    for p in &mut products {
+        p.fastest_f32 = Some(fastest_f32(p));
+    }
     log(&format!(
         "roofline: STREAM copy/triad over {} MiB…",
         o.stream_bytes >> 20
@@ -766,15 +982,16 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
         .fold(0.0, f64::max);
     Ok(Roofline {
         what: "this machine's limits: CPU identity, theoretical f32 FMA peak (derived), \
-               measured f32 matrix-product rates of tsd's kernel path and PyTorch's on the \
-               default model's training and decode shapes, STREAM-like memory bandwidth"
+               measured f32 matrix-product rates of tsd's kernel path, PyTorch's and the system \
+               BLAS's on the default model's training and decode shapes, STREAM-like memory \
+               bandwidth"
             .into(),
         best_measured_f32_gflops: best.tsd_gflops,
         best_measured_shape: best.shape.name.clone(),
         best_measured_over_peak: best.tsd_gflops * 1e9 / peak.f32_flops_per_s,
         best_sample_f32_gflops: best_sample,
         implied_min_ghz: implied_ghz(best_sample * 1e9, &peak),
-        notes: roofline_notes(cpu.hypervisor_flag),
+        notes: roofline_notes(cpu.hypervisor_flag, cpu.has("avx512f"), &system_blas),
         cpu,
         hypervisor,
         pool_threads: pool,
@@ -784,6 +1001,7 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
         peak,
         products,
         torch,
+        system_blas,
         bandwidth,
         runs_per_shape: o.runs,
         load_average_before: load_before,

@@ -29,7 +29,8 @@ enum Which {
     /// A model's logits on --device/--dtype against the CPU in f32.
     Logits(LogitsArgs),
     /// This machine's limits: CPU identity, theoretical f32 FMA peak (derived), f32 matrix-product
-    /// rates of tsd's kernel path beside PyTorch's on the default model's shapes, memory bandwidth.
+    /// rates of tsd's kernel path beside PyTorch's and the system BLAS's (OpenBLAS, BLIS: opened at
+    /// run time when installed) on the default model's shapes, memory bandwidth.
     Roofline(RooflineArgs),
 }
 

@@ -116,7 +116,7 @@ pub fn train_summary(rec: &TrainComparison, torch_path: &std::path::Path) -> Vec
 }
 
 /// `tsd bench roofline`'s terminal view: the CPU, the derived peak, the bandwidth, then one row per
-/// product shape (tsd's and PyTorch's GFLOP/s).
+/// product shape (tsd's, PyTorch's and each system BLAS's GFLOP/s, and the fastest).
 pub fn roofline_table(rec: &Roofline) -> String {
     let width = crate::env::columns().map_or(100, usize::from).max(40);
     let mut out: Vec<String> = roofline_header(rec)
@@ -125,8 +125,8 @@ pub fn roofline_table(rec: &Roofline) -> String {
         .collect();
     out.push(roofline_products(rec));
     out.extend(wrap(
-        "GFLOP/s as median / fastest sample; ᵀ: the right operand is an [n, k] weight read \
-         transposed (a linear's forward)",
+        "GFLOP/s as median / fastest sample; tsd/x below 1: x is faster; fastest: by median; ᵀ: \
+         the right operand is an [n, k] weight read transposed (a linear's forward)",
         width,
     ));
     out.join("\n") + "\n"
@@ -198,6 +198,7 @@ fn roofline_header(rec: &Roofline) -> Vec<String> {
                     .map_or(String::new(), |c| format!(", capability {c}"))
             ),
         },
+        system_blas_line(rec),
         format!(
             "load average before {} / after {}; median of {} samples per shape",
             loads(&rec.load_average_before),
@@ -207,23 +208,73 @@ fn roofline_header(rec: &Roofline) -> Vec<String> {
     ]
 }
 
-/// The product table: tsd's and PyTorch's rates per shape.
+/// The roofline's line on the system BLAS: each library measured, or why none was.
+fn system_blas_line(rec: &Roofline) -> String {
+    let b = &rec.system_blas;
+    let found: Vec<String> = b
+        .libraries
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {} ({}, kernels {}{}, {} threads{})",
+                l.name,
+                l.version.as_deref().unwrap_or("?"),
+                l.resolved.as_deref().unwrap_or(&l.file),
+                l.kernels.as_deref().unwrap_or("?"),
+                l.kernels_forced_by
+                    .as_deref()
+                    .map_or(String::new(), |e| format!(" by {e}")),
+                l.threads,
+                l.threading
+                    .as_deref()
+                    .map_or(String::new(), |t| format!(", {t}"))
+            )
+        })
+        .collect();
+    let missing: Vec<&str> = b.not_found.keys().map(String::as_str).collect();
+    match (found.is_empty(), missing.is_empty()) {
+        (true, true) => "system BLAS: not measured".to_string(),
+        (true, false) => format!("system BLAS: none found ({})", missing.join(", ")),
+        (false, true) => format!("system BLAS: {}", found.join("; ")),
+        (false, false) => format!(
+            "system BLAS: {}; not found: {}",
+            found.join("; "),
+            missing.join(", ")
+        ),
+    }
+}
+
+/// The product table: tsd's, PyTorch's and each system BLAS's rates per shape, and the fastest.
 fn roofline_products(rec: &Roofline) -> String {
-    let mut t = crate::render::table::table(&[
+    let libs: Vec<&str> = rec
+        .system_blas
+        .libraries
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    let mut header: Vec<String> = [
         "product",
         "m×k×n",
         "tsd f32",
         "torch f32",
         "tsd/torch",
         "torch bf16",
-    ]);
+    ]
+    .map(String::from)
+    .to_vec();
+    for l in &libs {
+        header.extend([format!("{l} f32"), format!("tsd/{l}")]);
+    }
+    header.push("fastest".into());
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = crate::render::table::table(&header);
     let pair = |a: Option<f64>, b: Option<f64>, d: usize| match (a, b) {
         (Some(a), Some(b)) => format!("{a:.d$} / {b:.d$}"),
         _ => "–".to_string(),
     };
     for p in &rec.products {
         let s = &p.shape;
-        t.add_row(vec![
+        let mut row = vec![
             s.name.clone(),
             format!(
                 "{}×{}×{}{}",
@@ -236,7 +287,20 @@ fn roofline_products(rec: &Roofline) -> String {
             pair(p.torch_f32_gflops, p.torch_f32_best_gflops, 0),
             pair(p.tsd_over_torch, p.tsd_over_torch_best, 2),
             pair(p.torch_bf16_gflops, p.torch_bf16_best_gflops, 0),
-        ]);
+        ];
+        for l in &libs {
+            let r = p.blas.get(*l);
+            row.extend([
+                pair(r.map(|r| r.gflops), r.map(|r| r.best_gflops), 0),
+                pair(r.map(|r| r.tsd_over), r.map(|r| r.tsd_over_best), 2),
+            ]);
+        }
+        row.push(
+            p.fastest_f32
+                .as_ref()
+                .map_or("–".to_string(), |f| f.name.clone()),
+        );
+        t.add_row(row);
     }
     crate::render::table::right_align(&mut t, 2);
     t.to_string()
@@ -281,5 +345,57 @@ mod tests {
         for p in &rec.products {
             assert!(text.contains(&p.shape.name), "{}", p.shape.name);
         }
+    }
+
+    #[test]
+    fn the_system_blas_columns_render() {
+        let mut rec: Roofline =
+            serde_json::from_str(include_str!("../../reproductions/bench/roofline.json")).unwrap();
+        assert!(!roofline_table(&rec).contains("tsd/OpenBLAS"));
+        rec.system_blas
+            .libraries
+            .push(crate::bench::system_blas::BlasInfo {
+                name: "OpenBLAS".into(),
+                file: "libopenblas.so.0".into(),
+                resolved: None,
+                version: Some("OpenBLAS 0.3.21".into()),
+                kernels: Some("Haswell".into()),
+                threads: 2,
+                threading: Some("pthreads".into()),
+                kernels_forced_by: None,
+                environment: vec![],
+            });
+        rec.system_blas
+            .not_found
+            .insert("BLIS".into(), "not installed".into());
+        for p in &mut rec.products {
+            let g = p.tsd_gflops * 2.0;
+            p.blas.insert(
+                "OpenBLAS".into(),
+                crate::bench::roofline::BlasRate {
+                    repeats_per_sample: 1,
+                    seconds: vec![],
+                    gflops: g,
+                    best_gflops: g,
+                    tsd_over: 0.5,
+                    tsd_over_best: 0.5,
+                },
+            );
+            p.fastest_f32 = Some(crate::bench::roofline::Fastest {
+                name: "OpenBLAS".into(),
+                gflops: g,
+            });
+        }
+        let text = roofline_table(&rec);
+        assert!(
+            text.contains("OpenBLAS f32") && text.contains("tsd/OpenBLAS"),
+            "{text}"
+        );
+        assert!(text.contains("0.50 / 0.50"), "{text}");
+        // the header lines wrap at the terminal's width
+        assert!(
+            text.replace("\n  ", " ").contains("not found: BLIS"),
+            "{text}"
+        );
     }
 }
