@@ -175,6 +175,12 @@ impl AdaptedLinear {
         self.base.weight()
     }
 
+    /// Opt-in bf16 products for the frozen base ([`FrozenLinear::with_bf16_products`]); false
+    /// where they are not available. A later [`Self::merge`] makes a new f32 base.
+    pub fn use_bf16_products(&mut self) -> Result<bool> {
+        self.base.with_bf16_products()
+    }
+
     /// `(out, in)`.
     pub fn shape(&self) -> Result<(usize, usize)> {
         self.weight().dims2()
