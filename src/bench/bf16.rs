@@ -64,6 +64,11 @@ pub struct Bf16Accuracy {
     /// The fused training loss (LM head and cross-entropy, [`crate::model::Llama::head_loss`]).
     pub head_loss_f32: f64,
     pub head_loss_bf16: f64,
+    /// Seconds of the eval forward of the batch (median of 3; these first, then the bf16 ones)
+    /// with f32 products.
+    pub forward_s_f32: f64,
+    /// The same with bf16 products.
+    pub forward_s_bf16: f64,
 }
 
 /// The record of `tsd bench bf16`.
@@ -241,13 +246,24 @@ fn model_accuracy() -> Result<Bf16Accuracy> {
             f64::from(head),
         ))
     };
+    let time = |m: &Llama| -> Result<Vec<f64>> {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(m.forward(&ids, &ForwardCtx::eval())?);
+                Ok(t.elapsed().as_secs_f64())
+            })
+            .collect()
+    };
     let (a, loss_a, head_a) = run(&model)?;
+    let ta = time(&model)?;
     if !model.use_bf16_products()? {
         return Err(crate::Error::InvalidArgument(
             "bench bf16: the model did not take bf16 products".into(),
         ));
     }
     let (b, loss_b, head_b) = run(&model)?;
+    let tb = time(&model)?;
     let max_abs = a.iter().fold(0f64, |m, &x| m.max(f64::from(x).abs()));
     let (mut max_d, mut sq) = (0f64, 0f64);
     for (&x, &y) in a.iter().zip(&b) {
@@ -280,6 +296,8 @@ fn model_accuracy() -> Result<Bf16Accuracy> {
         loss_diff: loss_b - loss_a,
         head_loss_f32: head_a,
         head_loss_bf16: head_b,
+        forward_s_f32: super::median(&ta),
+        forward_s_bf16: super::median(&tb),
     })
 }
 
@@ -316,7 +334,7 @@ pub fn table(rec: &Bf16Bench) -> String {
         out.push(format!(
             "{} ({}x{} tokens): max |logit| {:.3}, max |Δlogit| {:.4e} ({:.2e} relative), RMS \
              Δlogit {:.3e}, argmax agreement {:.4}; loss f32 {:.6} bf16 {:.6} (Δ {:+.3e}); fused \
-             head loss f32 {:.6} bf16 {:.6}",
+             head loss f32 {:.6} bf16 {:.6}; eval forward {:.3} s f32, {:.3} s bf16",
             a.model,
             a.batch,
             a.seq_len,
@@ -329,7 +347,9 @@ pub fn table(rec: &Bf16Bench) -> String {
             a.loss_bf16,
             a.loss_diff,
             a.head_loss_f32,
-            a.head_loss_bf16
+            a.head_loss_bf16,
+            a.forward_s_f32,
+            a.forward_s_bf16
         ));
     }
     out.join("\n") + "\n"

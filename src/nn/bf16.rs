@@ -30,12 +30,16 @@ pub const NR: usize = 48;
 const NV: usize = NR / 16;
 /// Rows per register block of the kernel (`MR × NV` accumulators: 24 of 32 registers).
 const MR: usize = 8;
-/// Most inner pairs per block: a panel's block (`KC_PAIRS × NR × 4` bytes = 48 KiB) stays in L2
-/// beside the rows' block while the kernel walks the rows.
-const KC_PAIRS: usize = 256;
-/// Most rows per block: the packed rows of one inner block (`MC × KC_PAIRS × 4` bytes = 512 KiB)
-/// stay in L2 while the kernel walks the column panels.
-const MC: usize = 512;
+/// Most inner pairs per block (k ≤ 768 in one block: the 576- and 192-wide products write `Y`
+/// once). A panel's block (`KC_PAIRS × NR × 4` bytes = 72 KiB) stays in L2 beside the rows'
+/// block while the kernel walks the rows; per pair step the kernel loads 224 bytes for 24
+/// `vdpbf16ps` (12 cycles at two a cycle), well inside L2's bandwidth. Measured on the 2-core
+/// Zen 5 host (`tsd bench bf16`, loaded): 384 beat 256 on the LM head's forward (one pass over
+/// its 100 MB output instead of two); other shapes within the noise.
+const KC_PAIRS: usize = 384;
+/// Most rows per block: the packed rows of one inner block (`MC × KC_PAIRS × 4` bytes = 384 KiB)
+/// stay in L2 (1 MiB a core on Zen 5) while the kernel walks the column panels.
+const MC: usize = 256;
 
 /// One cache line of packed words (16 × 32 bits): panels start on 64-byte boundaries.
 #[repr(C, align(64))]
