@@ -69,6 +69,14 @@ pub struct Bf16Accuracy {
     pub forward_s_f32: f64,
     /// The same with bf16 products.
     pub forward_s_bf16: f64,
+    /// Seconds of a LoRA training step (r = 8 on q,k,v,up,down; forward, fused head loss,
+    /// backward, AdamW) on the batch, median of 3 after one warm-up, with f32 products (these
+    /// after the bf16 ones).
+    pub train_step_s_f32: f64,
+    /// The same with bf16 products.
+    pub train_step_s_bf16: f64,
+    /// Whether a second bf16 forward gave the same logits, bit for bit.
+    pub bf16_repeatable: bool,
 }
 
 /// The record of `tsd bench bf16`.
@@ -228,6 +236,9 @@ fn model_accuracy() -> Result<Bf16Accuracy> {
     let path = crate::provision::default_model(false)?;
     let src = crate::weights::GgufModel::open(&path)?;
     let mut model = Llama::from_source(&src, &dev, candle_core::DType::F32)?;
+    // LoRA's B starts at zero: the logits are the base model's until a step.
+    let mut opt = crate::train::optim::AdamW::new(Default::default());
+    super::add_lora(&mut model, 8, &mut opt)?;
     let vocab = model.config.vocab_size;
     let (ids, targets) = super::fixed_batch(vocab as u32, batch, seq_len, &dev)?;
     let n = batch * seq_len;
@@ -264,6 +275,20 @@ fn model_accuracy() -> Result<Bf16Accuracy> {
     }
     let (b, loss_b, head_b) = run(&model)?;
     let tb = time(&model)?;
+    let (b2, _, _) = run(&model)?;
+    let repeatable = b.iter().zip(&b2).all(|(x, y)| x.to_bits() == y.to_bits());
+    let mut steps = |model: &Llama| -> Result<f64> {
+        let mut t = Vec::new();
+        for step in 0..4 {
+            let start = Instant::now();
+            super::train_step(model, &ids, &targets, &mut opt, step)?;
+            t.push(start.elapsed().as_secs_f64());
+        }
+        Ok(super::median(&t[1..]))
+    };
+    let step_bf16 = steps(&model)?;
+    model.drop_bf16_products();
+    let step_f32 = steps(&model)?;
     let max_abs = a.iter().fold(0f64, |m, &x| m.max(f64::from(x).abs()));
     let (mut max_d, mut sq) = (0f64, 0f64);
     for (&x, &y) in a.iter().zip(&b) {
@@ -298,6 +323,9 @@ fn model_accuracy() -> Result<Bf16Accuracy> {
         head_loss_bf16: head_b,
         forward_s_f32: super::median(&ta),
         forward_s_bf16: super::median(&tb),
+        train_step_s_f32: step_f32,
+        train_step_s_bf16: step_bf16,
+        bf16_repeatable: repeatable,
     })
 }
 
@@ -334,7 +362,7 @@ pub fn table(rec: &Bf16Bench) -> String {
         out.push(format!(
             "{} ({}x{} tokens): max |logit| {:.3}, max |Δlogit| {:.4e} ({:.2e} relative), RMS \
              Δlogit {:.3e}, argmax agreement {:.4}; loss f32 {:.6} bf16 {:.6} (Δ {:+.3e}); fused \
-             head loss f32 {:.6} bf16 {:.6}; eval forward {:.3} s f32, {:.3} s bf16",
+             head loss f32 {:.6} bf16 {:.6}; eval forward {:.3} s f32, {:.3} s bf16; LoRA train step {:.3} s f32, {:.3} s bf16; bf16 logits repeatable: {}",
             a.model,
             a.batch,
             a.seq_len,
@@ -349,7 +377,10 @@ pub fn table(rec: &Bf16Bench) -> String {
             a.head_loss_f32,
             a.head_loss_bf16,
             a.forward_s_f32,
-            a.forward_s_bf16
+            a.forward_s_bf16,
+            a.train_step_s_f32,
+            a.train_step_s_bf16,
+            a.bf16_repeatable
         ));
     }
     out.join("\n") + "\n"

@@ -433,6 +433,14 @@ impl Llama {
         Ok(self.lm_head.with_bf16_products()?)
     }
 
+    /// Undoes [`Self::use_bf16_products`]: f32 products again.
+    pub fn drop_bf16_products(&mut self) {
+        for lin in self.linears_mut() {
+            lin.drop_bf16_products();
+        }
+        self.lm_head.without_bf16_products();
+    }
+
     /// Token embeddings `[B, T, H]` of `ids: [B, T]` (u32).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;

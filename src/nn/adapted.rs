@@ -181,6 +181,11 @@ impl AdaptedLinear {
         self.base.with_bf16_products()
     }
 
+    /// Back to f32 products for the frozen base.
+    pub fn drop_bf16_products(&mut self) {
+        self.base.without_bf16_products()
+    }
+
     /// `(out, in)`.
     pub fn shape(&self) -> Result<(usize, usize)> {
         self.weight().dims2()

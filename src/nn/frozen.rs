@@ -134,6 +134,11 @@ impl FrozenLinear {
         Ok(true)
     }
 
+    /// Back to f32 products (drops this linear's share of the packed weights).
+    pub fn without_bf16_products(&mut self) {
+        self.bf16 = None;
+    }
+
     /// Whether [`Self::with_bf16_products`] took effect.
     pub fn uses_bf16_products(&self) -> bool {
         self.bf16.is_some()
@@ -301,8 +306,15 @@ mod tests {
             gp.get(x.as_tensor()).expect("grad"),
         );
         assert!(rel(a, b)? < 3e-2, "input gradient {}", rel(a, b)?);
-        // A clone shares the packed weights.
+        // A clone shares the packed weights; dropping them gives the f32 path's bits again.
         assert!(lin.clone().uses_bf16_products());
+        lin.without_bf16_products();
+        assert_eq!(
+            lin.forward(x.as_tensor())?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            want.flatten_all()?.to_vec1::<f32>()?
+        );
         Ok(())
     }
 
