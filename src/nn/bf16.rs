@@ -49,7 +49,7 @@ struct Line([u32; 16]);
 /// A constant `B [n, k]` packed into bf16 pairs for [`matmul`] (see the module's doc for the
 /// layout). Pack `W` for `x·Wᵀ` (a linear's forward, `W [out, in]`) and `Wᵀ`
 /// ([`PackedBf16::pack_transposed`]) for `g·W` (its input gradient).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PackedBf16 {
     n: usize,
     k: usize,
@@ -91,6 +91,17 @@ pub fn available() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// Shape and size only (the packed words would be megabytes of noise).
+impl std::fmt::Debug for PackedBf16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedBf16")
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .field("bytes", &self.bytes())
+            .finish()
     }
 }
 
