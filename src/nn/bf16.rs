@@ -195,6 +195,7 @@ pub fn matmul(x: &[f32], m: usize, p: &PackedBf16, y: &mut [f32]) -> Result<()> 
 }
 
 /// `(start, len)` of `parts` near-equal consecutive ranges covering `0..total`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn split(total: usize, parts: usize) -> impl Iterator<Item = (usize, usize)> {
     let parts = parts.clamp(1, total.max(1));
     let (base, extra) = (total / parts, total % parts);
@@ -266,7 +267,6 @@ mod x86 {
         } else {
             tasks.par_iter().for_each(run);
         }
-        let _ = k;
     }
 
     /// Rows `rows.0..rows.1` × panels `panels.0..panels.1` of `y = xa · Bᵀ`.
@@ -434,6 +434,7 @@ mod tests {
         (y, s)
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn rounding_matches_the_instruction() {
         if skip() {
@@ -462,10 +463,7 @@ mod tests {
             let src = &vals[..len];
             let mut dst = vec![0u32; len.div_ceil(2)];
             // SAFETY: the features are there (checked above); dst has ceil(len / 2) words.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                x86::pack_row(src, &mut dst)
-            };
+            unsafe { x86::pack_row(src, &mut dst) };
             for (i, &v) in src.iter().enumerate() {
                 let hw = (dst[i / 2] >> (16 * (i % 2))) as u16;
                 assert_eq!(hw, bf16_bits(v), "{v:e} ({:#x})", v.to_bits());
