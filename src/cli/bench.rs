@@ -32,6 +32,36 @@ enum Which {
     /// rates of tsd's kernel path beside PyTorch's and the system BLAS's (OpenBLAS, BLIS: opened at
     /// run time when installed) on the default model's shapes, memory bandwidth.
     Roofline(RooflineArgs),
+    /// The bf16 frozen-weight kernel (AVX512-BF16) against tsd's f32 products on the default
+    /// model's shapes, interleaved; and the default model's logits and loss with bf16 products
+    /// against f32.
+    Bf16(Bf16Args),
+}
+
+// The flags of `Which::Bf16` (no doc comment here: the variant's is the subcommand's help).
+#[derive(Args, Debug)]
+struct Bf16Args {
+    /// Timed samples per path and shape (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    runs: usize,
+    /// Least milliseconds of one sample (calls repeat to fill it).
+    #[arg(long, default_value_t = 10.0)]
+    min_ms: f64,
+    /// Rows of the training products (batch × sequence length).
+    #[arg(long, default_value_t = 512)]
+    tokens: usize,
+    /// Rows of the decode products besides 1 (beams × batch).
+    #[arg(long, default_value_t = 64)]
+    decode_rows: usize,
+    /// Skip the default model's logits and loss comparison.
+    #[arg(long)]
+    no_model: bool,
+    /// Print the record's JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Where to write the record.
+    #[arg(long, default_value = "reproductions/bench/bf16.json")]
+    out: PathBuf,
 }
 
 // The flags of `Which::Roofline` (no doc comment here: the variant's is the subcommand's help).
@@ -52,8 +82,7 @@ struct RooflineArgs {
     /// STREAM runs (the best is reported).
     #[arg(long, default_value_t = 10)]
     stream_runs: usize,
-    /// Python with torch for the PyTorch peer (benches/torch_matmul.py) [default: $TSD_PYTHON,
-    /// else the peer is skipped and the record says so]
+    /// Python with torch for the PyTorch peer (benches/torch_matmul.py)
     #[arg(long, value_name = "PATH")]
     torch_python: Option<String>,
     /// Print the record's JSON instead of the table.
@@ -173,6 +202,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         Which::Inspect(x) => inspect(x),
         Which::Roofline(x) => roofline(x),
+        Which::Bf16(x) => bf16(x),
         Which::Train(x) => train(x.options()?, x.single, &x.torch, &x.roofline, &x.out),
     }
 }
@@ -244,6 +274,32 @@ fn roofline(x: RooflineArgs) -> Result<()> {
         print!("{json}");
     } else {
         print!("{}", tsd::render::bench::roofline_table(&rec));
+    }
+    eprintln!("wrote {}", x.out.display());
+    Ok(())
+}
+
+/// `tsd bench bf16`.
+fn bf16(x: Bf16Args) -> Result<()> {
+    if x.runs == 0 || x.tokens == 0 || x.decode_rows == 0 || x.min_ms.is_nan() || x.min_ms <= 0.0 {
+        return Err(super::input_error(
+            "--runs, --min-ms, --tokens and --decode-rows must be positive",
+        ));
+    }
+    let o = tsd::bench::bf16::Bf16Options {
+        runs: x.runs,
+        min_ms: x.min_ms,
+        tokens: x.tokens,
+        decode_rows: x.decode_rows,
+        model: !x.no_model,
+    };
+    let rec = tsd::bench::bf16::bench_bf16(&o, &|m| eprintln!("{m}"))?;
+    let json = tsd::render::bench::json(&rec)?;
+    tsd::fsutil::atomic_write(&x.out, json.as_bytes())?;
+    if x.json {
+        print!("{json}");
+    } else {
+        print!("{}", tsd::bench::bf16::table(&rec));
     }
     eprintln!("wrote {}", x.out.display());
     Ok(())

@@ -420,6 +420,27 @@ impl Llama {
         self.layers.iter_mut().flat_map(|b| b.linears.iter_mut())
     }
 
+    /// Opt-in: every frozen linear and the LM head take bf16 products on CPU f32 inputs
+    /// ([`crate::nn::bf16`], AVX512-BF16; sums in f32). Returns false, changing nothing, where the
+    /// CPU lacks AVX512-BF16 or the model is not CPU f32. Off unless called.
+    pub fn use_bf16_products(&mut self) -> Result<bool> {
+        if !(crate::nn::bf16::available() && self.device.is_cpu() && self.dtype == DType::F32) {
+            return Ok(false);
+        }
+        for lin in self.linears_mut() {
+            lin.use_bf16_products()?;
+        }
+        Ok(self.lm_head.with_bf16_products()?)
+    }
+
+    /// Undoes [`Self::use_bf16_products`]: f32 products again.
+    pub fn drop_bf16_products(&mut self) {
+        for lin in self.linears_mut() {
+            lin.drop_bf16_products();
+        }
+        self.lm_head.without_bf16_products();
+    }
+
     /// Token embeddings `[B, T, H]` of `ids: [B, T]` (u32).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;

@@ -175,6 +175,17 @@ impl AdaptedLinear {
         self.base.weight()
     }
 
+    /// Opt-in bf16 products for the frozen base ([`FrozenLinear::with_bf16_products`]); false
+    /// where they are not available. A later [`Self::merge`] makes a new f32 base.
+    pub fn use_bf16_products(&mut self) -> Result<bool> {
+        self.base.with_bf16_products()
+    }
+
+    /// Back to f32 products for the frozen base.
+    pub fn drop_bf16_products(&mut self) {
+        self.base.without_bf16_products()
+    }
+
     /// `(out, in)`.
     pub fn shape(&self) -> Result<(usize, usize)> {
         self.weight().dims2()

@@ -6,19 +6,50 @@
 //! storage (CPU or CUDA) in a graph-free tensor and runs candle's own matmul on it, so both devices
 //! take the same path and the graph keeps nothing but the op's output.
 
+use crate::nn::bf16::{self, PackedBf16};
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor};
+use std::sync::Arc;
 
 /// `y = x·Wᵀ` for `x: [.., in]`, `W: [out, in]` (PyTorch layout), `y: [.., out]`.
 #[derive(Clone, Debug)]
 pub struct FrozenLinear {
     weight: Tensor,
+    /// Opt-in bf16 products ([`FrozenLinear::with_bf16_products`]); `None` by default.
+    bf16: Option<Arc<Bf16Products>>,
+}
+
+/// The weight packed for [`crate::nn::bf16::matmul`]: `W` for the forward `x·Wᵀ`, `Wᵀ` for the
+/// input gradient `g·W`.
+#[derive(Debug)]
+struct Bf16Products {
+    forward: PackedBf16,
+    backward: PackedBf16,
+}
+
+/// `x: [.., k] · Bᵀ` → `[.., n]` through the bf16 kernel, for a CPU f32 `x`.
+fn bf16_product(x: &Tensor, p: &PackedBf16) -> Result<Tensor> {
+    let dims = x.dims();
+    let lead: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+    let mut y = vec![0f32; lead * p.n()];
+    crate::nn::fused::with_f32(x, |xs| bf16::matmul(xs, lead, p, &mut y))??;
+    let mut out = dims.to_vec();
+    if let Some(last) = out.last_mut() {
+        *last = p.n();
+    }
+    Tensor::from_vec(y, out, x.device())
+}
+
+/// Whether `x` takes the bf16 path when the weight has packed products.
+fn bf16_input(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// The custom op: forward `x·Wᵀ` `[.., out]`, backward `grad · W` `[.., in]`.
 struct InputGradOnly {
     weight: Tensor,
+    bf16: Option<Arc<Bf16Products>>,
 }
 
 impl InputGradOnly {
@@ -28,7 +59,10 @@ impl InputGradOnly {
             candle_core::bail!("frozen linear: non-contiguous input (call .contiguous() first)")
         }
         let x = Tensor::from_storage(x, layout.shape().clone(), BackpropOp::none(), false);
-        let y = matmul_2d(&x, &self.weight.t()?)?.contiguous()?;
+        let y = match &self.bf16 {
+            Some(p) if bf16_input(&x) => bf16_product(&x, &p.forward)?,
+            _ => matmul_2d(&x, &self.weight.t()?)?.contiguous()?,
+        };
         let (st, l) = y.storage_and_layout();
         match l.contiguous_offsets() {
             Some((0, _)) => Ok((st.try_clone(l)?, y.shape().clone())),
@@ -62,6 +96,9 @@ impl CustomOp1 for InputGradOnly {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        if let Some(p) = self.bf16.as_ref().filter(|_| bf16_input(grad_res)) {
+            return Ok(Some(bf16_product(grad_res, &p.backward)?));
+        }
         let w = self.weight.to_dtype(grad_res.dtype())?;
         Ok(Some(matmul_2d(grad_res, &w)?))
     }
@@ -72,6 +109,56 @@ impl FrozenLinear {
     pub fn new(weight: Tensor) -> Self {
         FrozenLinear {
             weight: weight.detach(),
+            bf16: None,
+        }
+    }
+
+    /// Opt-in: from now on, CPU f32 inputs take bf16 products ([`crate::nn::bf16`]: the weight and
+    /// the input rounded to bf16, sums in f32) in the forward `x·Wᵀ`, its input gradient `g·W`
+    /// and [`Self::product`] / [`Self::input_grad`]. Packs `W` and `Wᵀ` once (each half the f32
+    /// weight's bytes). Returns false, changing nothing, where the CPU
+    /// lacks AVX512-BF16 or the weight is not a CPU f32 tensor. Clones share the packed weights.
+    pub fn with_bf16_products(&mut self) -> Result<bool> {
+        if self.bf16.is_some() {
+            return Ok(true);
+        }
+        if !(bf16::available() && bf16_input(&self.weight)) {
+            return Ok(false);
+        }
+        let (out, inp) = self.weight.dims2()?;
+        let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
+        self.bf16 = Some(Arc::new(Bf16Products {
+            forward: PackedBf16::pack(&w, out, inp)?,
+            backward: PackedBf16::pack_transposed(&w, out, inp)?,
+        }));
+        Ok(true)
+    }
+
+    /// Back to f32 products (drops this linear's share of the packed weights).
+    pub fn without_bf16_products(&mut self) {
+        self.bf16 = None;
+    }
+
+    /// Whether [`Self::with_bf16_products`] took effect.
+    pub fn uses_bf16_products(&self) -> bool {
+        self.bf16.is_some()
+    }
+
+    /// `x·Wᵀ` outside any graph (`x: [.., in]` → `[.., out]`): the bf16 kernel where opted in and
+    /// `x` is CPU f32, else `matmul_2d(x, Wᵀ)`.
+    pub fn product(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.bf16 {
+            Some(p) if bf16_input(x) => bf16_product(x, &p.forward),
+            _ => matmul_2d(x, &self.weight.t()?),
+        }
+    }
+
+    /// `g·W` outside any graph (`g: [.., out]` → `[.., in]`): the input gradient of
+    /// [`Self::product`], by the same rule.
+    pub fn input_grad(&self, g: &Tensor) -> Result<Tensor> {
+        match &self.bf16 {
+            Some(p) if bf16_input(g) => bf16_product(g, &p.backward),
+            _ => matmul_2d(g, &self.weight),
         }
     }
 
@@ -136,7 +223,7 @@ fn matmul_column_split(x: &Tensor, m: &Tensor) -> Result<Tensor> {
 impl Module for FrozenLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !x.track_op() {
-            return matmul_2d(x, &self.weight.t()?);
+            return self.product(x);
         }
         let x = if x.is_contiguous() && x.layout().start_offset() == 0 {
             x.clone()
@@ -147,6 +234,7 @@ impl Module for FrozenLinear {
         // Tensor clones share storage: this does not copy the weight.
         x.apply_op1(InputGradOnly {
             weight: self.weight.clone(),
+            bf16: self.bf16.clone(),
         })
     }
 }
@@ -178,6 +266,57 @@ mod tests {
 
     use super::*;
     use candle_core::{Device, Var};
+
+    /// The opt-in bf16 products: forward and input gradient within bf16's rounding of the f32
+    /// ones, and exactly the kernel's products; off by default.
+    #[test]
+    fn bf16_products_are_opt_in_and_close_to_f32() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (40, 70), &dev)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 70), &dev)?)?;
+        let plain = FrozenLinear::new(w.clone());
+        assert!(!plain.uses_bf16_products());
+        let mut lin = FrozenLinear::new(w.clone());
+        if !lin.with_bf16_products()? {
+            println!("skipped: this CPU lacks AVX512-BF16 (bf16 kernel not available)");
+            assert!(!lin.uses_bf16_products());
+            return Ok(());
+        }
+        let (y, want) = (lin.forward(x.as_tensor())?, plain.forward(x.as_tensor())?);
+        let rel = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            let d = a.sub(b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            Ok(d / b.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        assert!(rel(&y, &want)? < 2e-2, "forward {}", rel(&y, &want)?);
+        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let xv: Vec<f32> = x.as_tensor().flatten_all()?.to_vec1()?;
+        let mut direct = vec![0f32; 10 * 40];
+        bf16::matmul(&xv, 10, &PackedBf16::pack(&wv, 40, 70)?, &mut direct)?;
+        assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, direct);
+        assert_eq!(
+            lin.product(x.as_tensor())?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            direct
+        );
+        let g = lin.forward(x.as_tensor())?.sqr()?.sum_all()?.backward()?;
+        let gp = plain.forward(x.as_tensor())?.sqr()?.sum_all()?.backward()?;
+        let (a, b) = (
+            g.get(x.as_tensor()).expect("grad"),
+            gp.get(x.as_tensor()).expect("grad"),
+        );
+        assert!(rel(a, b)? < 3e-2, "input gradient {}", rel(a, b)?);
+        // A clone shares the packed weights; dropping them gives the f32 path's bits again.
+        assert!(lin.clone().uses_bf16_products());
+        lin.without_bf16_products();
+        assert_eq!(
+            lin.forward(x.as_tensor())?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            want.flatten_all()?.to_vec1::<f32>()?
+        );
+        Ok(())
+    }
 
     #[test]
     fn strided_and_offset_inputs_are_handled() -> Result<()> {

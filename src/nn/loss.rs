@@ -4,7 +4,7 @@
 //! [`head_cross_entropy`] goes further and fuses the LM head into it, a block of rows at a time,
 //! so that neither the `[N, V]` logits nor their gradient ever exist whole.
 
-use crate::nn::frozen::{matmul_2d, FrozenLinear};
+use crate::nn::frozen::FrozenLinear;
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
@@ -117,8 +117,9 @@ const HEAD_CHUNK_ROWS: usize = 128;
 /// loss and gradient element is computed by the same products and formulas as the unfused
 /// `FrozenLinear` + [`CrossEntropy`] pair, in the same order, so the results are bit-identical.
 struct HeadCrossEntropy {
-    /// `[V, H]`, f32.
-    weight: Tensor,
+    /// The head, weight `[V, H]` f32 (its products: [`FrozenLinear::product`] and
+    /// [`FrozenLinear::input_grad`], bf16 where the head opted in).
+    head: FrozenLinear,
     targets: Arc<Vec<u32>>,
     /// Whether to compute the input gradient (only when `h` tracks a graph).
     with_grad: bool,
@@ -143,7 +144,7 @@ fn row_blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
 impl HeadCrossEntropy {
     /// `(per-row losses, gradient rows [len, H])` of rows `x: [len, H]` whose targets are `t`.
     fn block(&self, x: &Tensor, t: &[u32], inv_n: f32) -> Result<(Vec<f64>, Option<Tensor>)> {
-        let logits = matmul_2d(x, &self.weight.t()?)?;
+        let logits = self.head.product(x)?;
         let v = logits.dim(1)?;
         crate::nn::fused::with_f32(&logits, |lg| {
             let losses: Vec<(f32, f64)> = lg
@@ -163,7 +164,7 @@ impl HeadCrossEntropy {
                         o[ti as usize] -= inv_n;
                     });
                 let g = Tensor::from_vec(g, (t.len(), v), x.device())?;
-                Some(matmul_2d(&g, &self.weight)?)
+                Some(self.head.input_grad(&g)?)
             } else {
                 None
             };
@@ -245,7 +246,7 @@ pub fn head_cross_entropy(h: &Tensor, head: &FrozenLinear, targets: &[u32]) -> R
         h.affine(1.0, 0.0)?
     };
     x.apply_op1(HeadCrossEntropy {
-        weight: head.weight().clone(),
+        head: head.clone(),
         targets: Arc::new(targets.to_vec()),
         with_grad: h.track_op(),
         grad: OnceLock::new(),

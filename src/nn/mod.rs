@@ -3,6 +3,7 @@
 
 pub mod adapted;
 pub mod attention;
+pub mod bf16;
 pub mod frozen;
 pub mod fused;
 pub mod loss;
