@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--autocast-bf16", action="store_true",
+                    help="forward and loss under torch.autocast('cpu', bfloat16): PyTorch's bf16 CPU path, "
+                         "the peer of `tsd bench train --frozen-products bf16` [default: off, float32]")
     ap.add_argument("--out", type=Path, default=ROOT / "reproductions/bench/peft_train_step.json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -54,8 +57,9 @@ def main() -> None:
     times = []
     for s in range(1 + a.steps):
         t = time.perf_counter()
-        logits = model(input_ids=ids).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(n, vocab), labels.reshape(n))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast_bf16):
+            logits = model(input_ids=ids).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(n, vocab), labels.reshape(n))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -63,7 +67,9 @@ def main() -> None:
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
     out = {
-        "what": "PyTorch + PEFT LoRA training step (forward, backward, AdamW), CPU float32",
+        "what": "PyTorch + PEFT LoRA training step (forward, backward, AdamW), CPU "
+                + ("float32 weights under torch.autocast bfloat16" if a.autocast_bf16 else "float32"),
+        "autocast": "bf16" if a.autocast_bf16 else None,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,

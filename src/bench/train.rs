@@ -33,6 +33,9 @@ pub struct TrainBench {
     /// Model FLOPs of one step ([`train_step_flops`]; 0 in records from before it was counted).
     #[serde(default)]
     pub model_flops_per_step: f64,
+    /// The frozen weights' products: f32, or bf16 ([`crate::nn::bf16`]).
+    #[serde(default)]
+    pub frozen_products: crate::nn::bf16::FrozenProducts,
 }
 
 /// Model FLOPs of one LoRA training step, by part (see [`train_step_flops`]).
@@ -169,6 +172,8 @@ pub struct TrainComparison {
     pub cpu: String,
     /// The matrix-kernel path gemm takes on this host (the timed runs ran here too).
     pub kernel_path: crate::kernels::KernelPath,
+    /// The frozen weights' products of the timed runs: f32, or bf16 ([`crate::nn::bf16`]).
+    pub frozen_products: crate::nn::bf16::FrozenProducts,
     pub lora: MethodSummary,
     pub lora_dash: MethodSummary,
     /// Pooled median Dash step over pooled median LoRA step, minus one.
@@ -278,6 +283,7 @@ impl TrainComparison {
             roofline,
             cpu: cpu_name(),
             kernel_path: crate::kernels::current(),
+            frozen_products: runs.first().map(|r| r.frozen_products).unwrap_or_default(),
             dash_step_overhead_vs_lora: lora_dash.median_step_seconds / lora.median_step_seconds
                 - 1.0,
             dash_step_overhead_per_round: per_round,
@@ -301,23 +307,23 @@ impl TrainComparison {
 
 /// Times `steps` LoRA (or LoRA-Dash, switched before timing) training steps — forward, backward,
 /// AdamW — on the default model with a fixed `[batch, seq_len]` batch, every position labelled.
-/// `device` and `dtype` are `--device` / `--dtype` strings (the record's figures are for CPU f32).
-pub fn bench_train_step(
-    method: &str,
-    batch: usize,
-    seq_len: usize,
-    rank: usize,
-    steps: usize,
-    device: &str,
-    dtype: &str,
-) -> Result<TrainBench> {
+/// `o.device` and `o.dtype` are `--device` / `--dtype` strings; `o.rounds` is not used here.
+pub fn bench_train_step(method: &str, o: &TrainOptions) -> Result<TrainBench> {
     use crate::model::Llama;
     use crate::train::optim::{AdamW, AdamWConfig};
-    let dev = crate::device::device_for(device)?;
-    let dt = crate::device::dtype_for(dtype)?;
+    let (batch, seq_len, rank, steps) = (o.batch, o.seq_len, o.rank, o.steps);
+    let frozen_products = o.frozen_products;
+    let dev = crate::device::device_for(&o.device)?;
+    let dt = crate::device::dtype_for(&o.dtype)?;
     let path = crate::provision::default_model(false)?;
     let src = crate::weights::GgufModel::open(&path)?;
     let mut model = Llama::from_source(&src, &dev, dt)?;
+    if !frozen_products.is_f32() && !model.use_bf16_products()? {
+        return Err(crate::Error::InvalidArgument(
+            "--frozen-products bf16 needs a CPU with AVX512-BF16 and --device cpu --dtype f32"
+                .into(),
+        ));
+    }
     let mut opt = AdamW::new(AdamWConfig::default());
     super::add_lora(&mut model, rank, &mut opt)?;
     if method == "lora-dash" {
@@ -371,6 +377,7 @@ pub fn bench_train_step(
         page_faults_per_step: (minor_faults() - faults0) / steps as u64,
         context_switches_per_step: (context_switches() - switches0) / steps as u64,
         model_flops_per_step: flops,
+        frozen_products,
     })
 }
 
@@ -382,6 +389,8 @@ pub struct TrainOptions {
     pub rank: usize,
     pub steps: usize,
     pub rounds: usize,
+    /// The frozen weights' products.
+    pub frozen_products: crate::nn::bf16::FrozenProducts,
     /// `--device` / `--dtype` strings.
     pub device: String,
     pub dtype: String,
@@ -430,6 +439,7 @@ fn train_in_process(exe: &std::path::Path, o: &TrainOptions, method: &str) -> Re
         ])
         .args(["--steps", &o.steps.to_string(), "--single", method])
         .args(["--device", &o.device, "--dtype", &o.dtype])
+        .args(["--frozen-products", &o.frozen_products.to_string()])
         .output()
         .map_err(|e| crate::Error::io(exe, e))?;
     if !out.status.success() {
@@ -470,6 +480,11 @@ pub struct TrainArgs {
     /// when the file is not there).
     #[arg(long, default_value = "reproductions/bench/roofline.json")]
     pub roofline: std::path::PathBuf,
+    /// Frozen weights' products: f32, or bf16 (weights and activations rounded to bf16, sums in
+    /// f32; AVX512-BF16 only). Compare bf16 with PyTorch's bf16 autocast
+    /// (`benches/peft_train_step.py --autocast-bf16`), not with f32.
+    #[arg(long, value_enum, default_value_t = crate::nn::bf16::FrozenProducts::F32)]
+    pub frozen_products: crate::nn::bf16::FrozenProducts,
     /// Internal: measure one method in this process and print its JSON.
     #[arg(long, hide = true)]
     pub single: Option<String>,
@@ -487,6 +502,7 @@ impl TrainArgs {
             rank: self.rank,
             steps: self.steps,
             rounds: self.rounds,
+            frozen_products: self.frozen_products,
             device,
             dtype,
         })
@@ -514,6 +530,7 @@ mod tests {
             page_faults_per_step: 4,
             context_switches_per_step: 10,
             model_flops_per_step: 300.0,
+            frozen_products: Default::default(),
         }
     }
 

@@ -334,9 +334,7 @@ fn train(
         ));
     }
     if let Some(m) = single {
-        let r = tsd::bench::bench_train_step(
-            &m, o.batch, o.seq_len, o.rank, o.steps, &o.device, &o.dtype,
-        )?;
+        let r = tsd::bench::bench_train_step(&m, &o)?;
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }

@@ -78,6 +78,43 @@ pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits(u32::from(bf16_bits(x)) << 16)
 }
 
+/// The precision of the frozen weights' products on the CPU (`tsd train --frozen-products`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FrozenProducts {
+    /// f32 products (candle → `gemm`): the default.
+    #[default]
+    F32,
+    /// This module's kernel: weights and activations rounded to bf16, sums in f32 (AVX512-BF16).
+    Bf16,
+}
+
+impl FrozenProducts {
+    /// Whether this is the default (f32), for `skip_serializing_if`.
+    pub fn is_f32(&self) -> bool {
+        *self == FrozenProducts::F32
+    }
+}
+
+impl std::fmt::Display for FrozenProducts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FrozenProducts::F32 => "f32",
+            FrozenProducts::Bf16 => "bf16",
+        })
+    }
+}
+
 /// Whether this CPU runs the kernel (AVX512-BF16 with AVX512F/BW/VL; detected once per call, the
 /// standard library caches the CPUID reading).
 pub fn available() -> bool {

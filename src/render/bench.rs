@@ -57,7 +57,7 @@ pub fn eval_batch_lines(rec: &EvalBatchBench) -> Vec<String> {
 pub fn train_summary(rec: &TrainComparison, torch_path: &std::path::Path) -> Vec<String> {
     let gb = |b: u64| b as f64 / 1e9;
     let mut lines = vec![format!(
-        "LoRA {:.0} tokens/s ({:.2} GB peak), LoRA-Dash {:.0} tokens/s ({:+.1}% per step, best steps {:+.1}%; rounds {}; kernel path {})",
+        "LoRA {:.0} tokens/s ({:.2} GB peak), LoRA-Dash {:.0} tokens/s ({:+.1}% per step, best steps {:+.1}%; rounds {}; kernel path {}; frozen products {})",
         rec.lora.tokens_per_s,
         gb(rec.lora.peak_rss_bytes),
         rec.lora_dash.tokens_per_s,
@@ -68,7 +68,8 @@ pub fn train_summary(rec: &TrainComparison, torch_path: &std::path::Path) -> Vec
             .map(|x| format!("{:+.1}%", 100.0 * x))
             .collect::<Vec<_>>()
             .join(" "),
-        rec.kernel_path.name
+        rec.kernel_path.name,
+        rec.frozen_products
     )];
     if let (Some(m), Some((lo, hi, cov))) = (
         rec.dash_step_overhead_per_round_median,

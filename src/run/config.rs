@@ -114,6 +114,13 @@ pub struct TrainConfig {
     pub device: String,
     /// Base weights' dtype: `f32`, `bf16` or `f16` (adapters and optimizer state stay f32).
     pub dtype: String,
+    /// Precision of the frozen weights' products on the CPU in f32: `f32`, or `bf16` (weights and
+    /// activations rounded to bf16, sums in f32; AVX512-BF16 only, [`crate::nn::bf16`]).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::nn::bf16::FrozenProducts::is_f32"
+    )]
+    pub frozen_products: crate::nn::bf16::FrozenProducts,
 }
 
 impl Default for TrainConfig {
@@ -158,6 +165,7 @@ impl Default for TrainConfig {
             data_order: None,
             device: "cpu".into(),
             dtype: "f32".into(),
+            frozen_products: Default::default(),
         }
     }
 }
@@ -239,6 +247,12 @@ impl TrainConfig {
         }
         self.dtype.parse::<crate::device::WeightDtype>()?;
         self.device.parse::<crate::device::DeviceSpec>()?;
+        if !self.frozen_products.is_f32() && (self.device != "cpu" || self.dtype != "f32") {
+            return bad(format!(
+                "frozen_products bf16 is a CPU kernel for an f32 model: it needs device cpu and dtype f32, not {} and {}",
+                self.device, self.dtype
+            ));
+        }
         Ok(())
     }
 
@@ -357,6 +371,10 @@ pub struct TrainFlags {
     /// [default: tsd's seeded length-grouped shuffle]
     #[arg(long, value_name = "FILE")]
     pub data_order: Option<String>,
+    /// Frozen weights' products on the CPU: f32, or bf16 (weights and activations rounded to bf16,
+    /// sums in f32; needs AVX512-BF16 and an f32 model) [default: f32]
+    #[arg(long, value_enum)]
+    pub frozen_products: Option<crate::nn::bf16::FrozenProducts>,
     #[command(flatten)]
     pub dev: crate::device::DeviceArgs,
     /// Shorthand for --device cpu
@@ -395,7 +413,8 @@ impl TrainFlags {
             micro_batch_size,
             train_on_inputs,
             seed,
-            save_every
+            save_every,
+            frozen_products
         );
         crate::device::check_composed_env()?;
         if let Some(d) = self.dev.device {

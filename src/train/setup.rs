@@ -183,6 +183,11 @@ impl Trainer {
         })?;
         let src = weights::open_path(&path)?;
         let mut model = Llama::from_source(src.as_ref(), &device, dtype)?;
+        if !config.frozen_products.is_f32() && !model.use_bf16_products()? {
+            return Err(Error::InvalidArgument(
+                "frozen_products bf16 needs a CPU with AVX512-BF16 (this one has none)".into(),
+            ));
+        }
         let mt = ModelTokenizer::load(&path, config.template_file.as_deref().map(Path::new))?;
         let pad_id = mt.info.pad.unwrap_or(mt.info.eos);
         let (train, val, data) = tokenized_split(&config, &mt)?;
