@@ -218,25 +218,26 @@ impl Basis {
         } else {
             std::mem::align_of::<f32>()
         };
-        let store = if cfg!(target_endian = "little") && raw.as_ptr() as usize % align == 0 {
-            Store::Mapped {
-                map: map.clone(),
-                bytes,
-                f64,
-            }
-        } else if f64 {
-            Store::F64(
-                raw.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect(),
-            )
-        } else {
-            Store::F32(
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                    .collect(),
-            )
-        };
+        let store =
+            if cfg!(target_endian = "little") && (raw.as_ptr() as usize).is_multiple_of(align) {
+                Store::Mapped {
+                    map: map.clone(),
+                    bytes,
+                    f64,
+                }
+            } else if f64 {
+                Store::F64(
+                    raw.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .collect(),
+                )
+            } else {
+                Store::F32(
+                    raw.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                        .collect(),
+                )
+            };
         Some(Basis { store, rows, cols })
     }
 

@@ -244,11 +244,8 @@ fn split(total: usize, parts: usize) -> impl Iterator<Item = (usize, usize)> {
     })
 }
 
-// The AVX-512 intrinsics are stable since Rust 1.89, above the declared `rust-version` (1.85) —
-// which the locked zip 9.8.2 (1.89) already exceeds; raising it is left to a separate change
-// (clippy then asks for `is_multiple_of` across the crate).
+// The AVX-512 intrinsics are stable since Rust 1.89, the crate's `rust-version`.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 mod x86 {
     use super::{split, Line, PackedBf16, KC_PAIRS, MC, MR, NR, NV};
     use rayon::prelude::*;

@@ -288,11 +288,11 @@ impl Trainer {
             on_step(&log);
             self.record.steps.push(log);
             if let Some(e) = self.config.eval_every {
-                if self.step % e == 0 {
+                if self.step.is_multiple_of(e) {
                     self.eval_and_log()?;
                 }
             }
-            if self.step % self.config.save_every == 0 || self.step == self.total_steps {
+            if self.step.is_multiple_of(self.config.save_every) || self.step == self.total_steps {
                 self.save_checkpoint(started)?;
             }
             // A stop during the last step lets the run finish (nothing is left to resume).

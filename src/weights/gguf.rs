@@ -113,7 +113,11 @@ fn without_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
 
 /// Undoes llama.cpp's Q/K row permutation: row `h·hd + 2b + a` (GGUF) → row `h·hd + a·hd/2 + b` (HF).
 pub fn unpermute_rows(w: &Matrix, heads: usize) -> Result<Matrix> {
-    if heads == 0 || heads > w.rows || w.rows % heads != 0 || (w.rows / heads) % 2 != 0 {
+    if heads == 0
+        || heads > w.rows
+        || !w.rows.is_multiple_of(heads)
+        || !(w.rows / heads).is_multiple_of(2)
+    {
         return Err(Error::shape(
             "GGUF Q/K un-permutation",
             format!(
