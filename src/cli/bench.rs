@@ -82,7 +82,8 @@ struct RooflineArgs {
     /// STREAM runs (the best is reported).
     #[arg(long, default_value_t = 10)]
     stream_runs: usize,
-    /// Python with torch for the PyTorch peer (benches/torch_matmul.py)
+    /// Python with torch for the PyTorch peer (benches/torch_matmul.py) [default: $TSD_PYTHON,
+    /// else the peer is skipped and the record says so]
     #[arg(long, value_name = "PATH")]
     torch_python: Option<String>,
     /// Print the record's JSON instead of the table.
