@@ -27,3 +27,11 @@ rank = int(os.environ.get("RANK", "0"))
         }
     )
 )
+
+# Tear the process group down before exit: a rank that exits with gloo's threads still running can
+# abort in C++ ("terminate called without an active exception", SIGABRT), failing the launch.
+import torch.distributed as dist  # noqa: E402
+
+if dist.is_available() and dist.is_initialized():
+    dist.barrier()
+    dist.destroy_process_group()
