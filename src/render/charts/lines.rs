@@ -282,6 +282,10 @@ where
     if plan.integer_x {
         mesh.x_label_formatter(&|v| integer_label(*v));
     }
+    // plotters' default labels keep one decimal: a learning rate of 6e-6 read "0.0" on every tick.
+    if !plan.opts.log_y && ylo.abs().max(yhi.abs()) < 1e-2 && yhi > ylo {
+        mesh.y_label_formatter(&|v| format!("{v:.1e}"));
+    }
     mesh.draw().map_err(err)?;
     let log_y = plan.opts.log_y;
     let kept: Vec<Vec<(f64, f64)>> = plan
@@ -432,4 +436,16 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Regression: small values (a warm-up learning rate) got "0.0" on every y tick.
+    #[test]
+    fn small_values_get_distinct_y_labels() {
+        let pts: Vec<(f64, f64)> = (1..=4).map(|i| (i as f64, 2e-6 * i as f64)).collect();
+        let svg = super::lines(&[("learning rate", pts)], "step", "lr", false, None).unwrap();
+        assert!(svg.contains("e-6"), "no scientific y labels");
+        assert!(!svg.contains(">0.0<"), "a tick still reads 0.0");
+    }
 }
