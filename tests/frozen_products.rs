@@ -11,20 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn write_data(dir: &Path) -> PathBuf {
-    let ex: Vec<serde_json::Value> = (0..16)
-        .map(|i| {
-            let a = ["alpha", "beta", "gamma", "delta"][i % 4];
-            serde_json::json!({
-                "instruction": format!("Pick the answer for item {i}.\n\nAnswer format: answer1/answer2"),
-                "input": "",
-                "output": format!("the correct answer is {a}"),
-                "answer": a,
-            })
-        })
-        .collect();
-    let p = dir.join("train.json");
-    std::fs::write(&p, serde_json::to_string(&ex).unwrap()).unwrap();
-    p
+    common::write_train_data(dir, 16)
 }
 
 /// `tsd train` on the tiny fixture (through `runner` when given, e.g. qemu), with `extra` flags.

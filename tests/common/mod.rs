@@ -90,3 +90,22 @@ pub fn tiny_chat_model(dir: &Path) -> PathBuf {
     std::fs::write(m.join("tokenizer_config.json"), config.to_string()).unwrap();
     m
 }
+
+/// `n` LLM-Adapters-format training examples (`instruction`, `input`, `output`, `answer`; four
+/// answers in turn) written to `dir/train.json`.
+pub fn write_train_data(dir: &Path, n: usize) -> PathBuf {
+    let ex: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let a = ["alpha", "beta", "gamma", "delta"][i % 4];
+            serde_json::json!({
+                "instruction": format!("Pick the answer for item {i}.\n\nAnswer format: answer1/answer2"),
+                "input": "",
+                "output": format!("the correct answer is {a}"),
+                "answer": a,
+            })
+        })
+        .collect();
+    let p = dir.join("train.json");
+    std::fs::write(&p, serde_json::to_string(&ex).unwrap()).unwrap();
+    p
+}
