@@ -85,6 +85,21 @@ fn median(xs: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU seconds of all this process's threads so far (`CLOCK_PROCESS_CPUTIME_ID`, nanosecond
+/// resolution; NaN where it fails). On a KVM guest with steal-time accounting the time a vCPU was taken away is not counted,
+/// so a step's CPU time is disturbed less by other guests than its wall time.
+fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
 /// Minor page faults of this process so far (`/proc/self/stat` field 10; 0 off Linux).
 fn minor_faults() -> u64 {
     std::fs::read_to_string("/proc/self/stat")
@@ -115,19 +130,6 @@ fn context_switches() -> u64 {
 
 /// The default model's name in benchmark records.
 pub const DEFAULT_MODEL_NAME: &str = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to f32)";
-
-/// User + system CPU seconds of this process so far (`/proc/self/stat`, 100 ticks per second).
-fn process_cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // fields after the parenthesised command name; utime and stime are the 12th and 13th
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(f64::NAN)
-}
 
 /// The 1-minute load average (`/proc/loadavg`; NaN if unreadable).
 fn load_average() -> f64 {

@@ -1,7 +1,9 @@
 //! `tsd bench train`: training-step throughput and peak memory of LoRA and LoRA-Dash on the
 //! default model, each method measured in its own process, over alternating rounds.
 
-use super::{context_switches, cpu_name, median, minor_faults, DEFAULT_MODEL_NAME};
+use super::{
+    context_switches, cpu_name, median, minor_faults, process_cpu_seconds, DEFAULT_MODEL_NAME,
+};
 use crate::error::Result;
 use crate::linalg::{Matrix, Precision};
 use crate::svd_cache::SvdCache;
@@ -20,6 +22,10 @@ pub struct TrainBench {
     pub threads: usize,
     pub warmup_steps: usize,
     pub step_seconds: Vec<f64>,
+    /// CPU seconds of all the process's threads per timed step ([`super::process_cpu_seconds`]:
+    /// the pool's spinning counts, another guest's steal does not); empty in older records.
+    #[serde(default)]
+    pub step_cpu_seconds: Vec<f64>,
     pub median_step_seconds: f64,
     pub tokens_per_s: f64,
     pub peak_rss_bytes: u64,
@@ -187,6 +193,14 @@ pub struct TrainComparison {
     pub dash_step_overhead_per_round_median: Option<f64>,
     #[serde(default)]
     pub dash_step_overhead_per_round_ci95: Option<(f64, f64, f64)>,
+    /// The per-round overhead in CPU time (median CPU seconds per step of each process): the
+    /// same pairing, a measure that other guests' steal does not reach.
+    #[serde(default)]
+    pub dash_cpu_overhead_per_round: Vec<f64>,
+    #[serde(default)]
+    pub dash_cpu_overhead_per_round_median: Option<f64>,
+    #[serde(default)]
+    pub dash_cpu_overhead_per_round_ci95: Option<(f64, f64, f64)>,
     /// Best Dash step over best LoRA step, minus one.
     pub dash_best_step_overhead_vs_lora: f64,
     pub pytorch_peft: Option<serde_json::Value>,
@@ -248,15 +262,12 @@ impl TrainComparison {
             }
         };
         let (lora, lora_dash) = (summary("lora"), summary("lora-dash"));
-        let per_round: Vec<f64> = runs
-            .chunks(2)
-            .filter_map(|pair| {
-                let of = |m: &str| pair.iter().find(|r| r.method == m);
-                Some(of("lora-dash")?.median_step_seconds / of("lora")?.median_step_seconds - 1.0)
-            })
-            .collect();
+        let per_round = per_round_overhead(&runs, |r| Some(r.median_step_seconds));
         let per_round_median = (!per_round.is_empty()).then(|| median(&per_round));
         let per_round_ci = crate::stats::median_interval(&per_round, 0.95);
+        let cpu_round = per_round_overhead(&runs, |r| {
+            (!r.step_cpu_seconds.is_empty()).then(|| median(&r.step_cpu_seconds))
+        });
         let torch_f = |k: &str| torch.as_ref().and_then(|t| t[k].as_f64());
         let torch_best = torch.as_ref().and_then(|t| {
             t["step_seconds"]
@@ -289,6 +300,9 @@ impl TrainComparison {
             dash_step_overhead_per_round: per_round,
             dash_step_overhead_per_round_median: per_round_median,
             dash_step_overhead_per_round_ci95: per_round_ci,
+            dash_cpu_overhead_per_round_median: (!cpu_round.is_empty()).then(|| median(&cpu_round)),
+            dash_cpu_overhead_per_round_ci95: crate::stats::median_interval(&cpu_round, 0.95),
+            dash_cpu_overhead_per_round: cpu_round,
             dash_best_step_overhead_vs_lora: lora_dash.best_step_seconds / lora.best_step_seconds
                 - 1.0,
             tsd_lora_tokens_per_s_over_pytorch_peft: torch_f("tokens_per_s")
@@ -303,6 +317,17 @@ impl TrainComparison {
             runs,
         }
     }
+}
+
+/// Dash over LoRA minus one, per round (`runs` in pairs as [`bench_train_rounds`] ran them), of
+/// the per-process figure `of` gives; rounds where a figure is missing are left out.
+fn per_round_overhead(runs: &[TrainBench], of: fn(&TrainBench) -> Option<f64>) -> Vec<f64> {
+    runs.chunks(2)
+        .filter_map(|pair| {
+            let get = |m: &str| pair.iter().find(|r| r.method == m).and_then(of);
+            Some(get("lora-dash")? / get("lora")? - 1.0)
+        })
+        .collect()
 }
 
 /// Times `steps` LoRA (or LoRA-Dash, switched before timing) training steps — forward, backward,
@@ -347,17 +372,18 @@ pub fn bench_train_step(method: &str, o: &TrainOptions) -> Result<TrainBench> {
     let vocab = model.config.vocab_size as u32;
     let (ids, targets_t) = super::fixed_batch(vocab, batch, seq_len, &dev)?;
     let warmup = 1;
-    let mut times = Vec::new();
+    let (mut times, mut cpu) = (Vec::new(), Vec::new());
     let (mut faults0, mut switches0) = (minor_faults(), context_switches());
     for s in 0..warmup + steps {
         if s == warmup {
             (faults0, switches0) = (minor_faults(), context_switches());
         }
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), process_cpu_seconds());
         super::train_step(&model, &ids, &targets_t, &mut opt, s)?;
         dev.synchronize()?;
         if s >= warmup {
             times.push(t.elapsed().as_secs_f64());
+            cpu.push(process_cpu_seconds() - c);
         }
     }
     let median = median(&times);
@@ -371,6 +397,7 @@ pub fn bench_train_step(method: &str, o: &TrainOptions) -> Result<TrainBench> {
         threads: rayon::current_num_threads(),
         warmup_steps: warmup,
         step_seconds: times,
+        step_cpu_seconds: cpu,
         median_step_seconds: median,
         tokens_per_s: (batch * seq_len) as f64 / median,
         peak_rss_bytes: crate::train::trainer::peak_rss_bytes(),
@@ -524,6 +551,8 @@ mod tests {
             threads: 2,
             warmup_steps: 1,
             step_seconds: steps.to_vec(),
+            // CPU time: twice the wall time (two busy threads)
+            step_cpu_seconds: steps.iter().map(|s| 2.0 * s).collect(),
             median_step_seconds: median(steps),
             tokens_per_s: 100.0 / median(steps),
             peak_rss_bytes: rss,
@@ -613,6 +642,17 @@ mod tests {
         for (got, want) in c.dash_step_overhead_per_round.iter().zip(want) {
             assert!((got - want).abs() < 1e-12);
         }
+        // the CPU-time pairing, from each process's median CPU seconds (twice its wall time here)
+        assert_eq!(c.dash_cpu_overhead_per_round.len(), 2);
+        for (got, want) in c.dash_cpu_overhead_per_round.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12);
+        }
+        // an older record without CPU times pairs nothing
+        let mut old = vec![run("lora", &[1.0], 1), run("lora-dash", &[1.1], 1)];
+        old.iter_mut().for_each(|r| r.step_cpu_seconds.clear());
+        let c_old = TrainComparison::new(old, None, None);
+        assert!(c_old.dash_cpu_overhead_per_round.is_empty());
+        assert_eq!(c_old.dash_cpu_overhead_per_round_median, None);
         assert_eq!(c.lora.tokens_per_s, 50.0);
         assert_eq!(c.tsd_lora_tokens_per_s_over_pytorch_peft, Some(1.25));
         assert_eq!(c.lora.peak_rss_bytes, 100);

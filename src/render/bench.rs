@@ -84,6 +84,19 @@ pub fn train_summary(rec: &TrainComparison, torch_path: &std::path::Path) -> Vec
             100.0 * hi
         ));
     }
+    if let (Some(m), Some((lo, hi, cov))) = (
+        rec.dash_cpu_overhead_per_round_median,
+        rec.dash_cpu_overhead_per_round_ci95,
+    ) {
+        lines.push(format!(
+            "LoRA-Dash step over LoRA in CPU time, median of {} rounds {:+.1}% ({:.1}% interval {:+.1}% … {:+.1}%)",
+            rec.dash_cpu_overhead_per_round.len(),
+            100.0 * m,
+            100.0 * cov,
+            100.0 * lo,
+            100.0 * hi
+        ));
+    }
     if let (Some(r), Some(m)) = (
         rec.tsd_lora_tokens_per_s_over_pytorch_peft,
         rec.pytorch_peft_peak_rss_over_tsd_lora,
