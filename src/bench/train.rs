@@ -55,6 +55,10 @@ pub struct StepFlops {
     pub attention_forward: f64,
     /// LoRA's two thin products per adapted linear, forward.
     pub lora_forward: f64,
+    /// LoRA-Dash's `s` directions, forward: they ride in LoRA's products (rank `r + s`,
+    /// `src/nn/adapted.rs`), so they cost what `s` more LoRA ranks would; 0 for LoRA.
+    #[serde(default)]
+    pub dash_forward: f64,
     /// Backward: input gradients of the frozen linears and the head, attention's four products,
     /// LoRA's four.
     pub backward: f64,
@@ -74,7 +78,11 @@ pub struct StepFlops {
 /// - backward: **1×** the forward of the frozen linears and the head — tsd computes only their
 ///   input gradients (`g·W`), never the frozen weights' gradients (which would be another 1×);
 ///   **2×** the forward of attention (`dP = dO·Vᵀ`, `dV = Pᵀ·dO`, `dQ = dS·K`, `dK = dSᵀ·Q`) and
-///   of LoRA (`dB`, `d(xAᵀ)`, `dA`, `dx`).
+///   of LoRA (`dB`, `d(xAᵀ)`, `dA`, `dx`);
+/// - LoRA-Dash (`dash_s > 0`): its `s` directions as executed, `2·N·s·(in + out)` forward and 2×
+///   that backward per adapted linear, since they share LoRA's products. (Of those 3× the
+///   gradient of the constant `V̄ᵀ` is not needed, and `g·Ū` once would give both `Δσ`'s gradient
+///   and the input's: 2× would do, at other bits.)
 ///
 /// Not counted: the scores tsd recomputes in attention's backward instead of keeping them
 /// (`QKᵀ` again: +1× the attention forward's half, hardware FLOPs, not model FLOPs), elementwise
@@ -87,6 +95,7 @@ pub fn train_step_flops(
     batch: usize,
     seq_len: usize,
     rank: usize,
+    dash_s: usize,
     targets: &[&str],
 ) -> StepFlops {
     const LINEARS: [&str; 7] = [
@@ -100,15 +109,17 @@ pub fn train_step_flops(
     ];
     let n = (batch * seq_len) as f64;
     let layers = cfg.num_hidden_layers as f64;
-    let (mut lin, mut lora) = (0.0, 0.0);
+    let (mut lin, mut lora, mut dash) = (0.0, 0.0, 0.0);
     for m in LINEARS {
         let (out, inp) = cfg.linear_shape(m).expect("a known linear");
         lin += 2.0 * n * (out * inp) as f64;
         if targets.contains(&m) {
             lora += 2.0 * n * (rank * (out + inp)) as f64;
+            dash += 2.0 * n * (dash_s * (out + inp)) as f64;
         }
     }
     let (linears_forward, lora_forward) = (layers * lin, layers * lora);
+    let dash_forward = layers * dash;
     let lm_head_forward = 2.0 * n * (cfg.vocab_size * cfg.hidden_size) as f64;
     let t = seq_len as f64;
     let attention_forward = layers
@@ -119,13 +130,15 @@ pub fn train_step_flops(
         * t
         * t
         * cfg.head_dim() as f64;
-    let backward = linears_forward + lm_head_forward + 2.0 * attention_forward + 2.0 * lora_forward;
+    let low_rank = lora_forward + dash_forward;
+    let backward = linears_forward + lm_head_forward + 2.0 * (attention_forward + low_rank);
     StepFlops {
-        total: linears_forward + lm_head_forward + attention_forward + lora_forward + backward,
+        total: linears_forward + lm_head_forward + attention_forward + low_rank + backward,
         linears_forward,
         lm_head_forward,
         attention_forward,
         lora_forward,
+        dash_forward,
         backward,
     }
 }
@@ -211,9 +224,13 @@ pub struct TrainComparison {
     pub pytorch_peft_peak_rss_over_tsd_lora: Option<f64>,
     /// Every process's measurement, in the order they ran.
     pub runs: Vec<TrainBench>,
-    /// Model FLOPs of one step ([`train_step_flops`]), from the runs' records.
+    /// Model FLOPs of one LoRA step ([`train_step_flops`]), from the runs' records.
     #[serde(default)]
     pub model_flops_per_step: Option<f64>,
+    /// LoRA-Dash's extra FLOPs over LoRA's, as a fraction: the overhead its arithmetic predicts at
+    /// LoRA's rate (none in records from before Dash's FLOPs were counted).
+    #[serde(default)]
+    pub dash_arithmetic_overhead: Option<f64>,
     /// LoRA's model FLOPs over its median step, FLOP/s.
     #[serde(default)]
     pub lora_achieved_flops_per_s: Option<f64>,
@@ -276,15 +293,23 @@ impl TrainComparison {
                 .filter_map(|x| x.as_f64())
                 .reduce(f64::min)
         });
-        let flops = runs
-            .iter()
-            .map(|r| r.model_flops_per_step)
-            .find(|&f| f > 0.0);
+        let flops_of = |m: &str| {
+            runs.iter()
+                .filter(|r| r.method == m)
+                .map(|r| r.model_flops_per_step)
+                .find(|&f| f > 0.0)
+        };
+        let flops = flops_of("lora");
+        let dash_flops = flops_of("lora-dash");
         let achieved = flops.map(|f| f / lora.median_step_seconds);
         let frac = |limit: fn(&RooflineLimits) -> f64| Some(achieved? / limit(roofline.as_ref()?));
         TrainComparison {
             what: "training step (forward, backward, AdamW) on the default model, CPU f32",
             model_flops_per_step: flops,
+            dash_arithmetic_overhead: dash_flops
+                .zip(flops)
+                .map(|(d, l)| d / l - 1.0)
+                .filter(|x| *x > 0.0),
             lora_achieved_flops_per_s: achieved,
             lora_best_step_flops_per_s: flops.map(|f| f / lora.best_step_seconds),
             lora_fraction_of_best_measured_product_rate: frac(|r| {
@@ -318,6 +343,9 @@ impl TrainComparison {
         }
     }
 }
+
+/// LoRA-Dash's directions per adapted linear in the benchmark.
+const DASH_S: usize = 8;
 
 /// Dash over LoRA minus one, per round (`runs` in pairs as [`bench_train_rounds`] ran them), of
 /// the per-process figure `of` gives; rounds where a figure is missing are left out.
@@ -361,14 +389,16 @@ pub fn bench_train_step(method: &str, o: &TrainOptions) -> Result<TrainBench> {
             let (r, c) = w.dims2()?;
             let m = Matrix::new(r, c, w.flatten_all()?.to_vec1::<f32>()?)?;
             let (d, _) = cache.get_or_compute(&m, Precision::F32)?;
-            lin.start_dash(8, &d, Default::default())?;
+            lin.start_dash(DASH_S, &d, Default::default())?;
             opt.add(
                 format!("{i}.ds"),
                 lin.dash.as_ref().expect("started").delta_sigma.clone(),
             )?;
         }
     }
-    let flops = train_step_flops(&model.config, batch, seq_len, rank, &super::TARGETS).total;
+    let dash_s = if method == "lora-dash" { DASH_S } else { 0 };
+    let flops =
+        train_step_flops(&model.config, batch, seq_len, rank, dash_s, &super::TARGETS).total;
     let vocab = model.config.vocab_size as u32;
     let (ids, targets_t) = super::fixed_batch(vocab, batch, seq_len, &dev)?;
     let warmup = 1;
@@ -573,7 +603,7 @@ mod tests {
             std::path::Path::new("smollm2"),
         )
         .unwrap();
-        let f = train_step_flops(&cfg, 4, 128, 8, &super::super::TARGETS);
+        let f = train_step_flops(&cfg, 4, 128, 8, 0, &super::super::TARGETS);
         let n = 512.0;
         // per layer: q, o 576², k, v 576·192, gate, up, down 576·1536
         let per_layer = 2.0 * 576.0 * 576.0 + 2.0 * 576.0 * 192.0 + 3.0 * 576.0 * 1536.0;
@@ -594,14 +624,21 @@ mod tests {
         assert_eq!(f.total, fwd + f.backward);
         // ≈ 294 GFLOP per step
         assert!((f.total / 1e9 - 294.0).abs() < 1.0, "{}", f.total / 1e9);
+        assert_eq!(f.dash_forward, 0.0);
+        // LoRA-Dash s = 8: the low-rank products at rank 16, 3× their forward in all
+        let d = train_step_flops(&cfg, 4, 128, 8, 8, &super::super::TARGETS);
+        assert_eq!(d.dash_forward, f.lora_forward);
+        assert_eq!(d.total - f.total, 3.0 * f.lora_forward);
+        // ≈ 5.1 GFLOP more: 1.7 % of the LoRA step
+        let extra = (d.total - f.total) / f.total;
+        assert!((extra - 0.0173).abs() < 0.0005, "{extra}");
     }
 
     #[test]
     fn fractions_of_the_roofline_come_from_the_records() {
-        let runs = vec![
-            run("lora", &[2.0, 3.0, 1.0], 100),
-            run("lora-dash", &[2.0], 100),
-        ];
+        let mut dash = run("lora-dash", &[2.0], 100);
+        dash.model_flops_per_step = 306.0;
+        let runs = vec![run("lora", &[2.0, 3.0, 1.0], 100), dash];
         let limits = RooflineLimits {
             source: "r.json".into(),
             cpu: "c".into(),
@@ -612,6 +649,8 @@ mod tests {
         let c = TrainComparison::new(runs.clone(), None, Some(limits));
         // 300 FLOPs per step, median step 2 s (best 1 s)
         assert_eq!(c.model_flops_per_step, Some(300.0));
+        // Dash's 306 FLOPs per step: 2 % more arithmetic, not mistaken for LoRA's count
+        assert!((c.dash_arithmetic_overhead.unwrap() - 0.02).abs() < 1e-12);
         assert_eq!(c.lora_achieved_flops_per_s, Some(150.0));
         assert_eq!(c.lora_best_step_flops_per_s, Some(300.0));
         assert_eq!(c.lora_fraction_of_best_measured_product_rate, Some(0.25));

@@ -84,6 +84,12 @@ pub fn train_summary(rec: &TrainComparison, torch_path: &std::path::Path) -> Vec
             100.0 * hi
         ));
     }
+    if let Some(a) = rec.dash_arithmetic_overhead {
+        lines.push(format!(
+            "LoRA-Dash's extra arithmetic: {:+.1}% of a LoRA step's FLOPs (its s directions ride in LoRA's products)",
+            100.0 * a
+        ));
+    }
     if let (Some(m), Some((lo, hi, cov))) = (
         rec.dash_cpu_overhead_per_round_median,
         rec.dash_cpu_overhead_per_round_ci95,
