@@ -1016,7 +1016,11 @@ fn measure_tsd(
             s.k,
             s.n,
             op.describe(),
-            if bf16 { ", f32 and bf16" } else { "" }
+            if bf16 && op.frozen() {
+                ", f32 and bf16"
+            } else {
+                ""
+            }
         ));
         let (reps, secs) = time_layer(s, runs, false)?.expect("the f32 path always exists");
         let (direct, direct_best) = rates(s.flops(), &time_gemm_direct(s, runs)?.1);
