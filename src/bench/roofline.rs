@@ -1,14 +1,17 @@
 //! `tsd bench roofline`: this machine's limits — the CPU's identity, its theoretical f32 FMA peak
-//! (a derivation from stated microarchitecture assumptions, not a measurement), the f32 matrix
-//! product rate tsd's kernel path reaches on the default model's training and decode shapes
-//! (candle's CPU matmul → the gemm crate, on tsd's one rayon pool), PyTorch's `torch.matmul` on
-//! the same shapes in the same invocation (`benches/torch_matmul.py`, f32 and, where the CPU has
-//! bf16 instructions, bf16), the system BLAS found at run time on the same shapes (Debian's
-//! OpenBLAS and BLIS through `cblas_sgemm`, [`super::system_blas`]), and a STREAM-like memory
-//! bandwidth on the same pool.
+//! and, where the CPU has AVX512-BF16, its bf16 `vdpbf16ps` peak (derivations from stated
+//! microarchitecture assumptions, not measurements), the f32 matrix product rate tsd reaches on
+//! the default model's training and decode shapes as its layers run them ([`LayerOp`]: frozen
+//! linears' stored layout and column split, the fused head loss's 128-row blocks) and as a bare
+//! candle matmul (gemm direct), tsd's bf16 frozen-weight kernel on the same shapes,
+//! PyTorch's `torch.matmul` in the same invocation (`benches/torch_matmul.py`, f32 and, where the
+//! CPU has bf16 instructions, bf16), the system BLAS found at run time on the same shapes
+//! (Debian's OpenBLAS and BLIS through `cblas_sgemm`, [`super::system_blas`]), and a STREAM-like
+//! memory bandwidth on the same pool.
 
 use super::{loadavg, median};
 use crate::error::{Error, Result};
+use crate::nn::frozen::{matmul_2d, FrozenLinear};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,7 +22,7 @@ pub const TORCH_SCRIPT: &str = include_str!("../../benches/torch_matmul.py");
 
 /// One matrix product `[m, k] · [k, n]`; `rhs_transposed`: the right operand is a `[n, k]`
 /// row-major weight read as its transpose (`x·Wᵀ`, a linear's forward), else a `[k, n]` row-major
-/// matrix (`g·W`, a frozen linear's input gradient).
+/// matrix (`g·W`, a frozen linear's input gradient). [`layer_op`] says how tsd's layers run it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProductShape {
     pub name: String,
@@ -47,6 +50,57 @@ impl ProductShape {
     /// multiply-add).
     pub fn flops(&self) -> f64 {
         2.0 * self.m as f64 * self.k as f64 * self.n as f64
+    }
+}
+
+/// How tsd's layers run a product shape: what the roofline's `tsd` column times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerOp {
+    /// `FrozenLinear::product(x)`: `x [m, k] · Wᵀ`, W `[n, k]` (a frozen linear's forward, in
+    /// training and decode; CPU weights with k > n stored transposed, ≤ 256 rows column-split).
+    Product,
+    /// `FrozenLinear::input_grad(g)`: `g [m, k] · W`, W `[k, n]` (the layer's `[out, in]`).
+    InputGrad,
+    /// `matmul_2d(x, Aᵀ)` as `AdaptedLinear::forward` runs LoRA's down-projection (A `[n, k]`,
+    /// trainable: no stored transpose, no bf16 path).
+    LoraDown,
+    /// The fused head loss's forward (`nn::loss::head_cross_entropy`): `FrozenLinear::product`
+    /// over blocks of 128 rows (products only, not the softmax between them).
+    HeadProductBlocks,
+    /// The fused head loss's input gradient: `FrozenLinear::input_grad` over 128-row blocks.
+    HeadInputGradBlocks,
+}
+
+impl LayerOp {
+    /// The call in words, for the record's notes and the table.
+    pub fn describe(self) -> &'static str {
+        match self {
+            LayerOp::Product => "FrozenLinear::product",
+            LayerOp::InputGrad => "FrozenLinear::input_grad",
+            LayerOp::LoraDown => "matmul_2d(x, Aᵀ)",
+            LayerOp::HeadProductBlocks => "FrozenLinear::product per 128-row block",
+            LayerOp::HeadInputGradBlocks => "FrozenLinear::input_grad per 128-row block",
+        }
+    }
+
+    /// Whether the op multiplies by a frozen weight, so has a bf16 path.
+    pub fn frozen(self) -> bool {
+        self != LayerOp::LoraDown
+    }
+}
+
+/// The op tsd's layers run `s` with: LoRA's thin product through `matmul_2d`, the training LM
+/// head through the fused head loss's blocks, every other forward (`rhs_transposed`) through
+/// `FrozenLinear::product` and every input gradient through `FrozenLinear::input_grad`.
+pub fn layer_op(s: &ProductShape) -> LayerOp {
+    let head = s.name.starts_with("LM head") && s.used_in.starts_with("train");
+    match (s.name.starts_with("LoRA"), head, s.rhs_transposed) {
+        (true, _, _) => LayerOp::LoraDown,
+        (false, true, true) => LayerOp::HeadProductBlocks,
+        (false, true, false) => LayerOp::HeadInputGradBlocks,
+        (false, false, true) => LayerOp::Product,
+        (false, false, false) => LayerOp::InputGrad,
     }
 }
 
@@ -292,6 +346,50 @@ pub fn peak(cores: usize, ghz: f64, ghz_source: &str, microarch: MicroArch) -> P
     }
 }
 
+/// The theoretical bf16 peak of `vdpbf16ps` (AVX512-BF16) and its derivation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Bf16Peak {
+    /// cores × GHz × FMA units × f32 lanes × 2 bf16 products per lane × 2, in FLOP/s.
+    pub flops_per_s: f64,
+    /// The product written out.
+    pub derivation: String,
+    /// What it assumes about the instruction.
+    pub assumption: String,
+}
+
+/// The bf16 peak from the f32 one's cores, clock, FMA units and lanes: `vdpbf16ps` runs on the FMA
+/// units and adds two bf16 products into each f32 lane, so 2× the f32 FMA rate. `Err`: why there
+/// is none (the CPU lacks avx512_bf16).
+pub fn bf16_peak(cpu: &CpuInfo, f32_peak: &Peak) -> std::result::Result<Bf16Peak, String> {
+    if !cpu.has("avx512_bf16") {
+        return Err(
+            "no avx512_bf16 in /proc/cpuinfo: no vdpbf16ps, so no bf16 peak (and no tsd \
+                    bf16 kernel) on this CPU"
+                .into(),
+        );
+    }
+    let (units, lanes) = (f32_peak.microarch.fma_units, f32_peak.f32_lanes);
+    let flops = f32_peak.f32_flops_per_s * 2.0;
+    let mut assumption = "vdpbf16ps issues on the same FMA units at the f32 FMA's throughput per \
+                          datapath width, each f32 lane summing 2 bf16 products: 2x the f32 FMA \
+                          peak"
+        .to_string();
+    if cpu.kernel_flags.iter().any(|f| f == "amx_bf16") {
+        assumption += "; AMX-BF16 tiles (not used by tsd) are not included";
+    }
+    Ok(Bf16Peak {
+        flops_per_s: flops,
+        derivation: format!(
+            "{} cores x {:.3} GHz x {units} FMA units x {lanes} f32 lanes x 2 bf16 products per \
+             lane x 2 = {:.1} GFLOP/s",
+            f32_peak.cores,
+            f32_peak.ghz,
+            flops / 1e9
+        ),
+        assumption,
+    })
+}
+
 /// The lowest clock (GHz) at which `flops_per_s` fits under `peak`'s assumptions (its cores, FMA
 /// units and lanes).
 pub fn implied_ghz(flops_per_s: f64, peak: &Peak) -> f64 {
@@ -322,11 +420,29 @@ pub struct ProductRate {
     /// Seconds per product, one per sample.
     pub seconds: Vec<f64>,
     pub median_seconds: f64,
-    /// flops / median seconds, in GFLOP/s.
+    /// flops / median seconds, in GFLOP/s, of the product as tsd's layers run it ([`Self::tsd_op`];
+    /// in records without one, a bare candle matmul, as `gemm_direct_gflops` now).
     pub tsd_gflops: f64,
     /// flops / fastest sample's seconds: interference from other work only slows a sample, so on
     /// a shared machine this is the steadier estimate of the kernel itself.
     pub tsd_best_gflops: f64,
+    /// The layer op `tsd_gflops` timed (absent in records from before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsd_op: Option<LayerOp>,
+    /// candle's bare `x.matmul(rhs)` on the same operands (the weight as given, no column split):
+    /// beside `tsd_gflops`, what the layers' layout and split buy. Median, GFLOP/s.
+    #[serde(default)]
+    pub gemm_direct_gflops: Option<f64>,
+    /// The same, fastest sample.
+    #[serde(default)]
+    pub gemm_direct_best_gflops: Option<f64>,
+    /// tsd's bf16 frozen-weight kernel through `FrozenLinear::with_bf16_products` and the same op
+    /// (median), where the CPU has AVX512-BF16 and the op has a frozen weight.
+    #[serde(default)]
+    pub tsd_bf16_gflops: Option<f64>,
+    /// The same, fastest sample.
+    #[serde(default)]
+    pub tsd_bf16_best_gflops: Option<f64>,
     /// `torch.matmul` f32 (median), when the peer ran.
     #[serde(default)]
     pub torch_f32_gflops: Option<f64>,
@@ -351,6 +467,9 @@ pub struct ProductRate {
     /// The fastest f32 path on this product by median (tsd, torch f32, each system BLAS).
     #[serde(default)]
     pub fastest_f32: Option<Fastest>,
+    /// The fastest bf16 path by median (tsd bf16, torch bf16), where either ran.
+    #[serde(default)]
+    pub fastest_bf16: Option<Fastest>,
 }
 
 /// One system BLAS's `cblas_sgemm` on one product, timed as tsd's product is.
@@ -372,7 +491,8 @@ pub struct BlasRate {
 /// The fastest path on a product and its median rate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Fastest {
-    /// `tsd`, `torch`, or a system BLAS's name.
+    /// `tsd`, `torch`, or a system BLAS's name (`gemm direct` is not a path of tsd's layers and
+    /// is not among them).
     pub name: String,
     pub gflops: f64,
 }
@@ -427,6 +547,17 @@ pub struct Roofline {
     pub best_measured_f32_gflops: f64,
     pub best_measured_shape: String,
     pub best_measured_over_peak: f64,
+    /// The theoretical bf16 `vdpbf16ps` peak, where the CPU has avx512_bf16 (absent in older
+    /// records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bf16_peak: Option<Bf16Peak>,
+    /// Why there is no bf16 peak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bf16_peak_absent_because: Option<String>,
+    /// The best bf16 product rate over the shapes and paths (tsd bf16, torch bf16; medians),
+    /// GFLOP/s, its shape's name and path; none where nothing ran in bf16.
+    #[serde(default)]
+    pub best_measured_bf16: Option<BestBf16>,
     /// The fastest single sample's rate over all shapes, GFLOP/s.
     #[serde(default)]
     pub best_sample_f32_gflops: f64,
@@ -445,6 +576,17 @@ pub struct Roofline {
     pub load_average_before: Vec<f64>,
     pub load_average_after: Vec<f64>,
     pub notes: Vec<String>,
+}
+
+/// The best measured bf16 product rate of a record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestBf16 {
+    pub gflops: f64,
+    pub shape: String,
+    /// `tsd` or `torch`.
+    pub path: String,
+    /// Over [`Roofline::bf16_peak`], where there is one.
+    pub over_peak: Option<f64>,
 }
 
 /// The PyTorch peer's identity, or why it was skipped.
@@ -511,9 +653,9 @@ fn time_samples(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(usize
     Ok((reps, secs))
 }
 
-/// Times each shape through candle's CPU matmul (gemm, tsd's rayon pool), as the frozen and
-/// adapted linears call it.
-fn time_tsd(shape: &ProductShape, runs: usize) -> Result<(usize, Vec<f64>)> {
+/// The operands of `shape`: the left `[m, k]` and the weight as its layer holds it, `[n, k]` for
+/// a forward (`x·Wᵀ`), `[k, n]` for an input gradient (`g·W`).
+fn operands(shape: &ProductShape) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
     use candle_core::{Device, Tensor};
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (shape.m, shape.k), &dev)?;
@@ -522,6 +664,13 @@ fn time_tsd(shape: &ProductShape, runs: usize) -> Result<(usize, Vec<f64>)> {
     } else {
         Tensor::randn(0f32, 1.0, (shape.k, shape.n), &dev)?
     };
+    Ok((x, w))
+}
+
+/// Times each shape through candle's bare CPU matmul (gemm, tsd's rayon pool) on the weight as
+/// given: no stored transpose, no column split (`gemm direct`).
+fn time_gemm_direct(shape: &ProductShape, runs: usize) -> Result<(usize, Vec<f64>)> {
+    let (x, w) = operands(shape)?;
     let rhs = if shape.rhs_transposed { w.t()? } else { w };
     time_samples(runs, || {
         let y = x.matmul(&rhs)?;
@@ -530,8 +679,59 @@ fn time_tsd(shape: &ProductShape, runs: usize) -> Result<(usize, Vec<f64>)> {
     })
 }
 
+/// Row blocks `(start, len)` the op runs `m` rows in: the fused head loss's, else one block.
+fn op_blocks(op: LayerOp, m: usize) -> Vec<(usize, usize)> {
+    match op {
+        LayerOp::HeadProductBlocks | LayerOp::HeadInputGradBlocks => {
+            crate::nn::loss::row_blocks(m).collect()
+        }
+        _ => vec![(0, m)],
+    }
+}
+
+/// Times `shape` as tsd's layers run it ([`layer_op`]); `bf16`: through a frozen linear with bf16
+/// products. None where that path does not exist (bf16 on LoRA's product, or on a CPU without
+/// AVX512-BF16).
+fn time_layer(shape: &ProductShape, runs: usize, bf16: bool) -> Result<Option<(usize, Vec<f64>)>> {
+    let op = layer_op(shape);
+    let (x, w) = operands(shape)?;
+    if op == LayerOp::LoraDown {
+        if bf16 {
+            return Ok(None);
+        }
+        let at = w.t()?;
+        return time_samples(runs, || {
+            std::hint::black_box(matmul_2d(&x, &at)?);
+            Ok(())
+        })
+        .map(Some);
+    }
+    let mut lin = FrozenLinear::new(w);
+    if bf16 && !lin.with_bf16_products()? {
+        return Ok(None);
+    }
+    let blocks: Vec<_> = op_blocks(op, shape.m)
+        .into_iter()
+        .map(|(s, len)| x.narrow(0, s, len))
+        .collect::<candle_core::Result<_>>()?;
+    let forward = matches!(op, LayerOp::Product | LayerOp::HeadProductBlocks);
+    time_samples(runs, || {
+        for b in &blocks {
+            let y = if forward {
+                lin.product(b)?
+            } else {
+                lin.input_grad(b)?
+            };
+            std::hint::black_box(&y);
+        }
+        Ok(())
+    })
+    .map(Some)
+}
+
 /// Times `blas`'s `cblas_sgemm` on `shape`, row-major with tsd's transposition (the right operand
-/// `[n, k]` read transposed when `rhs_transposed`, else `[k, n]`), as [`time_tsd`] times tsd's.
+/// `[n, k]` read transposed when `rhs_transposed`, else `[k, n]`), as [`time_gemm_direct`] times
+/// candle's.
 fn time_blas(
     blas: &super::system_blas::SystemBlas,
     shape: &ProductShape,
@@ -624,6 +824,32 @@ fn fastest_f32(p: &ProductRate) -> Fastest {
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .expect("tsd's rate");
     Fastest { name, gflops }
+}
+
+/// The fastest bf16 path on `p` by median rate (tsd's kernel, torch), where either ran.
+fn fastest_bf16(p: &ProductRate) -> Option<Fastest> {
+    [("tsd", p.tsd_bf16_gflops), ("torch", p.torch_bf16_gflops)]
+        .into_iter()
+        .filter_map(|(n, g)| Some((n, g?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(name, gflops)| Fastest {
+            name: name.into(),
+            gflops,
+        })
+}
+
+/// The best of the shapes' fastest bf16 paths, and its fraction of `peak`.
+fn best_bf16(products: &[ProductRate], peak: Option<&Bf16Peak>) -> Option<BestBf16> {
+    let (p, f) = products
+        .iter()
+        .filter_map(|p| Some((p, p.fastest_bf16.as_ref()?)))
+        .max_by(|a, b| a.1.gflops.total_cmp(&b.1.gflops))?;
+    Some(BestBf16 {
+        gflops: f.gflops,
+        shape: p.shape.name.clone(),
+        path: f.name.clone(),
+        over_peak: peak.map(|k| f.gflops * 1e9 / k.flops_per_s),
+    })
 }
 
 /// STREAM copy and triad over three arrays of `bytes / 24` f64, split over the rayon pool.
@@ -764,28 +990,58 @@ fn nominal_clock(cpu: &CpuInfo, cpufreq: Option<f64>, hypervisor: bool) -> (f64,
     }
 }
 
-/// tsd's rate on every shape (median of `runs` samples), the PyTorch columns still empty.
+/// GFLOP/s of `flops` at the median and at the fastest of `secs`.
+fn rates(flops: f64, secs: &[f64]) -> (f64, f64) {
+    let best = secs.iter().cloned().fold(f64::INFINITY, f64::min);
+    (flops / median(secs) / 1e9, flops / best / 1e9)
+}
+
+/// tsd's rates on every shape (median of `runs` samples): the layer path in f32, gemm direct, and
+/// the layer path with bf16 products where `bf16` (the CPU runs the kernel); the peers' columns
+/// still empty.
 fn measure_tsd(
     shapes: &[ProductShape],
     runs: usize,
+    bf16: bool,
     log: &dyn Fn(&str),
 ) -> Result<Vec<ProductRate>> {
     let mut products = Vec::new();
     for s in shapes {
+        let op = layer_op(s);
         log(&format!(
-            "roofline: tsd {} [{}x{}]·[{}x{}]…",
-            s.name, s.m, s.k, s.k, s.n
+            "roofline: tsd {} [{}x{}]·[{}x{}] ({}{})…",
+            s.name,
+            s.m,
+            s.k,
+            s.k,
+            s.n,
+            op.describe(),
+            if bf16 && op.frozen() {
+                ", f32 and bf16"
+            } else {
+                ""
+            }
         ));
-        let (reps, secs) = time_tsd(s, runs)?;
-        let med = median(&secs);
-        let best = secs.iter().cloned().fold(f64::INFINITY, f64::min);
+        let (reps, secs) = time_layer(s, runs, false)?.expect("the f32 path always exists");
+        let (direct, direct_best) = rates(s.flops(), &time_gemm_direct(s, runs)?.1);
+        let bf = if bf16 {
+            time_layer(s, runs, true)?.map(|(_, t)| rates(s.flops(), &t))
+        } else {
+            None
+        };
+        let (g, gb) = rates(s.flops(), &secs);
         products.push(ProductRate {
             shape: s.clone(),
             flops: s.flops(),
             repeats_per_sample: reps,
-            median_seconds: med,
-            tsd_gflops: s.flops() / med / 1e9,
-            tsd_best_gflops: s.flops() / best / 1e9,
+            median_seconds: median(&secs),
+            tsd_gflops: g,
+            tsd_best_gflops: gb,
+            tsd_op: Some(op),
+            gemm_direct_gflops: Some(direct),
+            gemm_direct_best_gflops: Some(direct_best),
+            tsd_bf16_gflops: bf.map(|b| b.0),
+            tsd_bf16_best_gflops: bf.map(|b| b.1),
             seconds: secs,
             torch_f32_gflops: None,
             torch_f32_best_gflops: None,
@@ -795,6 +1051,7 @@ fn measure_tsd(
             torch_bf16_best_gflops: None,
             blas: BTreeMap::new(),
             fastest_f32: None,
+            fastest_bf16: None,
         });
     }
     Ok(products)
@@ -844,17 +1101,19 @@ fn measure_torch(
 }
 
 /// What the record says about how it was measured.
-fn roofline_notes(hypervisor: bool, avx512: bool, blas: &SystemBlasPeers) -> Vec<String> {
+fn roofline_notes(
+    cpu: &CpuInfo,
+    tsd_bf16: bool,
+    bf16_peak_absent: Option<&str>,
+    blas: &SystemBlasPeers,
+) -> Vec<String> {
     let mut notes = vec![
-        "the theoretical peak is a derivation from the stated microarchitecture assumption and \
-         frequency, not a measurement"
+        "the theoretical peaks are derivations from the stated microarchitecture assumption and \
+         frequency, not measurements"
             .to_string(),
-        "tsd's products: candle's CPU matmul (f32) → the gemm crate (AVX-512 kernels, feature \
-         x86-v4) on tsd's one rayon pool, the path of the frozen and adapted linears; each sample \
-         is a median over repeats lasting ≥ 10 ms, after one warm-up product"
-            .to_string(),
-        "tsd has no bf16 CPU kernel path: bf16 rates are PyTorch's alone".to_string(),
-        system_blas_note(blas, avx512),
+        layer_path_note(),
+        tsd_bf16_note(tsd_bf16),
+        system_blas_note(blas, cpu.has("avx512f")),
         "PyTorch's products run on an OpenMP pool that splits each product statically over its \
          threads and waits for all of them; while other processes hold a core, a product waits \
          for the descheduled thread, where rayon's work stealing (tsd) lets the running thread \
@@ -864,7 +1123,8 @@ fn roofline_notes(hypervisor: bool, avx512: bool, blas: &SystemBlasPeers) -> Vec
          one thread per head) are not among the shapes"
             .to_string(),
     ];
-    if hypervisor {
+    notes.extend(bf16_peak_absent.map(|why| format!("no theoretical bf16 peak: {why}")));
+    if cpu.hypervisor_flag {
         notes.push(
             "a virtual machine: other guests share the host's cores, memory bandwidth and L3; \
              the load average counts this guest only"
@@ -872,6 +1132,37 @@ fn roofline_notes(hypervisor: bool, avx512: bool, blas: &SystemBlasPeers) -> Vec
         );
     }
     notes
+}
+
+/// What the `tsd` rates time: the layers' ops, and gemm direct beside them.
+fn layer_path_note() -> String {
+    "tsd's f32 products (`tsd`, `tsd_op`) are timed as the layers run them: a forward `x·Wᵀ` \
+     through a FrozenLinear built from W (`product`: a CPU weight with more inputs than outputs \
+     is stored as its contiguous transpose, products of ≤ 256 rows are split over the pool by \
+     column blocks), an input gradient `g·W` through `FrozenLinear::input_grad`, LoRA's x·Aᵀ \
+     through `matmul_2d` as AdaptedLinear::forward, and the training LM head's two shapes as the \
+     fused head loss (nn::loss::head_cross_entropy) runs them, in 128-row blocks (the products \
+     only, not its softmax); all candle's CPU matmul (f32) → the gemm crate (AVX-512 kernels, \
+     feature x86-v4) on tsd's one rayon pool; `gemm_direct` is candle's bare x.matmul(rhs) on \
+     the same operands (the weight read as given, one product), what the layout and the split \
+     add; each sample is a median over repeats lasting ≥ 10 ms, after one warm-up product; the \
+     best measured f32 rate is tsd's (layer path, median)"
+        .to_string()
+}
+
+/// What `tsd_bf16` times, or why it is absent.
+fn tsd_bf16_note(measured: bool) -> String {
+    if !measured {
+        return "tsd's bf16 kernel (nn::bf16) needs AVX512-BF16, which this CPU lacks: no tsd bf16 \
+                rates; bf16 rates, if any, are PyTorch's"
+            .into();
+    }
+    "tsd's bf16 products (`tsd_bf16`): the frozen-weight kernel (nn::bf16, AVX512-BF16 \
+     vdpbf16ps: weight and input rounded to bf16, sums in f32) through \
+     FrozenLinear::with_bf16_products and the same op as `tsd` (the weight packed once before \
+     timing, the input rounded in every product); LoRA's own product stays f32 (no bf16 path); \
+     the best measured bf16 rate is the fastest of tsd bf16 and torch bf16 (medians)"
+        .into()
 }
 
 /// The note on the system BLAS: what was measured, or why nothing was.
@@ -960,12 +1251,15 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
     });
     let (ghz, ghz_source) = nominal_clock(&cpu, cpufreq_nominal_ghz, hypervisor.is_some());
     let peak = peak(cpu.cores, ghz, &ghz_source, assume_microarch(&cpu));
+    let bf16_peak = bf16_peak(&cpu, &peak);
+    let tsd_bf16 = crate::nn::bf16::available();
     let shapes = default_shapes(o.tokens, o.decode_rows);
-    let mut products = measure_tsd(&shapes, o.runs, log)?;
+    let mut products = measure_tsd(&shapes, o.runs, tsd_bf16, log)?;
     let system_blas = measure_blas(&shapes, &mut products, pool, o.runs, log)?;
     let torch = measure_torch(o, &shapes, &mut products, pool, cpu.has_bf16(), log)?;
     for p in &mut products {
         p.fastest_f32 = Some(fastest_f32(p));
+        p.fastest_bf16 = fastest_bf16(p);
     }
     log(&format!(
         "roofline: STREAM copy/triad over {} MiB…",
@@ -981,17 +1275,25 @@ pub fn bench_roofline(o: &RooflineOptions, log: &dyn Fn(&str)) -> Result<Rooflin
         .map(|p| p.tsd_best_gflops)
         .fold(0.0, f64::max);
     Ok(Roofline {
-        what: "this machine's limits: CPU identity, theoretical f32 FMA peak (derived), \
-               measured f32 matrix-product rates of tsd's kernel path, PyTorch's and the system \
-               BLAS's on the default model's training and decode shapes, STREAM-like memory \
-               bandwidth"
+        what: "this machine's limits: CPU identity, theoretical f32 FMA and bf16 peaks (derived), \
+               measured f32 matrix-product rates of tsd's layers (and of a bare gemm), tsd's bf16 \
+               kernel, PyTorch's f32 and bf16 and the system BLAS's on the default model's \
+               training and decode shapes, STREAM-like memory bandwidth"
             .into(),
+        best_measured_bf16: best_bf16(&products, bf16_peak.as_ref().ok()),
+        notes: roofline_notes(
+            &cpu,
+            tsd_bf16,
+            bf16_peak.as_ref().err().map(String::as_str),
+            &system_blas,
+        ),
+        bf16_peak_absent_because: bf16_peak.as_ref().err().cloned(),
+        bf16_peak: bf16_peak.ok(),
         best_measured_f32_gflops: best.tsd_gflops,
         best_measured_shape: best.shape.name.clone(),
         best_measured_over_peak: best.tsd_gflops * 1e9 / peak.f32_flops_per_s,
         best_sample_f32_gflops: best_sample,
         implied_min_ghz: implied_ghz(best_sample * 1e9, &peak),
-        notes: roofline_notes(cpu.hypervisor_flag, cpu.has("avx512f"), &system_blas),
         cpu,
         hypervisor,
         pool_threads: pool,
@@ -1112,6 +1414,178 @@ flags\t\t: fpu sse sse2 pni ssse3 fma sse4_1 sse4_2 avx f16c hypervisor avx2 avx
             s.len(),
             "names are unique (the peer's results join on them)"
         );
+    }
+
+    /// vdpbf16ps: 2 bf16 products per f32 lane on the same FMA units, so twice the f32 peak;
+    /// none without avx512_bf16.
+    #[test]
+    fn bf16_peak_is_twice_the_f32_fma_peak() {
+        let c = parse_cpuinfo(SAMPLE);
+        let p = peak(2, 2.5, "given", assume_microarch(&c));
+        let b = bf16_peak(&c, &p).unwrap();
+        // 2 cores × 2.5 GHz × 2 FMA × 16 lanes × 2 products × 2 = 640 GFLOP/s
+        assert!((b.flops_per_s - 640e9).abs() < 1.0);
+        assert!(
+            b.derivation
+                .contains("x 16 f32 lanes x 2 bf16 products per lane x 2 = 640.0 GFLOP/s"),
+            "{}",
+            b.derivation
+        );
+        assert!(!b.assumption.contains("AMX"));
+        let mut amx = c.clone();
+        amx.kernel_flags.push("amx_bf16".into());
+        assert!(bf16_peak(&amx, &p).unwrap().assumption.contains("AMX"));
+        let mut no = c;
+        no.kernel_flags.retain(|f| f != "avx512_bf16");
+        assert!(bf16_peak(&no, &p).unwrap_err().contains("avx512_bf16"));
+    }
+
+    /// Forwards through `FrozenLinear::product`, input gradients through `input_grad`, LoRA's
+    /// thin product through `matmul_2d`, the training head in the fused loss's 128-row blocks
+    /// (decode's head is a plain product).
+    #[test]
+    fn each_default_shape_maps_to_the_op_its_layer_runs() {
+        use LayerOp::*;
+        let want = [
+            ("q,o fwd", Product),
+            ("k,v fwd", Product),
+            ("gate,up fwd", Product),
+            ("down fwd", Product),
+            ("q,o bwd dx", InputGrad),
+            ("k,v bwd dx", InputGrad),
+            ("gate,up bwd dx", InputGrad),
+            ("down bwd dx", InputGrad),
+            ("LoRA x·Aᵀ r=8", LoraDown),
+            ("LM head fwd", HeadProductBlocks),
+            ("LM head bwd dx", HeadInputGradBlocks),
+            ("q,o decode", Product),
+            ("gate,up decode", Product),
+            ("down decode", Product),
+            ("LM head decode", Product),
+            ("gate,up 1 row", Product),
+            ("LM head 1 row", Product),
+        ];
+        let shapes = default_shapes(512, 64);
+        assert_eq!(shapes.len(), want.len());
+        for (s, (name, op)) in shapes.iter().zip(want) {
+            assert_eq!((s.name.as_str(), layer_op(s)), (name, op));
+        }
+        assert_eq!(
+            op_blocks(HeadProductBlocks, 512),
+            [(0, 128), (128, 128), (256, 128), (384, 128)]
+        );
+        assert_eq!(op_blocks(Product, 512), [(0, 512)]);
+        assert!(!LoraDown.frozen() && HeadInputGradBlocks.frozen());
+    }
+
+    /// Every op times on small shapes; bf16 exists for frozen weights only, and only where the
+    /// CPU runs the kernel.
+    #[test]
+    fn layer_ops_time_in_f32_and_bf16() -> Result<()> {
+        let shapes = [
+            ProductShape::new("q,o fwd", "train forward", 8, 32, 24, true),
+            ProductShape::new("down bwd dx", "train backward", 8, 16, 40, false),
+            ProductShape::new("LoRA x·Aᵀ r=8", "train forward", 8, 32, 4, true),
+            ProductShape::new("LM head fwd", "train forward", 300, 16, 64, true),
+            ProductShape::new("LM head bwd dx", "train backward", 300, 64, 16, false),
+        ];
+        for s in &shapes {
+            let (_, secs) = time_layer(s, 1, false)?.expect("f32 path");
+            assert_eq!(secs.len(), 1);
+            let bf = time_layer(s, 1, true)?;
+            let frozen = layer_op(s).frozen();
+            assert_eq!(
+                bf.is_some(),
+                frozen && crate::nn::bf16::available(),
+                "{}",
+                s.name
+            );
+        }
+        Ok(())
+    }
+
+    /// A record from before the layer path, gemm direct and bf16 were measured still reads, with
+    /// those fields absent.
+    #[test]
+    fn records_without_the_new_fields_still_read() {
+        let mut v: serde_json::Value =
+            serde_json::from_str(include_str!("../../reproductions/bench/roofline.json")).unwrap();
+        for k in [
+            "bf16_peak",
+            "bf16_peak_absent_because",
+            "best_measured_bf16",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        for p in v["products"].as_array_mut().unwrap() {
+            let p = p.as_object_mut().unwrap();
+            for k in [
+                "tsd_op",
+                "gemm_direct_gflops",
+                "gemm_direct_best_gflops",
+                "tsd_bf16_gflops",
+                "tsd_bf16_best_gflops",
+                "fastest_bf16",
+            ] {
+                p.remove(k);
+            }
+        }
+        let rec: Roofline = serde_json::from_value(v).unwrap();
+        assert!(rec.bf16_peak.is_none() && rec.best_measured_bf16.is_none());
+        let p = &rec.products[0];
+        assert!(p.tsd_op.is_none() && p.gemm_direct_gflops.is_none());
+        assert!(p.tsd_bf16_gflops.is_none() && p.fastest_bf16.is_none());
+    }
+
+    #[test]
+    fn the_fastest_bf16_path_and_the_best_over_shapes() {
+        let shapes = default_shapes(512, 64);
+        let rate = |s: &ProductShape, tsd: Option<f64>, torch: Option<f64>| ProductRate {
+            shape: s.clone(),
+            flops: s.flops(),
+            repeats_per_sample: 1,
+            seconds: vec![1.0],
+            median_seconds: 1.0,
+            tsd_gflops: 100.0,
+            tsd_best_gflops: 100.0,
+            tsd_op: Some(layer_op(s)),
+            gemm_direct_gflops: None,
+            gemm_direct_best_gflops: None,
+            tsd_bf16_gflops: tsd,
+            tsd_bf16_best_gflops: tsd,
+            torch_f32_gflops: None,
+            torch_f32_best_gflops: None,
+            tsd_over_torch: None,
+            tsd_over_torch_best: None,
+            torch_bf16_gflops: torch,
+            torch_bf16_best_gflops: torch,
+            blas: BTreeMap::new(),
+            fastest_f32: None,
+            fastest_bf16: None,
+        };
+        let mut ps = vec![
+            rate(&shapes[0], Some(500.0), Some(600.0)),
+            rate(&shapes[1], Some(700.0), None),
+            rate(&shapes[8], None, None),
+        ];
+        for p in &mut ps {
+            p.fastest_bf16 = fastest_bf16(p);
+        }
+        assert_eq!(ps[0].fastest_bf16.as_ref().unwrap().name, "torch");
+        assert_eq!(ps[1].fastest_bf16.as_ref().unwrap().name, "tsd");
+        assert!(ps[2].fastest_bf16.is_none());
+        let peak = Bf16Peak {
+            flops_per_s: 1400e9,
+            derivation: String::new(),
+            assumption: String::new(),
+        };
+        let b = best_bf16(&ps, Some(&peak)).unwrap();
+        assert_eq!(
+            (b.gflops, b.shape.as_str(), b.path.as_str()),
+            (700.0, "k,v fwd", "tsd")
+        );
+        assert_eq!(b.over_peak, Some(0.5));
+        assert!(best_bf16(&ps[2..], None).is_none());
     }
 
     #[test]

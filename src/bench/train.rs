@@ -144,27 +144,61 @@ pub fn train_step_flops(
 }
 
 /// What a `tsd bench roofline` record says about the machine's limits, as `tsd bench train`
-/// compares with them.
+/// compares with them: the bf16 rate and peak for a run with bf16 frozen products where the record
+/// has them, else the f32 ones.
 #[derive(Clone, Debug, Serialize)]
 pub struct RooflineLimits {
     /// The record's path.
     pub source: String,
     pub cpu: String,
-    /// Best measured f32 product rate (median of a shape), FLOP/s.
+    /// `f32` or `bf16`: which of the record's rates and peaks the fields below are.
+    pub precision: String,
+    /// Best measured product rate (median of a shape), FLOP/s.
     pub best_measured_product_flops_per_s: f64,
-    /// Theoretical f32 FMA peak, FLOP/s, and its derivation.
+    /// Theoretical peak, FLOP/s, and its derivation.
     pub theoretical_peak_flops_per_s: f64,
     pub peak_derivation: String,
+    /// Why the comparison is not in the run's own precision (a bf16 run against a record
+    /// without bf16 rates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision_mismatch: Option<String>,
 }
 
 impl RooflineLimits {
-    pub fn from_record(rec: &super::Roofline, source: &str) -> Self {
-        RooflineLimits {
+    /// The limits of `rec` (read from `source`) for a run whose frozen products are `products`.
+    pub fn from_record(
+        rec: &super::Roofline,
+        source: &str,
+        products: crate::nn::bf16::FrozenProducts,
+    ) -> Self {
+        let f32_limits = RooflineLimits {
             source: source.into(),
             cpu: rec.cpu.model_name.clone(),
+            precision: "f32".into(),
             best_measured_product_flops_per_s: rec.best_measured_f32_gflops * 1e9,
             theoretical_peak_flops_per_s: rec.peak.f32_flops_per_s,
             peak_derivation: rec.peak.derivation.clone(),
+            precision_mismatch: None,
+        };
+        if products.is_f32() {
+            return f32_limits;
+        }
+        match (&rec.best_measured_bf16, &rec.bf16_peak) {
+            (Some(best), Some(peak)) => RooflineLimits {
+                precision: "bf16".into(),
+                best_measured_product_flops_per_s: best.gflops * 1e9,
+                theoretical_peak_flops_per_s: peak.flops_per_s,
+                peak_derivation: peak.derivation.clone(),
+                ..f32_limits
+            },
+            _ => RooflineLimits {
+                precision_mismatch: Some(
+                    "a bf16 run, but the roofline record has no bf16 rate and peak: compared \
+                     with its f32 ones"
+                        .into(),
+                ),
+                ..f32_limits
+            },
         }
     }
 }
@@ -240,10 +274,11 @@ pub struct TrainComparison {
     /// The machine's limits, from a `tsd bench roofline` record, when one was there.
     #[serde(default)]
     pub roofline: Option<RooflineLimits>,
-    /// LoRA's achieved FLOP/s (median step) over the roofline's best measured product rate.
+    /// LoRA's achieved FLOP/s (median step) over the roofline's best measured product rate (bf16
+    /// for a bf16 run where the record has one: [`RooflineLimits::precision`]).
     #[serde(default)]
     pub lora_fraction_of_best_measured_product_rate: Option<f64>,
-    /// LoRA's achieved FLOP/s (median step) over the theoretical f32 peak.
+    /// LoRA's achieved FLOP/s (median step) over the theoretical peak (f32, or bf16 as above).
     #[serde(default)]
     pub lora_fraction_of_theoretical_peak: Option<f64>,
 }
@@ -642,9 +677,11 @@ mod tests {
         let limits = RooflineLimits {
             source: "r.json".into(),
             cpu: "c".into(),
+            precision: "f32".into(),
             best_measured_product_flops_per_s: 600.0,
             theoretical_peak_flops_per_s: 1000.0,
             peak_derivation: String::new(),
+            precision_mismatch: None,
         };
         let c = TrainComparison::new(runs.clone(), None, Some(limits));
         // 300 FLOPs per step, median step 2 s (best 1 s)
@@ -658,6 +695,43 @@ mod tests {
         let none = TrainComparison::new(runs, None, None);
         assert_eq!(none.lora_fraction_of_theoretical_peak, None);
         assert_eq!(none.lora_achieved_flops_per_s, Some(150.0));
+    }
+
+    /// A bf16 run compares with the record's bf16 rate and peak where it has them, else with the
+    /// f32 ones and says so; an f32 run always with the f32 ones.
+    #[test]
+    fn a_bf16_run_compares_with_the_bf16_limits() {
+        use crate::bench::roofline::{BestBf16, Bf16Peak};
+        use crate::nn::bf16::FrozenProducts;
+        let mut rec: super::super::Roofline =
+            serde_json::from_str(include_str!("../../reproductions/bench/roofline.json")).unwrap();
+        rec.best_measured_f32_gflops = 400.0;
+        rec.best_measured_bf16 = None;
+        rec.bf16_peak = None;
+        let old = RooflineLimits::from_record(&rec, "r.json", FrozenProducts::Bf16);
+        assert_eq!(old.precision, "f32");
+        assert_eq!(old.best_measured_product_flops_per_s, 400e9);
+        assert!(old.precision_mismatch.is_some());
+        rec.best_measured_bf16 = Some(BestBf16 {
+            gflops: 900.0,
+            shape: "gate,up fwd".into(),
+            path: "tsd".into(),
+            over_peak: Some(0.9),
+        });
+        rec.bf16_peak = Some(Bf16Peak {
+            flops_per_s: 1000e9,
+            derivation: "d".into(),
+            assumption: "a".into(),
+        });
+        let bf = RooflineLimits::from_record(&rec, "r.json", FrozenProducts::Bf16);
+        assert_eq!(bf.precision, "bf16");
+        assert_eq!(bf.best_measured_product_flops_per_s, 900e9);
+        assert_eq!(bf.theoretical_peak_flops_per_s, 1000e9);
+        assert!(bf.precision_mismatch.is_none());
+        let f = RooflineLimits::from_record(&rec, "r.json", FrozenProducts::F32);
+        assert_eq!(f.precision, "f32");
+        assert_eq!(f.best_measured_product_flops_per_s, 400e9);
+        assert_eq!(f.theoretical_peak_flops_per_s, rec.peak.f32_flops_per_s);
     }
 
     #[test]

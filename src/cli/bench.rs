@@ -350,6 +350,7 @@ fn train(
                 anyhow::anyhow!("{}: not a roofline record: {e}", roofline_path.display())
             })?,
             &roofline_path.display().to_string(),
+            o.frozen_products,
         )),
         None => None,
     };

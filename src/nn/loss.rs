@@ -109,7 +109,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
 /// Rows of logits computed at once by [`head_cross_entropy`]: 128 × 49,152 f32 = 25 MB for the
 /// default model, against 100 MB for the whole `[512, V]` logits of a 4 × 128 batch (and as much
 /// again for their gradient).
-const HEAD_CHUNK_ROWS: usize = 128;
+pub(crate) const HEAD_CHUNK_ROWS: usize = 128;
 
 /// The LM head and the cross-entropy as one op on `h: [N, H]`: forward computes, a block of
 /// [`HEAD_CHUNK_ROWS`] rows at a time, the logits `h·Wᵀ`, the rows' losses and (when `h` is in a
@@ -130,7 +130,7 @@ struct HeadCrossEntropy {
 /// `(start, len)` of near-equal blocks of at most [`HEAD_CHUNK_ROWS`] rows covering `0..n`. Equal
 /// sizes rather than a short last block: `gemm` computes products of very few rows (one; or ≤ 64
 /// against ≤ 64 columns) by other kernels whose last bits differ from the whole product's.
-fn row_blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn row_blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
     let count = n.div_ceil(HEAD_CHUNK_ROWS).max(1);
     let (base, extra) = (n / count, n % count);
     (0..count).scan(0, move |start, i| {

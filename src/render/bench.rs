@@ -124,10 +124,15 @@ pub fn train_summary(rec: &TrainComparison, torch_path: &std::path::Path) -> Vec
             &rec.roofline,
         ) {
             line += &format!(
-                " = {:.0} % of the best measured product rate, {:.0} % of the theoretical peak ({})",
+                " = {:.0} % of the best measured {p} product rate, {:.0} % of the theoretical {p} \
+                 peak ({}{})",
                 100.0 * best,
                 100.0 * peak,
-                r.source
+                r.source,
+                r.precision_mismatch
+                    .as_deref()
+                    .map_or(String::new(), |m| format!("; {m}")),
+                p = r.precision
             );
         }
         lines.push(line);
@@ -145,8 +150,11 @@ pub fn roofline_table(rec: &Roofline) -> String {
         .collect();
     out.push(roofline_products(rec));
     out.extend(wrap(
-        "GFLOP/s as median / fastest sample; tsd/x below 1: x is faster; fastest: by median; ᵀ: \
-         the right operand is an [n, k] weight read transposed (a linear's forward)",
+        "GFLOP/s as median / fastest sample; tsd layer: the product as tsd's layers run it \
+         (FrozenLinear::product or input_grad, the training LM head in 128-row blocks, LoRA's \
+         through matmul_2d); gemm direct: a bare candle matmul on the same operands; tsd/x: tsd \
+         layer over x, below 1 x is faster; fastest: by median; ᵀ: the right operand is an [n, k] \
+         weight (a linear's forward)",
         width,
     ));
     out.join("\n") + "\n"
@@ -190,6 +198,7 @@ fn roofline_header(rec: &Roofline) -> Vec<String> {
         ),
         format!("assumed: {} — {}", rec.peak.microarch.name, rec.peak.microarch.assumption),
         format!("theoretical f32 FMA peak: {}", rec.peak.derivation),
+        bf16_peak_line(rec),
         format!(
             "best measured f32 product rate (tsd, median): {:.1} GFLOP/s ({}), {:.0} % of the peak; fastest sample {:.1} GFLOP/s (needs ≥ {:.2} GHz)",
             rec.best_measured_f32_gflops,
@@ -198,6 +207,17 @@ fn roofline_header(rec: &Roofline) -> Vec<String> {
             rec.best_sample_f32_gflops,
             rec.implied_min_ghz
         ),
+        match &rec.best_measured_bf16 {
+            Some(b) => format!(
+                "best measured bf16 product rate ({}, median): {:.1} GFLOP/s ({}){}",
+                b.path,
+                b.gflops,
+                b.shape,
+                b.over_peak
+                    .map_or(String::new(), |f| format!(", {:.0} % of the bf16 peak", 100.0 * f))
+            ),
+            None => "best measured bf16 product rate: none measured".into(),
+        },
         format!(
             "memory bandwidth (STREAM-like, {} MiB, {} threads, best of {}): copy {:.1} GB/s, triad {:.1} GB/s",
             rec.bandwidth.total_bytes >> 20,
@@ -226,6 +246,18 @@ fn roofline_header(rec: &Roofline) -> Vec<String> {
             rec.runs_per_shape
         ),
     ]
+}
+
+/// The roofline's line on the bf16 peak: its derivation, or why there is none.
+fn bf16_peak_line(rec: &Roofline) -> String {
+    match (&rec.bf16_peak, &rec.bf16_peak_absent_because) {
+        (Some(p), _) => format!(
+            "theoretical bf16 peak (vdpbf16ps): {} — {}",
+            p.derivation, p.assumption
+        ),
+        (None, Some(why)) => format!("theoretical bf16 peak: none ({why})"),
+        (None, None) => "theoretical bf16 peak: not in this record".into(),
+    }
 }
 
 /// The roofline's line on the system BLAS: each library measured, or why none was.
@@ -264,7 +296,8 @@ fn system_blas_line(rec: &Roofline) -> String {
     }
 }
 
-/// The product table: tsd's, PyTorch's and each system BLAS's rates per shape, and the fastest.
+/// The product table: tsd's (layer path, gemm direct, bf16), PyTorch's (f32, bf16) and each system
+/// BLAS's rates per shape, and the fastest f32 and bf16 paths.
 fn roofline_products(rec: &Roofline) -> String {
     let libs: Vec<&str> = rec
         .system_blas
@@ -275,9 +308,11 @@ fn roofline_products(rec: &Roofline) -> String {
     let mut header: Vec<String> = [
         "product",
         "m×k×n",
-        "tsd f32",
+        "tsd layer f32",
+        "gemm direct",
         "torch f32",
         "tsd/torch",
+        "tsd bf16",
         "torch bf16",
     ]
     .map(String::from)
@@ -285,7 +320,7 @@ fn roofline_products(rec: &Roofline) -> String {
     for l in &libs {
         header.extend([format!("{l} f32"), format!("tsd/{l}")]);
     }
-    header.push("fastest".into());
+    header.extend(["fastest f32".into(), "fastest bf16".into()]);
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut t = crate::render::table::table(&header);
     let pair = |a: Option<f64>, b: Option<f64>, d: usize| match (a, b) {
@@ -304,8 +339,10 @@ fn roofline_products(rec: &Roofline) -> String {
                 if s.rhs_transposed { "ᵀ" } else { "" }
             ),
             pair(Some(p.tsd_gflops), Some(p.tsd_best_gflops), 0),
+            pair(p.gemm_direct_gflops, p.gemm_direct_best_gflops, 0),
             pair(p.torch_f32_gflops, p.torch_f32_best_gflops, 0),
             pair(p.tsd_over_torch, p.tsd_over_torch_best, 2),
+            pair(p.tsd_bf16_gflops, p.tsd_bf16_best_gflops, 0),
             pair(p.torch_bf16_gflops, p.torch_bf16_best_gflops, 0),
         ];
         for l in &libs {
@@ -315,11 +352,10 @@ fn roofline_products(rec: &Roofline) -> String {
                 pair(r.map(|r| r.tsd_over), r.map(|r| r.tsd_over_best), 2),
             ]);
         }
-        row.push(
-            p.fastest_f32
-                .as_ref()
-                .map_or("–".to_string(), |f| f.name.clone()),
-        );
+        let name = |f: &Option<crate::bench::roofline::Fastest>| {
+            f.as_ref().map_or("–".to_string(), |f| f.name.clone())
+        };
+        row.extend([name(&p.fastest_f32), name(&p.fastest_bf16)]);
         t.add_row(row);
     }
     crate::render::table::right_align(&mut t, 2);
@@ -365,6 +401,16 @@ mod tests {
         for p in &rec.products {
             assert!(text.contains(&p.shape.name), "{}", p.shape.name);
         }
+        for column in [
+            "tsd layer f32",
+            "gemm direct",
+            "tsd bf16",
+            "torch bf16",
+            "fastest bf16",
+        ] {
+            assert!(text.contains(column), "{column}");
+        }
+        assert!(text.contains("theoretical bf16 peak"));
     }
 
     #[test]
