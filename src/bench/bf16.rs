@@ -314,12 +314,24 @@ fn accuracy_batch(o: &Bf16Options, gguf: &std::path::Path, vocab: usize) -> Resu
     };
     let tok = crate::model::tokenizer::load_tokenizer(gguf)?;
     let eos = crate::model::tokenizer::load_tokenizer_info(gguf)?.eos;
-    let encode = |t: &str| crate::model::tokenizer::encode(&tok, t);
-    let need = o.batch * (o.seq_len + 1);
-    let tests = &sets.tasks;
-    let (stream, counts) = accuracy::round_robin_stream(tests, &encode, eos, need)?;
-    let (inputs, targets) = accuracy::next_token_rows(&stream, o.batch, o.seq_len);
-    let tasks: Vec<TaskExamples> = tests
+    text_batch(sets, &tok, eos, o.batch, o.seq_len)
+}
+
+/// `batch` rows of `seq_len` + 1 tokens of `sets`' examples ([`accuracy::round_robin_stream`]
+/// encoded by `tok` as training encodes text, EOS between examples), and what they are.
+fn text_batch(
+    sets: &TestSets,
+    tok: &crate::model::tokenizer::Tokenizer,
+    eos: u32,
+    batch: usize,
+    seq_len: usize,
+) -> Result<AccuracyBatch> {
+    let encode = |t: &str| crate::model::tokenizer::encode(tok, t);
+    let need = batch * (seq_len + 1);
+    let (stream, counts) = accuracy::round_robin_stream(&sets.tasks, &encode, eos, need)?;
+    let (inputs, targets) = accuracy::next_token_rows(&stream, batch, seq_len);
+    let tasks: Vec<TaskExamples> = sets
+        .tasks
         .iter()
         .zip(counts)
         .map(|((t, _), n)| TaskExamples {
@@ -677,4 +689,72 @@ pub fn table(rec: &Bf16Bench) -> String {
         out.extend(accuracy_lines(a));
     }
     out.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tokenizer::{encode, load_tokenizer};
+    use std::path::Path;
+
+    /// The tiny fixture's tokenizer on two fixture test sets: rows of `seq_len` + 1 tokens cut
+    /// from eval prompt + answer + EOS per example, round-robin in sorted task order.
+    #[test]
+    fn text_batch_of_fixture_test_sets() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let tok = load_tokenizer(&root.join("tiny-llama")).unwrap();
+        let load = |p: &str| crate::data::load_examples(&root.join(p)).unwrap();
+        let sets = TestSets {
+            dir: "data".into(),
+            tasks: vec![
+                (
+                    "ARC-Easy".into(),
+                    load("llm-adapters/ARC-Easy/train-head.json"),
+                ),
+                (
+                    "social_i_qa".into(),
+                    load("llm-adapters/social_i_qa/test-head.json"),
+                ),
+            ],
+        };
+        let eos = 2;
+        let ids = |ex: &Example| {
+            let mut v = encode(&tok, &accuracy::example_text(ex)).unwrap();
+            v.push(eos);
+            v
+        };
+        let stream: Vec<u32> = [
+            &sets.tasks[0].1[0],
+            &sets.tasks[1].1[0],
+            &sets.tasks[0].1[1],
+        ]
+        .into_iter()
+        .flat_map(ids)
+        .collect();
+        let first = ids(&sets.tasks[0].1[0]).len();
+        // Two rows that need the second task's first example and part of the first's second.
+        let seq_len = first;
+        let b = text_batch(&sets, &tok, eos, 2, seq_len).unwrap();
+        assert_eq!(b.inputs.len(), 2 * seq_len);
+        assert_eq!(b.inputs[..seq_len], stream[..seq_len]);
+        assert_eq!(b.targets[..seq_len], stream[1..=seq_len]);
+        assert_eq!(b.inputs[seq_len..], stream[seq_len + 1..2 * seq_len + 1]);
+        assert_eq!(b.targets[seq_len..], stream[seq_len + 2..2 * seq_len + 2]);
+        // The first example ends with EOS, the last input of row 0.
+        assert_eq!(b.inputs[seq_len - 1], eos);
+        let counts: Vec<(&str, usize)> = b
+            .tasks
+            .iter()
+            .map(|t| (t.task.as_str(), t.examples))
+            .collect();
+        assert_eq!(counts[0].0, "ARC-Easy");
+        assert_eq!(counts[1], ("social_i_qa", 1));
+        assert!(
+            b.text.starts_with("commonsense test examples: ARC-Easy "),
+            "{}",
+            b.text
+        );
+        // More tokens than the fixtures hold is refused, not padded.
+        assert!(text_batch(&sets, &tok, eos, 100, 128).is_err());
+    }
 }
