@@ -409,3 +409,20 @@ fn invalid_memory_budget_is_refused() {
         "a 1-byte budget runs one module at a time: {ok:?}"
     );
 }
+
+/// `tsd bench bf16 --data` naming a directory without `<task>/test.json` is refused before any
+/// timing starts (the accuracy batch would otherwise fall back to pseudo-random ids).
+#[test]
+fn bench_bf16_refuses_a_data_dir_without_test_sets() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().display().to_string();
+    let out = d.path().join("bf16.json").display().to_string();
+    let err = fails_with_2(&["bench", "bf16", "--no-model", "--data", &dir, "--out", &out]);
+    assert!(err.contains("no <task>/test.json"), "{err}");
+    let missing = d.path().join("missing").display().to_string();
+    let err = fails_with_2(&["bench", "bf16", "--data", &missing, "--out", &out]);
+    assert!(err.contains("not readable"), "{err}");
+    assert!(!d.path().join("bf16.json").exists());
+    let err = fails_with_2(&["bench", "bf16", "--seq-len", "0", "--out", &out]);
+    assert!(err.contains("--seq-len"), "{err}");
+}

@@ -2,6 +2,7 @@
 //! under `reproductions/bench/` and rendered by [`crate::render::bench`]. Here: what several of
 //! them share (LLaMA-7B's adapted shapes, random matrices, process and machine readings).
 
+pub mod accuracy;
 pub mod bf16;
 pub mod eval_batch;
 pub mod inspect;

@@ -33,8 +33,8 @@ enum Which {
     /// run time when installed) on the default model's shapes, memory bandwidth.
     Roofline(RooflineArgs),
     /// The bf16 frozen-weight kernel (AVX512-BF16) against tsd's f32 products on the default
-    /// model's shapes, interleaved; and the default model's logits and loss with bf16 products
-    /// against f32.
+    /// model's shapes, interleaved; and the default model's logits and loss on commonsense test
+    /// examples with bf16 products against f32, beside PyTorch's bf16 autocast against its f32.
     Bf16(Bf16Args),
 }
 
@@ -56,6 +56,21 @@ struct Bf16Args {
     /// Skip the default model's logits and loss comparison.
     #[arg(long)]
     no_model: bool,
+    /// Rows of the accuracy batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per row of the accuracy batch.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Data directory in LLM-Adapters layout whose `<task>/test.json` examples make the accuracy
+    /// batch [default: $TSD_DATA, else ../shared/data/commonsense; none there: pseudo-random
+    /// token ids, said so in the record]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Python with torch and transformers for the PyTorch peer (benches/torch_bf16_accuracy.py)
+    /// [default: $TSD_PYTHON, else the peer is skipped and the record says so]
+    #[arg(long, value_name = "PATH")]
+    torch_python: Option<String>,
     /// Print the record's JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -282,17 +297,33 @@ fn roofline(x: RooflineArgs) -> Result<()> {
 
 /// `tsd bench bf16`.
 fn bf16(x: Bf16Args) -> Result<()> {
-    if x.runs == 0 || x.tokens == 0 || x.decode_rows == 0 || x.min_ms.is_nan() || x.min_ms <= 0.0 {
+    if x.runs == 0
+        || x.tokens == 0
+        || x.decode_rows == 0
+        || x.batch == 0
+        || x.seq_len == 0
+        || x.min_ms.is_nan()
+        || x.min_ms <= 0.0
+    {
         return Err(super::input_error(
-            "--runs, --min-ms, --tokens and --decode-rows must be positive",
+            "--runs, --min-ms, --tokens, --decode-rows, --batch and --seq-len must be positive",
         ));
     }
+    // A data directory named (or found at the default place) must hold test sets: refused before
+    // anything runs; none at all is the pseudo-random batch.
+    let text = tsd::env::data_dir(x.data.as_deref())
+        .map(|d| tsd::bench::bf16::TestSets::read(&d))
+        .transpose()?;
     let o = tsd::bench::bf16::Bf16Options {
         runs: x.runs,
         min_ms: x.min_ms,
         tokens: x.tokens,
         decode_rows: x.decode_rows,
         model: !x.no_model,
+        batch: x.batch,
+        seq_len: x.seq_len,
+        text,
+        torch_python: x.torch_python.or_else(tsd::env::tsd_python),
     };
     let rec = tsd::bench::bf16::bench_bf16(&o, &|m| eprintln!("{m}"))?;
     let json = tsd::render::bench::json(&rec)?;
