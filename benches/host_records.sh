@@ -2,7 +2,8 @@
 # Every performance record of README's per-host table, on this host, in one invocation: the
 # machine's limits (`tsd bench roofline`, PyTorch and the system BLAS beside), the training step
 # against PyTorch + PEFT in f32 (ROUNDS interleaved LoRA / LoRA-Dash rounds), and where the CPU has
-# AVX512-BF16 the bf16 path against PyTorch's bf16 autocast (`tsd bench bf16` too), and batched
+# AVX512-BF16 the bf16 path against PyTorch's bf16 autocast (`tsd bench bf16` too: its products,
+# and its logits on 16 x 128 tokens of every commonsense task beside PyTorch's), and batched
 # beam search against transformers' generate. Ends with SUMMARY.md: the table row, every figure
 # read from the records written here (benches/host_summary.py).
 #
@@ -42,7 +43,7 @@ if [ "$bf16" = yes ]; then
   FROZEN_PRODUCTS=bf16 ROOFLINE="$out/roofline.json" \
     benches/train_side_by_side.sh "$out/train-side-by-side-bf16" 7 > /dev/null
   step "bf16 products and accuracy"
-  "$TSD" bench bf16 --torch-python "$PYTHON" --out "$out/bf16.json" > "$out/bf16.txt"
+  "$TSD" bench bf16 --batch 16 --torch-python "$PYTHON" --out "$out/bf16.json" > "$out/bf16.txt"
 fi
 step "generate and loglik against transformers"
 "$PYTHON" benches/eval_generate.py --tsd "$TSD" --batch-sizes 1,16 --per-task 8 \

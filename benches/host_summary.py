@@ -92,10 +92,19 @@ def dash(side: Path) -> list[str]:
 
 def bf16_accuracy(rec) -> list[str]:
     acc = (rec or {}).get("accuracy")
-    if not acc:
+    if not acc or "tsd_bf16_vs_tsd_f32" not in acc:
         return []
-    parts = [f"{k}: {acc[k]:.3g}" for k in ("loss_diff", "rms_logit_diff", "argmax_agreement") if isinstance(acc.get(k), (int, float))]
-    return [f"| bf16 products: logits and loss against f32 (`tsd bench bf16`) | evidence | {'; '.join(parts)} (bf16.json) | |"]
+
+    def cmp(c) -> str:
+        return (f"KL mean {c['kl_mean']:.2e} nats, top-1 agreement {100 * c['top1_agreement']:.1f} %, "
+                f"loss {c['loss_diff']:+.2e}")
+
+    text = f"tsd bf16 vs f32: {cmp(acc['tsd_bf16_vs_tsd_f32'])}"
+    if acc.get("torch_bf16_vs_torch_f32"):
+        text += f"; PyTorch bf16 autocast vs f32 (control): {cmp(acc['torch_bf16_vs_torch_f32'])}"
+    if acc.get("tsd_f32_vs_torch_f32"):
+        text += f"; tsd f32 vs PyTorch f32: KL mean {acc['tsd_f32_vs_torch_f32']['kl_mean']:.1e}"
+    return [f"| bf16 products: logits and loss against f32 on {acc['batch']}×{acc['seq_len']} tokens of {acc['text']} | evidence | {text} | |"]
 
 
 def generate(rec) -> list[str]:
