@@ -132,9 +132,13 @@ def main() -> None:
         hf_batched = {"batch_size": a.hf_batch, "seconds_per_example": (time.perf_counter() - start) / n}
 
     common = ["--data", str(a.data), "--tasks", a.tasks]
-    # Loading time, the least of two runs (the machine is shared: one run can be slow).
-    startup = min(run_tsd(a.tsd, [*common, "--limit", "0"])[0] for _ in range(2))
-    runs = []
+    # Loading time: the least of `--limit 0` runs just before and just after the timed ones (the
+    # machine is shared: one run can be slow, and the page cache may warm up in between).
+    def startup_runs() -> list:
+        return [run_tsd(a.tsd, [*common, "--limit", "0"])[0] for _ in range(2)]
+
+    startups = startup_runs()
+    timed = []
     for b in [int(x) for x in a.batch_sizes.split(",")]:
         with tempfile.TemporaryDirectory() as pd:
             wall, _ = run_tsd(a.tsd, [*common, "--limit", str(a.per_task), "--protocol", "generate",
@@ -146,6 +150,11 @@ def main() -> None:
                     want = hf[(t, p["index"])]
                     same_text += p["output"].strip() == want[0]
                     same_pred += p["prediction"] == want[1]
+        timed.append((b, wall, same_pred, same_text))
+    startups += startup_runs()
+    startup = min(startups)
+    runs = []
+    for b, wall, same_pred, same_text in timed:
         per = (wall - startup) / n
         runs.append({"batch_size": b, "wall_s": wall, "seconds_per_example": per,
                      "speedup_vs_transformers": (sum(hf_seconds) / n) / per,
@@ -163,6 +172,7 @@ def main() -> None:
         "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
         "load_average": os.getloadavg(),
         "tsd_startup_s": startup,
+        "tsd_startup_samples_s": startups,
         "tsd": runs,
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
