@@ -17,6 +17,7 @@ use crate::nn::attention::{rope_composed as rope, rope_tables, split_heads};
 use crate::nn::{AdaptedLinear, ForwardCtx, FrozenLinear};
 use crate::weights::WeightSource;
 use candle_core::{DType, Device, Module, Tensor, D};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One decoder layer.
 pub struct Block {
@@ -73,17 +74,19 @@ pub struct LayerCache {
     v: Option<Tensor>,
     len: usize,
     /// Whether this cache alone holds the buffers' storage: a clone shares it, so the clone's first
-    /// append (and the original's) copies into fresh buffers instead of writing in place.
-    owned: bool,
+    /// append or beam reorder (and the original's) copies into fresh buffers instead of writing
+    /// in place. Atomic so that `clone(&self)` can take it from the original too.
+    owned: AtomicBool,
 }
 
 impl Clone for LayerCache {
     fn clone(&self) -> Self {
+        self.owned.store(false, Ordering::Relaxed);
         LayerCache {
             k: self.k.clone(),
             v: self.v.clone(),
             len: self.len,
-            owned: false,
+            owned: AtomicBool::new(false),
         }
     }
 }
@@ -97,7 +100,7 @@ impl LayerCache {
     fn append(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let (b, g, t, d) = k.dims4()?;
         let need = self.len + t;
-        let fits = self.owned
+        let fits = *self.owned.get_mut()
             && match &self.k {
                 Some(buf) => buf.dim(0)? == b && buf.dim(2)? >= need,
                 None => false,
@@ -114,7 +117,7 @@ impl LayerCache {
             let (nk, nv) = (fresh(&self.k)?, fresh(&self.v)?);
             self.k = Some(nk);
             self.v = Some(nv);
-            self.owned = true;
+            *self.owned.get_mut() = true;
         }
         let (kb, vb) = match (&self.k, &self.v) {
             (Some(kb), Some(vb)) => (kb, vb),
@@ -163,8 +166,10 @@ impl KvCache {
             .sum()
     }
 
-    /// Keeps batch rows `idx` (in that order), e.g. to follow the surviving beams: one copy of
-    /// each layer's buffers (none when `idx` keeps every row in place).
+    /// Keeps batch rows `idx` (in that order), e.g. to follow the surviving beams. A cache that
+    /// alone holds its buffers rewrites only the rows whose source changed, and only their filled
+    /// positions, in place (a beam search's step used to copy every row's whole capacity); a
+    /// shared one gets fresh buffers. Nothing is copied when `idx` keeps every row in place.
     pub fn select(&mut self, idx: &[u32]) -> Result<()> {
         for l in &mut self.layers {
             let Some(rows) = l.k.as_ref().map(|k| k.dim(0)).transpose()? else {
@@ -173,16 +178,52 @@ impl KvCache {
             if idx.len() == rows && idx.iter().enumerate().all(|(i, &j)| i as u32 == j) {
                 continue;
             }
+            let in_place = *l.owned.get_mut() && idx.len() <= rows;
             for t in [&mut l.k, &mut l.v] {
                 if let Some(x) = t.as_ref() {
-                    let i = Tensor::from_vec(idx.to_vec(), idx.len(), x.device())?;
-                    *t = Some(x.index_select(&i, 0)?);
+                    *t = Some(if in_place {
+                        select_in_place(x, idx, l.len)?
+                    } else {
+                        let i = Tensor::from_vec(idx.to_vec(), idx.len(), x.device())?;
+                        x.index_select(&i, 0)?
+                    });
                 }
             }
-            l.owned = true;
+            *l.owned.get_mut() = true;
         }
         Ok(())
     }
+}
+
+/// `buf: [B, G, cap, d]` (contiguous, this cache's alone) with row `i` set to old row `idx[i]` for
+/// `i < idx.len() ≤ B`, then narrowed to `idx.len()` rows: the changed rows' first `len` positions
+/// are copied out first, so overlapping moves read the old rows.
+fn select_in_place(buf: &Tensor, idx: &[u32], len: usize) -> Result<Tensor> {
+    let changed: Vec<(usize, u32)> = idx
+        .iter()
+        .enumerate()
+        .filter(|&(i, &j)| i as u32 != j)
+        .map(|(i, &j)| (i, j))
+        .collect();
+    let rows = changed
+        .iter()
+        .map(|&(_, j)| own_copy(&buf.narrow(0, j as usize, 1)?.narrow(2, 0, len)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    for (&(i, _), row) in changed.iter().zip(&rows) {
+        buf.narrow(0, i, 1)?.slice_set(row, 2, 0)?;
+    }
+    Ok(buf.narrow(0, 0, idx.len())?)
+}
+
+/// A contiguous copy of `view` in storage of its own, bit for bit (`contiguous()` returns a
+/// contiguous view itself, sharing its storage).
+fn own_copy(view: &Tensor) -> candle_core::Result<Tensor> {
+    if !view.is_contiguous() {
+        return view.contiguous();
+    }
+    let t = view.zeros_like()?;
+    t.slice_set(view, 0, 0)?;
+    Ok(t)
 }
 
 /// The additive mask `[T, Tk]` or `[B, 1, T, Tk]` for query heads viewed as `[B, G, rep·T, d]`
@@ -756,5 +797,95 @@ impl Llama {
     /// Logits `[B, T, V]` for `ids: [B, T]`.
     pub fn forward(&self, ids: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         self.forward_from(&self.embed(ids)?, 0, ctx)
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// A one-layer cache of `b` rows with `len` positions appended in two steps.
+    fn filled(b: usize, len: usize) -> (KvCache, Tensor, Tensor) {
+        let dev = Device::Cpu;
+        let k = Tensor::randn(0f32, 1.0, (b, 2, len, 3), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, 2, len, 3), &dev).unwrap();
+        let mut c = KvCache {
+            layers: vec![LayerCache::default()],
+        };
+        let h = len / 2;
+        let l = &mut c.layers[0];
+        l.append(&k.narrow(2, 0, h).unwrap(), &v.narrow(2, 0, h).unwrap())
+            .unwrap();
+        l.append(
+            &k.narrow(2, h, len - h).unwrap(),
+            &v.narrow(2, h, len - h).unwrap(),
+        )
+        .unwrap();
+        (c, k, v)
+    }
+
+    /// The filled `[B, G, len, d]` keys and values of the cache's layer.
+    fn filled_kv(c: &KvCache) -> (Vec<f32>, Vec<f32>) {
+        let l = &c.layers[0];
+        let get = |t: &Option<Tensor>| values(&t.as_ref().unwrap().narrow(2, 0, l.len).unwrap());
+        (get(&l.k), get(&l.v))
+    }
+
+    /// Regression for the in-place beam reorder: rows move (overlapping: 0 ← 2, 1 ← 0, 2 ← 0),
+    /// the batch shrinks, and the result is `index_select`'s; appending afterwards still works.
+    #[test]
+    fn select_in_place_is_index_select_and_appends_after() {
+        let (mut c, k, v) = filled(4, 5);
+        assert!(c.layers[0].owned.load(Ordering::Relaxed));
+        let idx = [2u32, 0, 0];
+        c.select(&idx).unwrap();
+        let i = Tensor::new(&idx, &Device::Cpu).unwrap();
+        let (gk, gv) = filled_kv(&c);
+        assert_eq!(gk, values(&k.index_select(&i, 0).unwrap()));
+        assert_eq!(gv, values(&v.index_select(&i, 0).unwrap()));
+        // one more position on the 3 surviving rows
+        let (k1, v1) = (
+            Tensor::ones((3, 2, 1, 3), DType::F32, &Device::Cpu).unwrap(),
+            Tensor::zeros((3, 2, 1, 3), DType::F32, &Device::Cpu).unwrap(),
+        );
+        let (ka, _) = c.layers[0].append(&k1, &v1).unwrap();
+        let want = Tensor::cat(&[k.index_select(&i, 0).unwrap(), k1], 2).unwrap();
+        assert_eq!(values(&ka), values(&want));
+    }
+
+    /// `own_copy` of a contiguous view does not share its storage: rewriting the source after
+    /// leaves the copy as it was.
+    #[test]
+    fn own_copy_of_a_contiguous_view_is_its_own() {
+        let x = Tensor::arange(0f32, 6.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let c = own_copy(&x.narrow(0, 1, 1).unwrap()).unwrap();
+        x.slice_set(
+            &Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap(),
+            0,
+            0,
+        )
+        .unwrap();
+        assert_eq!(values(&c), [3.0, 4.0, 5.0]);
+    }
+
+    /// A clone shares the buffers: reordering either one must leave the other's rows alone.
+    #[test]
+    fn select_never_writes_into_a_clone_s_rows() {
+        let (mut c, k, _) = filled(3, 4);
+        let kept = c.clone();
+        c.select(&[1, 1, 0]).unwrap();
+        assert_eq!(filled_kv(&kept).0, values(&k));
+        let mut other = kept.clone();
+        other.select(&[2, 0, 1]).unwrap();
+        assert_eq!(filled_kv(&kept).0, values(&k));
+        let i = Tensor::new(&[1u32, 1, 0], &Device::Cpu).unwrap();
+        assert_eq!(filled_kv(&c).0, values(&k.index_select(&i, 0).unwrap()));
     }
 }
