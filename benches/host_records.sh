@@ -20,6 +20,11 @@ out=${1:-reproductions/bench/hosts/$slug}
 rounds=${2:-15}
 export PYTHON=${PYTHON:-$HOME/.venvs/tsd-fixtures/bin/python}
 export TSD=${TSD:-target/release/tsd}
+if ! "$PYTHON" -c 'import torch, transformers, peft, gguf' 2>/dev/null; then
+  echo "host_records: $PYTHON cannot import torch, transformers, peft and gguf (set PYTHON; see scripts/requirements-fixtures.txt)" >&2
+  exit 2
+fi
+[ -x "$TSD" ] || { echo "host_records: no tsd binary at $TSD (cargo build --release, or set TSD)" >&2; exit 2; }
 # A BLAS told which kernels to take measures those, not the ones it would pick for this CPU.
 unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE GOTO_NUM_THREADS OPENBLAS_NUM_THREADS OMP_NUM_THREADS
 mkdir -p "$out"
