@@ -8,9 +8,9 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{copy_dir, fixture, tsd};
+use common::{copy_dir, fixture, tsd, write_train_data};
 use safetensors::SafeTensors;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tsd::adapter::{fold_dash, load_adapter, Adapter};
 use tsd::eval::merge::adapted_model;
 use tsd::nn::ForwardCtx;
@@ -19,27 +19,10 @@ use tsd::weights::open_path;
 const RANK: usize = 4;
 const S: usize = 3;
 
-fn write_data(dir: &Path) -> PathBuf {
-    let ex: Vec<serde_json::Value> = (0..40)
-        .map(|i| {
-            let a = ["alpha", "beta", "gamma", "delta"][i % 4];
-            serde_json::json!({
-                "instruction": format!("Pick the answer for item {i}.\n\nAnswer format: answer1/answer2"),
-                "input": "",
-                "output": format!("the correct answer is {a}"),
-                "answer": a,
-            })
-        })
-        .collect();
-    let p = dir.join("train.json");
-    std::fs::write(&p, serde_json::to_string(&ex).unwrap()).unwrap();
-    p
-}
-
 /// `tsd train --method lora-dash` on the tiny LLaMA: 8 steps, switch after 4, checkpoints at 4
 /// and 8. `model` is passed as given (relative to `cwd`).
 fn train_dash(home: &Path, cwd: &Path, model: &str, out: &Path) {
-    let data = write_data(home);
+    let data = write_train_data(home, 40);
     let args: Vec<String> = [
         "train",
         "--model",

@@ -4,26 +4,8 @@
 
 mod common;
 
-use common::{fixture, tsd};
+use common::{fixture, tsd, write_train_data};
 use std::path::Path;
-
-/// A small LLM-Adapters-format training file.
-fn write_data(dir: &Path) -> std::path::PathBuf {
-    let ex: Vec<serde_json::Value> = (0..40)
-        .map(|i| {
-            let a = ["alpha", "beta", "gamma", "delta"][i % 4];
-            serde_json::json!({
-                "instruction": format!("Pick the answer for item {i}.\n\nAnswer format: answer1/answer2"),
-                "input": "",
-                "output": format!("the correct answer is {a}"),
-                "answer": a,
-            })
-        })
-        .collect();
-    let p = dir.join("train.json");
-    std::fs::write(&p, serde_json::to_string(&ex).unwrap()).unwrap();
-    p
-}
 
 fn train(home: &Path, args: &[&str]) -> std::process::Output {
     train_on(home, args, false)
@@ -93,7 +75,7 @@ fn record(run: &Path) -> serde_json::Value {
 #[test]
 fn lora_dash_run_learns_switches_and_checkpoints_are_inspectable() {
     let d = tempfile::tempdir().unwrap();
-    let data = write_data(d.path());
+    let data = write_train_data(d.path(), 40);
     let run = d.path().join("run");
     let model = fixture("tiny-llama");
     let mut args = common_args(
@@ -219,7 +201,7 @@ fn lora_dash_run_learns_switches_and_checkpoints_are_inspectable() {
 #[test]
 fn killed_run_resumes_to_identical_weights() {
     let d = tempfile::tempdir().unwrap();
-    let data = write_data(d.path());
+    let data = write_train_data(d.path(), 40);
     let model = fixture("tiny-llama");
     let mut finals = Vec::new();
     for composed in [false, true] {
@@ -304,7 +286,7 @@ fn killed_run_resumes_to_identical_weights() {
 #[test]
 fn bf16_base_trains_like_the_f32_run() {
     let d = tempfile::tempdir().unwrap();
-    let data = write_data(d.path());
+    let data = write_train_data(d.path(), 40);
     // the bf16 fixture holds weights and config; the tokenizer is tiny-llama's
     let model = d.path().join("tiny-llama-bf16");
     common::copy_dir(&fixture("tiny-llama-bf16"), &model);
@@ -350,7 +332,7 @@ fn bf16_base_trains_like_the_f32_run() {
 #[test]
 fn unknown_device_dtype_and_path_values_are_refused() {
     let d = tempfile::tempdir().unwrap();
-    let data = write_data(d.path());
+    let data = write_train_data(d.path(), 40);
     let run = d.path().join("r");
     let model = fixture("tiny-llama");
     for (flag, value) in [
@@ -386,7 +368,7 @@ fn unknown_device_dtype_and_path_values_are_refused() {
 #[test]
 fn full_fine_tuning_gives_a_reference_for_capture() {
     let d = tempfile::tempdir().unwrap();
-    let data = write_data(d.path());
+    let data = write_train_data(d.path(), 40);
     let model = fixture("tiny-llama");
     let run = d.path().join("full");
     let mut args = common_args(data.to_str().unwrap(), run.to_str().unwrap(), "full", "3");
@@ -515,7 +497,7 @@ fn bad_training_input_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     // Regression: a cutoff beyond the model's positions used to fail deep in rope with a raw
     // tensor error; it is now refused up front.
-    let data = write_data(d.path());
+    let data = write_train_data(d.path(), 40);
     let mut args = common_args(data.to_str().unwrap(), run.to_str().unwrap(), "lora", "2");
     args[1] = model.to_str().unwrap();
     let at = args.iter().position(|a| *a == "--cutoff-len").unwrap();
@@ -542,7 +524,7 @@ fn bad_training_input_is_a_clear_error() {
 #[test]
 fn cached_lower_layers_give_the_same_training_as_recomputing_them() {
     let d = tempfile::tempdir().unwrap();
-    let data = write_data(d.path());
+    let data = write_train_data(d.path(), 40);
     let mut losses = Vec::new();
     for cache in [false, true] {
         let run = d.path().join(format!("run-{cache}"));
@@ -589,7 +571,7 @@ fn cached_lower_layers_give_the_same_training_as_recomputing_them() {
 fn record_names_the_base_by_sha256_and_top_layers_reach_the_peft_config() {
     use sha2::{Digest, Sha256};
     let d = tempfile::tempdir().unwrap();
-    let data = write_data(d.path());
+    let data = write_train_data(d.path(), 40);
     let model = d.path().join("tiny-llama");
     std::fs::create_dir(&model).unwrap();
     for f in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
