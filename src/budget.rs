@@ -49,6 +49,12 @@ fn default_budget(available: Option<u64>) -> usize {
     })
 }
 
+/// Whether `bytes` are at most `1/share` of the kernel's `MemAvailable` (true where it cannot be
+/// read: nothing to go by).
+pub fn fits_in_available(bytes: usize, share: u64) -> bool {
+    mem_available().is_none_or(|a| (bytes as u64).saturating_mul(share.max(1)) <= a)
+}
+
 /// `MemAvailable` of /proc/meminfo in bytes (Linux), if readable.
 fn mem_available() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;

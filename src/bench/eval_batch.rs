@@ -58,7 +58,8 @@ pub fn bench_eval_batch(
     }
     let path = crate::provision::resolve_path(&crate::weights::ModelSpec::new(model))?;
     let src = crate::weights::open_path(&path)?;
-    let m = Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32)?;
+    let mut m = Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32)?;
+    m.use_packed_products()?;
     let tok = crate::eval::PromptTokenizer::plain(crate::model::tokenizer::load_tokenizer(&path)?);
     let eos = crate::model::tokenizer::load_tokenizer_info(&path)?.eos;
     let sets = crate::eval::plan::load_test_sets(data, &crate::data::tasks_named(tasks)?)?;

@@ -2,7 +2,8 @@
 //! and, where the CPU has AVX512-BF16, its bf16 `vdpbf16ps` peak (derivations from stated
 //! microarchitecture assumptions, not measurements), the f32 matrix product rate tsd reaches on
 //! the default model's training and decode shapes as its layers run them ([`LayerOp`]: frozen
-//! linears' stored layout and column split, the fused head loss's 128-row blocks) and as a bare
+//! linears' stored layout and column split, the decode's weights packed once, the fused head
+//! loss's 128-row blocks) and as a bare
 //! candle matmul (gemm direct), tsd's bf16 frozen-weight kernel on the same shapes,
 //! PyTorch's `torch.matmul` in the same invocation (`benches/torch_matmul.py`, f32 and, where the
 //! CPU has bf16 instructions, bf16), the system BLAS found at run time on the same shapes
@@ -57,9 +58,13 @@ impl ProductShape {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LayerOp {
-    /// `FrozenLinear::product(x)`: `x [m, k] · Wᵀ`, W `[n, k]` (a frozen linear's forward, in
-    /// training and decode; CPU weights with k > n stored transposed, ≤ 256 rows column-split).
+    /// `FrozenLinear::product(x)`: `x [m, k] · Wᵀ`, W `[n, k]` (a frozen linear's forward in
+    /// training; CPU weights with k > n stored transposed, ≤ 256 rows column-split).
     Product,
+    /// `FrozenLinear::product(x)` after `with_packed_products` (a frozen linear's or the head's
+    /// forward in inference, `Llama::use_packed_products`: the weight packed once, where the
+    /// packed kernel applies; else as [`LayerOp::Product`]).
+    PackedProduct,
     /// `FrozenLinear::input_grad(g)`: `g [m, k] · W`, W `[k, n]` (the layer's `[out, in]`).
     InputGrad,
     /// `matmul_2d(x, Aᵀ)` as `AdaptedLinear::forward` runs LoRA's down-projection (A `[n, k]`,
@@ -77,6 +82,7 @@ impl LayerOp {
     pub fn describe(self) -> &'static str {
         match self {
             LayerOp::Product => "FrozenLinear::product",
+            LayerOp::PackedProduct => "FrozenLinear::product, weight packed once (inference)",
             LayerOp::InputGrad => "FrozenLinear::input_grad",
             LayerOp::LoraDown => "matmul_2d(x, Aᵀ)",
             LayerOp::HeadProductBlocks => "FrozenLinear::product per 128-row block",
@@ -91,14 +97,16 @@ impl LayerOp {
 }
 
 /// The op tsd's layers run `s` with: LoRA's thin product through `matmul_2d`, the training LM
-/// head through the fused head loss's blocks, every other forward (`rhs_transposed`) through
-/// `FrozenLinear::product` and every input gradient through `FrozenLinear::input_grad`.
+/// head through the fused head loss's blocks, the decode's forwards through the packed weights
+/// evaluation uses, every other forward (`rhs_transposed`) through `FrozenLinear::product` and
+/// every input gradient through `FrozenLinear::input_grad`.
 pub fn layer_op(s: &ProductShape) -> LayerOp {
     let head = s.name.starts_with("LM head") && s.used_in.starts_with("train");
     match (s.name.starts_with("LoRA"), head, s.rhs_transposed) {
         (true, _, _) => LayerOp::LoraDown,
         (false, true, true) => LayerOp::HeadProductBlocks,
         (false, true, false) => LayerOp::HeadInputGradBlocks,
+        (false, false, true) if s.used_in.starts_with("decode") => LayerOp::PackedProduct,
         (false, false, true) => LayerOp::Product,
         (false, false, false) => LayerOp::InputGrad,
     }
@@ -710,11 +718,18 @@ fn time_layer(shape: &ProductShape, runs: usize, bf16: bool) -> Result<Option<(u
     if bf16 && !lin.with_bf16_products()? {
         return Ok(None);
     }
+    if op == LayerOp::PackedProduct && !bf16 {
+        // False (candle's matmul, as inference would run it) where the kernel is unavailable.
+        lin.with_packed_products()?;
+    }
     let blocks: Vec<_> = op_blocks(op, shape.m)
         .into_iter()
         .map(|(s, len)| x.narrow(0, s, len))
         .collect::<candle_core::Result<_>>()?;
-    let forward = matches!(op, LayerOp::Product | LayerOp::HeadProductBlocks);
+    let forward = matches!(
+        op,
+        LayerOp::Product | LayerOp::PackedProduct | LayerOp::HeadProductBlocks
+    );
     time_samples(runs, || {
         for b in &blocks {
             let y = if forward {
@@ -1136,10 +1151,12 @@ fn roofline_notes(
 
 /// What the `tsd` rates time: the layers' ops, and gemm direct beside them.
 fn layer_path_note() -> String {
-    "tsd's f32 products (`tsd`, `tsd_op`) are timed as the layers run them: a forward `x·Wᵀ` \
-     through a FrozenLinear built from W (`product`: a CPU weight with more inputs than outputs \
-     is stored as its contiguous transpose, products of ≤ 256 rows are split over the pool by \
-     column blocks), an input gradient `g·W` through `FrozenLinear::input_grad`, LoRA's x·Aᵀ \
+    "tsd's f32 products (`tsd`, `tsd_op`) are timed as the layers run them: a training forward \
+     `x·Wᵀ` through a FrozenLinear built from W (`product`: a CPU weight with more inputs than \
+     outputs is stored as its contiguous transpose, products of ≤ 256 rows are split over the \
+     pool by column blocks), a decode forward as inference runs it (`product` after \
+     `with_packed_products`: the weight packed once, nn::packed's AVX-512F kernel, the same bits \
+     as gemm; gemm itself for 1 row or where AVX-512F is absent), an input gradient `g·W` through `FrozenLinear::input_grad`, LoRA's x·Aᵀ \
      through `matmul_2d` as AdaptedLinear::forward, and the training LM head's two shapes as the \
      fused head loss (nn::loss::head_cross_entropy) runs them, in 128-row blocks (the products \
      only, not its softmax); all candle's CPU matmul (f32) → the gemm crate (AVX-512 kernels, \
@@ -1440,9 +1457,10 @@ flags\t\t: fpu sse sse2 pni ssse3 fma sse4_1 sse4_2 avx f16c hypervisor avx2 avx
         assert!(bf16_peak(&no, &p).unwrap_err().contains("avx512_bf16"));
     }
 
-    /// Forwards through `FrozenLinear::product`, input gradients through `input_grad`, LoRA's
-    /// thin product through `matmul_2d`, the training head in the fused loss's 128-row blocks
-    /// (decode's head is a plain product).
+    /// Training forwards through `FrozenLinear::product`, the decode's through the packed weights
+    /// inference uses, input gradients through `input_grad`, LoRA's thin product through
+    /// `matmul_2d`, the training head in the fused loss's 128-row blocks (decode's head is a
+    /// plain product).
     #[test]
     fn each_default_shape_maps_to_the_op_its_layer_runs() {
         use LayerOp::*;
@@ -1458,12 +1476,12 @@ flags\t\t: fpu sse sse2 pni ssse3 fma sse4_1 sse4_2 avx f16c hypervisor avx2 avx
             ("LoRA x·Aᵀ r=8", LoraDown),
             ("LM head fwd", HeadProductBlocks),
             ("LM head bwd dx", HeadInputGradBlocks),
-            ("q,o decode", Product),
-            ("gate,up decode", Product),
-            ("down decode", Product),
-            ("LM head decode", Product),
-            ("gate,up 1 row", Product),
-            ("LM head 1 row", Product),
+            ("q,o decode", PackedProduct),
+            ("gate,up decode", PackedProduct),
+            ("down decode", PackedProduct),
+            ("LM head decode", PackedProduct),
+            ("gate,up 1 row", PackedProduct),
+            ("LM head 1 row", PackedProduct),
         ];
         let shapes = default_shapes(512, 64);
         assert_eq!(shapes.len(), want.len());

@@ -275,7 +275,49 @@ pub(crate) fn decode_batch(
 
 #[cfg(test)]
 mod tests {
-    use super::top;
+    use super::{beam_search_batch, top, GenConfig};
+    use crate::model::Llama;
+    use candle_core::{DType, Device, Tensor};
+
+    fn tiny() -> Llama {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+        let src = crate::weights::open_path(&dir).unwrap();
+        Llama::from_source(src.as_ref(), &Device::Cpu, DType::F32).unwrap()
+    }
+
+    /// Weights packed for inference change no bit: the prefill's logits and every beam search's
+    /// tokens are those of candle's matmul (on CPUs where packing is available; elsewhere the
+    /// model refuses it and both runs are the same path).
+    #[test]
+    fn packed_products_change_no_bit_of_logits_or_generations() {
+        let plain = tiny();
+        let mut packed = tiny();
+        let on = packed.use_packed_products().unwrap();
+        assert_eq!(on, crate::nn::packed::available());
+        let prompts: Vec<Vec<u32>> = (0..5u32)
+            .map(|i| (0..9 + 3 * i).map(|j| (i * 31 + j * 17) % 128).collect())
+            .collect();
+        let ids: Vec<u32> = prompts.iter().flat_map(|p| p[..9].to_vec()).collect();
+        let ids = Tensor::from_vec(ids, (5, 9), &Device::Cpu).unwrap();
+        let ctx = crate::nn::ForwardCtx::eval();
+        let bits = |m: &Llama| -> Vec<u32> {
+            let l = m.forward(&ids, &ctx).unwrap();
+            let v: Vec<f32> = l.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|f| f.to_bits()).collect()
+        };
+        assert_eq!(bits(&plain), bits(&packed));
+        let cfg = GenConfig {
+            num_beams: 4,
+            max_new_tokens: 12,
+            length_penalty: 1.0,
+            eos: 2,
+        };
+        assert_eq!(
+            beam_search_batch(&plain, &prompts, &cfg).unwrap(),
+            beam_search_batch(&packed, &prompts, &cfg).unwrap()
+        );
+    }
 
     #[test]
     fn top_k_is_sorted() {

@@ -177,7 +177,8 @@ fn missing_test_set(data: &Path, file: &Path) -> Error {
 }
 
 /// The model at `path` on the plan's device, with the plan's adapter merged (its base checked
-/// against the model given, its warnings passed on).
+/// against the model given, its warnings passed on), its products packed for inference
+/// ([`Llama::use_packed_products`]).
 fn load_model(plan: &EvalPlan, path: &Path, progress: &dyn EvalProgress) -> Result<Llama> {
     let adapter = plan
         .adapter
@@ -205,15 +206,18 @@ fn load_model(plan: &EvalPlan, path: &Path, progress: &dyn EvalProgress) -> Resu
     crate::device::check_composed_env()?;
     let dev = plan.device.unwrap_or(DeviceSpec::Cpu).device()?;
     let dtype = plan.dtype.unwrap_or(WeightDtype::F32).dtype();
-    match &adapter {
+    let mut model = match &adapter {
         Some((_, adapter)) => {
             for w in &adapter.warnings {
                 progress.warn(w);
             }
-            adapted_model(src.as_ref(), adapter, &dev, dtype)
+            adapted_model(src.as_ref(), adapter, &dev, dtype)?
         }
-        None => Llama::from_source(src.as_ref(), &dev, dtype),
-    }
+        None => Llama::from_source(src.as_ref(), &dev, dtype)?,
+    };
+    // Inference only from here: weights packed once where that is faster (the same bits).
+    model.use_packed_products()?;
+    Ok(model)
 }
 
 /// Passes every hook on and writes each task's predictions as JSONL once it is scored.

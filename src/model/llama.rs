@@ -474,6 +474,29 @@ impl Llama {
         Ok(self.lm_head.with_bf16_products()?)
     }
 
+    /// Opt-in for inference: every frozen linear and the LM head run their f32 forward on weights
+    /// packed once ([`crate::nn::packed`]; the same bits as candle's matmul, faster where `gemm`
+    /// would repack a weight on every call, as on each decode step). The copies add the frozen
+    /// weights' bytes, so they are made only where they fit in a quarter of the kernel's
+    /// `MemAvailable` (or it cannot be read); training never calls this (its peak memory). Returns
+    /// false, changing nothing, where `gemm` does not run its AVX-512F kernels, the model is not
+    /// CPU f32 or the copies would not fit. Merge adapters before, not after.
+    pub fn use_packed_products(&mut self) -> Result<bool> {
+        let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
+        if !(crate::nn::packed::available() && cpu_f32) {
+            return Ok(false);
+        }
+        let bytes: usize =
+            self.linears().map(|l| l.packed_bytes()).sum::<usize>() + self.lm_head.packed_bytes();
+        if !crate::budget::fits_in_available(bytes, 4) {
+            return Ok(false);
+        }
+        for lin in self.linears_mut() {
+            lin.use_packed_products()?;
+        }
+        Ok(self.lm_head.with_packed_products()?)
+    }
+
     /// Undoes [`Self::use_bf16_products`]: f32 products again.
     pub fn drop_bf16_products(&mut self) {
         for lin in self.linears_mut() {

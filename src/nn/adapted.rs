@@ -186,6 +186,18 @@ impl AdaptedLinear {
         self.base.without_bf16_products()
     }
 
+    /// Opt-in packed f32 forward products for the frozen base
+    /// ([`FrozenLinear::with_packed_products`]: the same bits, the weight's bytes again); false
+    /// where they are not available. A later [`Self::merge`] makes a new base without them.
+    pub fn use_packed_products(&mut self) -> Result<bool> {
+        self.base.with_packed_products()
+    }
+
+    /// The frozen base's f32 bytes as [`Self::use_packed_products`] packs them.
+    pub fn packed_bytes(&self) -> usize {
+        self.base.packed_bytes()
+    }
+
     /// `(out, in)`.
     pub fn shape(&self) -> Result<(usize, usize)> {
         self.weight().dims2()

@@ -7,6 +7,7 @@
 //! take the same path and the graph keeps nothing but the op's output.
 
 use crate::nn::bf16::{self, PackedBf16};
+use crate::nn::packed::{self, PackedF32};
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor};
@@ -18,6 +19,8 @@ pub struct FrozenLinear {
     weight: Tensor,
     /// Opt-in bf16 products ([`FrozenLinear::with_bf16_products`]); `None` by default.
     bf16: Option<Arc<Bf16Products>>,
+    /// Opt-in packed f32 forward ([`FrozenLinear::with_packed_products`]); `None` by default.
+    packed: Option<Arc<PackedF32>>,
 }
 
 /// The weight packed for [`crate::nn::bf16::matmul`]: `W` for the forward `x·Wᵀ`, `Wᵀ` for the
@@ -28,17 +31,50 @@ struct Bf16Products {
     backward: PackedBf16,
 }
 
-/// `x: [.., k] · Bᵀ` → `[.., n]` through the bf16 kernel, for a CPU f32 `x`.
-fn bf16_product(x: &Tensor, p: &PackedBf16) -> Result<Tensor> {
+/// `x: [.., k]` → `[.., n]` through `kernel(x, rows, y)` on `x`'s values (a CPU f32 `x`).
+fn kernel_product(
+    x: &Tensor,
+    n: usize,
+    kernel: impl FnOnce(&[f32], usize, &mut [f32]) -> Result<()>,
+) -> Result<Tensor> {
     let dims = x.dims();
     let lead: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-    let mut y = vec![0f32; lead * p.n()];
-    crate::nn::fused::with_f32(x, |xs| bf16::matmul(xs, lead, p, &mut y))??;
+    let mut y = vec![0f32; lead * n];
+    crate::nn::fused::with_f32(x, |xs| kernel(xs, lead, &mut y))??;
     let mut out = dims.to_vec();
     if let Some(last) = out.last_mut() {
-        *last = p.n();
+        *last = n;
     }
     Tensor::from_vec(y, out, x.device())
+}
+
+/// `x: [.., k] · Bᵀ` → `[.., n]` through the bf16 kernel, for a CPU f32 `x`.
+fn bf16_product(x: &Tensor, p: &PackedBf16) -> Result<Tensor> {
+    kernel_product(x, p.n(), |xs, rows, y| bf16::matmul(xs, rows, p, y))
+}
+
+/// `x·Wᵀ` (`[.., in]` → `[.., out]`): the bf16 kernel where opted in and `x` is CPU f32, else the
+/// packed f32 kernel where opted in and `gemm` would take the path it reproduces, else candle's
+/// matmul. The f32 paths give the same bits.
+fn forward_product(
+    x: &Tensor,
+    weight: &Tensor,
+    bf16: Option<&Bf16Products>,
+    packed: Option<&PackedF32>,
+) -> Result<Tensor> {
+    if let Some(p) = bf16.filter(|_| bf16_input(x)) {
+        return bf16_product(x, &p.forward);
+    }
+    if let Some(p) = packed.filter(|p| packed_input(x, p)) {
+        return kernel_product(x, p.n(), |xs, rows, y| packed::matmul(xs, rows, p, y));
+    }
+    matmul_2d(x, &weight.t()?)
+}
+
+/// Whether `x` takes the packed f32 kernel: CPU f32, on `gemm`'s general path.
+fn packed_input(x: &Tensor, p: &PackedF32) -> bool {
+    let rows = x.elem_count() / p.k().max(1);
+    bf16_input(x) && packed::takes_general_path(rows, p.n(), p.k())
 }
 
 /// Whether `x` takes the bf16 path when the weight has packed products.
@@ -50,6 +86,7 @@ fn bf16_input(x: &Tensor) -> bool {
 struct InputGradOnly {
     weight: Tensor,
     bf16: Option<Arc<Bf16Products>>,
+    packed: Option<Arc<PackedF32>>,
 }
 
 impl InputGradOnly {
@@ -59,10 +96,13 @@ impl InputGradOnly {
             candle_core::bail!("frozen linear: non-contiguous input (call .contiguous() first)")
         }
         let x = Tensor::from_storage(x, layout.shape().clone(), BackpropOp::none(), false);
-        let y = match &self.bf16 {
-            Some(p) if bf16_input(&x) => bf16_product(&x, &p.forward)?,
-            _ => matmul_2d(&x, &self.weight.t()?)?.contiguous()?,
-        };
+        let y = forward_product(
+            &x,
+            &self.weight,
+            self.bf16.as_deref(),
+            self.packed.as_deref(),
+        )?
+        .contiguous()?;
         let (st, l) = y.storage_and_layout();
         match l.contiguous_offsets() {
             Some((0, _)) => Ok((st.try_clone(l)?, y.shape().clone())),
@@ -118,7 +158,11 @@ impl FrozenLinear {
         } else {
             weight
         };
-        FrozenLinear { weight, bf16: None }
+        FrozenLinear {
+            weight,
+            bf16: None,
+            packed: None,
+        }
     }
 
     /// Opt-in: from now on, CPU f32 inputs take bf16 products ([`crate::nn::bf16`]: the weight and
@@ -152,13 +196,47 @@ impl FrozenLinear {
         self.bf16.is_some()
     }
 
-    /// `x·Wᵀ` outside any graph (`x: [.., in]` → `[.., out]`): the bf16 kernel where opted in and
-    /// `x` is CPU f32, else `matmul_2d(x, Wᵀ)`.
-    pub fn product(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.bf16 {
-            Some(p) if bf16_input(x) => bf16_product(x, &p.forward),
-            _ => matmul_2d(x, &self.weight.t()?),
+    /// Opt-in: from now on the f32 forward `x·Wᵀ` of CPU f32 inputs runs on `W` packed once
+    /// ([`crate::nn::packed`]), the same bits as candle's matmul, where `gemm` would take the path
+    /// it reproduces (else candle's matmul). Keeps `W` (the input gradient, one-row products and
+    /// other devices read it): the packed copy adds the weight's bytes. Returns false, changing
+    /// nothing, where `gemm` does not run its AVX-512F kernels or the weight is not a CPU f32
+    /// tensor. Clones share the packed weight.
+    pub fn with_packed_products(&mut self) -> Result<bool> {
+        if self.packed.is_some() {
+            return Ok(true);
         }
+        if !(packed::available() && bf16_input(&self.weight)) {
+            return Ok(false);
+        }
+        let (out, inp) = self.weight.dims2()?;
+        let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
+        self.packed = Some(Arc::new(PackedF32::pack(&w, out, inp)?));
+        Ok(true)
+    }
+
+    /// Back to candle's matmul for the f32 forward (drops this linear's packed copy).
+    pub fn without_packed_products(&mut self) {
+        self.packed = None;
+    }
+
+    /// Bytes [`Self::with_packed_products`] would add (or has added): the weight's f32 bytes,
+    /// its output columns padded to whole 16-lane panels.
+    pub fn packed_bytes(&self) -> usize {
+        let (out, inp) = self.weight.dims2().unwrap_or((0, 0));
+        out.div_ceil(16) * 16 * inp * std::mem::size_of::<f32>()
+    }
+
+    /// `x·Wᵀ` outside any graph (`x: [.., in]` → `[.., out]`): the bf16 kernel where opted in and
+    /// `x` is CPU f32, else the packed f32 kernel where opted in and it applies, else
+    /// `matmul_2d(x, Wᵀ)`.
+    pub fn product(&self, x: &Tensor) -> Result<Tensor> {
+        forward_product(
+            x,
+            &self.weight,
+            self.bf16.as_deref(),
+            self.packed.as_deref(),
+        )
     }
 
     /// `g·W` outside any graph (`g: [.., out]` → `[.., in]`): the input gradient of
@@ -254,6 +332,7 @@ impl Module for FrozenLinear {
         x.apply_op1(InputGradOnly {
             weight: self.weight.clone(),
             bf16: self.bf16.clone(),
+            packed: self.packed.clone(),
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod bf16;
 pub mod frozen;
 pub mod fused;
 pub mod loss;
+pub mod packed;
 
 pub use adapted::{AdaptedLinear, DashLayer, ForwardCtx, LoraLayer};
 pub use frozen::FrozenLinear;

@@ -162,6 +162,7 @@ impl Grid<'_> {
         for lin in model.linears_mut() {
             lin.merge()?;
         }
+        model.use_packed_products()?;
         let (scores, results) = self.evaluate(&model)?;
         crate::fsutil::write_json(&dir.join("predictions.json"), &results)?;
         let dash: Vec<&crate::adapter::DashState> = adapter
@@ -218,7 +219,8 @@ impl Grid<'_> {
         let src = crate::weights::open_path(&mp)?;
         let device = crate::device::device_for(&self.preset.device)?;
         let dtype = crate::device::dtype_for(&self.preset.dtype)?;
-        let model = Llama::from_source(src.as_ref(), &device, dtype)?;
+        let mut model = Llama::from_source(src.as_ref(), &device, dtype)?;
+        model.use_packed_products()?;
         let (scores, results) = self.evaluate(&model)?;
         crate::fsutil::write_json(&self.out.join("base").join("predictions.json"), &results)?;
         crate::fsutil::write_json(&path, &scores)?;
