@@ -9,6 +9,7 @@ keep the outputs must). Standard library only.
 
 Usage: python3 benches/ab_generate.py --a OLD_TSD --b NEW_TSD [--rounds 9] [--batch-size 16]
          [--per-task 8] [--tasks boolq,ARC-Easy] [--data DIR] [--out FILE]
+         [--label-a COMMIT] [--label-b COMMIT]
 """
 
 import argparse
@@ -23,6 +24,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def version(tsd: str) -> str:
+    """The binary's `--version` line."""
+    return subprocess.run([tsd, "--version"], capture_output=True, text=True).stdout.strip()
 
 
 def median_interval(xs: list, level: float = 0.95):
@@ -68,6 +74,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="boolq,ARC-Easy")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("TSD_DATA", ROOT.parent / "shared/data/commonsense")))
     ap.add_argument("--out", type=Path, default=None, help="where to write the record [default: print only]")
+    ap.add_argument("--label-a", default="", help="what binary A is, for the record (e.g. its commit)")
+    ap.add_argument("--label-b", default="", help="what binary B is, for the record (e.g. its commit)")
     a = ap.parse_args()
     args = ["--data", str(a.data), "--tasks", a.tasks, "--limit", str(a.per_task), "--protocol", "generate",
             "--batch-size", str(a.batch_size)]
@@ -91,6 +99,8 @@ def main() -> None:
                 "wall and CPU seconds of the whole process, start-up included",
         "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
         "args": args[2:],
+        "a": {"label": a.label_a, "version": version(a.a)},
+        "b": {"label": a.label_b, "version": version(a.b)},
         "rounds": a.rounds,
         "load_average": os.getloadavg(),
         "wall_s": walls,
