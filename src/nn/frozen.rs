@@ -210,8 +210,14 @@ impl FrozenLinear {
             return Ok(false);
         }
         let (out, inp) = self.weight.dims2()?;
-        let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
-        self.packed = Some(Arc::new(PackedF32::pack(&w, out, inp)?));
+        // Packed from the stored values in place (`W`, or the transpose `down_proj` is kept as).
+        let packed = if self.weight.is_contiguous() {
+            crate::nn::fused::with_f32(&self.weight, |w| PackedF32::pack(w, out, inp))??
+        } else {
+            let wt = self.weight.t()?;
+            crate::nn::fused::with_f32(&wt, |wt| PackedF32::pack_transposed(wt, out, inp))??
+        };
+        self.packed = Some(Arc::new(packed));
         Ok(true)
     }
 

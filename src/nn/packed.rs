@@ -75,21 +75,35 @@ impl PackedF32 {
         if w.len() != n * k {
             bail!("packed f32: {} values for [{n}, {k}]", w.len())
         }
+        Ok(Self::pack_with(n, k, |j, i| w[j * k + i]))
+    }
+
+    /// Packs `W [n, k]` given as its transpose `wt`, row-major `[k, n]` (a weight stored
+    /// transposed, as `FrozenLinear` keeps `down_proj`).
+    pub fn pack_transposed(wt: &[f32], n: usize, k: usize) -> Result<Self> {
+        if wt.len() != n * k {
+            bail!("packed f32: {} values for [{k}, {n}]", wt.len())
+        }
+        Ok(Self::pack_with(n, k, |j, i| wt[i * n + j]))
+    }
+
+    /// Packs the `[n, k]` matrix whose `(j, i)` value is `at(j, i)`, one group per task (≤ 64 × k
+    /// values: in L2).
+    fn pack_with(n: usize, k: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Self {
         let panels = n.div_ceil(16);
         let mut data = vec![0f32; panels * 16 * k];
-        // One group (≤ 64 × k values, in L2) per task.
         data.par_chunks_mut((GROUP * k).max(1))
             .enumerate()
             .for_each(|(g, group)| {
                 let width = group.len() / k.max(1);
-                for j in 0..width.min(n.saturating_sub(g * GROUP)) {
-                    let row = &w[(g * GROUP + j) * k..(g * GROUP + j + 1) * k];
-                    for (i, v) in row.iter().enumerate() {
-                        group[i * width + j] = *v;
+                let live = width.min(n.saturating_sub(g * GROUP));
+                for (i, line) in group.chunks_mut(width).enumerate() {
+                    for (j, v) in line[..live].iter_mut().enumerate() {
+                        *v = at(g * GROUP + j, i);
                     }
                 }
             });
-        Ok(PackedF32 { n, k, data })
+        PackedF32 { n, k, data }
     }
 
     /// Output columns.
@@ -373,6 +387,21 @@ mod tests {
             Ok(y)
         };
         assert_eq!(bits(&run(1)?), bits(&run(2)?));
+        Ok(())
+    }
+
+    /// A weight packed from its transpose is the same packed matrix.
+    #[test]
+    fn packing_from_the_transpose_is_the_same() -> Result<()> {
+        let (n, k) = (70, 33);
+        let w: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
+        let wt: Vec<f32> = (0..k * n).map(|t| w[(t % n) * k + t / n]).collect();
+        let (a, b) = (
+            PackedF32::pack(&w, n, k)?,
+            PackedF32::pack_transposed(&wt, n, k)?,
+        );
+        assert_eq!(bits(&a.data), bits(&b.data));
+        assert_eq!(a.data.len(), 80 * k);
         Ok(())
     }
 
