@@ -2,8 +2,8 @@
 """Two tsd binaries' `tsd eval --protocol generate` side by side, interleaved (an A/B of a change).
 
 Each round runs A and B once each on the same examples, alternating which goes first, and times
-each process's wall clock (start-up included: the same for both) and CPU seconds (its children's
-rusage). Reports B/A per round, the median and its distribution-free ~95 % interval (binomial order
+each process's wall clock (start-up included), CPU seconds and peak RSS (its own rusage, from
+wait4). `--per-task 0` times start-up alone (the model loaded, nothing evaluated). Reports B/A per round, the median and its distribution-free ~95 % interval (binomial order
 statistics), and whether the two gave identical responses on every example (a change meant to
 keep the outputs must). Standard library only.
 
@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import tempfile
@@ -48,20 +47,26 @@ def median_interval(xs: list, level: float = 0.95):
 
 
 def run(tsd: str, args: list, pred_dir: str) -> tuple:
-    """(wall s, CPU s, {(task, index): output}) of one `tsd eval` process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """(wall s, CPU s, peak RSS bytes, {(task, index): output}) of one `tsd eval` process (its own
+    rusage, from wait4)."""
     t = time.perf_counter()
-    subprocess.run([tsd, "eval", "-q", "--json", *args, "--predictions", pred_dir], check=True,
-                   capture_output=True)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen([tsd, "eval", "-q", "--json", *args, "--predictions", pred_dir],
+                             stdout=out, stderr=err)
+        _, status, use = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{tsd} eval exited {p.returncode}: {err.read().decode()[-2000:]}")
+    cpu = use.ru_utime + use.ru_stime
+    rss = use.ru_maxrss * 1024  # KiB on Linux
     outputs = {}
     for f in Path(pred_dir).glob("*.jsonl"):
-        for line in f.read_text().splitlines():
+        for line in filter(None, f.read_text().splitlines()):
             p = json.loads(line)
             outputs[(f.stem, p["index"])] = p["output"]
-    return wall, cpu, outputs
+    return wall, cpu, rss, outputs
 
 
 def main() -> None:
@@ -81,15 +86,17 @@ def main() -> None:
             "--batch-size", str(a.batch_size)]
     walls = {"a": [], "b": []}
     cpus = {"a": [], "b": []}
+    rss = {"a": [], "b": []}
     identical = True
     for r in range(a.rounds):
         order = ("a", "b") if r % 2 == 0 else ("b", "a")
         outs = {}
         for side in order:
             with tempfile.TemporaryDirectory() as d:
-                w, c, o = run(getattr(a, side), args, d)
+                w, c, m, o = run(getattr(a, side), args, d)
             walls[side].append(w)
             cpus[side].append(c)
+            rss[side].append(m)
             outs[side] = o
         identical &= outs["a"] == outs["b"]
     wall_ratio = [b / x for x, b in zip(walls["a"], walls["b"])]
@@ -105,6 +112,7 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "wall_s": walls,
         "cpu_s": cpus,
+        "peak_rss_bytes": rss,
         "b_over_a_wall_per_round": wall_ratio,
         "b_over_a_wall_median": statistics.median(wall_ratio),
         "b_over_a_wall_ci95": median_interval(wall_ratio),
