@@ -4,14 +4,14 @@
 //!
 //! Why: `gemm` repacks `Wᵀ` on every call, reading `W` across its rows (a gather along the long
 //! inner dimension). On a decode step (64 rows: beams × batch) that repacking costs as much as the
-//! arithmetic: the 64-row `q,o`, `gate,up` and LM-head products ran at 240–315 GFLOP/s as tsd's
-//! layers call `gemm` and at 350–420 packed once (AMD Zen 5, 2 threads; `tsd bench roofline`
-//! records both). Evaluation packs its weights once ([`crate::model::Llama::use_packed_products`]);
+//! arithmetic: the default model's 64-row products ran at 123–331 GFLOP/s through the bare `gemm`
+//! and at 420–474 packed once (`tsd bench roofline`, AMD Zen 5, 2 threads,
+//! `reproductions/bench/hosts/amd-f26m2-2c/roofline.json`). Evaluation packs its weights once ([`crate::model::Llama::use_packed_products`]);
 //! training does not (the copy would cost peak memory, and its 512-row products gain little).
 //!
 //! Same bits: each output element is `gemm`'s sum — a chain of FMAs over the inner index in order,
 //! from zero, in the inner-dimension blocks `gemm` uses for this shape (`kc`, from
-//! `gemm-common`'s own [`kernel_params`] for its AVX-512F f32 kernel: 64 × 6 registers), each
+//! `gemm_common::cache::kernel_params` for its AVX-512F f32 kernel: 64 × 6 registers), each
 //! block's chain added to the output once (`y = acc` for the first, `y = y + acc` after, the
 //! rounding of `gemm`'s `beta·acc + dst` with `beta = 1`). `gemm` takes other paths for 1-row
 //! products (gemv), tiny ones (`m·n ≤ 256`, horizontal kernels) and `k ≤ 2` ([`takes_general_path`]
