@@ -64,8 +64,8 @@ def run(tsd: str, args: list, pred_dir: str) -> tuple:
     outputs = {}
     for f in Path(pred_dir).glob("*.jsonl"):
         for line in filter(None, f.read_text().splitlines()):
-            p = json.loads(line)
-            outputs[(f.stem, p["index"])] = p["output"]
+            pred = json.loads(line)
+            outputs[(f.stem, pred["index"])] = pred["output"]
     return wall, cpu, rss, outputs
 
 

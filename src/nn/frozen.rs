@@ -221,16 +221,10 @@ impl FrozenLinear {
         Ok(true)
     }
 
-    /// Back to candle's matmul for the f32 forward (drops this linear's packed copy).
-    pub fn without_packed_products(&mut self) {
-        self.packed = None;
-    }
-
-    /// Bytes [`Self::with_packed_products`] would add (or has added): the weight's f32 bytes,
-    /// its output columns padded to whole 16-lane panels.
+    /// Bytes [`Self::with_packed_products`] would add (or has added).
     pub fn packed_bytes(&self) -> usize {
         let (out, inp) = self.weight.dims2().unwrap_or((0, 0));
-        out.div_ceil(16) * 16 * inp * std::mem::size_of::<f32>()
+        PackedF32::bytes_for(out, inp)
     }
 
     /// `x·Wᵀ` outside any graph (`x: [.., in]` → `[.., out]`): the bf16 kernel where opted in and

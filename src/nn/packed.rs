@@ -7,7 +7,7 @@
 //! arithmetic: the default model's 64-row products ran at 123–331 GFLOP/s through the bare `gemm`
 //! and at 420–474 packed once (`tsd bench roofline`, AMD Zen 5, 2 threads,
 //! `reproductions/bench/hosts/amd-f26m2-2c/roofline.json`). Evaluation packs its weights once ([`crate::model::Llama::use_packed_products`]);
-//! training does not (the copy would cost peak memory, and its 512-row products gain little).
+//! training does not (the copy would count against its peak memory).
 //!
 //! Same bits: each output element is `gemm`'s sum — a chain of FMAs over the inner index in order,
 //! from zero, in the inner-dimension blocks `gemm` uses for this shape (`kc`, from
@@ -33,9 +33,11 @@ pub const GROUP: usize = 64;
 /// Rows per register tile: `gemm`'s AVX-512F `NR` (6); 4 × 6 accumulators of 32 registers.
 const TILE: usize = 6;
 
-/// Whether this process's `gemm` runs its AVX-512F f32 kernels, the ones [`matmul`] matches.
+/// Whether this process's `gemm` runs its AVX-512F f32 kernels, the ones [`matmul`] matches
+/// (decided once: every product asks).
 pub fn available() -> bool {
-    crate::kernels::current().name == "avx512f"
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| crate::kernels::current().name == "avx512f")
 }
 
 /// Whether `gemm` computes `x·Wᵀ` (`m` rows, `n` outputs, inner `k`, `W` read as a `[k, n]`
@@ -90,8 +92,7 @@ impl PackedF32 {
     /// Packs the `[n, k]` matrix whose `(j, i)` value is `at(j, i)`, one group per task (≤ 64 × k
     /// values: in L2).
     fn pack_with(n: usize, k: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Self {
-        let panels = n.div_ceil(16);
-        let mut data = vec![0f32; panels * 16 * k];
+        let mut data = vec![0f32; Self::bytes_for(n, k) / std::mem::size_of::<f32>()];
         data.par_chunks_mut((GROUP * k).max(1))
             .enumerate()
             .for_each(|(g, group)| {
@@ -119,6 +120,11 @@ impl PackedF32 {
     /// Bytes of the packed matrix.
     pub fn bytes(&self) -> usize {
         self.data.len() * std::mem::size_of::<f32>()
+    }
+
+    /// Bytes a packed `[n, k]` matrix takes: `n` padded to whole 16-lane panels.
+    pub fn bytes_for(n: usize, k: usize) -> usize {
+        n.div_ceil(16) * 16 * k * std::mem::size_of::<f32>()
     }
 }
 
