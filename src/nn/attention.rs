@@ -146,9 +146,9 @@ fn causal_softmax(p: &mut [f32], t: usize) {
     for i in 0..t {
         let row = &mut p[i * t..][..t];
         let m = row[..=i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        crate::nn::exp::exp_shifted_in_place(&mut row[..=i], m);
         let mut s = 0f32;
-        for v in row[..=i].iter_mut() {
-            *v = (*v - m).exp();
+        for v in row[..=i].iter() {
             s += *v;
         }
         let inv = 1.0 / s;

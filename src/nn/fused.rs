@@ -3,6 +3,7 @@
 //! devices, in other dtypes, or with `TSD_COMPOSED=1` the composed candle expressions are used
 //! (RMSNorm and softmax computed in f32 and cast back, as transformers does); tests compare the two.
 
+use crate::nn::exp::{exp_negated, exp_shifted_in_place};
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D,
 };
@@ -128,9 +129,9 @@ impl CustomOp1 for Softmax {
         let mut y = x.to_vec();
         y.par_chunks_mut(n).for_each(|row| {
             let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            exp_shifted_in_place(row, m);
             let mut s = 0f32;
-            for v in row.iter_mut() {
-                *v = (*v - m).exp();
+            for v in row.iter() {
                 s += *v;
             }
             for v in row.iter_mut() {
@@ -171,8 +172,9 @@ const CHUNK: usize = 1 << 14;
 
 struct SwiGlu;
 
-fn silu_and_sigmoid(g: f32) -> (f32, f32) {
-    let sig = 1.0 / (1.0 + (-g).exp());
+/// `(silu(g), σ(g))` from `e = exp(−g)` (computed a slice at a time by [`exp_negated`]).
+fn silu_and_sigmoid(g: f32, e: f32) -> (f32, f32) {
+    let sig = 1.0 / (1.0 + e);
     (g * sig, sig)
 }
 
@@ -196,8 +198,9 @@ impl CustomOp2 for SwiGlu {
         y.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .for_each(|(yc, (gc, uc))| {
+                exp_negated(gc, yc);
                 for ((o, &gv), &uv) in yc.iter_mut().zip(gc).zip(uc) {
-                    *o = silu_and_sigmoid(gv).0 * uv;
+                    *o = silu_and_sigmoid(gv, *o).0 * uv;
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -219,10 +222,11 @@ impl CustomOp2 for SwiGlu {
                     .zip(du.par_chunks_mut(CHUNK))
                     .zip(gv.par_chunks(CHUNK).zip(uv.par_chunks(CHUNK)))
                     .for_each(|((dgc, duc), (gc, uc))| {
+                        exp_negated(gc, duc);
                         for (((dgv, duv), &x), &up) in
                             dgc.iter_mut().zip(duc.iter_mut()).zip(gc).zip(uc)
                         {
-                            let (silu, sig) = silu_and_sigmoid(x);
+                            let (silu, sig) = silu_and_sigmoid(x, *duv);
                             let dy = *dgv;
                             *duv = dy * silu;
                             *dgv = dy * up * sig * (1.0 + x * (1.0 - sig));

@@ -4,6 +4,7 @@
 //! [`head_cross_entropy`] goes further and fuses the LM head into it, a block of rows at a time,
 //! so that neither the `[N, V]` logits nor their gradient ever exist whole.
 
+use crate::nn::exp::exp_shifted;
 use crate::nn::frozen::FrozenLinear;
 use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
@@ -21,9 +22,14 @@ struct CrossEntropy {
 /// Row-wise `(logsumexp(x), logsumexp(x) − x[t])`; exponentials in f32, their sum in f64.
 fn row_loss(row: &[f32], t: usize) -> (f32, f64) {
     let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut e = [0f32; 64];
     let s: f64 = row
         .chunks(64)
-        .map(|c| c.iter().map(|&x| (x - m).exp()).sum::<f32>() as f64)
+        .map(|c| {
+            let e = &mut e[..c.len()];
+            exp_shifted(c, m, e);
+            e.iter().sum::<f32>() as f64
+        })
         .sum();
     let lse = m as f64 + s.ln();
     (lse as f32, lse - row[t] as f64)
@@ -69,8 +75,9 @@ impl CustomOp1 for CrossEntropy {
                 .zip(x.par_chunks(v))
                 .zip(self.targets.par_iter().zip(lse.par_iter()))
                 .for_each(|((o, row), (&ti, &l))| {
-                    for (e, &xv) in o.iter_mut().zip(row) {
-                        *e = (xv - l).exp() * g;
+                    exp_shifted(row, l, o);
+                    for e in o.iter_mut() {
+                        *e *= g;
                     }
                     o[ti as usize] -= g;
                 });
@@ -158,8 +165,9 @@ impl HeadCrossEntropy {
                     .zip(lg.par_chunks(v))
                     .zip(t.par_iter().zip(losses.par_iter()))
                     .for_each(|((o, row), (&ti, &(lse, _)))| {
-                        for (e, &xv) in o.iter_mut().zip(row) {
-                            *e = (xv - lse).exp() * inv_n;
+                        exp_shifted(row, lse, o);
+                        for e in o.iter_mut() {
+                            *e *= inv_n;
                         }
                         o[ti as usize] -= inv_n;
                     });

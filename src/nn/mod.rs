@@ -4,6 +4,7 @@
 pub mod adapted;
 pub mod attention;
 pub mod bf16;
+pub mod exp;
 pub mod frozen;
 pub mod fused;
 pub mod loss;
