@@ -71,7 +71,8 @@ pub enum LayerOp {
     /// trainable: no stored transpose, no bf16 path).
     LoraDown,
     /// The fused head loss's forward (`nn::loss::head_cross_entropy`): `FrozenLinear::product`
-    /// over blocks of 128 rows (products only, not the softmax between them).
+    /// over blocks of 128 rows (products only, not the softmax between them), on the head packed
+    /// once as training runs it (`Llama::use_packed_head`; records before it timed `gemm`).
     HeadProductBlocks,
     /// The fused head loss's input gradient: `FrozenLinear::input_grad` over 128-row blocks.
     HeadInputGradBlocks,
@@ -85,7 +86,9 @@ impl LayerOp {
             LayerOp::PackedProduct => "FrozenLinear::product, weight packed once (inference)",
             LayerOp::InputGrad => "FrozenLinear::input_grad",
             LayerOp::LoraDown => "matmul_2d(x, Aᵀ)",
-            LayerOp::HeadProductBlocks => "FrozenLinear::product per 128-row block",
+            LayerOp::HeadProductBlocks => {
+                "FrozenLinear::product per 128-row block, head packed once"
+            }
             LayerOp::HeadInputGradBlocks => "FrozenLinear::input_grad per 128-row block",
         }
     }
@@ -718,8 +721,9 @@ fn time_layer(shape: &ProductShape, runs: usize, bf16: bool) -> Result<Option<(u
     if bf16 && !lin.with_bf16_products()? {
         return Ok(None);
     }
-    if op == LayerOp::PackedProduct && !bf16 {
-        // False (candle's matmul, as inference would run it) where the kernel is unavailable.
+    if matches!(op, LayerOp::PackedProduct | LayerOp::HeadProductBlocks) && !bf16 {
+        // As inference packs every forward and training its head (`Llama::use_packed_head`);
+        // false (candle's matmul, as they would run it) where the kernel is unavailable.
         lin.with_packed_products()?;
     }
     let blocks: Vec<_> = op_blocks(op, shape.m)

@@ -412,6 +412,10 @@ pub fn bench_train_step(method: &str, o: &TrainOptions) -> Result<TrainBench> {
                 .into(),
         ));
     }
+    if frozen_products.is_f32() {
+        // As `tsd train` runs (`train::setup`).
+        model.use_packed_head()?;
+    }
     let mut opt = AdamW::new(AdamWConfig::default());
     super::add_lora(&mut model, rank, &mut opt)?;
     if method == "lora-dash" {

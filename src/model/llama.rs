@@ -478,7 +478,7 @@ impl Llama {
     /// packed once ([`crate::nn::packed`]; the same bits as candle's matmul, faster where `gemm`
     /// would repack a weight on every call, as on each decode step). The copies add the frozen
     /// weights' bytes, so they are made only where they fit in a quarter of the kernel's
-    /// `MemAvailable` (or it cannot be read); training never calls this (its peak memory). Returns
+    /// `MemAvailable` (or it cannot be read); training packs only its head ([`Self::use_packed_head`]). Returns
     /// false, changing nothing, where `gemm` does not run its AVX-512F kernels, the model is not
     /// CPU f32 or the copies would not fit. Merge adapters before, not after.
     pub fn use_packed_products(&mut self) -> Result<bool> {
@@ -493,6 +493,24 @@ impl Llama {
         }
         for lin in self.linears_mut() {
             lin.use_packed_products()?;
+        }
+        Ok(self.lm_head.with_packed_products()?)
+    }
+
+    /// Opt-in for training: the LM head's f32 forward on its weight packed once
+    /// ([`crate::nn::packed`], the same bits as candle's matmul). The fused head loss multiplies
+    /// by the whole `[V, H]` head for every 128-row block, and `gemm` repacks it each time; the
+    /// frozen linears stay unpacked (their copies would add more to the step's peak memory than
+    /// their 512-row products gain). Adds `V·H` f32 (113 MB for the default model) where they fit
+    /// in a quarter of `MemAvailable`. Returns false, changing nothing, where the packed kernel
+    /// does not apply (no AVX-512F `gemm`, not CPU f32, or no room).
+    pub fn use_packed_head(&mut self) -> Result<bool> {
+        let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
+        if !(crate::nn::packed::available() && cpu_f32) {
+            return Ok(false);
+        }
+        if !crate::budget::fits_in_available(self.lm_head.packed_bytes(), 4) {
+            return Ok(false);
         }
         Ok(self.lm_head.with_packed_products()?)
     }

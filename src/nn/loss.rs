@@ -337,6 +337,15 @@ mod tests {
         // Without a graph only the loss is computed.
         let eval = head_cross_entropy(&x.as_tensor().detach(), &head, &t)?;
         assert_eq!(bits(&eval)?, bits(&plain)?);
+        // The head packed once, as training runs it (`Llama::use_packed_head`): the same bits.
+        let mut packed = head.clone();
+        if packed.with_packed_products()? {
+            let l = head_cross_entropy(x.as_tensor(), &packed, &t)?;
+            assert_eq!(bits(&l)?, bits(&plain)?);
+            assert_eq!(bits(&grad(&l.backward()?))?, b);
+        } else {
+            assert!(!crate::nn::packed::available());
+        }
         Ok(())
     }
 

@@ -7,7 +7,9 @@
 //! arithmetic: the default model's 64-row products ran at 123–331 GFLOP/s through the bare `gemm`
 //! and at 420–474 packed once (`tsd bench roofline`, AMD Zen 5, 2 threads,
 //! `reproductions/bench/hosts/amd-f26m2-2c/roofline.json`). Evaluation packs its weights once ([`crate::model::Llama::use_packed_products`]);
-//! training does not (the copy would count against its peak memory).
+//! training packs only the LM head ([`crate::model::Llama::use_packed_head`]: the fused head
+//! loss multiplies by all of it for every 128-row block), since every copy counts against the
+//! step's peak memory.
 //!
 //! Same bits: each output element is `gemm`'s sum — a chain of FMAs over the inner index in order,
 //! from zero, in the inner-dimension blocks `gemm` uses for this shape (`kc`, from

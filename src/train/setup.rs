@@ -188,6 +188,10 @@ impl Trainer {
                 "frozen_products bf16 needs a CPU with AVX512-BF16 (this one has none)".into(),
             ));
         }
+        if config.frozen_products.is_f32() {
+            // The fused head loss's forward on the head packed once (the same bits).
+            model.use_packed_head()?;
+        }
         let mt = ModelTokenizer::load(&path, config.template_file.as_deref().map(Path::new))?;
         let pad_id = mt.info.pad.unwrap_or(mt.info.eos);
         let (train, val, data) = tokenized_split(&config, &mt)?;
