@@ -1163,7 +1163,8 @@ fn layer_path_note() -> String {
      as gemm; gemm itself for 1 row or where AVX-512F is absent), an input gradient `g·W` through `FrozenLinear::input_grad`, LoRA's x·Aᵀ \
      through `matmul_2d` as AdaptedLinear::forward, and the training LM head's two shapes as the \
      fused head loss (nn::loss::head_cross_entropy) runs them, in 128-row blocks (the products \
-     only, not its softmax); all candle's CPU matmul (f32) → the gemm crate (AVX-512 kernels, \
+     only, not its softmax; the forward on the head packed once, as `Llama::use_packed_head` \
+     makes training run it); all candle's CPU matmul (f32) → the gemm crate (AVX-512 kernels, \
      feature x86-v4) on tsd's one rayon pool; `gemm_direct` is candle's bare x.matmul(rhs) on \
      the same operands (the weight read as given, one product), what the layout and the split \
      add; each sample is a median over repeats lasting ≥ 10 ms, after one warm-up product; the \

@@ -152,8 +152,8 @@ pub fn roofline_table(rec: &Roofline) -> String {
     out.extend(wrap(
         "GFLOP/s as median / fastest sample; tsd layer: the product as tsd's layers run it \
          (FrozenLinear::product or input_grad, the decode's forwards on weights packed once as \
-         inference runs them, the training LM head in 128-row blocks, LoRA's through \
-         matmul_2d); gemm direct: a bare candle matmul on the same operands; tsd/x: tsd \
+         inference runs them, the training LM head in 128-row blocks, its forward on the \
+         head packed once as training runs it, LoRA's through matmul_2d); gemm direct: a bare candle matmul on the same operands; tsd/x: tsd \
          layer over x, below 1 x is faster; fastest: by median; ᵀ: the right operand is an [n, k] \
          weight (a linear's forward)",
         width,
