@@ -42,6 +42,10 @@ pub struct TrainBench {
     /// The frozen weights' products: f32, or bf16 ([`crate::nn::bf16`]).
     #[serde(default)]
     pub frozen_products: crate::nn::bf16::FrozenProducts,
+    /// Whether the LM head's forward ran on its weight packed once (`Llama::use_packed_head`,
+    /// as `tsd train` runs it; false in records from before it, and where the kernel is absent).
+    #[serde(default)]
+    pub packed_head: bool,
 }
 
 /// Model FLOPs of one LoRA training step, by part (see [`train_step_flops`]).
@@ -227,6 +231,8 @@ pub struct TrainComparison {
     pub kernel_path: crate::kernels::KernelPath,
     /// The frozen weights' products of the timed runs: f32, or bf16 ([`crate::nn::bf16`]).
     pub frozen_products: crate::nn::bf16::FrozenProducts,
+    /// Whether the timed runs' LM head forward ran packed once (`Llama::use_packed_head`).
+    pub packed_head: bool,
     pub lora: MethodSummary,
     pub lora_dash: MethodSummary,
     /// Pooled median Dash step over pooled median LoRA step, minus one.
@@ -355,6 +361,7 @@ impl TrainComparison {
             cpu: cpu_name(),
             kernel_path: crate::kernels::current(),
             frozen_products: runs.first().map(|r| r.frozen_products).unwrap_or_default(),
+            packed_head: runs.iter().all(|r| r.packed_head) && !runs.is_empty(),
             dash_step_overhead_vs_lora: lora_dash.median_step_seconds / lora.median_step_seconds
                 - 1.0,
             dash_step_overhead_per_round: per_round,
@@ -412,10 +419,8 @@ pub fn bench_train_step(method: &str, o: &TrainOptions) -> Result<TrainBench> {
                 .into(),
         ));
     }
-    if frozen_products.is_f32() {
-        // As `tsd train` runs (`train::setup`).
-        model.use_packed_head()?;
-    }
+    // As `tsd train` runs (`train::setup`).
+    let packed_head = frozen_products.is_f32() && model.use_packed_head()?;
     let mut opt = AdamW::new(AdamWConfig::default());
     super::add_lora(&mut model, rank, &mut opt)?;
     if method == "lora-dash" {
@@ -474,6 +479,7 @@ pub fn bench_train_step(method: &str, o: &TrainOptions) -> Result<TrainBench> {
         context_switches_per_step: (context_switches() - switches0) / steps as u64,
         model_flops_per_step: flops,
         frozen_products,
+        packed_head,
     })
 }
 
@@ -629,6 +635,7 @@ mod tests {
             context_switches_per_step: 10,
             model_flops_per_step: 300.0,
             frozen_products: Default::default(),
+            packed_head: false,
         }
     }
 

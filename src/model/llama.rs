@@ -478,9 +478,10 @@ impl Llama {
     /// packed once ([`crate::nn::packed`]; the same bits as candle's matmul, faster where `gemm`
     /// would repack a weight on every call, as on each decode step). The copies add the frozen
     /// weights' bytes, so they are made only where they fit in a quarter of the kernel's
-    /// `MemAvailable` (or it cannot be read); training packs only its head ([`Self::use_packed_head`]). Returns
-    /// false, changing nothing, where `gemm` does not run its AVX-512F kernels, the model is not
-    /// CPU f32 or the copies would not fit. Merge adapters before, not after.
+    /// `MemAvailable` (or it cannot be read); training packs only its head
+    /// ([`Self::use_packed_head`]). Returns false, changing nothing, where `gemm` does not run
+    /// its AVX-512F kernels, the model is not CPU f32 or the copies would not fit. Merge adapters
+    /// before, not after.
     pub fn use_packed_products(&mut self) -> Result<bool> {
         let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
         if !(crate::nn::packed::available() && cpu_f32) {

@@ -198,6 +198,7 @@ impl CustomOp2 for SwiGlu {
         y.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .for_each(|(yc, (gc, uc))| {
+                // `yc` holds exp(−g) first; each element reads its own before overwriting it.
                 exp_negated(gc, yc);
                 for ((o, &gv), &uv) in yc.iter_mut().zip(gc).zip(uc) {
                     *o = silu_and_sigmoid(gv, *o).0 * uv;
@@ -222,6 +223,7 @@ impl CustomOp2 for SwiGlu {
                     .zip(du.par_chunks_mut(CHUNK))
                     .zip(gv.par_chunks(CHUNK).zip(uv.par_chunks(CHUNK)))
                     .for_each(|((dgc, duc), (gc, uc))| {
+                        // `duc` holds exp(−g) until each element's `du` replaces it.
                         exp_negated(gc, duc);
                         for (((dgv, duv), &x), &up) in
                             dgc.iter_mut().zip(duc.iter_mut()).zip(gc).zip(uc)

@@ -189,7 +189,8 @@ impl Trainer {
             ));
         }
         if config.frozen_products.is_f32() {
-            // The fused head loss's forward on the head packed once (the same bits).
+            // The fused head loss's forward on the head packed once where the kernel applies
+            // (the same bits either way, so a run need not record which).
             model.use_packed_head()?;
         }
         let mt = ModelTokenizer::load(&path, config.template_file.as_deref().map(Path::new))?;
