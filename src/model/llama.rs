@@ -483,13 +483,9 @@ impl Llama {
     /// its AVX-512F kernels, the model is not CPU f32 or the copies would not fit. Merge adapters
     /// before, not after.
     pub fn use_packed_products(&mut self) -> Result<bool> {
-        let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
-        if !(crate::nn::packed::available() && cpu_f32) {
-            return Ok(false);
-        }
         let bytes: usize =
             self.linears().map(|l| l.packed_bytes()).sum::<usize>() + self.lm_head.packed_bytes();
-        if !crate::budget::fits_in_available(bytes, 4) {
+        if !self.can_pack(bytes) {
             return Ok(false);
         }
         for lin in self.linears_mut() {
@@ -498,19 +494,21 @@ impl Llama {
         Ok(self.lm_head.with_packed_products()?)
     }
 
+    /// Whether packed copies of `bytes` can be made: `gemm` on its AVX-512F kernels, a CPU f32
+    /// model, and the copies within a quarter of `MemAvailable`.
+    fn can_pack(&self, bytes: usize) -> bool {
+        let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
+        crate::nn::packed::available() && cpu_f32 && crate::budget::fits_in_available(bytes, 4)
+    }
+
     /// Opt-in for training: the LM head's f32 forward on its weight packed once
     /// ([`crate::nn::packed`], the same bits as candle's matmul). The fused head loss multiplies
     /// by the whole `[V, H]` head for every 128-row block, and `gemm` repacks it each time; the
-    /// frozen linears stay unpacked (their copies would add more to the step's peak memory than
-    /// their 512-row products gain). Adds `V·H` f32 (113 MB for the default model) where they fit
+    /// frozen linears stay unpacked (every copy counts against the step's peak memory). Adds `V·H` f32 (113 MB for the default model) where they fit
     /// in a quarter of `MemAvailable`. Returns false, changing nothing, where the packed kernel
     /// does not apply (no AVX-512F `gemm`, not CPU f32, or no room).
     pub fn use_packed_head(&mut self) -> Result<bool> {
-        let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
-        if !(crate::nn::packed::available() && cpu_f32) {
-            return Ok(false);
-        }
-        if !crate::budget::fits_in_available(self.lm_head.packed_bytes(), 4) {
+        if !self.can_pack(self.lm_head.packed_bytes()) {
             return Ok(false);
         }
         Ok(self.lm_head.with_packed_products()?)

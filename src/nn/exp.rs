@@ -2,7 +2,8 @@
 //! `expf` — so that softmax, SwiGLU and the cross-entropy move no bit when they call it.
 //!
 //! Why: glibc's `expf` is a scalar call per element; it took 4.4 % of a training step's samples
-//! and 4 % of a batched beam search's (`reproductions/bench/profile/`). The algorithm it runs
+//! and 4 % of a batched beam search's (`reproductions/bench/profile/`, the training profile as
+//! recorded before this module, in git history). The algorithm it runs
 //! (glibc ≥ 2.27 on x86-64 with FMA, `sysdeps/ieee754/flt-32/e_expf.c`, from Arm's optimized
 //! routines) is short and exact to reproduce in f64 lanes: `x·32/ln 2 = k + r` with `k` rounded
 //! by adding `1.5·2⁵²`, `2^(k/32)` from a 32-entry table plus the exponent bits, and a cubic in
